@@ -1,0 +1,153 @@
+"""Measure a running network against its spec (`testbed calibrate`).
+
+Per link direction: TCP goodput (iperf3), round-trip time (ping), one-way loss (iperf3 UDP).
+Per host: effective cores of a busy loop under the host's quota (from the cgroup's own CPU
+accounting), and whether the memory limit is enforced (a process allocating past it must be
+OOM-killed, and the kill must show in the cgroup's counters).
+
+Link measurements run in the host's *namespace* but outside its CPU quota: they measure the
+link, not whether a 0.25-core host can drive it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+
+from .network import EmulatedNetwork, EmulationError
+
+GOODPUT_RANGE = (0.93, 1.02)   # goodput / configured bandwidth
+RTT_ABS_MS, RTT_REL = 0.5, 0.03
+CPU_REL = 0.05
+IPERF_PORT = 5201
+
+
+def rtt_tolerance_ms(expected_ms: float) -> float:
+    return max(RTT_ABS_MS, RTT_REL * expected_ms)
+
+
+def loss_tolerance(p: float, n: int) -> float:
+    """Three standard deviations of a binomial proportion, plus one packet's worth."""
+    return 3 * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1)) + 1.0 / max(n, 1)
+
+
+def _iperf(net: EmulatedNetwork, src: str, dst: str, args: list[str], duration_s: float) -> dict:
+    server = net.popen(dst, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT), "-B", net.address(dst)],
+                       limited=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for attempt in range(50):  # the server needs a moment to listen
+            res = net.run(src, ["iperf3", "-c", net.address(dst), "-p", str(IPERF_PORT), "-J",
+                                "-B", net.address(src), *args], timeout=duration_s + 30, limited=False)
+            data = json.loads(res.stdout or "{}")
+            err = data.get("error", "")
+            if res.returncode == 0 and not err:
+                return data
+            if "connect" not in err:
+                raise EmulationError(f"iperf3 {src}->{dst} failed: {err or res.stderr.strip()}")
+            time.sleep(0.05)
+        raise EmulationError(f"iperf3 server on {dst} never listened")
+    finally:
+        if server.poll() is None:
+            server.terminate()
+        server.wait(timeout=5)
+
+
+def measure_goodput(net: EmulatedNetwork, src: str, dst: str, rate_bps: int | None, duration_s: float) -> float:
+    data = _iperf(net, src, dst, ["-t", f"{duration_s:g}", "-O", "1"], duration_s + 1)
+    return float(data["end"]["sum_received"]["bits_per_second"])
+
+
+def measure_udp_loss(net: EmulatedNetwork, src: str, dst: str, rate_bps: int | None, duration_s: float) -> tuple[float, int]:
+    send_bps = min((rate_bps or 1_000_000_000) // 2, 4_000_000)
+    data = _iperf(net, src, dst, ["-u", "-b", str(send_bps), "-l", "200", "-t", f"{duration_s:g}"], duration_s)
+    s = data["end"]["sum"]
+    return float(s["lost_percent"]) / 100.0, int(s["packets"])
+
+
+def measure_rtt_ms(net: EmulatedNetwork, src: str, dst: str, count: int = 20) -> float:
+    res = net.run(src, ["ping", "-n", "-q", "-c", str(count), "-i", "0.02", "-W", "5", net.address(dst)],
+                  timeout=60, limited=False)
+    m = re.search(r"= [\d.]+/([\d.]+)/", res.stdout)
+    if not m:
+        raise EmulationError(f"ping {src}->{dst} gave no RTT: {res.stdout.strip()[-200:]} {res.stderr.strip()}")
+    return float(m.group(1))
+
+
+BUSY = "import time,sys\nend=time.monotonic()+float(sys.argv[1])\nwhile time.monotonic()<end: pass\n"
+
+
+def measure_cpus(net: EmulatedNetwork, host: str, duration_s: float) -> float:
+    """Cores the host's processes actually got, from its cgroup's CPU accounting."""
+    limit = net.hosts_limits[host].cpus
+    n = int(min(net.caps["cpus"], math.ceil(limit or net.caps["cpus"]) + 1))
+    cg = net.cgroups[host]
+    procs = [net.popen(host, [sys.executable, "-c", BUSY, f"{duration_s + 0.5:g}"]) for _ in range(n)]
+    time.sleep(0.25)  # let every busy loop start before the window opens
+    u0, t0 = cg.cpu_usage_ns(), time.monotonic()
+    time.sleep(duration_s)
+    u1, t1 = cg.cpu_usage_ns(), time.monotonic()
+    for p in procs:
+        p.wait()
+    return (u1 - u0) / 1e9 / (t1 - t0)
+
+
+HOG = ("import sys\nchunks=[]\nn=int(sys.argv[1])\nstep=64<<20\n"
+       "while n>0:\n    chunks.append(b'\\1'*min(step,n)); n-=step\nprint('survived', flush=True)\n")
+
+
+def memory_enforced(net: EmulatedNetwork, host: str) -> bool | None:
+    """True when a process allocating 64 MiB past the limit is OOM-killed and counted."""
+    limit = net.hosts_limits[host].memory_bytes
+    if limit is None:
+        return None
+    before = net.oom_kills(host)
+    res = net.run(host, [sys.executable, "-c", HOG, str(limit + (64 << 20))], timeout=300)
+    killed = res.returncode == -9 and "survived" not in res.stdout
+    return killed and net.oom_kills(host) > before
+
+
+def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_check: bool = True,
+              progress=None) -> dict:
+    say = progress or (lambda msg: None)
+    links = []
+    for link in net.links.values():
+        for (src, dst), d, back in (((link.a, link.b), link.forward, link.reverse),
+                                    ((link.b, link.a), link.reverse, link.forward)):
+            say(f"link {link.name} {src}->{dst}")
+            t = duration_s or (6.0 if (d.rate_bps or 1e12) < 5e6 else 3.0)
+            goodput = measure_goodput(net, src, dst, d.rate_bps, t)
+            rtt = measure_rtt_ms(net, src, dst)
+            loss, packets = measure_udp_loss(net, src, dst, d.rate_bps, max(1.0, t / 2))
+            expected_rtt = d.delay_ms + back.delay_ms
+            ratio = goodput / d.rate_bps if d.rate_bps else None
+            checks = {
+                "goodput": None if ratio is None else GOODPUT_RANGE[0] <= ratio <= GOODPUT_RANGE[1],
+                "rtt": abs(rtt - expected_rtt) <= rtt_tolerance_ms(expected_rtt),
+                "loss": abs(loss - d.loss) <= loss_tolerance(d.loss, packets),
+            }
+            links.append({"link": link.name, "direction": f"{src}->{dst}", "bandwidth_bps": d.rate_bps,
+                          "goodput_bps": goodput, "goodput_ratio": ratio, "delay_ms": d.delay_ms,
+                          "expected_rtt_ms": expected_rtt, "rtt_ms": rtt, "loss": d.loss,
+                          "measured_loss": loss, "loss_packets": packets, "checks": checks,
+                          "pass": all(v is not False for v in checks.values())})
+    hosts = []
+    for name in net.plan.hosts:
+        limits = net.hosts_limits[name]
+        say(f"host {name}: cpu")
+        measured = measure_cpus(net, name, duration_s or 2.0)
+        expect = limits.cpus
+        cpu_ok = None if expect is None else abs(measured - expect) <= CPU_REL * expect
+        enforced = None
+        if memory_check:
+            say(f"host {name}: memory")
+            enforced = memory_enforced(net, name)
+        hosts.append({"host": name, "cpus": expect, "measured_cpus": measured, "memory_bytes": limits.memory_bytes,
+                      "memory_enforced": enforced, "checks": {"cpus": cpu_ok, "memory": enforced},
+                      "pass": cpu_ok is not False and enforced is not False})
+    return {"run_id": net.run_id, "topology": net.spec.name, "links": links, "hosts": hosts,
+            "tolerances": {"goodput_ratio": list(GOODPUT_RANGE), "rtt": f"max({RTT_ABS_MS} ms, {RTT_REL:.0%})",
+                           "cpus": f"{CPU_REL:.0%}", "loss": "3 binomial sigma + 1 packet"},
+            "pass": all(r["pass"] for r in links + hosts)}

@@ -1,0 +1,129 @@
+"""`testbed clean`: remove what crashed runs left behind, and nothing else.
+
+A run is *abandoned* when the process that owns it (pid + start time in its registry record)
+is gone. Leftovers are looked for in four independent places, so a run killed half-way
+through writing its registry is still found:
+
+- registry records in /run/testbed,
+- processes whose environment carries ``TESTBED_RUN=<run_id>`` (our mark, never a name),
+- cgroup directories under ``testbed/<run_id>``,
+- root-namespace interfaces named ``<run_id>-...``.
+
+Runs whose owner is alive are left alone: two testbeds may run at once.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import cgroups, registry
+
+
+@dataclass(frozen=True)
+class Leftover:
+    kind: str      # registry | process | cgroup | interface
+    run_id: str
+    what: str      # pid, path or interface name
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "run_id": self.run_id, "what": self.what}
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _root_interfaces() -> list[str]:
+    return sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else []
+
+
+def live_run_ids(directory: Path | None = None) -> set[str]:
+    return {r["run_id"] for r in registry.load_records(directory) if registry.owner_alive(r)}
+
+
+def find_leftovers(directory: Path | None = None, cgroup_root: Path = cgroups.CGROUP_ROOT) -> list[Leftover]:
+    live = live_run_ids(directory)
+    me = os.getpid()
+    found: list[Leftover] = []
+    for record in registry.load_records(directory):
+        rid = record["run_id"]
+        if rid in live:
+            continue
+        for proc in record.get("processes", []):
+            if registry.process_alive(proc["pid"], proc.get("starttime")):
+                found.append(Leftover("process", rid, str(proc["pid"])))
+        found.append(Leftover("registry", rid, str((directory or registry.REGISTRY_DIR) / f"{rid}.json")))
+    seen = {(f.kind, f.what) for f in found}
+    for pid in _all_pids():
+        if pid == me:
+            continue
+        rid = registry.process_run_mark(pid)
+        if rid and registry.RUN_ID_RE.match(rid) and rid not in live and ("process", str(pid)) not in seen:
+            found.append(Leftover("process", rid, str(pid)))
+    for rid in sorted(cgroups.list_run_ids(cgroup_root)):
+        if rid not in live and registry.RUN_ID_RE.match(rid):
+            for d in cgroups.run_cgroup_dirs(rid, cgroup_root):
+                if d.is_dir():
+                    found.append(Leftover("cgroup", rid, str(d)))
+    for name in _root_interfaces():
+        m = registry.IFNAME_RE.match(name)
+        if m and m.group(1) not in live:
+            found.append(Leftover("interface", m.group(1), name))
+    return found
+
+
+def _kill(pids: list[int], grace_s: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL whoever is still there after the grace period."""
+    start = {pid: registry.proc_starttime(pid) for pid in pids}
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(registry.process_alive(p, s) for p, s in start.items()):
+        time.sleep(0.05)
+    for pid, st in start.items():
+        if registry.process_alive(pid, st):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(registry.process_alive(p, s) for p, s in start.items()):
+        time.sleep(0.02)
+
+
+def _delete_interface(name: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if idx:
+            ipr.link("del", index=idx[0])
+
+
+def clean(dry_run: bool = False, directory: Path | None = None,
+          cgroup_root: Path = cgroups.CGROUP_ROOT) -> list[Leftover]:
+    """Remove every leftover of abandoned runs; returns what was (or would be) removed.
+
+    Order matters: processes first (their death releases the namespaces, and with them the
+    veth pairs inside), then interfaces still in the root namespace, then cgroups (which must
+    be empty), then the registry records.
+    """
+    found = find_leftovers(directory, cgroup_root)
+    if dry_run:
+        return found
+    _kill([int(f.what) for f in found if f.kind == "process"])
+    for f in found:
+        if f.kind == "interface" and f.what in _root_interfaces():
+            _delete_interface(f.what)
+    for rid in sorted({f.run_id for f in found if f.kind == "cgroup"}):
+        cgroups.remove_run_cgroups(rid, cgroup_root)
+    for f in found:
+        if f.kind == "registry":
+            Path(f.what).unlink(missing_ok=True)
+    return found

@@ -1,0 +1,602 @@
+"""EmulatedNetwork: a topology spec realised with Mininet, shaped links and cgroup-limited hosts.
+
+Layout of one link ``a-b`` (index i) on a kernel **without** netem::
+
+    a [<run>-<i>a] ---- [<run>-<i>w] wire node "a-b" [<run>-<i>x] ---- [<run>-<i>b] b
+
+The *wire* is a forwarding namespace of its own: it holds the link's delay line (NFQUEUE
+queue 0 for a->b, queue 1 for b->a) and its loss rules (iptables ``statistic``). It routes
+by input port (policy routing), so it needs two rules whatever the topology's size. The
+rate of a->b is a tbf on a's interface, of b->a on b's: serialisation first, then
+propagation, like a real link. Wires exist for every link, so a sweep can add delay or loss
+to any link live. On a kernel **with** netem there are no wires: netem (delay, jitter, loss)
+is the root qdisc of the sender's interface and the tbf its child.
+
+Every object carries the run id: interface names ``<run>-...``, cgroups
+``testbed/<run>/<host>``, processes ``TESTBED_RUN=<run>`` in their environment; all are
+recorded in the run registry before they exist, and :meth:`EmulatedNetwork.stop` (also
+reached on exceptions, Ctrl-C and SIGTERM via the CLI's handler) removes them.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from topologies import DirectionSpec, LinkSpec, TopologySpec
+
+from . import cgroups, process, registry, shaping
+from .probe import capabilities
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class EmulationError(RuntimeError):
+    """The network cannot be built or changed as asked; the message says why and what to do."""
+
+
+@dataclass
+class Segment:
+    """One veth pair between two nodes (hosts or wires), with a /24 of its own."""
+
+    index: int
+    a: str
+    b: str
+    if_a: str
+    if_b: str
+    subnet: ipaddress.IPv4Network
+
+    @property
+    def addr_a(self) -> str:
+        return str(self.subnet.network_address + 1)
+
+    @property
+    def addr_b(self) -> str:
+        return str(self.subnet.network_address + 2)
+
+    def end(self, node: str) -> tuple[str, str]:
+        """(interface, address) of ``node`` on this segment."""
+        return (self.if_a, self.addr_a) if node == self.a else (self.if_b, self.addr_b)
+
+    def other(self, node: str) -> str:
+        return self.b if node == self.a else self.a
+
+
+@dataclass
+class Wire:
+    """The forwarding namespace of one link (kernel without netem)."""
+
+    link: LinkSpec
+    name: str
+    if_a: str   # faces the link's a end
+    if_b: str   # faces the link's b end
+    delayline: subprocess.Popen | None = None
+
+
+@dataclass
+class Plan:
+    """Pure layout: nodes, segments, routes. Built from the spec alone (unit-testable)."""
+
+    hosts: list[str]
+    wires: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # link -> (name, if_a, if_b)
+    segments: list[Segment] = field(default_factory=list)
+    shaped_if: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (src,dst) -> (node, ifname)
+
+    def neighbours(self, node: str) -> list[tuple[str, Segment]]:
+        out = []
+        for s in self.segments:
+            if node in (s.a, s.b):
+                out.append((s.other(node), s))
+        return out
+
+    def next_hops(self, node: str) -> dict[int, tuple[str, str]]:
+        """For every segment not attached to ``node``: (gateway address, out interface)."""
+        first: dict[str, tuple[str, str]] = {}
+        seen = {node}
+        queue: deque[str] = deque()
+        for nb, seg in sorted(self.neighbours(node), key=lambda x: x[0]):
+            if nb not in seen:
+                seen.add(nb)
+                first[nb] = (seg.end(nb)[1], seg.end(node)[0])
+                queue.append(nb)
+        while queue:  # BFS: the first hop toward every node, deterministic by name order
+            cur = queue.popleft()
+            for nb, _seg in sorted(self.neighbours(cur), key=lambda x: x[0]):
+                if nb not in seen:
+                    seen.add(nb)
+                    first[nb] = first[cur]
+                    queue.append(nb)
+        out = {}
+        for s in self.segments:
+            if node in (s.a, s.b):
+                continue
+            out[s.index] = first[s.a] if s.a in first else first[s.b]
+        return out
+
+
+def plan(spec: TopologySpec, run_id: str, wires: bool) -> Plan:
+    p = Plan(hosts=[h.name for h in spec.hosts])
+
+    def seg(a: str, b: str, if_a: str, if_b: str) -> Segment:
+        k = len(p.segments)
+        s = Segment(k, a, b, if_a, if_b, ipaddress.ip_network(f"10.{k // 256}.{k % 256}.0/24"))
+        p.segments.append(s)
+        return s
+
+    for i, link in enumerate(spec.links):
+        ia, ib = f"{run_id}-{i}a", f"{run_id}-{i}b"
+        if wires:
+            wa, wb = f"{run_id}-{i}w", f"{run_id}-{i}x"
+            p.wires[link.name] = (link.name, wa, wb)
+            seg(link.a, link.name, ia, wa)
+            seg(link.name, link.b, wb, ib)
+        else:
+            seg(link.a, link.b, ia, ib)
+        p.shaped_if[(link.a, link.b)] = (link.a, ia)
+        p.shaped_if[(link.b, link.a)] = (link.b, ib)
+    return p
+
+
+def _host_class():
+    from mininet.node import Host
+
+    class TestbedHost(Host):
+        """A Mininet host whose shell carries the run's mark in its environment."""
+
+        def __init__(self, name, run_id: str = "", **params):
+            self.run_id = run_id
+            super().__init__(name, **params)
+
+        def _popen(self, cmd, **params):
+            if cmd and cmd[0] == "mnexec" and "env" in cmd:
+                i = cmd.index("env") + 1
+                cmd = cmd[:i] + [f"{registry.ENV_MARK}={self.run_id}"] + cmd[i:]
+            return super()._popen(cmd, **params)
+
+    return TestbedHost
+
+
+class EmulatedNetwork:
+    """A running emulated network. Use as a context manager; :meth:`stop` is idempotent."""
+
+    def __init__(self, spec: TopologySpec, run_id: str | None = None, caps: dict | None = None,
+                 registry_dir: Path | None = None):
+        self.spec = spec
+        self.caps = caps or capabilities()
+        self.run_id = run_id or registry.new_run_id(registry_dir)
+        self.registry = registry.RunRegistry(self.run_id, registry_dir)
+        self.netem = bool(self.caps.get("qdiscs", {}).get("netem"))
+        self.plan = plan(spec, self.run_id, wires=not self.netem)
+        self.mn = None
+        self.nodes: dict = {}
+        self.cgroups: dict[str, cgroups.HostCgroup] = {}
+        self.wires: dict[str, Wire] = {}
+        self.links: dict[str, LinkSpec] = {l.name: l for l in spec.links}
+        self.hosts_limits: dict[str, cgroups.Limits] = {}
+        self.procs: list[subprocess.Popen] = []
+        self._stopped = False
+        self._started = False
+
+    # -- checks before touching anything ----------------------------------------------
+    def preflight(self) -> None:
+        problems = []
+        if not self.caps["root"]:
+            raise EmulationError("bringing a network up needs root: run it with sudo")
+        if not self.caps.get("mnexec") or not self.caps.get("mininet"):
+            raise EmulationError("Mininet is not installed (mnexec or the mininet module is missing): run scripts/setup.sh")
+        cores = self.caps["cpus"]
+        for h in self.spec.hosts:
+            if h.cpus is not None and h.cpus > cores:
+                problems.append(f"host {h.name}: cpus {h.cpus} exceeds the {cores:g} cores this machine gives us")
+            if h.memory_bytes is not None and h.memory_bytes > self.caps["memory_bytes"]:
+                problems.append(f"host {h.name}: memory {h.memory_bytes} B exceeds this machine's {self.caps['memory_bytes']} B")
+            if h.cpuset is not None:
+                bad = sorted(set(h.cpuset) - set(os.sched_getaffinity(0)))
+                if bad:
+                    problems.append(f"host {h.name}: cpuset CPUs {bad} do not exist here (have {sorted(os.sched_getaffinity(0))})")
+        for link in self.spec.links:
+            for (src, dst), d in ((link.a, link.b), link.forward), ((link.b, link.a), link.reverse):
+                problems += [f"link {link.name} {src}->{dst}: {p}" for p in self._direction_problems(d)]
+        if problems:
+            raise EmulationError("; ".join(problems))
+
+    def _direction_problems(self, d: DirectionSpec) -> list[str]:
+        out = []
+        if d.rate_bps is not None:
+            try:
+                shaping.tbf_params(d)
+            except shaping.ShapingError as e:
+                out.append(str(e))
+            if not self.caps.get("qdiscs", {}).get("tbf"):
+                out.append("bandwidth requested but this kernel has no tbf qdisc")
+        if (d.delay_ms or d.jitter_ms) and self.caps["delay_mechanism"] not in ("netem", "nfqueue"):
+            out.append(f"delay {d.delay_ms}ms requested: kernel has no netem and NFQUEUE is unavailable "
+                       "(install iptables with the NFQUEUE target, or leave delay at 0)")
+        if d.loss and self.caps["loss_mechanism"] not in ("netem", "iptables-statistic"):
+            out.append(f"loss {d.loss:.4%} requested: kernel has no netem and iptables 'statistic' is unavailable")
+        return out
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def __enter__(self) -> "EmulatedNetwork":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self.preflight()
+        self._started = True
+        self.registry.create()
+        try:
+            self._build()
+            problems = self.verify()
+            if problems:
+                raise EmulationError("read-back differs from the spec: " + "; ".join(problems))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _build(self) -> None:
+        from mininet.net import Mininet
+
+        host_cls = _host_class()
+        self.mn = Mininet(controller=None, switch=None, build=False, autoSetMacs=False, waitConnected=False)
+        for name in self.plan.hosts + [w[0] for w in self.plan.wires.values()]:
+            node = self.mn.addHost(name, cls=host_cls, run_id=self.run_id, ip=None)
+            self.nodes[name] = node
+            self.registry.add_process(node.pid, f"shell:{name}")
+        self.registry.add_interfaces([i for s in self.plan.segments for i in (s.if_a, s.if_b)])
+        for s in self.plan.segments:
+            self.mn.addLink(self.nodes[s.a], self.nodes[s.b], intfName1=s.if_a, intfName2=s.if_b)
+        for h in self.spec.hosts:
+            cg = cgroups.HostCgroup(self.run_id, h.name, self.caps["cgroup_version"])
+            self.registry.add_cgroups(cg.paths)
+            limits = cgroups.Limits(h.cpus, h.memory_bytes, h.cpuset)
+            cg.create(limits)
+            cg.join(self.nodes[h.name].pid)  # the host's shell, and so all it starts, is limited
+            self.cgroups[h.name] = cg
+            self.hosts_limits[h.name] = limits
+        self._address_and_route()
+        for link in self.spec.links:
+            if not self.netem:
+                name, if_a, if_b = self.plan.wires[link.name]
+                self.wires[link.name] = Wire(link, name, if_a, if_b)
+            self._apply_link(link)
+
+    def _ipr(self, node: str):
+        from pyroute2 import IPRoute
+
+        return IPRoute(netns=f"/proc/{self.nodes[node].pid}/ns/net")
+
+    def _address_and_route(self) -> None:
+        all_nodes = self.plan.hosts + [w[0] for w in self.plan.wires.values()]
+        for node in all_nodes:
+            segs = [s for s in self.plan.segments if node in (s.a, s.b)]
+            with self._ipr(node) as ipr:
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+                for s in segs:
+                    ifname, addr = s.end(node)
+                    idx = ipr.link_lookup(ifname=ifname)[0]
+                    ipr.addr("add", index=idx, address=addr, prefixlen=24)
+                    ipr.link("set", index=idx, state="up")
+                wire = next((w for w in self.plan.wires.values() if w[0] == node), None)
+                if wire is not None:
+                    # a wire forwards whatever enters one port out of the other: two policy rules
+                    for table, (in_seg, out_seg) in ((100, (segs[0], segs[1])), (101, (segs[1], segs[0]))):
+                        in_if = in_seg.end(node)[0]
+                        gw = out_seg.end(out_seg.other(node))[1]
+                        ipr.route("add", dst="0.0.0.0/0", gateway=gw, table=table)
+                        ipr.rule("add", table=table, priority=table, iifname=in_if)
+                elif len(segs) == 1:
+                    s = segs[0]
+                    ipr.route("add", dst="0.0.0.0/0", gateway=s.end(s.other(node))[1])
+                else:
+                    for k, (gw, out_if) in sorted(self.plan.next_hops(node).items()):
+                        ipr.route("add", dst=str(self.plan.segments[k].subnet), gateway=gw,
+                                  oif=ipr.link_lookup(ifname=out_if)[0])
+            if len(segs) > 1:
+                self.nodes[node].cmd("sysctl -qw net.ipv4.ip_forward=1")
+
+    # -- links --------------------------------------------------------------------------
+    def _apply_link(self, link: LinkSpec) -> None:
+        for (src, dst), d in (((link.a, link.b), link.forward), ((link.b, link.a), link.reverse)):
+            node, ifname = self.plan.shaped_if[(src, dst)]
+            reqs = shaping.shaping_requests(d, netem=self.netem)
+            with self._ipr(node) as ipr:
+                shaping.apply(ipr, ipr.link_lookup(ifname=ifname)[0], reqs)
+        if not self.netem:
+            self._apply_wire(self.wires[link.name], link)
+
+    def _wire_rules(self, wire: Wire, link: LinkSpec) -> list[list[str]]:
+        rules = []
+        for q, (in_if, d) in enumerate(((wire.if_a, link.forward), (wire.if_b, link.reverse))):
+            if d.loss:
+                rules.append(["-A", "FORWARD", "-i", in_if, "-m", "statistic", "--mode", "random",
+                              "--probability", f"{d.loss:.8f}", "-j", "DROP"])
+            if d.delay_ms or d.jitter_ms:
+                rules.append(["-A", "FORWARD", "-i", in_if, "-j", "NFQUEUE", "--queue-num", str(q)])
+        return rules
+
+    def _apply_wire(self, wire: Wire, link: LinkSpec) -> None:
+        node = self.nodes[wire.name]
+        needs_delay = any(d.delay_ms or d.jitter_ms for d in (link.forward, link.reverse))
+        if needs_delay and wire.delayline is None:
+            wire.delayline = self._start_delayline(wire, link)
+        if wire.delayline is not None:
+            for q, d in enumerate((link.forward, link.reverse)):
+                self._delayline_call(wire, {"op": "set", "queue": q, "delay_ms": d.delay_ms,
+                                            "jitter_ms": d.jitter_ms})
+        ipt = self.caps.get("iptables") or "iptables"
+        self._ns_run(node.pid, [ipt, "-w", "-F", "FORWARD"])
+        for rule in self._wire_rules(wire, link):
+            self._ns_run(node.pid, [ipt, "-w", *rule])
+        wire.link = link
+
+    def _ns_run(self, pid: int, argv: list[str]) -> str:
+        try:
+            return process.run(argv, netns_pid=pid, run_id=self.run_id).stdout
+        except RuntimeError as e:
+            raise EmulationError(str(e)) from None
+
+    def _start_delayline(self, wire: Wire, link: LinkSpec) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "emulation.delayline"]
+        for q, d in enumerate((link.forward, link.reverse)):
+            argv += ["--queue", f"{q}:{d.delay_ms}:{d.jitter_ms}"]
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        p = process.popen(argv, netns_pid=self.nodes[wire.name].pid, cgroup_procs=[], run_id=self.run_id,
+                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, bufsize=1, cwd=str(REPO_ROOT))
+        self.registry.add_process(p.pid, f"delayline:{wire.name}")
+        self.procs.append(p)
+        reply = self._read_reply(p, timeout_s=10.0)
+        if not reply.get("ready"):
+            raise EmulationError(f"delay line for link {wire.name} did not start: {reply}")
+        return p
+
+    def _read_reply(self, p: subprocess.Popen, timeout_s: float = 5.0) -> dict:
+        ready, _, _ = select.select([p.stdout], [], [], timeout_s)
+        if not ready:
+            raise EmulationError(f"delay line (pid {p.pid}) did not answer within {timeout_s:g}s")
+        line = p.stdout.readline()
+        if not line:
+            err = p.stderr.read() if p.poll() is not None else ""
+            raise EmulationError(f"delay line (pid {p.pid}) exited: {err.strip()[-500:]}")
+        return json.loads(line)
+
+    def _delayline_call(self, wire: Wire, msg: dict) -> dict:
+        p = wire.delayline
+        assert p is not None
+        p.stdin.write(json.dumps(msg) + "\n")
+        p.stdin.flush()
+        reply = self._read_reply(p)
+        if not reply.get("ok"):
+            raise EmulationError(f"delay line of link {wire.name} refused {msg}: {reply.get('error')}")
+        return reply
+
+    # -- live changes -------------------------------------------------------------------
+    def set_link(self, name: str, direction: str | None = None, **changes) -> LinkSpec:
+        """Change a link's rate/delay/jitter/loss/queue in place, then read it back.
+
+        ``direction``: None (both), "forward" (a->b) or "reverse" (b->a). ``changes`` take
+        DirectionSpec field names (rate_bps, delay_ms, jitter_ms, loss, queue_bytes).
+        """
+        link = self._link(name)
+        bad = set(changes) - set(DirectionSpec.__dataclass_fields__)
+        if bad:
+            raise EmulationError(f"unknown link setting(s) {sorted(bad)}; allowed: {sorted(DirectionSpec.__dataclass_fields__)}")
+        if direction not in (None, "forward", "reverse"):
+            raise EmulationError(f"direction must be forward, reverse or omitted, not {direction!r}")
+        fwd = replace(link.forward, **changes) if direction in (None, "forward") else link.forward
+        rev = replace(link.reverse, **changes) if direction in (None, "reverse") else link.reverse
+        new = replace(link, forward=fwd, reverse=rev)
+        for d in (fwd, rev):
+            if d.jitter_ms > d.delay_ms:
+                raise EmulationError(f"link {name}: jitter {d.jitter_ms}ms exceeds delay {d.delay_ms}ms")
+            probs = self._direction_problems(d)
+            if probs:
+                raise EmulationError(f"link {name}: " + "; ".join(probs))
+        self._apply_link(new)
+        self.links[new.name] = new
+        problems = self._verify_link(new)
+        if problems:
+            raise EmulationError("read-back after live change differs: " + "; ".join(problems))
+        return new
+
+    def set_host(self, name: str, **changes) -> cgroups.Limits:
+        """Change a host's cpus / memory_bytes / cpuset live, then read it back."""
+        if name not in self.cgroups:
+            raise EmulationError(f"unknown host {name!r}; hosts: {', '.join(self.plan.hosts)}")
+        bad = set(changes) - set(cgroups.Limits.__dataclass_fields__)
+        if bad:
+            raise EmulationError(f"unknown host setting(s) {sorted(bad)}; allowed: cpus, memory_bytes, cpuset")
+        new = replace(self.hosts_limits[name], **changes)
+        if new.cpus is not None and new.cpus > self.caps["cpus"]:
+            raise EmulationError(f"host {name}: cpus {new.cpus} exceeds the {self.caps['cpus']:g} cores here")
+        cg = self.cgroups[name]
+        try:
+            cg.apply(new)
+        except cgroups.CgroupError as e:
+            raise EmulationError(str(e)) from None
+        self.hosts_limits[name] = new
+        problems = cg.verify()
+        if problems:
+            raise EmulationError("read-back after live change differs: " + "; ".join(problems))
+        return new
+
+    def _link(self, name: str) -> LinkSpec:
+        if name in self.links:
+            return self.links[name]
+        a, _, b = name.partition("-")
+        if f"{b}-{a}" in self.links:
+            return self.links[f"{b}-{a}"]
+        raise EmulationError(f"unknown link {name!r}; links: {', '.join(self.links)}")
+
+    # -- read-back ----------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Read back every qdisc, wire rule, delay setting and cgroup; list the differences."""
+        problems: list[str] = []
+        for link in self.links.values():
+            problems += self._verify_link(link)
+        for cg in self.cgroups.values():
+            problems += cg.verify()
+        return problems
+
+    def _verify_link(self, link: LinkSpec) -> list[str]:
+        problems = []
+        for (src, dst), d in (((link.a, link.b), link.forward), ((link.b, link.a), link.reverse)):
+            node, ifname = self.plan.shaped_if[(src, dst)]
+            with self._ipr(node) as ipr:
+                got = shaping.read_back(ipr, ipr.link_lookup(ifname=ifname)[0])
+            problems += [f"link {link.name} {src}->{dst}: {p}"
+                         for p in shaping.verify(shaping.shaping_requests(d, self.netem), got)]
+        if not self.netem:
+            wire = self.wires[link.name]
+            ipt = self.caps.get("iptables") or "iptables"
+            have = self._ns_run(self.nodes[wire.name].pid, [ipt, "-w", "-S", "FORWARD"])
+            want = wire_rule_lines(self._wire_rules(wire, link))
+            got_lines = [l for l in have.splitlines() if l.startswith("-A FORWARD")]
+            if not rules_match(want, got_lines):
+                problems.append(f"link {link.name}: wire rules read {got_lines}, expected {want}")
+            if wire.delayline is not None:
+                stats = self._delayline_call(wire, {"op": "stats"})["stats"]
+                for q, d in enumerate((link.forward, link.reverse)):
+                    s = stats.get(str(q)) or stats.get(q) or {}
+                    if abs(s.get("delay_ms", -1) - d.delay_ms) > 1e-9 or abs(s.get("jitter_ms", -1) - d.jitter_ms) > 1e-9:
+                        problems.append(f"link {link.name} queue {q}: delay line holds {s}, expected "
+                                        f"delay {d.delay_ms}ms jitter {d.jitter_ms}ms")
+                if wire.delayline.poll() is not None:
+                    problems.append(f"link {link.name}: delay line exited ({wire.delayline.returncode})")
+        return problems
+
+    def applied(self) -> dict:
+        """What the kernel holds now, per link direction and host (for printing / JSON)."""
+        links = []
+        for link in self.links.values():
+            for (src, dst), d in (((link.a, link.b), link.forward), ((link.b, link.a), link.reverse)):
+                node, ifname = self.plan.shaped_if[(src, dst)]
+                with self._ipr(node) as ipr:
+                    got = shaping.read_back(ipr, ipr.link_lookup(ifname=ifname)[0])
+                tbf = got.get("tbf")
+                links.append({"link": link.name, "direction": f"{src}->{dst}", "interface": ifname,
+                              "bandwidth_bps": tbf["rate"] * 8 if tbf else None,
+                              "queue_bytes": tbf["limit"] if tbf else None,
+                              "delay_ms": d.delay_ms, "jitter_ms": d.jitter_ms, "loss": d.loss,
+                              "delay_mechanism": "netem" if self.netem else ("nfqueue" if d.delay_ms or d.jitter_ms else "-"),
+                              "loss_mechanism": "netem" if self.netem else ("iptables-statistic" if d.loss else "-")})
+        hosts = []
+        for name in self.plan.hosts:
+            got = self.cgroups[name].read_back()
+            hosts.append({"host": name, "address": self.address(name), "cpus": got.cpus,
+                          "memory_bytes": got.memory_bytes,
+                          "cpuset": cgroups.format_cpuset(got.cpuset) if got.cpuset else None,
+                          "cgroup": str(self.cgroups[name].paths[0])})
+        return {"run_id": self.run_id, "topology": self.spec.name, "links": links, "hosts": hosts}
+
+    # -- using the hosts ----------------------------------------------------------------
+    def address(self, host: str) -> str:
+        for s in self.plan.segments:
+            if host in (s.a, s.b):
+                return s.end(host)[1]
+        raise EmulationError(f"unknown host {host!r}")
+
+    def popen(self, host: str, argv: list[str], limited: bool = True, **kw) -> subprocess.Popen:
+        """Start a process inside ``host``: in its cgroup before it runs, then in its namespace.
+
+        ``limited=False`` leaves out the cgroup (measurement tools that must not be throttled).
+        """
+        if host not in self.cgroups:
+            raise EmulationError(f"unknown host {host!r}; hosts: {', '.join(self.plan.hosts)}")
+        procs = self.cgroups[host].procs_files() if limited else []
+        p = process.popen(argv, netns_pid=self.nodes[host].pid, cgroup_procs=procs, run_id=self.run_id, **kw)
+        self.registry.add_process(p.pid, f"{host}:{Path(argv[0]).name}")
+        self.procs.append(p)
+        return p
+
+    def run(self, host: str, argv: list[str], timeout: float = 60.0, limited: bool = True) -> subprocess.CompletedProcess:
+        p = self.popen(host, argv, limited=limited, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+            raise EmulationError(f"{' '.join(argv)} on {host} ran past {timeout:g}s") from None
+        return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+    def oom_kills(self, host: str) -> int:
+        return self.cgroups[host].oom_kills()
+
+    # -- teardown -----------------------------------------------------------------------
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        errors = []
+        for p in self.procs:
+            if p.poll() is None:
+                if p.stdin:
+                    try:
+                        p.stdin.close()  # delay lines exit on EOF
+                    except OSError:
+                        pass
+                p.terminate()
+        deadline = time.monotonic() + 3.0
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self.mn is not None:
+            for node in self.nodes.values():
+                try:
+                    node.terminate()
+                except Exception as e:  # noqa: BLE001 - keep tearing down the rest
+                    errors.append(f"{node.name}: {e}")
+            # Mininet's shells die on SIGHUP; wait so their namespaces and cgroups are empty
+            deadline = time.monotonic() + 3.0
+            for node in self.nodes.values():
+                while registry.proc_starttime(node.pid) is not None and time.monotonic() < deadline:
+                    if node.shell is not None and node.shell.poll() is not None:
+                        break
+                    time.sleep(0.01)
+        try:
+            cgroups.remove_run_cgroups(self.run_id, version=self.caps.get("cgroup_version"))
+        except cgroups.CgroupError as e:
+            errors.append(str(e))
+        if not errors:
+            self.registry.remove()
+        else:
+            raise EmulationError("teardown incomplete (run `testbed clean`): " + "; ".join(errors))
+
+
+def wire_rule_lines(rules: list[list[str]]) -> list[str]:
+    return [" ".join(r) for r in rules]
+
+
+def rules_match(want: list[str], got: list[str]) -> bool:
+    """Compare iptables -S output with what we added (iptables prints numbers its own way)."""
+    if len(want) != len(got):
+        return False
+    for w, g in zip(want, got):
+        wt, gt = w.split(), g.split()
+        if wt == gt:
+            continue
+        if "--probability" in wt and "--probability" in gt:
+            wi, gi = wt.index("--probability"), gt.index("--probability")
+            if abs(float(wt[wi + 1]) - float(gt[gi + 1])) > 1e-9:
+                return False
+            if [t for i, t in enumerate(wt) if i != wi + 1] != [t for i, t in enumerate(gt) if i != gi + 1]:
+                return False
+            continue
+        return False
+    return True

@@ -1,0 +1,65 @@
+"""Start processes inside an emulated host: fork -> join the host's cgroups -> setns -> exec.
+
+``ip netns exec`` remounts /sys and needs a named namespace; Mininet's ``mnexec -a`` joins
+the namespace but not our cgroups. Doing both in the child between fork and exec means the
+process is limited before it runs a single instruction of user code.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+from pathlib import Path
+
+from .registry import ENV_MARK
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(path: str, nstype: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, nstype) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def enter(netns_pid: int | None, cgroup_procs: list[Path]):
+    """A ``preexec_fn`` that moves the child into the cgroups first, then the namespace."""
+    procs = [str(p) for p in cgroup_procs]
+    ns = f"/proc/{netns_pid}/ns/net" if netns_pid else None
+
+    def _enter() -> None:
+        pid = str(os.getpid())
+        for f in procs:
+            with open(f, "w") as fh:
+                fh.write(pid)
+        if ns:
+            _setns(ns, CLONE_NEWNET)
+
+    return _enter
+
+
+def marked_env(run_id: str, env: dict | None = None) -> dict:
+    out = dict(os.environ if env is None else env)
+    out[ENV_MARK] = run_id
+    return out
+
+
+def popen(argv: list[str], *, netns_pid: int | None, cgroup_procs: list[Path], run_id: str,
+          env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen(argv, preexec_fn=enter(netns_pid, cgroup_procs),
+                            env=marked_env(run_id, env), **kw)
+
+
+def run(argv: list[str], *, netns_pid: int | None, run_id: str, timeout: float = 30.0,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """Run a short command in a namespace (no cgroup) and return its output."""
+    res = subprocess.run(argv, preexec_fn=enter(netns_pid, []), env=marked_env(run_id),
+                         capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+    return res

@@ -1,0 +1,142 @@
+"""Link shaping: what we ask the kernel for (pure, unit-tested) and what it holds (read back).
+
+One link direction a->b is shaped on a's egress interface with a token bucket (tbf):
+
+- ``rate``   = the configured bandwidth (bytes/s in the kernel's units),
+- ``burst``  = 1 ms worth of bytes, at least two full frames: small enough that a shaped
+  link never hands out the seed studies' one-second bursts, large enough that high rates
+  are not throttled by timer granularity; tbf segments GSO packets bigger than the bucket,
+  so TCP sees a smooth rate even at 1 Mbit/s,
+- ``limit``  = the queue: the configured size, or by default the bandwidth-delay product at
+  twice the link's delay plus 20 ms, at least 10 full frames.
+
+Where the kernel has netem, delay/jitter/loss are a netem root qdisc with the tbf as its
+child (delay first, then the rate). Where it has no netem, the caller realises them with a
+delay line (see ``delayline``) and this module only shapes the rate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from topologies import DirectionSpec
+
+FRAME_BYTES = 1514
+MAX_TBF_RATE_BPS = ((1 << 32) - 1) * 8  # tbf's rate field is 32-bit bytes/s
+
+
+class ShapingError(RuntimeError):
+    """A requested rate/queue cannot be realised or did not read back as asked."""
+
+
+@dataclass(frozen=True)
+class TcRequest:
+    """One ``tc qdisc`` request as pyroute2's ``IPRoute.tc`` takes it."""
+
+    command: str
+    kind: str
+    handle: int
+    parent: int | None
+    params: dict
+
+    def describe(self) -> str:
+        where = "root" if self.parent is None else f"parent {self.parent >> 16:x}:{self.parent & 0xFFFF:x}"
+        args = " ".join(f"{k} {v}" for k, v in sorted(self.params.items()))
+        return f"qdisc {self.command} {where} handle {self.handle >> 16:x}: {self.kind} {args}"
+
+
+def burst_bytes(rate_bps: int) -> int:
+    return max(2 * FRAME_BYTES, rate_bps // 8 // 1000)
+
+
+def queue_bytes(d: DirectionSpec) -> int:
+    if d.queue_bytes is not None:
+        return d.queue_bytes
+    assert d.rate_bps is not None
+    bdp = d.rate_bps / 8 * (2 * d.delay_ms + 20.0) / 1000.0
+    return max(10 * FRAME_BYTES, int(bdp), burst_bytes(d.rate_bps))
+
+
+def tbf_params(d: DirectionSpec) -> dict:
+    assert d.rate_bps is not None
+    if d.rate_bps > MAX_TBF_RATE_BPS:
+        raise ShapingError(
+            f"bandwidth {d.rate_bps / 1e9:.1f} Gbit/s is above what tbf can shape "
+            f"({MAX_TBF_RATE_BPS / 1e9:.1f} Gbit/s); leave the link unshaped (bandwidth: none)")
+    return {"rate": d.rate_bps // 8, "burst": burst_bytes(d.rate_bps), "limit": queue_bytes(d)}
+
+
+def netem_params(d: DirectionSpec) -> dict:
+    # pyroute2 takes netem delay/jitter in microseconds and loss in percent; limit in packets,
+    # sized so netem itself never drops what the delay holds (rate x delay, generously)
+    held = int((d.rate_bps or 10_000_000_000) / 8 * (d.delay_ms + d.jitter_ms) / 1000 / 1000) + 1000
+    return {"delay": int(round(d.delay_ms * 1000)), "jitter": int(round(d.jitter_ms * 1000)),
+            "loss": d.loss * 100.0, "limit": held}
+
+
+ROOT = 0x10000
+CHILD = 0x20000
+
+
+def shaping_requests(d: DirectionSpec, netem: bool) -> list[TcRequest]:
+    """The qdiscs one direction needs on its sender's interface, root first."""
+    reqs: list[TcRequest] = []
+    if netem and d.impaired:
+        reqs.append(TcRequest("replace", "netem", ROOT, None, netem_params(d)))
+        if d.rate_bps is not None:
+            reqs.append(TcRequest("replace", "tbf", CHILD, ROOT + 1, tbf_params(d)))
+    elif d.rate_bps is not None:
+        reqs.append(TcRequest("replace", "tbf", ROOT, None, tbf_params(d)))
+    return reqs
+
+
+def apply(ipr, index: int, reqs: list[TcRequest]) -> None:
+    """Replace the interface's root qdisc by ``reqs`` (or by the default when empty)."""
+    current = [q for q in ipr.get_qdiscs(index=index) if q["parent"] == 0xFFFFFFFF and q["handle"] == ROOT]
+    # only a root qdisc we made (handle 1:) is ours to remove; the default one has handle 0
+    if current and current[0].get_attr("TCA_KIND") not in {r.kind for r in reqs if r.parent is None}:
+        ipr.tc("del", index=index, handle=ROOT, parent=0xFFFFFFFF)
+    for r in reqs:
+        kw = dict(r.params)
+        if r.parent is not None:
+            kw["parent"] = r.parent
+        ipr.tc(r.command, r.kind, index=index, handle=r.handle, **kw)
+
+
+def read_back(ipr, index: int) -> dict:
+    """{'tbf': {...}, 'netem': {...}} as the kernel reports the interface's qdiscs."""
+    out: dict = {}
+    for q in ipr.get_qdiscs(index=index):
+        kind = q.get_attr("TCA_KIND")
+        opts = q.get_attr("TCA_OPTIONS")
+        if kind == "tbf" and opts is not None:
+            p = opts.get_attr("TCA_TBF_PARMS")
+            out["tbf"] = {"rate": p["rate"], "limit": p["limit"], "buffer_ticks": p["buffer"],
+                          "handle": q["handle"], "parent": q["parent"]}
+        elif kind == "netem" and opts is not None:
+            out["netem"] = {"delay_us": opts.get("delay"), "jitter_us": opts.get("jitter"),
+                            "loss": opts.get("loss"), "limit": opts.get("limit")}
+        elif q["parent"] == 0xFFFFFFFF:
+            out["root"] = kind
+    return out
+
+
+def verify(reqs: list[TcRequest], got: dict) -> list[str]:
+    """Differences between the requests and the read-back; empty when they agree."""
+    problems = []
+    for r in reqs:
+        if r.kind == "tbf":
+            t = got.get("tbf")
+            if t is None:
+                problems.append("tbf qdisc missing")
+                continue
+            if t["rate"] != r.params["rate"]:
+                problems.append(f"tbf rate reads {t['rate'] * 8} bit/s, asked {r.params['rate'] * 8}")
+            if t["limit"] != r.params["limit"]:
+                problems.append(f"tbf queue reads {t['limit']} B, asked {r.params['limit']}")
+        elif r.kind == "netem":
+            n = got.get("netem")
+            if n is None:
+                problems.append("netem qdisc missing")
+    if not reqs and ("tbf" in got or "netem" in got):
+        problems.append(f"unshaped direction still has {sorted(k for k in got if k in ('tbf', 'netem'))}")
+    return problems

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install everything the testbed needs on a fresh Debian/Ubuntu machine. Run as root.
+# Idempotent: a second run only checks. Creates .venv/ in the repository.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/setup.sh: needs root (apt-get, and the testbed itself needs root): run it with sudo" >&2
+  exit 1
+fi
+
+# Debian packages: Mininet (for mnexec; the Python module comes pinned from PyPI), the tools
+# that realise and measure links, and python3-venv for the virtual environment.
+debs=(mininet bridge-utils iproute2 iptables iperf3 iputils-ping util-linux procps python3 python3-venv python3-dev)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The venv uses the distribution's python3 (the one Mininet's mnexec is packaged for).
+py=/usr/bin/python3
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$py" -m venv .venv
+fi
+stamp=.venv/.requirements.sha
+want=$(cat requirements.txt setup.py | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing pinned Python packages"
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/python --version), testbed at .venv/bin/testbed)"

@@ -1,0 +1,176 @@
+"""`testbed`: the command line. A thin skin: parse, validate, call the library, print.
+
+Anything a user can get wrong ends in one line on stderr (``Error: ...``) and exit code 1 or
+2, never a traceback. SIGTERM is turned into an orderly exit so every network is torn down.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+
+import click
+
+from topologies import TopologyError, apply_overrides, load_topology
+
+from . import output
+
+
+class _Terminated(SystemExit):
+    pass
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Terminated(128 + signum)
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGHUP, _on_sigterm)
+
+
+def _parse_sets(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for v in values:
+        path, eq, value = v.partition("=")
+        if not eq or not path or not value:
+            raise click.UsageError(f"--set {v!r}: expected PATH=VALUE, e.g. links.mobile-edge.bandwidth=50Mbit")
+        out.append((path.strip(), value.strip()))
+    return out
+
+
+def _load_spec(ref: str, sets: tuple[str, ...]):
+    from emulation.probe import machine_cores, _memory_bytes
+
+    try:
+        spec = load_topology(ref, cores=machine_cores(), memory_bytes=_memory_bytes())
+        overrides = _parse_sets(sets)
+        return apply_overrides(spec, overrides) if overrides else spec
+    except TopologyError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _require_emulation(caps: dict) -> None:
+    from emulation.probe import problems_for_emulation
+
+    problems = problems_for_emulation(caps)
+    if problems:
+        raise click.ClickException("; ".join(problems))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Edge AI deployment testbed: emulate mobile, edge and cloud hosts and measure deployments."""
+    _install_signal_handlers()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """What this machine can enforce (links, delay, loss, CPU and memory limits) and how."""
+    from emulation.probe import capabilities
+
+    caps = capabilities()
+    if as_json:
+        click.echo(json.dumps(caps, indent=2))
+    else:
+        output.print_doctor(caps)
+
+
+SET_HELP = "Override a topology value, e.g. links.mobile-edge.bandwidth=50Mbit or hosts.mobile.cpus=0.5."
+
+
+@cli.command()
+@click.argument("topology")
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE", help=SET_HELP)
+@click.option("--cli", "open_cli", is_flag=True, help="Open Mininet's CLI instead of waiting for Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was applied as JSON.")
+def up(topology: str, sets: tuple[str, ...], open_cli: bool, as_json: bool) -> None:
+    """Bring TOPOLOGY up, verify it, print what was applied, hold until Ctrl-C; clean on exit."""
+    from emulation.network import EmulatedNetwork, EmulationError
+    from emulation.probe import capabilities
+
+    spec = _load_spec(topology, sets)
+    caps = capabilities()
+    _require_emulation(caps)
+    try:
+        with EmulatedNetwork(spec, caps=caps) as net:
+            applied = net.applied()
+            if as_json:
+                click.echo(json.dumps(applied, indent=2))
+            else:
+                output.print_applied(applied)
+            if open_cli:
+                from mininet.cli import CLI
+
+                CLI(net.mn)
+            else:
+                click.echo(f"run {net.run_id} is up; Ctrl-C to tear it down", err=True)
+                while True:
+                    signal.pause()
+    except KeyboardInterrupt:
+        click.echo("stopped; everything removed", err=True)
+    except EmulationError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@cli.command()
+@click.argument("topology")
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE", help=SET_HELP)
+@click.option("--duration", type=click.FloatRange(0.5, 120), default=None,
+              help="Seconds per goodput / CPU measurement (default: 3, or 6 below 5 Mbit/s).")
+@click.option("--no-memory-check", is_flag=True, help="Skip the OOM test of each host's memory limit.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def calibrate(topology: str, sets: tuple[str, ...], duration: float | None, no_memory_check: bool,
+              as_json: bool) -> None:
+    """Measure every link direction and host of TOPOLOGY against its spec; exit 1 on a failed check."""
+    from emulation.calibrate import calibrate as run_calibration
+    from emulation.network import EmulatedNetwork, EmulationError
+    from emulation.probe import capabilities
+
+    spec = _load_spec(topology, sets)
+    caps = capabilities()
+    _require_emulation(caps)
+    try:
+        with EmulatedNetwork(spec, caps=caps) as net:
+            report = run_calibration(net, duration_s=duration, memory_check=not no_memory_check,
+                                     progress=None if as_json else (lambda m: click.echo(f"  measuring {m}", err=True)))
+    except EmulationError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        output.print_calibration(report)
+    if not report["pass"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def clean(dry_run: bool, as_json: bool) -> None:
+    """Remove what crashed testbed runs left behind (by their run id), and nothing else."""
+    import os
+
+    from emulation.cleanup import clean as do_clean
+
+    if os.geteuid() != 0 and not dry_run:
+        raise click.ClickException("cleaning needs root: run it with sudo (or use --dry-run)")
+    found = do_clean(dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "items": [f.as_dict() for f in found]}, indent=2))
+    else:
+        output.print_clean(found, dry_run)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except _Terminated as e:
+        sys.exit(e.code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Human-readable tables for the CLI (rich). JSON output never goes through here."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from topologies import format_rate, format_size
+
+console = Console()
+
+
+def _yes(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "[green]yes[/]" if v else "[red]no[/]"
+    return str(v)
+
+
+def _verdict(v) -> str:
+    return "-" if v is None else ("[green]pass[/]" if v else "[red]FAIL[/]")
+
+
+def print_doctor(caps: dict) -> None:
+    t = Table(title="testbed doctor", show_header=True)
+    t.add_column("what")
+    t.add_column("here")
+    t.add_column("means")
+    t.add_row("root", _yes(caps["root"]), "needed for up / calibrate / clean")
+    t.add_row("kernel", caps["kernel"], "")
+    t.add_row("cgroups", f"v{caps['cgroup_version']} ({', '.join(caps['cgroup_controllers'])})"
+              if caps["cgroup_version"] else "[red]none[/]", "CPU quota and memory limits per host")
+    qd = caps.get("qdiscs") or {}
+    t.add_row("qdiscs", ", ".join(f"{k}:{'yes' if v else 'no'}" for k, v in qd.items()) or "not probed",
+              caps.get("kernel_probe", {}).get("reason", ""))
+    t.add_row("bandwidth", caps["shaping"], "tbf on the sender's interface")
+    t.add_row("delay / jitter", caps["delay_mechanism"],
+              "netem qdisc" if caps["delay_mechanism"] == "netem" else "NFQUEUE delay line in a forwarding namespace")
+    t.add_row("loss", caps["loss_mechanism"], "")
+    t.add_row("mininet", _yes(caps["mininet"]), f"mnexec: {caps['mnexec'] or 'missing'}")
+    t.add_row("iperf3 / ping", f"{_yes(bool(caps['iperf3']))} / {_yes(bool(caps['ping']))}", "used by calibrate")
+    t.add_row("cpus", f"{caps['cpus']:g}", caps.get("cpu_model", ""))
+    feats = caps.get("cpu_features", {})
+    t.add_row("cpu features", ", ".join(k for k, v in feats.items() if v) or "none of interest",
+              "int8 speed-ups need VNNI/AMX")
+    t.add_row("memory", format_size(caps["memory_bytes"]), "")
+    t.add_row("tcp congestion control", str(caps["tcp_congestion_control"]), "")
+    console.print(t)
+
+
+def print_applied(applied: dict) -> None:
+    t = Table(title=f"links of {applied['topology']} (run {applied['run_id']}), read back from the kernel")
+    for c in ("link", "direction", "interface", "bandwidth", "queue", "delay", "jitter", "loss", "delay by"):
+        t.add_column(c)
+    for r in applied["links"]:
+        t.add_row(r["link"], r["direction"], r["interface"],
+                  format_rate(r["bandwidth_bps"]) if r["bandwidth_bps"] else "unshaped",
+                  format_size(r["queue_bytes"]) if r["queue_bytes"] else "-",
+                  f"{r['delay_ms']:g} ms", f"{r['jitter_ms']:g} ms", f"{r['loss']:.3%}", r["delay_mechanism"])
+    console.print(t)
+    h = Table(title="hosts, read back from their cgroups")
+    for c in ("host", "address", "cpus", "memory", "cpuset", "cgroup"):
+        h.add_column(c)
+    for r in applied["hosts"]:
+        h.add_row(r["host"], r["address"], "unlimited" if r["cpus"] is None else f"{r['cpus']:g}",
+                  "unlimited" if r["memory_bytes"] is None else format_size(r["memory_bytes"]),
+                  r["cpuset"] or "-", r["cgroup"])
+    console.print(h)
+
+
+def print_calibration(report: dict) -> None:
+    t = Table(title=f"calibration of {report['topology']} (run {report['run_id']})")
+    for c in ("link", "direction", "bandwidth", "goodput", "ratio", "RTT want", "RTT got", "loss want",
+              "loss got", "verdict"):
+        t.add_column(c)
+    for r in report["links"]:
+        t.add_row(r["link"], r["direction"],
+                  format_rate(r["bandwidth_bps"]) if r["bandwidth_bps"] else "unshaped",
+                  format_rate(int(r["goodput_bps"])),
+                  "-" if r["goodput_ratio"] is None else f"{r['goodput_ratio']:.3f}",
+                  f"{r['expected_rtt_ms']:.2f} ms", f"{r['rtt_ms']:.2f} ms",
+                  f"{r['loss']:.2%}", f"{r['measured_loss']:.2%}", _verdict(r["pass"]))
+    console.print(t)
+    h = Table(title="hosts")
+    for c in ("host", "cpus", "measured cpus", "memory", "memory enforced", "verdict"):
+        h.add_column(c)
+    for r in report["hosts"]:
+        h.add_row(r["host"], "unlimited" if r["cpus"] is None else f"{r['cpus']:g}", f"{r['measured_cpus']:.3f}",
+                  "unlimited" if r["memory_bytes"] is None else format_size(r["memory_bytes"]),
+                  _yes(r["memory_enforced"]), _verdict(r["pass"]))
+    console.print(h)
+    tol = report["tolerances"]
+    console.print(f"tolerances: goodput/bandwidth in [{tol['goodput_ratio'][0]}, {tol['goodput_ratio'][1]}], "
+                  f"RTT within {tol['rtt']}, cpus within {tol['cpus']}, loss within {tol['loss']}")
+    console.print("[green]all checks passed[/]" if report["pass"] else "[red]some checks failed[/]")
+
+
+def print_clean(found: list, dry_run: bool) -> None:
+    if not found:
+        console.print("nothing to clean: no leftovers of testbed runs")
+        return
+    t = Table(title="would remove" if dry_run else "removed")
+    for c in ("run", "kind", "what"):
+        t.add_column(c)
+    for f in found:
+        t.add_row(f.run_id, f.kind, f.what)
+    console.print(t)
