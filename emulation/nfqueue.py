@@ -301,9 +301,12 @@ class QueueSocket:
         q = self.queue
         err = self.request(lambda s: build_config_message(q, cmd=NFQNL_CFG_CMD_BIND, seq=s))
         if err:
-            raise NetlinkError(err, f"binding nfqueue {q}: {os.strerror(err)}"
-                               + (" (already bound by another process in this namespace?)"
-                                  if err == errno.EBUSY else ""))
+            hint = ""
+            if err == errno.EPERM and os.geteuid() != 0:
+                hint = " (needs CAP_NET_ADMIN in the network namespace)"
+            elif err in (errno.EBUSY, errno.EPERM):
+                hint = " (already bound by another process in this network namespace?)"
+            raise NetlinkError(err, f"binding nfqueue {q}: {os.strerror(err)}{hint}")
         self.bound = True
         err = self.request(lambda s: build_config_message(q, copy_mode=NFQNL_COPY_META, seq=s))
         if err == 0:

@@ -1,0 +1,526 @@
+"""Packet delay line for links on kernels without netem (stdlib only).
+
+A delayed link A--B is realised as A -- D -- B, where D is a forwarding network namespace.
+In D, iptables sends forwarded packets to NFQUEUE, one queue per direction::
+
+    iptables -A FORWARD -i <ifA> -j NFQUEUE --queue-num <qAB>
+    iptables -A FORWARD -i <ifB> -j NFQUEUE --queue-num <qBA>
+
+This daemon runs inside D, holds each queued packet for the configured delay (+ jitter) and
+then ACCEPTs it. It talks nfnetlink_queue directly (:mod:`emulation.nfqueue`): copy mode
+META (no payload copied to userspace), ``NFQA_CFG_F_GSO`` (GSO super-packets are queued
+whole, which is what lets a Python process keep up with ~Gbit/s), and
+``NFQNL_MSG_VERDICT_BATCH`` to release a run of due packets with one message.
+
+Scheduling (per queue, FIFO -- never reorders)::
+
+    release = max(arrival + max(0, delay + U(-jitter, +jitter)), previous release on that queue)
+
+i.e. jitter samples are uniform in [-jitter_ms, +jitter_ms], the total is clamped to >= 0,
+and a packet never overtakes the one before it. With jitter and densely spaced packets the
+FIFO constraint makes the mean delay somewhat larger than ``delay_ms`` (as on a real link
+whose delay varies but which does not reorder). Changing the delay affects packets that
+arrive afterwards; packets already held keep their release time (and, FIFO, new packets
+wait for them).
+
+Command line::
+
+    python -m emulation.delayline --queue NUM:DELAY_MS[:JITTER_MS] [--queue ...]
+                                  [--maxlen N] [--seed S] [--rcvbuf BYTES] [--no-gso]
+                                  [--fail-open]
+
+Control: JSON lines. On stdout, once all queues are bound:
+``{"ready": true, "queues": [..], "copy_mode": {...}, "gso": {...}, "notes": [...]}``
+(or ``{"ready": false, "error": "..."}`` and exit status 1). Requests on stdin, one reply
+line each on stdout:
+
+* ``{"op": "set", "queue": N, "delay_ms": X, "jitter_ms": Y}`` (either value may be
+  omitted = unchanged) -> ``{"ok": true, "queue": N, "delay_ms": X, "jitter_ms": Y}``
+* ``{"op": "stats"}`` -> ``{"ok": true, "stats": {"N": {...}, ...}, "wakeup_lead_us": x}``
+  with, per queue (keys are strings): ``packets`` (queued to us so far), ``held`` (now),
+  ``released``, ``dropped_enobufs`` (ENOBUFS reports on the queue's socket: the kernel could
+  not deliver, each report stands for >= 1 packet it dropped), ``verdict_errors``,
+  ``delay_ms``, ``jitter_ms``, ``release_batches`` (batch verdicts sent), ``late_us_mean`` /
+  ``late_us_max`` (how late the oldest packet of each batch left, vs. its due time; null
+  before the first batch) and, read from /proc/net/netfilter/nfnetlink_queue of the
+  namespace, ``kernel_queued``, ``kernel_queue_dropped`` (queue full) and
+  ``kernel_user_dropped`` (exact count of packets lost to a full netlink socket).
+* ``{"op": "quit"}`` -> ``{"ok": true}``, then shut down as on EOF.
+* anything else -> ``{"ok": false, "error": "..."}`` (the daemon keeps running).
+
+Timing: the loop waits in ``select`` until the next release; timer slack is set to 1 ns and
+the average wake-up overshoot of past timer wake-ups (``wakeup_lead_us``, at most 0.5 ms) is
+subtracted from the wait, so releases are centred on their due time instead of being
+systematically ~0.1 ms late.
+
+Each queue has its own netlink socket (the kernel only takes verdicts from the socket that
+bound the queue, and ENOBUFS is then attributable to a queue).
+
+EOF on stdin (parent closed it or died), SIGTERM or SIGINT: every held packet is accepted,
+the queues are unbound and the process exits 0 -- the daemon never outlives its parent.
+Consequently, started with stdin at /dev/null it exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import errno
+import gc
+import json
+import math
+import os
+import random
+import select
+import signal
+import sys
+import time
+
+from emulation import nfqueue
+
+MAX_DELAY_MS = 3_600_000.0  # one hour; anything above is surely a unit mistake
+MAX_LEAD_S = 0.0005  # cap of the wake-up latency compensation
+_MAX_LINE = 1 << 20
+
+
+# --- pure scheduling ---------------------------------------------------------------------
+class DelaySchedule:
+    """FIFO delay schedule of one queue: arrival times in, release times out (no I/O).
+
+    ``push(arrival, item)`` returns the release time; ``pop_due(now)`` returns the items due by
+    ``now`` in arrival order. Times are seconds (any monotonic clock); delays are ms.
+    """
+
+    __slots__ = ("delay_ms", "jitter_ms", "_delay", "_jitter", "_rng", "_last", "_q")
+
+    def __init__(self, delay_ms: float = 0.0, jitter_ms: float = 0.0, rng: random.Random | None = None):
+        self._rng = rng if rng is not None else random.Random()
+        self._last = -math.inf
+        self._q: collections.deque = collections.deque()
+        self.set(delay_ms, jitter_ms)
+
+    def set(self, delay_ms: float, jitter_ms: float = 0.0) -> None:
+        delay_ms, jitter_ms = float(delay_ms), float(jitter_ms)
+        if not (math.isfinite(delay_ms) and math.isfinite(jitter_ms)) or delay_ms < 0 or jitter_ms < 0:
+            raise ValueError(f"delay/jitter must be finite and >= 0, got {delay_ms}/{jitter_ms}")
+        self.delay_ms, self.jitter_ms = delay_ms, jitter_ms
+        self._delay, self._jitter = delay_ms / 1000.0, jitter_ms / 1000.0
+
+    def sample_delay(self) -> float:
+        """One delay sample in seconds: delay + U(-jitter, +jitter), clamped to >= 0."""
+        if not self._jitter:
+            return self._delay
+        d = self._delay + self._rng.uniform(-self._jitter, self._jitter)
+        return d if d > 0.0 else 0.0
+
+    def release_time(self, arrival: float) -> float:
+        """Release time for a packet arriving now (advances the FIFO state, holds nothing)."""
+        j = self._jitter
+        if j:
+            d = self._delay + self._rng.uniform(-j, j)
+            t = arrival + (d if d > 0.0 else 0.0)
+        else:
+            t = arrival + self._delay
+        if t < self._last:
+            t = self._last
+        self._last = t
+        return t
+
+    def push(self, arrival: float, item=None) -> float:
+        t = self.release_time(arrival)
+        self._q.append((t, item))
+        return t
+
+    def next_due(self) -> float | None:
+        return self._q[0][0] if self._q else None
+
+    def pop_due(self, now: float) -> list:
+        q = self._q
+        out = []
+        while q and q[0][0] <= now:
+            out.append(q.popleft()[1])
+        return out
+
+    def pop_all(self) -> list:
+        out = [item for _, item in self._q]
+        self._q.clear()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+class QueueStats:
+    __slots__ = ("packets", "released", "dropped_enobufs", "verdict_errors", "batches", "late_sum", "late_max")
+
+    def __init__(self):
+        self.packets = self.released = self.dropped_enobufs = self.verdict_errors = self.batches = 0
+        self.late_sum = 0.0
+        self.late_max = -math.inf
+
+
+# --- the daemon ----------------------------------------------------------------------------
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or v > MAX_DELAY_MS:
+        raise ValueError(f"{name} must be within 0..{MAX_DELAY_MS:g}, got {value!r}")
+    return v
+
+
+class DelayLine:
+    """Holds the per-queue schedules and statistics; :meth:`open` binds the netlink queues,
+    :meth:`run` is the event loop. Without :meth:`open` it is a pure object whose control
+    handling (:meth:`handle_line`) can be unit-tested."""
+
+    def __init__(self, queues: dict[int, tuple[float, float]], *, seed: int | None = None,
+                 maxlen: int = 65536, rcvbuf: int = 8 << 20, gso: bool = True, fail_open: bool = False):
+        if not queues:
+            raise ValueError("at least one queue is needed")
+        self.schedules: dict[int, DelaySchedule] = {}
+        self.stats_: dict[int, QueueStats] = {}
+        for q, (delay, jitter) in sorted(queues.items()):
+            if not 0 <= q <= 0xFFFF:
+                raise ValueError(f"queue number {q} out of range 0..65535")
+            rng = random.Random(None if seed is None else seed * 65537 + q)
+            self.schedules[q] = DelaySchedule(_number(delay, "delay_ms"), _number(jitter, "jitter_ms"), rng)
+            self.stats_[q] = QueueStats()
+        self.maxlen, self.rcvbuf, self.gso, self.fail_open = maxlen, rcvbuf, gso, fail_open
+        self.socks: dict[int, nfqueue.QueueSocket] = {}
+        self.stopping = False
+        self.lead = 0.0  # learnt timer wake-up overshoot (s), see run()
+        self._buf = bytearray(1 << 16)
+        self._inbuf = b""
+
+    # -- control ------------------------------------------------------------------------
+    def handle_line(self, line) -> dict:
+        """Handle one control line (str or bytes); return the reply object. Never raises."""
+        try:
+            if isinstance(line, (bytes, bytearray)):
+                line = bytes(line).decode("utf-8")
+            try:
+                msg = json.loads(line)
+            except ValueError as e:
+                return {"ok": False, "error": f"not JSON: {e}"}
+            if not isinstance(msg, dict):
+                return {"ok": False, "error": "request must be a JSON object"}
+            op = msg.get("op")
+            if op == "set":
+                return self._op_set(msg)
+            if op == "stats":
+                return {"ok": True, "stats": self.stats(), "wakeup_lead_us": round(self.lead * 1e6, 1)}
+            if op == "quit":
+                self.stopping = True
+                return {"ok": True}
+            return {"ok": False, "error": f"unknown op {op!r} (expected set, stats or quit)"}
+        except Exception as e:  # never let a control line kill the delay line
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+    def _op_set(self, msg: dict) -> dict:
+        q = msg.get("queue")
+        if isinstance(q, str) and q.strip().isdigit():
+            q = int(q)
+        if isinstance(q, bool) or not isinstance(q, int):
+            return {"ok": False, "error": f"queue must be an integer, got {q!r}"}
+        sched = self.schedules.get(q)
+        if sched is None:
+            return {"ok": False, "error": f"unknown queue {q}; this delay line serves {sorted(self.schedules)}"}
+        unknown = set(msg) - {"op", "queue", "delay_ms", "jitter_ms"}
+        if unknown:
+            return {"ok": False, "error": f"unknown field(s) {sorted(unknown)}"}
+        try:
+            delay = _number(msg["delay_ms"], "delay_ms") if "delay_ms" in msg else sched.delay_ms
+            jitter = _number(msg["jitter_ms"], "jitter_ms") if "jitter_ms" in msg else sched.jitter_ms
+        except ValueError as e:
+            return {"ok": False, "error": str(e)}
+        sched.set(delay, jitter)
+        return {"ok": True, "queue": q, "delay_ms": sched.delay_ms, "jitter_ms": sched.jitter_ms}
+
+    def stats(self) -> dict:
+        kernel = nfqueue.read_proc_stats() if self.socks else {}
+        out = {}
+        for q, sched in self.schedules.items():
+            st = self.stats_[q]
+            d = {"packets": st.packets, "held": len(sched), "released": st.released,
+                 "dropped_enobufs": st.dropped_enobufs, "verdict_errors": st.verdict_errors,
+                 "delay_ms": sched.delay_ms, "jitter_ms": sched.jitter_ms,
+                 "release_batches": st.batches,
+                 "late_us_mean": round(st.late_sum / st.batches * 1e6, 1) if st.batches else None,
+                 "late_us_max": round(st.late_max * 1e6, 1) if st.batches else None}
+            k = kernel.get(q)
+            s = self.socks.get(q)
+            if k is not None and s is not None and k["portid"] == s.portid:
+                d.update(kernel_queued=k["kernel_queued"], kernel_queue_dropped=k["kernel_queue_dropped"],
+                         kernel_user_dropped=k["kernel_user_dropped"])
+            out[str(q)] = d
+        return out
+
+    # -- netlink ------------------------------------------------------------------------
+    def open(self) -> dict:
+        """Bind and configure every queue; returns the ready message (not yet printed)."""
+        now = time.monotonic()
+        for q in self.schedules:
+            s = nfqueue.QueueSocket(q, rcvbuf=self.rcvbuf)
+            self.socks[q] = s
+            s.setup(maxlen=self.maxlen, gso=self.gso, fail_open=self.fail_open)
+            for pid in s.pending:  # packets that arrived while configuring
+                self.schedules[q].push(now, pid)
+                self.stats_[q].packets += 1
+            s.pending.clear()
+        return {"ready": True, "queues": sorted(self.schedules),
+                "copy_mode": {str(q): s.copy_mode for q, s in self.socks.items()},
+                "gso": {str(q): bool(s.flags & nfqueue.NFQA_CFG_F_GSO) for q, s in self.socks.items()},
+                "notes": [f"queue {q}: {n}" for q, s in self.socks.items() for n in s.notes]}
+
+    def _drain(self, q: int, budget: int = 512) -> None:
+        """Read up to ``budget`` netlink messages of queue ``q`` without blocking."""
+        sock = self.socks[q].sock
+        recv = sock.recv_into
+        buf = self._buf
+        push = self.schedules[q].push
+        st = self.stats_[q]
+        monotonic = time.monotonic
+        unpack_hdr = nfqueue._NLMSGHDR.unpack_from
+        unpack_attr = nfqueue._NLATTR.unpack_from
+        unpack_id = nfqueue._BE32.unpack_from
+        msg_packet = nfqueue.MSG_PACKET
+        for _ in range(budget):
+            try:
+                n = recv(buf)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # kernel could not deliver: it dropped packets
+                    st.dropped_enobufs += 1
+                    continue
+                raise
+            now = monotonic()
+            if n >= 28:
+                mlen, mtype = unpack_hdr(buf, 0)[:2]
+                # fast path: exactly one packet message whose first attribute is the packet header
+                if mlen == n and mtype == msg_packet and unpack_attr(buf, 20)[1] == nfqueue.NFQA_PACKET_HDR:
+                    push(now, unpack_id(buf, 24)[0])
+                    st.packets += 1
+                    continue
+
+            def on_packet(pid, now=now):
+                push(now, pid)
+                st.packets += 1
+
+            def on_error(_err):
+                st.verdict_errors += 1
+
+            nfqueue.scan_packets(buf, n, on_packet, on_error)
+
+    def _release_due(self, now: float) -> None:
+        for q, sched in self.schedules.items():
+            first = sched.next_due()
+            if first is not None and first <= now:
+                self._verdict(q, sched.pop_due(now), first)
+
+    def _verdict(self, q: int, ids: list, first_due: float | None = None) -> None:
+        # ids are in FIFO (= packet id) order, so one batch verdict for the last id covers all
+        st = self.stats_[q]
+        # how late the oldest packet of the batch goes out (measured before the send: the
+        # kernel forwards the released packets synchronously inside it)
+        late = time.monotonic() - first_due if first_due is not None else None
+        try:
+            self.socks[q].send(nfqueue.build_verdict_batch(q, ids[-1], nfqueue.NF_ACCEPT))
+            st.released += len(ids)
+        except OSError:
+            st.verdict_errors += 1
+            return
+        if late is not None:
+            st.batches += 1
+            st.late_sum += late
+            if late > st.late_max:
+                st.late_max = late
+
+    # -- event loop -----------------------------------------------------------------------
+    def _emit(self, obj: dict) -> None:
+        data = (json.dumps(obj) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(1, data):]
+        except OSError:  # parent gone (EPIPE): nobody to serve any more
+            self.stopping = True
+
+    def _read_control(self) -> None:
+        try:
+            chunk = os.read(0, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            if self._inbuf.strip():
+                self._emit(self.handle_line(self._inbuf))
+            self._inbuf = b""
+            self.stopping = True
+            return
+        self._inbuf += chunk
+        *lines, self._inbuf = self._inbuf.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._emit(self.handle_line(line))
+        if len(self._inbuf) > _MAX_LINE:
+            self._inbuf = b""
+            self._emit({"ok": False, "error": f"control line longer than {_MAX_LINE} bytes"})
+
+    def run(self) -> None:
+        try:  # precise timer wake-ups: 1 ns timer slack instead of the default 50 us
+            with open("/proc/self/timerslack_ns", "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+        gc.freeze()  # startup objects never need scanning again
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        old_handlers = {}
+
+        def on_signal(_signum, _frame):
+            self.stopping = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old_handlers[sig] = signal.signal(sig, on_signal)
+        try:
+            try:
+                os.fstat(0)
+                stdin_ok = True
+            except OSError:
+                stdin_ok = False
+                self.stopping = True
+            by_fd = {s.fileno(): q for q, s in self.socks.items()}
+            rlist = list(by_fd) + [wake_r] + ([0] if stdin_ok else [])
+            monotonic = time.monotonic
+            schedules = list(self.schedules.values())
+            while not self.stopping:
+                # ``lead``: the timer wakes us this much late on average, so packets are released
+                # when due - lead has passed (the wake-up overshoot brings them to ~due)
+                lead = self.lead
+                now = monotonic()
+                self._release_due(now + lead)
+                nxt = None
+                for sched in schedules:
+                    t = sched.next_due()
+                    if t is not None and (nxt is None or t < nxt):
+                        nxt = t
+                if nxt is None:
+                    timeout = None
+                else:
+                    now = monotonic()
+                    timeout = nxt - lead - now
+                    if timeout < 0.0:
+                        timeout = 0.0
+                ready, _, _ = select.select(rlist, [], [], timeout)
+                if not ready:
+                    if timeout:  # a timer wake-up: learn its overshoot
+                        over = monotonic() - (now + timeout)
+                        lead = 0.95 * lead + 0.05 * (over if over < MAX_LEAD_S else MAX_LEAD_S)
+                        self.lead = lead if lead > 0.0 else 0.0
+                    continue
+                for fd in ready:
+                    q = by_fd.get(fd)
+                    if q is not None:
+                        self._drain(q)
+                self._release_due(monotonic() + self.lead)
+                if 0 in ready:
+                    self._read_control()
+                if wake_r in ready:
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def close(self) -> None:
+        """Accept every held packet, unbind the queues, close the sockets."""
+        for q, s in self.socks.items():
+            try:
+                if s.bound:
+                    self._drain(q, budget=1 << 16)
+                    ids = self.schedules[q].pop_all()
+                    if ids:
+                        self._verdict(q, ids)
+                    s.unbind()
+            except OSError:
+                pass
+            s.close()
+        self.socks.clear()
+
+
+# --- command line --------------------------------------------------------------------------
+def parse_queue_spec(spec: str) -> tuple[int, float, float]:
+    """``NUM:DELAY_MS[:JITTER_MS]`` -> (queue, delay_ms, jitter_ms)."""
+    parts = spec.split(":")
+    if not 1 <= len(parts) <= 3:
+        raise argparse.ArgumentTypeError(f"bad queue spec {spec!r}: expected NUM:DELAY_MS[:JITTER_MS]")
+    try:
+        q = int(parts[0])
+        delay = float(parts[1]) if len(parts) > 1 and parts[1] else 0.0
+        jitter = float(parts[2]) if len(parts) > 2 and parts[2] else 0.0
+        if not 0 <= q <= 0xFFFF:
+            raise ValueError(f"queue {q} out of range 0..65535")
+        _number(delay, "delay_ms")
+        _number(jitter, "jitter_ms")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad queue spec {spec!r}: {e}") from None
+    return q, delay, jitter
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m emulation.delayline",
+                                description="NFQUEUE packet delay line (holds packets, then accepts them).")
+    p.add_argument("--queue", action="append", type=parse_queue_spec, required=True,
+                   metavar="NUM:DELAY_MS[:JITTER_MS]", help="queue to serve (repeatable)")
+    p.add_argument("--maxlen", type=int, default=65536, help="kernel queue length per queue (default 65536)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the jitter samples")
+    p.add_argument("--rcvbuf", type=int, default=8 << 20, help="netlink receive buffer bytes (default 8 MiB)")
+    p.add_argument("--no-gso", action="store_true", help="do not set NFQA_CFG_F_GSO (kernel segments GSO packets)")
+    p.add_argument("--fail-open", action="store_true",
+                   help="NFQA_CFG_F_FAIL_OPEN: accept (undelayed) instead of drop when the queue is full")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not 1 <= args.maxlen <= 0xFFFFFFFF or args.rcvbuf < 1:
+        build_parser().error("--maxlen must be within 1..4294967295 and --rcvbuf >= 1")
+    queues: dict[int, tuple[float, float]] = {}
+    for q, delay, jitter in args.queue:
+        if q in queues:
+            build_parser().error(f"queue {q} given twice")
+        queues[q] = (delay, jitter)
+    dl = DelayLine(queues, seed=args.seed, maxlen=args.maxlen, rcvbuf=args.rcvbuf,
+                   gso=not args.no_gso, fail_open=args.fail_open)
+    # a SIGTERM while binding must not kill the process half-configured: just note it
+    # (run() installs the same handler together with its wake-up pipe)
+    def on_signal(_signum, _frame):
+        dl.stopping = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        ready = dl.open()
+    except Exception as e:
+        dl.close()
+        dl._emit({"ready": False, "error": str(e)})
+        print(f"delayline: {e}", file=sys.stderr)
+        return 1
+    dl._emit(ready)
+    try:
+        dl.run()
+    finally:
+        dl.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

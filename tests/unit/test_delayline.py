@@ -1,0 +1,387 @@
+"""Unit tests of the delay line (no root): nfnetlink_queue message layout, parsing, the FIFO
+delay schedule, and the JSON control protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from emulation import nfqueue as nfq  # noqa: E402
+from emulation.delayline import DelayLine, DelaySchedule, build_parser, parse_queue_spec  # noqa: E402
+
+
+def nlhdr(buf: bytes, off: int = 0):
+    return struct.unpack_from("=IHHII", buf, off)
+
+
+# --- message building ----------------------------------------------------------------------
+def test_attr_length_and_padding():
+    a = nfq.build_attr(7, b"\x01\x02\x03\x04\x05")
+    assert len(a) == 12  # 4 header + 5 payload, padded to 4
+    assert struct.unpack_from("=HH", a) == (9, 7)  # nla_len excludes padding
+    assert a[4:9] == b"\x01\x02\x03\x04\x05" and a[9:] == b"\0\0\0"
+    assert nfq.build_attr(1, b"abcd") == struct.pack("=HH", 8, 1) + b"abcd"
+    assert nfq.build_attr(1, b"") == struct.pack("=HH", 4, 1)
+
+
+def test_bind_message_layout():
+    m = nfq.build_config_message(0x0102, cmd=nfq.NFQNL_CFG_CMD_BIND, seq=42)
+    assert len(m) == 16 + 4 + 8
+    length, mtype, flags, seq, pid = nlhdr(m)
+    assert length == len(m)
+    assert mtype == (3 << 8) | 2 == 0x0302  # NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG
+    assert flags == nfq.NLM_F_REQUEST | nfq.NLM_F_ACK
+    assert (seq, pid) == (42, 0)
+    # nfgenmsg: family AF_UNSPEC, version 0, res_id = queue in network byte order
+    assert m[16:20] == bytes([0, 0, 0x01, 0x02])
+    assert struct.unpack_from("=HH", m, 20) == (8, nfq.NFQA_CFG_CMD)
+    assert m[24:28] == bytes([nfq.NFQNL_CFG_CMD_BIND, 0, 0, 0])  # command, pad, pf (be16) = 0
+
+
+def test_params_maxlen_flags_layout():
+    m = nfq.build_config_message(5, copy_mode=nfq.NFQNL_COPY_PACKET, copy_range=0x01020304,
+                                 maxlen=65536, flags=nfq.NFQA_CFG_F_GSO)
+    assert nlhdr(m)[0] == len(m) == 16 + 4 + 12 + 8 + 8 + 8
+    off = 20
+    # NFQA_CFG_PARAMS: packed struct of 5 bytes -> nla_len 9, padded to 12
+    assert struct.unpack_from("=HH", m, off) == (9, nfq.NFQA_CFG_PARAMS)
+    assert m[off + 4:off + 9] == b"\x01\x02\x03\x04" + bytes([nfq.NFQNL_COPY_PACKET])
+    assert m[off + 9:off + 12] == b"\0\0\0"
+    off += 12
+    assert struct.unpack_from("=HH", m, off) == (8, nfq.NFQA_CFG_QUEUE_MAXLEN)
+    assert m[off + 4:off + 8] == b"\x00\x01\x00\x00"  # be32 65536
+    off += 8
+    assert struct.unpack_from("=HH", m, off) == (8, nfq.NFQA_CFG_MASK)
+    assert m[off + 4:off + 8] == b"\x00\x00\x00\x04"
+    off += 8
+    assert struct.unpack_from("=HH", m, off) == (8, nfq.NFQA_CFG_FLAGS)
+    assert m[off + 4:off + 8] == b"\x00\x00\x00\x04"
+    assert all(len(x) % 4 == 0 for x in (m,))
+
+
+def test_meta_copy_and_explicit_mask():
+    m = nfq.build_config_message(0, copy_mode=nfq.NFQNL_COPY_META, flags=0, mask=nfq.NFQA_CFG_F_GSO, ack=False)
+    assert nlhdr(m)[2] == nfq.NLM_F_REQUEST
+    assert m[24:29] == b"\0\0\0\0" + bytes([nfq.NFQNL_COPY_META])
+    assert m[36:40] == b"\0\0\0\x04" and m[44:48] == b"\0\0\0\0"  # mask, then flags
+
+
+def test_verdict_batch_layout():
+    m = nfq.build_verdict_batch(1, 0xDEADBEEF, nfq.NF_ACCEPT)
+    assert len(m) == 32
+    length, mtype, flags, _seq, _pid = nlhdr(m)
+    assert (length, mtype, flags) == (32, 0x0303, nfq.NLM_F_REQUEST)  # no ACK: one-way
+    assert m[16:20] == b"\0\0\0\x01"
+    assert struct.unpack_from("=HH", m, 20) == (12, nfq.NFQA_VERDICT_HDR)
+    assert m[24:32] == b"\0\0\0\x01\xde\xad\xbe\xef"  # verdict be32, id be32
+    single = nfq.build_verdict(1, 7, nfq.NF_DROP)
+    assert nlhdr(single)[1] == 0x0301 and single[24:32] == b"\0\0\0\0\0\0\0\x07"
+
+
+def test_queue_number_range_checked():
+    with pytest.raises(ValueError):
+        nfq.build_verdict_batch(70000, 1)
+    with pytest.raises(ValueError):
+        nfq.build_config_message(-1, cmd=nfq.NFQNL_CFG_CMD_BIND)
+
+
+# --- parsing -------------------------------------------------------------------------------
+def kernel_packet_msg(queue: int, packet_id: int, *, hdr_first: bool = True, seq: int = 0) -> bytes:
+    """A PACKET message the way nfqnl_build_packet_message lays it out (COPY_META)."""
+    attrs = [
+        nfq.build_attr(nfq.NFQA_PACKET_HDR, struct.pack("!IHB", packet_id, 0x0800, 2)),  # 7 bytes
+        nfq.build_attr(nfq.NFQA_IFINDEX_INDEV, struct.pack("!I", 3)),
+        nfq.build_attr(nfq.NFQA_IFINDEX_OUTDEV, struct.pack("!I", 4)),
+        nfq.build_attr(nfq.NFQA_SKB_INFO, struct.pack("!I", nfq.NFQA_SKB_GSO)),
+        nfq.build_attr(nfq.NFQA_CAP_LEN, struct.pack("!I", 65226)),
+    ]
+    if not hdr_first:
+        attrs = attrs[1:] + attrs[:1]
+    body = struct.pack("!BBH", socket.AF_INET, 0, queue) + b"".join(attrs)
+    return struct.pack("=IHHII", 16 + len(body), nfq.MSG_PACKET, 0, seq, 0) + body
+
+
+def nl_error(err: int, seq: int) -> bytes:
+    body = struct.pack("=i", -err) + struct.pack("=IHHII", 28, nfq.MSG_CONFIG, 5, seq, 0)
+    return struct.pack("=IHHII", 16 + len(body), nfq.NLMSG_ERROR, 0, seq, 0) + body
+
+
+def test_parse_packet_message():
+    m = kernel_packet_msg(0x0102, 0x01020304)
+    assert len(m) % 4 == 0
+    [p] = nfq.parse_messages(m)
+    assert isinstance(p, nfq.Packet)
+    assert (p.queue, p.packet_id, p.hw_protocol, p.hook) == (0x0102, 0x01020304, 0x0800, 2)
+    assert p.attrs[nfq.NFQA_IFINDEX_INDEV] == b"\0\0\0\x03"
+    assert struct.unpack("!I", p.attrs[nfq.NFQA_SKB_INFO])[0] & nfq.NFQA_SKB_GSO
+    assert len(p.attrs[nfq.NFQA_PACKET_HDR]) == 7  # padding stripped
+
+
+def test_parse_several_messages_errors_and_truncation():
+    buf = kernel_packet_msg(1, 10) + nl_error(0, 5) + kernel_packet_msg(1, 11, hdr_first=False) + nl_error(1, 6)
+    items = nfq.parse_messages(buf)
+    assert [type(i).__name__ for i in items] == ["Packet", "NlError", "Packet", "NlError"]
+    assert items[1] == nfq.NlError(0, 5) and items[3] == nfq.NlError(1, 6)  # ACK, EPERM
+    assert items[2].packet_id == 11
+    # a truncated trailing message is ignored, as is data after an explicit length
+    assert len(nfq.parse_messages(buf[:-3])) == 3
+    assert len(nfq.parse_messages(bytearray(buf), len(kernel_packet_msg(1, 10)))) == 1
+    assert nfq.parse_messages(b"") == [] and nfq.parse_messages(b"\x03\0\0\0" * 3) == []
+
+
+def test_scan_packets_matches_parse():
+    buf = kernel_packet_msg(2, 1) + kernel_packet_msg(2, 2, hdr_first=False) + nl_error(22, 9) + nl_error(0, 10)
+    ids, errs = [], []
+    nfq.scan_packets(buf, len(buf), ids.append, errs.append)
+    assert ids == [1, 2] and errs == [22]
+
+
+def test_proc_stats_parser(tmp_path):
+    f = tmp_path / "nfnetlink_queue"
+    f.write_text("    0  12345     3 1 65531     7     9     1234  1\n    1 -4000     0 2  64 0 0 0  1\n")
+    st = nfq.read_proc_stats(str(f))
+    assert st[0] == {"portid": 12345, "kernel_queued": 3, "kernel_queue_dropped": 7,
+                     "kernel_user_dropped": 9, "id_sequence": 1234}
+    assert st[1]["portid"] == -4000
+    assert nfq.read_proc_stats(str(tmp_path / "missing")) == {}
+
+
+# --- schedule ------------------------------------------------------------------------------
+def test_schedule_without_jitter():
+    s = DelaySchedule(10.0)
+    assert s.push(1.0, "a") == pytest.approx(1.010)
+    assert s.push(1.002, "b") == pytest.approx(1.012)
+    assert s.next_due() == pytest.approx(1.010) and len(s) == 2
+    assert s.pop_due(1.0099) == []
+    assert s.pop_due(1.011) == ["a"]
+    assert s.pop_due(5.0) == ["b"] and s.next_due() is None and len(s) == 0
+
+
+def test_schedule_fifo_with_jitter():
+    rng = random.Random(1)
+    s = DelaySchedule(5.0, 4.0, random.Random(2))
+    t, prev, rel = 0.0, -1.0, []
+    for i in range(5000):
+        t += rng.expovariate(1000.0)  # ~1 ms apart: jitter would reorder without the FIFO rule
+        r = s.push(t, i)
+        assert r >= prev  # never overtakes the previous packet
+        assert r >= t + 0.001 - 1e-12  # never less than delay - jitter
+        assert r <= max(t + 0.009, prev) + 1e-12  # never more than delay + jitter, or FIFO wait
+        prev = r
+        rel.append(r)
+    out = []
+    for now in [x / 1000 for x in range(0, int(t * 1000) + 20)]:
+        out += s.pop_due(now)
+    assert out == list(range(5000))  # released in arrival order
+
+
+def test_jitter_uniform_and_clamped():
+    s = DelaySchedule(10.0, 5.0, random.Random(3))
+    samples = [s.push(i * 1.0, i) - i * 1.0 for i in range(4000)]  # sparse: no FIFO coupling
+    assert min(samples) >= 0.005 and max(samples) <= 0.015
+    assert sum(samples) / len(samples) == pytest.approx(0.010, abs=0.0003)
+    assert min(samples) < 0.0055 and max(samples) > 0.0145  # covers the whole range
+    c = DelaySchedule(1.0, 5.0, random.Random(4))  # jitter > delay: clamped at zero
+    d = [c.push(i * 1.0) - i * 1.0 for i in range(2000)]
+    assert min(d) == 0.0 and max(d) <= 0.006 and sum(x == 0.0 for x in d) > 500
+
+
+def test_seeded_schedule_is_reproducible():
+    a = DelaySchedule(10, 3, random.Random(9))
+    b = DelaySchedule(10, 3, random.Random(9))
+    assert [a.push(i * 0.1) for i in range(50)] == [b.push(i * 0.1) for i in range(50)]
+
+
+def test_set_affects_new_packets_only_and_keeps_fifo():
+    s = DelaySchedule(100.0)
+    assert s.push(0.0, "old") == pytest.approx(0.1)
+    s.set(10.0, 0.0)
+    assert s.push(0.001, "new") == pytest.approx(0.1)  # would be 0.011, but may not overtake
+    assert s.push(0.2, "later") == pytest.approx(0.21)
+    assert s.pop_due(0.1) == ["old", "new"]
+    assert s.pop_all() == ["later"]
+    with pytest.raises(ValueError):
+        s.set(-1)
+    with pytest.raises(ValueError):
+        s.set(float("nan"))
+
+
+# --- control protocol ----------------------------------------------------------------------
+@pytest.fixture
+def dl():
+    return DelayLine({0: (10.0, 0.0), 3: (5.0, 1.0)}, seed=1)
+
+
+def test_set_and_stats(dl):
+    r = dl.handle_line('{"op": "set", "queue": 0, "delay_ms": 25, "jitter_ms": 2.5}')
+    assert r == {"ok": True, "queue": 0, "delay_ms": 25.0, "jitter_ms": 2.5}
+    assert dl.schedules[0].delay_ms == 25.0
+    r = dl.handle_line(b'{"op": "set", "queue": 3, "delay_ms": 7}\n')  # jitter unchanged
+    assert r == {"ok": True, "queue": 3, "delay_ms": 7.0, "jitter_ms": 1.0}
+    st = dl.handle_line('{"op":"stats"}')
+    assert st["ok"] is True and set(st["stats"]) == {"0", "3"}
+    assert st["stats"]["0"] == {"packets": 0, "held": 0, "released": 0, "dropped_enobufs": 0,
+                                "verdict_errors": 0, "delay_ms": 25.0, "jitter_ms": 2.5,
+                                "release_batches": 0, "late_us_mean": None, "late_us_max": None}
+    dl.schedules[3].push(0.0, 1)
+    assert dl.handle_line('{"op":"stats"}')["stats"]["3"]["held"] == 1
+    json.dumps(st)  # replies are JSON-serialisable
+
+
+@pytest.mark.parametrize("line", [
+    "", "not json", "[1, 2]", "42", '"set"', '{"op": "nope"}', '{"queue": 0}',
+    '{"op": "set", "queue": 9, "delay_ms": 1}',            # unknown queue
+    '{"op": "set", "queue": "zero", "delay_ms": 1}',
+    '{"op": "set", "queue": true, "delay_ms": 1}',
+    '{"op": "set", "delay_ms": 1}',
+    '{"op": "set", "queue": 0, "delay_ms": -1}',
+    '{"op": "set", "queue": 0, "delay_ms": NaN}',
+    '{"op": "set", "queue": 0, "delay_ms": Infinity}',
+    '{"op": "set", "queue": 0, "delay_ms": "10"}',
+    '{"op": "set", "queue": 0, "delay_ms": true}',
+    '{"op": "set", "queue": 0, "jitter_ms": -0.5}',
+    '{"op": "set", "queue": 0, "delay_ms": 1e12}',
+    '{"op": "set", "queue": 0, "delay": 5}',
+    b"\xff\xfe\x00",
+])
+def test_bad_control_lines(dl, line):
+    r = dl.handle_line(line)
+    assert r["ok"] is False and isinstance(r["error"], str) and r["error"]
+    json.dumps(r)
+    assert dl.schedules[0].delay_ms == 10.0 and not dl.stopping  # nothing changed
+
+
+def test_quit_and_queue_as_string(dl):
+    assert dl.handle_line('{"op": "set", "queue": "3", "delay_ms": 0}')["ok"] is True
+    assert dl.handle_line('{"op": "quit"}') == {"ok": True} and dl.stopping
+
+
+def test_queue_specs_and_parser():
+    assert parse_queue_spec("0:10:2.5") == (0, 10.0, 2.5)
+    assert parse_queue_spec("7:3") == (7, 3.0, 0.0)
+    assert parse_queue_spec("65535") == (65535, 0.0, 0.0)
+    for bad in ("x:1", "70000:1", "1:-5", "1:2:3:4", "1:nan"):
+        with pytest.raises(Exception):
+            parse_queue_spec(bad)
+    a = build_parser().parse_args(["--queue", "0:10:1", "--queue", "1:20", "--maxlen", "100", "--seed", "3"])
+    assert a.queue == [(0, 10.0, 1.0), (1, 20.0, 0.0)] and a.maxlen == 100 and a.seed == 3
+    with pytest.raises(ValueError):
+        DelayLine({})
+
+
+def test_cli_rejects_bad_arguments():
+    for argv in (["--queue", "x"], [], ["--queue", "0:1", "--queue", "0:2"], ["--queue", "0:1", "--maxlen", "0"]):
+        p = subprocess.run([sys.executable, "-m", "emulation.delayline", *argv], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 2, (argv, p.stderr)
+
+
+def test_imports_only_the_standard_library():
+    code = ("import sys, json; before = set(sys.modules); import emulation.delayline; "
+            "print(json.dumps({m: getattr(sys.modules[m], '__file__', None) for m in set(sys.modules) - before}))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    mods = json.loads(p.stdout)
+    stdlib = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+    foreign = {m: f for m, f in mods.items()
+               if f and not f.startswith(stdlib) and not m.startswith("emulation")}
+    assert foreign == {}
+
+
+# --- the event loop, without netlink (no root needed) ---------------------------------------
+LOOP = ("import json, os, sys; from emulation.delayline import DelayLine; "
+        "dl = DelayLine({0: (10, 0), 1: (0, 0)}); "
+        "os.write(1, b'{\"ready\": true}\\n'); dl.run(); dl.close(); sys.exit(0)")
+
+
+class LoopProc:
+    def __init__(self):
+        self.p = subprocess.Popen([sys.executable, "-c", LOOP], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.buf = b""
+        assert self.read() == {"ready": True}
+
+    def read(self, timeout=10.0):
+        fd = self.p.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([fd], [], [], left)[0], "no reply"
+            chunk = os.read(fd, 4096)
+            assert chunk, self.p.stderr.read()
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def send(self, raw: bytes):
+        self.p.stdin.write(raw)
+        self.p.stdin.flush()
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+        for f in (self.p.stdin, self.p.stdout, self.p.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def test_event_loop_control_and_eof_exit():
+    lp = LoopProc()
+    try:
+        # split writes, several lines in one write, blank lines, a bad line
+        lp.send(b'{"op": "set", "queue": 0, ')
+        time.sleep(0.05)
+        lp.send(b'"delay_ms": 3}\n\n{"op": "stats"}\nbogus\n')
+        assert lp.read() == {"ok": True, "queue": 0, "delay_ms": 3.0, "jitter_ms": 0.0}
+        st = lp.read()
+        assert st["ok"] and st["stats"]["0"]["delay_ms"] == 3.0
+        assert lp.read()["ok"] is False
+        assert lp.p.poll() is None  # still running after a bad line
+        lp.send(b'{"op": "stats"}')  # no newline: handled at EOF
+        lp.p.stdin.close()
+        assert lp.read()["ok"] is True
+        assert lp.p.wait(timeout=5) == 0
+    finally:
+        lp.close()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint", "quit"])
+def test_event_loop_exits_zero_on_signal_or_quit(how):
+    lp = LoopProc()
+    try:
+        assert lp.send(b'{"op": "stats"}\n') is None and lp.read()["ok"]
+        if how == "quit":
+            lp.send(b'{"op": "quit"}\n')
+            assert lp.read() == {"ok": True}
+        else:
+            lp.p.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+        assert lp.p.wait(timeout=5) == 0
+    finally:
+        lp.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="checks the unprivileged failure path")
+def test_unprivileged_start_reports_not_ready():
+    p = subprocess.run([sys.executable, "-m", "emulation.delayline", "--queue", "0:1"], cwd=REPO_ROOT,
+                       input="", capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    reply = json.loads(p.stdout.splitlines()[0])
+    assert reply["ready"] is False and "nfqueue 0" in reply["error"]
