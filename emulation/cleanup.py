@@ -40,12 +40,11 @@ def _root_interfaces() -> list[str]:
     return sorted(os.listdir("/sys/class/net")) if os.path.isdir("/sys/class/net") else []
 
 
-def live_run_ids(directory: Path | None = None) -> set[str]:
-    return {r["run_id"] for r in registry.load_records(directory) if registry.owner_alive(r)}
-
-
-def find_leftovers(directory: Path | None = None, cgroup_root: Path = cgroups.CGROUP_ROOT) -> list[Leftover]:
-    live = live_run_ids(directory)
+def find_leftovers(directory: Path | None = None, cgroup_root: Path = cgroups.CGROUP_ROOT,
+                   owned_by: int | None = None) -> list[Leftover]:
+    """Objects of abandoned runs, plus (for tests) those of runs owned by process ``owned_by``."""
+    live = {r["run_id"] for r in registry.load_records(directory)
+            if registry.owner_alive(r) and r["owner"]["pid"] != owned_by}
     me = os.getpid()
     found: list[Leftover] = []
     for record in registry.load_records(directory):

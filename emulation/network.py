@@ -1,16 +1,19 @@
 """EmulatedNetwork: a topology spec realised with Mininet, shaped links and cgroup-limited hosts.
 
-Layout of one link ``a-b`` (index i) on a kernel **without** netem::
+Layout of one link ``a-b`` (index i)::
 
-    a [<run>-<i>a] ---- [<run>-<i>w] wire node "a-b" [<run>-<i>x] ---- [<run>-<i>b] b
+    a [<run>-<i>a] ---- [<run>-<i>w] wire "a-b" [<run>-<i>x] ---- [<run>-<i>b] b
 
-The *wire* is a forwarding namespace of its own: it holds the link's delay line (NFQUEUE
-queue 0 for a->b, queue 1 for b->a) and its loss rules (iptables ``statistic``). It routes
-by input port (policy routing), so it needs two rules whatever the topology's size. The
-rate of a->b is a tbf on a's interface, of b->a on b's: serialisation first, then
-propagation, like a real link. Wires exist for every link, so a sweep can add delay or loss
-to any link live. On a kernel **with** netem there are no wires: netem (delay, jitter, loss)
-is the root qdisc of the sender's interface and the tbf its child.
+The *wire* is a forwarding namespace of its own, the link's bottleneck router: the rate of
+a->b is a tbf on the wire's interface toward b (``x``), of b->a on its interface toward a
+(``w``). Shaping in the middle of the link, not on the sender's own interface, means the
+sender's TCP sees real queueing and real drops, as behind a real bottleneck, instead of
+local-qdisc back-pressure and instant "retransmits". Delay, jitter and loss live in the
+wire too: with netem, a netem root qdisc whose child is the tbf (delay, then rate); without
+netem (this machine), an NFQUEUE delay line (queue 0 for a->b, 1 for b->a) and iptables
+``statistic`` drops. The wire routes by input port (policy routing), so it costs two rules
+whatever the topology's size. Every link has a wire, so a sweep can add delay or loss to
+any link live.
 
 Every object carries the run id: interface names ``<run>-...``, cgroups
 ``testbed/<run>/<host>``, processes ``TESTBED_RUN=<run>`` in their environment; all are
@@ -19,6 +22,7 @@ reached on exceptions, Ctrl-C and SIGTERM via the CLI's handler) removes them.
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -71,13 +75,14 @@ class Segment:
 
 @dataclass
 class Wire:
-    """The forwarding namespace of one link (kernel without netem)."""
+    """The forwarding namespace in the middle of one link."""
 
     link: LinkSpec
     name: str
     if_a: str   # faces the link's a end
     if_b: str   # faces the link's b end
     delayline: subprocess.Popen | None = None
+    rules: list[list[str]] = field(default_factory=list)  # iptables rules in place now
 
 
 @dataclass
@@ -121,7 +126,7 @@ class Plan:
         return out
 
 
-def plan(spec: TopologySpec, run_id: str, wires: bool) -> Plan:
+def plan(spec: TopologySpec, run_id: str) -> Plan:
     p = Plan(hosts=[h.name for h in spec.hosts])
 
     def seg(a: str, b: str, if_a: str, if_b: str) -> Segment:
@@ -131,16 +136,12 @@ def plan(spec: TopologySpec, run_id: str, wires: bool) -> Plan:
         return s
 
     for i, link in enumerate(spec.links):
-        ia, ib = f"{run_id}-{i}a", f"{run_id}-{i}b"
-        if wires:
-            wa, wb = f"{run_id}-{i}w", f"{run_id}-{i}x"
-            p.wires[link.name] = (link.name, wa, wb)
-            seg(link.a, link.name, ia, wa)
-            seg(link.name, link.b, wb, ib)
-        else:
-            seg(link.a, link.b, ia, ib)
-        p.shaped_if[(link.a, link.b)] = (link.a, ia)
-        p.shaped_if[(link.b, link.a)] = (link.b, ib)
+        ia, ib, wa, wb = (f"{run_id}-{i}{side}" for side in "abwx")
+        p.wires[link.name] = (link.name, wa, wb)
+        seg(link.a, link.name, ia, wa)
+        seg(link.name, link.b, wb, ib)
+        p.shaped_if[(link.a, link.b)] = (link.name, wb)  # the wire's egress toward b
+        p.shaped_if[(link.b, link.a)] = (link.name, wa)  # ... and toward a
     return p
 
 
@@ -173,7 +174,7 @@ class EmulatedNetwork:
         self.run_id = run_id or registry.new_run_id(registry_dir)
         self.registry = registry.RunRegistry(self.run_id, registry_dir)
         self.netem = bool(self.caps.get("qdiscs", {}).get("netem"))
-        self.plan = plan(spec, self.run_id, wires=not self.netem)
+        self.plan = plan(spec, self.run_id)
         self.mn = None
         self.nodes: dict = {}
         self.cgroups: dict[str, cgroups.HostCgroup] = {}
@@ -181,6 +182,7 @@ class EmulatedNetwork:
         self.links: dict[str, LinkSpec] = {l.name: l for l in spec.links}
         self.hosts_limits: dict[str, cgroups.Limits] = {}
         self.procs: list[subprocess.Popen] = []
+        self._iprs: dict = {}
         self._stopped = False
         self._started = False
 
@@ -268,15 +270,17 @@ class EmulatedNetwork:
             self.hosts_limits[h.name] = limits
         self._address_and_route()
         for link in self.spec.links:
-            if not self.netem:
-                name, if_a, if_b = self.plan.wires[link.name]
-                self.wires[link.name] = Wire(link, name, if_a, if_b)
+            name, if_a, if_b = self.plan.wires[link.name]
+            self.wires[link.name] = Wire(link, name, if_a, if_b)
             self._apply_link(link)
 
     def _ipr(self, node: str):
+        """A netlink socket inside ``node``'s namespace, opened once and kept for the run."""
         from pyroute2 import IPRoute
 
-        return IPRoute(netns=f"/proc/{self.nodes[node].pid}/ns/net")
+        if node not in self._iprs:
+            self._iprs[node] = IPRoute(netns=f"/proc/{self.nodes[node].pid}/ns/net")
+        return contextlib.nullcontext(self._iprs[node])
 
     def _address_and_route(self) -> None:
         all_nodes = self.plan.hosts + [w[0] for w in self.plan.wires.values()]
@@ -336,10 +340,13 @@ class EmulatedNetwork:
             for q, d in enumerate((link.forward, link.reverse)):
                 self._delayline_call(wire, {"op": "set", "queue": q, "delay_ms": d.delay_ms,
                                             "jitter_ms": d.jitter_ms})
-        ipt = self.caps.get("iptables") or "iptables"
-        self._ns_run(node.pid, [ipt, "-w", "-F", "FORWARD"])
-        for rule in self._wire_rules(wire, link):
-            self._ns_run(node.pid, [ipt, "-w", *rule])
+        rules = self._wire_rules(wire, link)
+        if rules != wire.rules:  # a wire without loss or delay needs no iptables call at all
+            ipt = self.caps.get("iptables") or "iptables"
+            self._ns_run(node.pid, [ipt, "-w", "-F", "FORWARD"])
+            for rule in rules:
+                self._ns_run(node.pid, [ipt, "-w", *rule])
+            wire.rules = rules
         wire.link = link
 
     def _ns_run(self, pid: int, argv: list[str]) -> str:
@@ -556,6 +563,9 @@ class EmulatedNetwork:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for ipr in self._iprs.values():
+            ipr.close()
+        self._iprs.clear()
         if self.mn is not None:
             for node in self.nodes.values():
                 try:

@@ -27,6 +27,8 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
 
 def _install_signal_handlers() -> None:
     if threading.current_thread() is threading.main_thread():
+        # a shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGHUP, _on_sigterm)
 

@@ -1,0 +1,147 @@
+"""Real networks: built-ins come up and route, links and hosts hold their limits, live changes
+read back, two networks coexist, and failures inside the `with` leave nothing behind."""
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from emulation.calibrate import measure_goodput, measure_rtt_ms, measure_udp_loss, memory_enforced, measure_cpus
+from emulation.network import EmulatedNetwork, EmulationError
+from topologies import apply_overrides, load_topology
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+GiB = 1 << 30
+
+
+def spec(ref: str, sets: dict | None = None):
+    s = load_topology(ref, cores=2.0, memory_bytes=24 * GiB)
+    return apply_overrides(s, sets) if sets else s
+
+
+def ping_ok(net: EmulatedNetwork, src: str, dst: str) -> bool:
+    res = net.run(src, ["ping", "-n", "-c", "1", "-W", "2", net.address(dst)], limited=False)
+    return res.returncode == 0
+
+
+@pytest.mark.parametrize("ref", ["three_tier", "star:mobiles=3", "multi_edge"])
+def test_every_builtin_comes_up_routes_every_pair_and_reads_back(ref, caps):
+    with EmulatedNetwork(spec(ref), caps=caps) as net:
+        assert net.verify() == []
+        hosts = net.plan.hosts
+        for src in hosts:
+            for dst in hosts:
+                if src != dst:
+                    assert ping_ok(net, src, dst), f"{src} cannot reach {dst}"
+
+
+def test_traffic_follows_the_topology_path(caps):
+    # mobile -> cloud must cross edge: TTL drops by one per router (edge and the two wires)
+    with EmulatedNetwork(spec("three_tier"), caps=caps) as net:
+        out = net.run("mobile", ["ping", "-n", "-c", "1", net.address("cloud")], limited=False).stdout
+        ttl = int(re.search(r"ttl=(\d+)", out).group(1))
+        routers = 1 + (0 if net.netem else 2)
+        assert ttl == 64 - routers
+
+
+def test_bandwidth_is_enforced_in_each_direction_separately(caps):
+    s = spec("three_tier", {"links.mobile-edge.forward.bandwidth": "20Mbit", "links.mobile-edge.reverse.bandwidth": "5Mbit"})
+    with EmulatedNetwork(s, caps=caps) as net:
+        up = measure_goodput(net, "mobile", "edge", 20_000_000, 2.0)
+        down = measure_goodput(net, "edge", "mobile", 5_000_000, 2.0)
+    assert 0.93 <= up / 20e6 <= 1.02, up
+    assert 0.93 <= down / 5e6 <= 1.02, down
+
+
+def test_delay_without_netem_uses_nfqueue_line(caps):
+    if caps["delay_mechanism"] != "nfqueue":
+        pytest.skip("this kernel has netem: the delay line is not used")
+    s = spec("three_tier", {"links.mobile-edge.delay": "10ms", "links.edge-cloud.bandwidth": "100Mbit"})
+    with EmulatedNetwork(s, caps=caps) as net:
+        assert net.wires["mobile-edge"].delayline is not None
+        assert net.wires["edge-cloud"].delayline is None      # no delay: no daemon, no queue rule
+        rtt = measure_rtt_ms(net, "mobile", "edge")
+        assert abs(rtt - 20.0) <= 0.6, rtt
+        rtt_cloud = measure_rtt_ms(net, "mobile", "cloud")
+        assert abs(rtt_cloud - 20.0) <= 0.6, rtt_cloud
+        # the rate still holds while delayed
+        goodput = measure_goodput(net, "mobile", "edge", 200_000_000, 3.0)
+        assert goodput / 200e6 >= 0.93, goodput
+
+
+def test_loss_is_applied_per_direction(caps):
+    s = spec("three_tier", {"links.mobile-edge.forward.loss": "10%"})
+    with EmulatedNetwork(s, caps=caps) as net:
+        loss, n = measure_udp_loss(net, "mobile", "edge", 200_000_000, 2.0)
+        back, m = measure_udp_loss(net, "edge", "mobile", 200_000_000, 1.0)
+    assert n > 2000
+    assert abs(loss - 0.10) < 0.03, loss
+    assert back == 0.0
+
+
+def test_cpu_quota_is_enforced(caps):
+    with EmulatedNetwork(spec("three_tier"), caps=caps) as net:
+        got = measure_cpus(net, "mobile", 1.5)
+    assert abs(got - 0.25) <= 0.05 * 0.25 + 0.005, got
+
+
+def test_memory_limit_kills_and_the_oom_is_detected(caps):
+    s = spec("three_tier", {"hosts.mobile.memory": "128MiB"})
+    with EmulatedNetwork(s, caps=caps) as net:
+        assert net.oom_kills("mobile") == 0
+        assert memory_enforced(net, "mobile") is True
+        assert net.oom_kills("mobile") >= 1
+        # a process inside the limit survives
+        ok = net.run("mobile", [sys.executable, "-c", "b = b'1' * (32 << 20); print('ok')"])
+        assert ok.returncode == 0 and "ok" in ok.stdout
+
+
+def test_live_change_of_link_and_host_reads_back_and_takes_effect(caps):
+    with EmulatedNetwork(spec("three_tier"), caps=caps) as net:
+        net.set_link("mobile-edge", rate_bps=8_000_000)
+        applied = {(r["link"], r["direction"]): r for r in net.applied()["links"]}
+        assert applied[("mobile-edge", "mobile->edge")]["bandwidth_bps"] == 8_000_000
+        goodput = measure_goodput(net, "mobile", "edge", 8_000_000, 2.0)
+        assert 0.93 <= goodput / 8e6 <= 1.02, goodput
+        if caps["delay_mechanism"] == "nfqueue":
+            net.set_link("edge-mobile", direction="reverse", delay_ms=15.0)  # either name order works
+            assert abs(measure_rtt_ms(net, "mobile", "edge") - 15.0) <= 0.5
+            net.set_link("mobile-edge", delay_ms=0.0)
+            assert measure_rtt_ms(net, "mobile", "edge") < 1.0
+        net.set_host("edge", cpus=1.0, memory_bytes=256 << 20)
+        assert net.cgroups["edge"].read_back().cpus == 1.0
+        assert net.cgroups["edge"].read_back().memory_bytes == 256 << 20
+        assert net.verify() == []
+
+
+def test_live_change_errors_name_the_problem(caps):
+    with EmulatedNetwork(spec("three_tier"), caps=caps) as net:
+        with pytest.raises(EmulationError, match="unknown link 'mobile-cloud'; links: mobile-edge, edge-cloud"):
+            net.set_link("mobile-cloud", rate_bps=1)
+        with pytest.raises(EmulationError, match="jitter 5.0ms exceeds delay 1.0ms"):
+            net.set_link("mobile-edge", delay_ms=1.0, jitter_ms=5.0)
+        with pytest.raises(EmulationError, match="exceeds the 2 cores"):
+            net.set_host("edge", cpus=64.0)
+        with pytest.raises(EmulationError, match="unknown host setting"):
+            net.set_host("edge", gpus=1)
+
+
+def test_two_networks_at_once_do_not_collide(caps):
+    with EmulatedNetwork(spec("three_tier"), caps=caps) as a, EmulatedNetwork(spec("three_tier"), caps=caps) as b:
+        assert a.run_id != b.run_id
+        assert ping_ok(a, "mobile", "cloud") and ping_ok(b, "mobile", "cloud")
+        assert a.verify() == [] and b.verify() == []
+
+
+def test_exception_inside_the_network_still_removes_everything(caps):
+    with pytest.raises(RuntimeError, match="boom"):
+        with EmulatedNetwork(spec("three_tier"), caps=caps) as net:
+            net.popen("edge", ["sleep", "60"])
+            raise RuntimeError("boom")
+
+
+def test_host_limits_above_the_machine_are_refused_before_anything_is_made(caps):
+    with pytest.raises(EmulationError, match="host cloud: cpus 64.0 exceeds the 2 cores"):
+        EmulatedNetwork(spec("three_tier", {"hosts.cloud.cpus": "64"}), caps=caps).start()

@@ -1,0 +1,206 @@
+"""What the emulation asks of the kernel, checked without root: tc requests (tbf, and netem,
+which this machine's kernel lacks), cgroup v1/v2 writes, the address/route plan, and the
+bookkeeping that `testbed clean` relies on."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from emulation import cgroups, registry, shaping
+from emulation.calibrate import loss_tolerance, rtt_tolerance_ms
+from emulation.network import plan, rules_match
+from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
+
+
+def _line(n: int = 3) -> TopologySpec:
+    names = [f"h{i}" for i in range(n)]
+    d = DirectionSpec(rate_bps=10_000_000)
+    return TopologySpec("line", tuple(HostSpec(x) for x in names),
+                        tuple(LinkSpec(names[i], names[i + 1], d, d) for i in range(n - 1)))
+
+
+# -- tc ---------------------------------------------------------------------------------
+def test_tbf_request_for_rate_only_direction():
+    reqs = shaping.shaping_requests(DirectionSpec(rate_bps=200_000_000), netem=False)
+    assert [(r.command, r.kind, r.handle, r.parent) for r in reqs] == [("replace", "tbf", 0x10000, None)]
+    p = reqs[0].params
+    assert p["rate"] == 25_000_000                     # bytes/s
+    assert p["burst"] == 25_000                        # 1 ms of bytes at 200 Mbit/s
+    assert p["limit"] == 500_000                       # BDP at 20 ms (no delay)
+
+
+def test_tbf_burst_never_below_two_frames_at_low_rates():
+    p = shaping.tbf_params(DirectionSpec(rate_bps=1_000_000))
+    assert p["burst"] == 2 * shaping.FRAME_BYTES
+    assert p["limit"] == 10 * shaping.FRAME_BYTES
+
+
+def test_queue_follows_bandwidth_delay_product_and_explicit_size_wins():
+    d = DirectionSpec(rate_bps=100_000_000, delay_ms=40.0)
+    assert shaping.queue_bytes(d) == int(100e6 / 8 * 0.1)  # 2 x 40 ms + 20 ms
+    assert shaping.queue_bytes(DirectionSpec(rate_bps=100_000_000, queue_bytes=64 * 1024)) == 65536
+
+
+def test_rate_above_tbf_field_is_refused_with_the_alternative():
+    with pytest.raises(shaping.ShapingError, match="leave the link unshaped"):
+        shaping.tbf_params(DirectionSpec(rate_bps=50_000_000_000))
+
+
+def test_netem_request_built_where_kernel_has_netem_not_sent_here():
+    # this machine has no netem: we check what would be sent, not what the kernel does
+    d = DirectionSpec(rate_bps=10_000_000, delay_ms=20.0, jitter_ms=2.0, loss=0.01)
+    reqs = shaping.shaping_requests(d, netem=True)
+    assert [(r.kind, r.handle, r.parent) for r in reqs] == [("netem", 0x10000, None), ("tbf", 0x20000, 0x10001)]
+    n = reqs[0].params
+    assert (n["delay"], n["jitter"]) == (20_000, 2_000)  # microseconds, as pyroute2 takes them
+    assert n["loss"] == pytest.approx(1.0)               # percent
+    assert n["limit"] >= 1000
+
+
+def test_unimpaired_direction_with_netem_needs_no_netem():
+    reqs = shaping.shaping_requests(DirectionSpec(rate_bps=10_000_000), netem=True)
+    assert [r.kind for r in reqs] == ["tbf"]
+    assert shaping.shaping_requests(DirectionSpec(), netem=False) == []
+
+
+def test_verify_reports_rate_and_queue_differences():
+    reqs = shaping.shaping_requests(DirectionSpec(rate_bps=8_000_000), netem=False)
+    good = {"tbf": {"rate": 1_000_000, "limit": reqs[0].params["limit"]}}
+    assert shaping.verify(reqs, good) == []
+    bad = {"tbf": {"rate": 999_000, "limit": 1}}
+    problems = shaping.verify(reqs, bad)
+    assert len(problems) == 2 and "rate reads 7992000" in problems[0]
+    assert shaping.verify(reqs, {}) == ["tbf qdisc missing"]
+    assert shaping.verify([], good) == ["unshaped direction still has ['tbf']"]
+
+
+# -- cgroups ----------------------------------------------------------------------------
+def test_cgroup_v2_requests():
+    req = cgroups.v2_requests(cgroups.Limits(cpus=0.25, memory_bytes=1 << 30, cpuset=(0, 1, 3)))
+    assert req == {"cpu.max": "25000 100000", "cpuset.cpus": "0-1,3",
+                   "memory.max": str(1 << 30), "memory.swap.max": "0"}
+    assert cgroups.v2_requests(cgroups.Limits()) == {"cpu.max": "max 100000", "memory.max": "max"}
+
+
+def test_cgroup_v1_requests_order_memsw_around_the_limit():
+    lowering = cgroups.v1_requests(cgroups.Limits(cpus=2.0, memory_bytes=512 << 20), "0", raising_memory=False)
+    files = [f for _, f, _ in lowering]
+    assert files.index("memory.limit_in_bytes") < files.index("memory.memsw.limit_in_bytes")
+    assert ("cpu", "cpu.cfs_quota_us", "200000") in lowering
+    assert ("memory", "memory.swappiness", "0") in lowering
+    raising = cgroups.v1_requests(cgroups.Limits(), "0", raising_memory=True)
+    files = [f for _, f, _ in raising]
+    assert files.index("memory.memsw.limit_in_bytes") < files.index("memory.limit_in_bytes")
+    assert ("cpu", "cpu.cfs_quota_us", "-1") in raising
+
+
+def test_cpu_quota_has_the_kernels_floor():
+    assert cgroups.cpu_quota_us(0.001) == 1000
+    assert cgroups.cpu_quota_us(1.5) == 150_000
+
+
+@pytest.mark.parametrize("cpus,text", [((0,), "0"), ((0, 1, 2, 5), "0-2,5"), ((3, 1, 2), "1-3"), ((0, 2, 4), "0,2,4")])
+def test_cpuset_format_round_trips(cpus, text):
+    assert cgroups.format_cpuset(cpus) == text
+    assert cgroups.parse_cpuset(text) == tuple(sorted(set(cpus)))
+
+
+def test_cgroup_layout_v1_and_v2(tmp_path):
+    v2 = cgroups.HostCgroup("tbabcd", "edge", version=2, root=tmp_path)
+    assert v2.paths == [tmp_path / "testbed" / "tbabcd" / "edge"]
+    v1 = cgroups.HostCgroup("tbabcd", "edge", version=1, root=tmp_path)
+    assert v1.paths == [tmp_path / c / "testbed" / "tbabcd" / "edge" for c in cgroups.V1_CONTROLLERS]
+
+
+def test_oom_kills_read_from_v1_and_v2_files(tmp_path):
+    v2 = cgroups.HostCgroup("tbabcd", "m", version=2, root=tmp_path)
+    v2.paths[0].mkdir(parents=True)
+    (v2.paths[0] / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n")
+    assert v2.oom_kills() == 2
+    v1 = cgroups.HostCgroup("tbabcd", "m", version=1, root=tmp_path)
+    mem = tmp_path / "memory" / "testbed" / "tbabcd" / "m"
+    mem.mkdir(parents=True)
+    (mem / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n")
+    assert v1.oom_kills() == 5
+
+
+def test_remove_run_cgroups_removes_run_and_empty_top(tmp_path):
+    for host in ("a", "b"):
+        (tmp_path / "testbed" / "tbabcd" / host).mkdir(parents=True)
+    removed = cgroups.remove_run_cgroups("tbabcd", tmp_path, version=2)
+    assert not (tmp_path / "testbed").exists()
+    assert len(removed) == 3
+
+
+# -- plan: addressing and routing ---------------------------------------------------------
+def test_plan_puts_a_wire_on_every_link_and_shapes_at_its_egress():
+    p = plan(_line(3), "tbabcd")
+    assert [(s.a, s.b) for s in p.segments] == [("h0", "h0-h1"), ("h0-h1", "h1"), ("h1", "h1-h2"), ("h1-h2", "h2")]
+    assert all(len(i) <= 15 for s in p.segments for i in (s.if_a, s.if_b))
+    # h0->h1 is shaped where it leaves the wire toward h1, h1->h0 where it leaves toward h0
+    assert p.shaped_if[("h0", "h1")] == ("h0-h1", "tbabcd-0x")
+    assert p.shaped_if[("h1", "h0")] == ("h0-h1", "tbabcd-0w")
+    assert len({s.subnet for s in p.segments}) == 4
+
+
+def test_plan_next_hops_follow_the_topology_path():
+    p = plan(_line(3), "tbabcd")
+    # h1 is multi-homed: segments beyond a wire are reached through that wire
+    assert p.next_hops("h1") == {0: ("10.0.1.1", "tbabcd-0b"), 3: ("10.0.2.2", "tbabcd-1a")}
+    # the wire h0-h1 reaches h2's segment via h1
+    assert p.next_hops("h0-h1")[3] == ("10.0.1.2", "tbabcd-0x")
+
+
+def test_interface_names_fit_ifnamsiz_for_large_topologies():
+    p = plan(_line(300), "tbabcd")
+    assert max(len(i) for s in p.segments for i in (s.if_a, s.if_b)) <= 15
+    assert all(registry.IFNAME_RE.match(s.if_a) for s in p.segments)
+
+
+def test_iptables_rule_comparison_tolerates_number_formatting_only():
+    want = ["-A FORWARD -i x -m statistic --mode random --probability 0.00100000 -j DROP"]
+    got = ["-A FORWARD -i x -m statistic --mode random --probability 0.00100000005 -j DROP"]
+    assert rules_match(want, got)
+    assert not rules_match(want, [got[0].replace("0.00100000005", "0.002")])
+    assert not rules_match(want, [])
+
+
+# -- registry ---------------------------------------------------------------------------
+def test_registry_records_are_written_before_returning(tmp_path):
+    reg = registry.RunRegistry("tbabcd", tmp_path)
+    reg.create()
+    reg.add_process(os.getpid(), "me")
+    reg.add_cgroups([Path("/x/y")])
+    (record,) = registry.load_records(tmp_path)
+    assert record["processes"][0]["pid"] == os.getpid()
+    assert record["processes"][0]["starttime"] == registry.proc_starttime(os.getpid())
+    assert registry.owner_alive(record)
+    reg.remove()
+    assert registry.load_records(tmp_path) == []
+
+
+def test_recycled_pid_is_not_taken_for_ours():
+    me = os.getpid()
+    assert registry.process_alive(me, registry.proc_starttime(me))
+    assert not registry.process_alive(me, registry.proc_starttime(me) - 1)
+
+
+def test_run_ids_and_interface_names_match_the_clean_patterns(tmp_path):
+    rid = registry.new_run_id(tmp_path)
+    assert registry.RUN_ID_RE.match(rid)
+    assert registry.IFNAME_RE.match(f"{rid}-12w").group(1) == rid
+    assert not registry.IFNAME_RE.match("eth0")
+    assert not registry.IFNAME_RE.match("tbabcdef-1")
+
+
+# -- calibration tolerances ---------------------------------------------------------------
+def test_rtt_tolerance_is_half_a_millisecond_or_three_percent():
+    assert rtt_tolerance_ms(2.0) == 0.5
+    assert rtt_tolerance_ms(500.0) == pytest.approx(15.0)
+
+
+def test_loss_tolerance_shrinks_with_more_packets():
+    assert loss_tolerance(0.01, 10_000) < loss_tolerance(0.01, 1_000)
+    assert loss_tolerance(0.0, 1000) == pytest.approx(0.001, rel=0.01)

@@ -1,0 +1,74 @@
+"""The one error type of the package, and the helpers that keep its messages short.
+
+Callers may rely on:
+
+- every problem with a topology (a file, a built-in's parameters, a ``--set`` override, a
+  value given to a parser) is raised as :class:`TopologyError`, a ``ValueError``;
+- ``str(error)`` is exactly one line,
+  ``<source>:<line>: <field path>: <problem>; allowed: <what is allowed>``, where the parts
+  that are unknown are left out together with their separator (no line for specs built in
+  Python, no source or path for a bare parser error);
+- the parts are also attributes (``source``, ``line``, ``path``, ``problem``, ``allowed``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class TopologyError(ValueError):
+    """A topology, or one value in it, is not acceptable. ``str()`` is one line."""
+
+    def __init__(self, problem: str, allowed: str | None = None, *, source: str | None = None,
+                 line: int | None = None, path: str | None = None) -> None:
+        self.problem = problem
+        self.allowed = allowed
+        self.source = source
+        self.line = line
+        self.path = path
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.source:
+            where = f"{self.source}:{self.line}: " if self.line is not None else f"{self.source}: "
+        text = f"{where}{self.path}: " if self.path else where
+        text += self.problem if self.allowed is None else f"{self.problem}; allowed: {self.allowed}"
+        return " ".join(text.splitlines())  # one line, whatever a problem text carried
+
+    def __reduce__(self):  # keeps keyword-only parts when pickled (multiprocessing, pytest-xdist)
+        return (_rebuild, (self.problem, self.allowed, self.source, self.line, self.path))
+
+    def located(self, *, source: str | None = None, line: int | None = None,
+                path: str | None = None) -> TopologyError:
+        """A copy with the location parts that this error does not have yet filled in."""
+        return TopologyError(self.problem, self.allowed, source=self.source or source,
+                             line=self.line if self.line is not None else line, path=self.path or path)
+
+
+def _rebuild(problem, allowed, source, line, path) -> TopologyError:
+    return TopologyError(problem, allowed, source=source, line=line, path=path)
+
+
+def name_list(names: Iterable[str], limit: int = 10) -> str:
+    """'a, b, c' -- or, for long lists, the first few and how many there are in all."""
+    names = list(names)
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[: limit - 2]) + f", ... ({len(names)} in all)"
+
+
+def kind_of(value: object) -> str:
+    """What a parsed YAML value is, in the words a YAML author uses."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return f"a {type(value).__name__}"
