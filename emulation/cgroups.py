@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +141,24 @@ def _rmdir_when_empty(path: Path, timeout_s: float = 5.0) -> None:
             return
         except OSError as e:
             if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise CgroupError(f"cannot remove cgroup {path}: {os.strerror(e.errno)}") from None
+                raise CgroupError(f"cannot remove cgroup {path}: {os.strerror(e.errno)}{_who(path)}") from None
             time.sleep(0.02)
+
+
+def _who(path: Path) -> str:
+    """' (still holds: pid cmdline, ...)' for an error message, or ''."""
+    try:
+        pids = (path / "cgroup.procs").read_text().split()
+    except OSError:
+        return ""
+    names = []
+    for pid in pids[:5]:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        names.append(f"{pid} {cmd[:60]}")
+    return f" (still holds: {', '.join(names)})" if names else ""
 
 
 class HostCgroup:
@@ -294,6 +311,20 @@ class HostCgroup:
             if f.exists():
                 out.update(int(x) for x in f.read_text().split())
         return out
+
+    def kill_all(self, timeout_s: float = 3.0) -> None:
+        """SIGKILL every process in this host's cgroup until it is empty (for teardown)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
 
     def oom_kills(self) -> int:
         """How many processes the kernel's OOM killer took from this host so far."""

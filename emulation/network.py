@@ -579,6 +579,9 @@ class EmulatedNetwork:
                     if node.shell is not None and node.shell.poll() is not None:
                         break
                     time.sleep(0.01)
+        # whatever is still inside a host's cgroup was started on that host, so it is ours
+        for cg in self.cgroups.values():
+            cg.kill_all()
         try:
             cgroups.remove_run_cgroups(self.run_id, version=self.caps.get("cgroup_version"))
         except cgroups.CgroupError as e:

@@ -33,7 +33,7 @@ def print_doctor(caps: dict) -> None:
     qd = caps.get("qdiscs") or {}
     t.add_row("qdiscs", ", ".join(f"{k}:{'yes' if v else 'no'}" for k, v in qd.items()) or "not probed",
               caps.get("kernel_probe", {}).get("reason", ""))
-    t.add_row("bandwidth", caps["shaping"], "tbf on the sender's interface")
+    t.add_row("bandwidth", caps["shaping"], "tbf in each link's wire namespace")
     t.add_row("delay / jitter", caps["delay_mechanism"],
               "netem qdisc" if caps["delay_mechanism"] == "netem" else "NFQUEUE delay line in a forwarding namespace")
     t.add_row("loss", caps["loss_mechanism"], "")
@@ -43,7 +43,7 @@ def print_doctor(caps: dict) -> None:
     feats = caps.get("cpu_features", {})
     t.add_row("cpu features", ", ".join(k for k, v in feats.items() if v) or "none of interest",
               "int8 speed-ups need VNNI/AMX")
-    t.add_row("memory", format_size(caps["memory_bytes"]), "")
+    t.add_row("memory", f"{caps['memory_bytes'] / (1 << 30):.1f} GiB", "")
     t.add_row("tcp congestion control", str(caps["tcp_congestion_control"]), "")
     console.print(t)
 

@@ -1,0 +1,68 @@
+"""The CLI end to end as root (and as an ordinary user, who gets one clear line)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from testbed.cli import cli
+
+from .conftest import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+SMALL = ["--set", "links.edge-cloud.bandwidth=20Mbit", "--set", "hosts.mobile.memory=96MiB",
+         "--set", "hosts.edge.memory=128MiB", "--set", "hosts.cloud.memory=160MiB"]
+
+
+def test_calibrate_json_measures_every_direction_and_host_and_passes():
+    res = CliRunner().invoke(cli, ["calibrate", "three_tier", "--duration", "2", "--json", *SMALL])
+    assert res.output.startswith("{"), (res.output, res.exception)
+    data = json.loads(res.output)
+    assert [(r["link"], r["direction"]) for r in data["links"]] == [
+        ("mobile-edge", "mobile->edge"), ("mobile-edge", "edge->mobile"),
+        ("edge-cloud", "edge->cloud"), ("edge-cloud", "cloud->edge")]
+    for r in data["links"]:
+        for key in ("bandwidth_bps", "goodput_bps", "delay_ms", "rtt_ms", "loss", "measured_loss"):
+            assert key in r
+    for h in data["hosts"]:
+        for key in ("host", "cpus", "measured_cpus", "memory_bytes", "memory_enforced"):
+            assert key in h
+        assert h["memory_enforced"] is True
+    failed = [r for r in data["links"] + data["hosts"] if not r["pass"]]
+    assert data["pass"] and res.exit_code == 0, failed
+
+
+def test_calibration_fails_when_the_link_is_slower_than_its_spec():
+    # make the failure real: shape the link to 10 Mbit/s, then measure against a spec of 200
+    from emulation import calibrate as cal
+    from emulation.network import EmulatedNetwork
+    from topologies import apply_overrides, load_topology
+
+    spec = apply_overrides(load_topology("three_tier", cores=2, memory_bytes=8 << 30),
+                           {"links.edge-cloud.bandwidth": "20Mbit"})
+    with EmulatedNetwork(spec) as net:
+        net.set_link("mobile-edge", rate_bps=10_000_000)
+        net.links["mobile-edge"] = spec.link("mobile-edge")  # pretend: expect 200 Mbit/s
+        report = cal.calibrate(net, duration_s=1.5, memory_check=False)
+    bad = [r for r in report["links"] if r["link"] == "mobile-edge"]
+    assert all(r["checks"]["goodput"] is False for r in bad)
+    assert report["pass"] is False
+
+
+def test_up_and_calibrate_refuse_without_root_in_one_line():
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for cmd in (["up", "three_tier"], ["calibrate", "three_tier"], ["clean"]):
+        res = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                              sys.executable, "-m", "testbed.cli", *cmd], env=env, cwd="/",
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1, res
+        assert res.stderr.strip().count("\n") == 0 and "needs root" in res.stderr, res.stderr
+    doc = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                          sys.executable, "-m", "testbed.cli", "doctor", "--json"], env=env, cwd="/",
+                         capture_output=True, text=True, timeout=60)
+    assert doc.returncode == 0 and json.loads(doc.stdout)["root"] is False
