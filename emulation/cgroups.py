@@ -10,12 +10,16 @@ reads them back and reports OOM kills.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import EmulationError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TOP = "testbed"  # every cgroup this project makes lives under this directory
@@ -23,7 +27,7 @@ CPU_PERIOD_US = 100_000
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory")
 
 
-class CgroupError(RuntimeError):
+class CgroupError(EmulationError):
     """A limit could not be applied or read back; the message says which and why."""
 
 
@@ -192,10 +196,11 @@ class HostCgroup:
 
     # -- lifecycle ----------------------------------------------------------------------
     def create(self, limits: Limits) -> None:
-        if self.version == 2:
-            self._create_v2()
-        else:
-            self._create_v1()
+        with top_lock(self.root):  # another run may be removing the shared top directory
+            if self.version == 2:
+                self._create_v2()
+            else:
+                self._create_v1()
         self.apply(limits)
 
     def _create_v2(self) -> None:
@@ -352,6 +357,25 @@ class HostCgroup:
         remove_run_cgroups(self.run_id, self.root, self.version, hosts=[self.host])
 
 
+@contextlib.contextmanager
+def top_lock(root: Path):
+    """Serialise creating run groups with removing the shared ``testbed`` directory.
+
+    Several runs share ``<controller>/testbed``; the last one out removes it. Without the
+    lock a run could create its groups just as another run removes the (momentarily empty)
+    top directory. The lock file lives with the registry in /run (tmpfs).
+    """
+    lock_dir = Path(os.environ.get("TESTBED_REGISTRY_DIR", "/run/testbed"))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    key = str(root).strip("/").replace("/", "_") or "root"
+    with open(lock_dir / f".cgroup-{key}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _page_align(n: int) -> int:
     page = os.sysconf("SC_PAGE_SIZE")
     return n // page * page
@@ -381,6 +405,13 @@ def remove_run_cgroups(run_id: str, root: Path = CGROUP_ROOT, version: int | Non
     Processes still inside must have been stopped by the caller; returns what was removed.
     """
     removed: list[Path] = []
+    with top_lock(root):
+        _remove_run_dirs(run_id, root, version, hosts, removed)
+    return removed
+
+
+def _remove_run_dirs(run_id: str, root: Path, version: int | None, hosts: list[str] | None,
+                     removed: list[Path]) -> None:
     for run_dir in run_cgroup_dirs(run_id, root, version):
         if not run_dir.is_dir():
             continue
@@ -397,4 +428,3 @@ def remove_run_cgroups(run_id: str, root: Path = CGROUP_ROOT, version: int | Non
                 top.rmdir()  # last run out removes the shared top directory
             except OSError:
                 pass
-    return removed

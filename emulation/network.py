@@ -37,13 +37,10 @@ from pathlib import Path
 from topologies import DirectionSpec, LinkSpec, TopologySpec
 
 from . import cgroups, process, registry, shaping
+from .errors import EmulationError
 from .probe import capabilities
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class EmulationError(RuntimeError):
-    """The network cannot be built or changed as asked; the message says why and what to do."""
 
 
 @dataclass
@@ -293,6 +290,9 @@ class EmulatedNetwork:
                     idx = ipr.link_lookup(ifname=ifname)[0]
                     ipr.addr("add", index=idx, address=addr, prefixlen=24)
                     ipr.link("set", index=idx, state="up")
+                    # tell Mininet too, so its CLI can write `mobile ping cloud`
+                    intf = self.nodes[node].intf(ifname)
+                    intf.ip, intf.prefixLen = addr, 24
                 wire = next((w for w in self.plan.wires.values() if w[0] == node), None)
                 if wire is not None:
                     # a wire forwards whatever enters one port out of the other: two policy rules
@@ -430,10 +430,7 @@ class EmulatedNetwork:
         if new.cpus is not None and new.cpus > self.caps["cpus"]:
             raise EmulationError(f"host {name}: cpus {new.cpus} exceeds the {self.caps['cpus']:g} cores here")
         cg = self.cgroups[name]
-        try:
-            cg.apply(new)
-        except cgroups.CgroupError as e:
-            raise EmulationError(str(e)) from None
+        cg.apply(new)
         self.hosts_limits[name] = new
         problems = cg.verify()
         if problems:

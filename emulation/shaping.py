@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 from topologies import DirectionSpec
 
+from .errors import EmulationError
+
 FRAME_BYTES = 1514
 MAX_TBF_RATE_BPS = ((1 << 32) - 1) * 8  # tbf's rate field is 32-bit bytes/s
 
 
-class ShapingError(RuntimeError):
+class ShapingError(EmulationError):
     """A requested rate/queue cannot be realised or did not read back as asked."""
 
 

@@ -6,6 +6,7 @@ Anything a user can get wrong ends in one line on stderr (``Error: ...``) and ex
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -21,14 +22,29 @@ class _Terminated(SystemExit):
     pass
 
 
+_HANDLER_PID: int | None = None
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+    if os.getpid() != _HANDLER_PID:
+        # a forked child (pyroute2 forks to open sockets in namespaces) inherits this handler;
+        # it must die as the signal asks, not unwind a copy of our stack
+        os._exit(128 + signum)
     raise _Terminated(128 + signum)
 
 
+def _on_sigint(signum, frame):
+    if os.getpid() != _HANDLER_PID:
+        os._exit(128 + signum)
+    signal.default_int_handler(signum, frame)
+
+
 def _install_signal_handlers() -> None:
+    global _HANDLER_PID
     if threading.current_thread() is threading.main_thread():
+        _HANDLER_PID = os.getpid()
         # a shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _on_sigint)
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.signal(signal.SIGHUP, _on_sigterm)
 
@@ -154,8 +170,6 @@ def calibrate(topology: str, sets: tuple[str, ...], duration: float | None, no_m
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def clean(dry_run: bool, as_json: bool) -> None:
     """Remove what crashed testbed runs left behind (by their run id), and nothing else."""
-    import os
-
     from emulation.cleanup import clean as do_clean
 
     if os.geteuid() != 0 and not dry_run:
@@ -172,6 +186,12 @@ def main() -> None:
         cli(standalone_mode=True)
     except _Terminated as e:
         sys.exit(e.code)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if os.environ.get("TESTBED_DEBUG"):
+            raise
+        click.echo(f"Error: internal error: {type(e).__name__}: {e} "
+                   "(set TESTBED_DEBUG=1 for the traceback; run `testbed clean` if a run was cut short)", err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,8 @@ def test_oom_kills_read_from_v1_and_v2_files(tmp_path):
     assert v1.oom_kills() == 5
 
 
-def test_remove_run_cgroups_removes_run_and_empty_top(tmp_path):
+def test_remove_run_cgroups_removes_run_and_empty_top(tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTBED_REGISTRY_DIR", str(tmp_path / "run"))  # where the lock lives
     for host in ("a", "b"):
         (tmp_path / "testbed" / "tbabcd" / host).mkdir(parents=True)
     removed = cgroups.remove_run_cgroups("tbabcd", tmp_path, version=2)

@@ -1,0 +1,5 @@
+"""The one error type the emulation raises for things a user or the machine got wrong."""
+
+
+class EmulationError(RuntimeError):
+    """The network cannot be built or changed as asked; the message says why and what to do."""
