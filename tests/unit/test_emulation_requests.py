@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from emulation import cgroups, registry, shaping
-from emulation.calibrate import loss_tolerance, rtt_tolerance_ms
+from emulation.calibrate import loss_tolerance, rtt_tolerance_ms, warmup_s
 from emulation.network import plan, rules_match
 from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
@@ -205,3 +205,9 @@ def test_rtt_tolerance_is_half_a_millisecond_or_three_percent():
 def test_loss_tolerance_shrinks_with_more_packets():
     assert loss_tolerance(0.01, 10_000) < loss_tolerance(0.01, 1_000)
     assert loss_tolerance(0.0, 1000) == pytest.approx(0.001, rel=0.01)
+
+
+def test_goodput_warmup_grows_with_the_round_trip():
+    assert warmup_s(0.0) == 1.0
+    assert warmup_s(100.0) == 2.0
+    assert warmup_s(500.0) == 10.0
