@@ -1,12 +1,15 @@
 """Human-readable tables for the CLI (rich). JSON output never goes through here."""
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
 from topologies import format_rate, format_size
 
-console = Console()
+# tables in logs and pipes would be cut to 80 columns; a terminal keeps its own width
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _yes(v) -> str:
