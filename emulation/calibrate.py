@@ -34,19 +34,45 @@ def loss_tolerance(p: float, n: int) -> float:
     return 3 * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1)) + 1.0 / max(n, 1)
 
 
-def _iperf(net: EmulatedNetwork, src: str, dst: str, args: list[str], duration_s: float) -> dict:
+class _IperfStuck(Exception):
+    pass
+
+
+def _iperf(net: EmulatedNetwork, src: str, dst: str, args: list[str], duration_s: float, tries: int = 3) -> dict:
+    """Run iperf3 from ``src`` to ``dst``; returns its JSON report.
+
+    iperf3's UDP set-up waits forever for the server's first reply, which a lossy reverse
+    direction may drop: a client that runs well past its duration is stopped and the whole
+    test (server included) is tried again, up to ``tries`` times.
+    """
+    for _ in range(tries):
+        try:
+            return _iperf_once(net, src, dst, args, duration_s)
+        except _IperfStuck:
+            continue
+    raise EmulationError(f"iperf3 {src}->{dst} hung {tries} times (is a direction of this path dropping everything?)")
+
+
+def _iperf_once(net: EmulatedNetwork, src: str, dst: str, args: list[str], duration_s: float) -> dict:
     server = net.popen(dst, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT), "-B", net.address(dst)],
                        limited=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for attempt in range(50):  # the server needs a moment to listen
-            res = net.run(src, ["iperf3", "-c", net.address(dst), "-p", str(IPERF_PORT), "-J",
-                                "-B", net.address(src), *args], timeout=duration_s + 30, limited=False)
-            data = json.loads(res.stdout or "{}")
+            client = net.popen(src, ["iperf3", "-c", net.address(dst), "-p", str(IPERF_PORT), "-J",
+                                     "-B", net.address(src), *args], limited=False,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                out, err_text = client.communicate(timeout=duration_s + 10)
+            except subprocess.TimeoutExpired:
+                client.kill()
+                client.communicate()
+                raise _IperfStuck() from None
+            data = json.loads(out or "{}")
             err = data.get("error", "")
-            if res.returncode == 0 and not err:
+            if client.returncode == 0 and not err:
                 return data
             if "connect" not in err:
-                raise EmulationError(f"iperf3 {src}->{dst} failed: {err or res.stderr.strip()}")
+                raise EmulationError(f"iperf3 {src}->{dst} failed: {err or err_text.strip()}")
             time.sleep(0.05)
         raise EmulationError(f"iperf3 server on {dst} never listened")
     finally:

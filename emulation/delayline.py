@@ -73,6 +73,7 @@ import os
 import random
 import select
 import signal
+import struct
 import sys
 import time
 
@@ -160,6 +161,29 @@ class QueueStats:
 
 
 # --- the daemon ----------------------------------------------------------------------------
+_TS = struct.Struct(">QQ")
+MAX_AGE_S = 0.05  # older stamps mean a clock step, not a slow wake-up: ignore them
+
+
+def arrival_age(buf, n: int, now_real: float) -> float:
+    """Seconds since the kernel stamped the packet (NFQA_TIMESTAMP), 0 when it has no stamp.
+
+    Our wake-up on a queued packet takes ~20-100 us; dating the packet from the kernel's own
+    receive stamp keeps that wake-up out of the delay the link adds.
+    """
+    off = 20  # attributes start after the netlink header (16) and nfgenmsg (4)
+    while off + 4 <= n:
+        alen, atype = nfqueue._NLATTR.unpack_from(buf, off)
+        if alen < 4:
+            return 0.0
+        if atype & nfqueue.NLA_TYPE_MASK == nfqueue.NFQA_TIMESTAMP and alen >= 4 + _TS.size:
+            sec, usec = _TS.unpack_from(buf, off + 4)
+            age = now_real - (sec + usec * 1e-6)
+            return age if 0.0 <= age <= MAX_AGE_S else 0.0
+        off += (alen + 3) & ~3
+    return 0.0
+
+
 def _number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
@@ -281,6 +305,7 @@ class DelayLine:
         push = self.schedules[q].push
         st = self.stats_[q]
         monotonic = time.monotonic
+        realtime = time.time
         unpack_hdr = nfqueue._NLMSGHDR.unpack_from
         unpack_attr = nfqueue._NLATTR.unpack_from
         unpack_id = nfqueue._BE32.unpack_from
@@ -300,7 +325,7 @@ class DelayLine:
                 mlen, mtype = unpack_hdr(buf, 0)[:2]
                 # fast path: exactly one packet message whose first attribute is the packet header
                 if mlen == n and mtype == msg_packet and unpack_attr(buf, 20)[1] == nfqueue.NFQA_PACKET_HDR:
-                    push(now, unpack_id(buf, 24)[0])
+                    push(now - arrival_age(buf, n, realtime()), unpack_id(buf, 24)[0])
                     st.packets += 1
                     continue
 

@@ -385,3 +385,25 @@ def test_unprivileged_start_reports_not_ready():
     assert p.returncode == 1
     reply = json.loads(p.stdout.splitlines()[0])
     assert reply["ready"] is False and "nfqueue 0" in reply["error"]
+
+
+def test_arrival_age_comes_from_the_kernels_packet_stamp():
+    import struct as _struct
+
+    from emulation import delayline as dl
+    from emulation import nfqueue as nq
+
+    def packet(with_stamp: bool, sec: int = 1000, usec: int = 0) -> bytearray:
+        attrs = nq.build_attr(nq.NFQA_PACKET_HDR, _struct.pack(">IHB", 7, 0x0800, 2))
+        if with_stamp:
+            attrs += nq.build_attr(nq.NFQA_TIMESTAMP, _struct.pack(">QQ", sec, usec))
+        body = _struct.pack("=BBH", 2, 0, 0) + attrs
+        return bytearray(_struct.pack("=IHHII", 16 + len(body), nq.MSG_PACKET, 0, 0, 0) + body)
+
+    buf = packet(True, 1000, 250_000)
+    assert dl.arrival_age(buf, len(buf), 1000.25008) == pytest.approx(80e-6, abs=1e-7)
+    unstamped = packet(False)
+    assert dl.arrival_age(unstamped, len(unstamped), 1000.3) == 0.0
+    # a stamp from the future or from long ago is a clock step, not a wake-up: ignored
+    assert dl.arrival_age(buf, len(buf), 1000.0) == 0.0
+    assert dl.arrival_age(buf, len(buf), 1001.0) == 0.0
