@@ -75,25 +75,23 @@ def find_leftovers(directory: Path | None = None, cgroup_root: Path = cgroups.CG
 
 
 def _kill(pids: list[int], grace_s: float = 2.0) -> None:
-    """SIGTERM, then SIGKILL whoever is still there after the grace period."""
+    """SIGTERM, then SIGKILL whoever is still there after the grace period.
+
+    Each pid is checked against its start time before every signal, so a pid recycled by
+    another program in between is never signalled.
+    """
     start = {pid: registry.proc_starttime(pid) for pid in pids}
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(registry.process_alive(p, s) for p, s in start.items()):
-        time.sleep(0.05)
-    for pid, st in start.items():
-        if registry.process_alive(pid, st):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(registry.process_alive(p, s) for p, s in start.items()):
-        time.sleep(0.02)
+    start = {pid: st for pid, st in start.items() if st is not None}  # already gone: nothing to do
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid, st in start.items():
+            if registry.process_alive(pid, st):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(registry.process_alive(p, s) for p, s in start.items()):
+            time.sleep(0.02)
 
 
 def _delete_interface(name: str) -> None:
