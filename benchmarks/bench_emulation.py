@@ -109,12 +109,8 @@ def verdict(ok: bool | None) -> str:
 
 def proc_cpu_s(pid: int) -> float | None:
     """utime + stime of one process, in seconds (for the delay line's CPU cost)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    f = stat[stat.rindex(")") + 2:].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    f = registry.proc_stat_fields(pid)
+    return None if f is None else (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def other_runs() -> list[str]:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from .network import EmulatedNetwork, EmulationError
+from .network import EmulatedNetwork, EmulationError, directions
 
 GOODPUT_RANGE = (0.93, 1.02)   # goodput / configured bandwidth
 RTT_ABS_MS, RTT_REL = 0.5, 0.03
@@ -148,8 +148,8 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
     say = progress or (lambda msg: None)
     links = []
     for link in net.links.values():
-        for (src, dst), d, back in (((link.a, link.b), link.forward, link.reverse),
-                                    ((link.b, link.a), link.reverse, link.forward)):
+        for src, dst, d in directions(link):
+            back = link.direction(dst, src)
             say(f"link {link.name} {src}->{dst}")
             t = duration_s or (6.0 if (d.rate_bps or 1e12) < 5e6 else 3.0)
             goodput = measure_goodput(net, src, dst, d.rate_bps, t, rtt_ms=d.delay_ms + back.delay_ms)

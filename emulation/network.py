@@ -74,7 +74,6 @@ class Segment:
 class Wire:
     """The forwarding namespace in the middle of one link."""
 
-    link: LinkSpec
     name: str
     if_a: str   # faces the link's a end
     if_b: str   # faces the link's b end
@@ -121,6 +120,11 @@ class Plan:
                 continue
             out[s.index] = first[s.a] if s.a in first else first[s.b]
         return out
+
+
+def directions(link: LinkSpec) -> tuple[tuple[str, str, DirectionSpec], tuple[str, str, DirectionSpec]]:
+    """(src, dst, spec) for a->b and b->a, in that order (queue 0 and queue 1 of its wire)."""
+    return (link.a, link.b, link.forward), (link.b, link.a, link.reverse)
 
 
 def plan(spec: TopologySpec, run_id: str) -> Plan:
@@ -177,7 +181,6 @@ class EmulatedNetwork:
         self.cgroups: dict[str, cgroups.HostCgroup] = {}
         self.wires: dict[str, Wire] = {}
         self.links: dict[str, LinkSpec] = {l.name: l for l in spec.links}
-        self.hosts_limits: dict[str, cgroups.Limits] = {}
         self.procs: list[subprocess.Popen] = []
         self._iprs: dict = {}
         self._stopped = False
@@ -201,7 +204,7 @@ class EmulatedNetwork:
                 if bad:
                     problems.append(f"host {h.name}: cpuset CPUs {bad} do not exist here (have {sorted(os.sched_getaffinity(0))})")
         for link in self.spec.links:
-            for (src, dst), d in ((link.a, link.b), link.forward), ((link.b, link.a), link.reverse):
+            for src, dst, d in directions(link):
                 problems += [f"link {link.name} {src}->{dst}: {p}" for p in self._direction_problems(d)]
         if problems:
             raise EmulationError("; ".join(problems))
@@ -264,11 +267,10 @@ class EmulatedNetwork:
             cg.create(limits)
             cg.join(self.nodes[h.name].pid)  # the host's shell, and so all it starts, is limited
             self.cgroups[h.name] = cg
-            self.hosts_limits[h.name] = limits
         self._address_and_route()
         for link in self.spec.links:
             name, if_a, if_b = self.plan.wires[link.name]
-            self.wires[link.name] = Wire(link, name, if_a, if_b)
+            self.wires[link.name] = Wire(name, if_a, if_b)
             self._apply_link(link)
 
     def _ipr(self, node: str):
@@ -313,11 +315,10 @@ class EmulatedNetwork:
 
     # -- links --------------------------------------------------------------------------
     def _apply_link(self, link: LinkSpec) -> None:
-        for (src, dst), d in (((link.a, link.b), link.forward), ((link.b, link.a), link.reverse)):
+        for src, dst, d in directions(link):
             node, ifname = self.plan.shaped_if[(src, dst)]
-            reqs = shaping.shaping_requests(d, netem=self.netem)
             with self._ipr(node) as ipr:
-                shaping.apply(ipr, ipr.link_lookup(ifname=ifname)[0], reqs)
+                shaping.apply(ipr, ipr.link_lookup(ifname=ifname)[0], shaping.shaping_requests(d, netem=self.netem))
         if not self.netem:
             self._apply_wire(self.wires[link.name], link)
 
@@ -347,13 +348,9 @@ class EmulatedNetwork:
             for rule in rules:
                 self._ns_run(node.pid, [ipt, "-w", *rule])
             wire.rules = rules
-        wire.link = link
 
     def _ns_run(self, pid: int, argv: list[str]) -> str:
-        try:
-            return process.run(argv, netns_pid=pid, run_id=self.run_id).stdout
-        except RuntimeError as e:
-            raise EmulationError(str(e)) from None
+        return process.run(argv, netns_pid=pid, run_id=self.run_id).stdout
 
     def _start_delayline(self, wire: Wire, link: LinkSpec) -> subprocess.Popen:
         argv = [sys.executable, "-m", "emulation.delayline"]
@@ -426,12 +423,11 @@ class EmulatedNetwork:
         bad = set(changes) - set(cgroups.Limits.__dataclass_fields__)
         if bad:
             raise EmulationError(f"unknown host setting(s) {sorted(bad)}; allowed: cpus, memory_bytes, cpuset")
-        new = replace(self.hosts_limits[name], **changes)
+        new = replace(self.cgroups[name].limits, **changes)
         if new.cpus is not None and new.cpus > self.caps["cpus"]:
             raise EmulationError(f"host {name}: cpus {new.cpus} exceeds the {self.caps['cpus']:g} cores here")
         cg = self.cgroups[name]
         cg.apply(new)
-        self.hosts_limits[name] = new
         problems = cg.verify()
         if problems:
             raise EmulationError("read-back after live change differs: " + "; ".join(problems))
@@ -457,10 +453,8 @@ class EmulatedNetwork:
 
     def _verify_link(self, link: LinkSpec) -> list[str]:
         problems = []
-        for (src, dst), d in (((link.a, link.b), link.forward), ((link.b, link.a), link.reverse)):
-            node, ifname = self.plan.shaped_if[(src, dst)]
-            with self._ipr(node) as ipr:
-                got = shaping.read_back(ipr, ipr.link_lookup(ifname=ifname)[0])
+        for src, dst, d in directions(link):
+            got = self._read_direction(src, dst)
             problems += [f"link {link.name} {src}->{dst}: {p}"
                          for p in shaping.verify(shaping.shaping_requests(d, self.netem), got)]
         if not self.netem:
@@ -482,16 +476,20 @@ class EmulatedNetwork:
                     problems.append(f"link {link.name}: delay line exited ({wire.delayline.returncode})")
         return problems
 
+    def _read_direction(self, src: str, dst: str) -> dict:
+        """The qdiscs that shape src->dst, as the kernel reports them."""
+        node, ifname = self.plan.shaped_if[(src, dst)]
+        with self._ipr(node) as ipr:
+            return shaping.read_back(ipr, ipr.link_lookup(ifname=ifname)[0])
+
     def applied(self) -> dict:
         """What the kernel holds now, per link direction and host (for printing / JSON)."""
         links = []
         for link in self.links.values():
-            for (src, dst), d in (((link.a, link.b), link.forward), ((link.b, link.a), link.reverse)):
-                node, ifname = self.plan.shaped_if[(src, dst)]
-                with self._ipr(node) as ipr:
-                    got = shaping.read_back(ipr, ipr.link_lookup(ifname=ifname)[0])
-                tbf = got.get("tbf")
-                links.append({"link": link.name, "direction": f"{src}->{dst}", "interface": ifname,
+            for src, dst, d in directions(link):
+                tbf = self._read_direction(src, dst).get("tbf")
+                links.append({"link": link.name, "direction": f"{src}->{dst}",
+                              "interface": self.plan.shaped_if[(src, dst)][1],
                               "bandwidth_bps": tbf["rate"] * 8 if tbf else None,
                               "queue_bytes": tbf["limit"] if tbf else None,
                               "delay_ms": d.delay_ms, "jitter_ms": d.jitter_ms, "loss": d.loss,
@@ -535,6 +533,11 @@ class EmulatedNetwork:
             out, err = p.communicate()
             raise EmulationError(f"{' '.join(argv)} on {host} ran past {timeout:g}s") from None
         return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+    @property
+    def hosts_limits(self) -> dict[str, cgroups.Limits]:
+        """The limits each host's cgroup was last given (read back by :meth:`verify`)."""
+        return {name: cg.limits for name, cg in self.cgroups.items()}
 
     def oom_kills(self, host: str) -> int:
         return self.cgroups[host].oom_kills()

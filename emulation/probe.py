@@ -109,7 +109,6 @@ def capabilities() -> dict:
     except (cgroups.CgroupError, OSError):
         cg_version, controllers = None, []
     try:
-        import mininet.net  # noqa: F401
         from mininet.net import VERSION as mn_version
     except Exception:  # noqa: BLE001 - report any import failure as "missing"
         mn_version = None

@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from .errors import EmulationError
 from .registry import ENV_MARK
 
 CLONE_NEWNET = 0x40000000
@@ -61,5 +62,5 @@ def run(argv: list[str], *, netns_pid: int | None, run_id: str, timeout: float =
     res = subprocess.run(argv, preexec_fn=enter(netns_pid, []), env=marked_env(run_id),
                          capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
+        raise EmulationError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
     return res

@@ -32,15 +32,20 @@ def new_run_id(directory: Path | None = None) -> str:
             return run_id
 
 
-def proc_starttime(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+def proc_stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (field 3 onwards), or None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name may contain spaces and parentheses: split after the last ')'
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19])
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    fields = proc_stat_fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def process_alive(pid: int, starttime: int | None) -> bool:
