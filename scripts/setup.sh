@@ -12,7 +12,8 @@ fi
 
 # Debian packages: Mininet (for mnexec; the Python module comes pinned from PyPI), the tools
 # that realise and measure links, and python3-venv for the virtual environment.
-debs=(mininet bridge-utils iproute2 iptables iperf3 iputils-ping util-linux procps python3 python3-venv python3-dev)
+debs=(mininet bridge-utils iproute2 iptables iperf3 iputils-ping util-linux procps python3 python3-venv python3-dev
+      dataset-fashion-mnist)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,6 +14,7 @@ import threading
 import click
 
 from topologies import TopologyError, apply_overrides, load_topology
+from workloads.errors import WorkloadError
 
 from . import output
 
@@ -181,11 +182,103 @@ def clean(dry_run: bool, as_json: bool) -> None:
         output.print_clean(found, dry_run)
 
 
+@cli.group()
+def models() -> None:
+    """The model registry: built-in models, their inputs and where their weights come from."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models_list(as_json: bool) -> None:
+    """Every built-in model: name, task, metric, offline or needs a download, input shapes."""
+    from workloads.registry import models as all_models
+
+    rows = [{"name": m.name, "task": m.task, "metric": m.metric, "offline": m.offline,
+             "weights": list(m.weights), "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)}
+                                                    for i in m.inputs],
+             "source": m.source, "description": m.description} for m in all_models()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        output.print_models(rows)
+
+
+@models.command("cuts")
+@click.argument("model")
+@click.option("--weights", default="pretrained", show_default=True, help="pretrained | random (| given).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models_cuts(model: str, weights: str, as_json: bool) -> None:
+    """Every valid single-tensor cut of MODEL: tensor, bytes crossing it, FLOPs before and after."""
+    from workloads.errors import WorkloadError
+
+    try:
+        from workloads import graph
+        from workloads.export import export_model
+        from workloads.registry import BuildContext, check_weights, get_model
+        from workloads.cache import Cache
+        import onnx
+
+        entry = get_model(model)
+        check_weights(entry, weights)
+        path = export_model(entry, BuildContext(cache=Cache(), weights=weights,
+                                                progress=lambda m: click.echo(f"  {m}", err=True)))
+        info = graph.analyze(onnx.load(str(path)))
+    except WorkloadError as e:
+        raise click.ClickException(str(e)) from None
+    rows = [{"index": c.index, "tensor": c.tensor, "dtype": c.dtype, "shape": list(c.shape), "bytes": c.bytes,
+             "flops_before": c.flops_before, "flops_after": c.flops_after, "fraction": round(c.fraction, 4)}
+            for c in info.cuts]
+    if as_json:
+        click.echo(json.dumps({"model": entry.name, "total_flops": info.total_flops, "params": info.params,
+                               "cuts": rows}, indent=2))
+    else:
+        output.print_cuts(entry.name, info.total_flops, rows)
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
+              help="Override a value of the experiment file, e.g. requests.repeat=5.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
+    """Build every artifact EXPERIMENT needs (cached by content) and report each one's quality."""
+    from emulation.probe import _memory_bytes, machine_cores
+    from testbed.experiment import ExperimentError, load_experiment
+    from workloads.errors import WorkloadError
+    from workloads.prepare import prepare as prepare_one
+
+    try:
+        exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
+    except ExperimentError as e:
+        raise click.ClickException(str(e)) from None
+    needed = exp.artifacts_needed()
+    results = []
+    with output.progress(len(needed)) as bar:
+        for ref, chain, parts in needed:
+            bar.describe(f"{ref.name} {' → '.join(c.label() for c in chain) or 'none'}")
+            try:
+                r = prepare_one(ref.name, chain, parts=parts, weights=ref.weights, progress=bar.describe)
+            except WorkloadError as e:
+                raise click.ClickException(str(e)) from None
+            results.append(r)
+            bar.advance()
+    rows = [{"model": r.model, "weights": r.weights, "operators": r.operators, "parts": r.parts,
+             "metric": r.metric, "value": r.value, "baseline": r.baseline, "size_bytes": r.size_bytes,
+             "path": str(r.path), "cached": r.cached} for r in results]
+    if as_json:
+        click.echo(json.dumps({"experiment": exp.name, "artifacts": rows}, indent=2))
+    else:
+        output.print_prepared(exp.name, rows)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
     except _Terminated as e:
         sys.exit(e.code)
+    except WorkloadError as e:  # bad model, data, operator or parameter: the message is the line
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if os.environ.get("TESTBED_DEBUG"):
             raise

@@ -108,3 +108,79 @@ def print_clean(found: list, dry_run: bool) -> None:
     for f in found:
         t.add_row(f.run_id, f.kind, f.what)
     console.print(t)
+
+
+def _bytes(n) -> str:
+    return "-" if n is None else format_size(int(n)) if n >= 1024 else f"{int(n)}B"
+
+
+def _flops(n: int) -> str:
+    for unit, k in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= k:
+            return f"{n / k:.2f}{unit}"
+    return str(n)
+
+
+def print_models(rows: list[dict]) -> None:
+    t = Table(title="models")
+    for c in ("name", "task", "metric", "weights", "inputs", "source"):
+        t.add_column(c)
+    for r in rows:
+        shapes = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in r["inputs"])
+        where = "offline" if r["offline"] else "[yellow]needs download[/]"
+        t.add_row(r["name"], r["task"], r["metric"], "/".join(r["weights"]), shapes, f"{where}: {r['source']}")
+    console.print(t)
+
+
+def print_cuts(model: str, total_flops: int, rows: list[dict]) -> None:
+    t = Table(title=f"valid cuts of {model} ({len(rows)}; {_flops(total_flops)} FLOPs in all)")
+    for c in ("#", "tensor", "shape", "bytes", "FLOPs before", "FLOPs after", "fraction"):
+        t.add_column(c, justify="right" if c not in ("tensor", "shape") else "left")
+    for r in rows:
+        t.add_row(str(r["index"]), r["tensor"], f"{r['dtype']}{r['shape']}", _bytes(r["bytes"]),
+                  _flops(r["flops_before"]), _flops(r["flops_after"]), f"{r['fraction']:.3f}")
+    console.print(t)
+
+
+def _metric(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def print_prepared(name: str, rows: list[dict]) -> None:
+    t = Table(title=f"artifacts of {name}")
+    for c in ("model", "operators", "parts", "metric", "value", "baseline", "size", "path"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["model"] + ("" if r["weights"] == "pretrained" else f" ({r['weights']})"), r["operators"],
+                  str(r["parts"]), r["metric"], _metric(r["value"]), _metric(r["baseline"]),
+                  _bytes(r["size_bytes"]), r["path"] + (" (cached)" if r["cached"] else ""))
+    console.print(t)
+
+
+class _Bar:
+    def __init__(self, progress, task):
+        self._p, self._t = progress, task
+
+    def describe(self, text: str) -> None:
+        self._p.update(self._t, description=text[:80])
+
+    def advance(self) -> None:
+        self._p.advance(self._t)
+
+
+class progress:  # noqa: N801 - used as a context manager: `with progress(n) as bar`
+    """A progress bar on stderr (so --json output on stdout stays clean)."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+        self._total = total
+
+    def __enter__(self) -> _Bar:
+        self._progress.start()
+        return _Bar(self._progress, self._progress.add_task("preparing", total=self._total))
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()

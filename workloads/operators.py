@@ -1,0 +1,254 @@
+"""Operators: what turns a model into a deployable artifact, declared once and validated.
+
+Each operator has a name, a *kind* and a parameter table. Kinds fix the order of a chain:
+training operators (they change weights) come first, then post-training ones (they rewrite
+the graph of a trained model), then placement ones (they split the result across hosts)::
+
+    training  ->  post-training  ->  placement
+    qat, prune,   quantize,          partition
+    distill       early_exit
+
+A chain is written in an experiment file as a list of names or one-key mappings, e.g.
+``[quantize, {early_exit: {kind: heads, threshold: 0.8}}, {partition: {cut: auto}}]``.
+`parse_chain` turns it into `OperatorCall`s with every parameter validated and defaulted, so
+nothing downstream re-checks user input and the call (with its defaults) is what the
+artifact's content key is built from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import WorkloadError, choices
+
+KINDS = ("training", "post-training", "placement")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: default, a parser that returns the checked value or raises
+    ``ValueError(what is allowed)``, and a one-line description."""
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+
+
+@dataclass(frozen=True)
+class OperatorDef:
+    name: str
+    kind: str
+    help: str
+    params: dict[str, Param]
+    available: bool = True        # False: declared (so files validate) but built by a later issue
+    once: bool = True             # may appear at most once in a chain
+
+
+@dataclass(frozen=True)
+class OperatorCall:
+    """An operator with every parameter filled in; hashable, and stable as a cache key."""
+    name: str
+    params: tuple[tuple[str, Any], ...]
+
+    def get(self, key: str) -> Any:
+        return dict(self.params)[key]
+
+    def as_dict(self) -> dict:
+        return {self.name: {k: _plain(v) for k, v in self.params}}
+
+    def label(self) -> str:
+        """Short text for tables: ``quantize``, ``partition(cut=auto)`` (non-defaults only)."""
+        d = OPERATORS[self.name]
+        diff = [f"{k}={_text(v)}" for k, v in self.params if v != d.params[k].default]
+        return f"{self.name}({', '.join(diff)})" if diff else self.name
+
+
+def _plain(v):
+    return list(_plain(x) for x in v) if isinstance(v, tuple) else v
+
+
+def _text(v) -> str:
+    return "/".join(_text(x) for x in v) if isinstance(v, tuple) else str(v)
+
+
+# ---- parameter parsers: return the value or raise ValueError("what is allowed") ----------
+
+def one_of(*words: str) -> Callable[[Any], str]:
+    def parse(v):
+        if isinstance(v, str) and v in words:
+            return v
+        raise ValueError(" | ".join(words))
+    return parse
+
+
+def boolean(v):
+    if isinstance(v, bool):
+        return v
+    raise ValueError("true | false")
+
+
+def int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v):
+        if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
+            return v
+        raise ValueError(f"a whole number in {lo}..{hi}")
+    return parse
+
+
+def fraction_open(v):
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1:
+        return float(v)
+    raise ValueError("a number between 0 and 1 (exclusive)")
+
+
+def _cut_one(v):
+    if isinstance(v, str) and v:
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1:
+        return float(v)
+    raise ValueError("auto, a tensor name, or a FLOPs fraction in (0, 1)")
+
+
+def cut_spec(v):
+    """``auto``, a tensor name, a FLOPs fraction, or a list of those (one per boundary)."""
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("auto, a tensor name, a FLOPs fraction in (0, 1), or a list of those")
+        return tuple(_cut_one(x) for x in v)
+    return _cut_one(v)
+
+
+def thresholds(v):
+    """One confidence threshold in (0, 1], or a list of them (one per exit head)."""
+    def one(x):
+        if isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1:
+            return float(x)
+        raise ValueError("a confidence in (0, 1], or a list of them (one per exit)")
+    return tuple(one(x) for x in v) if isinstance(v, list) else one(v)
+
+
+def exit_points(v):
+    """``auto`` (evenly spaced by FLOPs), a count of exits, or a list of tensor names / FLOPs fractions."""
+    if v == "auto":
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8:
+        return v
+    if isinstance(v, list) and v:
+        return tuple(_cut_one(x) for x in v)
+    raise ValueError("auto, a count 1..8, or a list of tensor names / FLOPs fractions")
+
+
+def names_or_auto(v):
+    if v == "auto":
+        return v
+    if isinstance(v, list) and v and all(isinstance(x, str) and x for x in v):
+        return tuple(v)
+    raise ValueError("auto, or a list of module names")
+
+
+def _quantize_params() -> dict[str, Param]:
+    return {
+        "mode": Param("static", one_of("static", "dynamic"), "static (calibrated, CNNs) or dynamic (text)"),
+        "format": Param("qdq", one_of("qdq", "qoperator"), "ONNX Runtime's quantized graph format"),
+        "per_channel": Param("auto", lambda v: v if v == "auto" else boolean(v),
+                             "per-channel weight scales; auto = where the model has convolutions"),
+        "method": Param("minmax", one_of("minmax", "entropy", "percentile"), "calibration method"),
+        "samples": Param(128, int_range(1, 100_000), "calibration samples from the model's data set"),
+        "reduce_range": Param(False, boolean, "7-bit weights (for CPUs without VNNI that saturate)"),
+    }
+
+
+OPERATORS: dict[str, OperatorDef] = {d.name: d for d in (
+    OperatorDef("partition", "placement", "split the graph at tensors; one part per host", {
+        "cut": Param("auto", cut_spec, "auto, a tensor name, a FLOPs fraction, or a list (one per boundary)"),
+        "verify": Param(True, boolean, "check that the chained parts equal the whole model (max abs diff)"),
+        "atol": Param(1e-5, lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                      and 0 < v < 1 else (_ for _ in ()).throw(ValueError("a number in (0, 1)")),
+                      "tolerance of that check"),
+    }),
+    OperatorDef("quantize", "post-training", "int8 post-training quantization (ONNX Runtime)",
+                _quantize_params()),
+    OperatorDef("early_exit", "post-training", "stop early: exit heads with a confidence threshold, or skipped blocks", {
+        "kind": Param("heads", one_of("heads", "skip"), "heads: trained exit classifiers; skip: drop blocks (study A)"),
+        "threshold": Param(0.8, thresholds, "exit when the head's top softmax probability reaches this"),
+        "points": Param("auto", exit_points, "where exit heads attach (kind heads)"),
+        "blocks": Param("auto", names_or_auto, "residual blocks to drop (kind skip)"),
+        "epochs": Param(3, int_range(1, 100), "training epochs of each exit head (backbone frozen)"),
+    }),
+    OperatorDef("qat", "training", "quantization-aware training", {}, available=False),
+    OperatorDef("prune", "training", "structured pruning", {}, available=False),
+    OperatorDef("distill", "training", "knowledge distillation into a smaller student", {}, available=False),
+)}
+
+
+def parse_call(item: Any, where: str) -> OperatorCall:
+    """One chain entry (``name`` or ``{name: {param: value}}``) as a validated call."""
+    if isinstance(item, str):
+        name, given = item, {}
+    elif isinstance(item, dict) and len(item) == 1:
+        name, given = next(iter(item.items()))
+        given = {} if given is None else given
+        if not isinstance(given, dict):
+            raise WorkloadError(f"{where}.{name}: parameters must be a mapping, e.g. {{{name}: {{...}}}}")
+    else:
+        raise WorkloadError(f"{where}: an operator is a name or a one-key mapping {{name: {{params}}}}; "
+                            f"operators: {choices(OPERATORS)}")
+    d = OPERATORS.get(name)
+    if d is None:
+        raise WorkloadError(f"{where}: operator {name!r} unknown; valid: {choices(OPERATORS)}")
+    if not d.available:
+        raise WorkloadError(f"{where}: operator {name} is declared but not built yet "
+                            "(white-box operators come with the training issue); available: "
+                            f"{choices(n for n, o in OPERATORS.items() if o.available)}")
+    unknown = sorted(set(given) - set(d.params))
+    if unknown:
+        raise WorkloadError(f"{where}.{name}: parameter {unknown[0]!r} unknown; valid: {choices(d.params)}")
+    values = []
+    for key, p in d.params.items():
+        if key not in given:
+            values.append((key, p.default))
+            continue
+        try:
+            values.append((key, p.parse(given[key])))
+        except ValueError as e:
+            raise WorkloadError(f"{where}.{name}.{key}: {given[key]!r} is not valid; allowed: {e}") from None
+    return OperatorCall(name, tuple(values))
+
+
+def parse_chain(items: Any, where: str) -> tuple[OperatorCall, ...]:
+    """A validated chain: known operators, valid parameters, kinds in order, no repeats."""
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise WorkloadError(f"{where}: operators must be a list, e.g. [quantize, {{partition: {{cut: auto}}}}]")
+    calls = tuple(parse_call(item, f"{where}[{i}]") for i, item in enumerate(items))
+    seen: set[str] = set()
+    last = 0
+    for i, c in enumerate(calls):
+        d = OPERATORS[c.name]
+        if d.once and c.name in seen:
+            raise WorkloadError(f"{where}[{i}]: operator {c.name} appears twice; a chain applies each operator once")
+        seen.add(c.name)
+        rank = KINDS.index(d.kind)
+        if rank < last:
+            raise WorkloadError(f"{where}[{i}]: {c.name} ({d.kind}) after a {KINDS[last]} operator; "
+                                f"order: {' -> '.join(KINDS)}")
+        last = rank
+    return calls
+
+
+def check_placement(chain: tuple[OperatorCall, ...], hosts: int, where: str) -> None:
+    """A placement on ``hosts`` hosts needs a partition into that many parts, and a partition
+    needs a placement on as many hosts as it makes parts (``cut: auto`` fits any count ≥ 2)."""
+    part = next((c for c in chain if c.name == "partition"), None)
+    if part is None:
+        if hosts > 1:
+            raise WorkloadError(f"{where}: placement on {hosts} hosts needs a partition operator, "
+                                "e.g. operators: [{partition: {cut: auto}}]")
+        return
+    cut = part.get("cut")
+    if hosts < 2:
+        raise WorkloadError(f"{where}: a partition needs a placement on two or more hosts, e.g. [mobile, edge]")
+    made = len(cut) + 1 if isinstance(cut, tuple) else (hosts if cut == "auto" else 2)
+    if made != hosts:
+        raise WorkloadError(f"{where}: the partition makes {made} parts but the placement names {hosts} hosts; "
+                            "give one cut per boundary (a list) or cut: auto")

@@ -1,0 +1,222 @@
+"""Preparing artifacts: model → operators → evaluated, content-addressed artifact folder.
+
+`prepare` is the one entry point (the CLI's ``testbed prepare`` and the deployment call it).
+An artifact folder holds ``seg<i>.onnx`` files and ``artifact.json``: segments and the part
+(host) each runs on, cut tensors with their bytes and FLOPs, exit heads and thresholds, what
+each operator measured (int8 kernels, skipped blocks, exit rates per threshold), the metric
+with its baseline, and single-thread compute time per part. It is keyed by the model, its
+weights, the operator chain with every parameter, the number of parts and library versions,
+and is built in a temporary folder, so a failed preparation leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .cache import Cache, content_key, library_versions
+from .errors import WorkloadError
+from .operators import OperatorCall
+from .registry import BuildContext, ModelEntry, check_weights, get_model
+from .runtime import MANIFEST, ArtifactRunner, session
+
+PREPARE_VERSION = "1"       # bump when what an artifact holds changes
+
+
+@dataclass(frozen=True)
+class Prepared:
+    model: str
+    weights: str
+    operators: str
+    parts: int
+    metric: str
+    value: float | None
+    baseline: float | None
+    size_bytes: int
+    path: Path
+    cached: bool
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path / MANIFEST).read_text())
+
+
+def _quality(entry: ModelEntry, weights: str) -> bool:
+    """False when the metric means nothing (random weights): report it as not applicable."""
+    from . import zoo
+
+    return zoo.metric_applicable(entry, weights) if hasattr(zoo, "metric_applicable") else weights != "random"
+
+
+def _predictions(run, data) -> np.ndarray:
+    return np.stack([np.asarray(run(data.sample(i))).argmax(axis=1)[0] for i in range(len(data))])
+
+
+def _baseline(entry: ModelEntry, base: Path, data, cache: Cache, key: str) -> dict:
+    """The untransformed model's metric and predictions on ``data`` (cached beside the model)."""
+    from .metrics import evaluate
+
+    def build(folder: Path):
+        sess = session(base)
+        run = (lambda feeds: sess.run(None, feeds)[0])
+        preds = _predictions(run, data)
+        np.save(folder / "predictions.npy", preds)
+        result = evaluate(run, data, entry.task) if data.labelled else {"metric": "agreement", "value": 1.0,
+                                                                         "samples": len(data)}
+        (folder / "metric.json").write_text(json.dumps(result))
+
+    folder = cache.get_or_build("evaluations", key, build)
+    return {**json.loads((folder / "metric.json").read_text()), "predictions": np.load(folder / "predictions.npy")}
+
+
+def _compute_ms(folder: Path, data, repeats: int = 10) -> list[float]:
+    """Median single-thread compute time of each part on the first sample (no exits taken)."""
+    runner = ArtifactRunner(folder)
+    feeds = data.sample(0)
+    out = []
+    tensors = feeds
+    never = {i: 2.0 for i, s in enumerate(runner.segments) if s.exit_output}   # > 1: exits never fire
+    for part in range(runner.manifest["parts"]):
+        inputs = {**feeds, **tensors}
+        times = []
+        for r in range(repeats + 2):
+            t0 = time.perf_counter_ns()
+            res = runner.run_part(part, inputs, never)
+            if r >= 2:
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+        out.append(round(float(np.median(times)), 3))
+        tensors = res.tensors
+    return out
+
+
+def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], parts: int, ctx: BuildContext,
+                data: dict):
+    from . import early_exit, graph
+    from .quantize import QuantizeParams, int8_report, quantize_model
+
+    p = pipeline
+    for call in chain:
+        prm = dict(call.params)
+        ctx.progress(f"{entry.name}: {call.label()}")
+        if call.name == "quantize":
+            if p.exits:
+                raise WorkloadError(f"{entry.name}: quantize must come before early_exit")
+            qp = QuantizeParams.from_mapping(prm, where="quantize")
+            q = quantize_model(p.backbone, qp, data["calibration"]() if qp.mode == "static" else None)
+            report = int8_report(q)
+            report.check()
+            p = replace(p, backbone=q).with_report("quantize", {"params": prm, **report.as_dict()})
+        elif call.name == "early_exit":
+            early_exit.check_task(entry.task, entry.name)
+            if prm["kind"] == "skip":
+                blocks = prm["blocks"]
+                if blocks == "auto" and entry.skippable_blocks:
+                    blocks = entry.skippable_blocks
+                p = early_exit.skip_blocks(p, blocks)
+            else:
+                train = data["train"]()
+                labels = train.labels if train.labelled else data["reference_train"](train)
+                p = early_exit.add_heads(p, points=prm["points"], threshold=prm["threshold"], epochs=prm["epochs"],
+                                         train=train, reference_labels=labels, classes=entry.num_classes,
+                                         seed=ctx.seed, progress=ctx.progress)
+        elif call.name == "partition":
+            info = p.info()
+            cut = prm["cut"]
+            if cut == "auto":
+                cuts = graph.auto_cuts(info, parts)
+            elif isinstance(cut, tuple):
+                cuts = graph.resolve_cuts(info, list(cut), entry.name)
+            else:
+                cuts = [graph.resolve_cut(info, cut, entry.name)]
+            if len(cuts) + 1 != parts:
+                raise WorkloadError(f"{entry.name}: partition makes {len(cuts) + 1} parts for {parts} hosts")
+            names = [c.tensor for c in cuts]
+            diff = None
+            if prm["verify"]:
+                diff = graph.verify_split(p.backbone, graph.split(p.backbone, names), data["eval"]().sample(0),
+                                          atol=prm["atol"])
+            p = replace(p, cuts=tuple(names)).with_report("partition", {
+                "cuts": [{"tensor": c.tensor, "dtype": c.dtype, "shape": list(c.shape), "bytes": c.bytes,
+                          "flops_before": c.flops_before, "flops_after": c.flops_after,
+                          "fraction": round(c.fraction, 4)} for c in cuts],
+                "max_abs_diff": diff, "total_flops": info.total_flops})
+        else:
+            raise WorkloadError(f"operator {call.name} cannot be applied yet")
+    if parts > 1 and not p.cuts:
+        raise WorkloadError(f"{entry.name}: {parts} parts need a partition operator")
+    return p
+
+
+def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1, weights: str = "pretrained",
+            cache: Cache | None = None, progress=lambda message: None, seed: int = 0) -> Prepared:
+    """Build (or find in the cache) the artifact of ``model`` under ``chain`` split into ``parts``."""
+    import onnx
+
+    from .export import export_model
+    from .metrics import evaluate
+    from .pipeline import Pipeline
+
+    cache = cache or Cache()
+    entry = get_model(model)
+    check_weights(entry, weights)
+    ctx = BuildContext(cache=cache, weights=weights, seed=seed, progress=progress)
+    base = export_model(entry, ctx)
+    libs = library_versions()
+    key = content_key("artifact", model=entry.name, version=entry.version, weights=weights, seed=seed,
+                      chain=[c.as_dict() for c in chain], parts=parts, prepare=PREPARE_VERSION, libs=libs,
+                      base=base.parent.name)
+    cached = cache.get("artifacts", key) is not None
+    applicable = _quality(entry, weights)
+
+    memo: dict = {}
+
+    def dataset(split):
+        if split not in memo:
+            memo[split] = entry.dataset(split, ctx)
+        return memo[split]
+
+    def reference_train(train):
+        sess = session(base)
+        return _predictions(lambda f: sess.run(None, f)[0], train.take(10000))
+
+    def build(folder: Path):
+        t0 = time.monotonic()
+        pipe = Pipeline(entry.name, entry.task, onnx.load(str(base)))
+        pipe = apply_chain(entry, pipe, chain, parts, ctx,
+                           {"eval": lambda: dataset("eval"), "train": lambda: dataset("train"),
+                            "calibration": lambda: dataset("calibration"), "reference_train": reference_train})
+        manifest = pipe.save(folder, {"weights": weights, "operators": [c.as_dict() for c in chain],
+                                      "libraries": libs})
+        ctx.progress(f"{entry.name}: evaluating")
+        data = dataset("eval")
+        base_eval = _baseline(entry, base, data, cache, content_key("evaluation", base=base.parent.name,
+                                                                     data=data.name, n=len(data)))
+        runner = ArtifactRunner(folder)
+        run = (lambda feeds: runner.run(feeds).tensors[runner.outputs[0]])
+        if not applicable:
+            quality = {"metric": entry.metric, "value": None, "baseline": None,
+                       "note": "not applicable: random weights (latency-only study)"}
+        elif data.labelled:
+            q = evaluate(run, data, entry.task)
+            quality = {**q, "baseline": base_eval["value"]}
+        else:
+            q = evaluate(run, data, entry.task, reference=base_eval["predictions"])
+            quality = {**q, "baseline": 1.0}
+        if pipe.exits and applicable:
+            from .early_exit import exit_table
+            manifest["report"]["early_exit"]["table"] = exit_table(
+                folder, data, None if data.labelled else base_eval["predictions"])
+        manifest["quality"] = quality
+        manifest["compute_ms"] = _compute_ms(folder, data)
+        manifest["prepare_seconds"] = round(time.monotonic() - t0, 2)
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+
+    path = cache.get_or_build("artifacts", key, build)
+    m = json.loads((path / MANIFEST).read_text())
+    size = sum(s["bytes"] for s in m["segments"])
+    label = " → ".join(c.label() for c in chain) or "none"
+    return Prepared(entry.name, weights, label, parts, m["quality"].get("metric", entry.metric),
+                    m["quality"].get("value"), m["quality"].get("baseline"), size, path, cached)
