@@ -11,7 +11,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: Mininet (for mnexec; the Python module comes pinned from PyPI), the tools
-# that realise and measure links, and python3-venv for the virtual environment.
+# that realise and measure links, python3-venv for the virtual environment, and the full
+# Fashion-MNIST data set (offline models are trained on it).
 debs=(mininet bridge-utils iproute2 iptables iperf3 iputils-ping util-linux procps python3 python3-venv python3-dev
       dataset-fashion-mnist)
 missing=()

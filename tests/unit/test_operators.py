@@ -1,0 +1,74 @@
+"""Operator chains as written in experiment files: names, parameters, order, placement."""
+import pytest
+
+from workloads.errors import WorkloadError
+from workloads.operators import OPERATORS, check_placement, parse_chain
+
+W = "strategies[2].operators"
+
+
+def err(items) -> str:
+    with pytest.raises(WorkloadError) as e:
+        parse_chain(items, W)
+    return str(e.value)
+
+
+def test_names_and_mappings_parse_with_defaults_filled_in():
+    chain = parse_chain(["quantize", {"early_exit": {"threshold": 0.9}}, {"partition": {"cut": 0.4}}], W)
+    assert [c.name for c in chain] == ["quantize", "early_exit", "partition"]
+    assert chain[0].get("method") == "minmax" and chain[0].get("samples") == 128
+    assert chain[1].get("threshold") == 0.9 and chain[1].get("kind") == "heads"
+    assert chain[2].get("cut") == 0.4
+    assert [c.label() for c in chain] == ["quantize", "early_exit(threshold=0.9)", "partition(cut=0.4)"]
+
+
+def test_chain_is_hashable_and_equal_for_equal_parameters():
+    a = parse_chain([{"quantize": {"samples": 64}}], W)
+    b = parse_chain([{"quantize": {"samples": 64, "method": "minmax"}}], W)
+    assert a == b and hash(a) == hash(b)
+
+
+def test_unknown_operator_lists_valid_ones():
+    assert err(["shrink"]) == (f"{W}[0]: operator 'shrink' unknown; valid: partition, quantize, early_exit, "
+                               "qat, prune, distill")
+
+
+def test_unknown_parameter_lists_valid_ones():
+    assert err([{"partition": {"split": 3}}]) == f"{W}[0].partition: parameter 'split' unknown; valid: cut, verify, atol"
+
+
+@pytest.mark.parametrize("item, text", [
+    ({"quantize": {"method": "kl"}}, "quantize.method: 'kl' is not valid; allowed: minmax | entropy | percentile"),
+    ({"quantize": {"samples": 0}}, "quantize.samples: 0 is not valid; allowed: a whole number in 1..100000"),
+    ({"early_exit": {"threshold": 1.5}}, "early_exit.threshold: 1.5 is not valid; allowed: a confidence in (0, 1]"),
+    ({"partition": {"cut": 1.2}}, "partition.cut: 1.2 is not valid; allowed: auto, a tensor name, or a FLOPs"),
+])
+def test_bad_values_name_the_parameter_and_what_is_allowed(item, text):
+    assert err([item]).startswith(f"{W}[0].{text}")
+
+
+def test_post_training_after_placement_is_refused():
+    assert err([{"partition": {}}, "quantize"]) == (
+        f"{W}[1]: quantize (post-training) after a placement operator; order: training -> post-training -> placement")
+
+
+def test_an_operator_twice_is_refused():
+    assert "appears twice" in err(["quantize", "quantize"])
+
+
+def test_white_box_operators_are_declared_but_refused_until_built():
+    assert not OPERATORS["qat"].available
+    assert "operator qat is declared but not built yet" in err(["qat"])
+
+
+def test_placement_and_partition_must_agree():
+    chain = parse_chain([{"partition": {"cut": "auto"}}], W)
+    check_placement(chain, 2, "s")
+    check_placement(chain, 3, "s")
+    with pytest.raises(WorkloadError, match="needs a placement on two or more hosts"):
+        check_placement(chain, 1, "s")
+    two = parse_chain([{"partition": {"cut": ["a", "b"]}}], W)
+    with pytest.raises(WorkloadError, match="makes 3 parts but the placement names 2 hosts"):
+        check_placement(two, 2, "s")
+    with pytest.raises(WorkloadError, match="needs a partition operator"):
+        check_placement((), 2, "s")
