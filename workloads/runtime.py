@@ -9,6 +9,7 @@ ends the request there (nothing is sent on). Original inputs that later segments
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,18 +37,33 @@ def load_manifest(folder: Path | str) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())
 
 
-def session(path_or_bytes, threads: int = 1, optimized_path: str | None = None):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (a host's core budget)."""
+def session(model, threads: int = 1, optimization: str = "all", optimized_path: str | None = None):
+    """An ONNX Runtime CPU session for ``model`` (a ModelProto, serialized bytes, or a path).
+
+    ``threads`` is the intra-op thread count (a host's core budget; inter-op is 1);
+    ``optimization`` is ``all`` (ORT_ENABLE_ALL, the default), ``extended``, ``basic`` or
+    ``disable``; ``optimized_path`` makes ORT write the graph it will really run.
+    """
     import onnxruntime as ort
 
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    if optimization not in levels:
+        from .errors import WorkloadError
+        raise WorkloadError(f"optimization {optimization!r} unknown; valid: {', '.join(levels)}")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = levels[optimization]
     if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
-    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+        so.optimized_model_filepath = str(optimized_path)
+    if hasattr(model, "SerializeToString"):          # an onnx.ModelProto (onnx itself is not imported here)
+        model = model.SerializeToString()
+    elif isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def softmax_confidence(logits: np.ndarray) -> np.ndarray:

@@ -1,0 +1,836 @@
+"""The experiment file: one YAML file that describes a study, loaded into a frozen, validated
+:class:`Experiment`.
+
+The format
+----------
+
+.. code-block:: yaml
+
+    name: blackbox-demo             # required: 1-64 letters, digits, '_', '.', '-'
+    topology: three_tier            # a built-in (three_tier, star:mobiles=N, multi_edge:...),
+                                    # a .yaml/.yml/.py file relative to this file's folder
+                                    # (file.py:function too), or an inline mapping in the
+                                    # topology YAML shape; default three_tier
+    hosts:                          # overrides of the topology's hosts (cpus, memory, cpuset)
+      mobile: {cpus: 0.25, memory: 1GiB}
+    links:                          # overrides of its links (bandwidth, delay, jitter, loss,
+      edge-cloud:                   # queue; forward/reverse for one direction)
+        bandwidth: 1Mbit
+        delay: 20ms
+        reverse: {bandwidth: 10Mbit}
+    models:                         # required, non-empty: names, or mappings
+      - efficientnet_lite0
+      - {name: minilm_sentiment, weights: random, data: data/reviews}
+    strategies:                     # required, non-empty
+      - {name: mobile, placement: mobile}
+      - {name: edge-qee, operators: [quantize, {early_exit: {threshold: 0.8}}], placement: edge}
+      - {name: me-partition, operators: [{partition: {cut: auto}}], placement: [mobile, edge]}
+    source: mobile                  # where inputs are produced: a host, or client
+    requests: {warmup: 3, repeat: 30, inputs: 10, timeout: 120s}
+    codec: binary                   # or json-base64
+    sweep:                          # optional: every combination of values is one point
+      links.mobile-edge.bandwidth: [1Mbit, 10Mbit, 100Mbit]
+      links.edge-cloud.bandwidth:  [1Mbit, 10Mbit]
+
+Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``strategies``,
+``source``, ``requests``, ``codec``, ``sweep``; nothing else.
+
+- ``hosts`` / ``links``: the same keys and units as a topology file (see
+  :mod:`topologies.loader`); they change hosts and links the topology has, and cannot add
+  or remove any (write a topology file for that). A link may be named either way round.
+- ``models``: an entry is a model name (see ``workloads.registry``: a built-in name, an
+  ``.onnx`` path relative to this file's folder, or ``package.module:factory``) or a mapping
+  ``{name: NAME, weights: pretrained|random, data: PATH}``. ``weights`` defaults to the first
+  the model offers (``pretrained`` for the built-ins) and must be one it offers; ``data`` is
+  an existing file or folder relative to this file's folder (default: the model's own data).
+  The same (name, weights, data) may be listed once.
+- ``strategies``: each is ``{name, operators, placement}``. ``name`` is unique and matches
+  ``^[a-z0-9][a-z0-9_.-]{0,47}$``. ``operators`` (default none) is a chain applied in order,
+  written as names or one-key mappings of parameters (``workloads.operators``: partition,
+  quantize, early_exit; qat, prune, distill). ``placement`` is a host or a list of hosts,
+  each host once, consecutive hosts joined by a link of the topology; two or more hosts need
+  a partition into as many parts (``cut: auto`` fits any count).
+- ``source``: where requests start. A host name: the input is produced on that host, travels
+  over the emulated links to the strategy's first host, and the answer travels back, so every
+  strategy pays for moving the data from where it is produced. ``client``: the request loop
+  hands inputs straight to the first host of the placement (no emulated hop before it; it
+  measures the deployment alone). Default: the topology's first host as written (``mobile``
+  in the built-ins), as in the studies, where the mobile device produces the input. A host
+  named ``client`` takes precedence over the keyword.
+- ``requests`` (each key optional): ``warmup`` unmeasured requests before measuring, 0..10000
+  (default 3); ``repeat`` measured requests per cell, 1..1000000 (default 30); ``inputs``
+  distinct samples of the model's data that the requests cycle through, 1..100000 (default
+  10); ``timeout`` per request, a duration with a unit (``us``, ``ms``, ``s``), above 0 and at
+  most 3600s (default 120s).
+- ``codec``: the wire format, ``binary`` (default: length-prefixed raw tensors) or
+  ``json-base64`` (the studies' transport, to compare with).
+- ``sweep``: a mapping of a dotted path to a non-empty list of distinct values. Paths are
+  those of ``--set`` (below) except ``name``, ``sweep``, and what makes a cell's model or
+  strategy (``models``, ``models.<i>``, ``models.<i>.name``, ``strategies``,
+  ``strategies.<i>``, ``strategies.<i>.name``): e.g. ``links.<a-b>.<field>``,
+  ``hosts.<h>.<field>``, ``requests.<field>``, ``codec``, ``source``, ``topology``,
+  ``strategies.<i>.placement``, ``strategies.<i>.operators.<j>.early_exit.threshold``,
+  ``models.<i>.weights``. A point is one value per path; the points are the cartesian
+  product, the first path varying slowest. Every value, and every combination, is validated
+  at load time. A *cell* is one point x one model x one strategy.
+
+Values are checked when the file is loaded; every problem is an :class:`ExperimentError`
+of one line, ``<file>:<line>: <field path>: <problem>; allowed: <what is allowed>``. Paths
+are written as in the file, lists by index: ``strategies[3].operators[0]``.
+
+``--set PATH=VALUE`` (the ``sets`` argument of :func:`load_experiment`) changes the file's
+data before it is validated. ``PATH`` is a dotted path into the file; list items are numbered
+from 0 (``strategies.0.placement`` or ``strategies[0].placement``); missing mappings are
+created (``links.edge-cloud.delay=20ms`` works without a ``links`` key); a model written as a
+name becomes ``{name: ...}`` when a key under it is set (``models.0.weights=random``), an
+operator written as a name likewise (``strategies.1.operators.0.quantize.mode=dynamic``).
+Everything after ``sweep.`` is one axis (``sweep.links.edge-cloud.delay=[5ms, 50ms]``).
+``VALUE`` is read as YAML (``5``, ``10Mbit``, ``[mobile, edge]``, ``{cut: auto}``). Setting a
+path that is also a sweep axis pins it: that axis is dropped. Problems with a set value are
+reported with the source ``--set``.
+
+In Python
+---------
+
+``load_experiment(path, sets, *, cores, memory_bytes)`` reads a file;
+``load_experiment_dict(data, sets, *, cores, memory_bytes, source, base_dir)`` takes the same
+shape as data (e.g. ``Experiment.to_dict()``, whose topology is inline). ``cores`` and
+``memory_bytes`` are the machine's budget that built-in topologies scale to. The result is an
+:class:`Experiment`: ``name``, ``topology`` (a ``TopologySpec``, overrides applied),
+``models`` (:class:`ModelRef`), ``strategies`` (:class:`Strategy`), ``source``, ``requests``
+(:class:`Requests`, the timeout in ``timeout_ms``), ``codec``, ``sweep``; ``cells_grid()``
+lists the points, ``at(point)`` is the experiment at one of them, ``artifacts_needed()`` lists
+the (model, operator chain, parts) that ``testbed prepare`` builds, and ``to_dict()`` is a
+JSON-serialisable form.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from topologies import TopologyError, TopologySpec, apply_overrides, load_topology, load_topology_dict
+from topologies.builtin import BUILTINS
+from topologies.errors import kind_of, name_list
+from topologies.fields import DIRECTIONS
+from topologies.units import format_duration_ms, parse_duration_ms
+from workloads import registry
+from workloads.errors import WorkloadError
+from workloads.operators import OperatorCall, check_placement, parse_chain
+
+TOP_KEYS = ("name", "topology", "hosts", "links", "models", "strategies", "source", "requests", "codec", "sweep")
+REQUIRED = ("name", "models", "strategies")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_ALLOWED = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+STRATEGY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,47}$")
+STRATEGY_NAME_ALLOWED = "1 to 48 lowercase letters, digits, '_', '.' or '-', starting with a letter or digit"
+DEFAULT_TOPOLOGY = "three_tier"
+CLIENT = "client"
+CODECS = ("binary", "json-base64")
+MODEL_KEYS = ("name", "weights", "data")
+STRATEGY_KEYS = ("name", "operators", "placement")
+# requests key -> (lowest, highest, default)
+REQUEST_COUNTS = {"warmup": (0, 10_000, 3), "repeat": (1, 1_000_000, 30), "inputs": (1, 100_000, 10)}
+REQUEST_KEYS = (*REQUEST_COUNTS, "timeout")
+TIMEOUT_DEFAULT_MS, TIMEOUT_MAX_MS = 120_000.0, 3_600_000.0
+MAX_POINTS = 10_000  # a bigger grid is a typo more often than a plan, and each point is validated
+
+_SYNTAX_ALLOWED = "valid YAML: a mapping with name, topology, models and strategies"
+_TOP_ALLOWED = ", ".join(TOP_KEYS)
+_MODELS_ALLOWED = "a list of model names or {name, weights, data} mappings, e.g. [efficientnet_lite0]"
+_STRATEGIES_ALLOWED = "a list of {name, operators, placement}, e.g. [{name: edge, placement: edge}]"
+_STRATEGY_EXAMPLE = "{name: edge, operators: [...], placement: edge}"
+_PLACEMENT_ALLOWED = "a host name or a list of host names, e.g. edge or [mobile, edge]"
+_UNSWEEPABLE = "a path of --set other than name, sweep, models[.<i>[.name]] and strategies[.<i>[.name]]"
+
+
+class ExperimentError(ValueError):
+    """An experiment file (or a ``--set`` value) is not acceptable. ``str()`` is one line:
+    ``<source>:<line>: <path>: <problem>; allowed: <allowed>``, unknown parts left out with
+    their separator. The parts are attributes too."""
+
+    def __init__(self, problem: str, allowed: str | None = None, *, source: str | None = None,
+                 line: int | None = None, path: str | None = None) -> None:
+        self.problem = problem
+        self.allowed = allowed
+        self.source = source
+        self.line = line
+        self.path = path
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.source:
+            where = f"{self.source}:{self.line}: " if self.line is not None else f"{self.source}: "
+        text = f"{where}{self.path}: " if self.path else where
+        text += self.problem if self.allowed is None else f"{self.problem}; allowed: {self.allowed}"
+        return " ".join(text.splitlines())
+
+    def __reduce__(self):  # keeps the keyword-only parts when pickled (executors in other processes)
+        return (_rebuild, (self.problem, self.allowed, self.source, self.line, self.path))
+
+
+def _rebuild(problem, allowed, source, line, path) -> ExperimentError:
+    return ExperimentError(problem, allowed, source=source, line=line, path=path)
+
+
+# ---- the validated data -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the experiment uses it: registry name, weights, and an optional data path."""
+
+    name: str
+    weights: str = "pretrained"
+    data: str | None = None     # an existing file or folder (absolute, or as written if absolute)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "weights": self.weights, "data": self.data}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A deployment: an operator chain applied to the model, and the hosts its parts run on."""
+
+    name: str
+    operators: tuple[OperatorCall, ...]
+    placement: tuple[str, ...]
+
+    @property
+    def parts(self) -> int:
+        """How many parts the artifact has: one per placement host."""
+        return len(self.placement)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "operators": [c.as_dict() for c in self.operators],
+                "placement": list(self.placement)}
+
+
+@dataclass(frozen=True)
+class Requests:
+    """How a cell is measured: unmeasured warm-up requests, measured requests, the distinct
+    inputs they cycle through, and the time one request may take."""
+
+    warmup: int = REQUEST_COUNTS["warmup"][2]
+    repeat: int = REQUEST_COUNTS["repeat"][2]
+    inputs: int = REQUEST_COUNTS["inputs"][2]
+    timeout_ms: float = TIMEOUT_DEFAULT_MS
+
+    def to_dict(self) -> dict:
+        return {"warmup": self.warmup, "repeat": self.repeat, "inputs": self.inputs,
+                "timeout": format_duration_ms(self.timeout_ms)}
+
+
+class ArtifactNeed(NamedTuple):
+    """One artifact ``testbed prepare`` builds: a model through an operator chain, in parts."""
+
+    model: ModelRef
+    operators: tuple[OperatorCall, ...]
+    parts: int
+
+
+@dataclass
+class _Context:
+    """What loading needs besides the data; shared by the points of one experiment."""
+
+    source: str                        # names the file in messages
+    base_dir: Path                     # relative paths in the file start here
+    cores: float
+    memory_bytes: int
+    lines: dict[str, int]              # key / list-item path -> line in the file
+    topologies: dict[str, TopologySpec] = field(default_factory=dict)  # ref -> spec, loaded once
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment. Callers may rely on:
+
+    - every field is checked and normalised: ``topology`` has the file's host/link overrides
+      applied; ``strategies`` have full operator calls (defaults filled in) and placements
+      on existing, linked hosts that match their partitions; ``models`` exist in the registry;
+    - ``sweep`` is ``((path, (value, ...)), ...)`` in file order with paths written dotted
+      (``strategies.0.placement``); values are as written (lists as tuples), each of them
+      and every combination already validated;
+    - ``cells_grid()`` / ``at(point)`` give the points and the experiment at one point;
+    - ``to_dict()`` is JSON-serialisable and loads back (:func:`load_experiment_dict`) into
+      an equal experiment, the topology inline.
+    """
+
+    name: str
+    topology: TopologySpec
+    models: tuple[ModelRef, ...]
+    strategies: tuple[Strategy, ...]
+    source: str
+    requests: Requests
+    codec: str
+    sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    source_path: Path | None = field(default=None, compare=False)
+    _raw: dict | None = field(default=None, compare=False, repr=False)          # after --set
+    _context: _Context | None = field(default=None, compare=False, repr=False)
+
+    def strategy(self, name: str) -> Strategy:
+        for s in self.strategies:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def cells_grid(self) -> list[dict[str, Any]]:
+        """The sweep points as ``{path: value}`` dicts, the cartesian product in file order
+        (the first path varies slowest); ``[{}]`` without a sweep."""
+        paths = [p for p, _ in self.sweep]
+        return [dict(zip(paths, combo)) for combo in itertools.product(*(v for _, v in self.sweep))]
+
+    def at(self, point: Mapping[str, Any]) -> Experiment:
+        """This experiment at one point: the point's values applied as ``--set`` values
+        (already parsed), validated, with an empty sweep."""
+        if self._raw is None or self._context is None:
+            raise ExperimentError("this Experiment was not loaded by load_experiment", "a loaded experiment")
+        return _at(self._raw, self._context, point)
+
+    def artifacts_needed(self) -> list[ArtifactNeed]:
+        """The distinct (model, operator chain, parts) that the cells use, in model-then-
+        strategy order: strategies with the same chain and as many hosts share one artifact,
+        whatever the hosts. Sweep points that change models or operators add theirs."""
+        sweeps_workload = any(p.split(".", 1)[0] in ("models", "strategies") for p, _ in self.sweep)
+        experiments = [self.at(p) for p in self.cells_grid()] if sweeps_workload else [self]
+        out: dict[ArtifactNeed, None] = {}
+        for exp in experiments:
+            for model in exp.models:
+                for s in exp.strategies:
+                    out.setdefault(ArtifactNeed(model, s.operators, s.parts))
+        return list(out)
+
+    def to_dict(self) -> dict:
+        """A normalised, JSON-serialisable form: every default written out, the topology
+        inline with its overrides applied, operators with all their parameters."""
+        return {
+            "name": self.name,
+            "topology": self.topology.to_dict(),
+            "models": [m.to_dict() for m in self.models],
+            "strategies": [s.to_dict() for s in self.strategies],
+            "source": self.source,
+            "requests": self.requests.to_dict(),
+            "codec": self.codec,
+            "sweep": {path: [_thaw(v) for v in values] for path, values in self.sweep},
+        }
+
+
+# ---- public entry points ------------------------------------------------------------------
+
+def load_experiment(path: str | Path, sets: Iterable[tuple[str, str]] = (), *, cores: float,
+                    memory_bytes: int) -> Experiment:
+    """The validated experiment in the YAML file ``path``, with ``sets`` (``(PATH, VALUE)``
+    pairs as ``--set`` gives them) applied first. ``cores`` and ``memory_bytes`` are the
+    machine's budget that built-in (and Python) topologies scale to. Every problem is one
+    :class:`ExperimentError`."""
+    source = str(path)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ExperimentError(f"not UTF-8 text ({e.reason} at byte {e.start})", "a UTF-8 YAML file",
+                              source=source) from None
+    except OSError as e:
+        raise ExperimentError(f"cannot read the file: {e.strerror}", "a readable YAML file", source=source) from None
+    data, lines = _read_yaml(text, source)
+    ctx = _Context(source, path.parent, cores, memory_bytes, lines)
+    return _load(data, sets, ctx, path)
+
+
+def load_experiment_dict(data: Mapping, sets: Iterable[tuple[str, str]] = (), *, cores: float,
+                         memory_bytes: int, source: str = "<memory>",
+                         base_dir: str | Path = ".") -> Experiment:
+    """The validated experiment from data in the file's shape (e.g. ``Experiment.to_dict()``),
+    relative paths taken from ``base_dir``. Errors carry ``source`` and no line."""
+    ctx = _Context(source, Path(base_dir), cores, memory_bytes, {})
+    return _load(data, sets, ctx, None)
+
+
+# ---- reading the file and applying --set ---------------------------------------------------
+
+def _read_yaml(text: str, source: str) -> tuple[object, dict[str, int]]:
+    """The document and the line of every key and list item, duplicate keys refused."""
+    import yaml
+
+    from topologies.yamlsrc import SYNTAX_ALLOWED, read_yaml
+
+    try:
+        data, lines = read_yaml(text, source)
+    except TopologyError as e:
+        allowed = _SYNTAX_ALLOWED if e.allowed == SYNTAX_ALLOWED else e.allowed
+        raise ExperimentError(e.problem, allowed, source=e.source, line=e.line, path=e.path) from None
+    # read_yaml records keys only; list items get their lines here (the text already passed
+    # read_yaml's size and depth limits, so this walk is bounded)
+    stack = [(yaml.compose(text, Loader=yaml.SafeLoader), "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((v, f"{path}.{k.value}" if path else k.value) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[f"{path}[{i}]"] = item.start_mark.line + 1
+                stack.append((item, f"{path}[{i}]"))
+    return data, lines
+
+
+def _split_path(text: str) -> list[str]:
+    """'strategies.0.placement' / 'strategies[0].placement' -> ['strategies', '0', 'placement'];
+    after 'sweep.' the rest is one key (an axis path)."""
+    text = text.strip()
+    if text.startswith("sweep."):
+        return ["sweep", text[len("sweep."):]]
+    return re.sub(r"\[(\d+)\]", r".\1", text).split(".")
+
+
+def _shown(parts: list[str]) -> str:
+    """The path as errors and the line table write it: list indexes in brackets."""
+    out = parts[0]
+    for p in parts[1:]:
+        out += f"[{p}]" if p.isdigit() else f".{p}"
+    return out
+
+
+def _widen(value: object, at: str, next_key: str) -> object:
+    """A value that a key is about to be set under, as a mapping where the file's short
+    forms allow it: nothing -> {}, a model name -> {name: ...}, an operator name -> {op: {}}."""
+    if value is None:
+        return {}
+    if isinstance(value, str) and re.fullmatch(r"models\[\d+\]", at):
+        return {"name": value}
+    if isinstance(value, str) and value == next_key and re.fullmatch(r"strategies\[\d+\]\.operators\[\d+\]", at):
+        return {value: {}}
+    return value
+
+
+def _assign(raw: dict, text: str, value: object, source: str) -> str:
+    """Set ``value`` at the dotted path ``text`` in ``raw``; the path as shown in errors."""
+    parts = _split_path(text)
+    if parts[0] not in TOP_KEYS:
+        raise ExperimentError("unknown path", f"a path starting with a top-level key: {_TOP_ALLOWED}",
+                              source=source, path=text)
+    if not all(parts):
+        raise ExperimentError("an empty part in the path", "names joined by '.', e.g. links.edge-cloud.delay",
+                              source=source, path=text)
+    node: Any = raw
+    for i, part in enumerate(parts):
+        key: str | int = part
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ExperimentError(f"no item {part} in {_shown(parts[:i])}, which has {len(node)}",
+                                      f"an index 0 to {len(node) - 1}" if node else "an existing item",
+                                      source=source, path=text)
+            key = int(part)
+        elif not isinstance(node, dict):
+            raise ExperimentError(f"{_shown(parts[:i])} is {kind_of(node)}, not a mapping or a list",
+                                  "a path through mappings and lists", source=source, path=text)
+        if i == len(parts) - 1:
+            node[key] = value
+        else:
+            node[key] = _widen(node.get(key) if isinstance(node, dict) else node[key],
+                               _shown(parts[: i + 1]), parts[i + 1])
+            node = node[key]
+    return _shown(parts)
+
+
+def _parse_value(text: str, path: str) -> object:
+    from topologies.yamlsrc import read_yaml
+
+    try:
+        return read_yaml(text, "--set")[0]
+    except TopologyError as e:
+        raise ExperimentError(f"'{text}' is not a YAML value ({e.problem})",
+                              "a YAML value, e.g. 5, 10Mbit, [mobile, edge] or {cut: auto}",
+                              source="--set", path=path) from None
+
+
+def _freeze(value: object) -> object:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _freeze(v) for k, v in value.items()}
+    return value
+
+
+def _thaw(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _thaw(v) for k, v in value.items()}
+    return value
+
+
+def _load(data: object, sets: Iterable[tuple[str, str]], ctx: _Context, source_path: Path | None) -> Experiment:
+    if isinstance(data, Mapping) and not isinstance(data, dict):
+        data = dict(data)
+    if not isinstance(data, dict):
+        raise ExperimentError(f"expected a mapping, got {kind_of(data)}",
+                              f"a mapping with the keys {_TOP_ALLOWED}", source=ctx.source,
+                              line=min(ctx.lines.values(), default=None))
+    raw = copy.deepcopy(data)
+    origins: dict[str, str] = {}  # path set by --set -> the source errors under it name
+    pinned = []
+    for text, value_text in sets:
+        shown = _assign(raw, text, _parse_value(value_text, text), "--set")
+        origins[shown] = "--set"
+        if _split_path(text)[0] != "sweep":
+            pinned.append(_split_path(text))
+    if pinned and isinstance(raw.get("sweep"), dict):
+        raw["sweep"] = {k: v for k, v in raw["sweep"].items() if _split_path(k) not in pinned}
+    base = _Validator(ctx, origins).experiment(raw, source_path)
+    _check_sweep(base, raw, ctx)
+    return base
+
+
+def _at(raw: dict, ctx: _Context, point: Mapping[str, Any]) -> Experiment:
+    """The experiment with the point's values set and no sweep (errors as raised)."""
+    here = copy.deepcopy(raw)
+    here.pop("sweep", None)
+    origins = {}
+    for path, value in point.items():
+        origins[_assign(here, path, _thaw(copy.deepcopy(value)), "sweep")] = "sweep"
+    return _Validator(ctx, origins).experiment(here, None)
+
+
+def _check_sweep(base: Experiment, raw: dict, ctx: _Context) -> None:
+    """Every sweep value alone (errors at its line), then every combination."""
+    written = list(raw.get("sweep") or {})  # the axis keys as written, for lines
+    for (axis, values), key in zip(base.sweep, written):
+        axis_shown = _shown(_split_path(axis))
+        for j, value in enumerate(values):
+            item = f"sweep.{key}[{j}]"
+            try:
+                _at(raw, ctx, {axis: value})
+            except ExperimentError as e:
+                if e.path and (e.path == axis_shown or e.path.startswith((axis_shown + ".", axis_shown + "["))):
+                    path, problem = item + e.path[len(axis_shown):], e.problem
+                else:
+                    path, problem = item, f"with this value, {e.path or 'the experiment'}: {e.problem}"
+                raise ExperimentError(problem, e.allowed, source=ctx.source, line=_line(ctx.lines, item),
+                                      path=path) from None
+    if len(base.sweep) < 2:
+        return
+    for point in base.cells_grid():
+        try:
+            _at(raw, ctx, point)
+        except ExperimentError as e:
+            combo = ", ".join(f"{p}={_thaw(v)}" for p, v in point.items())
+            raise ExperimentError(f"the combination {combo} fails: {e.path or 'the experiment'}: {e.problem}",
+                                  e.allowed, source=ctx.source, line=_line(ctx.lines, "sweep"),
+                                  path="sweep") from None
+
+
+def _parent(path: str) -> str:
+    m = re.fullmatch(r"(.*?)(?:\[\d+\]|\.[^.\[\]]*)", path)
+    return m.group(1) if m else ""
+
+
+def _line(lines: Mapping[str, int], path: str) -> int | None:
+    """The line ``path`` was written on, else that of its nearest written parent."""
+    while path:
+        if path in lines:
+            return lines[path]
+        path = _parent(path)
+    return None
+
+
+# ---- validation ---------------------------------------------------------------------------
+
+class _Validator:
+    """Turns the data of one experiment (``--set`` already applied) into an Experiment."""
+
+    def __init__(self, ctx: _Context, origins: Mapping[str, str]) -> None:
+        self.ctx = ctx
+        self.origins = origins
+
+    def fail(self, path: str, problem: str, allowed: str | None = None) -> None:
+        for origin, label in self.origins.items():
+            # a value set by --set is blamed on --set, and so is a mapping that only --set wrote
+            if (path == origin or path.startswith((origin + ".", origin + "["))
+                    or (path and origin.startswith((path + ".", path + "[")) and path not in self.ctx.lines)):
+                raise ExperimentError(problem, allowed, source=label, path=path or None)
+        raise ExperimentError(problem, allowed, source=self.ctx.source, line=_line(self.ctx.lines, path),
+                              path=path or None)
+
+    def workload_fail(self, e: WorkloadError, path: str) -> None:
+        """A WorkloadError (``<where>: <problem>``) located at its own path when it names one."""
+        text = str(e)
+        where, sep, problem = text.partition(": ")
+        if sep and where.startswith(path):
+            self.fail(where, problem)
+        self.fail(path, text)
+
+    def mapping(self, value: object, path: str, keys: tuple[str, ...], example: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping, got {kind_of(value)}", example)
+        for key in value:
+            if key not in keys:
+                self.fail(f"{path}.{key}" if path else str(key), "unknown key", ", ".join(keys))
+        return value  # type: ignore[return-value]
+
+    def string(self, value: object, path: str, allowed: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            got = "an empty string" if isinstance(value, str) else kind_of(value)
+            self.fail(path, f"expected a string, got {got}", allowed)
+        return value  # type: ignore[return-value]
+
+    def nonempty_list(self, value: object, path: str, allowed: str) -> list:
+        if not isinstance(value, list):
+            self.fail(path, f"expected a list, got {kind_of(value)}", allowed)
+        if not value:
+            self.fail(path, "the list is empty", allowed)
+        return value  # type: ignore[return-value]
+
+    def experiment(self, raw: dict, source_path: Path | None) -> Experiment:
+        self.mapping(raw, "", TOP_KEYS, f"a mapping with the keys {_TOP_ALLOWED}")
+        for key in REQUIRED:
+            if raw.get(key) is None:
+                self.fail(key, "missing", {"name": NAME_ALLOWED, "models": _MODELS_ALLOWED,
+                                           "strategies": _STRATEGIES_ALLOWED}[key])
+        name = self.string(raw["name"], "name", NAME_ALLOWED)
+        if not NAME.match(name):
+            self.fail("name", f"'{name}' is not a usable name", NAME_ALLOWED)
+        topology = self.overrides(raw, self.topology(raw.get("topology", DEFAULT_TOPOLOGY)))
+        return Experiment(
+            name=name,
+            topology=topology,
+            models=self.models(raw["models"]),
+            strategies=self.strategies(raw["strategies"], topology),
+            source=self.source(raw.get("source"), topology),
+            requests=self.requests(raw.get("requests")),
+            codec=self.codec(raw.get("codec", CODECS[0])),
+            sweep=self.sweep(raw.get("sweep")),
+            source_path=source_path,
+            _raw=raw,
+            _context=self.ctx,
+        )
+
+    def topology(self, ref: object) -> TopologySpec:
+        allowed = (f"a built-in ({', '.join(BUILTINS)}), a .yaml/.yml/.py file relative to the experiment "
+                   "file, or a mapping in the topology YAML shape")
+        if isinstance(ref, dict):  # inline, e.g. from Experiment.to_dict()
+            prefix = "topology."
+            lines = {k[len(prefix):]: v for k, v in self.ctx.lines.items() if k.startswith(prefix)}
+            try:
+                return load_topology_dict(ref, self.ctx.source, lines)
+            except TopologyError as e:
+                self.fail(f"topology.{e.path}" if e.path else "topology", e.problem, e.allowed)
+        ref = self.string(ref, "topology", allowed)
+        builtin = ref.partition(":")[0] in BUILTINS
+        resolved = ref if builtin or Path(ref).is_absolute() else str(self.ctx.base_dir / ref)
+        if resolved not in self.ctx.topologies:
+            try:
+                spec = load_topology(resolved, cores=self.ctx.cores, memory_bytes=self.ctx.memory_bytes)
+            except TopologyError as e:
+                self.fail("topology", str(e))
+            self.ctx.topologies[resolved] = spec
+        return self.ctx.topologies[resolved]
+
+    def overrides(self, raw: dict, spec: TopologySpec) -> TopologySpec:
+        items: list[tuple[str, object]] = []
+        hosts = raw.get("hosts")
+        if hosts is not None and not isinstance(hosts, dict):
+            self.fail("hosts", f"expected a mapping, got {kind_of(hosts)}",
+                      "host -> limits, e.g. {mobile: {cpus: 0.5}}")
+        for host, body in (hosts or {}).items():
+            if body is not None and not isinstance(body, dict):
+                self.fail(f"hosts.{host}", f"expected a mapping, got {kind_of(body)}", "e.g. {cpus: 0.5, memory: 1GiB}")
+            items += [(f"hosts.{host}.{key}", value) for key, value in (body or {}).items()]
+        links = raw.get("links")
+        if links is not None and not isinstance(links, dict):
+            self.fail("links", f"expected a mapping, got {kind_of(links)}",
+                      "link -> shaping, e.g. {edge-cloud: {bandwidth: 1Mbit}}")
+        for link, body in (links or {}).items():
+            if body is not None and not isinstance(body, dict):
+                self.fail(f"links.{link}", f"expected a mapping, got {kind_of(body)}",
+                          "e.g. {bandwidth: 200Mbit, delay: 5ms}")
+            for key, value in (body or {}).items():
+                if key in DIRECTIONS:
+                    if value is not None and not isinstance(value, dict):
+                        self.fail(f"links.{link}.{key}", f"expected a mapping, got {kind_of(value)}",
+                                  "e.g. {bandwidth: 10Mbit}")
+                    items += [(f"links.{link}.{key}.{k}", v) for k, v in (value or {}).items()]
+                else:
+                    items.append((f"links.{link}.{key}", value))
+        if not items:
+            return spec
+        try:
+            return apply_overrides(spec, items, source=self.ctx.source)
+        except TopologyError as e:
+            written = [p for p, _ in items]
+            path = e.path or ""
+            parts = path.split(".")
+            if path not in written and parts[0] == "links" and len(parts) > 2:  # the link written b-a
+                a, _, b = parts[1].partition("-")
+                flipped = ".".join(["links", f"{b}-{a}", *parts[2:]])
+                path = flipped if flipped in written else path
+            self.fail(path, e.problem, e.allowed)
+        raise AssertionError("unreachable")
+
+    def models(self, value: object) -> tuple[ModelRef, ...]:
+        refs: list[ModelRef] = []
+        for i, item in enumerate(self.nonempty_list(value, "models", _MODELS_ALLOWED)):
+            path = f"models[{i}]"
+            if isinstance(item, dict):
+                self.mapping(item, path, MODEL_KEYS, "{name: efficientnet_lite0, weights: pretrained}")
+                if item.get("name") is None:
+                    self.fail(path, "missing name", "{name: MODEL, weights: WEIGHTS, data: PATH}")
+                name_path, name = f"{path}.name", item["name"]
+            elif isinstance(item, str):
+                name_path, name, item = path, item, {}
+            else:
+                self.fail(path, f"expected a model name or a mapping, got {kind_of(item)}", _MODELS_ALLOWED)
+            name = self.string(name, name_path, "a model name")
+            if name.endswith(".onnx") and not Path(name).is_absolute():
+                name = str(self.ctx.base_dir / name)
+            try:
+                entry = registry.get_model(name)
+            except WorkloadError as e:
+                self.fail(name_path, str(e))
+            weights = item.get("weights")
+            if weights is None:
+                weights = entry.weights[0] if entry.weights else "pretrained"
+            else:
+                weights = self.string(weights, f"{path}.weights", " | ".join(entry.weights))
+                try:
+                    registry.check_weights(entry, weights)
+                except WorkloadError as e:
+                    self.fail(f"{path}.weights", str(e))
+            data = item.get("data")
+            if data is not None:
+                data_path = Path(self.string(data, f"{path}.data", "a file or folder of data"))
+                data_path = data_path if data_path.is_absolute() else self.ctx.base_dir / data_path
+                if not data_path.exists():
+                    self.fail(f"{path}.data", f"no such file or folder: {data_path}",
+                              "an existing path, relative to the experiment file's folder")
+                data = str(data_path)
+            ref = ModelRef(name, weights, data)
+            if ref in refs:
+                self.fail(path, f"listed twice (first as models[{refs.index(ref)}])",
+                          "each model (name, weights, data) once")
+            refs.append(ref)
+        return tuple(refs)
+
+    def strategies(self, value: object, spec: TopologySpec) -> tuple[Strategy, ...]:
+        out: list[Strategy] = []
+        for i, item in enumerate(self.nonempty_list(value, "strategies", _STRATEGIES_ALLOWED)):
+            path = f"strategies[{i}]"
+            if not isinstance(item, dict):
+                self.fail(path, f"expected a mapping, got {kind_of(item)}", _STRATEGY_EXAMPLE)
+            self.mapping(item, path, STRATEGY_KEYS, _STRATEGY_EXAMPLE)
+            for key in ("name", "placement"):
+                if item.get(key) is None:
+                    self.fail(path, f"missing {key}", STRATEGY_NAME_ALLOWED if key == "name" else _PLACEMENT_ALLOWED)
+            name = self.string(item["name"], f"{path}.name", STRATEGY_NAME_ALLOWED)
+            if not STRATEGY_NAME.match(name):
+                self.fail(f"{path}.name", f"'{name}' is not a usable strategy name", STRATEGY_NAME_ALLOWED)
+            for j, other in enumerate(out):
+                if other.name == name:
+                    self.fail(f"{path}.name", f"duplicate strategy name '{name}' (first at strategies[{j}])",
+                              "a different name for each strategy")
+            try:
+                chain = parse_chain(item.get("operators"), where=f"{path}.operators")
+            except WorkloadError as e:
+                self.workload_fail(e, f"{path}.operators")
+            placement = self.placement(item["placement"], f"{path}.placement", spec)
+            try:
+                check_placement(chain, len(placement), where=f"{path}.placement")
+            except WorkloadError as e:
+                self.workload_fail(e, f"{path}.placement")
+            out.append(Strategy(name, chain, placement))
+        return tuple(out)
+
+    def placement(self, value: object, path: str, spec: TopologySpec) -> tuple[str, ...]:
+        hosts_allowed = f"hosts of topology {spec.name}: {name_list(spec.host_names)}"
+        if isinstance(value, str):
+            hosts, paths = [value], [path]
+        else:
+            hosts = self.nonempty_list(value, path, _PLACEMENT_ALLOWED)
+            paths = [f"{path}[{k}]" for k in range(len(hosts))]
+        for k, (host, where) in enumerate(zip(hosts, paths)):
+            if not isinstance(host, str):
+                self.fail(where, f"expected a host name, got {kind_of(host)}", hosts_allowed)
+            if host not in spec.host_names:
+                self.fail(where, f"unknown host '{host}'", hosts_allowed)
+            if host in hosts[:k]:
+                self.fail(where, f"host '{host}' appears twice", "each host once (one part per host)")
+            if k and host not in spec.neighbours(hosts[k - 1]):
+                self.fail(where, f"{hosts[k - 1]} and {host} are not linked in topology {spec.name}",
+                          f"hosts linked to {hosts[k - 1]}: {name_list(spec.neighbours(hosts[k - 1]))}")
+        return tuple(hosts)
+
+    def source(self, value: object, spec: TopologySpec) -> str:
+        if value is None:
+            return spec.hosts[0].name
+        allowed = f"{CLIENT}, or a host of topology {spec.name}: {name_list(spec.host_names)}"
+        value = self.string(value, "source", allowed)
+        if value != CLIENT and value not in spec.host_names:
+            self.fail("source", f"unknown host '{value}'", allowed)
+        return value
+
+    def requests(self, value: object) -> Requests:
+        body = self.mapping(value, "requests", REQUEST_KEYS, "{warmup: 3, repeat: 30, inputs: 10, timeout: 120s}")
+        counts = {}
+        for key, (lo, hi, default) in REQUEST_COUNTS.items():
+            n = body.get(key, default)
+            if isinstance(n, bool) or not isinstance(n, int) or not lo <= n <= hi:
+                what = f"{n} is out of range" if isinstance(n, int) and not isinstance(n, bool) \
+                    else f"expected a whole number, got {kind_of(n)}"
+                self.fail(f"requests.{key}", what, f"a whole number {lo} to {hi}")
+            counts[key] = n
+        timeout = TIMEOUT_DEFAULT_MS
+        if "timeout" in body:
+            allowed = f"a duration above 0 and at most {format_duration_ms(TIMEOUT_MAX_MS)}, e.g. 120s"
+            try:
+                timeout = parse_duration_ms(body["timeout"])
+            except TopologyError as e:
+                self.fail("requests.timeout", e.problem, allowed)
+            if not 0 < timeout <= TIMEOUT_MAX_MS:
+                self.fail("requests.timeout", f"{format_duration_ms(timeout)} is out of range", allowed)
+        return Requests(timeout_ms=timeout, **counts)
+
+    def codec(self, value: object) -> str:
+        if value not in CODECS:
+            shown = f"'{value}'" if isinstance(value, str) else kind_of(value)
+            self.fail("codec", f"{shown} is not a codec", " | ".join(CODECS))
+        return value  # type: ignore[return-value]
+
+    def sweep(self, value: object) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        if value is not None and not isinstance(value, dict):
+            self.fail("sweep", f"expected a mapping, got {kind_of(value)}",
+                      "a mapping of paths to lists of values, e.g. {links.edge-cloud.bandwidth: [1Mbit, 10Mbit]}")
+        body = value or {}
+        axes: list[tuple[str, tuple[Any, ...]]] = []
+        for key, values in body.items():
+            path = f"sweep.{key}"
+            parts = _split_path(str(key))
+            if (not parts[0] or any(not p for p in parts) or parts[0] not in TOP_KEYS
+                    or parts[0] in ("name", "sweep") or self._names_a_cell(parts)):
+                self.fail(path, "not a path that can be swept", _UNSWEEPABLE)
+            dotted = ".".join(parts)
+            for other, _ in axes:
+                if (dotted + ".").startswith(other + ".") or (other + ".").startswith(dotted + "."):
+                    self.fail(path, f"overlaps the axis {other}", "paths that do not contain one another")
+            values = self.nonempty_list(values, path, "a list of values, e.g. [1Mbit, 10Mbit, 100Mbit]")
+            for j, v in enumerate(values):
+                if v in values[:j]:
+                    self.fail(f"{path}[{j}]", f"{v!r} is listed twice", "each value once")
+            axes.append((dotted, tuple(_freeze(v) for v in values)))
+        points = 1
+        for _, values in axes:
+            points *= len(values)
+        if points > MAX_POINTS:
+            self.fail("sweep", f"{points} points", f"at most {MAX_POINTS} combinations")
+        return tuple(axes)
+
+    @staticmethod
+    def _names_a_cell(parts: list[str]) -> bool:
+        """Paths that would change which models or strategies a cell is made of."""
+        if parts[0] not in ("models", "strategies"):
+            return False
+        return len(parts) <= 2 or (len(parts) == 3 and parts[2] == "name")
