@@ -147,7 +147,8 @@ def names_or_auto(v):
 
 def _quantize_params() -> dict[str, Param]:
     return {
-        "mode": Param("static", one_of("static", "dynamic"), "static (calibrated, CNNs) or dynamic (text)"),
+        "mode": Param("auto", one_of("auto", "static", "dynamic"),
+                      "static (calibrated activations) or dynamic; auto = dynamic for text models, else static"),
         "format": Param("qdq", one_of("qdq", "qoperator"), "ONNX Runtime's quantized graph format"),
         "per_channel": Param("auto", lambda v: v if v == "auto" else boolean(v),
                              "per-channel weight scales; auto = where the model has convolutions"),

@@ -104,6 +104,8 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
         if call.name == "quantize":
             if p.exits:
                 raise WorkloadError(f"{entry.name}: quantize must come before early_exit")
+            if prm["mode"] == "auto":
+                prm["mode"] = "dynamic" if entry.task == "text_classification" else "static"
             qp = QuantizeParams.from_mapping(prm, where="quantize")
             q = quantize_model(p.backbone, qp, data["calibration"]() if qp.mode == "static" else None)
             report = int8_report(q)
@@ -150,7 +152,7 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
     return p
 
 
-def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1, weights: str = "pretrained",
+def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1, weights: str | None = None,
             cache: Cache | None = None, progress=lambda message: None, seed: int = 0) -> Prepared:
     """Build (or find in the cache) the artifact of ``model`` under ``chain`` split into ``parts``."""
     import onnx
@@ -161,6 +163,7 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
 
     cache = cache or Cache()
     entry = get_model(model)
+    weights = weights or entry.weights[0]
     check_weights(entry, weights)
     ctx = BuildContext(cache=cache, weights=weights, seed=seed, progress=progress)
     base = export_model(entry, ctx)
