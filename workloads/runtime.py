@@ -57,6 +57,7 @@ def session(model, threads: int = 1, optimization: str = "all", optimized_path: 
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = levels[optimization]
+    so.log_severity_level = 3          # warnings about machine-specific optimised graphs are noise here
     if optimized_path:
         so.optimized_model_filepath = str(optimized_path)
     if hasattr(model, "SerializeToString"):          # an onnx.ModelProto (onnx itself is not imported here)
