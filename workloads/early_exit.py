@@ -222,9 +222,12 @@ def _head_nodes(tag: str, cut: graph.Cut, weight: np.ndarray, bias: np.ndarray, 
 def collect_features(model: onnx.ModelProto, tensors: list[str], data, mask_input: str | None,
                      limit: int | None = None) -> list[np.ndarray]:
     """Pooled features at each tensor for every sample of ``data`` (batch 1, ONNX Runtime)."""
-    sub = onnx.utils.Extractor(model).extract_model(
-        [i for i in data.inputs], list(tensors))
-    sess = session(sub.SerializeToString())
+    sub = graph.split(model, [tensors[-1]])[0]          # input -> the last exit tensor
+    have = {o.name for o in sub.graph.output}
+    rank = {c.tensor: len(c.shape) for c in graph.analyze(model).cuts}
+    sub.graph.output.extend(onnx.helper.make_tensor_value_info(t, TensorProto.FLOAT, [None] * rank[t])
+                            for t in tensors if t not in have)
+    sess = session(sub)
     n = len(data) if limit is None else min(limit, len(data))
     rows: list[list[np.ndarray]] = [[] for _ in tensors]
     for i in range(n):
@@ -258,7 +261,7 @@ def train_head(features: np.ndarray, labels: np.ndarray, classes: int, epochs: i
 
     x = ((features - mean) / std).astype(np.float32)
     fit(Head(), Dataset("exit-features", "classification", {"features": x}, labels.astype(np.int64)),
-        input_names=["features"], epochs=epochs, batch_size=256, lr=3e-3, seed=seed)
+        input_names=["features"], epochs=epochs, batch_size=256, lr=1e-2, seed=seed)
     w = fc.weight.detach().numpy() / std[None, :]
     b = fc.bias.detach().numpy() - (fc.weight.detach().numpy() * (mean / std)[None, :]).sum(axis=1)
     return w, b

@@ -111,6 +111,7 @@ def attach_head(model: onnx.ModelProto, head: ExitHead) -> onnx.ModelProto:
             raise WorkloadError(f"exit head on {head.tensor}: segment lacks side input {name}")
     g.node.extend(head.nodes)
     g.initializer.extend(head.initializers)
-    g.output.append(onnx.helper.make_tensor_value_info(head.output, onnx.TensorProto.FLOAT, None))
+    classes = head.initializers[0].dims[0]            # the head's weight is (classes, features)
+    g.output.append(onnx.helper.make_tensor_value_info(head.output, onnx.TensorProto.FLOAT, [None, classes]))
     onnx.checker.check_model(m)
     return m

@@ -20,7 +20,7 @@ import numpy as np
 from .cache import Cache, content_key, library_versions
 from .errors import WorkloadError
 from .operators import OperatorCall
-from .registry import BuildContext, ModelEntry, check_weights, get_model
+from .registry import BuildContext, ModelEntry, check_weights, get_model, metric_applicable
 from .runtime import MANIFEST, ArtifactRunner, session
 
 PREPARE_VERSION = "1"       # bump when what an artifact holds changes
@@ -42,13 +42,6 @@ class Prepared:
     @property
     def manifest(self) -> dict:
         return json.loads((self.path / MANIFEST).read_text())
-
-
-def _quality(entry: ModelEntry, weights: str) -> bool:
-    """False when the metric means nothing (random weights): report it as not applicable."""
-    from . import zoo
-
-    return zoo.metric_applicable(entry, weights) if hasattr(zoo, "metric_applicable") else weights != "random"
 
 
 def _predictions(run, data) -> np.ndarray:
@@ -172,7 +165,7 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
                       chain=[c.as_dict() for c in chain], parts=parts, prepare=PREPARE_VERSION, libs=libs,
                       base=base.parent.name)
     cached = cache.get("artifacts", key) is not None
-    applicable = _quality(entry, weights)
+    applicable = metric_applicable(entry, weights)
 
     memo: dict = {}
 

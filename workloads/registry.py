@@ -101,3 +101,8 @@ def check_weights(entry: ModelEntry, weights: str) -> None:
 
 def default_cache_dir() -> Path:
     return Cache().root
+
+
+def metric_applicable(entry: ModelEntry, weights: str) -> bool:
+    """False for random weights: their quality means nothing and is reported as not applicable."""
+    return weights != "random"

@@ -1,0 +1,125 @@
+"""prepare() end to end on a tiny registered model: every black-box chain, the cache, errors."""
+import json
+
+import numpy as np
+import pytest
+
+from workloads import registry
+from workloads.cache import Cache
+from workloads.data import Dataset
+from workloads.errors import WorkloadError
+from workloads.operators import parse_chain
+from workloads.prepare import prepare
+from workloads.registry import InputSpec, ModelEntry
+from workloads.runtime import ArtifactRunner
+
+torch = pytest.importorskip("torch")
+
+
+def _build(ctx):
+    nn = torch.nn
+    torch.manual_seed(ctx.seed)
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+            self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, image):
+            x = torch.relu(self.c1(image))
+            x = torch.relu(self.c2(x))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    m = Tiny()
+    if ctx.weights == "random":
+        return m.eval()
+    data = _data("train")
+    from workloads.training import fit
+    fit(m, data, input_names=["image"], epochs=3, batch_size=32, lr=1e-2, seed=ctx.seed)
+    return m.eval()
+
+
+def _data(split, ctx=None):
+    n = {"train": 300, "calibration": 40, "eval": 90}[split]
+    rng = np.random.default_rng({"train": 0, "calibration": 1, "eval": 2}[split])
+    labels = rng.integers(0, 3, n)
+    x = rng.normal(0, 0.3, (n, 1, 12, 12)).astype(np.float32)
+    x += np.array([-1.0, 0.0, 1.0], dtype=np.float32)[labels][:, None, None, None]
+    return Dataset("toy", "classification", {"image": x}, labels.astype(np.int64), ("a", "b", "c"))
+
+
+@pytest.fixture()
+def tiny(monkeypatch):
+    entry = ModelEntry("tiny_cnn", "classification", "test model", (InputSpec("image", "float32", (1, 1, 12, 12)),),
+                       ("logits",), "accuracy", True, "built in the test", _build, _data, num_classes=3)
+    monkeypatch.setitem(registry._REGISTRY, entry.name, entry)
+    torch.set_num_threads(1)
+    return entry
+
+
+def chain(*items):
+    return parse_chain(list(items), "test")
+
+
+def test_fp32_artifact_has_one_part_and_the_baseline_metric(tiny, tmp_path):
+    r = prepare("tiny_cnn", (), cache=Cache(tmp_path))
+    m = r.manifest
+    assert r.parts == 1 and m["parts"] == 1 and len(m["segments"]) == 1
+    assert r.metric == "accuracy" and r.value == r.baseline and r.value > 0.8
+    assert not r.cached and prepare("tiny_cnn", (), cache=Cache(tmp_path)).cached
+
+
+def test_quantize_runs_int8_kernels_and_reports_them(tiny, tmp_path):
+    r = prepare("tiny_cnn", chain("quantize"), cache=Cache(tmp_path))
+    q = r.manifest["report"]["quantize"]
+    assert q["int8_ops"].get("QLinearConv", 0) >= 2
+    assert abs(r.value - r.baseline) < 0.1
+
+
+def test_quantized_early_exit_partition_puts_the_exit_on_the_first_host(tiny, tmp_path):
+    calls = chain("quantize", {"early_exit": {"points": 1, "threshold": 0.9, "epochs": 20}},
+                  {"partition": {"cut": "auto"}})
+    r = prepare("tiny_cnn", calls, parts=2, cache=Cache(tmp_path))
+    m = r.manifest
+    assert m["parts"] == 2 and {s["part"] for s in m["segments"]} == {0, 1}
+    assert any(s["exit_output"] for s in m["segments"])
+    table = m["report"]["early_exit"]["table"]
+    assert [row["threshold"] for row in table["thresholds"]][:2] == [0.5, 0.6]
+    assert table["thresholds"][0]["exit_rate"] >= table["thresholds"][-1]["exit_rate"]
+    cut = m["report"]["partition"]["cuts"][0]
+    assert cut["bytes"] > 0 and cut["flops_before"] > 0 and cut["flops_after"] > 0
+    assert len(m["compute_ms"]) == 2
+    runner = ArtifactRunner(r.path)
+    res = runner.run(_data("eval").sample(0))
+    assert res.done and res.tensors["logits"].shape == (1, 3)
+
+
+def test_partition_at_a_named_tensor_and_an_unknown_one(tiny, tmp_path):
+    from workloads import graph
+    from workloads.export import export_model
+    from workloads.registry import BuildContext
+    import onnx
+    base = export_model(tiny, BuildContext(cache=Cache(tmp_path)))
+    cuts = graph.analyze(onnx.load(str(base))).cuts
+    r = prepare("tiny_cnn", chain({"partition": {"cut": cuts[1].tensor}}), parts=2, cache=Cache(tmp_path))
+    assert r.manifest["cuts"] == [cuts[1].tensor]
+    assert r.manifest["report"]["partition"]["max_abs_diff"] <= 1e-5
+    with pytest.raises(WorkloadError, match="not_a_tensor"):
+        prepare("tiny_cnn", chain({"partition": {"cut": "not_a_tensor"}}), parts=2, cache=Cache(tmp_path))
+
+
+def test_a_failed_preparation_leaves_no_artifact(tiny, tmp_path):
+    cache = Cache(tmp_path)
+    with pytest.raises(WorkloadError):
+        prepare("tiny_cnn", chain({"early_exit": {"kind": "skip"}}), cache=cache)   # no residual blocks
+    assert not (tmp_path / "artifacts").exists() or all(
+        p.name.startswith(".") is False and (p / "complete.json").exists() for p in (tmp_path / "artifacts").iterdir())
+    assert not any((tmp_path / "artifacts").glob(".*")) if (tmp_path / "artifacts").exists() else True
+
+
+def test_random_weights_report_the_metric_as_not_applicable(tiny, tmp_path):
+    r = prepare("tiny_cnn", (), weights="random", cache=Cache(tmp_path))
+    assert r.value is None and r.baseline is None
+    assert "not applicable" in json.dumps(r.manifest["quality"])
