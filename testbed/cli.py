@@ -257,7 +257,8 @@ def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
         for ref, chain, parts in needed:
             bar.describe(f"{ref.name} {' → '.join(c.label() for c in chain) or 'none'}")
             try:
-                r = prepare_one(ref.name, chain, parts=parts, weights=ref.weights, progress=bar.describe)
+                r = prepare_one(ref.name, chain, parts=parts, weights=ref.weights, data=ref.data,
+                                progress=bar.describe)
             except WorkloadError as e:
                 raise click.ClickException(str(e)) from None
             results.append(r)

@@ -44,6 +44,48 @@ class Prepared:
         return json.loads((self.path / MANIFEST).read_text())
 
 
+def user_data(entry: ModelEntry, path: Path | str) -> dict:
+    """A user's data set for ``entry``, split deterministically: ``eval`` = every fifth sample,
+    ``train`` = the rest, ``calibration`` = the first 128 of train. Checked against the model's
+    inputs (shape and dtype), so a wrong-shaped calibration set fails before anything is built."""
+    from . import datasets
+
+    path = Path(path)
+    spec = entry.inputs[0]
+    if path.is_dir():
+        data = datasets.image_folder(path, tuple(spec.shape[1:]), input_name=spec.name,
+                                     unlabelled_ok=entry.metric == "agreement")
+    elif path.suffix in (".npz", ".npy", ".csv"):
+        data = datasets.array_file(path, spec.name, sample_shape=tuple(spec.shape[1:]), task=entry.task,
+                                   label_column=-1 if path.suffix == ".csv" else None)
+    else:
+        raise WorkloadError(f"{path}: data must be a folder of images (one subfolder per class) or a "
+                            ".npz, .npy or .csv file")
+    data = datasets.check_against(data, entry.inputs, str(path))
+    if len(data) < 2:
+        raise WorkloadError(f"{path}: {len(data)} sample(s); at least 2 are needed (train and eval)")
+    idx = np.arange(len(data))
+    ev, tr = idx[idx % 5 == 0], idx[idx % 5 != 0]
+
+    def pick(rows):
+        return replace(data, inputs={k: v[rows] for k, v in data.inputs.items()},
+                       labels=None if data.labels is None else data.labels[rows])
+    return {"train": pick(tr), "eval": pick(ev), "calibration": pick(tr[:128])}
+
+
+def _data_digest(splits: dict) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in sorted(splits):
+        d = splits[split]
+        for k in sorted(d.inputs):
+            h.update(np.ascontiguousarray(d.inputs[k]).tobytes())
+        if d.labels is not None:
+            h.update(np.ascontiguousarray(d.labels).tobytes())
+    return h.hexdigest()[:32]
+
+
 def _predictions(run, data) -> np.ndarray:
     return np.stack([np.asarray(run(data.sample(i))).argmax(axis=1)[0] for i in range(len(data))])
 
@@ -146,8 +188,12 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
 
 
 def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1, weights: str | None = None,
-            cache: Cache | None = None, progress=lambda message: None, seed: int = 0) -> Prepared:
-    """Build (or find in the cache) the artifact of ``model`` under ``chain`` split into ``parts``."""
+            data: Path | str | None = None, cache: Cache | None = None, progress=lambda message: None,
+            seed: int = 0) -> Prepared:
+    """Build (or find in the cache) the artifact of ``model`` under ``chain`` split into ``parts``.
+
+    ``data``: a user data set (image folder or array file) that replaces the model's own for
+    calibration, exit-head training and evaluation; its content is part of the cache key."""
     import onnx
 
     from .export import export_model
@@ -161,7 +207,9 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
     ctx = BuildContext(cache=cache, weights=weights, seed=seed, progress=progress)
     base = export_model(entry, ctx)
     libs = library_versions()
+    own = user_data(entry, data) if data is not None else None
     key = content_key("artifact", model=entry.name, version=entry.version, weights=weights, seed=seed,
+                      data=None if own is None else _data_digest(own),
                       chain=[c.as_dict() for c in chain], parts=parts, prepare=PREPARE_VERSION, libs=libs,
                       base=base.parent.name)
     cached = cache.get("artifacts", key) is not None
@@ -171,7 +219,7 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
 
     def dataset(split):
         if split not in memo:
-            memo[split] = entry.dataset(split, ctx)
+            memo[split] = own[split] if own is not None else entry.dataset(split, ctx)
         return memo[split]
 
     def reference_train(train):
@@ -189,7 +237,7 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
         ctx.progress(f"{entry.name}: evaluating")
         data = dataset("eval")
         base_eval = _baseline(entry, base, data, cache, content_key("evaluation", base=base.parent.name,
-                                                                     data=data.name, n=len(data)))
+                                                                     data=_data_digest({"eval": data})))
         runner = ArtifactRunner(folder)
         run = (lambda feeds: runner.run(feeds).tensors[runner.outputs[0]])
         if not applicable:

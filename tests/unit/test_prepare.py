@@ -114,12 +114,24 @@ def test_a_failed_preparation_leaves_no_artifact(tiny, tmp_path):
     cache = Cache(tmp_path)
     with pytest.raises(WorkloadError):
         prepare("tiny_cnn", chain({"early_exit": {"kind": "skip"}}), cache=cache)   # no residual blocks
-    assert not (tmp_path / "artifacts").exists() or all(
-        p.name.startswith(".") is False and (p / "complete.json").exists() for p in (tmp_path / "artifacts").iterdir())
-    assert not any((tmp_path / "artifacts").glob(".*")) if (tmp_path / "artifacts").exists() else True
+    left = list((tmp_path / "artifacts").iterdir()) if (tmp_path / "artifacts").exists() else []
+    assert left == []                  # neither a half-written temporary folder nor an entry
 
 
 def test_random_weights_report_the_metric_as_not_applicable(tiny, tmp_path):
     r = prepare("tiny_cnn", (), weights="random", cache=Cache(tmp_path))
     assert r.value is None and r.baseline is None
     assert "not applicable" in json.dumps(r.manifest["quality"])
+
+
+def test_user_data_replaces_the_models_own_and_wrong_shapes_fail_first(tiny, tmp_path):
+    d = _data("eval")
+    good = tmp_path / "mine.npz"
+    np.savez(good, x=d.inputs["image"], y=d.labels)
+    r = prepare("tiny_cnn", (), data=good, cache=Cache(tmp_path / "c"))
+    assert r.manifest["quality"]["samples"] == 18           # every fifth of 90 samples is eval
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((10, 3, 12, 12), np.float32))
+    with pytest.raises(WorkloadError, match=r"bad.npz: .*shape"):
+        prepare("tiny_cnn", chain("quantize"), data=bad, cache=Cache(tmp_path / "c"))
+    assert not list((tmp_path / "c" / "artifacts").glob(".*"))
