@@ -123,13 +123,14 @@ def _flops(n: int) -> str:
 
 def print_models(rows: list[dict]) -> None:
     t = Table(title="models")
-    for c in ("name", "task", "metric", "weights", "inputs", "source"):
+    for c in ("name", "task", "metric", "weights", "inputs", "pretrained weights"):
         t.add_column(c)
     for r in rows:
         shapes = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in r["inputs"])
-        where = "offline" if r["offline"] else "[yellow]needs download[/]"
-        t.add_row(r["name"], r["task"], r["metric"], "/".join(r["weights"]), shapes, f"{where}: {r['source']}")
+        where = "offline" if r["offline"] else "[yellow]need a download[/]"
+        t.add_row(r["name"], r["task"], r["metric"], "/".join(r["weights"]), shapes, where)
     console.print(t)
+    console.print("Where weights and data come from: testbed models list --json (field source).")
 
 
 def print_cuts(model: str, total_flops: int, rows: list[dict]) -> None:
