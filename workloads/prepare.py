@@ -20,7 +20,7 @@ import numpy as np
 from .cache import Cache, content_key, library_versions
 from .errors import WorkloadError
 from .operators import OperatorCall
-from .registry import BuildContext, ModelEntry, check_weights, get_model, metric_applicable
+from .registry import RANDOM_NOTE, BuildContext, ModelEntry, check_weights, get_model, metric_applicable
 from .runtime import MANIFEST, ArtifactRunner, session
 
 PREPARE_VERSION = "1"       # bump when what an artifact holds changes
@@ -242,7 +242,7 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
         run = (lambda feeds: runner.run(feeds).tensors[runner.outputs[0]])
         if not applicable:
             quality = {"metric": entry.metric, "value": None, "baseline": None,
-                       "note": "not applicable: random weights (latency-only study)"}
+                       "note": RANDOM_NOTE}
         elif data.labelled:
             q = evaluate(run, data, entry.task)
             quality = {**q, "baseline": base_eval["value"]}

@@ -59,7 +59,8 @@ class ModelEntry:
     weights: tuple[str, ...] = WEIGHTS
     version: str = "1"             # bump when build or training code changes (part of cache keys)
     num_classes: int = 0
-    # names of residual blocks that early_exit(kind=skip) drops by default (torch module paths)
+    # residual blocks that early_exit(kind=skip) drops by default, named as early_exit.residual_blocks
+    # names them (module paths of the exported graph joined by '/', e.g. layer3/layer3.12)
     skippable_blocks: tuple[str, ...] = ()
 
 
@@ -101,6 +102,9 @@ def check_weights(entry: ModelEntry, weights: str) -> None:
 
 def default_cache_dir() -> Path:
     return Cache().root
+
+
+RANDOM_NOTE = "not applicable: random weights (latency-only study)"
 
 
 def metric_applicable(entry: ModelEntry, weights: str) -> bool:

@@ -86,7 +86,7 @@ def test_example_loads_with_overrides_applied_to_the_topology(example):
 def test_example_strategies_have_full_operator_calls_and_placements(example):
     qee = example.strategy("edge-qee")
     assert [c.name for c in qee.operators] == ["quantize", "early_exit"]
-    assert qee.operators[1].get("threshold") == 0.8 and qee.operators[0].get("mode") == "static"
+    assert qee.operators[1].get("threshold") == 0.8 and qee.operators[0].get("mode") == "auto"
     assert qee.placement == ("edge",) and qee.parts == 1
     assert example.strategy("ec-partition").placement == ("edge", "cloud")
     assert example.strategy("mobile").operators == ()
