@@ -44,13 +44,6 @@ CHAINS = {   # label -> (chain, parts)
 }
 
 
-def chain_for(model: str, chain: list) -> list:
-    """Text models quantize dynamically (no calibration of activations)."""
-    if model == "minilm_sentiment":
-        return [{"quantize": {"mode": "dynamic"}} if c == "quantize" else c for c in chain]
-    return chain
-
-
 def prepare_all(models, cache: Cache, log) -> tuple[dict, float]:
     from workloads.prepare import prepare
 
@@ -58,7 +51,7 @@ def prepare_all(models, cache: Cache, log) -> tuple[dict, float]:
     t0 = time.monotonic()
     for m in models:
         for label, (chain, parts) in CHAINS.items():
-            calls = parse_chain(chain_for(m, chain), "chain")
+            calls = parse_chain(chain, "chain")   # quantize: dynamic for text, static otherwise
             t = time.monotonic()
             try:
                 out[(m, label)] = prepare(m, calls, parts=parts, cache=cache)

@@ -111,7 +111,12 @@ def print_clean(found: list, dry_run: bool) -> None:
 
 
 def _bytes(n) -> str:
-    return "-" if n is None else format_size(int(n)) if n >= 1024 else f"{int(n)}B"
+    if n is None:
+        return "-"
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{int(n)} B"
 
 
 def _flops(n: int) -> str:

@@ -641,8 +641,9 @@ def auto_cuts(info: GraphInfo, parts: int, model_name: str = "model") -> list[Cu
     Boundary k (of n parts) takes the smallest-``bytes`` cut whose fraction lies within 1/6 of
     k/n (ties go to the earlier cut). When those picks are not in strictly increasing graph order,
     the ordered choice with the least total bytes is taken instead. ``parts == 2`` is the same as
-    ``resolve_cut(info, "auto")`` (including its fallback to the cut closest to 0.5). Raises
-    :class:`WorkloadError` when no ordered choice exists.
+    ``resolve_cut(info, "auto")`` (including its fallback to the cut closest to 0.5). When no
+    window has a cut, the cuts closest to k/n in graph order are taken. Raises
+    :class:`WorkloadError` only when the model has fewer valid cuts than boundaries.
     """
     where = f"model {model_name}"
     if isinstance(parts, bool) or not isinstance(parts, int) or parts < 2:
@@ -673,9 +674,17 @@ def auto_cuts(info: GraphInfo, parts: int, model_name: str = "model") -> list[Cu
             best = nxt
         if best:
             return min(best, key=lambda b: b[:2])[2]
-    fractions = ", ".join(f"{k}/{parts}" for k in range(1, parts))
-    raise WorkloadError(f"{where}: no {parts - 1} cuts in graph order lie within 1/6 of the FLOPs fractions "
-                        f"{fractions}; give the cuts explicitly (see `testbed models cuts {model_name}`)")
+    # Like the 2-part fallback: the cuts closest to k/n, in graph order (greedy, each boundary
+    # leaving enough later cuts for the ones after it).
+    if len(info.cuts) < parts - 1:
+        raise WorkloadError(f"{where}: {len(info.cuts)} valid cut(s) cannot make {parts} parts")
+    picks, start = [], 0
+    for k, t in enumerate(targets):
+        room = len(info.cuts) - (len(targets) - k - 1)
+        pick = min(info.cuts[start:room], key=lambda c: (abs(c.fraction - t), c.bytes, c.index))
+        picks.append(pick)
+        start = info.cuts.index(pick) + 1
+    return picks
 
 
 # ---------------------------------------------------------------------------------------- splitting

@@ -163,7 +163,7 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
             info = p.info()
             cut = prm["cut"]
             if cut == "auto":
-                cuts = graph.auto_cuts(info, parts)
+                cuts = graph.auto_cuts(info, parts, entry.name)
             elif isinstance(cut, tuple):
                 cuts = graph.resolve_cuts(info, list(cut), entry.name)
             else:

@@ -417,12 +417,18 @@ def test_auto_cuts_stay_in_order_when_one_cut_is_best_for_two_boundaries():
     assert [c.tensor for c in auto_cuts(info, 6)] == ["a", "b", "c", "d", "e"]
 
 
+def test_auto_cuts_fall_back_to_the_closest_ordered_cuts_when_no_window_has_one():
+    # fractions 0.05, 0.6, 0.62, 0.95: nothing within 1/6 of 1/3; the closest cuts, in order, are taken
+    info = synthetic([(5, 30), (60, 20), (62, 5), (95, 25)])
+    assert [c.tensor for c in auto_cuts(info, 3)] == ["b", "c"]
+    assert [c.tensor for c in auto_cuts(info, 5)] == ["a", "b", "c", "d"]
+
+
 def test_auto_cuts_impossible_and_bad_part_counts():
     info = synthetic([(20, 30), (40, 20), (50, 5), (70, 25), (80, 10)])
     with pytest.raises(WorkloadError) as e:
         auto_cuts(info, 7, "syn")
-    assert str(e.value) == ("model syn: no 6 cuts in graph order lie within 1/6 of the FLOPs fractions "
-                            "1/7, 2/7, 3/7, 4/7, 5/7, 6/7; give the cuts explicitly (see `testbed models cuts syn`)")
+    assert str(e.value) == "model syn: 5 valid cut(s) cannot make 7 parts"
     with pytest.raises(WorkloadError, match="^model syn: a partition needs 2 or more parts, not 1$"):
         auto_cuts(info, 1, "syn")
 

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def testbed(*args, check=True):
+def run_cli(*args, check=True):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, "-m", "testbed.cli", *args], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=3000)
@@ -22,7 +22,7 @@ def testbed(*args, check=True):
 
 
 def test_models_list_names_the_offline_models_and_their_inputs():
-    rows = {r["name"]: r for r in json.loads(testbed("models", "list", "--json").stdout)}
+    rows = {r["name"]: r for r in json.loads(run_cli("models", "list", "--json").stdout)}
     for name in ("fmnist_cnn", "fmnist_segnet", "efficientnet_lite0", "minilm_sentiment"):
         assert rows[name]["offline"] is True
     assert rows["efficientnet_lite0"]["inputs"][0]["shape"] == [1, 3, 224, 224]
@@ -31,32 +31,32 @@ def test_models_list_names_the_offline_models_and_their_inputs():
 
 @pytest.mark.timeout(3000)
 def test_demo_study_prepares_every_artifact_and_a_second_run_is_served_from_the_cache():
-    out = json.loads(testbed("prepare", "examples/offline-demo.yaml", "--json").stdout)
-    arts = {(a["model"], a["operators"]): a for a in out["artifacts"]}
+    out = json.loads(run_cli("prepare", "examples/offline-demo.yaml", "--json").stdout)
+    arts = {(a["model"], a["operators"], a["parts"]): a for a in out["artifacts"]}
     # 2 models x (fp32, quantize, early exit, QEE, 2-part partition, QEE 2-part, 3-part partition)
     assert len(arts) == 14
-    fm = arts[("fmnist_cnn", "none")]
+    fm = arts[("fmnist_cnn", "none", 1)]
     assert fm["metric"] == "accuracy" and fm["value"] >= 0.88
-    q = arts[("fmnist_cnn", "quantize")]
+    q = arts[("fmnist_cnn", "quantize", 1)]
     assert abs(q["value"] - q["baseline"]) < 0.02
-    eff = arts[("efficientnet_lite0", "none")]
+    eff = arts[("efficientnet_lite0", "none", 1)]
     assert eff["metric"] == "agreement" and eff["value"] == 1.0
     for a in out["artifacts"]:
         man = json.loads((Path(a["path"]) / "artifact.json").read_text())
         assert len({s["part"] for s in man["segments"]}) == a["parts"]
         if a["parts"] > 1:
             assert man["report"]["partition"]["max_abs_diff"] <= 1e-5
-    again = json.loads(testbed("prepare", "examples/offline-demo.yaml", "--json").stdout)
+    again = json.loads(run_cli("prepare", "examples/offline-demo.yaml", "--json").stdout)
     assert all(a["cached"] for a in again["artifacts"])
 
 
 def test_cuts_of_a_model_and_a_bad_cut_name_lists_valid_ones(tmp_path):
-    cuts = json.loads(testbed("models", "cuts", "fmnist_cnn", "--json").stdout)
+    cuts = json.loads(run_cli("models", "cuts", "fmnist_cnn", "--json").stdout)
     assert cuts["cuts"] and all(c["bytes"] > 0 for c in cuts["cuts"])
     exp = tmp_path / "bad.yaml"
     exp.write_text("name: bad\nmodels: [fmnist_cnn]\nstrategies:\n"
                    "  - {name: p, operators: [{partition: {cut: nope}}], placement: [mobile, edge]}\n")
-    p = testbed("prepare", str(exp), check=False)
+    p = run_cli("prepare", str(exp), check=False)
     assert p.returncode == 1
     line = p.stderr.strip().splitlines()[-1]
     assert line.startswith("Error: ") and "nope" in line and cuts["cuts"][0]["tensor"] in line
