@@ -115,7 +115,7 @@ from typing import Any, NamedTuple
 
 from topologies import TopologyError, TopologySpec, apply_overrides, load_topology, load_topology_dict
 from topologies.builtin import BUILTINS
-from topologies.errors import kind_of, name_list
+from topologies.errors import LocatedError, kind_of, name_list
 from topologies.fields import DIRECTIONS
 from topologies.units import format_duration_ms, parse_duration_ms
 from workloads import registry
@@ -148,34 +148,10 @@ _PLACEMENT_ALLOWED = "a host name or a list of host names, e.g. edge or [mobile,
 _UNSWEEPABLE = "a path of --set other than name, sweep, models[.<i>[.name]] and strategies[.<i>[.name]]"
 
 
-class ExperimentError(ValueError):
+class ExperimentError(LocatedError):
     """An experiment file (or a ``--set`` value) is not acceptable. ``str()`` is one line:
     ``<source>:<line>: <path>: <problem>; allowed: <allowed>``, unknown parts left out with
     their separator. The parts are attributes too."""
-
-    def __init__(self, problem: str, allowed: str | None = None, *, source: str | None = None,
-                 line: int | None = None, path: str | None = None) -> None:
-        self.problem = problem
-        self.allowed = allowed
-        self.source = source
-        self.line = line
-        self.path = path
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = ""
-        if self.source:
-            where = f"{self.source}:{self.line}: " if self.line is not None else f"{self.source}: "
-        text = f"{where}{self.path}: " if self.path else where
-        text += self.problem if self.allowed is None else f"{self.problem}; allowed: {self.allowed}"
-        return " ".join(text.splitlines())
-
-    def __reduce__(self):  # keeps the keyword-only parts when pickled (executors in other processes)
-        return (_rebuild, (self.problem, self.allowed, self.source, self.line, self.path))
-
-
-def _rebuild(problem, allowed, source, line, path) -> ExperimentError:
-    return ExperimentError(problem, allowed, source=source, line=line, path=path)
 
 
 # ---- the validated data -------------------------------------------------------------------

@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-class TopologyError(ValueError):
-    """A topology, or one value in it, is not acceptable. ``str()`` is one line."""
+class LocatedError(ValueError):
+    """A problem in a file or value, with where it is. ``str()`` is one line. Subclasses name
+    what was wrong (a topology, an experiment) and share the format."""
 
     def __init__(self, problem: str, allowed: str | None = None, *, source: str | None = None,
                  line: int | None = None, path: str | None = None) -> None:
@@ -35,18 +36,21 @@ class TopologyError(ValueError):
         text += self.problem if self.allowed is None else f"{self.problem}; allowed: {self.allowed}"
         return " ".join(text.splitlines())  # one line, whatever a problem text carried
 
-    def __reduce__(self):  # keeps keyword-only parts when pickled (multiprocessing, pytest-xdist)
-        return (_rebuild, (self.problem, self.allowed, self.source, self.line, self.path))
+    def __reduce__(self):  # keeps keyword-only parts when pickled (multiprocessing, executors)
+        return (_rebuild, (type(self), self.problem, self.allowed, self.source, self.line, self.path))
 
-    def located(self, *, source: str | None = None, line: int | None = None,
-                path: str | None = None) -> TopologyError:
+    def located(self, *, source: str | None = None, line: int | None = None, path: str | None = None):
         """A copy with the location parts that this error does not have yet filled in."""
-        return TopologyError(self.problem, self.allowed, source=self.source or source,
-                             line=self.line if self.line is not None else line, path=self.path or path)
+        return type(self)(self.problem, self.allowed, source=self.source or source,
+                          line=self.line if self.line is not None else line, path=self.path or path)
 
 
-def _rebuild(problem, allowed, source, line, path) -> TopologyError:
-    return TopologyError(problem, allowed, source=source, line=line, path=path)
+class TopologyError(LocatedError):
+    """A topology, or one value in it, is not acceptable. ``str()`` is one line."""
+
+
+def _rebuild(cls, problem, allowed, source, line, path) -> LocatedError:
+    return cls(problem, allowed, source=source, line=line, path=path)
 
 
 def name_list(names: Iterable[str], limit: int = 10) -> str:
