@@ -75,6 +75,8 @@ def test_quantize_runs_int8_kernels_and_reports_them(tiny, tmp_path):
     r = prepare("tiny_cnn", chain("quantize"), cache=Cache(tmp_path))
     q = r.manifest["report"]["quantize"]
     assert q["int8_ops"].get("QLinearConv", 0) >= 2
+    assert q["fp32_ms"] > 0 and q["int8_ms"] > 0 and abs(q["speedup"] - q["fp32_ms"] / q["int8_ms"]) < 0.02
+    assert "avx2" in q["cpu_features"]
     assert abs(r.value - r.baseline) < 0.1
 
 
