@@ -4,8 +4,7 @@ Slow (marked ``slow``): the first run trains fmnist_cnn (~1.5 min on 2 cores), f
 (~3 min) and fine-tunes minilm_sentiment (~4 min). These tests use the *default* cache
 (``$TESTBED_CACHE`` or ``~/.cache/testbed``), not a temporary one, on purpose: what they build
 is exactly what `testbed prepare` would build, so a later run (of the tests or of the testbed)
-finds it warm. Nothing here needs root; the integration folder's conftest skips it for
-non-root users like every integration test (run ``sudo bash scripts/test.sh``, as CI does).
+finds it warm. Nothing here needs root.
 """
 from __future__ import annotations
 
