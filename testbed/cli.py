@@ -205,7 +205,7 @@ def models_list(as_json: bool) -> None:
 
 @models.command("cuts")
 @click.argument("model")
-@click.option("--weights", default="pretrained", show_default=True, help="pretrained | random (| given).")
+@click.option("--weights", default=None, help="pretrained | random (default: the model's first, pretrained for built-ins).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models_cuts(model: str, weights: str, as_json: bool) -> None:
     """Every valid single-tensor cut of MODEL: tensor, bytes crossing it, FLOPs before and after."""
@@ -219,6 +219,7 @@ def models_cuts(model: str, weights: str, as_json: bool) -> None:
         import onnx
 
         entry = get_model(model)
+        weights = weights or entry.weights[0]
         check_weights(entry, weights)
         path = export_model(entry, BuildContext(cache=Cache(), weights=weights,
                                                 progress=lambda m: click.echo(f"  {m}", err=True)))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from testbed.cli import cli
@@ -55,3 +57,28 @@ def test_bad_topology_file_error_has_file_and_line(tmp_path):
     assert res.exit_code == 1
     line = res.output.strip()
     assert line.startswith(f"Error: {f}:3: hosts.b.cpus:") and "\n" not in line
+
+
+def test_models_cuts_of_a_user_onnx_file_and_one_line_errors(tmp_path):
+    import io
+
+    torch = pytest.importorskip("torch")
+    from click.testing import CliRunner
+
+    from testbed.cli import cli
+
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
+    buf = io.BytesIO()
+    torch.onnx.export(m, (torch.randn(1, 3, 16, 16),), buf, dynamo=False, opset_version=17)
+    path = tmp_path / "user.onnx"
+    path.write_bytes(buf.getvalue())
+    env = {"TESTBED_CACHE": str(tmp_path / "cache")}
+    r = CliRunner().invoke(cli, ["models", "cuts", str(path), "--json"], env=env)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert [c["tensor"] for c in out["cuts"]] == ["/0/Conv_output_0", "/1/Relu_output_0"]
+    assert out["cuts"][0]["bytes"] == 4 * 4 * 14 * 14
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    r = CliRunner().invoke(cli, ["models", "cuts", str(bad)], env=env)
+    assert r.exit_code != 0 and "not a valid ONNX model" in str(r.exception or r.output)
