@@ -81,4 +81,4 @@ def test_models_cuts_of_a_user_onnx_file_and_one_line_errors(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_text("not a model")
     r = CliRunner().invoke(cli, ["models", "cuts", str(bad)], env=env)
-    assert r.exit_code != 0 and "not a valid ONNX model" in str(r.exception or r.output)
+    assert r.exit_code == 1 and "Error: " in r.output and "not a valid ONNX model" in r.output
