@@ -212,7 +212,23 @@ def parse_call(item: Any, where: str) -> OperatorCall:
             values.append((key, p.parse(given[key])))
         except ValueError as e:
             raise WorkloadError(f"{where}.{name}.{key}: {given[key]!r} is not valid; allowed: {e}") from None
-    return OperatorCall(name, tuple(values))
+    call = OperatorCall(name, tuple(values))
+    if name == "quantize" and call.get("mode") == "dynamic":
+        static_only(call, where)
+    return call
+
+
+STATIC_ONLY = ("format", "per_channel", "method", "samples")
+
+
+def static_only(call: OperatorCall, where: str) -> None:
+    """Dynamic quantization has no calibration: a static-only parameter set away from its
+    default would be silently ignored, so it is an error."""
+    d = OPERATORS["quantize"].params
+    for key in STATIC_ONLY:
+        if call.get(key) != d[key].default:
+            raise WorkloadError(f"{where}.quantize.{key}: applies to static quantization only "
+                                "(mode: dynamic quantizes activations at run time); remove it or use mode: static")
 
 
 def parse_chain(items: Any, where: str) -> tuple[OperatorCall, ...]:

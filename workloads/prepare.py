@@ -19,7 +19,7 @@ import numpy as np
 
 from .cache import Cache, content_key, library_versions
 from .errors import WorkloadError
-from .operators import OperatorCall
+from .operators import OperatorCall, static_only
 from .registry import RANDOM_NOTE, BuildContext, ModelEntry, check_weights, get_model, metric_applicable
 from .runtime import MANIFEST, ArtifactRunner, session
 
@@ -141,6 +141,8 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
                 raise WorkloadError(f"{entry.name}: quantize must come before early_exit")
             if prm["mode"] == "auto":
                 prm["mode"] = "dynamic" if entry.task == "text_classification" else "static"
+                if prm["mode"] == "dynamic":
+                    static_only(call, f"{entry.name} (a text model: mode auto is dynamic)")
             qp = QuantizeParams.from_mapping(prm, where="quantize")
             q = quantize_model(p.backbone, qp, data["calibration"]() if qp.mode == "static" else None)
             report = int8_report(q)

@@ -72,3 +72,10 @@ def test_placement_and_partition_must_agree():
         check_placement(two, 2, "s")
     with pytest.raises(WorkloadError, match="needs a partition operator"):
         check_placement((), 2, "s")
+
+
+def test_static_only_quantize_parameters_are_refused_with_dynamic_mode():
+    assert err([{"quantize": {"mode": "dynamic", "method": "entropy"}}]) == (
+        f"{W}[0].quantize.method: applies to static quantization only (mode: dynamic quantizes activations at "
+        "run time); remove it or use mode: static")
+    parse_chain([{"quantize": {"mode": "dynamic", "reduce_range": True}}], W)     # applies to both
