@@ -50,8 +50,8 @@ line each on stdout:
 
 Timing: the loop waits in ``select`` until the next release; timer slack is set to 1 ns and
 the average wake-up overshoot of past timer wake-ups (``wakeup_lead_us``, at most 0.5 ms) is
-subtracted from the wait, so releases are centred on their due time instead of being
-systematically ~0.1 ms late.
+subtracted from the wait, and the loop spins the remaining few tens of microseconds, so a
+packet leaves at its due time: not systematically ~0.1 ms late, and never early.
 
 Each queue has its own netlink socket (the kernel only takes verdicts from the socket that
 bound the queue, and ENOBUFS is then attributable to a queue).
@@ -421,11 +421,12 @@ class DelayLine:
             monotonic = time.monotonic
             schedules = list(self.schedules.values())
             while not self.stopping:
-                # ``lead``: the timer wakes us this much late on average, so packets are released
-                # when due - lead has passed (the wake-up overshoot brings them to ~due)
+                # ``lead``: the timer wakes us this much late on average, so we ask to be woken
+                # lead before the next packet is due and wait out the rest (below): packets leave
+                # on time and never early
                 lead = self.lead
                 now = monotonic()
-                self._release_due(now + lead)
+                self._release_due(now)
                 nxt = None
                 for sched in schedules:
                     t = sched.next_due()
@@ -444,12 +445,14 @@ class DelayLine:
                         over = monotonic() - (now + timeout)
                         lead = 0.95 * lead + 0.05 * (over if over < MAX_LEAD_S else MAX_LEAD_S)
                         self.lead = lead if lead > 0.0 else 0.0
+                    while monotonic() < nxt:  # at most ``lead`` (<= MAX_LEAD_S): spin to the due time
+                        pass
                     continue
                 for fd in ready:
                     q = by_fd.get(fd)
                     if q is not None:
                         self._drain(q)
-                self._release_due(monotonic() + self.lead)
+                self._release_due(monotonic())
                 if 0 in ready:
                     self._read_control()
                 if wake_r in ready:
