@@ -219,14 +219,14 @@ def _head_nodes(tag: str, cut: graph.Cut, weight: np.ndarray, bias: np.ndarray, 
     return tuple(nodes), tuple(inits), out
 
 
-def collect_features(model: onnx.ModelProto, tensors: list[str], data, mask_input: str | None,
+def collect_features(model: onnx.ModelProto, cuts: list[graph.Cut], data, mask_input: str | None,
                      limit: int | None = None) -> list[np.ndarray]:
     """Pooled features at each tensor for every sample of ``data`` (batch 1, ONNX Runtime)."""
+    tensors = [c.tensor for c in cuts]
     sub = graph.split(model, [tensors[-1]])[0]          # input -> the last exit tensor
     have = {o.name for o in sub.graph.output}
-    rank = {c.tensor: len(c.shape) for c in graph.analyze(model).cuts}
-    sub.graph.output.extend(onnx.helper.make_tensor_value_info(t, TensorProto.FLOAT, [None] * rank[t])
-                            for t in tensors if t not in have)
+    sub.graph.output.extend(onnx.helper.make_tensor_value_info(c.tensor, TensorProto.FLOAT, [None] * len(c.shape))
+                            for c in cuts if c.tensor not in have)
     sess = session(sub)
     n = len(data) if limit is None else min(limit, len(data))
     rows: list[list[np.ndarray]] = [[] for _ in tensors]
@@ -278,7 +278,7 @@ def add_heads(p: Pipeline, *, points, threshold, epochs: int, train, reference_l
         raise WorkloadError(f"early_exit on {p.model_name}: {len(limits)} thresholds for {len(cuts)} exit points")
     mask_input = "attention_mask" if "attention_mask" in p.inputs else None
     progress(f"exit features at {', '.join(c.tensor for c in cuts)}")
-    feats = collect_features(p.backbone, [c.tensor for c in cuts], train, mask_input, limit)
+    feats = collect_features(p.backbone, cuts, train, mask_input, limit)
     labels = reference_labels[:len(feats[0])]
     heads = []
     for k, (cut, x) in enumerate(zip(cuts, feats)):
