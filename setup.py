@@ -20,9 +20,11 @@ setup(
         "numpy==2.4.6",
         "onnx==1.23.2",
         "onnxruntime==1.32.0",
+        # results
+        "pyarrow==26.0.1",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0"],
+        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.15"],
         # preparing artifacts (models, training, export): see requirements.txt for the full list
         "prepare": ["torch==2.14.1", "torchvision==0.29.1", "transformers==5.23.0", "tokenizers==0.23.3",
                     "scikit-image==0.26.0", "efficientnet-lite-pytorch==0.1.0",

@@ -273,6 +273,101 @@ def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
         output.print_prepared(exp.name, rows)
 
 
+@cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default results/<name>-<time>); an existing one is resumed: done cells are kept.")
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
+              help="Override a value of the experiment file, e.g. links.edge-cloud.bandwidth=10Mbit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def run(experiment: str, out: str | None, sets: tuple[str, ...], as_json: bool) -> None:
+    """Run EXPERIMENT: prepare, bring the network up, deploy, measure every cell, store, clean up."""
+    from pathlib import Path
+
+    from emulation.errors import EmulationError
+    from emulation.probe import _memory_bytes, capabilities, machine_cores
+    from testbed.experiment import ExperimentError, load_experiment
+    from testbed.runner import Events, default_out, run_experiment
+    from testbed.store import ResultStore, StoreError
+    from testbed.summary import summarize
+
+    try:
+        exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
+    except ExperimentError as e:
+        raise click.ClickException(str(e)) from None
+    _require_emulation(capabilities())
+    folder = Path(out) if out else default_out(exp)
+    cells = len(exp.cells_grid()) * len(exp.models) * len(exp.strategies)
+    status = "failed"
+    with output.run_progress(cells * exp.requests.repeat) as bar:
+        events = Events(stage=bar.describe,
+                        cell_start=lambda c, total: bar.describe(f"{c.model.name} / {c.strategy.name}"),
+                        request_done=lambda st: bar.advance(),
+                        cell_done=lambda o: bar.finish_cell(exp.requests.repeat - len(o.requests)))
+        try:
+            status, _ = run_experiment(exp, folder, events=events)
+        except (ExperimentError, StoreError, EmulationError) as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            status = "interrupted"
+    try:
+        with ResultStore.in_folder(folder, create=False) as store:
+            rows = summarize(store.cells(), store.requests(), store.hops())
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps({"experiment": exp.name, "out": str(folder), "status": status, "cells": rows},
+                              indent=2, default=str))
+    else:
+        output.print_run_summary(exp.name, rows, str(folder))
+        click.echo(f"export: testbed results export {folder} --format csv|parquet", err=True)
+    if status == "interrupted":
+        click.echo(f"interrupted: cells measured so far are kept in {folder}; run the same command with "
+                   f"--out {folder} to resume", err=True)
+        sys.exit(130)
+
+
+@cli.group()
+def results() -> None:
+    """Read a run's output folder: summary, export."""
+
+
+@results.command("show")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def results_show(folder: str, as_json: bool) -> None:
+    """The per-cell summary table of the run(s) stored in FOLDER."""
+    from testbed.store import ResultStore, StoreError
+    from testbed.summary import summarize
+
+    try:
+        with ResultStore.in_folder(folder, create=False) as store:
+            rows = summarize(store.cells(), store.requests(), store.hops())
+            runs = store.runs()
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps({"runs": runs, "cells": rows}, indent=2, default=str))
+    else:
+        output.print_run_summary(", ".join(sorted({r["experiment"] for r in runs})) or "results", rows, folder)
+
+
+@results.command("export")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+@click.option("--dest", type=click.Path(file_okay=False), default=None, help="Where to write (default FOLDER).")
+def results_export(folder: str, fmt: str, dest: str | None) -> None:
+    """Write cells, requests (one row per request) and hops (one row per hop) as CSV or Parquet."""
+    from testbed.store import StoreError, export
+
+    try:
+        paths = export(folder, fmt, dest)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    for p in paths:
+        click.echo(str(p))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

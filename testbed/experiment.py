@@ -28,12 +28,13 @@ The format
     source: mobile                  # where inputs are produced: a host, or client
     requests: {warmup: 3, repeat: 30, inputs: 10, timeout: 120s}
     codec: binary                   # or json-base64
+    serving: {connection: persistent, threads: auto}   # or per-request; threads: N or {host: N}
     sweep:                          # optional: every combination of values is one point
       links.mobile-edge.bandwidth: [1Mbit, 10Mbit, 100Mbit]
       links.edge-cloud.bandwidth:  [1Mbit, 10Mbit]
 
 Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``strategies``,
-``source``, ``requests``, ``codec``, ``sweep``; nothing else.
+``source``, ``requests``, ``codec``, ``serving``, ``sweep``; nothing else.
 
 - ``hosts`` / ``links``: the same keys and units as a topology file (see
   :mod:`topologies.loader`); they change hosts and links the topology has, and cannot add
@@ -64,6 +65,11 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   most 3600s (default 120s).
 - ``codec``: the wire format, ``binary`` (default: length-prefixed raw tensors) or
   ``json-base64`` (the studies' transport, to compare with).
+- ``serving``: ``connection`` to the next hop, ``persistent`` (default: opened once and
+  kept) or ``per-request`` (a new TCP connection for every request at every hop, as the
+  studies' HTTP clients did); ``threads``, ONNX Runtime's intra-op threads: ``auto``
+  (default: each host's core budget rounded up, at least 1; the machine's cores for an
+  unlimited host), a number for every host, or a mapping ``{host: number}`` (other hosts auto).
 - ``sweep``: a mapping of a dotted path to a non-empty list of distinct values. Paths are
   those of ``--set`` (below) except ``name``, ``sweep``, and what makes a cell's model or
   strategy (``models``, ``models.<i>``, ``models.<i>.name``, ``strategies``,
@@ -122,7 +128,8 @@ from workloads import registry
 from workloads.errors import WorkloadError
 from workloads.operators import OperatorCall, check_placement, parse_chain
 
-TOP_KEYS = ("name", "topology", "hosts", "links", "models", "strategies", "source", "requests", "codec", "sweep")
+TOP_KEYS = ("name", "topology", "hosts", "links", "models", "strategies", "source", "requests", "codec",
+            "serving", "sweep")
 REQUIRED = ("name", "models", "strategies")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_ALLOWED = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
@@ -131,6 +138,9 @@ STRATEGY_NAME_ALLOWED = "1 to 48 lowercase letters, digits, '_', '.' or '-', sta
 DEFAULT_TOPOLOGY = "three_tier"
 CLIENT = "client"
 CODECS = ("binary", "json-base64")
+CONNECTIONS = ("persistent", "per-request")
+SERVING_KEYS = ("connection", "threads")
+MAX_THREADS = 256
 MODEL_KEYS = ("name", "weights", "data")
 STRATEGY_KEYS = ("name", "operators", "placement")
 # requests key -> (lowest, highest, default)
@@ -201,6 +211,25 @@ class Requests:
                 "timeout": format_duration_ms(self.timeout_ms)}
 
 
+@dataclass(frozen=True)
+class Serving:
+    """How host servers run: the connection to the next hop (kept open, or one per request as
+    in the studies) and ONNX Runtime's intra-op threads per host (None: the host's core budget,
+    rounded up)."""
+
+    connection: str = CONNECTIONS[0]
+    threads: int | tuple[tuple[str, int], ...] | None = None
+
+    def threads_for(self, host: str) -> int | None:
+        if isinstance(self.threads, tuple):
+            return dict(self.threads).get(host)
+        return self.threads
+
+    def to_dict(self) -> dict:
+        threads = dict(self.threads) if isinstance(self.threads, tuple) else (self.threads or "auto")
+        return {"connection": self.connection, "threads": threads}
+
+
 class ArtifactNeed(NamedTuple):
     """One artifact ``testbed prepare`` builds: a model through an operator chain, in parts."""
 
@@ -243,6 +272,7 @@ class Experiment:
     source: str
     requests: Requests
     codec: str
+    serving: Serving = field(default_factory=Serving)
     sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     source_path: Path | None = field(default=None, compare=False)
     _raw: dict | None = field(default=None, compare=False, repr=False)          # after --set
@@ -291,6 +321,7 @@ class Experiment:
             "source": self.source,
             "requests": self.requests.to_dict(),
             "codec": self.codec,
+            "serving": self.serving.to_dict(),
             "sweep": {path: [_thaw(v) for v in values] for path, values in self.sweep},
         }
 
@@ -580,6 +611,7 @@ class _Validator:
             source=self.source(raw.get("source"), topology),
             requests=self.requests(raw.get("requests")),
             codec=self.codec(raw.get("codec", CODECS[0])),
+            serving=self.serving(raw.get("serving"), topology),
             sweep=self.sweep(raw.get("sweep")),
             source_path=source_path,
             _raw=raw,
@@ -775,6 +807,33 @@ class _Validator:
             shown = f"'{value}'" if isinstance(value, str) else kind_of(value)
             self.fail("codec", f"{shown} is not a codec", " | ".join(CODECS))
         return value  # type: ignore[return-value]
+
+    def serving(self, value: object, spec: TopologySpec) -> Serving:
+        body = self.mapping(value, "serving", SERVING_KEYS, "{connection: persistent, threads: auto}")
+        connection = body.get("connection", CONNECTIONS[0])
+        if connection not in CONNECTIONS:
+            shown = f"'{connection}'" if isinstance(connection, str) else kind_of(connection)
+            self.fail("serving.connection", f"{shown} is not a connection mode", " | ".join(CONNECTIONS))
+        threads = body.get("threads", "auto")
+        allowed = (f"auto (each host's core budget, rounded up), a whole number 1 to {MAX_THREADS}, "
+                   "or a mapping of host to number, e.g. {edge: 2}")
+
+        def count(v: object, path: str) -> int:
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_THREADS:
+                self.fail(path, f"{v!r} is not a thread count", allowed)
+            return v  # type: ignore[return-value]
+
+        if threads == "auto" or threads is None:
+            chosen: int | tuple[tuple[str, int], ...] | None = None
+        elif isinstance(threads, dict):
+            for host in threads:
+                if host not in spec.host_names:
+                    self.fail(f"serving.threads.{host}", f"unknown host '{host}'",
+                              f"hosts of topology {spec.name}: {name_list(spec.host_names)}")
+            chosen = tuple((str(h), count(v, f"serving.threads.{h}")) for h, v in threads.items())
+        else:
+            chosen = count(threads, "serving.threads")
+        return Serving(connection, chosen)
 
     def sweep(self, value: object) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         if value is not None and not isinstance(value, dict):

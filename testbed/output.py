@@ -190,3 +190,60 @@ class progress:  # noqa: N801 - used as a context manager: `with progress(n) as 
 
     def __exit__(self, *exc) -> None:
         self._progress.stop()
+
+
+def _ms(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def _per(d: dict, short: bool = True) -> str:
+    return "\n".join(f"{k.replace('>', '→')} {_ms(v)}" for k, v in d.items()) or "-"
+
+
+def print_run_summary(name: str, rows: list[dict], out: str) -> None:
+    """The end-of-run table: one row per cell (model x strategy x sweep point)."""
+    swept = any(r["point"] for r in rows)
+    t = Table(title=f"{name}: per request, medians in ms (results in {out})", show_lines=True)
+    cols = ["model", "strategy"] + (["point"] if swept else []) + [
+        "e2e p50", "e2e p90", "compute per host", "transmission per link", "compute / transm. / other",
+        "bytes", "exits", "quality", "ok / timeout / oom / error"]
+    for c in cols:
+        t.add_column(c, justify="right" if c.startswith(("e2e", "bytes", "exits")) else "left")
+    for r in rows:
+        counts = r["counts"]
+        status = " / ".join(str(counts[s]) for s in ("ok", "timeout", "oom", "error"))
+        if r["status"] != "done":
+            status += f"\n[red]{r['status']}[/]"
+        if r["error"]:
+            status += f"\n[red]{r['error'][:160]}[/]"
+        shares = r["shares"]
+        share = "-" if shares is None else " / ".join(f"{shares[k]:.0%}" for k in ("compute", "transmission", "other"))
+        quality = "-" if r["metric"] is None else (
+            f"{r['metric']} {_metric(r['value'])}" + ("" if r["baseline"] is None else f"\n(base {_metric(r['baseline'])})"))
+        if r["match"] is not None:
+            quality += f"\nsame answer {r['match']:.0%}"
+        point = ", ".join(f"{k.split('.')[-2] if k.count('.') else k}.{k.split('.')[-1]}={v}"
+                          for k, v in r["point"].items()) if r["point"] else ""
+        cells = [r["model"], f"{r['strategy']}\n[dim]{r['placement'].replace('>', '→')}[/]"] + ([point] if swept else []) + [
+            _ms(r["e2e_p50"]), _ms(r["e2e_p90"]), _per(r["compute"]), _per(r["transmission"]), share,
+            "-" if r["bytes"] is None else _bytes(int(r["bytes"])),
+            "-" if r["exit_rate"] is None else f"{r['exit_rate']:.0%}", quality, status]
+        t.add_row(*cells)
+    console.print(t)
+
+
+class _RunBar(_Bar):
+    def finish_cell(self, unmeasured: int) -> None:
+        """A cell ended: count the requests it will not send (failed or skipped) as done."""
+        if unmeasured > 0:
+            self._p.advance(self._t, unmeasured)
+
+
+class run_progress(progress):  # noqa: N801
+    """Progress of `testbed run`: one step per measured request."""
+
+    def __enter__(self) -> _RunBar:
+        self._progress.start()
+        return _RunBar(self._progress, self._progress.add_task("starting", total=self._total))

@@ -273,3 +273,23 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
     label = " → ".join(c.label() for c in chain) or "none"
     return Prepared(entry.name, weights, label, parts, m["quality"].get("metric", entry.metric),
                     m["quality"].get("value"), m["quality"].get("baseline"), size, path, cached)
+
+
+def request_inputs(model: str, *, weights: str | None = None, data: Path | str | None = None, count: int = 10,
+                   cache: Cache | None = None, seed: int = 0) -> tuple[list[dict], list[np.ndarray]]:
+    """``count`` samples of ``model``'s evaluation data as single-sample feeds (what requests
+    send; fewer when the data set is smaller), with the untransformed model's output for each
+    (what the answers are checked against)."""
+    from .export import export_model
+
+    cache = cache or Cache()
+    entry = get_model(model)
+    weights = weights or entry.weights[0]
+    check_weights(entry, weights)
+    ctx = BuildContext(cache=cache, weights=weights, seed=seed)
+    base = export_model(entry, ctx)
+    data = user_data(entry, data)["eval"] if data is not None else entry.dataset("eval", ctx)
+    picks = np.linspace(0, len(data) - 1, num=min(count, len(data))).round().astype(int)
+    samples = [data.sample(int(i)) for i in picks]
+    sess = session(base)
+    return samples, [sess.run(None, s)[0] for s in samples]

@@ -1,0 +1,465 @@
+"""The experiment runner: prepare artifacts, bring the network up, deploy each strategy's parts
+onto its hosts, send the requests, store what was measured, clean up.
+
+One *cell* = one sweep point x one model x one strategy, and it is the unit of storage: its
+requests and hops are written in one transaction when it ends, whether it ended well, with
+failures (``oom``, ``timeout``, ``error`` are results, not crashes), or was interrupted
+(Ctrl-C / SIGTERM keep what was measured so far, marked ``interrupted``). A cell already
+stored as ``done`` in the output folder is not run again (re-running a command resumes).
+
+Per cell, in order: one server per placement host (last part first, so every server finds
+its next hop listening), each started inside its host's namespace and cgroup and waited for
+until it says it is ready; then the client on the source host (in its namespace, outside
+its cgroup: the harness is not charged to the host), which pings the first hop, sends the
+warm-up and measured requests one at a time and streams a JSON line per request back; then
+the servers are stopped (SIGTERM, by PID) and the hosts' OOM counters read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emulation.errors import EmulationError
+from workloads.serving import LOG_LINES, PORT, breakdown
+
+from .experiment import Experiment, ModelRef, Strategy
+from .store import CellRecord, HopRow, RequestRow, ResultStore
+
+READY_TIMEOUT_S = 120.0      # loading a part (ORT session creation) on a throttled host
+
+
+class RunError(Exception):
+    """The run cannot go on (one line); cells stored so far stay stored."""
+
+
+@dataclass
+class CellPlan:
+    key: str
+    point: dict
+    model: ModelRef
+    strategy: Strategy
+    artifact: Path
+    manifest: dict
+
+
+@dataclass
+class CellOutcome:
+    record: CellRecord
+    requests: list[RequestRow]
+    hops: list[HopRow]
+
+
+@dataclass
+class Events:
+    """Callbacks the CLI uses for its progress display (all optional)."""
+
+    stage: Callable[[str], None] = lambda text: None                 # what is happening now
+    cell_start: Callable[[CellPlan, int], None] = lambda cell, total: None
+    request_done: Callable[[str], None] = lambda status: None        # one measured request
+    cell_done: Callable[[CellOutcome], None] = lambda outcome: None
+
+
+def cell_key(exp: Experiment, point: dict, model: ModelRef, strategy: Strategy) -> str:
+    """A stable key: readable model/strategy plus a digest of everything that defines the cell."""
+    defn = {"point": point, "model": model.to_dict(), "strategy": strategy.to_dict(),
+            "topology": exp.topology.to_dict(), "requests": exp.requests.to_dict(), "codec": exp.codec,
+            "source": exp.source, "serving": exp.serving.to_dict()}
+    digest = hashlib.sha256(json.dumps(defn, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{model.name}/{strategy.name}/{digest}"
+
+
+def host_threads(exp: Experiment, host: str, cores: float) -> int:
+    """ORT intra-op threads for ``host``: the set value, else its core budget rounded up."""
+    chosen = exp.serving.threads_for(host)
+    if chosen is not None:
+        return chosen
+    cpus = exp.topology.host(host).cpus
+    return max(1, math.ceil(min(cpus if cpus is not None else cores, cores) - 1e-9))
+
+
+def machine_info() -> dict:
+    from emulation.probe import _memory_bytes, machine_cores
+
+    return {"hostname": platform.node(), "kernel": platform.release(), "python": platform.python_version(),
+            "cores": machine_cores(), "memory_bytes": _memory_bytes(), "machine": platform.machine()}
+
+
+# ---- addresses ----------------------------------------------------------------------------
+
+def host_addresses(net, host: str) -> list[str]:
+    return [s.end(host)[1] for s in net.plan.segments if host in (s.a, s.b)]
+
+
+def entry_address(net, spec, src: str, dst: str) -> str:
+    """The address of ``dst`` on the link a packet from ``src`` arrives over (any of its
+    addresses when ``src`` is ``dst``)."""
+    route = spec.path(src, dst)
+    if len(route) == 1:
+        return host_addresses(net, dst)[0]
+    prev = route[-2]
+    link = next(l for l in spec.links if {l.a, l.b} == {prev, dst})
+    seg = next(s for s in net.plan.segments if dst in (s.a, s.b) and link.name in (s.a, s.b))
+    return seg.end(dst)[1]
+
+
+# ---- the runner ---------------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, exp: Experiment, out: Path, store: ResultStore, *, events: Events | None = None,
+                 caps: dict | None = None, cache=None, run_id: str | None = None):
+        self.exp = exp
+        self.out = Path(out)
+        self.store = store
+        self.events = events or Events()
+        self.caps = caps
+        self.cache = cache
+        self.run_id = run_id
+        self.inputs: dict[ModelRef, Path] = {}
+        self.artifacts: dict[tuple, object] = {}
+        self.outcomes: list[CellOutcome] = []
+        self.skipped: list[str] = []
+
+    # -- preparation (no root, no network) ---------------------------------------------------
+    def prepare(self) -> None:
+        from workloads.prepare import prepare
+
+        needs = self.exp.artifacts_needed()
+        for i, need in enumerate(needs, 1):
+            label = " → ".join(c.label() for c in need.operators) or "none"
+            self.events.stage(f"preparing {i}/{len(needs)}: {need.model.name} [{label}] x{need.parts}")
+            self.artifacts[need] = prepare(need.model.name, need.operators, parts=need.parts,
+                                           weights=need.model.weights, data=need.model.data, cache=self.cache,
+                                           progress=self.events.stage)
+
+    def request_inputs(self, model: ModelRef) -> Path:
+        from workloads.prepare import request_inputs
+        from workloads.serving import save_inputs
+
+        if model not in self.inputs:
+            self.events.stage(f"{model.name}: {self.exp.requests.inputs} request inputs and reference outputs")
+            samples, refs = request_inputs(model.name, weights=model.weights, data=model.data,
+                                           count=self.exp.requests.inputs, cache=self.cache)
+            folder = self.out / "inputs"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = hashlib.sha256(json.dumps(model.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+            path = folder / f"{model.name.replace('/', '_').replace(':', '_')}-{name}.npz"
+            save_inputs(str(path), samples, refs)
+            self.inputs[model] = path
+        return self.inputs[model]
+
+    def plan(self) -> list[tuple[Experiment, list[CellPlan]]]:
+        from workloads.runtime import load_manifest
+
+        out = []
+        for point in self.exp.cells_grid():
+            exp = self.exp.at(point) if point else self.exp
+            cells = []
+            for model in exp.models:
+                for s in exp.strategies:
+                    need = next(n for n in self.artifacts
+                                if n.model == model and n.operators == s.operators and n.parts == s.parts)
+                    art = self.artifacts[need]
+                    cells.append(CellPlan(cell_key(exp, point, model, s), point, model, s, art.path,
+                                          load_manifest(art.path)))
+            out.append((exp, cells))
+        return out
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Run every cell not already done; returns the run's status (done / interrupted)."""
+        from emulation.network import EmulatedNetwork
+        from emulation.probe import capabilities, machine_cores
+
+        self.prepare()
+        plan = self.plan()
+        done = {k for k, v in self.store.cell_status().items() if v == "done"}
+        total = sum(len(c) for _, c in plan)
+        caps = self.caps or capabilities()
+        cores = machine_cores()
+        status = "done"
+        index = 0
+        for exp, cells in plan:
+            todo = [c for c in cells if c.key not in done]
+            self.skipped += [c.key for c in cells if c.key in done]
+            index += len(cells) - len(todo)
+            if not todo:
+                continue
+            for c in todo:
+                self.request_inputs(c.model)
+            self.events.stage(f"bringing up {exp.topology.name}" + (f" at {_point_label(cells[0].point)}"
+                                                                    if cells[0].point else ""))
+            with EmulatedNetwork(exp.topology, run_id=self.run_id, caps=caps) as net:
+                self.run_id = net.run_id
+                network = net.applied()
+                for c in todo:
+                    index += 1
+                    self.events.cell_start(c, total)
+                    outcome = CellExecution(self, exp, net, c, network, cores).run()
+                    self.store.write_cell(outcome.record, outcome.requests, outcome.hops)
+                    self.outcomes.append(outcome)
+                    self.events.cell_done(outcome)
+                    if outcome.record.status == "interrupted":
+                        status = "interrupted"
+                        raise KeyboardInterrupt
+        return status
+
+
+def _point_label(point: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+class CellExecution:
+    """Deploys one cell, measures it, and always tears its processes down."""
+
+    def __init__(self, runner: Runner, exp: Experiment, net, cell: CellPlan, network: dict, cores: float):
+        self.runner, self.exp, self.net, self.cell = runner, exp, net, cell
+        self.network, self.cores = network, cores
+        self.servers: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, tuple[Path, int]] = {}
+        self.requests: list[RequestRow] = []
+        self.hops: list[HopRow] = []
+        self.hosts: dict[str, dict] = {}
+        self.error: str | None = None
+
+    def run(self) -> CellOutcome:
+        started = time.time()
+        placement = self.cell.strategy.placement
+        oom_before = {h: self.net.oom_kills(h) for h in placement}
+        status = "done"
+        try:
+            try:
+                self._start_servers()
+                self._run_client()
+            except RunError as e:
+                self.error = str(e)
+            except (KeyboardInterrupt, SystemExit):
+                status = "interrupted"
+                self.error = "interrupted"
+        finally:
+            self._stop_servers()
+        oom_hosts = [h for h in placement if self.net.oom_kills(h) > oom_before[h]]
+        if oom_hosts:
+            self._mark_oom(oom_hosts)
+        if status != "interrupted" and self.error and not self.requests:
+            status = "failed"
+        return CellOutcome(self._record(status, started), self.requests, self.hops)
+
+    # -- servers ------------------------------------------------------------------------------
+    def _log_path(self, host: str) -> Path:
+        folder = self.runner.out / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{host}.log"
+
+    def _start_servers(self) -> None:
+        exp, net, cell = self.exp, self.net, self.cell
+        placement = cell.strategy.placement
+        for i in reversed(range(len(placement))):
+            host = placement[i]
+            argv = [sys.executable, "-m", "workloads.serving", "serve", "--artifact", str(cell.artifact),
+                    "--part", str(i), "--host", host, "--threads", str(host_threads(exp, host, self.cores)),
+                    "--codec", exp.codec, "--connection", exp.serving.connection,
+                    "--timeout", f"{exp.requests.timeout_ms / 1000:g}"]
+            for addr in host_addresses(net, host):
+                argv += ["--listen", f"{addr}:{PORT}"]
+            if i + 1 < len(placement):
+                argv += ["--next", f"{entry_address(net, exp.topology, host, placement[i + 1])}:{PORT}"]
+            log = self._log_path(host)
+            with log.open("a") as f:
+                f.write(f"--- cell {cell.key} part {i}\n")
+                start = f.tell()
+            self.logs[host] = (log, start)
+            with log.open("a") as f:
+                self.servers[host] = net.popen(host, argv, stdout=subprocess.PIPE, stderr=f, text=True)
+        for host in reversed(placement):
+            ready = self._wait_ready(host)
+            limits = exp.topology.host(host)
+            self.hosts[host] = {"part": ready["part"], "threads": ready["threads"], "load_ms": ready["load_ms"],
+                                "rss_bytes": ready["rss_bytes"], "cpus": limits.cpus,
+                                "memory_bytes": limits.memory_bytes}
+
+    def _wait_ready(self, host: str) -> dict:
+        p = self.servers[host]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([p.stdout], [], [], 0.2)
+            if r:
+                line = p.stdout.readline()
+                if line:
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        continue
+                    if msg.get("ready"):
+                        return msg
+            if p.poll() is not None:
+                raise RunError(f"server on {host} exited ({_exit_text(p.returncode)}) before it was ready"
+                               f"{self._log_tail(host)}")
+        raise RunError(f"server on {host} was not ready within {READY_TIMEOUT_S:g}s{self._log_tail(host)}")
+
+    def _log_tail(self, host: str) -> str:
+        path, start = self.logs.get(host, (None, 0))
+        if path is None or not path.exists():
+            return ""
+        with path.open() as f:
+            f.seek(start)
+            lines = [l.rstrip() for l in f.read().splitlines() if l.strip()][-LOG_LINES:]
+        return ("; last log lines: " + " | ".join(lines)) if lines else ""
+
+    def _stop_servers(self) -> None:
+        for p in self.servers.values():
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 5.0
+        for host, p in self.servers.items():
+            try:
+                p.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout:
+                p.stdout.close()
+
+    def _dead_servers(self) -> list[str]:
+        return [f"{h} ({_exit_text(p.returncode)}){self._log_tail(h)}"
+                for h, p in self.servers.items() if p.poll() is not None]
+
+    # -- the client ---------------------------------------------------------------------------
+    def _run_client(self) -> None:
+        exp, net, cell = self.exp, self.net, self.cell
+        first = cell.strategy.placement[0]
+        source = first if exp.source == "client" and "client" not in exp.topology.host_names else exp.source
+        r = exp.requests
+        argv = [sys.executable, "-m", "workloads.serving", "client",
+                "--target", f"{entry_address(net, exp.topology, source, first)}:{PORT}",
+                "--inputs", str(self.runner.request_inputs(cell.model)), "--host", source,
+                "--warmup", str(r.warmup), "--repeat", str(r.repeat), "--timeout", f"{r.timeout_ms / 1000:g}",
+                "--codec", exp.codec, "--connection", exp.serving.connection]
+        log = self._log_path(f"client-{source}")
+        with log.open("a") as f:
+            f.write(f"--- cell {cell.key}\n")
+            start = f.tell()
+        self.logs["client"] = (log, start)
+        with log.open("a") as f:
+            client = net.popen(source, argv, limited=False, stdout=subprocess.PIPE, stderr=f, text=True)
+        # the client gives up on each request after the timeout; this only guards against a hang
+        budget = (r.warmup + r.repeat) * (r.timeout_ms / 1000 + 1) + 60
+        deadline = time.monotonic() + budget
+        finished = False
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([client.stdout], [], [], 0.5)
+                if not ready:
+                    if client.poll() is not None:
+                        break
+                    continue
+                line = client.stdout.readline()
+                if not line:
+                    break
+                msg = json.loads(line)
+                if msg.get("done"):
+                    finished = True
+                    break
+                if "seq" in msg:
+                    self._add_request(msg)
+                    self.runner.events.request_done(msg["status"])
+        finally:
+            if client.poll() is None:
+                client.terminate()
+                try:
+                    client.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    client.kill()
+                    client.wait()
+            client.stdout.close()
+        if not finished:
+            dead = self._dead_servers()
+            why = (f"servers exited: {'; '.join(dead)}" if dead else
+                   f"client exited ({_exit_text(client.returncode)}){self._log_tail('client')}"
+                   if client.returncode not in (None, 0) else f"client did not finish within {budget:g}s")
+            raise RunError(f"{len(self.requests)} of {r.repeat} requests measured; {why}")
+
+    def _add_request(self, msg: dict) -> None:
+        b = breakdown(msg.get("trace") or [])
+        ok = msg["status"] == "ok"
+        self.requests.append(RequestRow(
+            seq=msg["seq"], input_index=msg["input"], status=msg["status"],
+            e2e_ms=b.e2e_ms if ok else None, compute_ms=b.compute_ms if ok else None,
+            transmission_ms=b.transmission_ms if ok else None,
+            serialization_ms=b.serialization_ms if ok else None, overhead_ms=b.overhead_ms if ok else None,
+            bytes_sent=b.bytes_sent if ok else None, exit_segment=b.exit_segment,
+            output_match=msg.get("match"), output_max_diff=msg.get("max_diff"), error=msg.get("error")))
+        if ok:
+            for idx, h in enumerate(b.hops):
+                self.hops.append(HopRow(seq=msg["seq"], idx=idx, **h))
+
+    def _mark_oom(self, hosts: list[str]) -> None:
+        note = "OOM-killed on " + ", ".join(
+            f"{h} (memory limit {self.exp.topology.host(h).memory_bytes} B)" for h in hosts)
+        self.requests = [RequestRow(**{**r.__dict__, "status": "oom", "error": note}) if r.status == "error" else r
+                         for r in self.requests]
+        measured = {r.seq for r in self.requests}
+        self.requests += [RequestRow(seq=s, input_index=s % self.exp.requests.inputs, status="oom", error=note)
+                          for s in range(self.exp.requests.repeat) if s not in measured]
+        self.error = f"{note}; {self.error}" if self.error else note
+
+    def _record(self, status: str, started: float) -> CellRecord:
+        cell, m = self.cell, self.cell.manifest
+        q = m.get("quality", {})
+        return CellRecord(
+            cell=cell.key, run_id=self.runner.run_id or "", model=cell.model.name, weights=cell.model.weights,
+            strategy=cell.strategy.name, operators=[c.as_dict() for c in cell.strategy.operators],
+            placement=cell.strategy.placement, source=self.exp.source, codec=self.exp.codec,
+            connection=self.exp.serving.connection, point=cell.point, artifact=str(cell.artifact),
+            metric=q.get("metric"), metric_value=q.get("value"), baseline_value=q.get("baseline"),
+            status=status, error=self.error, started=started, ended=time.time(),
+            network=self.network, hosts=self.hosts)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        import signal as _signal
+        try:
+            return f"killed by {_signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def default_out(exp: Experiment) -> Path:
+    return Path("results") / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, cache=None) -> tuple[str, Runner]:
+    """Run ``exp`` into ``out`` (its store is created or resumed). Returns (status, runner)."""
+    from emulation import registry
+
+    store = ResultStore.in_folder(out)
+    run_id = registry.new_run_id()
+    store.begin_run(run_id, exp.name, exp.to_dict(), machine_info())
+    runner = Runner(exp, out, store, events=events, cache=cache, run_id=run_id)
+    status = "failed"
+    try:
+        status = runner.run()
+        return status, runner
+    except (KeyboardInterrupt, SystemExit):
+        status = "interrupted"
+        raise
+    finally:
+        store.end_run(run_id, status)
+        store.close()
+        os.sync() if hasattr(os, "sync") else None
+
+
+__all__ = ["Runner", "Events", "RunError", "run_experiment", "cell_key", "default_out", "EmulationError"]

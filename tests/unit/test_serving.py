@@ -1,0 +1,310 @@
+"""The host server and the request client, for real: server processes started the way the
+runner starts them (``python -m workloads.serving serve``), on loopback (no root needed), with
+tiny ONNX artifacts run by ONNX Runtime."""
+from __future__ import annotations
+
+import json
+import random
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.tiny import tiny_artifact
+from workloads.codec import MAGIC, PREFIX, CodecError, Message, read_message, send_message
+from workloads.serving import Client, breakdown, check_output, load_inputs, save_inputs
+
+PY = sys.executable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Servers:
+    """Start part servers last part first, like the runner; stop them by PID."""
+
+    def __init__(self):
+        import tempfile
+
+        self.procs: list[subprocess.Popen] = []
+        self.log = tempfile.TemporaryFile("w+")     # a pipe nobody reads would fill and block the server
+
+    def start(self, artifact, part: int, host: str, nxt: int | None = None, *extra: str) -> tuple[int, dict]:
+        port = _free_port()
+        argv = [PY, "-m", "workloads.serving", "serve", "--artifact", str(artifact), "--part", str(part),
+                "--host", host, "--listen", f"127.0.0.1:{port}", *extra]
+        if nxt is not None:
+            argv += ["--next", f"127.0.0.1:{nxt}"]
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.procs.append(p)
+        line = p.stdout.readline()
+        assert line, self.logged()
+        return port, json.loads(line)
+
+    def logged(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            p.wait(timeout=10)
+
+
+@pytest.fixture
+def servers():
+    s = Servers()
+    yield s
+    s.stop()
+
+
+def _chain(servers, art, hosts, *extra):
+    nxt = None
+    for part in reversed(range(len(hosts))):
+        nxt, ready = servers.start(art, part, hosts[part], nxt, *extra)
+        assert ready["ready"] and ready["part"] == part and ready["host"] == hosts[part]
+    return nxt
+
+
+def test_two_part_chain_answers_like_the_whole_model_and_traces_every_hop(tmp_path, servers):
+    art, ref, _ = tiny_artifact(tmp_path / "a", parts=2)
+    port = _chain(servers, art, ["edge", "cloud"])
+    c = Client(("127.0.0.1", port), "mobile")
+    pong = c.ping(5)
+    assert pong["host"] == "edge" and pong["part"] == 0
+    x = np.random.default_rng(1).standard_normal((1, 4)).astype(np.float32)
+    r = c.request(7, {"X": x})
+    c.close()
+    assert r["status"] == "ok", r
+    np.testing.assert_allclose(r["output"], ref(x), rtol=1e-5, atol=1e-5)
+    hosts = [(t["host"], t["stage"]) for t in r["trace"]]
+    assert hosts == [("mobile", "client"), ("edge", "request"), ("cloud", "request"),
+                     ("edge", "response"), ("mobile", "response")]
+    b = breakdown(r["trace"])
+    links = [(h["src"], h["dst"], h["direction"]) for h in b.hops if h["kind"] == "link"]
+    assert links == [("mobile", "edge", "request"), ("edge", "cloud", "request"),
+                     ("cloud", "edge", "response"), ("edge", "mobile", "response")]
+    assert [(h["src"], h["part"]) for h in b.hops if h["kind"] == "compute"] == [("edge", 0), ("cloud", 1)]
+    # every stamp is on one clock: the pieces are positive and add up to at most end-to-end
+    assert all(h["ms"] > 0 for h in b.hops)
+    assert 0 < b.compute_ms + b.transmission_ms + b.serialization_ms <= b.e2e_ms
+    assert b.overhead_ms >= 0
+    assert b.bytes_sent == sum(t["bytes"] for t in r["trace"][1:])
+    # each frame holds its tensors (X: 16 B, H1: 32 B, Y: 12 B) after a 28-byte prefix
+    sizes = {(h["src"], h["dst"]): h["bytes"] for h in b.hops if h["kind"] == "link"}
+    assert sizes[("mobile", "edge")] >= 28 + 16 and sizes[("edge", "cloud")] >= 28 + 32
+    assert sizes[("cloud", "edge")] >= 28 + 12 and sizes[("edge", "mobile")] > sizes[("cloud", "edge")]
+
+
+def test_exit_head_answers_at_the_first_part_and_nothing_is_sent_on(tmp_path, servers):
+    art, _, exit_logits = tiny_artifact(tmp_path / "a", parts=2, exit_threshold=0.0)   # always exits
+    port = _chain(servers, art, ["edge", "cloud"])
+    c = Client(("127.0.0.1", port), "mobile")
+    x = np.ones((1, 4), np.float32)
+    r = c.request(1, {"X": x})
+    c.close()
+    assert r["status"] == "ok" and r["exit"] == 0
+    np.testing.assert_allclose(r["output"], exit_logits(x), rtol=1e-5, atol=1e-5)
+    assert [t["host"] for t in r["trace"]] == ["mobile", "edge", "mobile"]
+    assert breakdown(r["trace"]).exit_segment == 0
+
+
+def test_per_request_connections_and_json_base64_codec_give_the_same_answers(tmp_path, servers):
+    art, ref, _ = tiny_artifact(tmp_path / "a", parts=3)
+    port = _chain(servers, art, ["mobile", "edge", "cloud"], "--codec", "json-base64",
+                  "--connection", "per-request")
+    c = Client(("127.0.0.1", port), "mobile", codec="json-base64", connection="per-request")
+    x = np.arange(4, dtype=np.float32)[None]
+    for rid in range(1, 4):
+        r = c.request(rid, {"X": x})
+        assert r["status"] == "ok", r
+        np.testing.assert_allclose(r["output"], ref(x), rtol=1e-5, atol=1e-5)
+        assert c.sock is None                              # closed after every request
+        b = breakdown(r["trace"])
+        # the client and every forwarding server opened a connection for this request
+        assert sum(1 for t in r["trace"] if "conn1" in t) == 3
+
+
+def test_a_dead_next_hop_is_an_error_answer_not_a_hang(tmp_path, servers):
+    art, _, _ = tiny_artifact(tmp_path / "a", parts=2)
+    dead = _free_port()                                    # nothing listens there
+    port, _ = servers.start(art, 0, "edge", dead, "--timeout", "2")
+    c = Client(("127.0.0.1", port), "mobile", timeout_s=5)
+    r = c.request(1, {"X": np.ones((1, 4), np.float32)})
+    assert r["status"] == "error" and "edge: next hop" in r["error"], r
+    assert [t["host"] for t in r["trace"]] == ["mobile", "edge", "mobile"]
+    # and the server is still there for the next request
+    assert c.ping(2)["host"] == "edge"
+
+
+def test_wrong_inputs_are_error_answers_and_the_server_stays_up(tmp_path, servers):
+    art, ref, _ = tiny_artifact(tmp_path / "a", parts=1)
+    port, _ = servers.start(art, 0, "edge")
+    c = Client(("127.0.0.1", port), "mobile", timeout_s=5)
+    r = c.request(1, {"Z": np.ones((1, 4), np.float32)})
+    assert r["status"] == "error" and "lacks tensors ['X']" in r["error"]
+    r = c.request(2, {"X": np.ones((1, 5), np.float32)})
+    assert r["status"] == "error" and "inference failed" in r["error"]
+    r = c.request(3, {"X": np.ones((1, 4), np.float32)})
+    assert r["status"] == "ok"
+
+
+def test_request_timeout_is_a_timeout_status(tmp_path):
+    """A first hop that accepts and never answers: the client gives up after its timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    c = Client(listener.getsockname(), "mobile", timeout_s=0.3)
+    t0 = time.monotonic()
+    r = c.request(1, {"X": np.ones((1, 4), np.float32)})
+    assert r["status"] == "timeout" and 0.3 <= time.monotonic() - t0 < 3
+    listener.close()
+    c.close()
+
+
+def _frames(rng: random.Random, n: int):
+    """Valid and invalid frames mixed: garbage, truncated, oversized claims, bad headers."""
+    good_header = json.dumps({"kind": "request", "id": 1, "tensors": [{"name": "X", "dtype": "float32",
+                                                                       "shape": [1, 4]}], "meta": {}}).encode()
+    payload = np.ones((1, 4), np.float32).tobytes()
+    for _ in range(n):
+        k = rng.randrange(7)
+        if k == 0:      # garbage bytes
+            yield bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))), False
+        elif k == 1:    # a payload far over the limit
+            yield PREFIX.pack(MAGIC, 1, 0, 0, 10, 1 << 40, 0) + b"x" * 10, False
+        elif k == 2:    # a header over the limit
+            yield PREFIX.pack(MAGIC, 1, 0, 0, (1 << 31), 0, 0), False
+        elif k == 3:    # wrong dtype / shape / not JSON
+            bad = rng.choice([good_header.replace(b"float32", b"object"), good_header.replace(b"[1, 4]", b"[1, -4]"),
+                              b"{not json", good_header.replace(b'"request"', b'"exec"')])
+            yield PREFIX.pack(MAGIC, 1, 0, 0, len(bad), len(payload), 0) + bad + payload, False
+        elif k == 4:    # truncated valid frame, then the connection ends
+            frame = PREFIX.pack(MAGIC, 1, 0, 0, len(good_header), len(payload), 0) + good_header + payload
+            yield frame[:rng.randrange(1, len(frame))], False
+        elif k == 5:    # wrong size: header says 16 B, payload is 12 B
+            yield PREFIX.pack(MAGIC, 1, 0, 0, len(good_header), 12, 0) + good_header + payload[:12], False
+        else:           # a valid request
+            yield PREFIX.pack(MAGIC, 1, 0, 0, len(good_header), len(payload), 0) + good_header + payload, True
+
+
+def test_fuzz_10000_frames_the_server_answers_or_closes_and_stays_up(tmp_path, servers):
+    art, ref, _ = tiny_artifact(tmp_path / "a", parts=1)
+    port, ready = servers.start(art, 0, "edge")
+    pid = ready["pid"]
+    rng = random.Random(1234)
+    answered = rejected = 0
+    sock = None
+    for frame, valid in _frames(rng, 10_000):
+        if sock is None:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            sock.sendall(frame)
+            if not valid:
+                sock.shutdown(socket.SHUT_WR)      # a truncated frame ends the connection
+            msg = read_message(sock)
+        except (CodecError, OSError):
+            msg = None
+        if valid:
+            assert msg is not None and msg.kind == "response", msg
+            np.testing.assert_allclose(msg.tensors["Y"], ref(np.ones((1, 4), np.float32)), rtol=1e-5)
+            answered += 1
+        else:
+            assert msg is None or msg.kind == "error"
+            rejected += 1
+            sock.close()
+            sock = None
+    if sock is not None:
+        sock.close()
+    assert answered > 1000 and rejected > 8000
+    proc = servers.procs[-1]
+    assert proc.poll() is None, "the server died"
+    # it stayed small: no 1 TiB allocation was attempted (RSS well under 1 GiB)
+    rss = int(open(f"/proc/{pid}/statm").read().split()[1]) * 4096
+    assert rss < 1 << 30
+    c = Client(("127.0.0.1", port), "mobile")
+    assert c.request(1, {"X": np.ones((1, 4), np.float32)})["status"] == "ok"
+    c.close()
+
+
+def test_sigterm_stops_the_server_cleanly(tmp_path):
+    art, _, _ = tiny_artifact(tmp_path / "a", parts=1)
+    s = Servers()
+    s.start(art, 0, "edge")
+    p = s.procs[0]
+    p.terminate()
+    assert p.wait(timeout=5) == 0
+    assert "stopped after 0 requests" in s.logged()
+
+
+def test_server_refuses_a_part_layout_that_cannot_work(tmp_path):
+    art, _, _ = tiny_artifact(tmp_path / "a", parts=2)
+    p = subprocess.run([PY, "-m", "workloads.serving", "serve", "--artifact", str(art), "--part", "0",
+                        "--host", "edge", "--listen", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--next is needed" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_the_host_side_imports_neither_torch_nor_onnx():
+    code = ("import sys, workloads.serving, workloads.runtime, workloads.codec; "
+            "bad = [m for m in ('torch', 'onnx', 'transformers') if m in sys.modules]; print(bad)")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_inputs_file_round_trip_and_output_check(tmp_path):
+    samples = [{"a": np.full((1, 2), i, np.float32), "m": np.ones((1, 2), np.int64)} for i in range(3)]
+    refs = [np.array([[0.1, 0.9]], np.float32), None, np.array([[1.0, 0.0]], np.float32)]
+    save_inputs(str(tmp_path / "in.npz"), samples, refs)
+    got, got_refs = load_inputs(str(tmp_path / "in.npz"))
+    assert len(got) == 3 and list(got[0]) == ["a", "m"]
+    np.testing.assert_array_equal(got[2]["a"], samples[2]["a"])
+    assert got_refs[1] is None
+    assert check_output(np.array([[0.2, 0.8]]), refs[0]) == (True, pytest.approx(0.1))
+    assert check_output(np.array([[0.9, 0.1]]), refs[0])[0] is False
+    assert check_output(np.zeros((1, 3)), refs[0]) == (False, None)
+    assert check_output(None, refs[0]) == (None, None)
+
+
+def _rec(host, stage, **stamps):
+    return {"host": host, "stage": stage, **stamps}
+
+
+def test_breakdown_arithmetic_on_a_known_trace():
+    ms = 1_000_000
+    trace = [
+        _rec("mobile", "client", start=0, enc0=1 * ms),
+        _rec("edge", "request", part=0, sent=2 * ms, recv0=3 * ms, recv1=12 * ms, dec1=13 * ms, bytes=1000,
+             comp0=14 * ms, comp1=24 * ms, conn0=25 * ms, conn1=27 * ms, enc0=28 * ms, exit=None),
+        _rec("cloud", "request", part=1, sent=29 * ms, recv0=30 * ms, recv1=49 * ms, dec1=50 * ms, bytes=500,
+             comp0=50 * ms, comp1=55 * ms, enc0=56 * ms, exit=None),
+        _rec("edge", "response", sent=57 * ms, recv0=58 * ms, recv1=60 * ms, dec1=61 * ms, bytes=100, enc0=62 * ms),
+        _rec("mobile", "response", sent=63 * ms, recv0=64 * ms, recv1=66 * ms, dec1=67 * ms, bytes=100),
+    ]
+    b = breakdown(trace)
+    assert b.e2e_ms == 67
+    assert b.compute_ms == 10 + 5
+    # links: 12-2, (49-29) + 2 connect, 60-57, 66-63
+    assert b.transmission_ms == 10 + 22 + 3 + 3
+    # encode: 2-1, 29-28, 57-56, 63-62; decode: 1 each
+    assert b.serialization_ms == 4 + 4
+    assert b.overhead_ms == 67 - 15 - 38 - 8
+    assert b.bytes_sent == 1700
+    local = breakdown([_rec("edge", "client", start=0, enc0=0),
+                       _rec("edge", "request", part=0, sent=ms, recv0=ms, recv1=2 * ms, dec1=2 * ms, bytes=10,
+                            comp0=2 * ms, comp1=5 * ms, enc0=5 * ms),
+                       _rec("edge", "response", sent=6 * ms, recv0=6 * ms, recv1=7 * ms, dec1=7 * ms, bytes=10)])
+    assert local.transmission_ms == 0 and local.compute_ms == 3      # same-host hops are not links
+    assert local.overhead_ms == 7 - 3 - 2                             # ... they are harness time
+    incomplete = breakdown([_rec("mobile", "client", start=0, enc0=0)])
+    assert incomplete.e2e_ms is None and incomplete.hops == []

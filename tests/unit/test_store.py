@@ -1,0 +1,394 @@
+"""The result store: real SQLite files, one transaction per cell, schema checks, export."""
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from testbed.store import (SCHEMA_VERSION, STORE_FILE, CellRecord, HopRow, RequestRow, ResultStore, StoreError,
+                           export)
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUEST_HEADER = ["cell", "model", "strategy", "placement", "status", "e2e_ms", "compute_ms", "transmission_ms",
+                  "bytes_sent", "seq", "input_index", "serialization_ms", "overhead_ms", "exit_segment",
+                  "output_match", "output_max_diff", "error", "point"]
+HOP_HEADER = ["cell", "model", "strategy", "placement", "seq", "idx", "kind", "src", "dst", "direction", "part",
+              "bytes", "ms", "decode_ms", "encode_ms"]
+
+
+def cell_record(key: str = "p0/efficientnet_lite0/me-partition", **kw) -> CellRecord:
+    base = dict(cell=key, run_id="r1", model="efficientnet_lite0", weights="pretrained", strategy="me-partition",
+                operators=[{"partition": {"cut": "auto"}}], placement=("mobile", "edge"), source="mobile",
+                codec="binary", connection="persistent", point={"links.mobile-edge.bandwidth": "10Mbit"},
+                artifact="/cache/abc.onnx", metric="accuracy", metric_value=0.75, baseline_value=0.78,
+                status="done", error=None, started=100.0, ended=105.5,
+                network={"mobile-edge": {"bandwidth": "10Mbit"}}, hosts={"mobile": {"cpus": 0.25}})
+    base.update(kw)
+    return CellRecord(**base)
+
+
+def request_rows(n: int = 3) -> list[RequestRow]:
+    rows = [RequestRow(seq=i, input_index=i % 2, status="ok", e2e_ms=10.0 + i, compute_ms=6.0, transmission_ms=3.0,
+                       serialization_ms=0.5, overhead_ms=0.5 + i, bytes_sent=1000 + i, exit_segment=None,
+                       output_match=True, output_max_diff=1e-6) for i in range(n)]
+    return rows + [RequestRow(seq=n, input_index=0, status="timeout", error="no answer in 120 s"),
+                   RequestRow(seq=n + 1, input_index=1, status="oom", output_match=False),
+                   RequestRow(seq=n + 2, input_index=0, status="error", error="boom")]
+
+
+def hop_rows(seqs=range(3)) -> list[HopRow]:
+    out = []
+    for s in seqs:
+        out += [HopRow(seq=s, idx=0, kind="compute", src="mobile", dst="mobile", direction="request", ms=4.0,
+                       part=0, decode_ms=0.1, encode_ms=0.2),
+                HopRow(seq=s, idx=1, kind="link", src="mobile", dst="edge", direction="request", ms=3.0, part=1,
+                       bytes=1000),
+                HopRow(seq=s, idx=2, kind="compute", src="edge", dst="edge", direction="request", ms=2.0, part=1),
+                HopRow(seq=s, idx=3, kind="link", src="edge", dst="mobile", direction="response", ms=0.5,
+                       bytes=40)]
+    return out
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = ResultStore.in_folder(tmp_path / "out")
+    s.begin_run("r1", "demo", {"name": "demo", "models": ["efficientnet_lite0"]}, {"cores": 2})
+    yield s
+    s.close()
+
+
+def one_line(info) -> str:
+    msg = str(info.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+# --- opening ---------------------------------------------------------------------------------
+
+def test_new_store_is_wal_with_schema_version_and_pragmas(tmp_path):
+    with ResultStore.in_folder(tmp_path / "a" / "b") as s:
+        assert s.path == tmp_path / "a" / "b" / STORE_FILE
+        assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert s._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 1   # NORMAL
+    raw = sqlite3.connect(tmp_path / "a" / "b" / STORE_FILE)
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"   # persistent, for every reader
+    assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")} >= {
+        "requests_cell", "hops_cell"}
+    cols = [r[1] for r in raw.execute("PRAGMA table_info(requests)")]
+    assert cols == ["cell", "seq", "input_index", "status", "e2e_ms", "compute_ms", "transmission_ms",
+                    "serialization_ms", "overhead_ms", "bytes_sent", "exit_segment", "output_match",
+                    "output_max_diff", "error"]
+    raw.close()
+    with ResultStore.in_folder(tmp_path / "a" / "b", create=False) as s:    # reopening is fine
+        assert s.cells() == [] and s.runs() == []
+
+
+@pytest.mark.parametrize("version,word", [(SCHEMA_VERSION + 1, "newer"), (SCHEMA_VERSION - 1, "older")])
+def test_other_schema_version_is_refused(tmp_path, version, word):
+    ResultStore(tmp_path / STORE_FILE).close()
+    raw = sqlite3.connect(tmp_path / STORE_FILE)
+    with raw:
+        raw.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    raw.close()
+    with pytest.raises(StoreError) as info:
+        ResultStore(tmp_path / STORE_FILE)
+    msg = one_line(info)
+    assert str(tmp_path / STORE_FILE) in msg and word in msg and f"version {version}" in msg
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a database\n" * 200, b"x",
+                                     b"SQLite format 3\x00" + b"\xff" * 600],
+                         ids=["empty", "text", "one-byte", "corrupt-sqlite"])
+def test_not_sqlite_is_refused_in_one_line(tmp_path, content):
+    path = tmp_path / STORE_FILE
+    path.write_bytes(content)
+    if not content:   # an empty file is an empty SQLite database: not results, but fine to start in
+        with pytest.raises(StoreError, match="no results at"):
+            ResultStore(path, create=False)
+        ResultStore(path).close()
+        return
+    with pytest.raises(StoreError) as info:
+        ResultStore(path)
+    msg = one_line(info)
+    assert "not a testbed result store" in msg and str(path) in msg
+    assert path.read_bytes() == content           # left untouched
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path):
+    raw = sqlite3.connect(tmp_path / "x.db")
+    raw.execute("CREATE TABLE t (a)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError) as info:
+        ResultStore(tmp_path / "x.db")
+    assert "not a testbed result store" in one_line(info)
+
+
+def test_missing_store_with_create_false(tmp_path):
+    with pytest.raises(StoreError) as info:
+        ResultStore(tmp_path / STORE_FILE, create=False)
+    assert "no results at" in one_line(info) and "testbed run" in str(info.value)
+    assert not (tmp_path / STORE_FILE).exists()
+    with pytest.raises(StoreError, match="no results at"):
+        ResultStore.in_folder(tmp_path / "nope", create=False)
+    assert not (tmp_path / "nope").exists()
+
+
+# --- writing and reading ---------------------------------------------------------------------
+
+def test_round_trip(store):
+    c = cell_record()
+    store.write_cell(c, request_rows(), hop_rows())
+    store.end_run("r1", "done")
+
+    [run] = store.runs()
+    assert run["run_id"] == "r1" and run["experiment"] == "demo" and run["status"] == "done"
+    assert run["config"] == {"name": "demo", "models": ["efficientnet_lite0"]} and run["machine"] == {"cores": 2}
+    assert run["ended"] >= run["started"] > 0
+
+    [got] = store.cells()
+    assert got["cell"] == c.cell and got["placement"] == "mobile>edge"
+    assert got["operators"] == [{"partition": {"cut": "auto"}}]
+    assert got["point"] == {"links.mobile-edge.bandwidth": "10Mbit"}
+    assert got["network"] == c.network and got["hosts"] == c.hosts
+    assert (got["metric"], got["metric_value"], got["baseline_value"]) == ("accuracy", 0.75, 0.78)
+    assert (got["started"], got["ended"], got["status"], got["error"]) == (100.0, 105.5, "done", None)
+    # counts come from the request rows
+    assert (got["requests"], got["ok"], got["timeouts"], got["ooms"], got["errors"]) == (6, 3, 1, 1, 1)
+    assert store.cell_status() == {c.cell: "done"}
+
+    reqs = store.requests(c.cell)
+    assert [r["seq"] for r in reqs] == list(range(6))
+    assert reqs[0] == {"cell": c.cell, "seq": 0, "input_index": 0, "status": "ok", "e2e_ms": 10.0,
+                       "compute_ms": 6.0, "transmission_ms": 3.0, "serialization_ms": 0.5, "overhead_ms": 0.5,
+                       "bytes_sent": 1000, "exit_segment": None, "output_match": True, "output_max_diff": 1e-6,
+                       "error": None}
+    assert reqs[3]["e2e_ms"] is None and reqs[3]["error"] == "no answer in 120 s"
+    assert reqs[4]["output_match"] is False
+    assert store.requests() == reqs and store.requests("other") == []
+
+    hops = store.hops(c.cell)
+    assert len(hops) == 12 and [(h["seq"], h["idx"]) for h in hops[:5]] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
+    assert hops[0] == {"cell": c.cell, "seq": 0, "idx": 0, "kind": "compute", "src": "mobile", "dst": "mobile",
+                       "direction": "request", "part": 0, "bytes": None, "ms": 4.0, "decode_ms": 0.1,
+                       "encode_ms": 0.2}
+    assert store.hops() == hops and store.hops("other") == []
+
+
+def test_numpy_scalars_and_nan_are_stored_as_plain_values(store):
+    np = pytest.importorskip("numpy")
+    c = cell_record(metric_value=np.float32(0.5), baseline_value=float("nan"))
+    store.write_cell(c, [RequestRow(seq=np.int64(0), input_index=np.int32(3), status="ok", e2e_ms=np.float64(1.5),
+                                    bytes_sent=np.int64(7), output_match=np.bool_(True))],
+                     [HopRow(seq=0, idx=0, kind="link", src="a", dst="b", direction="request", ms=np.float32(2))])
+    [got] = store.cells()
+    assert got["metric_value"] == 0.5 and got["baseline_value"] is None
+    [r] = store.requests()
+    assert (r["seq"], r["input_index"], r["e2e_ms"], r["bytes_sent"], r["output_match"]) == (0, 3, 1.5, 7, True)
+
+
+def test_rewriting_a_cell_replaces_it_and_all_its_rows(store):
+    store.begin_run("r2", "demo", {}, {})
+    a, b = cell_record("a"), cell_record("b", started=200.0)
+    store.write_cell(a, request_rows(3), hop_rows(range(3)))
+    store.write_cell(b, request_rows(3), hop_rows(range(3)))
+    store.write_cell(replace(a, run_id="r2", status="failed", error="OOM on edge"),
+                     [RequestRow(seq=0, input_index=0, status="oom")], [])
+    cells = {c["cell"]: c for c in store.cells()}
+    assert cells["a"]["run_id"] == "r2" and cells["a"]["status"] == "failed" and cells["a"]["error"] == "OOM on edge"
+    assert (cells["a"]["requests"], cells["a"]["ok"], cells["a"]["ooms"]) == (1, 0, 1)
+    assert [r["status"] for r in store.requests("a")] == ["oom"] and store.hops("a") == []
+    assert len(store.requests("b")) == 6 and len(store.hops("b")) == 12     # the other cell untouched
+    assert store.cell_status() == {"a": "failed", "b": "done"}
+
+
+def test_failure_mid_cell_rolls_back_everything_and_keeps_the_old_cell(store):
+    old = cell_record()
+    store.write_cell(old, request_rows(2), hop_rows(range(2)))
+    before = (store.cells(), store.requests(), store.hops())
+    bad_hops = hop_rows(range(3)) + [hop_rows(range(1))[0]]       # (seq 0, idx 0) twice: fails at the last insert
+    with pytest.raises(StoreError) as info:
+        store.write_cell(replace(old, status="interrupted", ended=999.0), request_rows(3), bad_hops)
+    assert old.cell in one_line(info)
+    assert (store.cells(), store.requests(), store.hops()) == before
+    assert not store._conn.in_transaction
+    # a new cell that fails leaves no trace at all
+    with pytest.raises(StoreError):
+        store.write_cell(cell_record("new"), request_rows(3), bad_hops)
+    assert "new" not in store.cell_status() and store.requests("new") == [] and store.hops("new") == []
+    # and the store still takes writes afterwards
+    store.write_cell(cell_record("new"), request_rows(1), hop_rows(range(1)))
+    assert store.cell_status()["new"] == "done"
+
+
+def test_process_killed_mid_cell_leaves_no_half_cell(tmp_path):
+    folder = tmp_path / "out"
+    with ResultStore.in_folder(folder) as s:
+        s.begin_run("r1", "demo", {}, {})
+        s.write_cell(cell_record("a"), request_rows(2), hop_rows(range(2)))
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_store import cell_record, request_rows, hop_rows
+        from dataclasses import replace
+        from testbed.store import ResultStore
+        s = ResultStore.in_folder({str(folder)!r})
+        def die(sql):
+            if sql.startswith("INSERT INTO hops"):   # the requests are in, the hops are not
+                os.kill(os.getpid(), signal.SIGKILL)
+        s._conn.set_trace_callback(die)
+        s.write_cell(replace(cell_record("a"), status="interrupted"), request_rows(5), hop_rows(range(5)))
+        s.write_cell(cell_record("b"), request_rows(5), hop_rows(range(5)))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    with ResultStore.in_folder(folder, create=False) as s:
+        assert s.cell_status() == {"a": "done"}
+        assert len(s.requests()) == 5 and len(s.hops()) == 8
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda c, r, h: (replace(c, status="ok"), r, h), "status is 'ok', not one of done, interrupted, failed"),
+    (lambda c, r, h: (c, r + [RequestRow(seq=99, input_index=0, status="done")], h), "request 99: status"),
+    (lambda c, r, h: (c, r, h + [replace(h[0], idx=9, kind="disk")]), "kind is 'disk'"),
+    (lambda c, r, h: (c, r, h + [replace(h[1], idx=9, direction="up")]), "direction is 'up'"),
+    (lambda c, r, h: (c, r, h + [replace(h[0], idx=9, direction="response")]), "compute hop"),
+    (lambda c, r, h: (replace(c, point={"x": object()}), r, h), "point is not JSON-serialisable"),
+    (lambda c, r, h: (c, [replace(r[0], e2e_ms="fast")], h), "e2e_ms must be a number"),
+    (lambda c, r, h: (c, [replace(r[0], bytes_sent=1.5)], h), "bytes_sent must be an integer"),
+    (lambda c, r, h: (replace(c, run_id="nope"), r, h), "run nope is not in"),
+    (lambda c, r, h: (replace(c, placement=()), r, h), "placement is empty"),
+], ids=["cell-status", "request-status", "hop-kind", "hop-direction", "compute-response", "json", "float", "int",
+        "no-run", "placement"])
+def test_invalid_values_are_refused_in_one_line_and_nothing_is_written(store, change, match):
+    c, r, h = change(cell_record(), request_rows(2), hop_rows(range(2)))
+    with pytest.raises(StoreError) as info:
+        store.write_cell(c, r, h)
+    assert match in one_line(info)
+    assert store.cells() == [] and store.requests() == [] and store.hops() == []
+
+
+def test_runs_begin_again_and_end(store):
+    store.end_run("r1", "interrupted")
+    store.begin_run("r1", "demo", {"v": 2}, {})        # resumed: the same run again
+    [run] = store.runs()
+    assert (run["status"], run["ended"], run["config"]) == ("running", None, {"v": 2})
+    with pytest.raises(StoreError, match="status is 'finished'"):
+        store.end_run("r1", "finished")
+    with pytest.raises(StoreError, match="run r9 is not in"):
+        store.end_run("r9", "done")
+    store.write_cell(cell_record(), [], [])
+    store.begin_run("r1", "demo", {}, {})               # a run with cells can begin again too
+    assert store.cells()[0]["requests"] == 0
+
+
+def test_readers_in_other_connections_and_processes_while_open(store):
+    store.write_cell(cell_record("a"), request_rows(1), hop_rows(range(1)))
+    # another process reads the open store
+    script = (f"import sqlite3; c = sqlite3.connect({str(store.path)!r}, timeout=0); "
+              "print(c.execute('SELECT count(*) FROM requests').fetchone()[0])")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "4", out.stderr
+    # a reader is not blocked by a write transaction in progress, and sees the last commit
+    store._conn.execute("BEGIN IMMEDIATE")
+    store._conn.execute("DELETE FROM hops")
+    reader = sqlite3.connect(store.path, timeout=0)
+    assert reader.execute("SELECT count(*) FROM hops").fetchone()[0] == 4
+    with ResultStore(store.path, create=False) as second:         # opening a second store is a read too
+        assert second.cell_status() == {"a": "done"}
+    store._conn.execute("ROLLBACK")
+    reader.close()
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def filled(tmp_path) -> Path:
+    folder = tmp_path / "out"
+    with ResultStore.in_folder(folder) as s:
+        s.begin_run("r1", "demo", {}, {})
+        s.write_cell(cell_record("a"), request_rows(2), hop_rows(range(2)))
+        s.write_cell(cell_record("b", model="minilm", strategy="edge", placement=("edge",), started=200.0,
+                                 point={"p": 1}), [RequestRow(seq=0, input_index=0, status="error", error="x")], [])
+    return folder
+
+
+def test_export_csv(tmp_path):
+    folder = filled(tmp_path)
+    paths = export(folder, "csv")
+    assert paths == [folder / "cells.csv", folder / "requests.csv", folder / "hops.csv"]
+    with open(folder / "requests.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == REQUEST_HEADER
+    assert len(rows) == 1 + 5 + 1
+    first = dict(zip(rows[0], rows[1]))
+    assert (first["cell"], first["model"], first["strategy"], first["placement"]) == (
+        "a", "efficientnet_lite0", "me-partition", "mobile>edge")
+    assert first["e2e_ms"] == "10.0" and first["bytes_sent"] == "1000" and first["output_match"] == "True"
+    assert first["exit_segment"] == "" and first["error"] == ""                  # None -> empty field
+    assert json.loads(first["point"]) == {"links.mobile-edge.bandwidth": "10Mbit"}
+    last = dict(zip(rows[0], rows[-1]))
+    assert (last["cell"], last["model"], last["placement"], last["e2e_ms"], last["error"]) == (
+        "b", "minilm", "edge", "", "x")
+    with open(folder / "hops.csv", newline="") as f:
+        hops = list(csv.reader(f))
+    assert hops[0] == HOP_HEADER and len(hops) == 1 + 8
+    assert dict(zip(hops[0], hops[2]))["bytes"] == "1000" and dict(zip(hops[0], hops[1]))["bytes"] == ""
+    with open(folder / "cells.csv", newline="") as f:
+        cells = list(csv.DictReader(f))
+    assert [c["cell"] for c in cells] == ["a", "b"] and cells[0]["requests"] == "5" and cells[1]["errors"] == "1"
+    assert json.loads(cells[0]["operators"]) == [{"partition": {"cut": "auto"}}] and "point" in cells[0]
+
+
+def test_export_parquet_typed_to_another_folder(tmp_path):
+    folder = filled(tmp_path)
+    paths = export(folder, "parquet", tmp_path / "exp" / "here")
+    assert [p.name for p in paths] == ["cells.parquet", "requests.parquet", "hops.parquet"]
+    reqs = pq.read_table(tmp_path / "exp" / "here" / "requests.parquet")
+    assert reqs.column_names == REQUEST_HEADER
+    types = dict(zip(reqs.schema.names, reqs.schema.types))
+    assert types["e2e_ms"] == pa.float64() and types["bytes_sent"] == pa.int64() and types["seq"] == pa.int64()
+    assert types["output_match"] == pa.bool_() and types["cell"] == pa.string() and types["point"] == pa.string()
+    d = reqs.to_pydict()
+    assert d["model"] == ["efficientnet_lite0"] * 5 + ["minilm"] and d["strategy"][-1] == "edge"
+    assert d["output_match"] == [True, True, None, False, None, None]
+    assert d["e2e_ms"][:2] == [10.0, 11.0] and d["e2e_ms"][-1] is None
+    hops = pq.read_table(tmp_path / "exp" / "here" / "hops.parquet")
+    assert hops.column_names == HOP_HEADER and hops.num_rows == 8
+    assert hops.schema.field("ms").type == pa.float64() and hops.schema.field("part").type == pa.int64()
+    cells = pq.read_table(tmp_path / "exp" / "here" / "cells.parquet")
+    assert cells.column("requests").to_pylist() == [5, 1] and cells.schema.field("started").type == pa.float64()
+    assert not (folder / "requests.parquet").exists()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_export_empty_store_has_all_columns(tmp_path, fmt):
+    ResultStore.in_folder(tmp_path).close()
+    export(tmp_path, fmt)
+    if fmt == "csv":
+        with open(tmp_path / "requests.csv", newline="") as f:
+            assert list(csv.reader(f)) == [REQUEST_HEADER]
+    else:
+        t = pq.read_table(tmp_path / "hops.parquet")
+        assert t.num_rows == 0 and t.column_names == HOP_HEADER and t.schema.field("bytes").type == pa.int64()
+        t = pq.read_table(tmp_path / "requests.parquet")
+        assert t.schema.field("output_match").type == pa.bool_()
+
+
+def test_export_errors(tmp_path):
+    with pytest.raises(StoreError) as info:
+        export(tmp_path, "xlsx")
+    assert "csv, parquet" in one_line(info)
+    with pytest.raises(StoreError, match="no results at"):
+        export(tmp_path / "empty", "csv")
+    assert not (tmp_path / "empty").exists()

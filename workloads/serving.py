@@ -1,0 +1,514 @@
+"""What runs on an emulated host: the part server, and the request client.
+
+Both start with ONNX Runtime + numpy only (no torch, no onnx) and are started by the runner
+inside a host's network namespace (and, for servers, its cgroup):
+
+    python -m workloads.serving serve  --artifact DIR --part K --host NAME --listen ADDR:PORT
+                                       [--next ADDR:PORT] [--threads N] [--codec binary]
+                                       [--connection persistent|per-request] [--timeout S]
+    python -m workloads.serving client --target ADDR:PORT --inputs FILE.npz --host NAME
+                                       [--warmup W] [--repeat R] [--timeout S] [--codec ...]
+                                       [--connection ...]
+
+**Server.** Loads the segments of one part of an artifact once (intra-op threads = the host's
+core budget), listens only on the given emulated addresses, and for each request frame: runs
+its part (one inference at a time, whatever the number of connections), answers when the
+part ends the model or an exit head fires, and otherwise forwards the tensors the next part
+needs to ``--next`` over a connection it keeps open (``per-request`` opens one per request,
+as the studies did), then relays the answer back. A ``ping`` is answered with ``pong`` and the
+server's state (health check). SIGTERM or SIGINT stops it cleanly. When it is ready it prints
+one JSON line on stdout (``{"ready": true, ...}``); its log goes to stderr.
+
+**Trace.** Every process that receives a frame appends a record to the message's
+``meta.trace`` and the answer carries the list home. A record holds monotonic-clock stamps
+in ns (one clock: every host is on this machine): ``sent`` (the sender's stamp just before its
+first byte, from the frame prefix), ``recv0``/``recv1`` (first/last byte read), ``dec1``
+(tensors built), ``comp0``/``comp1`` (inference), ``conn0``/``conn1`` (a connection opened to
+the next hop, when one was), ``enc0`` (before encoding what it sends next), plus ``host``,
+``stage`` (request / response), ``part``, ``bytes`` (the frame's size) and ``exit``.
+:func:`breakdown` turns a trace into compute per host, transmission per link direction and
+serialisation; nothing is inferred from end-to-end time.
+
+**Client.** Runs on the source host: loads the inputs and reference outputs from an ``.npz``,
+pings the first hop until it answers, sends ``warmup`` unmeasured and ``repeat`` measured
+requests one at a time (closed loop), and prints one JSON line per measured request: ``seq``,
+``input``, ``status`` (ok / timeout / error), ``error``, ``trace``, ``exit``, and the output
+check against the reference model (``match``: same argmax at every position; ``max_diff``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .codec import CODECS, CodecError, ConnectionClosed, Limits, Message, read_message, send_message
+
+CONNECTIONS = ("persistent", "per-request")
+PORT = 7070
+LOG_LINES = 20
+
+
+def _now() -> int:
+    return time.monotonic_ns()
+
+
+def _log(text: str) -> None:
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+    sys.stderr.flush()
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address {text!r}: expected ADDRESS:PORT, e.g. 10.0.0.1:7070")
+    return host, int(port)
+
+
+def _connect(address: tuple[str, int], timeout_s: float) -> socket.socket:
+    sock = socket.create_connection(address, timeout=timeout_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+# ---- the server ---------------------------------------------------------------------------
+
+@dataclass
+class ServerConfig:
+    artifact: str
+    part: int
+    host: str
+    listen: list[tuple[str, int]]
+    next_hop: tuple[str, int] | None = None
+    threads: int = 1
+    codec: str = "binary"
+    connection: str = "persistent"
+    timeout_s: float = 120.0
+    limits: Limits = field(default_factory=Limits)
+
+
+class Server:
+    """One part of an artifact, served on a host (see the module docstring)."""
+
+    def __init__(self, cfg: ServerConfig):
+        from .runtime import ArtifactRunner
+
+        self.cfg = cfg
+        t0 = time.monotonic()
+        self.runner = ArtifactRunner(cfg.artifact, parts=(cfg.part,), threads=cfg.threads)
+        self.load_ms = (time.monotonic() - t0) * 1000
+        if cfg.part not in {s.part for s in self.runner.segments}:
+            raise ValueError(f"artifact {cfg.artifact} has no part {cfg.part}")
+        last = max(s.part for s in self.runner.segments)
+        if (cfg.part < last) != (cfg.next_hop is not None):
+            raise ValueError(f"part {cfg.part} of {last + 1}: --next is needed exactly when a later part exists")
+        self.compute_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.served = 0
+        self.listeners: list[socket.socket] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def bind(self) -> None:
+        for addr in self.cfg.listen:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+            s.listen(16)
+            s.settimeout(0.2)
+            self.listeners.append(s)
+
+    def ready_line(self) -> dict:
+        return {"ready": True, "host": self.cfg.host, "part": self.cfg.part, "pid": os.getpid(),
+                "listen": [f"{a}:{p}" for a, p in self.cfg.listen], "threads": self.cfg.threads,
+                "load_ms": round(self.load_ms, 2), "rss_bytes": _rss_bytes()}
+
+    def serve_forever(self) -> None:
+        threads = [threading.Thread(target=self._accept_loop, args=(s,), daemon=True) for s in self.listeners]
+        for t in threads:
+            t.start()
+        while not self.stopping.wait(0.2):
+            pass
+        for s in self.listeners:
+            _close(s)
+        _log(f"{self.cfg.host}: stopped after {self.served} requests")
+
+    def stop(self, *_args) -> None:
+        self.stopping.set()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, peer = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._connection, args=(conn, peer), daemon=True).start()
+
+    # -- one upstream connection ------------------------------------------------------------
+    def _connection(self, conn: socket.socket, peer) -> None:
+        down: list[socket.socket | None] = [None]      # the persistent connection to the next hop
+        try:
+            while not self.stopping.is_set():
+                try:
+                    msg = read_message(conn, self.cfg.limits, self.cfg.codec)
+                except ConnectionClosed:
+                    return
+                except CodecError as e:
+                    _log(f"{self.cfg.host}: bad frame from {peer[0]}: {e}; closing that connection")
+                    self._reply_error(conn, 0, f"{self.cfg.host}: bad frame: {e}", [])
+                    return
+                if msg.kind == "ping":
+                    send_message(conn, Message("pong", msg.id, meta=self.ready_line()), self.cfg.codec)
+                elif msg.kind == "request":
+                    if not self._request(conn, msg, down):
+                        return
+                else:
+                    self._reply_error(conn, msg.id, f"{self.cfg.host}: unexpected {msg.kind!r} frame", [])
+                    return
+        except OSError as e:   # the upstream side went away mid-frame or mid-answer
+            _log(f"{self.cfg.host}: connection from {peer[0]} ended: {e}")
+        finally:
+            _close(conn)
+            _close(down[0])
+
+    def _reply_error(self, conn: socket.socket, rid: int, text: str, trace: list) -> None:
+        try:
+            send_message(conn, Message("error", rid, meta={"error": text, "trace": trace}), self.cfg.codec)
+        except OSError:
+            pass
+
+    def _request(self, conn: socket.socket, msg: Message, down: list) -> bool:
+        """Handle one request; False when the upstream connection must be closed."""
+        cfg = self.cfg
+        trace = msg.meta.get("trace", [])
+        if not isinstance(trace, list):
+            self._reply_error(conn, msg.id, f"{cfg.host}: meta.trace must be a list", [])
+            return False
+        rec = {"host": cfg.host, "stage": "request", "part": cfg.part, "sent": msg.sent_ns,
+               "recv0": msg.recv_start_ns, "recv1": msg.recv_end_ns, "dec1": msg.decode_end_ns,
+               "bytes": msg.nbytes}
+        missing = [n for n in self._needs() if n not in msg.tensors]
+        if missing:
+            self._reply_error(conn, msg.id, f"{cfg.host}: request lacks tensors {missing}", trace + [rec])
+            return True
+        try:
+            with self.compute_lock:
+                rec["comp0"] = _now()
+                res = self.runner.run_part(cfg.part, msg.tensors)
+                rec["comp1"] = _now()
+        except Exception as e:  # noqa: BLE001 - ORT rejects bad shapes/dtypes at run time
+            self._reply_error(conn, msg.id, f"{cfg.host}: inference failed: {str(e).splitlines()[0]}", trace + [rec])
+            return True
+        rec["exit"] = res.exited_at
+        self.served += 1
+        if res.done:
+            rec["enc0"] = _now()
+            send_message(conn, Message("response", msg.id, res.tensors,
+                                       {"trace": trace + [rec], "exit": res.exited_at}), cfg.codec, cfg.limits)
+            return True
+        answer = self._forward(msg.id, res.tensors, trace, rec, down)
+        meta = dict(answer.meta)
+        if answer.nbytes:       # received from the next hop (not a failure of ours to reach it)
+            rrec = {"host": cfg.host, "stage": "response", "sent": answer.sent_ns, "recv0": answer.recv_start_ns,
+                    "recv1": answer.recv_end_ns, "dec1": answer.decode_end_ns, "bytes": answer.nbytes}
+            meta["trace"] = list(meta.get("trace", [])) + [rrec]
+            rrec["enc0"] = _now()
+        send_message(conn, Message(answer.kind, msg.id, answer.tensors, meta), cfg.codec, cfg.limits)
+        return True
+
+    def _needs(self) -> set[str]:
+        first = next(s for s in self.runner.segments if s.part == self.cfg.part)
+        return set(first.inputs)
+
+    def _forward(self, rid: int, tensors: dict, trace: list, rec: dict, down: list) -> Message:
+        """Send the next part its tensors and wait for the answer; a failure downstream comes
+        back as an error message (with the trace so far), never as an exception."""
+        cfg = self.cfg
+        try:
+            if down[0] is None:
+                rec["conn0"] = _now()
+                down[0] = _connect(cfg.next_hop, cfg.timeout_s)
+                rec["conn1"] = _now()
+            down[0].settimeout(cfg.timeout_s)
+            rec["enc0"] = _now()
+            send_message(down[0], Message("request", rid, tensors, {"trace": trace + [rec]}), cfg.codec, cfg.limits)
+            answer = read_message(down[0], cfg.limits, cfg.codec)
+            if answer.id != rid:
+                raise CodecError(f"answer for request {answer.id}, expected {rid}")
+        except (OSError, CodecError) as e:
+            _close(down[0])
+            down[0] = None
+            what = "timed out" if isinstance(e, TimeoutError) else (str(e) or type(e).__name__)
+            where = f"{cfg.next_hop[0]}:{cfg.next_hop[1]}"
+            return Message("error", rid, meta={"error": f"{cfg.host}: next hop {where}: {what}", "trace": trace + [rec]})
+        if cfg.connection == "per-request":
+            _close(down[0])
+            down[0] = None
+        return answer
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# ---- the client ---------------------------------------------------------------------------
+
+def save_inputs(path: str, samples: list[dict[str, np.ndarray]], references: list[np.ndarray | None]) -> None:
+    """Write what the client sends (and the reference outputs it checks answers against)."""
+    names = list(samples[0])
+    arrays = {"names": np.array(names)}
+    for i, s in enumerate(samples):
+        for j, n in enumerate(names):
+            arrays[f"x{i}_{j}"] = s[n]
+        if references[i] is not None:
+            arrays[f"ref{i}"] = references[i]
+    np.savez(path, **arrays)
+
+
+def load_inputs(path: str) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray | None]]:
+    with np.load(path, allow_pickle=False) as z:
+        names = [str(n) for n in z["names"]]
+        samples, refs = [], []
+        i = 0
+        while f"x{i}_0" in z:
+            samples.append({n: z[f"x{i}_{j}"] for j, n in enumerate(names)})
+            refs.append(z[f"ref{i}"] if f"ref{i}" in z else None)
+            i += 1
+    return samples, refs
+
+
+def check_output(out: np.ndarray | None, ref: np.ndarray | None) -> tuple[bool | None, float | None]:
+    """(same argmax along the class axis at every position, max |out - ref|) — None when
+    there is nothing to compare."""
+    if out is None or ref is None:
+        return None, None
+    if out.shape != ref.shape:
+        return False, None
+    diff = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64)))) if out.size else 0.0
+    if out.ndim >= 2:
+        match = bool(np.array_equal(out.argmax(axis=1), ref.argmax(axis=1)))
+    else:
+        match = bool(np.array_equal(out, ref))
+    return match, diff
+
+
+class Client:
+    def __init__(self, target: tuple[str, int], host: str, codec: str = "binary",
+                 connection: str = "persistent", timeout_s: float = 120.0, limits: Limits = Limits()):
+        self.target, self.host, self.codec = target, host, codec
+        self.connection, self.timeout_s, self.limits = connection, timeout_s, limits
+        self.sock: socket.socket | None = None
+
+    def close(self) -> None:
+        _close(self.sock)
+        self.sock = None
+
+    def ping(self, wait_s: float) -> dict:
+        """Ask the first hop for its state, retrying until ``wait_s`` has passed."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if self.sock is None:
+                    self.sock = _connect(self.target, max(0.1, deadline - time.monotonic()))
+                self.sock.settimeout(max(0.1, deadline - time.monotonic()))
+                send_message(self.sock, Message("ping", 0), self.codec)
+                reply = read_message(self.sock, self.limits, self.codec)
+                if self.connection == "per-request":
+                    self.close()
+                return reply.meta
+            except (OSError, CodecError) as e:
+                self.close()
+                if time.monotonic() >= deadline:
+                    raise ConnectionError(f"first hop {self.target[0]}:{self.target[1]} did not answer a ping: {e}") from None
+                time.sleep(0.05)
+
+    def request(self, rid: int, tensors: dict[str, np.ndarray]) -> dict:
+        """One request; a dict with status, trace, output or error (never raises for I/O)."""
+        rec: dict = {"host": self.host, "stage": "client", "start": _now()}
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            if self.sock is None:
+                rec["conn0"] = _now()
+                self.sock = _connect(self.target, self.timeout_s)
+                rec["conn1"] = _now()
+            self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
+            rec["enc0"] = _now()
+            send_message(self.sock, Message("request", rid, tensors, {"trace": [rec]}), self.codec, self.limits)
+            while True:
+                self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
+                answer = read_message(self.sock, self.limits, self.codec)
+                if answer.id == rid or answer.kind == "error" and answer.id == 0:
+                    break      # an older request's late answer (after a timeout) is skipped
+        except TimeoutError:
+            self.close()
+            return {"status": "timeout", "error": f"no answer within {self.timeout_s:g}s", "trace": [rec]}
+        except (OSError, CodecError) as e:
+            self.close()
+            return {"status": "error", "error": f"{self.target[0]}:{self.target[1]}: {e or type(e).__name__}",
+                    "trace": [rec]}
+        if self.connection == "per-request":
+            self.close()
+        trace = list(answer.meta.get("trace", []))
+        trace.append({"host": self.host, "stage": "response", "sent": answer.sent_ns,
+                      "recv0": answer.recv_start_ns, "recv1": answer.recv_end_ns,
+                      "dec1": answer.decode_end_ns, "bytes": answer.nbytes})
+        if answer.kind == "error":
+            return {"status": "error", "error": str(answer.meta.get("error", "error"))[:500], "trace": trace}
+        out = next(iter(answer.tensors.values()), None)
+        return {"status": "ok", "trace": trace, "exit": answer.meta.get("exit"), "output": out}
+
+
+def run_client(target: tuple[str, int], inputs: str, host: str, warmup: int, repeat: int,
+               timeout_s: float, codec: str, connection: str, out=sys.stdout) -> None:
+    samples, refs = load_inputs(inputs)
+    client = Client(target, host, codec, connection, timeout_s)
+    try:
+        pong = client.ping(wait_s=min(timeout_s, 30.0))
+        out.write(json.dumps({"hello": True, "pid": os.getpid(), "first_hop": pong}) + "\n")
+        out.flush()
+        for w in range(warmup):
+            client.request(1_000_000 + w, samples[w % len(samples)])
+        for seq in range(repeat):
+            k = seq % len(samples)
+            r = client.request(seq + 1, samples[k])
+            match, diff = check_output(r.pop("output", None), refs[k])
+            r.update({"seq": seq, "input": k, "match": match, "max_diff": diff})
+            out.write(json.dumps(r) + "\n")
+            out.flush()
+        out.write(json.dumps({"done": True}) + "\n")
+        out.flush()
+    finally:
+        client.close()
+
+
+# ---- the trace, read ------------------------------------------------------------------------
+
+@dataclass
+class Breakdown:
+    e2e_ms: float | None
+    compute_ms: float
+    transmission_ms: float
+    serialization_ms: float
+    overhead_ms: float | None
+    bytes_sent: int
+    exit_segment: int | None
+    hops: list[dict]       # {kind, src, dst, direction, part, bytes, ms, decode_ms, encode_ms}
+
+
+def _ms(a: int, b: int) -> float:
+    return (b - a) / 1e6
+
+
+def breakdown(trace: list[dict]) -> Breakdown:
+    """Where one request's time went, from its trace (see the module docstring).
+
+    Links: for each record that received a frame, ``recv1 - sent`` (first byte sent to last
+    byte received; plus the connection set-up when the sender opened one for it), attributed
+    to sender host -> receiver host in the record's direction. A hop between two processes on
+    the same host (the source is the first host) is not an emulated link: it is kept as a hop
+    but counted as harness overhead, not transmission. Serialisation: ``sent - enc0`` at the
+    sender plus ``dec1 - recv1`` at the receiver. Overhead: end-to-end minus the rest."""
+    hops: list[dict] = []
+    compute = transmission = serialization = 0.0
+    nbytes = 0
+    exit_segment = None
+    for prev, rec in zip(trace, trace[1:]):
+        if "sent" not in rec:
+            break
+        connect = _ms(prev["conn0"], prev["conn1"]) if "conn1" in prev else 0.0
+        link_ms = _ms(rec["sent"], rec["recv1"]) + connect
+        enc = _ms(prev["enc0"], rec["sent"]) if "enc0" in prev else None
+        dec = _ms(rec["recv1"], rec["dec1"])
+        direction = "request" if rec["stage"] == "request" else "response"
+        hops.append({"kind": "link", "src": prev["host"], "dst": rec["host"], "direction": direction,
+                     "part": None, "bytes": rec["bytes"], "ms": link_ms, "decode_ms": dec, "encode_ms": enc})
+        if prev["host"] != rec["host"]:
+            transmission += link_ms
+        serialization += dec + (enc or 0.0)
+        nbytes += rec["bytes"]
+        if "comp1" in rec:
+            c = _ms(rec["comp0"], rec["comp1"])
+            hops.append({"kind": "compute", "src": rec["host"], "dst": rec["host"], "direction": "request",
+                         "part": rec.get("part"), "bytes": None, "ms": c, "decode_ms": None, "encode_ms": None})
+            compute += c
+        if rec.get("exit") is not None:
+            exit_segment = rec["exit"]
+    last = trace[-1] if trace else {}
+    complete = len(trace) >= 2 and trace[0].get("stage") == "client" and last.get("stage") == "response" \
+        and "dec1" in last and len(hops) > 0
+    e2e = _ms(trace[0]["start"], last["dec1"]) if complete else None
+    overhead = e2e - compute - transmission - serialization if e2e is not None else None
+    return Breakdown(e2e, compute, transmission, serialization, overhead, nbytes, exit_segment, hops)
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workloads.serving")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--artifact", required=True)
+    s.add_argument("--part", type=int, required=True)
+    s.add_argument("--host", required=True)
+    s.add_argument("--listen", action="append", required=True)
+    s.add_argument("--next")
+    s.add_argument("--threads", type=int, default=1)
+    c = sub.add_parser("client")
+    c.add_argument("--target", required=True)
+    c.add_argument("--inputs", required=True)
+    c.add_argument("--host", required=True)
+    c.add_argument("--warmup", type=int, default=3)
+    c.add_argument("--repeat", type=int, default=30)
+    for q in (s, c):
+        q.add_argument("--codec", choices=list(CODECS), default="binary")
+        q.add_argument("--connection", choices=list(CONNECTIONS), default="persistent")
+        q.add_argument("--timeout", type=float, default=120.0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _args(sys.argv[1:] if argv is None else argv)
+    try:
+        if a.cmd == "client":
+            run_client(parse_address(a.target), a.inputs, a.host, a.warmup, a.repeat, a.timeout,
+                       a.codec, a.connection)
+            return 0
+        cfg = ServerConfig(a.artifact, a.part, a.host, [parse_address(x) for x in a.listen],
+                           parse_address(a.next) if a.next else None, a.threads, a.codec, a.connection, a.timeout)
+        server = Server(cfg)
+        server.bind()
+    except (ValueError, OSError, ConnectionError) as e:
+        _log(f"error: {e}")
+        return 2
+    signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGINT, server.stop)
+    sys.stdout.write(json.dumps(server.ready_line()) + "\n")
+    sys.stdout.flush()
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
