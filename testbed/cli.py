@@ -298,7 +298,7 @@ def run(experiment: str, out: str | None, sets: tuple[str, ...], as_json: bool) 
     _require_emulation(capabilities())
     folder = Path(out) if out else default_out(exp)
     cells = len(exp.cells_grid()) * len(exp.models) * len(exp.strategies)
-    status = "failed"
+    status, code = "failed", 0
     with output.run_progress(cells * exp.requests.repeat) as bar:
         events = Events(stage=bar.describe,
                         cell_start=lambda c, total: bar.describe(f"{c.model.name} / {c.strategy.name}"),
@@ -308,8 +308,9 @@ def run(experiment: str, out: str | None, sets: tuple[str, ...], as_json: bool) 
             status, _ = run_experiment(exp, folder, events=events)
         except (ExperimentError, StoreError, EmulationError) as e:
             raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Terminated) as e:
             status = "interrupted"
+            code = e.code if isinstance(e, _Terminated) else 130
     try:
         with ResultStore.in_folder(folder, create=False) as store:
             rows = summarize(store.cells(), store.requests(), store.hops())
@@ -324,7 +325,7 @@ def run(experiment: str, out: str | None, sets: tuple[str, ...], as_json: bool) 
     if status == "interrupted":
         click.echo(f"interrupted: cells measured so far are kept in {folder}; run the same command with "
                    f"--out {folder} to resume", err=True)
-        sys.exit(130)
+        sys.exit(code)
 
 
 @cli.group()

@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
 import select
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from emulation.errors import EmulationError
@@ -57,6 +56,7 @@ class CellOutcome:
     record: CellRecord
     requests: list[RequestRow]
     hops: list[HopRow]
+    interrupt: BaseException | None = None     # Ctrl-C / SIGTERM that ended it, re-raised once stored
 
 
 @dataclass
@@ -187,11 +187,9 @@ class Runner:
         caps = self.caps or capabilities()
         cores = machine_cores()
         status = "done"
-        index = 0
         for exp, cells in plan:
             todo = [c for c in cells if c.key not in done]
             self.skipped += [c.key for c in cells if c.key in done]
-            index += len(cells) - len(todo)
             if not todo:
                 continue
             for c in todo:
@@ -202,15 +200,13 @@ class Runner:
                 self.run_id = net.run_id
                 network = net.applied()
                 for c in todo:
-                    index += 1
                     self.events.cell_start(c, total)
                     outcome = CellExecution(self, exp, net, c, network, cores).run()
                     self.store.write_cell(outcome.record, outcome.requests, outcome.hops)
                     self.outcomes.append(outcome)
                     self.events.cell_done(outcome)
-                    if outcome.record.status == "interrupted":
-                        status = "interrupted"
-                        raise KeyboardInterrupt
+                    if outcome.interrupt is not None:
+                        raise outcome.interrupt
         return status
 
 
@@ -230,29 +226,31 @@ class CellExecution:
         self.hops: list[HopRow] = []
         self.hosts: dict[str, dict] = {}
         self.error: str | None = None
+        self.interrupt: BaseException | None = None
 
     def run(self) -> CellOutcome:
         started = time.time()
         placement = self.cell.strategy.placement
         oom_before = {h: self.net.oom_kills(h) for h in placement}
-        status = "done"
+        status = "done"       # ran to the end, whatever happened to each request
         try:
             try:
                 self._start_servers()
                 self._run_client()
             except RunError as e:
                 self.error = str(e)
-            except (KeyboardInterrupt, SystemExit):
+                if not self.requests:
+                    status = "failed"    # could not measure at all: a resumed run tries again
+            except (KeyboardInterrupt, SystemExit) as e:
                 status = "interrupted"
                 self.error = "interrupted"
+                self.interrupt = e
         finally:
             self._stop_servers()
         oom_hosts = [h for h in placement if self.net.oom_kills(h) > oom_before[h]]
         if oom_hosts:
             self._mark_oom(oom_hosts)
-        if status != "interrupted" and self.error and not self.requests:
-            status = "failed"
-        return CellOutcome(self._record(status, started), self.requests, self.hops)
+        return CellOutcome(self._record(status, started), self.requests, self.hops, self.interrupt)
 
     # -- servers ------------------------------------------------------------------------------
     def _log_path(self, host: str) -> Path:
@@ -279,7 +277,9 @@ class CellExecution:
                 start = f.tell()
             self.logs[host] = (log, start)
             with log.open("a") as f:
-                self.servers[host] = net.popen(host, argv, stdout=subprocess.PIPE, stderr=f, text=True)
+                # a session of its own: a terminal's Ctrl-C reaches the runner, which stops it by PID
+                self.servers[host] = net.popen(host, argv, stdout=subprocess.PIPE, stderr=f, text=True,
+                                               start_new_session=True)
         for host in reversed(placement):
             ready = self._wait_ready(host)
             limits = exp.topology.host(host)
@@ -350,7 +350,8 @@ class CellExecution:
             start = f.tell()
         self.logs["client"] = (log, start)
         with log.open("a") as f:
-            client = net.popen(source, argv, limited=False, stdout=subprocess.PIPE, stderr=f, text=True)
+            client = net.popen(source, argv, limited=False, stdout=subprocess.PIPE, stderr=f, text=True,
+                               start_new_session=True)
         # the client gives up on each request after the timeout; this only guards against a hang
         budget = (r.warmup + r.repeat) * (r.timeout_ms / 1000 + 1) + 60
         deadline = time.monotonic() + budget
@@ -459,7 +460,6 @@ def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, 
     finally:
         store.end_run(run_id, status)
         store.close()
-        os.sync() if hasattr(os, "sync") else None
 
 
 __all__ = ["Runner", "Events", "RunError", "run_experiment", "cell_key", "default_out", "EmulationError"]

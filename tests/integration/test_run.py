@@ -1,0 +1,205 @@
+"""`testbed run` for real, as users start it: a user ONNX model and data set, a topology with
+shaped links and limited hosts, host servers in namespaces and cgroups, the SQLite store.
+
+The model is small to compute but has a large input (128 KiB), so transmission is what the
+links decide and can be checked against bytes x 8 / bandwidth + delay."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emulation.cleanup import find_leftovers
+
+REPO = Path(__file__).resolve().parents[2]
+TESTBED = [sys.executable, "-m", "testbed.cli"]
+FEATURES = 32768      # 128 KiB of float32 per request
+
+
+def _model(folder: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    dims = [FEATURES, 64, 64, 64, 4]
+    nodes, inits = [], []
+    prev = "X"
+    for i in range(4):
+        w = (rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"W{i}"))
+        out = "Y" if i == 3 else f"A{i}"
+        nodes.append(helper.make_node("MatMul", [prev, f"W{i}"], [out if i == 3 else f"M{i}"]))
+        if i < 3:
+            nodes.append(helper.make_node("Relu", [f"M{i}"], [out]))
+        prev = out
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, FEATURES])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = folder / "wide.onnx"
+    onnx.save(model, str(path))
+    x = rng.standard_normal((20, FEATURES)).astype(np.float32)
+    np.savez(folder / "data.npz", x=x, y=np.arange(20) % 4)
+    return path
+
+
+EXPERIMENT = """\
+name: it-run
+topology:
+  name: it
+  hosts:
+    mobile: {{cpus: 0.5, memory: {mobile_memory}}}
+    edge: {{cpus: 1.0, memory: 1GiB}}
+    cloud: {{}}
+  links:
+    mobile-edge: {{bandwidth: 50Mbit}}
+    edge-cloud: {{bandwidth: 10Mbit, delay: 5ms}}
+models: [{{name: wide.onnx, data: data.npz}}]
+strategies:
+{strategies}
+source: mobile
+requests: {{warmup: 1, repeat: {repeat}, inputs: 3, timeout: 20s}}
+"""
+STRATEGIES = """\
+  - {name: mobile, placement: mobile}
+  - {name: cloud, placement: cloud}
+  - {name: ec, operators: [{partition: {cut: auto}}], placement: [edge, cloud]}
+  - {name: mec, operators: [{partition: {cut: auto}}], placement: [mobile, edge, cloud]}
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    _model(folder)
+    return folder
+
+
+def _write(folder: Path, name: str, strategies: str = STRATEGIES, repeat: int = 5,
+           mobile_memory: str = "512MiB") -> Path:
+    path = folder / name
+    path.write_text(EXPERIMENT.format(strategies=strategies, repeat=repeat, mobile_memory=mobile_memory))
+    return path
+
+
+def _env(tmp_path: Path) -> dict:
+    return {**os.environ, "TESTBED_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
+
+
+def _rows(db: Path, sql: str) -> list[dict]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute(sql)]
+    finally:
+        con.close()
+
+
+def test_run_measures_every_hop_and_transmission_follows_the_links(study, tmp_path):
+    exp = _write(study, "run.yaml")
+    out = tmp_path / "out"
+    p = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out), "--json"], cwd=REPO, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout)
+    assert summary["status"] == "done" and len(summary["cells"]) == 4
+    db = out / "results.sqlite"
+    cells = {c["strategy"]: c for c in _rows(db, "SELECT * FROM cells")}
+    assert all(c["status"] == "done" and c["ok"] == 5 for c in cells.values()), cells
+    reqs = _rows(db, "SELECT * FROM requests")
+    assert len(reqs) == 20 and all(r["status"] == "ok" for r in reqs)
+    assert all(r["output_match"] == 1 and r["output_max_diff"] < 1e-4 for r in reqs)   # same model, split
+    for r in reqs:
+        parts = r["compute_ms"] + r["transmission_ms"] + r["serialization_ms"] + r["overhead_ms"]
+        assert abs(parts - r["e2e_ms"]) < 1e-6 and r["overhead_ms"] >= 0
+    hops = _rows(db, "SELECT h.*, c.strategy FROM hops h JOIN cells c USING (cell)")
+
+    def links(strategy):
+        seen = [(h["src"], h["dst"], h["direction"]) for h in hops
+                if h["strategy"] == strategy and h["kind"] == "link" and h["seq"] == 0]
+        return seen
+
+    assert links("mobile") == [("mobile", "mobile", "request"), ("mobile", "mobile", "response")]
+    assert links("cloud") == [("mobile", "cloud", "request"), ("cloud", "mobile", "response")]
+    assert links("mec") == [("mobile", "mobile", "request"), ("mobile", "edge", "request"),
+                            ("edge", "cloud", "request"), ("cloud", "edge", "response"),
+                            ("edge", "mobile", "response"), ("mobile", "mobile", "response")]
+    computes = {(h["strategy"], h["src"], h["part"]) for h in hops if h["kind"] == "compute"}
+    assert {("mec", "mobile", 0), ("mec", "edge", 1), ("mec", "cloud", 2), ("cloud", "cloud", 0)} <= computes
+    # the input crosses 50 Mbit/s then 10 Mbit/s + 5 ms; packets are forwarded as they arrive,
+    # so the ideal is the bottleneck's serialisation plus the delay (not the sum of both links)
+    up = [h for h in hops if h["strategy"] == "cloud" and (h["src"], h["dst"]) == ("mobile", "cloud")]
+    for h in up:
+        ideal = h["bytes"] * 8 / 10e6 * 1000 + 5.0
+        assert 0.97 < h["ms"] / ideal < 1.15, (h["ms"], ideal)
+    # partitioned at a 256-byte tensor: the expensive 128 KiB hop is the local one
+    mec_up = [h for h in hops if h["strategy"] == "mec" and (h["src"], h["dst"]) == ("mobile", "edge")]
+    assert all(h["bytes"] < 2000 for h in mec_up)
+    hosts = json.loads(cells["mec"]["hosts_json"])
+    assert hosts["mobile"]["threads"] == 1 and hosts["cloud"]["part"] == 2
+    # the summary agrees with the store
+    s_cloud = next(c for c in summary["cells"] if c["strategy"] == "cloud")
+    assert s_cloud["counts"]["ok"] == 5 and s_cloud["e2e_p50"] == pytest.approx(
+        float(np.median([r["e2e_ms"] for r in reqs if r["cell"] == cells["cloud"]["cell"]])))
+    # export
+    e = subprocess.run(TESTBED + ["results", "export", str(out), "--format", "csv"], cwd=REPO,
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert e.returncode == 0, e.stderr
+    with open(out / "requests.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20 and list(rows[0])[:9] == ["cell", "model", "strategy", "placement", "status", "e2e_ms",
+                                                     "compute_ms", "transmission_ms", "bytes_sent"]
+    # a second run into the same folder resumes: every cell is done, nothing is re-run
+    again = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out), "--json"], cwd=REPO, env=_env(tmp_path),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(_rows(db, "SELECT * FROM runs")) == 2 and len(_rows(db, "SELECT * FROM requests")) == 20
+
+
+def test_an_oom_killed_server_is_an_oom_result_and_the_run_goes_on(study, tmp_path):
+    strategies = "  - {name: mobile, placement: mobile}\n  - {name: edge, placement: edge}\n"
+    exp = _write(study, "oom.yaml", strategies, repeat=3, mobile_memory="24MiB")
+    out = tmp_path / "out"
+    p = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out), "--json"], cwd=REPO, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    db = out / "results.sqlite"
+    cells = {c["strategy"]: c for c in _rows(db, "SELECT * FROM cells")}
+    assert cells["mobile"]["status"] == "failed" and cells["mobile"]["ooms"] == 3
+    assert "OOM-killed on mobile" in cells["mobile"]["error"]
+    assert cells["edge"]["status"] == "done" and cells["edge"]["ok"] == 3
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupting_a_run_keeps_what_was_measured_and_leaves_nothing(study, tmp_path, sig, code):
+    strategies = "  - {name: edge, placement: edge}\n  - {name: cloud, placement: cloud}\n"
+    exp = _write(study, f"int{sig}.yaml", strategies, repeat=400)
+    out = tmp_path / "out"
+    p = subprocess.Popen(TESTBED + ["run", str(exp), "--out", str(out)], cwd=REPO, env=_env(tmp_path),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = out / "results.sqlite"
+    deadline = time.monotonic() + 300
+    # wait until the first cell (edge, fast) is stored and the second has been running a while
+    while time.monotonic() < deadline:
+        if db.exists() and _rows(db, "SELECT cell FROM cells"):
+            break
+        time.sleep(0.5)
+    time.sleep(3)
+    p.send_signal(sig)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == code, stderr[-3000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    cells = {c["strategy"]: c for c in _rows(db, "SELECT * FROM cells")}
+    assert cells["edge"]["status"] == "done" and cells["edge"]["ok"] == 400
+    assert cells["cloud"]["status"] == "interrupted" and 0 < cells["cloud"]["ok"] < 400
+    assert _rows(db, "SELECT status FROM runs")[0]["status"] == "interrupted"
+    assert find_leftovers() == []
