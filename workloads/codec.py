@@ -82,7 +82,7 @@ import numpy as np
 __all__ = [
     "MAGIC", "VERSION", "PREFIX", "CODECS", "DTYPES", "KINDS",
     "Limits", "CodecError", "ConnectionClosed", "Message", "Frame",
-    "encode", "send_frame", "send_message", "read_message",
+    "encode", "send_frame", "send_message", "read_message", "BufferedReceiver",
 ]
 
 MAGIC = b"TBF1"
@@ -252,6 +252,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON data")
 
 
+# one of each, made once: building a JSON codec per frame costs more than using it
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default)
+# dtype (any byte order) -> (wire name, little-endian dtype): one dict lookup per tensor
+_DTYPE_INFO = {np.dtype(name).newbyteorder(order): (name, _WIRE_DTYPES[name])
+               for name in DTYPES for order in "<>=|"}
+
+
 def _byte_view(buf: Any) -> memoryview:
     view = memoryview(buf)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
@@ -292,13 +300,15 @@ def encode(msg: Message, codec: str = "binary", limits: Limits = Limits()) -> Fr
         if not isinstance(value, (np.ndarray, np.generic)):
             raise CodecError(f"tensor {_short(name)} is a {type(value).__name__}; allowed: a numpy "
                              "array or scalar")
-        array = np.asarray(value)
-        dtype = array.dtype.name
-        if array.dtype.kind not in "biuf" or dtype not in _WIRE_DTYPES:
+        array = value if type(value) is np.ndarray else np.asarray(value)
+        info = _DTYPE_INFO.get(array.dtype)
+        if info is None:
             raise CodecError(f"tensor {_short(name)} has dtype {array.dtype}; allowed: {', '.join(DTYPES)}")
+        dtype, wire = info
         if array.ndim > limits.max_dims:
             raise CodecError(f"tensor {_short(name)} has {array.ndim} dims; limit is {limits.max_dims}")
-        array = np.asarray(array, dtype=_WIRE_DTYPES[dtype], order="C")
+        if array.dtype != wire or not array.flags.c_contiguous:
+            array = np.asarray(array, dtype=wire, order="C")
         if dtype == "bool" and array.size and array.view(np.uint8).max() > 1:
             raise CodecError(f"tensor {_short(name)} is bool but holds bytes other than 0 and 1")
         total += array.nbytes
@@ -316,8 +326,8 @@ def encode(msg: Message, codec: str = "binary", limits: Limits = Limits()) -> Fr
         elif array.nbytes:
             payload.append(data)
     try:
-        header = json.dumps({"kind": msg.kind, "id": msg_id, "tensors": specs, "meta": msg.meta},
-                            separators=(",", ":"), default=_json_default).encode("ascii")
+        header = _ENCODER.encode({"kind": msg.kind, "id": msg_id, "tensors": specs, "meta": msg.meta}
+                                 ).encode("ascii")
     except (TypeError, ValueError, RecursionError) as e:
         raise CodecError(f"message meta is not JSON data: {_one_line(e)}") from None
     limit = limits.header_limit(codec)
@@ -373,6 +383,32 @@ def send_message(sock: socket.socket, msg: Message, codec: str = "binary",
 
 # ----------------------------------------------------------------------------- read
 
+class BufferedReceiver:
+    """``recv_into`` for :func:`read_message` with fewer system calls: small reads (a prefix,
+    a header) are served from one buffer filled by a single ``recv``; reads as large as the
+    buffer go straight into the caller's memory. Bytes of a following frame stay buffered
+    for the next read. Wrap a connection once and read every frame through the wrapper."""
+
+    def __init__(self, sock: socket.socket, size: int = 65536):
+        self.sock = sock
+        self._buf = bytearray(size)
+        self._view = memoryview(self._buf)
+        self._start = self._end = 0
+
+    def recv_into(self, view: memoryview, nbytes: int = 0) -> int:
+        want = len(view) if not nbytes else min(nbytes, len(view))
+        if self._start == self._end:
+            if want >= len(self._buf):
+                return self.sock.recv_into(view, want)
+            self._start, self._end = 0, self.sock.recv_into(self._view)
+            if not self._end:
+                return 0
+        n = min(want, self._end - self._start)
+        view[:n] = self._view[self._start:self._start + n]
+        self._start += n
+        return n
+
+
 
 @dataclass
 class _Spec:
@@ -393,6 +429,10 @@ def _recv_exact(sock: socket.socket, view: memoryview, done: int, what: str) -> 
         done += got
 
 
+def _where(i: int, name: str) -> str:
+    return f"tensor {i} ({_short(name, 40)})"
+
+
 def _parse_header(raw: bytearray, codec: str, payload_len: int,
                   limits: Limits) -> tuple[str, int, list[_Spec], dict]:
     try:
@@ -400,7 +440,7 @@ def _parse_header(raw: bytearray, codec: str, payload_len: int,
     except UnicodeDecodeError as e:
         raise CodecError(f"header is not valid UTF-8: {e.reason} at byte {e.start}") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_unique_keys)
+        obj = _DECODER.decode(text)
     except _DuplicateKey as e:
         raise CodecError(f"header JSON has the key {_short(e.key)} twice in one object") from None
     except json.JSONDecodeError as e:
@@ -437,39 +477,38 @@ def _parse_header(raw: bytearray, codec: str, payload_len: int,
     total = 0
     limit = limits.max_payload_bytes
     for i, entry in enumerate(tensors):
-        where = f"tensor {i}"
-        if not isinstance(entry, dict):
-            raise CodecError(f"{where} is {_json_type(entry)}, not an object")
-        for key in entry:
-            if key not in keys:
-                raise CodecError(f"{where} has unknown key {_short(key)}; allowed in {codec}: "
-                                 f"{', '.join(keys)}")
-        for key in keys:
-            if key not in entry:
-                raise CodecError(f"{where} has no {key!r}")
+        if type(entry) is not dict:
+            raise CodecError(f"tensor {i} is {_json_type(entry)}, not an object")
+        if len(entry) != len(keys) or any(key not in entry for key in keys):
+            for key in entry:
+                if key not in keys:
+                    raise CodecError(f"tensor {i} has unknown key {_short(key)}; allowed in {codec}: "
+                                     f"{', '.join(keys)}")
+            missing = next(key for key in keys if key not in entry)
+            raise CodecError(f"tensor {i} has no {missing!r}")
         name = entry["name"]
-        if not isinstance(name, str) or not 1 <= len(name) <= limits.max_name:
+        if type(name) is not str or not 1 <= len(name) <= limits.max_name:
             what = f"{len(name)} characters" if isinstance(name, str) else _json_type(name)
-            raise CodecError(f"{where}: name is {what}; allowed: a string of 1..{limits.max_name} "
+            raise CodecError(f"tensor {i}: name is {what}; allowed: a string of 1..{limits.max_name} "
                              "characters")
         if name in names:
-            raise CodecError(f"{where}: name {_short(name)} is used twice")
+            raise CodecError(f"tensor {i}: name {_short(name)} is used twice")
         names.add(name)
-        where = f"tensor {i} ({_short(name, 40)})"
         dtype = entry["dtype"]
-        if not isinstance(dtype, str) or dtype not in _WIRE_DTYPES:
-            raise CodecError(f"{where}: dtype {_short(dtype)} is not one of {', '.join(DTYPES)}")
+        wire = _WIRE_DTYPES.get(dtype) if type(dtype) is str else None
+        if wire is None:
+            raise CodecError(f"{_where(i, name)}: dtype {_short(dtype)} is not one of {', '.join(DTYPES)}")
         shape = entry["shape"]
-        if not isinstance(shape, list):
-            raise CodecError(f"{where}: shape is {_json_type(shape)}, not an array")
+        if type(shape) is not list:
+            raise CodecError(f"{_where(i, name)}: shape is {_json_type(shape)}, not an array")
         if len(shape) > limits.max_dims:
-            raise CodecError(f"{where}: shape has {len(shape)} dims; limit is {limits.max_dims}")
+            raise CodecError(f"{_where(i, name)}: shape has {len(shape)} dims; limit is {limits.max_dims}")
         for d, dim in enumerate(shape):
             if type(dim) is not int or dim < 0:
-                raise CodecError(f"{where}: shape[{d}] is {_short(dim)}; allowed: an integer >= 0")
-        nbytes = math.prod(shape) * _WIRE_DTYPES[dtype].itemsize
+                raise CodecError(f"{_where(i, name)}: shape[{d}] is {_short(dim)}; allowed: an integer >= 0")
+        nbytes = math.prod(shape) * wire.itemsize
         if nbytes > limit:
-            raise CodecError(f"{where}: shape {_short(shape)} of {dtype} holds {_num(nbytes)} B; "
+            raise CodecError(f"{_where(i, name)}: shape {_short(shape)} of {dtype} holds {_num(nbytes)} B; "
                              f"limit is {limit} B")
         total += nbytes
         if total > limit:
@@ -478,10 +517,10 @@ def _parse_header(raw: bytearray, codec: str, payload_len: int,
         if codec == "json-base64":
             data = entry["data"]
             if not isinstance(data, str):
-                raise CodecError(f"{where}: data is {_json_type(data)}, not a base64 string")
+                raise CodecError(f"{_where(i, name)}: data is {_json_type(data)}, not a base64 string")
             need = 4 * -(-nbytes // 3)
             if len(data) != need:
-                raise CodecError(f"{where}: base64 data has {len(data)} characters; {nbytes} B of "
+                raise CodecError(f"{_where(i, name)}: base64 data has {len(data)} characters; {nbytes} B of "
                                  f"{dtype} take {need}")
         specs.append(_Spec(name, dtype, tuple(shape), nbytes, data))
     if codec == "binary" and total != payload_len:
@@ -530,7 +569,7 @@ def _build_tensors(payload: bytearray, specs: list[_Spec]) -> dict[str, np.ndarr
     return tensors
 
 
-def read_message(sock: socket.socket, limits: Limits = Limits(), codec: str | None = None) -> Message:
+def read_message(sock: "socket.socket | BufferedReceiver", limits: Limits = Limits(), codec: str | None = None) -> Message:
     """Read exactly one frame from ``sock``.
 
     ``codec``, if given, is the only codec accepted. Raises :class:`ConnectionClosed` when the

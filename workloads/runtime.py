@@ -93,27 +93,28 @@ class ArtifactRunner:
         self.outputs = tuple(self.manifest["outputs"])
         self.sessions = {i: session(self.folder / s.file, threads)
                          for i, s in enumerate(self.segments) if s.part in self.parts}
+        # per part, what a request walks through, worked out once (a request should cost ORT's time)
+        self._walk = {p: [(i, seg, self.sessions[i], [o.name for o in self.sessions[i].get_outputs()])
+                          for i, seg in enumerate(self.segments) if seg.part == p] for p in self.parts}
+        self._last = max(s.part for s in self.segments)
+        self._crossing = {p: self.crossing(p) for p in self.parts if p != self._last}
 
     def run_part(self, part: int, tensors: dict[str, np.ndarray], thresholds: dict[int, float] | None = None) -> PartResult:
         """Run part ``part`` on ``tensors`` (original inputs for part 0; the previous part's
         tensors, side inputs included, after that)."""
         carry = dict(tensors)
-        for i, seg in enumerate(self.segments):
-            if seg.part != part:
-                continue
-            sess = self.sessions[i]
-            out = sess.run(None, {name: carry[name] for name in seg.inputs})
-            produced = dict(zip((o.name for o in sess.get_outputs()), out))
+        for i, seg, sess, names in self._walk[part]:
+            out = sess.run(names, {name: carry[name] for name in seg.inputs})
+            produced = dict(zip(names, out))
             if seg.exit_output is not None:
                 limit = (thresholds or {}).get(i, seg.threshold)
-                logits = produced[seg.exit_output]
+                logits = produced.pop(seg.exit_output)
                 if limit is not None and float(softmax_confidence(logits)[0]) >= limit:
                     return PartResult(True, {self.outputs[0]: logits}, exited_at=i)
-            carry.update({k: v for k, v in produced.items() if k != seg.exit_output})
-        last = max(s.part for s in self.segments)
-        if part == last:
+            carry.update(produced)
+        if part == self._last:
             return PartResult(True, {name: carry[name] for name in self.outputs})
-        return PartResult(False, {name: carry[name] for name in self.crossing(part)})
+        return PartResult(False, {name: carry[name] for name in self._crossing[part]})
 
     def crossing(self, part: int) -> tuple[str, ...]:
         """Tensor names sent from ``part`` to the next part (boundary tensors + side inputs)."""

@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .codec import CODECS, CodecError, ConnectionClosed, Limits, Message, read_message, send_message
+from .codec import (CODECS, BufferedReceiver, CodecError, ConnectionClosed, Limits, Message, read_message,
+                    send_message)
 
 CONNECTIONS = ("persistent", "per-request")
 PORT = 7070
@@ -164,11 +165,12 @@ class Server:
 
     # -- one upstream connection ------------------------------------------------------------
     def _connection(self, conn: socket.socket, peer) -> None:
-        down: list[socket.socket | None] = [None]      # the persistent connection to the next hop
+        down: list = [None, None]      # the persistent connection to the next hop, and its reader
+        reader = BufferedReceiver(conn)
         try:
             while not self.stopping.is_set():
                 try:
-                    msg = read_message(conn, self.cfg.limits, self.cfg.codec)
+                    msg = read_message(reader, self.cfg.limits, self.cfg.codec)
                 except ConnectionClosed:
                     return
                 except CodecError as e:
@@ -234,9 +236,11 @@ class Server:
         send_message(conn, Message(answer.kind, msg.id, answer.tensors, meta), cfg.codec, cfg.limits)
         return True
 
-    def _needs(self) -> set[str]:
-        first = next(s for s in self.runner.segments if s.part == self.cfg.part)
-        return set(first.inputs)
+    def _needs(self) -> tuple[str, ...]:
+        if not hasattr(self, "_needed"):
+            first = next(s for s in self.runner.segments if s.part == self.cfg.part)
+            self._needed = tuple(first.inputs)
+        return self._needed
 
     def _forward(self, rid: int, tensors: dict, trace: list, rec: dict, down: list) -> Message:
         """Send the next part its tensors and wait for the answer; a failure downstream comes
@@ -246,22 +250,23 @@ class Server:
             if down[0] is None:
                 rec["conn0"] = _now()
                 down[0] = _connect(cfg.next_hop, cfg.timeout_s)
+                down[1] = BufferedReceiver(down[0])
                 rec["conn1"] = _now()
             down[0].settimeout(cfg.timeout_s)
             rec["enc0"] = _now()
             send_message(down[0], Message("request", rid, tensors, {"trace": trace + [rec]}), cfg.codec, cfg.limits)
-            answer = read_message(down[0], cfg.limits, cfg.codec)
+            answer = read_message(down[1], cfg.limits, cfg.codec)
             if answer.id != rid:
                 raise CodecError(f"answer for request {answer.id}, expected {rid}")
         except (OSError, CodecError) as e:
             _close(down[0])
-            down[0] = None
+            down[0] = down[1] = None
             what = "timed out" if isinstance(e, TimeoutError) else (str(e) or type(e).__name__)
             where = f"{cfg.next_hop[0]}:{cfg.next_hop[1]}"
             return Message("error", rid, meta={"error": f"{cfg.host}: next hop {where}: {what}", "trace": trace + [rec]})
         if cfg.connection == "per-request":
             _close(down[0])
-            down[0] = None
+            down[0] = down[1] = None
         return answer
 
 
@@ -320,10 +325,15 @@ class Client:
         self.target, self.host, self.codec = target, host, codec
         self.connection, self.timeout_s, self.limits = connection, timeout_s, limits
         self.sock: socket.socket | None = None
+        self.reader: BufferedReceiver | None = None
+
+    def _open(self, timeout_s: float) -> None:
+        self.sock = _connect(self.target, timeout_s)
+        self.reader = BufferedReceiver(self.sock)
 
     def close(self) -> None:
         _close(self.sock)
-        self.sock = None
+        self.sock = self.reader = None
 
     def ping(self, wait_s: float) -> dict:
         """Ask the first hop for its state, retrying until ``wait_s`` has passed."""
@@ -331,10 +341,10 @@ class Client:
         while True:
             try:
                 if self.sock is None:
-                    self.sock = _connect(self.target, max(0.1, deadline - time.monotonic()))
+                    self._open(max(0.1, deadline - time.monotonic()))
                 self.sock.settimeout(max(0.1, deadline - time.monotonic()))
                 send_message(self.sock, Message("ping", 0), self.codec)
-                reply = read_message(self.sock, self.limits, self.codec)
+                reply = read_message(self.reader, self.limits, self.codec)
                 if self.connection == "per-request":
                     self.close()
                 return reply.meta
@@ -351,14 +361,14 @@ class Client:
         try:
             if self.sock is None:
                 rec["conn0"] = _now()
-                self.sock = _connect(self.target, self.timeout_s)
+                self._open(self.timeout_s)
                 rec["conn1"] = _now()
             self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
             rec["enc0"] = _now()
             send_message(self.sock, Message("request", rid, tensors, {"trace": [rec]}), self.codec, self.limits)
             while True:
                 self.sock.settimeout(max(1e-3, deadline - time.monotonic()))
-                answer = read_message(self.sock, self.limits, self.codec)
+                answer = read_message(self.reader, self.limits, self.codec)
                 if answer.id == rid or answer.kind == "error" and answer.id == 0:
                     break      # an older request's late answer (after a timeout) is skipped
         except TimeoutError:

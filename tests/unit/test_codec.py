@@ -723,3 +723,27 @@ def test_fuzz_round_trip_arbitrary_arrays(tensors: dict[str, np.ndarray], codec:
     got, frame = round_trip(Message("request", 1, tensors), codec, SMALL)
     same_tensors(got.tensors, tensors)
     assert got.nbytes == frame.nbytes
+
+
+def test_buffered_receiver_reads_back_to_back_frames_and_large_payloads():
+    """Two frames arriving in one segment, then one bigger than the buffer: each is read
+    whole, in order, through one BufferedReceiver (the servers' and client's reader)."""
+    import threading
+
+    from workloads.codec import BufferedReceiver
+
+    a, b = socket.socketpair()
+    small = [Message("request", i, {"x": np.full((3,), i, np.float32)}, {"n": i}) for i in (1, 2)]
+    big = Message("response", 3, {"y": np.arange(300_000, dtype=np.float64)})
+    frames = [encode(m).to_bytes() for m in small]
+    sender = threading.Thread(target=lambda: (a.sendall(frames[0] + frames[1]), send_message(a, big), a.close()))
+    sender.start()
+    reader = BufferedReceiver(b, size=4096)
+    got = [read_message(reader) for _ in range(3)]
+    sender.join()
+    assert [m.id for m in got] == [1, 2, 3]
+    np.testing.assert_array_equal(got[1].tensors["x"], np.full((3,), 2, np.float32))
+    np.testing.assert_array_equal(got[2].tensors["y"], big.tensors["y"])
+    with pytest.raises(ConnectionClosed):
+        read_message(reader)
+    b.close()
