@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The README's main command: set up (idempotent), then run the main job.
-# Until deployments exist the main job is (1) calibrating the three-tier topology: bring it
-# up, measure every link direction and host against its spec, tear it down; and (2) preparing
-# the offline demo study's artifacts: train / export the models, apply every strategy's
-# operators, verify and evaluate each artifact (cached: a second run takes seconds).
+# The README's main command: set up (idempotent), then run the demo study
+# (examples/demo.yaml): prepare its artifacts (trained / exported / transformed once, then
+# cached), bring the three-tier network up, deploy each strategy's parts onto its hosts, send
+# real requests, store every request's per-hop trace in results/demo-<time>/results.sqlite,
+# tear everything down and print the summary table. Extra arguments go to `testbed run`
+# (e.g. --out DIR, --set requests.repeat=50).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/setup.sh
-.venv/bin/testbed calibrate three_tier "$@"
-exec .venv/bin/testbed prepare examples/offline-demo.yaml
+exec .venv/bin/testbed run examples/demo.yaml "$@"

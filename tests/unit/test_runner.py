@@ -1,0 +1,111 @@
+"""Runner pieces that need no root: cell keys, thread budgets, addresses on the planned
+network, the summary of stored rows, and the experiment file's `serving` section."""
+from __future__ import annotations
+
+import pytest
+
+from emulation.network import plan
+from testbed.experiment import ExperimentError, load_experiment_dict
+from testbed.runner import cell_key, entry_address, host_addresses, host_threads
+from testbed.summary import summarize
+
+BASE = {"name": "t", "topology": "three_tier", "models": ["fmnist_cnn"],
+        "strategies": [{"name": "edge", "placement": "edge"},
+                       {"name": "ec", "operators": [{"partition": {"cut": "auto"}}], "placement": ["edge", "cloud"]}]}
+
+
+def load(extra: dict | None = None, sets=()):
+    return load_experiment_dict({**BASE, **(extra or {})}, sets, cores=2, memory_bytes=32 << 30, source="t.yaml")
+
+
+def test_cell_keys_are_stable_and_change_with_what_defines_the_cell():
+    exp = load()
+    m, s = exp.models[0], exp.strategies[0]
+    k = cell_key(exp, {}, m, s)
+    assert k == cell_key(load(), {}, m, s) and k.startswith("fmnist_cnn/edge/")
+    assert k != cell_key(exp, {"links.edge-cloud.bandwidth": "5Mbit"}, m, s)
+    assert k != cell_key(load({"codec": "json-base64"}), {}, m, s)
+    assert k != cell_key(load({"requests": {"repeat": 5}}), {}, m, s)
+    assert k != cell_key(load({"serving": {"connection": "per-request"}}), {}, m, s)
+    assert k != cell_key(exp, {}, m, exp.strategies[1])
+
+
+def test_threads_follow_the_core_budget_unless_set():
+    exp = load()      # three_tier on 2 cores: mobile 0.25, edge 0.5, cloud 1 core
+    assert [host_threads(exp, h, 2) for h in ("mobile", "edge", "cloud")] == [1, 1, 1]
+    big = load(sets=[("hosts.cloud.cpus", "1.5")])
+    assert host_threads(big, "cloud", 2) == 2
+    assert host_threads(load({"serving": {"threads": 3}}), "edge", 2) == 3
+    per = load({"serving": {"threads": {"cloud": 2}}})
+    assert host_threads(per, "cloud", 2) == 2 and host_threads(per, "edge", 2) == 1
+
+
+@pytest.mark.parametrize("serving, message", [
+    ({"connection": "udp"}, "t.yaml: serving.connection: 'udp' is not a connection mode; allowed: persistent | per-request"),
+    ({"threads": 0}, "serving.threads: 0 is not a thread count"),
+    ({"threads": {"fog": 2}}, "serving.threads.fog: unknown host 'fog'"),
+    ({"threads": {"edge": "many"}}, "serving.threads.edge: 'many' is not a thread count"),
+    ({"pool": 3}, "serving.pool: unknown key; allowed: connection, threads"),
+])
+def test_serving_section_errors_are_one_line(serving, message):
+    with pytest.raises(ExperimentError) as e:
+        load({"serving": serving})
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_serving_round_trips_through_to_dict():
+    exp = load({"serving": {"connection": "per-request", "threads": {"edge": 2}}})
+    again = load_experiment_dict(exp.to_dict(), cores=2, memory_bytes=32 << 30)
+    assert again.serving == exp.serving and again.serving.to_dict() == {"connection": "per-request",
+                                                                          "threads": {"edge": 2}}
+
+
+class _Net:
+    def __init__(self, spec):
+        self.plan = plan(spec, "tbtest")
+
+
+def test_entry_address_is_the_address_on_the_arriving_link():
+    exp = load()
+    net = _Net(exp.topology)
+    spec = exp.topology
+    edge = host_addresses(net, "edge")
+    assert len(edge) == 2                                # one per link
+    from_mobile = entry_address(net, spec, "mobile", "edge")
+    from_cloud = entry_address(net, spec, "cloud", "edge")
+    assert {from_mobile, from_cloud} == set(edge) and from_mobile != from_cloud
+    # mobile -> cloud crosses edge; cloud is entered over edge-cloud (its only link)
+    assert entry_address(net, spec, "mobile", "cloud") == host_addresses(net, "cloud")[0]
+    assert entry_address(net, spec, "edge", "edge") == edge[0]
+
+
+def _req(cell, seq, status="ok", e2e=10.0, comp=4.0, trans=5.0, exit_segment=None, match=True):
+    return {"cell": cell, "seq": seq, "status": status, "e2e_ms": e2e if status == "ok" else None,
+            "compute_ms": comp, "transmission_ms": trans, "bytes_sent": 1000, "exit_segment": exit_segment,
+            "output_match": match}
+
+
+def _hop(cell, seq, kind, src, dst, ms):
+    return {"cell": cell, "seq": seq, "kind": kind, "src": src, "dst": dst, "ms": ms}
+
+
+def test_summary_medians_shares_and_counts():
+    cells = [{"cell": "c1", "model": "m", "strategy": "s", "placement": "edge>cloud", "point": {}, "status": "done",
+              "error": None, "metric": "accuracy", "metric_value": 0.9, "baseline_value": 0.91}]
+    reqs = [_req("c1", 0, e2e=10), _req("c1", 1, e2e=20, exit_segment=0, match=False), _req("c1", 2, e2e=30),
+            _req("c1", 3, status="timeout")]
+    hops = [_hop("c1", s, "compute", "edge", "edge", 2.0) for s in range(3)]
+    hops += [_hop("c1", s, "compute", "cloud", "cloud", 3.0) for s in (0, 2)]   # seq 1 exited on edge
+    hops += [_hop("c1", s, "link", "mobile", "edge", 1.0 + s) for s in range(3)]
+    hops += [_hop("c1", s, "link", "edge", "edge", 9.0) for s in range(3)]      # same host: not a link
+    hops += [_hop("c1", 3, "link", "mobile", "edge", 99.0)]                      # not an ok request
+    [row] = summarize(cells, reqs, hops)
+    assert row["counts"] == {"ok": 3, "timeout": 1, "oom": 0, "error": 0}
+    assert row["e2e_p50"] == 20 and row["e2e_p90"] == pytest.approx(28)
+    assert row["compute"] == {"edge": 2.0, "cloud": 3.0}                          # median of 3, 0, 3
+    assert row["transmission"] == {"mobile>edge": 2.0}
+    assert row["shares"]["compute"] == pytest.approx(12 / 60) and row["shares"]["transmission"] == pytest.approx(15 / 60)
+    assert row["exit_rate"] == pytest.approx(1 / 3) and row["match"] == pytest.approx(2 / 3)
+    assert (row["metric"], row["value"], row["baseline"]) == ("accuracy", 0.9, 0.91)
+    empty = summarize([{**cells[0], "cell": "c2"}], [], [])[0]
+    assert empty["e2e_p50"] is None and empty["shares"] is None and empty["counts"]["ok"] == 0
