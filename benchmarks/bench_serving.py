@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from emulation.process import terminate  # noqa: E402
 from workloads.serving import Client, breakdown, save_inputs  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -125,15 +126,7 @@ class Procs:
         return nxt
 
     def close(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        terminate(self.procs)
         self.procs.clear()
 
 

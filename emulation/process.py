@@ -64,3 +64,21 @@ def run(argv: list[str], *, netns_pid: int | None, run_id: str, timeout: float =
     if check and res.returncode != 0:
         raise EmulationError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip() or res.stdout.strip()}")
     return res
+
+
+def terminate(procs, grace_s: float = 5.0) -> None:
+    """Stop processes we started (by PID, never by name): SIGTERM to those still running,
+    then SIGKILL to those not gone within ``grace_s`` seconds (shared deadline); reaps all."""
+    import time
+
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

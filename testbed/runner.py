@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emulation.errors import EmulationError
+from emulation.process import terminate
 from workloads.serving import LOG_LINES, PORT, breakdown
 
 from .experiment import Experiment, ModelRef, Strategy
@@ -316,16 +317,8 @@ class CellExecution:
         return ("; last log lines: " + " | ".join(lines)) if lines else ""
 
     def _stop_servers(self) -> None:
+        terminate(self.servers.values())
         for p in self.servers.values():
-            if p.poll() is None:
-                p.terminate()
-        deadline = time.monotonic() + 5.0
-        for host, p in self.servers.items():
-            try:
-                p.wait(timeout=max(0.05, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
             if p.stdout:
                 p.stdout.close()
 
@@ -374,13 +367,7 @@ class CellExecution:
                     self._add_request(msg)
                     self.runner.events.request_done(msg["status"])
         finally:
-            if client.poll() is None:
-                client.terminate()
-                try:
-                    client.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    client.kill()
-                    client.wait()
+            terminate([client], grace_s=3.0)
             client.stdout.close()
         if not finished:
             dead = self._dead_servers()
