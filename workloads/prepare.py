@@ -236,11 +236,20 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
         return _predictions(lambda f: sess.run(None, f)[0], train.take(10000))
 
     def build(folder: Path):
+        from .whitebox import trained_model, training_calls
+
         t0 = time.monotonic()
-        pipe = Pipeline(entry.name, entry.task, onnx.load(str(base)))
-        pipe = apply_chain(entry, pipe, chain, parts, ctx,
-                           {"eval": lambda: dataset("eval"), "train": lambda: dataset("train"),
-                            "calibration": lambda: dataset("calibration"), "reference_train": reference_train})
+        data_fns = {"eval": lambda: dataset("eval"), "train": lambda: dataset("train"),
+                    "calibration": lambda: dataset("calibration"), "reference_train": reference_train}
+        training = training_calls(chain)
+        start, reports = base, {}
+        if training:
+            start, reports = trained_model(entry, training, ctx, data_fns, base,
+                                           None if own is None else _data_digest(own))
+        pipe = Pipeline(entry.name, entry.task, onnx.load(str(start)))
+        for name, report in reports.items():
+            pipe = pipe.with_report(name, report)
+        pipe = apply_chain(entry, pipe, chain[len(training):], parts, ctx, data_fns)
         manifest = pipe.save(folder, {"weights": weights, "operators": [c.as_dict() for c in chain],
                                       "libraries": libs})
         ctx.progress(f"{entry.name}: evaluating")

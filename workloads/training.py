@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -127,7 +129,8 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
         batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
         schedule: str = "cosine", seed: int = 0, progress: Callable[[str], None] | None = None,
         validate: Dataset | None = None, hooks: Iterable[Callable[[str, dict], None]] = (),
-        threads: int | None = None) -> dict:
+        threads: int | None = None, checkpoint: str | Path | None = None,
+        checkpoint_every_s: float = 30.0) -> dict:
     """Train ``module`` in place on ``train`` (labelled) and return its history.
 
     Budget: ``epochs``, ``steps`` (optimizer steps) and/or ``seconds`` (wall clock); training stops
@@ -140,8 +143,15 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
     after every epoch (accuracy, or mIoU for segmentation). ``hooks``: callables
     ``hook(event, state)`` with event ``"step"`` (after each optimizer step) or ``"epoch"``;
     ``state`` holds ``module``, ``optimizer``, ``step``, ``epoch``, ``loss``. ``threads``: torch
-    intra-op threads for the run (None: torch's current setting). ``progress(message)``: one
-    line per epoch.
+    intra-op threads for the run (None: torch's current setting). ``progress(message)``: a
+    line every few seconds (step, loss) and one per epoch (loss, validation metric).
+
+    ``checkpoint``: a file where the run's whole state (weights, optimizer, schedule, shuffle
+    order and random state, history, position in the epoch) is saved at the end of every epoch
+    and at least every ``checkpoint_every_s`` seconds, written atomically. When the file
+    exists at the start, training resumes from it (same module structure, data and settings
+    required) instead of restarting, and ends as an uninterrupted run with the same seed
+    would; it is removed when training completes.
 
     Returns ``{"loss": [mean loss per epoch], "val": [metric per epoch], "val_metric": name,
     "steps", "epochs" (completed epochs, a float), "samples", "seconds", "stopped_by"}``; the
@@ -186,13 +196,43 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
     if isinstance(loss, str) and loss == "cross_entropy":
         labels = labels.astype(np.int64, copy=False)
 
+    epoch, start_batch, order, losses, seen = 0, 0, None, [], 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        if saved.get("fingerprint") != _fingerprint(module, n, batch_size, seed):
+            raise WorkloadError(f"training: checkpoint {ckpt} belongs to another run (model, data or settings "
+                                "differ); delete it to start over")
+        module.load_state_dict(saved["module"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        history, epoch, start_batch = saved["history"], saved["epoch"], saved["batch"]
+        order, losses, seen = saved["order"], saved["losses"], saved["seen"]
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        t0 -= saved["elapsed"]
+        if progress:
+            progress(f"resuming from checkpoint: epoch {epoch + 1}, step {history['steps']}")
+
+    def save(batch: int) -> None:
+        if ckpt is None:
+            return
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        torch.save({"fingerprint": _fingerprint(module, n, batch_size, seed), "module": module.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
+                    "epoch": epoch, "batch": batch, "order": order, "losses": losses, "seen": seen,
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                    "elapsed": time.monotonic() - t0}, tmp)
+        os.replace(tmp, ckpt)
+
+    last_save = last_note = time.monotonic()
     with torch_threads(threads):
         module.train()
-        epoch = 0
         while history["stopped_by"] is None:
-            order = rng.permutation(n)
-            losses, seen = [], 0
-            for b in range(per_epoch):
+            if order is None:
+                order = rng.permutation(n)
+                losses, seen = [], 0
+            for b in range(start_batch, per_epoch):
                 idx = np.sort(order[b * batch_size:(b + 1) * batch_size])
                 x = {k: torch.from_numpy(v[idx]) for k, v in inputs.items()}
                 y = torch.from_numpy(labels[idx])
@@ -213,6 +253,16 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
                     history["stopped_by"] = "seconds"
                 if history["stopped_by"]:
                     break
+                now = time.monotonic()
+                if progress and now - last_note >= 2.0:
+                    last_note = now
+                    of = f"/{total}" if total else ""
+                    progress(f"epoch {epoch + 1}, step {history['steps']}{of}: loss {losses[-1] / len(idx):.4f}")
+                if now - last_save >= checkpoint_every_s:
+                    save(b + 1)
+                    last_save = now
+            start_batch = 0
+            order = None
             epoch += 1
             history["epochs"] = round(history["epochs"] + seen / n, 4)
             history["samples"] += seen
@@ -229,6 +279,17 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
                 val = f", {history['val_metric']} {history['val'][-1]:.4f}" if history["val"] else ""
                 progress(f"epoch {epoch}: loss {history['loss'][-1]:.4f}{val} "
                          f"({time.monotonic() - t0:.0f} s, {history['steps']} steps)")
+            if history["stopped_by"] is None:
+                save(0)
+                last_save = time.monotonic()
         module.eval()
     history["seconds"] = round(time.monotonic() - t0, 2)
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
     return history
+
+
+def _fingerprint(module, n: int, batch_size: int, seed: int) -> list:
+    """What a checkpoint must match to be resumed: parameter names and shapes, data size,
+    batch size and seed."""
+    return [[k, list(v.shape)] for k, v in module.state_dict().items()] + [n, batch_size, seed]

@@ -1,0 +1,182 @@
+"""White-box operators on tiny models built in the test: the training loop's checkpoint and
+resume, pruning (structured: smaller and faster; unstructured: zeros, same shapes), the cached
+trained model feeding the rest of the chain, and one-line errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from workloads import registry
+from workloads.cache import Cache
+from workloads.data import Dataset
+from workloads.errors import WorkloadError
+from workloads.operators import parse_chain
+from workloads.prepare import prepare
+from workloads.registry import InputSpec, ModelEntry
+from workloads.runtime import ArtifactRunner
+
+torch = pytest.importorskip("torch")
+
+
+def _net():
+    nn = torch.nn
+
+    class Wide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(1, 32, 3, padding=1)
+            self.c2 = nn.Conv2d(32, 64, 3, padding=1)
+            self.c3 = nn.Conv2d(64, 64, 3, padding=1)
+            self.fc = nn.Linear(64, 3)
+
+        def forward(self, image):
+            x = torch.relu(self.c1(image))
+            x = torch.relu(self.c2(x))
+            x = torch.relu(self.c3(x))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    return Wide()
+
+
+def _data(split, ctx=None):
+    n = {"train": 400, "calibration": 40, "eval": 120}[split]
+    rng = np.random.default_rng({"train": 0, "calibration": 1, "eval": 2}[split])
+    labels = rng.integers(0, 3, n)
+    x = rng.normal(0, 0.3, (n, 1, 24, 24)).astype(np.float32)
+    x += np.array([-1.0, 0.0, 1.0], dtype=np.float32)[labels][:, None, None, None]
+    return Dataset("toy", "classification", {"image": x}, labels.astype(np.int64), ("a", "b", "c"))
+
+
+def _build(ctx):
+    from workloads.training import fit
+
+    torch.manual_seed(ctx.seed)
+    m = _net()
+    fit(m, _data("train"), input_names=["image"], epochs=2, batch_size=32, lr=1e-2, seed=ctx.seed)
+    return m.eval()
+
+
+@pytest.fixture()
+def wide(monkeypatch):
+    entry = ModelEntry("wide_cnn", "classification", "test model", (InputSpec("image", "float32", (1, 1, 24, 24)),),
+                       ("logits",), "accuracy", True, "built in the test", _build, _data, num_classes=3)
+    monkeypatch.setitem(registry._REGISTRY, entry.name, entry)
+    torch.set_num_threads(1)
+    return entry
+
+
+def chain(*items):
+    return parse_chain(list(items), "test")
+
+
+def test_structured_pruning_removes_channels_and_flops_and_keeps_the_classifier(wide, tmp_path):
+    r = prepare("wide_cnn", chain({"prune": {"ratio": 0.5, "epochs": 2, "lr": 0.005}}), cache=Cache(tmp_path))
+    rep = r.manifest["report"]["prune"]
+    assert rep["params"]["kind"] == "structured"
+    assert rep["params_after"] < 0.4 * rep["params_before"]
+    assert rep["flops_after"] < 0.4 * rep["flops_before"]
+    assert rep["size_after"] < rep["size_before"] and rep["history"]["stopped_by"] == "epochs"
+    assert rep["seed"] == 0 and rep["seconds"] > 0 and rep["base_ms"] > 0 and rep["trained_ms"] > 0
+    assert abs(r.value - r.baseline) < 0.1                 # fine-tuned back to near the baseline
+    out = ArtifactRunner(r.path).run(_data("eval").sample(0)).tensors["logits"]
+    assert out.shape == (1, 3)                              # the classifier's outputs were kept
+    # cached: the trained model and the artifact
+    again = prepare("wide_cnn", chain({"prune": {"ratio": 0.5, "epochs": 2, "lr": 0.005}}), cache=Cache(tmp_path))
+    assert again.cached and again.path == r.path
+
+
+def test_unstructured_pruning_zeroes_weights_but_keeps_every_shape(wide, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    r = prepare("wide_cnn", chain({"prune": {"kind": "unstructured", "ratio": 0.6, "epochs": 1}}),
+                cache=Cache(tmp_path))
+    rep = r.manifest["report"]["prune"]
+    assert rep["params_after"] == rep["params_before"] and rep["flops_after"] == rep["flops_before"]
+    assert 0.55 < rep["sparsity"] < 0.65
+    model = onnx.load(str(r.path / "seg0.onnx"))
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.dims and len(i.dims) > 1]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.size for w in weights)
+    assert zeros > 0.5                                       # the zeros are in the deployed graph
+
+
+def test_pruned_model_flows_into_quantize_and_partition(wide, tmp_path):
+    calls = chain({"prune": {"ratio": 0.5, "epochs": 1, "lr": 0.005}}, "quantize", {"partition": {"cut": "auto"}})
+    r = prepare("wide_cnn", calls, parts=2, cache=Cache(tmp_path))
+    m = r.manifest
+    assert set(m["report"]) >= {"prune", "quantize", "partition"} and m["parts"] == 2
+    assert m["report"]["quantize"]["int8_ops"].get("QLinearConv", 0) >= 1
+    assert ArtifactRunner(r.path).run(_data("eval").sample(0)).done
+
+
+def test_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_run(tmp_path):
+    from workloads.training import fit
+
+    data = _data("train")
+
+    def run(checkpoint=None, stop_at=None):
+        torch.manual_seed(0)
+        m = _net()
+
+        def hook(event, state):
+            if event == "step" and state["step"] == stop_at:
+                raise KeyboardInterrupt
+
+        try:
+            h = fit(m, data, input_names=["image"], epochs=2, batch_size=32, lr=1e-2, seed=0,
+                    checkpoint=checkpoint, checkpoint_every_s=0, hooks=[hook])
+        except KeyboardInterrupt:
+            return m, None
+        return m, h
+
+    whole, h_whole = run()
+    ckpt = tmp_path / "run.pt"
+    _, stopped = run(ckpt, stop_at=17)                        # mid-epoch 2 (13 steps per epoch)
+    assert stopped is None and ckpt.exists()
+    resumed, h_resumed = run(ckpt)
+    assert not ckpt.exists()                                  # removed once training completed
+    assert h_resumed["steps"] == h_whole["steps"] == 26
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert h_resumed["loss"] == h_whole["loss"]
+    # a checkpoint of another run is refused in one line
+    run(ckpt, stop_at=3)
+    with pytest.raises(WorkloadError, match="belongs to another run"):
+        fit(_net(), data, input_names=["image"], epochs=2, batch_size=16, seed=0, checkpoint=ckpt)
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"prune": {"ratio": 1.0}}, "test[0].prune.ratio: 1.0 is not valid; allowed: a number between 0 and 1"),
+    ({"prune": {"ratio": 0}}, "test[0].prune.ratio: 0 is not valid"),
+    ({"prune": {"epochs": 0}}, "test[0].prune.epochs: 0 is not valid; allowed: a whole number >= 1, or none"),
+    ({"prune": {"epochs": None}}, "test[0].prune: no training budget; give epochs, steps or seconds"),
+    ({"prune": {"kind": "unstructured", "round_to": 16}}, "test[0].prune.round_to: applies to structured pruning only"),
+    ({"prune": {"kind": "random"}}, "test[0].prune.kind: 'random' is not valid; allowed: structured | unstructured"),
+])
+def test_bad_training_parameters_are_one_line(item, message):
+    with pytest.raises(WorkloadError) as e:
+        parse_chain([item], "test")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_training_operator_on_an_onnx_file_or_without_training_data_is_one_line(wide, tmp_path, monkeypatch):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "ident.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    np.savez(tmp_path / "d.npz", x=np.ones((10, 4), np.float32), y=np.zeros(10, np.int64))
+    with pytest.raises(WorkloadError, match="training operators need the torch model, and this model is an ONNX file"):
+        prepare(str(path), chain({"prune": {"epochs": 1}}), data=tmp_path / "d.npz", cache=Cache(tmp_path / "c"))
+
+    def empty(split, ctx=None):
+        d = _data(split)
+        return d.take(0) if split == "train" else d
+
+    monkeypatch.setitem(registry._REGISTRY, "wide_cnn", registry._REGISTRY["wide_cnn"].__class__(
+        **{**registry._REGISTRY["wide_cnn"].__dict__, "dataset": empty}))
+    with pytest.raises(WorkloadError, match="no training data"):
+        prepare("wide_cnn", chain({"prune": {"epochs": 1}}), cache=Cache(tmp_path / "c2"))
