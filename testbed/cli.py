@@ -254,16 +254,22 @@ def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
         raise click.ClickException(str(e)) from None
     needed = exp.artifacts_needed()
     results = []
-    with output.progress(len(needed)) as bar:
-        for ref, chain, parts in needed:
-            bar.describe(f"{ref.name} {' → '.join(c.label() for c in chain) or 'none'}")
-            try:
-                r = prepare_one(ref.name, chain, parts=parts, weights=ref.weights, data=ref.data,
-                                progress=bar.describe)
-            except WorkloadError as e:
-                raise click.ClickException(str(e)) from None
-            results.append(r)
-            bar.advance()
+    try:
+        with output.progress(len(needed)) as bar:
+            for ref, chain, parts in needed:
+                bar.describe(f"{ref.name} {' → '.join(c.label() for c in chain) or 'none'}")
+                try:
+                    r = prepare_one(ref.name, chain, parts=parts, weights=ref.weights, data=ref.data,
+                                    progress=bar.describe)
+                except WorkloadError as e:
+                    raise click.ClickException(str(e)) from None
+                results.append(r)
+                bar.advance()
+    except (KeyboardInterrupt, _Terminated) as e:
+        click.echo(f"interrupted: {len(results)} of {len(needed)} artifacts are built and cached; nothing "
+                   "half-built was kept, and training resumes from its checkpoint when you run this again",
+                   err=True)
+        sys.exit(e.code if isinstance(e, _Terminated) else 130)
     rows = [{"model": r.model, "weights": r.weights, "operators": r.operators, "parts": r.parts,
              "metric": r.metric, "value": r.value, "baseline": r.baseline, "size_bytes": r.size_bytes,
              "path": str(r.path), "cached": r.cached} for r in results]

@@ -211,6 +211,7 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
         t0 -= saved["elapsed"]
+        history.setdefault("resumed_at", []).append(history["steps"])
         if progress:
             progress(f"resuming from checkpoint: epoch {epoch + 1}, step {history['steps']}")
 
