@@ -180,6 +180,24 @@ def learning_rate(v):
     raise ValueError("a number in (0, 1), e.g. 0.0005")
 
 
+def student_spec(v):
+    if isinstance(v, str) and v:
+        return v
+    raise ValueError("auto, narrow, shallow, or a registry model name")
+
+
+def _positive(v, hi: float) -> float:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= hi:
+        return float(v)
+    raise ValueError(f"a number above 0 and at most {hi:g}")
+
+
+def fraction_closed(v):
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1:
+        return float(v)
+    raise ValueError("a number from 0 to 1")
+
+
 def _budget_params(epochs: int | None, lr: float) -> dict[str, Param]:
     """The training budget and optimiser settings every training operator takes: training
     stops when the first budget given is spent; at least one must be set."""
@@ -218,7 +236,14 @@ OPERATORS: dict[str, OperatorDef] = {d.name: d for d in (
                           "kernels are slow on odd counts)"),
         **_budget_params(epochs=1, lr=5e-4),
     }),
-    OperatorDef("distill", "training", "knowledge distillation into a smaller student", {}, available=False),
+    OperatorDef("distill", "training", "train a smaller student on the model's outputs (knowledge distillation)", {
+        "student": Param("auto", student_spec, "narrow (the model with channels removed), shallow (fewer repeated "
+                         "layers: transformers), a registry model name, or auto (shallow for text, else narrow)"),
+        "ratio": Param(0.5, fraction_open, "narrow: fraction of channels removed; shallow: fraction of layers removed"),
+        "temperature": Param(4.0, lambda v: _positive(v, 100.0), "softening of both models' outputs"),
+        "alpha": Param(0.9, fraction_closed, "weight of the teacher's soft targets (the rest: the labels)"),
+        **_budget_params(epochs=3, lr=1e-3),
+    }),
 )}
 
 

@@ -27,6 +27,14 @@ Pruning (``prune``):
 * ``kind: unstructured`` zeroes the ``ratio`` of weights with the smallest magnitude across
   all convolution and linear layers (study B's pruning). The shapes do not change; ONNX Runtime
   has no sparse kernels, so it is not faster, which the report shows, measured.
+
+Distillation (``distill``): a student learns from the model (the teacher, frozen) with
+``alpha`` x T² x KL(teacher ‖ student at temperature T) + (1 - ``alpha``) x cross entropy with
+the labels (per pixel for segmentation). The student is ``narrow`` (the teacher with
+``ratio`` of its channels removed, starting from the teacher's own weights), ``shallow`` (the
+teacher keeping an evenly spaced 1 - ``ratio`` of its longest list of repeated layers: a
+transformer's encoder layers), or a registry model of the same task, classes and inputs; it is
+what gets exported. DSPTQ is ``[distill, quantize]``.
 """
 from __future__ import annotations
 
@@ -115,8 +123,6 @@ def _example(entry: ModelEntry, train) -> tuple:
 
 def prune(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContext, checkpoint: Path) -> dict:
     """Prune ``module`` in place as ``call`` says, fine-tune it; the report."""
-    import torch
-
     from .training import fit
 
     prm = dict(call.params)
@@ -126,15 +132,7 @@ def prune(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContex
         if entry.task == "text_classification":
             raise WorkloadError(f"{entry.name}: structured pruning of transformer models is not built yet "
                                 "(attention heads need their own grouping); use kind: unstructured")
-        import torch_pruning as tp
-
-        example = _example(entry, train)
-        ignored = _output_layers(module, entry.num_classes)
-        torch.manual_seed(ctx.seed)
-        pruner = tp.pruner.MetaPruner(module, example if len(example) > 1 else example[0],
-                                      importance=tp.importance.MagnitudeImportance(p=2),
-                                      pruning_ratio=ratio, ignored_layers=ignored, round_to=prm["round_to"])
-        pruner.step()
+        _structured(module, entry, train, ratio, prm["round_to"], ctx.seed)
         targets = []
     else:
         import torch.nn.utils.prune as tprune
@@ -154,7 +152,147 @@ def prune(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContex
             "sparsity": round(sparsity(module), 4), "history": history}
 
 
-APPLY = {"prune": prune}
+# ---- distillation ------------------------------------------------------------------------
+
+def _structured(module, entry: ModelEntry, train, ratio: float, round_to: int, seed: int) -> None:
+    """Remove ``ratio`` of the channels of every prunable layer in place (dependency-aware)."""
+    import torch
+    import torch_pruning as tp
+
+    example = _example(entry, train)
+    torch.manual_seed(seed)
+    tp.pruner.MetaPruner(module, example if len(example) > 1 else example[0],
+                         importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+                         ignored_layers=_output_layers(module, entry.num_classes), round_to=round_to).step()
+
+
+def _shallow(module, keep: float) -> str:
+    """Keep an evenly spaced ``keep`` fraction of the longest list of identical layers (a
+    transformer's encoder layers); the list's dotted name."""
+    import torch.nn as nn
+
+    best = None
+    for name, m in module.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(c) for c in m}) == 1:
+            if best is None or len(m) > len(best[1]):
+                best = (name, m)
+    if best is None:
+        raise WorkloadError("distill: student shallow needs a model with a list of repeated layers "
+                            "(a transformer's encoder); use student: narrow")
+    name, layers = best
+    n = len(layers)
+    k = max(1, round(n * keep))
+    idx = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}) if k > 1 else [0]
+    parent = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+    setattr(parent, name.rsplit(".", 1)[-1], nn.ModuleList([layers[i] for i in idx]))
+    for m in module.modules():                      # transformers read their depth from the config
+        cfg = getattr(m, "config", None)
+        if cfg is not None and getattr(cfg, "num_hidden_layers", None) == n:
+            cfg.num_hidden_layers = len(idx)
+    return f"{name}: kept {len(idx)} of {n} ({', '.join(map(str, idx))})"
+
+
+def _student(entry: ModelEntry, call: OperatorCall, teacher, train, ctx: BuildContext):
+    """The student module and a description of how it was made."""
+    import copy
+
+    from .registry import get_model
+
+    prm = dict(call.params)
+    kind = prm["student"]
+    if kind == "auto":
+        kind = "shallow" if entry.task == "text_classification" else "narrow"
+    if kind == "narrow":
+        if entry.task == "text_classification":
+            raise WorkloadError(f"{entry.name}: a narrow student of a transformer is not built yet; use "
+                                "student: shallow")
+        student = copy.deepcopy(teacher)
+        _structured(student, entry, train, prm["ratio"], 8, ctx.seed)
+        return student, f"the teacher with {prm['ratio']:g} of its channels removed (torch-pruning, L2 magnitude)"
+    if kind == "shallow":
+        student = copy.deepcopy(teacher)
+        return student, _shallow(student, 1 - prm["ratio"])
+    other = get_model(kind)
+    if other.task != entry.task or other.num_classes != entry.num_classes \
+            or [s.name for s in other.inputs] != [s.name for s in entry.inputs]:
+        raise WorkloadError(f"{entry.name}: student {kind} does not fit the teacher: task {other.task} vs "
+                            f"{entry.task}, {other.num_classes} vs {entry.num_classes} classes, inputs "
+                            f"{[s.name for s in other.inputs]} vs {[s.name for s in entry.inputs]}")
+    student = other.build(BuildContext(cache=ctx.cache, weights=other.weights[0], seed=ctx.seed,
+                                       progress=ctx.progress))
+    return student, f"registry model {kind} ({other.weights[0]} weights)"
+
+
+def _kd_loss(temperature: float, alpha: float, segmentation: bool):
+    """alpha x T^2 x KL(teacher || student at temperature T) + (1 - alpha) x cross entropy with
+    the labels, on the stacked (student, teacher) outputs of `_Distilled`."""
+    import torch.nn.functional as F
+
+    def loss(stacked, labels):
+        s, t = stacked[0], stacked[1]
+        if segmentation:          # per pixel: classes on axis 1 -> move them last, flatten pixels
+            s = s.movedim(1, -1).reshape(-1, s.shape[1])
+            t = t.movedim(1, -1).reshape(-1, t.shape[1])
+        soft = F.kl_div(F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1),
+                        reduction="batchmean", log_target=True) * temperature ** 2
+        hard = F.cross_entropy(stacked[0], labels) if alpha < 1 else 0.0
+        return alpha * soft + (1 - alpha) * hard
+
+    return loss
+
+
+def _distilled(student, teacher):
+    import torch
+    import torch.nn as nn
+
+    from .training import outputs_tensor
+
+    class Distilled(nn.Module):
+        """Training-time pair: the frozen teacher's outputs ride along with the student's."""
+
+        def __init__(self):
+            super().__init__()
+            self.student = student
+            self.teacher = teacher
+
+        def forward(self, *args, **kwargs):
+            with torch.no_grad():
+                t = outputs_tensor(self.teacher(*args, **kwargs))
+            return torch.stack([outputs_tensor(self.student(*args, **kwargs)), t])
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            self.teacher.eval()               # batch norm / dropout of the teacher stay frozen
+            return self
+
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return Distilled()
+
+
+def distill(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContext, checkpoint: Path):
+    """Train a student on the teacher (``module``); returns (student, report)."""
+    from .training import fit
+
+    prm = dict(call.params)
+    teacher = module.eval()
+    student, how = _student(entry, call, teacher, train, ctx)
+    params_teacher = sum(p.numel() for p in teacher.parameters())
+    ctx.progress(f"{entry.name}: distilling into {prm['student']}")
+    history = fit(_distilled(student, teacher), train, input_names=[s.name for s in entry.inputs],
+                  loss=_kd_loss(prm["temperature"], prm["alpha"], entry.task == "segmentation"),
+                  epochs=prm["epochs"], steps=prm["steps"], seconds=prm["seconds"], lr=prm["lr"],
+                  batch_size=prm["batch_size"], seed=ctx.seed, progress=ctx.progress, checkpoint=checkpoint)
+    student.eval()
+    return student, {"params": prm, "student": how, "params_before": params_teacher,
+                     "params_after": sum(p.numel() for p in student.parameters()), "history": history}
+
+
+def _prune_step(module, entry, call, train, ctx, checkpoint):
+    return module, prune(module, entry, call, train, ctx, checkpoint)
+
+
+APPLY = {"prune": _prune_step, "distill": distill}
 
 
 def trained_model(entry: ModelEntry, calls: tuple[OperatorCall, ...], ctx: BuildContext, data: dict,
@@ -182,8 +320,8 @@ def trained_model(entry: ModelEntry, calls: tuple[OperatorCall, ...], ctx: Build
                 raise WorkloadError(f"{entry.name}: operator {call.name} is not built yet")
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             t_call = time.monotonic()
-            reports[call.name] = APPLY[call.name](module, entry, call, train, ctx,
-                                                  checkpoint_dir / f"{key}-{i}.pt")
+            module, reports[call.name] = APPLY[call.name](module, entry, call, train, ctx,
+                                                          checkpoint_dir / f"{key}-{i}.pt")
             reports[call.name]["seconds"] = round(time.monotonic() - t_call, 2)
             reports[call.name]["seed"] = ctx.seed
         path = folder / TRAINED_FILE

@@ -180,3 +180,68 @@ def test_a_training_operator_on_an_onnx_file_or_without_training_data_is_one_lin
         **{**registry._REGISTRY["wide_cnn"].__dict__, "dataset": empty}))
     with pytest.raises(WorkloadError, match="no training data"):
         prepare("wide_cnn", chain({"prune": {"epochs": 1}}), cache=Cache(tmp_path / "c2"))
+
+
+def test_distillation_into_a_narrow_student_and_then_static_int8_dsptq(wide, tmp_path):
+    r = prepare("wide_cnn", chain({"distill": {"epochs": 2, "lr": 0.005}}, "quantize"), cache=Cache(tmp_path))
+    rep = r.manifest["report"]["distill"]
+    assert "channels removed" in rep["student"] and rep["params_after"] < 0.4 * rep["params_before"]
+    assert rep["flops_after"] < 0.4 * rep["flops_before"] and rep["history"]["steps"] == 14      # 400 samples, batch 64, 2 epochs
+    assert r.manifest["report"]["quantize"]["int8_ops"].get("QLinearConv", 0) >= 1
+    assert abs(r.value - r.baseline) < 0.1
+
+
+def _stack_entry(monkeypatch, name="tiny_stack", classes=3):
+    nn = torch.nn
+
+    def build(ctx):
+        from workloads.training import fit
+
+        class Stack(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inp = nn.Linear(16, 32)
+                self.layers = nn.ModuleList([nn.Linear(32, 32) for _ in range(4)])
+                self.out = nn.Linear(32, classes)
+
+            def forward(self, x):
+                h = torch.relu(self.inp(x))
+                for layer in self.layers:
+                    h = h + torch.relu(layer(h))
+                return self.out(h)
+
+        torch.manual_seed(ctx.seed)
+        m = Stack()
+        fit(m, data("train"), input_names=["x"], epochs=3, batch_size=32, lr=1e-2, seed=ctx.seed)
+        return m.eval()
+
+    def data(split, ctx=None):
+        n = {"train": 300, "calibration": 40, "eval": 90}[split]
+        rng = np.random.default_rng(len(split))
+        y = rng.integers(0, classes, n)
+        x = rng.normal(0, 0.5, (n, 16)).astype(np.float32) + y[:, None].astype(np.float32)
+        return Dataset("stack", "classification", {"x": x}, y.astype(np.int64))
+
+    entry = ModelEntry(name, "classification", "test model", (InputSpec("x", "float32", (1, 16)),), ("logits",),
+                       "accuracy", True, "built in the test", build, data, num_classes=classes)
+    monkeypatch.setitem(registry._REGISTRY, name, entry)
+    return entry
+
+
+def test_shallow_student_keeps_every_other_repeated_layer(monkeypatch, tmp_path):
+    _stack_entry(monkeypatch)
+    torch.set_num_threads(1)
+    r = prepare("tiny_stack", chain({"distill": {"student": "shallow", "epochs": 2}}), cache=Cache(tmp_path))
+    rep = r.manifest["report"]["distill"]
+    assert rep["student"] == "layers: kept 2 of 4 (0, 3)"
+    assert rep["params_after"] == rep["params_before"] - 2 * (32 * 32 + 32)
+    assert abs(r.value - r.baseline) < 0.15
+
+
+def test_a_registry_student_must_fit_the_teacher(wide, monkeypatch, tmp_path):
+    _stack_entry(monkeypatch)
+    with pytest.raises(WorkloadError, match="student tiny_stack does not fit the teacher") as e:
+        prepare("wide_cnn", chain({"distill": {"student": "tiny_stack", "epochs": 1}}), cache=Cache(tmp_path))
+    assert "\n" not in str(e.value)
+    with pytest.raises(WorkloadError, match="model 'nosuch' unknown|nosuch"):
+        prepare("wide_cnn", chain({"distill": {"student": "nosuch", "epochs": 1}}), cache=Cache(tmp_path))
