@@ -1,7 +1,9 @@
-"""Benchmark of the white-box operators built so far (pruning) on the offline CNNs, side by side.
+"""Benchmark of the white-box operators built so far (pruning, distillation) on the offline
+CNNs, side by side.
 
-For each model: the fp32 baseline, structured pruning at two ratios and unstructured pruning,
-with the operators' default budgets, prepared through `workloads.prepare.prepare` (the default
+For each model: the fp32 baseline, structured pruning at two ratios, unstructured pruning,
+distillation into the default student and DSPTQ (distill then static int8), with the
+operators' default budgets, prepared through `workloads.prepare.prepare` (the default
 cache: a model's training time is what its cached build recorded), then every artifact of a
 model timed in one interleaved loop (one ONNX Runtime thread, the evaluation inputs in turn).
 
@@ -32,6 +34,8 @@ CHAINS = {
     "structured 30 %": [{"prune": {"ratio": 0.3}}],
     "structured 50 %": [{"prune": {"ratio": 0.5}}],
     "unstructured 50 %": [{"prune": {"kind": "unstructured", "ratio": 0.5}}],
+    "distill": [{"distill": {}}],
+    "DSPTQ": [{"distill": {}}, "quantize"],
 }
 
 
@@ -61,7 +65,7 @@ def main() -> None:
             if isinstance(p, str):
                 rows.append({"model": m, "strategy": label, "error": p})
                 continue
-            rep = p.manifest["report"].get("prune", {})
+            rep = p.manifest["report"].get("prune") or p.manifest["report"].get("distill") or {}
             rows.append({"model": m, "strategy": label, "metric": p.metric, "value": p.value, "baseline": p.baseline,
                          "median_ms": lat[label]["median_ms"], "speedup": base / lat[label]["median_ms"],
                          "size_bytes": p.size_bytes, "flops": rep.get("flops_after"),
@@ -72,7 +76,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "whitebox.json").write_text(json.dumps(result, indent=1, default=str))
-    lines = ["# White-box operators: pruning (default budgets: 1 epoch of fine-tuning)", "",
+    lines = ["# White-box operators: pruning and distillation (default budgets: prune 1 epoch, distill 3)", "",
              f"{result['machine']['cpu']}, {result['machine']['cores']} cores; latency = median over "
              f"{args.samples} evaluation inputs, 1 ORT thread, interleaved.", "",
              "| model | strategy | metric | value (baseline) | ms | speed-up | size | params | sparsity | "
