@@ -39,7 +39,6 @@ class OperatorDef:
     kind: str
     help: str
     params: dict[str, Param]
-    available: bool = True        # False: declared (so files validate) but built by a later issue
     once: bool = True             # may appear at most once in a chain
 
 
@@ -227,7 +226,10 @@ OPERATORS: dict[str, OperatorDef] = {d.name: d for d in (
         "blocks": Param("auto", names_or_auto, "residual blocks to drop (kind skip)"),
         "epochs": Param(3, int_range(1, 100), "training epochs of each exit head (backbone frozen)"),
     }),
-    OperatorDef("qat", "training", "quantization-aware training", {}, available=False),
+    OperatorDef("qat", "training", "quantization-aware training: fine-tune with fake int8, export as int8 (QDQ)", {
+        "per_channel": Param(True, boolean, "int8 weight scales per output channel (else one per tensor)"),
+        **_budget_params(epochs=1, lr=1e-4),
+    }),
     OperatorDef("prune", "training", "remove channels (structured, faster) or zero weights (unstructured), then fine-tune", {
         "kind": Param("structured", one_of("structured", "unstructured"),
                       "structured: whole channels, dependency-aware (torch-pruning); unstructured: smallest weights"),
@@ -262,10 +264,6 @@ def parse_call(item: Any, where: str) -> OperatorCall:
     d = OPERATORS.get(name)
     if d is None:
         raise WorkloadError(f"{where}: operator {name!r} unknown; valid: {choices(OPERATORS)}")
-    if not d.available:
-        raise WorkloadError(f"{where}: operator {name} is declared but not built yet "
-                            "(white-box operators come with the training issue); available: "
-                            f"{choices(n for n, o in OPERATORS.items() if o.available)}")
     unknown = sorted(set(given) - set(d.params))
     if unknown:
         raise WorkloadError(f"{where}.{name}: parameter {unknown[0]!r} unknown; valid: {choices(d.params)}")

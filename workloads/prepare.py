@@ -139,6 +139,8 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
         if call.name == "quantize":
             if p.exits:
                 raise WorkloadError(f"{entry.name}: quantize must come before early_exit")
+            if "qat" in p.report:
+                raise WorkloadError(f"{entry.name}: qat already made an int8 model; remove quantize from the chain")
             if prm["mode"] == "auto":
                 prm["mode"] = "dynamic" if entry.task == "text_classification" else "static"
                 if prm["mode"] == "dynamic":

@@ -288,11 +288,66 @@ def distill(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildCont
                      "params_after": sum(p.numel() for p in student.parameters()), "history": history}
 
 
+# ---- quantization-aware training ----------------------------------------------------------
+
+def _qat_qconfig(per_channel: bool):
+    """Activations uint8 0..255 (affine), weights int8 -128..127 (symmetric, per output channel
+    or per tensor): the ranges ONNX's QuantizeLinear has and ORT's U8S8 kernels run."""
+    import torch
+    from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver,
+                                       MovingAveragePerChannelMinMaxObserver, QConfig, QConfigMapping)
+
+    act = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                 dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    if per_channel:
+        wt = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+                                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+    else:
+        wt = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127,
+                                    dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    return QConfigMapping().set_global(QConfig(activation=act, weight=wt))
+
+
+def qat(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContext, checkpoint: Path):
+    """prepare (fake quantization by torch.fx) -> train -> convert (observers frozen; the export
+    turns every fake quantization into a QuantizeLinear/DequantizeLinear pair)."""
+    import warnings
+
+    import torch
+
+    from .training import fit
+
+    prm = dict(call.params)
+    if entry.task == "text_classification":
+        raise WorkloadError(f"{entry.name}: qat of transformer models is not built yet (torch.fx cannot trace "
+                            "them); use quantize (dynamic int8)")
+    example = _example(entry, train)
+    module.train()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # torch.ao's notice that FX quantization moved to torchao
+            from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+            prepared = prepare_qat_fx(module, _qat_qconfig(prm["per_channel"]), example)
+    except Exception as e:  # noqa: BLE001 - tracing fails in many ways; one line for the user
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise WorkloadError(f"{entry.name}: qat could not insert fake quantization (torch.fx tracing failed: "
+                            f"{first[:200]})") from None
+    ctx.progress(f"{entry.name}: quantization-aware training")
+    history = fit(prepared, train, input_names=[s.name for s in entry.inputs], epochs=prm["epochs"],
+                  steps=prm["steps"], seconds=prm["seconds"], lr=prm["lr"], batch_size=prm["batch_size"],
+                  seed=ctx.seed, progress=ctx.progress, checkpoint=checkpoint)
+    prepared.eval()
+    prepared.apply(torch.ao.quantization.disable_observer)     # the learnt ranges are what gets exported
+    return prepared, {"params": prm, "params_before": sum(p.numel() for p in module.parameters()),
+                      "history": history}
+
+
 def _prune_step(module, entry, call, train, ctx, checkpoint):
     return module, prune(module, entry, call, train, ctx, checkpoint)
 
 
-APPLY = {"prune": _prune_step, "distill": distill}
+APPLY = {"prune": _prune_step, "distill": distill, "qat": qat}
 
 
 def trained_model(entry: ModelEntry, calls: tuple[OperatorCall, ...], ctx: BuildContext, data: dict,
@@ -329,6 +384,12 @@ def trained_model(entry: ModelEntry, calls: tuple[OperatorCall, ...], ctx: Build
         torch_to_onnx(module, entry.inputs, entry.output_names, path)
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
+        if "qat" in reports:
+            from .quantize import int8_report
+
+            report = int8_report(model)
+            report.check("qat")                 # a QAT model without int8 kernels is refused
+            reports["qat"].update(report.as_dict())
         before, after = graph.analyze(onnx.load(str(base))), graph.analyze(model)
         feeds = data["eval"]().sample(0)
         # the speed-up on this CPU, measured side by side (single thread, one sample); never assumed

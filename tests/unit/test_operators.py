@@ -56,9 +56,12 @@ def test_an_operator_twice_is_refused():
     assert "appears twice" in err(["quantize", "quantize"])
 
 
-def test_white_box_operators_are_declared_but_refused_until_built():
-    assert not OPERATORS["qat"].available
-    assert "operator qat is declared but not built yet" in err(["qat"])
+def test_training_operators_take_a_budget_and_come_first():
+    calls = parse_chain(["distill", "quantize"], W)
+    assert calls[0].get("epochs") == 3 and calls[0].get("student") == "auto"
+    assert parse_chain(["qat"], W)[0].get("epochs") == 1 and parse_chain(["prune"], W)[0].get("ratio") == 0.5
+    assert "qat (training) after a post-training operator" in err(["quantize", "qat"])
+    assert OPERATORS["prune"].kind == OPERATORS["qat"].kind == OPERATORS["distill"].kind == "training"
 
 
 def test_placement_and_partition_must_agree():

@@ -245,3 +245,15 @@ def test_a_registry_student_must_fit_the_teacher(wide, monkeypatch, tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(WorkloadError, match="model 'nosuch' unknown|nosuch"):
         prepare("wide_cnn", chain({"distill": {"student": "nosuch", "epochs": 1}}), cache=Cache(tmp_path))
+
+
+def test_qat_exports_int8_that_onnx_runtime_runs_and_partitions(wide, tmp_path):
+    r = prepare("wide_cnn", chain({"qat": {"epochs": 1}}, {"partition": {"cut": "auto"}}), parts=2,
+                cache=Cache(tmp_path))
+    rep = r.manifest["report"]["qat"]
+    assert rep["int8_ops"].get("QLinearConv", 0) >= 2 and rep["int8_fraction"] > 0.9
+    assert rep["params"]["per_channel"] is True and rep["history"]["steps"] == 7
+    assert abs(r.value - r.baseline) < 0.1
+    assert ArtifactRunner(r.path).run(_data("eval").sample(0)).done
+    with pytest.raises(WorkloadError, match="qat already made an int8 model; remove quantize"):
+        prepare("wide_cnn", chain({"qat": {"epochs": 1}}, "quantize"), cache=Cache(tmp_path))
