@@ -219,10 +219,14 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
     base = export_model(entry, ctx)
     libs = library_versions()
     own = user_data(entry, data) if data is not None else None
+    from .whitebox import VERSION as WHITEBOX_VERSION, training_calls
+
+    # artifacts with training operators also change when the white-box code's version does
+    extra = {"whitebox": WHITEBOX_VERSION} if training_calls(chain) else {}
     key = content_key("artifact", model=entry.name, version=entry.version, weights=weights, seed=seed,
                       data=None if own is None else _data_digest(own),
                       chain=[c.as_dict() for c in chain], parts=parts, prepare=PREPARE_VERSION, libs=libs,
-                      base=base.parent.name)
+                      base=base.parent.name, **extra)
     cached = cache.get("artifacts", key) is not None
     applicable = metric_applicable(entry, weights)
 
