@@ -257,3 +257,44 @@ def test_qat_exports_int8_that_onnx_runtime_runs_and_partitions(wide, tmp_path):
     assert ArtifactRunner(r.path).run(_data("eval").sample(0)).done
     with pytest.raises(WorkloadError, match="qat already made an int8 model; remove quantize"):
         prepare("wide_cnn", chain({"qat": {"epochs": 1}}, "quantize"), cache=Cache(tmp_path))
+
+
+def _bn_entry(monkeypatch, name, foldable):
+    nn = torch.nn
+
+    def build(ctx):
+        from workloads.training import fit
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c1 = nn.Conv2d(1, 16, 3, padding=1)
+                self.bn = nn.BatchNorm2d(16)
+                self.fc = nn.Linear(16, 3)
+
+            def forward(self, image):
+                x = torch.relu(self.bn(self.c1(image))) if foldable else self.bn(torch.relu(self.c1(image)))
+                return self.fc(x.mean(dim=(2, 3)))
+
+        torch.manual_seed(ctx.seed)
+        m = Net()
+        fit(m, _data("train"), input_names=["image"], epochs=1, batch_size=32, lr=1e-2, seed=ctx.seed)
+        return m.eval()
+
+    monkeypatch.setitem(registry._REGISTRY, name, ModelEntry(
+        name, "classification", "test model", (InputSpec("image", "float32", (1, 1, 24, 24)),), ("logits",),
+        "accuracy", True, "built in the test", build, _data, num_classes=3))
+
+
+def test_qat_folds_batch_norm_into_convolutions_or_refuses(monkeypatch, tmp_path):
+    import onnx
+
+    torch.set_num_threads(1)
+    _bn_entry(monkeypatch, "bn_ok", True)
+    r = prepare("bn_ok", chain({"qat": {"epochs": 1}}), cache=Cache(tmp_path))
+    ops = {n.op_type for n in onnx.load(str(r.path / "seg0.onnx")).graph.node}
+    assert "BatchNormalization" not in ops and "QuantizeLinear" in ops
+    assert r.manifest["report"]["qat"]["int8_fraction"] == 1.0
+    _bn_entry(monkeypatch, "bn_after_relu", False)
+    with pytest.raises(WorkloadError, match="qat needs batch norm folded into the convolutions, and 1 could not be"):
+        prepare("bn_after_relu", chain({"qat": {"epochs": 1}}), cache=Cache(tmp_path))
