@@ -67,3 +67,26 @@ def tiny_artifact(folder: Path, parts: int = 2, exit_threshold: float | None = N
         return (x.astype(np.float32) @ weights[0]) @ we
 
     return folder, reference, exit_logits
+
+
+def register_model(monkeypatch, name: str, build, data, shape: tuple, input_name: str = "image",
+                   classes: int = 3):
+    """Put a classification model built in a test into the registry (for the test only), with
+    torch held to one thread; returns its entry."""
+    import torch
+
+    from workloads import registry
+    from workloads.registry import InputSpec, ModelEntry
+
+    entry = ModelEntry(name, "classification", "test model", (InputSpec(input_name, "float32", shape),),
+                       ("logits",), "accuracy", True, "built in the test", build, data, num_classes=classes)
+    monkeypatch.setitem(registry._REGISTRY, name, entry)
+    torch.set_num_threads(1)
+    return entry
+
+
+def chain(*items):
+    """A validated operator chain from experiment-file items."""
+    from workloads.operators import parse_chain
+
+    return parse_chain(list(items), "test")

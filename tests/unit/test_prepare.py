@@ -4,14 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from workloads import registry
 from workloads.cache import Cache
 from workloads.data import Dataset
 from workloads.errors import WorkloadError
-from workloads.operators import parse_chain
 from workloads.prepare import prepare
-from workloads.registry import InputSpec, ModelEntry
 from workloads.runtime import ArtifactRunner
+from tests.tiny import chain, register_model
 
 torch = pytest.importorskip("torch")
 
@@ -52,15 +50,7 @@ def _data(split, ctx=None):
 
 @pytest.fixture()
 def tiny(monkeypatch):
-    entry = ModelEntry("tiny_cnn", "classification", "test model", (InputSpec("image", "float32", (1, 1, 12, 12)),),
-                       ("logits",), "accuracy", True, "built in the test", _build, _data, num_classes=3)
-    monkeypatch.setitem(registry._REGISTRY, entry.name, entry)
-    torch.set_num_threads(1)
-    return entry
-
-
-def chain(*items):
-    return parse_chain(list(items), "test")
+    return register_model(monkeypatch, "tiny_cnn", _build, _data, (1, 1, 12, 12))
 
 
 def test_fp32_artifact_has_one_part_and_the_baseline_metric(tiny, tmp_path):

@@ -12,8 +12,8 @@ from workloads.data import Dataset
 from workloads.errors import WorkloadError
 from workloads.operators import parse_chain
 from workloads.prepare import prepare
-from workloads.registry import InputSpec, ModelEntry
 from workloads.runtime import ArtifactRunner
+from tests.tiny import chain, register_model
 
 torch = pytest.importorskip("torch")
 
@@ -58,15 +58,7 @@ def _build(ctx):
 
 @pytest.fixture()
 def wide(monkeypatch):
-    entry = ModelEntry("wide_cnn", "classification", "test model", (InputSpec("image", "float32", (1, 1, 24, 24)),),
-                       ("logits",), "accuracy", True, "built in the test", _build, _data, num_classes=3)
-    monkeypatch.setitem(registry._REGISTRY, entry.name, entry)
-    torch.set_num_threads(1)
-    return entry
-
-
-def chain(*items):
-    return parse_chain(list(items), "test")
+    return register_model(monkeypatch, "wide_cnn", _build, _data, (1, 1, 24, 24))
 
 
 def test_structured_pruning_removes_channels_and_flops_and_keeps_the_classifier(wide, tmp_path):
@@ -222,10 +214,7 @@ def _stack_entry(monkeypatch, name="tiny_stack", classes=3):
         x = rng.normal(0, 0.5, (n, 16)).astype(np.float32) + y[:, None].astype(np.float32)
         return Dataset("stack", "classification", {"x": x}, y.astype(np.int64))
 
-    entry = ModelEntry(name, "classification", "test model", (InputSpec("x", "float32", (1, 16)),), ("logits",),
-                       "accuracy", True, "built in the test", build, data, num_classes=classes)
-    monkeypatch.setitem(registry._REGISTRY, name, entry)
-    return entry
+    return register_model(monkeypatch, name, build, data, (1, 16), input_name="x", classes=classes)
 
 
 def test_shallow_student_keeps_every_other_repeated_layer(monkeypatch, tmp_path):
@@ -281,9 +270,7 @@ def _bn_entry(monkeypatch, name, foldable):
         fit(m, _data("train"), input_names=["image"], epochs=1, batch_size=32, lr=1e-2, seed=ctx.seed)
         return m.eval()
 
-    monkeypatch.setitem(registry._REGISTRY, name, ModelEntry(
-        name, "classification", "test model", (InputSpec("image", "float32", (1, 1, 24, 24)),), ("logits",),
-        "accuracy", True, "built in the test", build, _data, num_classes=3))
+    register_model(monkeypatch, name, build, _data, (1, 1, 24, 24))
 
 
 def test_qat_folds_batch_norm_into_convolutions_or_refuses(monkeypatch, tmp_path):
