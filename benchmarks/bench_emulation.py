@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import secrets
-import signal
 import statistics
 import string
 import subprocess
@@ -46,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import sigterm_as_interrupt  # noqa: E402
 from emulation import calibrate, registry  # noqa: E402
 from emulation.calibrate import measure_cpus, measure_rtt_ms  # noqa: E402
 from emulation.network import EmulatedNetwork  # noqa: E402
@@ -875,16 +875,7 @@ def main() -> int:
         print("needs root: sudo .venv/bin/python benchmarks/bench_emulation.py", file=sys.stderr)
         return 2
 
-    main_pid = os.getpid()
-
-    def on_term(signum, _frame):  # let every `with`/finally tear down what it built
-        if os.getpid() != main_pid:
-            # a forked helper (pyroute2 opens netns sockets from fork()ed children and stops
-            # them with SIGTERM) inherits this handler: it must die, never unwind our stack
-            os._exit(128 + signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    sigterm_as_interrupt()
     started, t0 = time.time(), time.monotonic()
     state_start = machine_state()
     b = Bench(args.quick)

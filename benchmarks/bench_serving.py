@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import socket
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import sigterm_as_interrupt  # noqa: E402
 from emulation.process import terminate  # noqa: E402
 from workloads.serving import Client, breakdown, save_inputs  # noqa: E402
 
@@ -456,14 +456,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root: sudo .venv/bin/python benchmarks/bench_serving.py", file=sys.stderr)
         return 2
-    main_pid = os.getpid()
-
-    def on_term(signum, _frame):
-        if os.getpid() != main_pid:
-            os._exit(128 + signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    sigterm_as_interrupt()
     from emulation.probe import machine_cores
     from workloads.quantize import cpu_features
 

@@ -198,7 +198,7 @@ def _ms(v) -> str:
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
-def _per(d: dict, short: bool = True) -> str:
+def _per(d: dict) -> str:
     return "\n".join(f"{k.replace('>', '→')} {_ms(v)}" for k, v in d.items()) or "-"
 
 

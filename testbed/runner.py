@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emulation.errors import EmulationError
@@ -127,8 +127,6 @@ class Runner:
         self.run_id = run_id
         self.inputs: dict[ModelRef, Path] = {}
         self.artifacts: dict[tuple, object] = {}
-        self.outcomes: list[CellOutcome] = []
-        self.skipped: list[str] = []
 
     # -- preparation (no root, no network) ---------------------------------------------------
     def prepare(self) -> None:
@@ -177,7 +175,8 @@ class Runner:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> str:
-        """Run every cell not already done; returns the run's status (done / interrupted)."""
+        """Run every cell not already done; returns ``"done"``. An interrupt (Ctrl-C,
+        SIGTERM) is re-raised once the cell it stopped is stored."""
         from emulation.network import EmulatedNetwork
         from emulation.probe import capabilities, machine_cores
 
@@ -187,10 +186,8 @@ class Runner:
         total = sum(len(c) for _, c in plan)
         caps = self.caps or capabilities()
         cores = machine_cores()
-        status = "done"
         for exp, cells in plan:
             todo = [c for c in cells if c.key not in done]
-            self.skipped += [c.key for c in cells if c.key in done]
             if not todo:
                 continue
             for c in todo:
@@ -204,11 +201,10 @@ class Runner:
                     self.events.cell_start(c, total)
                     outcome = CellExecution(self, exp, net, c, network, cores).run()
                     self.store.write_cell(outcome.record, outcome.requests, outcome.hops)
-                    self.outcomes.append(outcome)
                     self.events.cell_done(outcome)
                     if outcome.interrupt is not None:
                         raise outcome.interrupt
-        return status
+        return "done"
 
 
 def _point_label(point: dict) -> str:
@@ -393,8 +389,7 @@ class CellExecution:
     def _mark_oom(self, hosts: list[str]) -> None:
         note = "OOM-killed on " + ", ".join(
             f"{h} (memory limit {self.exp.topology.host(h).memory_bytes} B)" for h in hosts)
-        self.requests = [RequestRow(**{**r.__dict__, "status": "oom", "error": note}) if r.status == "error" else r
-                         for r in self.requests]
+        self.requests = [replace(r, status="oom", error=note) if r.status == "error" else r for r in self.requests]
         measured = {r.seq for r in self.requests}
         self.requests += [RequestRow(seq=s, input_index=s % self.exp.requests.inputs, status="oom", error=note)
                           for s in range(self.exp.requests.repeat) if s not in measured]

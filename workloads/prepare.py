@@ -22,6 +22,8 @@ from .errors import WorkloadError
 from .operators import OperatorCall, static_only
 from .registry import RANDOM_NOTE, BuildContext, ModelEntry, check_weights, get_model, metric_applicable
 from .runtime import MANIFEST, ArtifactRunner, session
+from .whitebox import VERSION as WHITEBOX_VERSION
+from .whitebox import trained_model, training_calls
 
 PREPARE_VERSION = "1"       # bump when what an artifact holds changes
 
@@ -219,12 +221,12 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
     base = export_model(entry, ctx)
     libs = library_versions()
     own = user_data(entry, data) if data is not None else None
-    from .whitebox import VERSION as WHITEBOX_VERSION, training_calls
-
+    digest = None if own is None else _data_digest(own)
+    training = training_calls(chain)
     # artifacts with training operators also change when the white-box code's version does
-    extra = {"whitebox": WHITEBOX_VERSION} if training_calls(chain) else {}
+    extra = {"whitebox": WHITEBOX_VERSION} if training else {}
     key = content_key("artifact", model=entry.name, version=entry.version, weights=weights, seed=seed,
-                      data=None if own is None else _data_digest(own),
+                      data=digest,
                       chain=[c.as_dict() for c in chain], parts=parts, prepare=PREPARE_VERSION, libs=libs,
                       base=base.parent.name, **extra)
     cached = cache.get("artifacts", key) is not None
@@ -242,16 +244,12 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
         return _predictions(lambda f: sess.run(None, f)[0], train.take(10000))
 
     def build(folder: Path):
-        from .whitebox import trained_model, training_calls
-
         t0 = time.monotonic()
         data_fns = {"eval": lambda: dataset("eval"), "train": lambda: dataset("train"),
                     "calibration": lambda: dataset("calibration"), "reference_train": reference_train}
-        training = training_calls(chain)
         start, reports = base, {}
         if training:
-            start, reports = trained_model(entry, training, ctx, data_fns, base,
-                                           None if own is None else _data_digest(own))
+            start, reports = trained_model(entry, training, ctx, data_fns, base, digest)
         pipe = Pipeline(entry.name, entry.task, onnx.load(str(start)))
         for name, report in reports.items():
             pipe = pipe.with_report(name, report)

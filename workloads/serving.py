@@ -118,6 +118,7 @@ class Server:
         last = max(s.part for s in self.runner.segments)
         if (cfg.part < last) != (cfg.next_hop is not None):
             raise ValueError(f"part {cfg.part} of {last + 1}: --next is needed exactly when a later part exists")
+        self.needs = next(s for s in self.runner.segments if s.part == cfg.part).inputs
         self.compute_lock = threading.Lock()
         self.stopping = threading.Event()
         self.served = 0
@@ -207,7 +208,7 @@ class Server:
         rec = {"host": cfg.host, "stage": "request", "part": cfg.part, "sent": msg.sent_ns,
                "recv0": msg.recv_start_ns, "recv1": msg.recv_end_ns, "dec1": msg.decode_end_ns,
                "bytes": msg.nbytes}
-        missing = [n for n in self._needs() if n not in msg.tensors]
+        missing = [n for n in self.needs if n not in msg.tensors]
         if missing:
             self._reply_error(conn, msg.id, f"{cfg.host}: request lacks tensors {missing}", trace + [rec])
             return True
@@ -235,12 +236,6 @@ class Server:
             rrec["enc0"] = _now()
         send_message(conn, Message(answer.kind, msg.id, answer.tensors, meta), cfg.codec, cfg.limits)
         return True
-
-    def _needs(self) -> tuple[str, ...]:
-        if not hasattr(self, "_needed"):
-            first = next(s for s in self.runner.segments if s.part == self.cfg.part)
-            self._needed = tuple(first.inputs)
-        return self._needed
 
     def _forward(self, rid: int, tensors: dict, trace: list, rec: dict, down: list) -> Message:
         """Send the next part its tensors and wait for the answer; a failure downstream comes

@@ -122,8 +122,8 @@ def _example(entry: ModelEntry, train) -> tuple:
     return tuple(torch.from_numpy(np.ascontiguousarray(sample[s.name])) for s in entry.inputs)
 
 
-def prune(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContext, checkpoint: Path) -> dict:
-    """Prune ``module`` in place as ``call`` says, fine-tune it; the report."""
+def prune(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContext, checkpoint: Path):
+    """Prune ``module`` in place as ``call`` says, fine-tune it; returns (module, report)."""
     from .training import fit
 
     prm = dict(call.params)
@@ -149,8 +149,9 @@ def prune(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContex
 
         for m, name in targets:
             tprune.remove(m, name)          # masks folded into the weights: plain zeros
-    return {"params": prm, "params_before": params_before, "params_after": sum(p.numel() for p in module.parameters()),
-            "sparsity": round(sparsity(module), 4), "history": history}
+    return module, {"params": prm, "params_before": params_before,
+                    "params_after": sum(p.numel() for p in module.parameters()),
+                    "sparsity": round(sparsity(module), 4), "history": history}
 
 
 # ---- distillation ------------------------------------------------------------------------
@@ -356,11 +357,7 @@ def qat(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContext,
                       "history": history}
 
 
-def _prune_step(module, entry, call, train, ctx, checkpoint):
-    return module, prune(module, entry, call, train, ctx, checkpoint)
-
-
-APPLY = {"prune": _prune_step, "distill": distill, "qat": qat}
+APPLY = {"prune": prune, "distill": distill, "qat": qat}     # each returns (module, report)
 
 
 def trained_model(entry: ModelEntry, calls: tuple[OperatorCall, ...], ctx: BuildContext, data: dict,
