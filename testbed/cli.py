@@ -309,7 +309,8 @@ def run(experiment: str, out: str | None, sets: tuple[str, ...], as_json: bool) 
         events = Events(stage=bar.describe,
                         cell_start=lambda c, total: bar.describe(f"{c.model.name} / {c.strategy.name}"),
                         request_done=lambda st: bar.advance(),
-                        cell_done=lambda o: bar.finish_cell(exp.requests.repeat - len(o.requests)))
+                        cell_done=lambda o: bar.finish_cell(exp.requests.repeat - len(o.requests)),
+                        cells_skipped=lambda n: bar.finish_cell(n * exp.requests.repeat))
         try:
             status, _ = run_experiment(exp, folder, events=events)
         except (ExperimentError, StoreError, EmulationError) as e:

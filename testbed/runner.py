@@ -68,6 +68,7 @@ class Events:
     cell_start: Callable[[CellPlan, int], None] = lambda cell, total: None
     request_done: Callable[[str], None] = lambda status: None        # one measured request
     cell_done: Callable[[CellOutcome], None] = lambda outcome: None
+    cells_skipped: Callable[[int], None] = lambda count: None       # already done (a resumed run)
 
 
 def cell_key(exp: Experiment, point: dict, model: ModelRef, strategy: Strategy) -> str:
@@ -188,6 +189,8 @@ class Runner:
         cores = machine_cores()
         for exp, cells in plan:
             todo = [c for c in cells if c.key not in done]
+            if len(todo) < len(cells):
+                self.events.cells_skipped(len(cells) - len(todo))
             if not todo:
                 continue
             for c in todo:
