@@ -60,8 +60,9 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   named ``client`` takes precedence over the keyword.
 - ``requests`` (each key optional): ``warmup`` unmeasured requests before measuring, 0..10000
   (default 3); ``repeat`` measured requests per cell, 1..1000000 (default 30); ``inputs``
-  distinct samples of the model's data that the requests cycle through, 1..100000 (default
-  10); ``timeout`` per request, a duration with a unit (``us``, ``ms``, ``s``), above 0 and at
+  distinct samples of the model's evaluation data that the requests cycle through, 1..100000
+  and at most as many as that data has (`testbed run` says so in one line; default 10);
+  ``timeout`` per request, a duration with a unit (``us``, ``ms``, ``s``), above 0 and at
   most 3600s (default 120s).
 - ``codec``: the wire format, ``binary`` (default: length-prefixed raw tensors) or
   ``json-base64`` (the studies' transport, to compare with).

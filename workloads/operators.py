@@ -282,6 +282,9 @@ def parse_call(item: Any, where: str) -> OperatorCall:
     if name == "prune" and call.get("kind") == "unstructured" and "round_to" in given:
         raise WorkloadError(f"{where}.prune.round_to: applies to structured pruning only; remove it or use "
                             "kind: structured")
+    if name == "distill" and call.get("student") not in ("auto", "narrow", "shallow") and "ratio" in given:
+        raise WorkloadError(f"{where}.distill.ratio: applies to narrow and shallow students only; a registry "
+                            f"student ({call.get('student')}) has its own size: remove ratio")
     if d.kind == "training" and all(call.get(k) is None for k in ("epochs", "steps", "seconds")):
         raise WorkloadError(f"{where}.{name}: no training budget; give epochs, steps or seconds (a number >= 1)")
     return call

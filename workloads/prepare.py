@@ -291,7 +291,7 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
 def request_inputs(model: str, *, weights: str | None = None, data: Path | str | None = None, count: int = 10,
                    cache: Cache | None = None, seed: int = 0) -> tuple[list[dict], list[np.ndarray]]:
     """``count`` samples of ``model``'s evaluation data as single-sample feeds (what requests
-    send; fewer when the data set is smaller), with the untransformed model's output for each
+    send; more than the data set has is an error), with the untransformed model's output for each
     (what the answers are checked against)."""
     from .export import export_model
 
@@ -302,7 +302,10 @@ def request_inputs(model: str, *, weights: str | None = None, data: Path | str |
     ctx = BuildContext(cache=cache, weights=weights, seed=seed)
     base = export_model(entry, ctx)
     data = user_data(entry, data)["eval"] if data is not None else entry.dataset("eval", ctx)
-    picks = np.linspace(0, len(data) - 1, num=min(count, len(data))).round().astype(int)
+    if count > len(data):
+        raise WorkloadError(f"{entry.name}: requests.inputs is {count} but its evaluation data has {len(data)} "
+                            f"samples; set requests.inputs to at most {len(data)}")
+    picks = np.linspace(0, len(data) - 1, num=count).round().astype(int)
     samples = [data.sample(int(i)) for i in picks]
     sess = session(base)
     return samples, [sess.run(None, s)[0] for s in samples]

@@ -285,3 +285,8 @@ def test_qat_folds_batch_norm_into_convolutions_or_refuses(monkeypatch, tmp_path
     _bn_entry(monkeypatch, "bn_after_relu", False)
     with pytest.raises(WorkloadError, match="qat needs batch norm folded into the convolutions, and 1 could not be"):
         prepare("bn_after_relu", chain({"qat": {"epochs": 1}}), cache=Cache(tmp_path))
+
+
+def test_a_ratio_with_a_registry_student_is_refused_not_ignored():
+    with pytest.raises(WorkloadError, match=r"test\[0\].distill.ratio: applies to narrow and shallow students only"):
+        parse_chain([{"distill": {"student": "fmnist_cnn", "ratio": 0.3}}], "test")
