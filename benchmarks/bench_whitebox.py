@@ -1,4 +1,4 @@
-"""Benchmark of the white-box operators (QAT, pruning, distillation) on the offline CNNs, side
+"""Benchmark of the white-box operators (QAT, pruning, distillation) on the offline models, side
 by side.
 
 For each model: the fp32 baseline, post-training static int8 (to compare QAT with), QAT,
@@ -28,7 +28,7 @@ from workloads.cache import Cache  # noqa: E402
 from workloads.errors import WorkloadError  # noqa: E402
 from workloads.operators import parse_chain  # noqa: E402
 
-MODELS = ["fmnist_cnn", "fmnist_segnet", "efficientnet_lite0"]
+MODELS = ["fmnist_cnn", "fmnist_segnet", "efficientnet_lite0", "minilm_sentiment"]
 CHAINS = {
     "fp32": [],
     "static int8 (PTQ)": ["quantize"],

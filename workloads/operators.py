@@ -16,7 +16,7 @@ artifact's content key is built from.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import WorkloadError, choices
@@ -44,9 +44,11 @@ class OperatorDef:
 
 @dataclass(frozen=True)
 class OperatorCall:
-    """An operator with every parameter filled in; hashable, and stable as a cache key."""
+    """An operator with every parameter filled in; hashable, and stable as a cache key.
+    ``given``: the parameters the user wrote (not part of equality or the key)."""
     name: str
     params: tuple[tuple[str, Any], ...]
+    given: frozenset = field(default=frozenset(), compare=False)
 
     def get(self, key: str) -> Any:
         return dict(self.params)[key]
@@ -276,7 +278,7 @@ def parse_call(item: Any, where: str) -> OperatorCall:
             values.append((key, p.parse(given[key])))
         except ValueError as e:
             raise WorkloadError(f"{where}.{name}.{key}: {given[key]!r} is not valid; allowed: {e}") from None
-    call = OperatorCall(name, tuple(values))
+    call = OperatorCall(name, tuple(values), frozenset(given))
     if name == "quantize" and call.get("mode") == "dynamic":
         static_only(call, where)
     if name == "prune" and call.get("kind") == "unstructured" and "round_to" in given:

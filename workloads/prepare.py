@@ -23,7 +23,7 @@ from .operators import OperatorCall, static_only
 from .registry import RANDOM_NOTE, BuildContext, ModelEntry, check_weights, get_model, metric_applicable
 from .runtime import MANIFEST, ArtifactRunner, session
 from .whitebox import VERSION as WHITEBOX_VERSION
-from .whitebox import trained_model, training_calls
+from .whitebox import trained_model, training_calls, with_model_budget
 
 PREPARE_VERSION = "1"       # bump when what an artifact holds changes
 
@@ -222,7 +222,8 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
     libs = library_versions()
     own = user_data(entry, data) if data is not None else None
     digest = None if own is None else _data_digest(own)
-    training = training_calls(chain)
+    training = tuple(with_model_budget(c, entry) for c in training_calls(chain))
+    chain = training + chain[len(training):]
     # artifacts with training operators also change when the white-box code's version does
     extra = {"whitebox": WHITEBOX_VERSION} if training else {}
     key = content_key("artifact", model=entry.name, version=entry.version, weights=weights, seed=seed,

@@ -62,6 +62,9 @@ class ModelEntry:
     # residual blocks that early_exit(kind=skip) drops by default, named as early_exit.residual_blocks
     # names them (module paths of the exported graph joined by '/', e.g. layer3/layer3.12)
     skippable_blocks: tuple[str, ...] = ()
+    # optimizer steps that training operators default to when the chain gives no budget
+    # (epochs, steps or seconds): a large training set's default epochs would take too long
+    training_steps: int | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -23,7 +23,9 @@ Pruning (``prune``):
 * ``kind: structured`` (default) removes whole channels with torch-pruning's dependency graph
   (every layer that consumes a removed channel shrinks with it; the classifier's outputs are
   kept), L2-magnitude importance, ``ratio`` of the channels of each prunable layer. The model
-  is smaller, so ONNX Runtime runs it faster.
+  is smaller, so ONNX Runtime runs it faster. In a transformer, ``ratio`` of each layer's
+  attention heads and feed-forward neurons go and the width (embeddings, residual stream)
+  stays.
 * ``kind: unstructured`` zeroes the ``ratio`` of weights with the smallest magnitude across
   all convolution and linear layers (study B's pruning). The shapes do not change; ONNX Runtime
   has no sparse kernels, so it is not faster, which the report shows, measured.
@@ -31,10 +33,16 @@ Pruning (``prune``):
 Distillation (``distill``): a student learns from the model (the teacher, frozen) with
 ``alpha`` x T² x KL(teacher ‖ student at temperature T) + (1 - ``alpha``) x cross entropy with
 the labels (per pixel for segmentation). The student is ``narrow`` (the teacher with
-``ratio`` of its channels removed, starting from the teacher's own weights), ``shallow`` (the
+``ratio`` of its channels, or a transformer's heads and feed-forward neurons, removed, starting
+from the teacher's own weights), ``shallow`` (the
 teacher keeping an evenly spaced 1 - ``ratio`` of its longest list of repeated layers: a
 transformer's encoder layers), or a registry model of the same task, classes and inputs; it is
 what gets exported. DSPTQ is ``[distill, quantize]``.
+
+Quantization-aware training (``qat``): convolutional models through torch.fx (batch norm folded
+first); transformers, which torch.fx cannot trace, by fake quantization in every linear layer
+(`_fake_quant_linear`). Either way the export's weight quantization is folded into int8
+initializers (`workloads.quantize.fold_weight_quantization`) and ORT's int8 kernels are checked.
 """
 from __future__ import annotations
 
@@ -49,7 +57,7 @@ from .errors import WorkloadError
 from .operators import OPERATORS, OperatorCall
 from .registry import BuildContext, ModelEntry
 
-VERSION = "3"              # bump when what a trained model holds changes (part of its key)
+VERSION = "4"              # bump when what a trained model holds changes (part of its key)
 TRAINED_FILE = "model.onnx"
 REPORT_FILE = "report.json"
 
@@ -57,6 +65,16 @@ REPORT_FILE = "report.json"
 def training_calls(chain: tuple[OperatorCall, ...]) -> tuple[OperatorCall, ...]:
     """The leading training operators of a validated chain."""
     return tuple(c for c in chain if OPERATORS[c.name].kind == "training")
+
+
+def with_model_budget(call: OperatorCall, entry: ModelEntry) -> OperatorCall:
+    """``call`` with the model's default step budget (`ModelEntry.training_steps`) when the
+    user gave none: it is then part of the call, so of the cache key and the report."""
+    if entry.training_steps is None or call.given & {"epochs", "steps", "seconds"}:
+        return call
+    from dataclasses import replace
+
+    return replace(call, params=tuple((k, entry.training_steps if k == "steps" else v) for k, v in call.params))
 
 
 def _module(entry: ModelEntry, ctx: BuildContext):
@@ -130,9 +148,6 @@ def prune(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContex
     params_before = sum(p.numel() for p in module.parameters())
     ratio = prm["ratio"]
     if prm["kind"] == "structured":
-        if entry.task == "text_classification":
-            raise WorkloadError(f"{entry.name}: structured pruning of transformer models is not built yet "
-                                "(attention heads need their own grouping); use kind: unstructured")
         _structured(module, entry, train, ratio, prm["round_to"], ctx.seed)
         targets = []
     else:
@@ -156,16 +171,44 @@ def prune(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContex
 
 # ---- distillation ------------------------------------------------------------------------
 
+def _attention_modules(module) -> list:
+    """Self-attention modules in the Hugging Face shape: ``num_attention_heads`` and linear
+    ``query``, ``key`` and ``value`` projections."""
+    import torch.nn as nn
+
+    return [m for m in module.modules() if hasattr(m, "num_attention_heads")
+            and all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value"))]
+
+
 def _structured(module, entry: ModelEntry, train, ratio: float, round_to: int, seed: int) -> None:
-    """Remove ``ratio`` of the channels of every prunable layer in place (dependency-aware)."""
+    """Remove ``ratio`` of the channels of every prunable layer in place (dependency-aware).
+
+    Transformers (modules with self-attention): whole attention heads (``ratio`` of each
+    layer's heads, by the L2 norm of their query/key/value weights) and ``ratio`` of each
+    feed-forward layer's hidden neurons go; the model width (embeddings, residual stream,
+    layer norms) stays, so every layer keeps its input and output shape."""
     import torch
+    import torch.nn as nn
     import torch_pruning as tp
 
     example = _example(entry, train)
     torch.manual_seed(seed)
-    tp.pruner.MetaPruner(module, example if len(example) > 1 else example[0],
-                         importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
-                         ignored_layers=_output_layers(module, entry.num_classes), round_to=round_to).step()
+    ignored = _output_layers(module, entry.num_classes)
+    attention = _attention_modules(module)
+    extra = {}
+    if attention:
+        ignored += [m for m in module.modules() if isinstance(m, nn.Embedding)]   # keeps the model width
+        extra = dict(num_heads={getattr(a, p): a.num_attention_heads for a in attention
+                                for p in ("query", "key", "value")},
+                     prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio)
+    pruner = tp.pruner.MetaPruner(module, example if len(example) > 1 else example[0],
+                                  importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+                                  ignored_layers=ignored, round_to=round_to, **extra)
+    pruner.step()
+    for a in attention:               # the attention's reshapes read these
+        a.num_attention_heads = pruner.num_heads[a.query]
+        a.all_head_size = a.query.out_features
+        a.attention_head_size = a.all_head_size // a.num_attention_heads
 
 
 def _shallow(module, keep: float) -> str:
@@ -205,12 +248,10 @@ def _student(entry: ModelEntry, call: OperatorCall, teacher, train, ctx: BuildCo
     if kind == "auto":
         kind = "shallow" if entry.task == "text_classification" else "narrow"
     if kind == "narrow":
-        if entry.task == "text_classification":
-            raise WorkloadError(f"{entry.name}: a narrow student of a transformer is not built yet; use "
-                                "student: shallow")
         student = copy.deepcopy(teacher)
         _structured(student, entry, train, prm["ratio"], 8, ctx.seed)
-        return student, f"the teacher with {prm['ratio']:g} of its channels removed (torch-pruning, L2 magnitude)"
+        what = "attention heads and feed-forward neurons" if _attention_modules(student) else "channels"
+        return student, f"the teacher with {prm['ratio']:g} of its {what} removed (torch-pruning, L2 magnitude)"
     if kind == "shallow":
         student = copy.deepcopy(teacher)
         return student, _shallow(student, 1 - prm["ratio"])
@@ -220,9 +261,10 @@ def _student(entry: ModelEntry, call: OperatorCall, teacher, train, ctx: BuildCo
         raise WorkloadError(f"{entry.name}: student {kind} does not fit the teacher: task {other.task} vs "
                             f"{entry.task}, {other.num_classes} vs {entry.num_classes} classes, inputs "
                             f"{[s.name for s in other.inputs]} vs {[s.name for s in entry.inputs]}")
-    student = other.build(BuildContext(cache=ctx.cache, weights=other.weights[0], seed=ctx.seed,
-                                       progress=ctx.progress))
-    return student, f"registry model {kind} ({other.weights[0]} weights)"
+    # a teacher with random weights (a latency-only study) gets a random student: no download
+    weights = ctx.weights if ctx.weights in other.weights else other.weights[0]
+    student = other.build(BuildContext(cache=ctx.cache, weights=weights, seed=ctx.seed, progress=ctx.progress))
+    return student, f"registry model {kind} ({weights} weights)"
 
 
 def _kd_loss(temperature: float, alpha: float, segmentation: bool):
@@ -292,37 +334,62 @@ def distill(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildCont
 
 # ---- quantization-aware training ----------------------------------------------------------
 
-def _qat_qconfig(per_channel: bool):
-    """Activations uint8 0..255 (affine), weights int8 -128..127 (symmetric, per output channel
-    or per tensor): the ranges ONNX's QuantizeLinear has and ORT's U8S8 kernels run."""
+def _fake_quant_args(per_channel: bool, ch_axis: int = 0) -> tuple[dict, dict]:
+    """FakeQuantize arguments (activation, weight): activations uint8 0..255 (affine), weights
+    int8 -128..127 (symmetric, per output channel on ``ch_axis`` or per tensor): the ranges
+    ONNX's QuantizeLinear has and ORT's U8S8 kernels run."""
     import torch
-    from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver,
-                                       MovingAveragePerChannelMinMaxObserver, QConfig, QConfigMapping)
+    from torch.ao.quantization import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
-    act = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
-                                 dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    act = dict(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+               qscheme=torch.per_tensor_affine)
     if per_channel:
-        wt = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
-                                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+        wt = dict(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
+                  qscheme=torch.per_channel_symmetric, ch_axis=ch_axis)
     else:
-        wt = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127,
-                                    dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
-    return QConfigMapping().set_global(QConfig(activation=act, weight=wt))
+        wt = dict(observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=torch.qint8,
+                  qscheme=torch.per_tensor_symmetric)
+    return act, wt
+
+
+def _qat_qconfig(per_channel: bool):
+    from torch.ao.quantization import FakeQuantize, QConfig, QConfigMapping
+
+    act, wt = _fake_quant_args(per_channel)
+    return QConfigMapping().set_global(QConfig(activation=FakeQuantize.with_args(**act),
+                                               weight=FakeQuantize.with_args(**wt)))
 
 
 def qat(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContext, checkpoint: Path):
-    """prepare (fake quantization by torch.fx) -> train -> convert (observers frozen; the export
-    turns every fake quantization into a QuantizeLinear/DequantizeLinear pair)."""
-    import warnings
-
+    """prepare (fake quantization: by torch.fx, or in every linear layer of a transformer) ->
+    train -> convert (observers frozen; the export turns every fake quantization into a
+    QuantizeLinear/DequantizeLinear pair, and `fold_weight_quantization` stores the weights as
+    int8)."""
     import torch
 
     from .training import fit
 
     prm = dict(call.params)
-    if entry.task == "text_classification":
-        raise WorkloadError(f"{entry.name}: qat of transformer models is not built yet (torch.fx cannot trace "
-                            "them); use quantize (dynamic int8)")
+    if _attention_modules(module):
+        prepared = _qat_linears(module, prm["per_channel"])
+    else:
+        prepared = _qat_fx(module, entry, train, prm["per_channel"])
+    ctx.progress(f"{entry.name}: quantization-aware training")
+    history = fit(prepared, train, input_names=[s.name for s in entry.inputs], epochs=prm["epochs"],
+                  steps=prm["steps"], seconds=prm["seconds"], lr=prm["lr"], batch_size=prm["batch_size"],
+                  seed=ctx.seed, progress=ctx.progress, checkpoint=checkpoint)
+    prepared.eval()
+    prepared.apply(torch.ao.quantization.disable_observer)     # the learnt ranges are what gets exported
+    return prepared, {"params": prm, "params_before": sum(p.numel() for p in module.parameters()),
+                      "history": history}
+
+
+def _qat_fx(module, entry: ModelEntry, train, per_channel: bool):
+    """Convolutional models: batch norm folded, fake quantization inserted by torch.fx."""
+    import warnings
+
+    import torch
+
     example = _example(entry, train)
     module.train()
     try:
@@ -346,15 +413,51 @@ def qat(module, entry: ModelEntry, call: OperatorCall, train, ctx: BuildContext,
                             "(post-training) for this model")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_qat_fx(fused.train(), _qat_qconfig(prm["per_channel"]), example)
-    ctx.progress(f"{entry.name}: quantization-aware training")
-    history = fit(prepared, train, input_names=[s.name for s in entry.inputs], epochs=prm["epochs"],
-                  steps=prm["steps"], seconds=prm["seconds"], lr=prm["lr"], batch_size=prm["batch_size"],
-                  seed=ctx.seed, progress=ctx.progress, checkpoint=checkpoint)
-    prepared.eval()
-    prepared.apply(torch.ao.quantization.disable_observer)     # the learnt ranges are what gets exported
-    return prepared, {"params": prm, "params_before": sum(p.numel() for p in module.parameters()),
-                      "history": history}
+        return prepare_qat_fx(fused.train(), _qat_qconfig(per_channel), example)
+
+
+def _qat_linears(module, per_channel: bool):
+    """Transformers (torch.fx cannot trace Hugging Face models): every linear layer in place
+    becomes `_fake_quant_linear`; attention's activation-by-activation products, embeddings and
+    layer norms stay float (they hold a few percent of the multiply-adds)."""
+    import torch.nn as nn
+
+    def swap(parent):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, _fake_quant_linear(child, per_channel))
+            else:
+                swap(child)
+
+    swap(module)
+    return module.train()
+
+
+def _fake_quant_linear(linear, per_channel: bool):
+    """``linear`` with fake quantization of its input, its (transposed) weight and its output
+    before the bias. Exported, that is DequantizeLinear(x) and DequantizeLinear(W^T) into a
+    MatMul followed by QuantizeLinear, which ONNX Runtime fuses into one QLinearMatMul (int8
+    kernels). Without the output quantization it keeps the MatMul float (it first fuses the
+    MatMul with the bias Add into a Gemm, breaking the pattern: measured, 0 int8 kernels);
+    with the weight as ``W`` rather than ``W^T`` a Transpose sits between DequantizeLinear and
+    MatMul, with the same effect."""
+    import torch
+    import torch.nn as nn
+    from torch.ao.quantization import FakeQuantize
+
+    act, wt = _fake_quant_args(per_channel, ch_axis=1)      # W^T is [in, out]: output channels on axis 1
+
+    class FakeQuantLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.bias = linear.weight, linear.bias
+            self.input_fq, self.weight_fq, self.output_fq = FakeQuantize(**act), FakeQuantize(**wt), FakeQuantize(**act)
+
+        def forward(self, x):
+            y = self.output_fq(torch.matmul(self.input_fq(x), self.weight_fq(self.weight.t())))
+            return y if self.bias is None else y + self.bias
+
+    return FakeQuantLinear()
 
 
 APPLY = {"prune": prune, "distill": distill, "qat": qat}     # each returns (module, report)
@@ -393,6 +496,11 @@ def trained_model(entry: ModelEntry, calls: tuple[OperatorCall, ...], ctx: Build
         ctx.progress(f"{entry.name}: exporting the trained model")
         torch_to_onnx(module, entry.inputs, entry.output_names, path)
         model = onnx.load(str(path))
+        if "qat" in reports:
+            from .quantize import fold_weight_quantization
+
+            reports["qat"]["int8_weights"] = fold_weight_quantization(model)
+            onnx.save(model, str(path))
         onnx.checker.check_model(model, full_check=True)
         if "qat" in reports:
             from .quantize import int8_report

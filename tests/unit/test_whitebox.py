@@ -242,6 +242,7 @@ def test_qat_exports_int8_that_onnx_runtime_runs_and_partitions(wide, tmp_path):
     rep = r.manifest["report"]["qat"]
     assert rep["int8_ops"].get("QLinearConv", 0) >= 2 and rep["int8_fraction"] > 0.9
     assert rep["params"]["per_channel"] is True and rep["history"]["steps"] == 7
+    assert rep["int8_weights"] == 4                 # 3 convolutions and the classifier, stored as int8
     assert abs(r.value - r.baseline) < 0.1
     assert ArtifactRunner(r.path).run(_data("eval").sample(0)).done
     with pytest.raises(WorkloadError, match="qat already made an int8 model; remove quantize"):
@@ -290,3 +291,20 @@ def test_qat_folds_batch_norm_into_convolutions_or_refuses(monkeypatch, tmp_path
 def test_a_ratio_with_a_registry_student_is_refused_not_ignored():
     with pytest.raises(WorkloadError, match=r"test\[0\].distill.ratio: applies to narrow and shallow students only"):
         parse_chain([{"distill": {"student": "fmnist_cnn", "ratio": 0.3}}], "test")
+
+
+def test_a_models_default_step_budget_applies_only_when_the_chain_gives_none(wide, monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from workloads.whitebox import with_model_budget
+
+    entry = replace(wide, training_steps=3)
+    monkeypatch.setitem(registry._REGISTRY, "wide_cnn", entry)
+    default, = chain({"prune": {"ratio": 0.3}})
+    given, = chain({"prune": {"ratio": 0.3, "epochs": 1}})
+    assert with_model_budget(default, entry).get("steps") == 3
+    assert with_model_budget(given, entry) == given                 # the user's budget is kept whole
+    r = prepare("wide_cnn", chain({"prune": {"ratio": 0.3}}), cache=Cache(tmp_path))
+    rep = r.manifest["report"]["prune"]
+    assert rep["params"]["steps"] == 3 and rep["history"]["steps"] == 3
+    assert r.manifest["operators"][0]["prune"]["steps"] == 3

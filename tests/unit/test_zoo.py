@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 
 OFFLINE = {"fmnist_cnn", "fmnist_segnet", "efficientnet_lite0", "minilm_sentiment"}
 STUDIES = {"wide_resnet101_2", "resnext101_64x4d", "fcn_resnet101", "resnet101_duc", "bert_base_mrpc",
-           "roberta_base_mrpc"}
+           "roberta_base_mrpc", "wide_resnet50_2", "resnext50_32x4d", "bert_small_mrpc"}
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +129,8 @@ def _cached(name: str) -> bool:
     ("fcn_resnet101", "https://download.pytorch.org/models/fcn_resnet101_coco-"),
     ("resnet101_duc", "https://github.com/onnx/models/raw/main/"),
     ("bert_base_mrpc", "https://huggingface.co/textattack/bert-base-uncased-MRPC"),
+    ("wide_resnet50_2", "https://download.pytorch.org/models/wide_resnet50_2-"),
+    ("bert_small_mrpc", "https://huggingface.co/google/bert_uncased_L-4_H-512_A-8"),
 ])
 def test_pretrained_without_network_fails_fast_in_one_line(name, where, tmp_path):
     """Really tries (nothing mocked): without network the builder must give up within seconds."""
@@ -146,6 +148,30 @@ def test_pretrained_without_network_fails_fast_in_one_line(name, where, tmp_path
     assert msg.startswith(f"model {name}: pretrained weights need a download from {where}"), msg
     assert "(no network: " in msg and msg.endswith("; use weights: random for latency-only studies")
     assert took < 30, f"took {took:.1f} s to fail"
+
+
+@pytest.mark.parametrize("teacher,student,params", [
+    ("wide_resnet101_2", "wide_resnet50_2", 68_883_240),
+    ("resnext101_64x4d", "resnext50_32x4d", 25_028_904),
+    ("bert_base_mrpc", "bert_small_mrpc", None),
+])
+def test_study_b_distillation_pairs_resolve_to_their_real_students(teacher, student, params, ctx):
+    """The studies' teacher -> student pairs go through the real code path: a random-weights
+    teacher (latency-only) gets a random student; pretrained needs the download (above)."""
+    from workloads.operators import parse_chain
+    from workloads.whitebox import _student
+
+    call = parse_chain([{"distill": {"student": student}}], "test")[0]
+    module, how = _student(get_model(teacher), call, None, None, ctx)
+    assert how == f"registry model {student} (random weights)"
+    n = sum(p.numel() for p in module.parameters())
+    if params is not None:
+        assert n == params
+    else:                  # BERT-small: 4 layers of width 512 with 8 heads (Turc et al., 2019)
+        cfg = module.model.config
+        assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == \
+            (4, 512, 8, 2048)
+        assert 28e6 < n < 30e6
 
 
 # ---------------------------------------------------------------- stand-in data --------

@@ -185,11 +185,19 @@ def resnet101_duc(ctx: BuildContext):
 
 # ---------------------------------------------------------------- transformers ---------
 
-def _hf_config(kind: str):
-    """The real bert-base-uncased / roberta-base geometry, built locally (no download)."""
+HF_SIZES = {          # (hidden, layers, heads, feed-forward): BERT-base, and BERT-small of Turc et al. (2019)
+    "base": (768, 12, 12, 3072),
+    "small": (512, 4, 8, 2048),
+}
+
+
+def _hf_config(kind: str, size: str = "base"):
+    """The real bert-base-uncased / roberta-base (or BERT-small) geometry, built locally (no
+    download)."""
     from transformers import BertConfig, RobertaConfig
 
-    common = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    hidden, layers, heads, ffn = HF_SIZES[size]
+    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
                   hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, num_labels=2)
     if kind == "bert":
         return BertConfig(vocab_size=30522, max_position_embeddings=512, type_vocab_size=2, pad_token_id=0,
@@ -218,7 +226,7 @@ def _hf_pretrained(model: str, hub_id: str):
         raise need_download(model, where, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
 
-def _text_classifier(model: str, kind: str, hub_id: str):
+def _text_classifier(model: str, kind: str, hub_id: str, size: str = "base"):
     """``build`` of a sentence-pair classifier taking ``input_ids`` and ``attention_mask``
     (1, 128) and returning logits (1, 2). BERT's segment ids are derived in the graph from the
     ids (0 up to and including the first [SEP], 1 after), as its tokenizer makes them for pairs,
@@ -230,7 +238,7 @@ def _text_classifier(model: str, kind: str, hub_id: str):
 
         if ctx.weights == "random":
             torch.manual_seed(ctx.seed)
-            net = AutoModelForSequenceClassification.from_config(_hf_config(kind))
+            net = AutoModelForSequenceClassification.from_config(_hf_config(kind, size))
         else:
             net = _hf_pretrained(model, hub_id)
         sep = 102 if kind == "bert" else None
@@ -276,6 +284,11 @@ register(_image_entry("wide_resnet101_2", "wide_resnet101_2", "Wide_ResNet101_2_
                       "Wide ResNet-101-2, ImageNet", "126.9 M"))
 register(_image_entry("resnext101_64x4d", "resnext101_64x4d", "ResNeXt101_64X4D_Weights", "IMAGENET1K_V1",
                       "ResNeXt-101 64x4d, ImageNet", "83.5 M"))
+# study B's distillation students (``distill: {student: ...}``); they are models of their own too
+register(_image_entry("wide_resnet50_2", "wide_resnet50_2", "Wide_ResNet50_2_Weights", "IMAGENET1K_V2",
+                      "Wide ResNet-50-2, ImageNet; student of wide_resnet101_2", "68.9 M"))
+register(_image_entry("resnext50_32x4d", "resnext50_32x4d", "ResNeXt50_32X4D_Weights", "IMAGENET1K_V2",
+                      "ResNeXt-50 32x4d, ImageNet; student of resnext101_64x4d", "25.0 M"))
 
 register(ModelEntry(
     name="fcn_resnet101", task="segmentation",
@@ -298,14 +311,20 @@ register(ModelEntry(
     build=resnet101_duc, dataset=_photo_data(DUC_SIZE), version=STUDY_VERSION, num_classes=DUC_CLASSES,
     skippable_blocks=LAYER3_LATE))
 
-for _name, _kind, _hub, _desc in (
-        ("bert_base_mrpc", "bert", "textattack/bert-base-uncased-MRPC", "BERT-base (uncased) fine-tuned on MRPC"),
-        ("roberta_base_mrpc", "roberta", "textattack/roberta-base-MRPC", "RoBERTa-base fine-tuned on MRPC")):
+for _name, _kind, _hub, _desc, _size in (
+        ("bert_base_mrpc", "bert", "textattack/bert-base-uncased-MRPC", "BERT-base (uncased) fine-tuned on MRPC",
+         "base"),
+        ("roberta_base_mrpc", "roberta", "textattack/roberta-base-MRPC", "RoBERTa-base fine-tuned on MRPC", "base"),
+        # study B's student of bert_base_mrpc: the pre-trained BERT-small, its pair classifier
+        # untrained until distillation trains it
+        ("bert_small_mrpc", "bert", "google/bert_uncased_L-4_H-512_A-8",
+         "BERT-small (uncased, 4 layers, 512 wide; Turc et al. 2019), classifier to be trained; student of "
+         "bert_base_mrpc", "small")):
     register(ModelEntry(
         name=_name, task="text_classification", description=f"{_desc}: paraphrase or not (2 classes)",
         inputs=(InputSpec("input_ids", "int64", (1, TEXT_LEN)), InputSpec("attention_mask", "int64", (1, TEXT_LEN))),
         output_names=("logits",), metric="agreement", offline=False,
         source=f"Hugging Face hub {_hub}; random: the real geometry configured locally; data: random token ids "
                "stand in for MRPC",
-        build=_text_classifier(_name, _kind, _hub), dataset=_token_data(_name, _kind), version=STUDY_VERSION,
+        build=_text_classifier(_name, _kind, _hub, _size), dataset=_token_data(_name, _kind), version=STUDY_VERSION,
         num_classes=2))
