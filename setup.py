@@ -6,6 +6,7 @@ setup(
     description="Emulated mobile/edge/cloud testbed for Edge AI deployment strategies",
     python_requires=">=3.10",
     packages=find_packages(include=["testbed*", "topologies*", "emulation*", "workloads*"]),
+    package_data={"testbed": ["templates/*.j2"]},
     install_requires=[
         # pinned: results must be reproducible; see requirements.txt for the full lock
         "mininet==2.3.0.dev6",
@@ -20,11 +21,16 @@ setup(
         "numpy==2.4.6",
         "onnx==1.23.2",
         "onnxruntime==1.32.0",
-        # results
+        # results: export, statistics, reports
         "pyarrow==26.0.1",
+        "scipy==1.17.1",
+        "scikit-posthocs==0.17.1",
+        "pandas==3.1.1",
+        "matplotlib==3.11.2",
+        "jinja2==3.1.6",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.15"],
+        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.15", "selenium==4.51.0"],
         # preparing artifacts (models, training, export): see requirements.txt for the full list
         "prepare": ["torch==2.14.1", "torchvision==0.29.1", "transformers==5.23.0", "tokenizers==0.23.3",
                     "scikit-image==0.26.0", "efficientnet-lite-pytorch==0.1.0",

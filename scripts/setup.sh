@@ -11,10 +11,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: Mininet (for mnexec; the Python module comes pinned from PyPI), the tools
-# that realise and measure links, python3-venv for the virtual environment, and the full
-# Fashion-MNIST data set (offline models are trained on it).
+# that realise and measure links, python3-venv for the virtual environment, the full
+# Fashion-MNIST data set (offline models are trained on it), and headless Chromium with its
+# driver (the report's browser test).
 debs=(mininet bridge-utils iproute2 iptables iperf3 iputils-ping util-linux procps python3 python3-venv python3-dev
-      dataset-fashion-mnist)
+      dataset-fashion-mnist chromium chromium-driver)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

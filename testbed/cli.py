@@ -376,6 +376,33 @@ def results_export(folder: str, fmt: str, dest: str | None) -> None:
         click.echo(str(p))
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Where to write (default FOLDER/report).")
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Accuracy loss a recommendation may accept, as a fraction of the metric (0.01 = 1 point).")
+@click.option("--json", "as_json", is_flag=True, help="Print the paths and recommendations as JSON.")
+def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> None:
+    """Write FOLDER/report/index.html: figures, statistics and recommendations; works offline."""
+    from testbed.recommend import headlines
+    from testbed.report import ReportError, write_report
+    from testbed.store import StoreError
+
+    try:
+        written = write_report(folder, out, tolerance)
+    except (StoreError, ReportError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(written.to_dict(), indent=2, default=str))
+    else:
+        click.echo(f"report: {written.index} ({len(written.figures)} figures, {len(written.tables)} table files "
+                   f"in {written.index.parent / 'tables'})")
+        for r in headlines(written.recommendations):
+            click.echo(f"  {r['model']} at {r['point_label']}: {r['text']}")
+    if written.note:
+        click.echo(f"note: {written.note}", err=True)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

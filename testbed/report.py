@@ -1,0 +1,467 @@
+"""`testbed report`: a study's results as one HTML page that works offline.
+
+:func:`write_report` reads the store of an output folder and writes ``<out>/index.html``
+(default ``<folder>/report``), with every figure both embedded as a ``data:`` URI and saved
+as ``figures/*.png``, and every table as ``tables/*.csv`` and ``tables/*.tex``. The page
+loads nothing from anywhere: no CDN, scripts or web fonts. Re-running replaces the report:
+PNG, CSV and TeX files of an earlier one in ``figures/`` and ``tables/`` are removed first.
+
+A store without a single done cell still gets a report (runs, failed cells, and a note that
+there is nothing to compare); ``Report.note`` says so.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader
+from matplotlib.colors import ListedColormap, to_hex
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter, NullLocator
+
+from topologies import TopologyError, format_size, parse_duration_ms, parse_fraction, parse_rate, parse_size
+
+from .recommend import TOLERANCE, recommend
+from .stats import StudyGroup, point_label, study_groups, study_statistics
+from .store import CELL_STATUSES, ResultStore
+from .summary import summarize
+
+MAX_FACETS = 6          # sweep points drawn side by side; beyond, one panel of per-point medians
+DPI = 100
+PARTS = ("compute_ms", "transmission_ms", "serialization_ms", "overhead_ms")
+PART_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#8c8c8c")
+TEMPLATES = Path(__file__).parent / "templates"
+# the last part of a sweep path -> the topology parser of its unit
+_AXIS_PARSERS = {"bandwidth": parse_rate, "delay": parse_duration_ms, "jitter": parse_duration_ms,
+                 "loss": parse_fraction, "queue": parse_size, "memory": parse_size}
+
+
+class ReportError(Exception):
+    """The report could not be written, as one line: what, where, what to do."""
+
+
+@dataclass(frozen=True)
+class Report:
+    index: Path
+    figures: list[Path]
+    tables: list[Path]
+    recommendations: list[dict]
+    cells: dict[str, int]           # cells per status
+    note: str | None                # set when there is nothing to compare
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(index=str(self.index), figures=[str(p) for p in self.figures], tables=[str(p) for p in self.tables])
+        return d
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def axis_number(path: str, value) -> float | None:
+    """A sweep value as a number, for ordering and plotting: a unit is parsed by the
+    topology's parser for that kind of value (``*.bandwidth`` -> bit/s, ``*.delay`` -> ms,
+    ...), a plain number is taken as it is; None for anything else (e.g. ``none``)."""
+    parser = _AXIS_PARSERS.get(path.rsplit(".", 1)[-1])
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(parser(value)) if parser is not None and isinstance(value, str) else float(value)
+    except (TopologyError, TypeError, ValueError):
+        return None
+
+
+def _value_key(path: str, value) -> tuple:
+    """Orders one axis's values numerically where they parse, the others after them by text."""
+    n = axis_number(path, value)
+    return (n is None, n if n is not None else 0.0, str(value))
+
+
+def _axis_order(path: str, values) -> list:
+    """Distinct values of one axis in :func:`_value_key` order."""
+    return sorted(set(values), key=lambda v: _value_key(path, v))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, metric) points that no other point dominates (latency no
+    higher and metric no lower, one of them strictly), ordered by latency."""
+    front = [i for i, (x, y) in enumerate(points)
+             if not any(x2 <= x and y2 >= y and (x2, y2) != (x, y) for x2, y2 in points)]
+    return sorted(front, key=lambda i: points[i])
+
+
+def winners(groups: list[StudyGroup], latencies: dict[str, list[float]]) -> list[dict]:
+    """Per group: the strategy with the lowest p50 end-to-end latency (None when no strategy
+    has an ok request): ``{"model", "point", "winner", "p50_ms"}``."""
+    out = []
+    for g in groups:
+        p50 = {label: float(np.median(latencies[c["cell"]])) for label, c in zip(g.labels, g.cells)
+               if latencies.get(c["cell"])}
+        best = min(p50, key=p50.get) if p50 else None
+        out.append({"model": g.model, "point": g.point, "winner": best, "p50_ms": p50.get(best)})
+    return out
+
+
+@dataclass(frozen=True)
+class _Facet:
+    """What one panel shows: each strategy's ok requests, its cell, and its p50 at each of the
+    ``points`` sweep points the panel covers (1, or all of them when there are too many)."""
+    title: str
+    points: int
+    requests: dict[str, list[dict]]
+    cells: dict[str, dict]
+    p50s: dict[str, list[float]]
+
+
+def _facets(groups: list[StudyGroup], ok: dict[str, list[dict]]) -> list[_Facet]:
+    """One panel per sweep point up to MAX_FACETS points; beyond, one panel for all of them."""
+    facets = []
+    for g in groups:
+        series = {label: ok[c["cell"]] for label, c in zip(g.labels, g.cells) if ok.get(c["cell"])}
+        facets.append(_Facet("\n".join(f"{k}={v}" for k, v in g.point.items()), 1, series,
+                             dict(zip(g.labels, g.cells)),
+                             {label: [_median(r["e2e_ms"] for r in rows)] for label, rows in series.items()}))
+    if len(facets) <= MAX_FACETS:
+        return facets
+    merged = _Facet(f"all {len(facets)} sweep points", len(facets), {}, {}, {})
+    for f in facets:
+        for label, rows in f.requests.items():
+            merged.requests.setdefault(label, []).extend(rows)
+            merged.cells.setdefault(label, f.cells[label])
+            merged.p50s.setdefault(label, []).extend(f.p50s[label])
+    return [merged]
+
+
+def _median(values) -> float:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    return float(np.median(v)) if v.size else 0.0
+
+
+# --- figures --------------------------------------------------------------------------------
+
+def _panels(n: int, width: float) -> tuple[Figure, list]:
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(cols * width, rows * 4.0), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _log_if_positive(ax, values, axis: str = "y") -> None:
+    """A log scale with plain tick labels (20, 50, 100; minor ones too within two decades)."""
+    if values and min(values) > 0:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        which = ax.yaxis if axis == "y" else ax.xaxis
+        which.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        which.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _tick_label(label: str, cell: dict) -> str:
+    return f"{label}\n({cell['placement']})"
+
+
+def _latency_figure(model: str, facets: list[_Facet]) -> tuple[Figure, str]:
+    width = max(4.5, 0.9 * max(len(f.requests) for f in facets))
+    fig, axes = _panels(len(facets), width)
+    per_point = facets[0].points == 1
+    for ax, f in zip(axes, facets):
+        labels = list(f.requests)
+        data = [[r["e2e_ms"] for r in f.requests[s]] if per_point else f.p50s[s] for s in labels]
+        ax.boxplot(data, tick_labels=[_tick_label(s, f.cells[s]) for s in labels], showfliers=True)
+        _log_if_positive(ax, [v for d in data for v in d])
+        ax.set_title(f.title, fontsize=9)
+        ax.set_ylabel("end-to-end latency (ms)" if per_point else "p50 per sweep point (ms)")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.suptitle(f"{model}: end-to-end latency per strategy (placement)")
+    caption = ("Box plots of the end-to-end latency of every ok request, log scale."
+               if per_point else "Box plots of each strategy's p50 latency over the sweep points, log scale.")
+    return fig, caption
+
+
+def _parts_figure(model: str, facets: list[_Facet]) -> tuple[Figure, str]:
+    width = max(4.5, 0.8 * max(len(f.requests) for f in facets))
+    fig, axes = _panels(len(facets), width)
+    for ax, f in zip(axes, facets):
+        labels = list(f.requests)
+        bottom = np.zeros(len(labels))
+        for part, color in zip(PARTS, PART_COLORS):
+            heights = np.array([_median(r[part] for r in f.requests[s]) for s in labels])
+            ax.bar(range(len(labels)), heights, bottom=bottom, color=color, label=part.removesuffix("_ms"))
+            bottom += heights
+        ax.set_xticks(range(len(labels)), [_tick_label(s, f.cells[s]) for s in labels], rotation=30, fontsize=8)
+        ax.set_title(f.title, fontsize=9)
+        ax.set_ylabel("median ms per request")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{model}: where the time goes")
+    return fig, ("Median compute, transmission, serialization and harness overhead per request (each part's "
+                 "own median, so a bar need not equal the median end-to-end latency).")
+
+
+def _quality_figure(model: str, facets: list[_Facet]) -> tuple[Figure, str]:
+    fig, axes = _panels(len(facets), 5.0)
+    for ax, f in zip(axes, facets):
+        labels = [s for s in f.requests if f.cells[s]["metric_value"] is not None]
+        points = [(_median(f.p50s[s]), f.cells[s]["metric_value"]) for s in labels]
+        ax.scatter([x for x, _ in points], [y for _, y in points], color="#4c72b0", zorder=2)
+        front = pareto_front(points)
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "o--", color="#c44e52",
+                markersize=9, markerfacecolor="none", label="Pareto front", zorder=3)
+        for s, (x, y) in zip(labels, points):
+            ax.annotate(s, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        _log_if_positive(ax, [x for x, _ in points], axis="x")
+        ax.set_title(f.title, fontsize=9)
+        ax.set_xlabel("p50 end-to-end latency (ms)")
+        ax.set_ylabel(f.cells[labels[0]]["metric"] if labels else "metric")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{model}: quality against latency")
+    return fig, ("Each strategy's metric against its p50 latency; circled points form the Pareto front "
+                 "(nothing else is both faster and at least as accurate).")
+
+
+def _heatmap_figure(model: str, rows: list[dict], x_axis: str, y_axis: str,
+                    colors: dict[str, str]) -> tuple[Figure, str]:
+    others = [a for a in rows[0]["point"] if a not in (x_axis, y_axis)]
+    slices: dict[str, list[dict]] = {}
+    for r in rows:
+        slices.setdefault(point_label({a: r["point"][a] for a in others}), []).append(r)
+    shown = list(slices.items())[:MAX_FACETS]
+    xs = _axis_order(x_axis, [r["point"][x_axis] for r in rows])
+    ys = _axis_order(y_axis, [r["point"][y_axis] for r in rows])
+    names = list(colors)
+    fig, axes = _panels(len(shown), max(6.0, 1.6 * len(xs)))
+    for ax, (title, members) in zip(axes, shown):
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for r in members:
+            i, j = ys.index(r["point"][y_axis]), xs.index(r["point"][x_axis])
+            text = "no ok request"
+            if r["winner"] is not None:
+                grid[i, j] = names.index(r["winner"])
+                text = f"{r['winner']}\n{r['p50_ms']:.3g} ms"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8)
+        ax.imshow(grid, origin="lower", cmap=ListedColormap([colors[n] for n in names]), vmin=-0.5,
+                  vmax=len(names) - 0.5, alpha=0.55, aspect="auto")
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+        ax.set_xlabel(x_axis)
+        ax.set_ylabel(y_axis)
+        ax.set_title(title if others else "", fontsize=9)
+    fig.suptitle(f"{model}: fastest strategy (lowest p50) per bandwidth pair")
+    more = f" Only the first {MAX_FACETS} of {len(slices)} slices are drawn; tables/winners.csv has all." \
+        if len(slices) > MAX_FACETS else ""
+    return fig, f"The strategy with the lowest p50 end-to-end latency at each pair of bandwidths.{more}"
+
+
+def _line_figure(model: str, groups: list[StudyGroup], latencies: dict[str, list[float]], axis: str,
+                 colors: dict[str, str]) -> tuple[Figure, str]:
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    xs, ys = [], []
+    for label in colors:
+        line = sorted((axis_number(axis, g.point[axis]), float(np.median(latencies[c["cell"]])))
+                      for g in groups for lab, c in zip(g.labels, g.cells)
+                      if lab == label and latencies.get(c["cell"]))
+        if line:
+            ax.plot([x for x, _ in line], [y for _, y in line], "o-", color=colors[label], label=label)
+            xs += [x for x, _ in line]
+            ys += [y for _, y in line]
+    _log_if_positive(ax, xs, axis="x")
+    _log_if_positive(ax, ys)
+    values = _axis_order(axis, [g.point[axis] for g in groups])
+    ax.set_xticks([axis_number(axis, v) for v in values], [str(v) for v in values])
+    ax.xaxis.set_minor_locator(NullLocator())     # the sweep's own values are the ticks
+    ax.set_xlabel(axis)
+    ax.set_ylabel("p50 end-to-end latency (ms)")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{model}: p50 latency against {axis}")
+    return fig, f"Each strategy's p50 end-to-end latency at each value of {axis} (log scales for positive values)."
+
+
+def _colors(groups: list[StudyGroup]) -> dict[str, str]:
+    labels = list(dict.fromkeys(label for g in groups for label in g.labels))
+    palette = [f"C{i}" for i in range(10)] + ["#a6761d", "#666666", "#e7298a", "#1b9e77", "#7570b3"]
+    return {label: to_hex(palette[i % len(palette)]) for i, label in enumerate(labels)}
+
+
+def _figures(model: str, groups: list[StudyGroup], ok: dict[str, list[dict]],
+             latencies: dict[str, list[float]]) -> list[tuple[str, Figure, str]]:
+    """(kind, figure, caption) of one model: latency boxes, time split, quality against latency
+    (with a metric), and the winner heatmap (two bandwidth axes) or a line plot (one numeric axis)."""
+    drawn = []
+    facets = [f for f in _facets(groups, ok) if f.requests]
+    if facets:
+        drawn += [("latency", *_latency_figure(model, facets)), ("parts", *_parts_figure(model, facets))]
+        if any(c["metric_value"] is not None for f in facets for c in f.cells.values()):
+            drawn.append(("quality", *_quality_figure(model, facets)))
+    colors = _colors(groups)
+    axes = list(dict.fromkeys(a for g in groups for a in g.point))
+    bandwidths = [a for a in axes if a.endswith(".bandwidth")]
+    if len(bandwidths) == 2:
+        drawn.append(("winners", *_heatmap_figure(model, winners(groups, latencies), *bandwidths, colors)))
+    elif len(axes) == 1 and all(axis_number(axes[0], g.point[axes[0]]) is not None for g in groups):
+        drawn.append(("sweep", *_line_figure(model, groups, latencies, axes[0], colors)))
+    return drawn
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+def _cell_rows(cells: list[dict], requests: list[dict]) -> list[dict]:
+    """One row per cell, any status: the summary of `testbed results show` without hops."""
+    return [{"model": r["model"], "point": point_label(r["point"]), "strategy": r["strategy"],
+             "placement": r["placement"], "status": r["status"], "requests": sum(r["counts"].values()),
+             "ok": r["counts"]["ok"], "p50_ms": r["e2e_p50"], "p90_ms": r["e2e_p90"], "metric": r["metric"],
+             "metric_value": r["value"], "baseline_value": r["baseline"], "error": r["error"]}
+            for r in summarize(cells, requests, [])]
+
+
+def _write_table(folder: Path, name: str, rows: list[dict], columns: list[str]) -> list[Path]:
+    frame = pd.DataFrame(rows, columns=columns)
+    csv_path, tex_path = folder / f"{name}.csv", folder / f"{name}.tex"
+    frame.to_csv(csv_path, index=False)
+    tex_path.write_text(frame.to_latex(index=False, escape=True, float_format="%.4g", na_rep="--"), encoding="utf-8")
+    return [csv_path, tex_path]
+
+
+# --- the page -------------------------------------------------------------------------------
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
+
+
+def _machine(m: dict | None) -> str:
+    if not m:
+        return "-"
+    parts = [m.get("hostname"), m.get("machine"), f"{m['cores']:g} cores" if m.get("cores") else None,
+             f"{format_size(m['memory_bytes'])} RAM" if m.get("memory_bytes") else None,
+             f"kernel {m['kernel']}" if m.get("kernel") else None, f"Python {m['python']}" if m.get("python") else None]
+    return ", ".join(p for p in parts if p)
+
+
+def _pvalue(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "<0.0001" if p < 1e-4 else f"{p:.3g}"
+
+
+def _p_equals(p: float | None) -> str:
+    """``p = 0.031`` or ``p < 0.0001``, for prose."""
+    text = _pvalue(p)
+    return f"p < {text[1:]}" if text.startswith("<") else f"p = {text}"
+
+
+def _number(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pvalue=_pvalue, p_equals=_p_equals, num=_number)
+    return env
+
+
+def _slug(name: str, used: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+    slug, i = base, 2
+    while slug in used:
+        slug, i = f"{base}-{i}", i + 1
+    used.add(slug)
+    return slug
+
+
+def _clear(folder: Path, suffixes: tuple[str, ...]) -> None:
+    for p in folder.iterdir():
+        if p.is_file() and p.suffix in suffixes:
+            p.unlink()
+
+
+def write_report(folder: str | Path, out: str | Path | None = None, tolerance: float = TOLERANCE) -> Report:
+    """Write the report of the store in ``folder`` into ``out`` (default ``folder/report``)
+    and return what was written. Raises StoreError when ``folder`` holds no readable store,
+    ReportError when the report cannot be written."""
+    with ResultStore.in_folder(folder, create=False) as store:
+        cells, requests, runs = store.cells(), store.requests(), store.runs()
+    out = Path(folder) / "report" if out is None else Path(out)
+    try:
+        for sub in ("figures", "tables"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        _clear(out / "figures", (".png",))
+        _clear(out / "tables", (".csv", ".tex"))
+        return _write(out, cells, requests, runs, tolerance)
+    except OSError as e:
+        raise ReportError(f"cannot write the report to {out}: {e.strerror or e}: "
+                          "check its permissions or choose another --out") from None
+
+
+def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict], tolerance: float) -> Report:
+    ok: dict[str, list[dict]] = {}
+    for r in requests:
+        if r["status"] == "ok" and r["e2e_ms"] is not None:
+            ok.setdefault(r["cell"], []).append(r)
+    latencies = {cell: [r["e2e_ms"] for r in rows] for cell, rows in ok.items()}
+    comparisons = study_statistics(cells, requests)
+    models_order = list(dict.fromkeys(c["model"] for c in cells))
+    # study_statistics keeps study_groups' order: pair them, then sort the points numerically
+    studied = sorted(zip(study_groups(cells), comparisons), key=lambda pair: (
+        models_order.index(pair[0].cells[0]["model"]), [_value_key(a, v) for a, v in pair[0].point.items()]))
+    groups = [g for g, _ in studied]
+    recs = recommend(cells, requests, tolerance, comparisons=comparisons)
+    counts = {s: sum(1 for c in cells if c["status"] == s) for s in CELL_STATUSES}
+    note = None if groups else (f"no cell of this store is done ({len(cells)} cells in all): there is nothing "
+                                "to compare")
+    figures, models, used = [], [], set()
+    for model in dict.fromkeys(g.model for g in groups):
+        mine = [g for g in groups if g.model == model]
+        slug = _slug(model, used)
+        shown = []
+        for kind, fig, caption in _figures(model, mine, ok, latencies):
+            path = out / "figures" / f"{slug}-{kind}.png"
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=DPI)
+            path.write_bytes(buf.getvalue())
+            figures.append(path)
+            shown.append({"src": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
+                          "href": f"figures/{path.name}", "caption": caption})
+        models.append({"name": model, "figures": shown,
+                       "metric": next((c["metric"] for g in mine for c in g.cells if c["metric"]), None),
+                       "recommendations": [(point_label(g.point), [r for r in recs if r["model"] == model
+                                                                   and r["point"] == g.point]) for g in mine],
+                       "statistics": [s for g, s in studied if g.model == model]})
+    sweep_axes = list(dict.fromkeys(a for c in cells for a in c["point"]))
+    winner_rows = [{"model": w["model"], **{a: w["point"].get(a) for a in sweep_axes}, "winner": w["winner"],
+                    "p50_ms": w["p50_ms"]} for w in winners(groups, latencies)]
+    tables = (_write_table(out / "tables", "cells", _cell_rows(cells, requests),
+                           ["model", "point", "strategy", "placement", "status", "requests", "ok", "p50_ms", "p90_ms",
+                            "metric", "metric_value", "baseline_value", "error"])
+              + _write_table(out / "tables", "strategies", [r for s in comparisons for r in s.strategy_rows()],
+                             ["model", "point", "strategy", "placement", "n", "median_ms", "ci_low_ms", "ci_high_ms",
+                              "shapiro_p", "normal"])
+              + _write_table(out / "tables", "pairs", [r for s in comparisons for r in s.pair_rows()],
+                             ["model", "point", "a", "b", "p_holm", "delta", "magnitude", "significant"])
+              + _write_table(out / "tables", "recommendations", recs,
+                             ["model", "point_label", "kind", "strategy", "placement", "p50_ms", "loss", "text"])
+              + _write_table(out / "tables", "winners", winner_rows, ["model", *sweep_axes, "winner", "p50_ms"]))
+    experiments = sorted({r["experiment"] for r in runs})
+    html = _environment().get_template("report.html.j2").render(
+        title=f"Testbed report: {', '.join(experiments) or 'results'}", generated=_when(datetime.now().timestamp()),
+        runs=[{**r, "started": _when(r["started"]), "ended": _when(r["ended"]), "machine": _machine(r["machine"])}
+              for r in runs],
+        counts=counts, no_ok=sum(1 for c in cells if c["status"] == "done" and not latencies.get(c["cell"])),
+        problems=[c for c in cells if c["status"] != "done"], note=note, tolerance=tolerance, models=models,
+        point_label=point_label, tables=[f"tables/{p.name}" for p in tables])
+    index = out / "index.html"
+    tmp = index.with_name(".index.html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, index)
+    return Report(index, figures, tables, recs, counts, note)

@@ -1,0 +1,127 @@
+"""Recommendations from hand-built cells: tolerance, metric-less models, placements, ties."""
+from __future__ import annotations
+
+import numpy as np
+
+from testbed.recommend import headlines, recommend
+
+POINT = {"links.edge-cloud.bandwidth": "5Mbit"}
+
+
+def _study(strategies, seed=0, n=20, point=POINT, model="cnn", metric="accuracy"):
+    """strategies: (name, placement, p50 ms or None for all-timeout, metric value)."""
+    rng = np.random.default_rng(seed)
+    cells, requests = [], []
+    for name, placement, p50, value in strategies:
+        key = f"{model}/{name}/{point}"
+        cells.append({"cell": key, "model": model, "weights": "pretrained", "strategy": name,
+                      "placement": placement, "point": point, "status": "done", "requests": n,
+                      "metric": metric, "metric_value": value if metric else None,
+                      "baseline_value": 0.80 if metric else None})
+        for v in (p50 * rng.lognormal(0, 0.05, n) if p50 else [None] * n):
+            requests.append({"cell": key, "status": "ok" if v is not None else "timeout", "e2e_ms": v})
+    return cells, requests
+
+
+def _by_kind(recs):
+    out = {}
+    for r in recs:
+        out.setdefault(r["kind"], []).append(r)
+    return out
+
+
+STRATEGIES = [("mobile", "mobile", 120.0, 0.80), ("edge", "edge", 40.0, 0.80),
+              ("edge-int8", "edge", 20.0, 0.795), ("edge-exit", "edge", 8.0, 0.70),
+              ("split", "mobile>edge", 30.0, 0.80)]
+
+
+def test_within_tolerance_skips_a_faster_strategy_that_loses_too_much():
+    kinds = _by_kind(recommend(*_study(STRATEGIES)))
+    (within,) = kinds["within_tolerance"]
+    assert within["strategy"] == "edge-int8" and abs(within["loss"] - 0.005) < 1e-9
+    assert within["text"].startswith("lowest latency within 1 % accuracy loss: edge-int8 (")
+    assert "accuracy 0.795 vs baseline 0.8" in within["text"]
+    assert kinds["fastest"][0]["strategy"] == "edge-exit"
+    assert kinds["least_loss"][0]["strategy"] == "split"       # loss 0 like mobile and edge, and fastest of them
+
+
+def test_tolerance_is_a_parameter():
+    assert _by_kind(recommend(*_study(STRATEGIES), tolerance=0.2))["within_tolerance"][0]["strategy"] == "edge-exit"
+    assert _by_kind(recommend(*_study(STRATEGIES), tolerance=0.0))["within_tolerance"][0]["strategy"] == "split"
+
+
+def test_no_strategy_within_tolerance_is_said_plainly():
+    recs = recommend(*_study([("a", "edge", 10.0, 0.5), ("b", "edge", 20.0, 0.6)]))
+    (within,) = _by_kind(recs)["within_tolerance"]
+    assert within["strategy"] is None and "none, every strategy loses more" in within["text"]
+
+
+def test_one_recommendation_per_placement_with_splits_named():
+    placements = _by_kind(recommend(*_study(STRATEGIES)))["placement"]
+    assert [(r["placement"], r["strategy"]) for r in placements] == [
+        ("edge", "edge-int8"), ("mobile", "mobile"), ("mobile>edge", "split")]
+    assert placements[0]["text"].startswith("on edge only: edge-int8 (fastest within 1 % loss")
+    assert placements[2]["text"].startswith("split mobile > edge: split")
+
+
+def test_a_placement_with_nothing_within_tolerance_falls_back_to_its_fastest():
+    recs = recommend(*_study([("cloud-exit", "cloud", 5.0, 0.5), ("edge", "edge", 30.0, 0.8)]))
+    (cloud,) = [r for r in recs if r["kind"] == "placement" and r["placement"] == "cloud"]
+    assert cloud["strategy"] == "cloud-exit" and "(fastest: " in cloud["text"]
+
+
+def test_model_without_metric_is_ranked_by_latency_only():
+    recs = recommend(*_study(STRATEGIES, metric=None))
+    assert {r["kind"] for r in recs} == {"fastest", "placement"}
+    (fastest,) = _by_kind(recs)["fastest"]
+    assert fastest["strategy"] == "edge-exit" and "accuracy unknown" in fastest["text"]
+    assert fastest["loss"] is None
+
+
+def test_indistinguishable_winner_and_runner_up_are_reported():
+    # same latency distribution for a and b (different seeds of noise), c far behind
+    cells, requests = _study([("a", "edge", 50.0, 0.8), ("b", "edge", 50.0, 0.8), ("c", "cloud", 200.0, 0.8)],
+                             seed=4, n=30)
+    (fastest,) = _by_kind(recommend(cells, requests))["fastest"]
+    assert fastest["runner_up"] in ("a", "b") and fastest["indistinguishable"] is True
+    assert f"{fastest['strategy']} and {fastest['runner_up']} are indistinguishable (p=" in fastest["text"]
+    assert "δ=" in fastest["text"]
+
+
+def test_a_clearly_faster_winner_is_not_called_indistinguishable():
+    (fastest,) = _by_kind(recommend(*_study([("a", "edge", 10.0, 0.8), ("b", "edge", 50.0, 0.8)])))["fastest"]
+    assert (fastest["strategy"], fastest["runner_up"], fastest["indistinguishable"]) == ("a", "b", False)
+    assert fastest["p"] < 0.05 and fastest["delta"] == -1.0 and "indistinguishable" not in fastest["text"]
+
+
+def test_too_few_samples_to_compare_is_said():
+    (fastest,) = _by_kind(recommend(*_study([("a", "edge", 10.0, 0.8), ("b", "edge", 50.0, 0.8)], n=1)))["fastest"]
+    assert fastest["indistinguishable"] is None and "too few samples to test" in fastest["text"]
+
+
+def test_strategies_without_ok_requests_are_listed_not_ranked():
+    recs = recommend(*_study([("a", "edge", 10.0, 0.8), ("dead", "cloud", None, 0.8)]))
+    kinds = _by_kind(recs)
+    assert kinds["fastest"][0]["strategy"] == "a" and [r["strategy"] for r in kinds["unmeasured"]] == ["dead"]
+    assert "dead: no ok request (20 sent), not ranked" == kinds["unmeasured"][0]["text"]
+    assert "cloud" not in {r["placement"] for r in kinds["placement"]}
+    only_dead = recommend(*_study([("dead", "cloud", None, 0.8)]))
+    assert [r["kind"] for r in only_dead] == ["none", "unmeasured"]
+
+
+def test_failed_cells_are_not_recommended_and_groups_are_per_point():
+    cells, requests = _study(STRATEGIES)
+    cells[3]["status"] = "failed"            # edge-exit, the fastest
+    other_cells, other_requests = _study([("mobile", "mobile", 5.0, 0.8)],
+                                         point={"links.edge-cloud.bandwidth": "50Mbit"})
+    recs = recommend(cells + other_cells, requests + other_requests)
+    fastest = {r["point_label"]: r["strategy"] for r in recs if r["kind"] == "fastest"}
+    assert fastest == {"links.edge-cloud.bandwidth=5Mbit": "edge-int8", "links.edge-cloud.bandwidth=50Mbit": "mobile"}
+
+
+def test_headlines_pick_the_within_tolerance_winner_and_a_different_fastest():
+    recs = recommend(*_study(STRATEGIES))
+    assert [(r["kind"], r["strategy"]) for r in headlines(recs)] == [("within_tolerance", "edge-int8"),
+                                                                    ("fastest", "edge-exit")]
+    same = recommend(*_study([("a", "edge", 10.0, 0.8), ("b", "edge", 50.0, 0.8)]))
+    assert [r["kind"] for r in headlines(same)] == ["within_tolerance"]

@@ -1,0 +1,325 @@
+"""`testbed report`: a real store in tmp_path -> HTML, PNG figures, CSV and LaTeX tables."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from testbed.cli import cli
+from testbed.report import MAX_FACETS, _facets, axis_number, pareto_front, write_report
+from testbed.stats import study_groups
+from testbed.store import CellRecord, RequestRow, ResultStore, StoreError
+
+ME, EC = "links.mobile-edge.bandwidth", "links.edge-cloud.bandwidth"
+ME_VALUES, EC_VALUES = ("5Mbit", "20Mbit"), ("1Mbit", "500kbit")    # file order is not numeric order
+# strategy -> (placement, metric value, p50 in ms as a function of the mobile-edge Mbit/s)
+STRATEGIES = {
+    "mobile": (("mobile",), 0.90, lambda me: 80.0),
+    "edge-q": (("edge",), 0.895, lambda me: 40.0 + 100.0 / me),       # 60 ms at 5 Mbit, 45 at 20
+    "split": (("mobile", "edge"), 0.90, lambda me: 10.0 + 400.0 / me),  # 90 ms at 5 Mbit, 30 at 20
+}
+EXPECTED_WINNER = {"5Mbit": "edge-q", "20Mbit": "split"}
+BASELINE = 0.90
+N_REQUESTS = 20
+
+
+def _cell(key: str, model: str, strategy: str, point: dict, status: str = "done", error: str | None = None,
+          metric: str | None = "accuracy") -> CellRecord:
+    placement, value, _ = STRATEGIES.get(strategy, (("cloud",), None, None))
+    return CellRecord(cell=key, run_id="r1", model=model, weights="pretrained", strategy=strategy, operators=[],
+                      placement=placement, source="mobile", codec="binary", connection="persistent", point=point,
+                      artifact=None, metric=metric, metric_value=value if metric else None,
+                      baseline_value=BASELINE if metric else None, status=status, error=error, started=1.7e9,
+                      ended=1.7e9 + 5, network={}, hosts={})
+
+
+def _requests(rng, p50: float, status: str = "ok") -> list[RequestRow]:
+    rows = []
+    for i, e2e in enumerate(p50 * rng.lognormal(0.0, 0.08, N_REQUESTS)):
+        if status != "ok":
+            rows.append(RequestRow(seq=i, input_index=i, status=status, error="no answer"))
+            continue
+        compute = 0.5 * e2e
+        rows.append(RequestRow(seq=i, input_index=i, status="ok", e2e_ms=e2e, compute_ms=compute,
+                               transmission_ms=0.3 * e2e, serialization_ms=0.1 * e2e, overhead_ms=0.1 * e2e,
+                               bytes_sent=1000 + i))
+    return rows
+
+
+def build_study(folder: Path, seed: int = 0) -> Path:
+    """2 models (one with a metric, one without) x 3 strategies x a 2x2 bandwidth sweep, seeded
+    latencies; plus one failed cell, and one done cell of the metric-less model whose
+    requests all timed out."""
+    rng = np.random.default_rng(seed)
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "bandwidth-study", {"name": "bandwidth-study"},
+                        {"hostname": "box", "machine": "x86_64", "cores": 2.0, "memory_bytes": 8 << 30,
+                         "kernel": "6.1", "python": "3.11.2"})
+        for me in ME_VALUES:
+            for ec in EC_VALUES:
+                point = {ME: me, EC: ec}
+                for model, metric in (("cnn", "accuracy"), ("null", None)):
+                    for strategy, (_, _, p50) in STRATEGIES.items():
+                        key = f"{model}/{strategy}/{me}-{ec}"
+                        timed_out = model == "null" and strategy == "mobile" and (me, ec) == ("5Mbit", "1Mbit")
+                        store.write_cell(_cell(key, model, strategy, point, metric=metric),
+                                         _requests(rng, p50(axis_number(ME, me) / 1e6),
+                                                   "timeout" if timed_out else "ok"), [])
+        store.write_cell(_cell("cnn/cloud/x", "cnn", "cloud", {ME: "5Mbit", EC: "1Mbit"}, status="failed",
+                               error="server on cloud was OOM-killed <at start>"),
+                         [RequestRow(seq=0, input_index=0, status="oom")], [])
+        store.end_run("r1", "done")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = build_study(tmp_path_factory.mktemp("study") / "out")
+    return folder, write_report(folder)
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs, self.imgs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("src", "href") and value is not None:
+                self.refs.append(value)
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"])
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_writes_index_figures_and_tables(study):
+    folder, report = study
+    out = folder / "report"
+    assert report.index == out / "index.html" and report.index.is_file()
+    names = {p.name for p in report.figures}
+    for model in ("cnn", "null"):
+        assert {f"{model}-latency.png", f"{model}-parts.png", f"{model}-winners.png"} <= names
+    assert "cnn-quality.png" in names and "null-quality.png" not in names     # no metric, no scatter
+    for p in report.figures:
+        assert p.parent == out / "figures" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("cells", "strategies", "pairs", "recommendations", "winners"):
+        assert (out / "tables" / f"{name}.csv").is_file()
+        assert "\\begin{tabular}" in (out / "tables" / f"{name}.tex").read_text()
+
+
+def test_html_loads_only_local_or_data_resources(study):
+    folder, report = study
+    html = report.index.read_text()
+    refs = _Refs()
+    refs.feed(html)
+    assert refs.imgs and all(src.startswith("data:image/png;base64,") for src in refs.imgs)
+    assert len(refs.imgs) == len(report.figures)
+    for ref in refs.refs:
+        assert not re.match(r"^[a-z][a-z0-9+.-]*:", ref) or ref.startswith("data:"), ref
+        if not ref.startswith("data:"):
+            assert (folder / "report" / ref).is_file(), ref
+    assert "<script" not in html.lower() and "@import" not in html and "url(" not in html
+
+
+def test_html_escapes_user_text_and_lists_the_failed_cell(study):
+    _, report = study
+    html = report.index.read_text()
+    assert "OOM-killed &lt;at start&gt;" in html and "<at start>" not in html
+    assert "bandwidth-study" in html and "box, x86_64, 2 cores" in html
+    assert report.cells == {"done": 24, "interrupted": 0, "failed": 1}
+
+
+def test_tables_have_a_row_per_cell_strategy_and_pair(study):
+    folder, _ = study
+    tables = folder / "report" / "tables"
+    cells = _csv(tables / "cells.csv")
+    assert len(cells) == 25 and [c["status"] for c in cells].count("failed") == 1
+    strategies = _csv(tables / "strategies.csv")
+    assert len(strategies) == 2 * 4 * 3           # models x points x strategies (done cells only)
+    timed_out = [r for r in strategies if r["model"] == "null" and r["strategy"] == "mobile" and r["n"] == "0"]
+    assert len(timed_out) == 1 and timed_out[0]["median_ms"] == ""
+    pairs = _csv(tables / "pairs.csv")
+    assert len(pairs) == 4 * 3 + 3 * 3 + 1          # cnn: 3 pairs per point; null: one point has 2 groups
+    for r in pairs:
+        assert 0 <= float(r["p_holm"]) <= 1 and -1 <= float(r["delta"]) <= 1
+
+
+def test_winners_follow_the_constructed_latencies_and_bandwidths_sort_numerically(study):
+    folder, _ = study
+    rows = [r for r in _csv(folder / "report" / "tables" / "winners.csv") if r["model"] == "cnn"]
+    assert len(rows) == 4
+    for r in rows:
+        assert r["winner"] == EXPECTED_WINNER[r[ME]], r
+    from testbed.report import _axis_order
+    assert _axis_order(ME, ["20Mbit", "5Mbit"]) == ["5Mbit", "20Mbit"]
+    assert _axis_order(EC, ["1Mbit", "500kbit"]) == ["500kbit", "1Mbit"]
+
+
+def test_recommendations_in_the_report_name_the_expected_strategies(study):
+    _, report = study
+    cnn_5 = [r for r in report.recommendations if r["model"] == "cnn" and r["point"][ME] == "5Mbit"]
+    kinds = {r["kind"]: r for r in cnn_5 if r["kind"] != "placement"}
+    assert kinds["within_tolerance"]["strategy"] == "edge-q"      # loss 0.005 <= 0.01, fastest at 5 Mbit
+    assert kinds["least_loss"]["strategy"] == "mobile"            # loss 0, faster than split at 5 Mbit
+    null = [r for r in report.recommendations if r["model"] == "null"]
+    assert {r["kind"] for r in null} == {"fastest", "placement", "unmeasured"}
+    assert all("accuracy unknown" in r["text"] for r in null if r["kind"] != "unmeasured")
+    (timed_out,) = [r for r in null if r["kind"] == "unmeasured"]
+    assert timed_out["strategy"] == "mobile" and timed_out["point"] == {ME: "5Mbit", EC: "1Mbit"}
+
+
+def small_store(folder: Path, cells: list[tuple[str, dict, float]], seed: int = 0) -> Path:
+    """A store of one run of model cnn with one done cell per (strategy, point, p50 ms)."""
+    rng = np.random.default_rng(seed)
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "small", {}, {})
+        for strategy, point, p50 in cells:
+            store.write_cell(_cell(f"cnn/{strategy}/{json.dumps(point)}", "cnn", strategy, point),
+                             _requests(rng, p50), [])
+    return folder
+
+
+def test_a_clearly_fastest_strategy_wins_every_heatmap_cell(tmp_path):
+    report = write_report(small_store(tmp_path / "out", [
+        (strategy, {ME: me, EC: ec}, p50) for me in ("200Mbit", "10Mbit", "50Mbit") for ec in ("2Mbit", "100kbit")
+        for strategy, p50 in (("mobile", 100.0), ("edge-q", 5.0), ("split", 40.0))]))
+    rows = _csv(report.index.parent / "tables" / "winners.csv")
+    assert len(rows) == 6 and {r["winner"] for r in rows} == {"edge-q"}
+    assert all(4.0 < float(r["p50_ms"]) < 6.0 for r in rows)
+
+
+def test_one_numeric_axis_draws_a_line_plot(tmp_path):
+    folder = small_store(tmp_path / "out", [(strategy, {EC: ec}, 20.0) for ec in ("5Mbit", "50Mbit", "500Mbit")
+                                            for strategy in ("mobile", "split")])
+    names = {p.name for p in write_report(folder).figures}
+    assert "cnn-sweep.png" in names and "cnn-winners.png" not in names
+
+
+def test_up_to_six_points_get_a_panel_each_more_get_one_panel_of_per_point_medians():
+    def facets(points: int):
+        cells = [{"cell": f"{s}/{i}", "model": "cnn", "weights": "w", "strategy": s, "placement": "edge",
+                  "point": {"links.edge-cloud.delay": f"{i}ms"}, "status": "done"}
+                 for i in range(points) for s in ("a", "b")]
+        ok = {c["cell"]: [{"e2e_ms": 10.0 + i} for i in range(3)] for c in cells}
+        return _facets(study_groups(cells), ok)
+
+    six = facets(MAX_FACETS)
+    assert len(six) == MAX_FACETS and all(f.points == 1 and f.p50s == {"a": [11.0], "b": [11.0]} for f in six)
+    (merged,) = facets(MAX_FACETS + 3)
+    assert merged.points == MAX_FACETS + 3 and len(merged.p50s["a"]) == MAX_FACETS + 3
+    assert len(merged.requests["b"]) == 3 * (MAX_FACETS + 3)
+
+
+def test_store_without_done_cells_still_gets_a_report_with_a_note(tmp_path):
+    folder = tmp_path / "out"
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "broken", {}, {})
+        store.write_cell(_cell("c1", "cnn", "mobile", {}, status="failed", error="deploy failed"), [], [])
+    report = write_report(folder)
+    assert report.note and "nothing to compare" in report.note
+    assert report.figures == [] and "deploy failed" in report.index.read_text()
+
+
+def test_rerunning_removes_figures_and_tables_of_an_earlier_report_only(tmp_path):
+    folder = tmp_path / "out"
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "again", {}, {})
+    (folder / "report" / "figures").mkdir(parents=True)
+    stale = [folder / "report" / "figures" / "gone-latency.png", folder / "report" / "tables" / "gone.tex"]
+    kept = folder / "report" / "figures" / "notes.txt"
+    for p in stale + [kept]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"old")
+    write_report(folder)
+    assert not any(p.exists() for p in stale) and kept.exists()
+
+
+def test_missing_store_is_a_store_error(tmp_path):
+    with pytest.raises(StoreError, match="no results at"):
+        write_report(tmp_path / "nothing")
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    points = [(10.0, 0.8), (20.0, 0.9), (15.0, 0.7), (30.0, 0.9), (5.0, 0.5)]
+    assert pareto_front(points) == [4, 0, 1]
+    assert pareto_front([(1.0, 0.5), (1.0, 0.5)]) == [0, 1]        # equal points do not dominate each other
+
+
+def test_axis_number_parses_units_and_plain_numbers():
+    assert axis_number(ME, "500kbit") == 500_000
+    assert axis_number("links.edge-cloud.delay", "1s") == 1000.0
+    assert axis_number("requests.repeat", 5) == 5.0
+    assert axis_number(ME, "none") is None and axis_number("serving.connection", "fresh") is None
+
+
+# --- the CLI ------------------------------------------------------------------------------------
+
+def test_cli_report_prints_where_it_wrote_and_the_recommendations(tmp_path):
+    folder = build_study(tmp_path / "out")
+    r = CliRunner().invoke(cli, ["report", str(folder), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    assert str(tmp_path / "rep" / "index.html") in r.output
+    assert "lowest latency within 1 % accuracy loss: edge-q" in r.output
+    assert (tmp_path / "rep" / "figures" / "cnn-latency.png").is_file()
+
+
+def test_cli_report_json_has_paths_and_recommendations(tmp_path):
+    folder = build_study(tmp_path / "out")
+    r = CliRunner().invoke(cli, ["report", str(folder), "--json", "--tolerance", "0.001"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert Path(data["index"]) == folder / "report" / "index.html"
+    assert all(Path(p).is_file() for p in data["figures"] + data["tables"])
+    picks = [x["strategy"] for x in data["recommendations"]
+             if x["model"] == "cnn" and x["kind"] == "within_tolerance" and x["point"][ME] == "5Mbit"]
+    assert picks == ["mobile", "mobile"]             # at both edge-cloud bandwidths
+
+
+def test_cli_report_without_a_store_is_one_line(tmp_path):
+    r = CliRunner().invoke(cli, ["report", str(tmp_path / "nothing")])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: no results at") and "testbed run" in lines[0]
+
+
+def test_cli_report_on_a_non_store_file_is_one_line(tmp_path):
+    (tmp_path / "results.sqlite").write_text("not a database")
+    r = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert "not a testbed result store" in r.output
+
+
+def test_cli_report_rejects_a_tolerance_outside_0_1(tmp_path):
+    r = CliRunner().invoke(cli, ["report", str(tmp_path), "--tolerance", "5"])
+    assert r.exit_code == 2 and "--tolerance" in r.output
+
+
+def test_cli_report_of_an_empty_store_notes_it_and_exits_0(tmp_path):
+    folder = tmp_path / "out"
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "empty", {}, {})
+    r = CliRunner().invoke(cli, ["report", str(folder)])
+    assert r.exit_code == 0 and "nothing to compare" in r.output
+
+
+def test_cli_report_into_an_unwritable_place_is_one_line(tmp_path):
+    folder = tmp_path / "out"
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "empty", {}, {})
+    (tmp_path / "taken").write_text("a file, not a folder")
+    r = CliRunner().invoke(cli, ["report", str(folder), "--out", str(tmp_path / "taken" / "report")])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert r.output.startswith(f"Error: cannot write the report to {tmp_path / 'taken' / 'report'}: ")
+    assert "--out" in r.output
+    r = CliRunner().invoke(cli, ["report", str(folder), "--out", str(tmp_path / "taken")])
+    assert r.exit_code == 2 and "is a file" in r.output        # click's own check of a folder option
