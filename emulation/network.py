@@ -188,13 +188,19 @@ class EmulatedNetwork:
 
     # -- checks before touching anything ----------------------------------------------
     def preflight(self) -> None:
-        problems = []
         if not self.caps["root"]:
             raise EmulationError("bringing a network up needs root: run it with sudo")
         if not self.caps.get("mnexec") or not self.caps.get("mininet"):
             raise EmulationError("Mininet is not installed (mnexec or the mininet module is missing): run scripts/setup.sh")
+        problems = self._spec_problems(self.spec)
+        if problems:
+            raise EmulationError("; ".join(problems))
+
+    def _spec_problems(self, spec: TopologySpec) -> list[str]:
+        """What in ``spec`` this machine cannot hold (cores, memory, CPUs, qdiscs)."""
+        problems = []
         cores = self.caps["cpus"]
-        for h in self.spec.hosts:
+        for h in spec.hosts:
             if h.cpus is not None and h.cpus > cores:
                 problems.append(f"host {h.name}: cpus {h.cpus} exceeds the {cores:g} cores this machine gives us")
             if h.memory_bytes is not None and h.memory_bytes > self.caps["memory_bytes"]:
@@ -203,11 +209,10 @@ class EmulatedNetwork:
                 bad = sorted(set(h.cpuset) - set(os.sched_getaffinity(0)))
                 if bad:
                     problems.append(f"host {h.name}: cpuset CPUs {bad} do not exist here (have {sorted(os.sched_getaffinity(0))})")
-        for link in self.spec.links:
+        for link in spec.links:
             for src, dst, d in directions(link):
                 problems += [f"link {link.name} {src}->{dst}: {p}" for p in self._direction_problems(d)]
-        if problems:
-            raise EmulationError("; ".join(problems))
+        return problems
 
     def _direction_problems(self, d: DirectionSpec) -> list[str]:
         out = []
@@ -402,19 +407,50 @@ class EmulatedNetwork:
             raise EmulationError(f"direction must be forward, reverse or omitted, not {direction!r}")
         fwd = replace(link.forward, **changes) if direction in (None, "forward") else link.forward
         rev = replace(link.reverse, **changes) if direction in (None, "reverse") else link.reverse
-        new = replace(link, forward=fwd, reverse=rev)
-        for d in (fwd, rev):
+        return self._replace_link(replace(link, forward=fwd, reverse=rev))
+
+    def _replace_link(self, new: LinkSpec) -> LinkSpec:
+        for d in (new.forward, new.reverse):
             if d.jitter_ms > d.delay_ms:
-                raise EmulationError(f"link {name}: jitter {d.jitter_ms}ms exceeds delay {d.delay_ms}ms")
+                raise EmulationError(f"link {new.name}: jitter {d.jitter_ms}ms exceeds delay {d.delay_ms}ms")
             probs = self._direction_problems(d)
             if probs:
-                raise EmulationError(f"link {name}: " + "; ".join(probs))
+                raise EmulationError(f"link {new.name}: " + "; ".join(probs))
         self._apply_link(new)
         self.links[new.name] = new
         problems = self._verify_link(new)
         if problems:
             raise EmulationError("read-back after live change differs: " + "; ".join(problems))
         return new
+
+    def same_shape(self, spec: TopologySpec) -> bool:
+        """Whether ``spec`` has this network's hosts and links (names and ends), so that it
+        can be reached by live changes (`reconfigure`) instead of a rebuild."""
+        return ([h.name for h in spec.hosts] == [h.name for h in self.spec.hosts]
+                and [(l.name, l.a, l.b) for l in spec.links] == [(l.name, l.a, l.b) for l in self.spec.links])
+
+    def reconfigure(self, spec: TopologySpec) -> list[str]:
+        """Bring the running network to ``spec`` (same shape) by live changes of the links and
+        host limits that differ, each read back; returns what changed (``link NAME``,
+        ``host NAME``). The spec is checked whole before anything is changed."""
+        if not self.same_shape(spec):
+            raise EmulationError(f"topology {spec.name} has other hosts or links than the running network; "
+                                 "it needs a new network")
+        problems = self._spec_problems(spec)
+        if problems:
+            raise EmulationError("; ".join(problems))
+        changed = []
+        for link in spec.links:
+            if link != self.links[link.name]:
+                self._replace_link(link)
+                changed.append(f"link {link.name}")
+        for h in spec.hosts:
+            limits = cgroups.Limits(cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset)
+            if limits != self.cgroups[h.name].limits:
+                self.set_host(h.name, cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset)
+                changed.append(f"host {h.name}")
+        self.spec = spec
+        return changed
 
     def set_host(self, name: str, **changes) -> cgroups.Limits:
         """Change a host's cpus / memory_bytes / cpuset live, then read it back."""

@@ -279,15 +279,51 @@ def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
         output.print_prepared(exp.name, rows)
 
 
+MAX_CELLS = 1000
+
+
+def _stored(folder, exp_name: str, resume: bool) -> set[str]:
+    """Keys of the cells already done in ``folder``; a folder holding another experiment's
+    cells, or any cells without --resume, is refused."""
+    from pathlib import Path
+
+    from testbed.store import STORE_FILE, ResultStore
+
+    if not (Path(folder) / STORE_FILE).exists():
+        return set()
+    with ResultStore.in_folder(folder, create=False) as store:
+        status = store.cell_status()
+        names = {r["experiment"] for r in store.runs()}
+    if not status:
+        return set()
+    if names and exp_name not in names:
+        raise click.ClickException(f"{folder} holds results of experiment {', '.join(sorted(names))}, not "
+                                   f"{exp_name}; choose another --out")
+    if not resume:
+        done = sum(v == "done" for v in status.values())
+        raise click.ClickException(f"{folder} already holds {len(status)} cells of {exp_name} ({done} done); add "
+                                   "--resume to finish it (done cells are kept, the rest are run again), or "
+                                   "choose another --out")
+    return {k for k, v in status.items() if v == "done"}
+
+
 @cli.command()
 @click.argument("experiment", type=click.Path(dir_okay=False))
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
-              help="Output folder (default results/<name>-<time>); an existing one is resumed: done cells are kept.")
+              help="Output folder (default results/<name>-<time>).")
+@click.option("--resume", is_flag=True, help="Finish the run in --out: cells already done are kept, not re-run.")
+@click.option("--dry-run", is_flag=True, help="List the cells and an estimated time; run nothing.")
+@click.option("--max-cells", type=click.IntRange(1), default=MAX_CELLS, show_default=True,
+              help="Refuse a grid with more cells than this (raise it to confirm a big sweep).")
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
               help="Override a value of the experiment file, e.g. links.edge-cloud.bandwidth=10Mbit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def run(experiment: str, out: str | None, sets: tuple[str, ...], as_json: bool) -> None:
-    """Run EXPERIMENT: prepare, bring the network up, deploy, measure every cell, store, clean up."""
+def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells: int, sets: tuple[str, ...],
+        as_json: bool) -> None:
+    """Run EXPERIMENT: prepare, bring the network up, deploy, measure every cell, store, clean up.
+
+    Every combination of the sweep axes x model x strategy is one cell. Between sweep points
+    the network is changed live (links, host limits) when its shape stays the same."""
     from pathlib import Path
 
     from emulation.errors import EmulationError
@@ -301,16 +337,29 @@ def run(experiment: str, out: str | None, sets: tuple[str, ...], as_json: bool) 
         exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
     except ExperimentError as e:
         raise click.ClickException(str(e)) from None
-    _require_emulation(capabilities())
+    if resume and not out:
+        raise click.ClickException("--resume needs --out DIR: the folder of the run to finish")
     folder = Path(out) if out else default_out(exp)
     cells = len(exp.cells_grid()) * len(exp.models) * len(exp.strategies)
+    if cells > max_cells:
+        raise click.ClickException(f"{experiment}: the grid has {cells} cells ({len(exp.cells_grid())} sweep points x "
+                                   f"{len(exp.models)} models x {len(exp.strategies)} strategies), above --max-cells "
+                                   f"{max_cells}; check the sweep, or pass --max-cells {cells} to run it")
+    try:
+        done = _stored(folder, exp.name, resume or dry_run)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    if dry_run:
+        _dry_run(exp, done, as_json)
+        return
+    _require_emulation(capabilities())
     status, code = "failed", 0
-    with output.run_progress(cells * exp.requests.repeat) as bar:
+    with output.run_progress(cells * exp.requests.repeat, cells) as bar:
         events = Events(stage=bar.describe,
                         cell_start=lambda c, total: bar.describe(f"{c.model.name} / {c.strategy.name}"),
                         request_done=lambda st: bar.advance(),
                         cell_done=lambda o: bar.finish_cell(exp.requests.repeat - len(o.requests)),
-                        cells_skipped=lambda n: bar.finish_cell(n * exp.requests.repeat))
+                        cells_skipped=lambda n: bar.finish_cell(n * exp.requests.repeat, n))
         try:
             status, _ = run_experiment(exp, folder, events=events)
         except (ExperimentError, StoreError, EmulationError) as e:
@@ -333,6 +382,21 @@ def run(experiment: str, out: str | None, sets: tuple[str, ...], as_json: bool) 
         click.echo(f"interrupted: cells measured so far are kept in {folder}; run the same command with "
                    f"--out {folder} to resume", err=True)
         sys.exit(code)
+
+
+def _dry_run(exp, done: set[str], as_json: bool) -> None:
+    from testbed.estimate import estimate
+    from workloads.errors import WorkloadError
+
+    try:
+        cells, total, unknown = estimate(exp, done)
+    except WorkloadError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps({"experiment": exp.name, "cells": [vars(c) for c in cells], "estimated_s": total,
+                               "without_estimate": unknown}, indent=2, default=str))
+        return
+    output.print_dry_run(exp.name, cells, total, unknown)
 
 
 @cli.group()

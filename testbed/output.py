@@ -235,15 +235,56 @@ def print_run_summary(name: str, rows: list[dict], out: str) -> None:
 
 
 class _RunBar(_Bar):
-    def finish_cell(self, unmeasured: int) -> None:
-        """A cell ended: count the requests it will not send (failed or skipped) as done."""
+    def __init__(self, progress, task, cells: int):
+        super().__init__(progress, task)
+        self._cells, self._done = cells, 0
+        self._p.update(self._t, cells=f"0/{cells}")
+
+    def finish_cell(self, unmeasured: int, cells: int = 1) -> None:
+        """``cells`` ended (or were skipped): count the requests they will not send as done."""
+        self._done += cells
+        self._p.update(self._t, cells=f"{self._done}/{self._cells}")
         if unmeasured > 0:
             self._p.advance(self._t, unmeasured)
 
 
 class run_progress(progress):  # noqa: N801
-    """Progress of `testbed run`: one step per measured request."""
+    """Progress of `testbed run`: one step per measured request; cells done of all, the
+    current cell or stage, and the time left at the pace so far."""
+
+    def __init__(self, total: int, cells: int):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self._progress = Progress(TextColumn("cells {task.fields[cells]}"), TextColumn("{task.description}"),
+                                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True),
+                                  transient=False)
+        self._total, self._cells = total, cells
 
     def __enter__(self) -> _RunBar:
         self._progress.start()
-        return _RunBar(self._progress, self._progress.add_task("starting", total=self._total))
+        return _RunBar(self._progress, self._progress.add_task("starting", total=self._total, cells=""),
+                       self._cells)
+
+
+def _duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    return f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+
+
+def print_dry_run(name: str, cells: list, total_s: float, unknown: int) -> None:
+    t = Table(title=f"{name}: {len(cells)} cells (dry run: nothing is run)")
+    for col in ("sweep point", "model", "strategy", "placement", "request", "cell", "status"):
+        t.add_column(col)
+    for c in cells:
+        t.add_row(", ".join(f"{k}={v}" for k, v in c.point.items()) or "-", c.model, c.strategy,
+                  " → ".join(c.placement), "?" if c.request_ms is None else f"{_ms(c.request_ms)} ms",
+                  "?" if c.seconds is None else _duration(c.seconds), "done (kept)" if c.done else "to run")
+    console.print(t)
+    todo = sum(not c.done for c in cells)
+    note = (f"; {unknown} cells have no estimate (artifact not prepared: run testbed prepare first)"
+            if unknown else "")
+    console.print(f"to run: {todo} of {len(cells)} cells, about {_duration(total_s)} (networks and deployment "
+                  f"included; preparing artifacts not included){note}")

@@ -118,7 +118,7 @@ def entry_address(net, spec, src: str, dst: str) -> str:
 
 class Runner:
     def __init__(self, exp: Experiment, out: Path, store: ResultStore, *, events: Events | None = None,
-                 caps: dict | None = None, cache=None, run_id: str | None = None):
+                 caps: dict | None = None, cache=None, run_id: str | None = None, reuse_network: bool = True):
         self.exp = exp
         self.out = Path(out)
         self.store = store
@@ -126,8 +126,13 @@ class Runner:
         self.caps = caps
         self.cache = cache
         self.run_id = run_id
+        self.reuse_network = reuse_network      # False: a new network at every point (benchmarks compare)
         self.inputs: dict[ModelRef, Path] = {}
         self.artifacts: dict[tuple, object] = {}
+        # seconds spent on the network per sweep point: bringing one up (after stopping the
+        # previous one), or changing it live; per cell: starting and stopping its servers
+        self.timings: dict[str, list[float]] = {"bring_up_s": [], "reconfigure_s": [], "deploy_s": [],
+                                                 "teardown_s": []}
 
     # -- preparation (no root, no network) ---------------------------------------------------
     def prepare(self) -> None:
@@ -177,8 +182,11 @@ class Runner:
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> str:
         """Run every cell not already done; returns ``"done"``. An interrupt (Ctrl-C,
-        SIGTERM) is re-raised once the cell it stopped is stored."""
-        from emulation.network import EmulatedNetwork
+        SIGTERM) is re-raised once the cell it stopped is stored.
+
+        The network is brought up once and kept from one sweep point to the next while the
+        topology keeps its shape (only link or host parameters change): those are changed live
+        and read back (`EmulatedNetwork.reconfigure`), which is much cheaper than a rebuild."""
         from emulation.probe import capabilities, machine_cores
 
         self.prepare()
@@ -187,18 +195,17 @@ class Runner:
         total = sum(len(c) for _, c in plan)
         caps = self.caps or capabilities()
         cores = machine_cores()
-        for exp, cells in plan:
-            todo = [c for c in cells if c.key not in done]
-            if len(todo) < len(cells):
-                self.events.cells_skipped(len(cells) - len(todo))
-            if not todo:
-                continue
-            for c in todo:
-                self.request_inputs(c.model)
-            self.events.stage(f"bringing up {exp.topology.name}" + (f" at {_point_label(cells[0].point)}"
-                                                                    if cells[0].point else ""))
-            with EmulatedNetwork(exp.topology, run_id=self.run_id, caps=caps) as net:
-                self.run_id = net.run_id
+        net = None
+        try:
+            for exp, cells in plan:
+                todo = [c for c in cells if c.key not in done]
+                if len(todo) < len(cells):
+                    self.events.cells_skipped(len(cells) - len(todo))
+                if not todo:
+                    continue
+                for c in todo:
+                    self.request_inputs(c.model)
+                net = self._network_for(net, exp, cells[0].point, caps)
                 network = net.applied()
                 for c in todo:
                     self.events.cell_start(c, total)
@@ -207,7 +214,31 @@ class Runner:
                     self.events.cell_done(outcome)
                     if outcome.interrupt is not None:
                         raise outcome.interrupt
+        finally:
+            if net is not None:
+                net.stop()
         return "done"
+
+    def _network_for(self, net, exp: Experiment, point: dict, caps: dict):
+        """The running network changed live to ``exp``'s topology, or a new one."""
+        from emulation.network import EmulatedNetwork
+
+        at = f" at {_point_label(point)}" if point else ""
+        if net is not None and self.reuse_network and net.same_shape(exp.topology):
+            self.events.stage(f"changing {exp.topology.name} live{at}")
+            t0 = time.monotonic()
+            net.reconfigure(exp.topology)
+            self.timings["reconfigure_s"].append(time.monotonic() - t0)
+            return net
+        t0 = time.monotonic()
+        if net is not None:
+            net.stop()
+        self.events.stage(f"bringing up {exp.topology.name}{at}")
+        net = EmulatedNetwork(exp.topology, run_id=self.run_id, caps=caps)
+        net.start()                   # a failed start removes what it made
+        self.run_id = net.run_id
+        self.timings["bring_up_s"].append(time.monotonic() - t0)
+        return net
 
 
 def _point_label(point: dict) -> str:
@@ -233,9 +264,12 @@ class CellExecution:
         placement = self.cell.strategy.placement
         oom_before = {h: self.net.oom_kills(h) for h in placement}
         status = "done"       # ran to the end, whatever happened to each request
+        timings = self.runner.timings
         try:
             try:
+                t0 = time.monotonic()
                 self._start_servers()
+                timings["deploy_s"].append(time.monotonic() - t0)
                 self._run_client()
             except RunError as e:
                 self.error = str(e)
@@ -246,7 +280,9 @@ class CellExecution:
                 self.error = "interrupted"
                 self.interrupt = e
         finally:
+            t0 = time.monotonic()
             self._stop_servers()
+            timings["teardown_s"].append(time.monotonic() - t0)
         oom_hosts = [h for h in placement if self.net.oom_kills(h) > oom_before[h]]
         if oom_hosts:
             self._mark_oom(oom_hosts)
@@ -427,14 +463,15 @@ def default_out(exp: Experiment) -> Path:
     return Path("results") / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, cache=None) -> tuple[str, Runner]:
+def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, cache=None,
+                   reuse_network: bool = True) -> tuple[str, Runner]:
     """Run ``exp`` into ``out`` (its store is created or resumed). Returns (status, runner)."""
     from emulation import registry
 
     store = ResultStore.in_folder(out)
     run_id = registry.new_run_id()
     store.begin_run(run_id, exp.name, exp.to_dict(), machine_info())
-    runner = Runner(exp, out, store, events=events, cache=cache, run_id=run_id)
+    runner = Runner(exp, out, store, events=events, cache=cache, run_id=run_id, reuse_network=reuse_network)
     status = "failed"
     try:
         status = runner.run()

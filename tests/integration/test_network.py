@@ -128,6 +128,31 @@ def test_live_change_errors_name_the_problem(caps):
             net.set_host("edge", gpus=1)
 
 
+def test_reconfigure_reaches_another_spec_of_the_same_shape_live(caps):
+    """A sweep's next point: only what differs changes, each read back; a spec of another
+    shape, or one this machine cannot hold, is refused before anything changes."""
+    a = spec("three_tier", {"links.edge-cloud.bandwidth": "50Mbit"})
+    b = spec("three_tier", {"links.edge-cloud.bandwidth": "5Mbit", "links.edge-cloud.delay": "10ms",
+                            "hosts.edge.cpus": 0.75})
+    with EmulatedNetwork(a, caps=caps) as net:
+        mobile_qdiscs = net._read_direction("mobile", "edge")
+        assert net.reconfigure(b) == ["link edge-cloud", "host edge"]
+        applied = {(r["link"], r["direction"]): r for r in net.applied()["links"]}
+        assert applied[("edge-cloud", "edge->cloud")]["bandwidth_bps"] == 5_000_000
+        assert applied[("edge-cloud", "cloud->edge")]["delay_ms"] == 10.0
+        assert net.cgroups["edge"].read_back().cpus == 0.75
+        assert net._read_direction("mobile", "edge") == mobile_qdiscs      # untouched
+        assert net.verify() == [] and net.spec == b
+        if caps["delay_mechanism"] == "nfqueue":     # it takes effect (its precision: test_delayline)
+            assert 20.0 <= measure_rtt_ms(net, "edge", "cloud") < 23.0
+        assert net.reconfigure(b) == []                                    # nothing differs
+        with pytest.raises(EmulationError, match="has other hosts or links than the running network"):
+            net.reconfigure(spec("star:mobiles=3"))
+        with pytest.raises(EmulationError, match="exceeds the 2 cores"):
+            net.reconfigure(spec("three_tier", {"hosts.edge.cpus": 64.0}))
+        assert net.spec == b and net.verify() == []
+
+
 def test_two_networks_at_once_do_not_collide(caps):
     with EmulatedNetwork(spec("three_tier"), caps=caps) as a, EmulatedNetwork(spec("three_tier"), caps=caps) as b:
         assert a.run_id != b.run_id

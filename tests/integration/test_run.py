@@ -158,9 +158,14 @@ def test_run_measures_every_hop_and_transmission_follows_the_links(study, tmp_pa
         rows = list(csv.DictReader(f))
     assert len(rows) == 20 and list(rows[0])[:9] == ["cell", "model", "strategy", "placement", "status", "e2e_ms",
                                                      "compute_ms", "transmission_ms", "bytes_sent"]
-    # a second run into the same folder resumes: every cell is done, nothing is re-run
-    again = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out), "--json"], cwd=REPO, env=_env(tmp_path),
+    # a second run into the same folder is refused without --resume (nothing is touched) ...
+    again = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out)], cwd=REPO, env=_env(tmp_path),
                            capture_output=True, text=True, timeout=600)
+    assert again.returncode == 1 and "already holds 4 cells of it-run (4 done); add --resume" in again.stderr
+    assert "Traceback" not in again.stderr and len(_rows(db, "SELECT * FROM runs")) == 1
+    # ... and with it resumes: every cell is done, nothing is re-run
+    again = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out), "--resume", "--json"], cwd=REPO,
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(_rows(db, "SELECT * FROM runs")) == 2 and len(_rows(db, "SELECT * FROM requests")) == 20
 

@@ -1,0 +1,117 @@
+"""`testbed run --dry-run`: the cells a run would measure and roughly how long each takes,
+from what is known without running anything: the cached artifacts' measured single-thread
+compute time per part, the bytes each hop carries, the links' bandwidth and delay, the hosts'
+CPU budgets, and the runner's own fixed costs (bringing a network up, changing it live,
+starting and stopping a cell's servers: measured by ``benchmarks/bench_sweep.py``).
+
+It is an estimate for planning (minutes or hours?), not a prediction: CPU contention,
+ONNX Runtime's threads and the delay line's scheduling are not modelled, and a cell whose
+artifact is not prepared yet has no compute estimate (``testbed prepare`` first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .experiment import Experiment, ModelRef, Strategy
+from .runner import cell_key
+
+# the runner's fixed costs on the 2-core reference VM (benchmarks/results/sweep.md)
+BRING_UP_S = 0.7          # a three-host network: namespaces, links, qdiscs, cgroups, read-back
+RECONFIGURE_S = 0.05      # the next sweep point's link/host changes, read back
+DEPLOY_S = 0.6            # a cell's servers started (ORT sessions loaded) and stopped
+OVERHEAD_MS = 0.4         # client, codec and server per request and hop (bench_serving)
+
+
+@dataclass
+class CellEstimate:
+    key: str
+    point: dict
+    model: str
+    strategy: str
+    placement: tuple[str, ...]
+    done: bool                       # already stored as done in the output folder (skipped)
+    request_ms: float | None         # one request, end to end; None: artifact not prepared
+    seconds: float | None            # the whole cell (deploy + warm-up + measured requests)
+
+
+def _direction(topology, a: str, b: str):
+    link = topology.link(f"{a}-{b}")
+    return link.forward if (link.a, link.b) == (a, b) else link.reverse
+
+
+def hop_ms(topology, src: str, dst: str, nbytes: int) -> float:
+    """``nbytes`` from ``src`` to ``dst`` over the topology's path: serialisation at each
+    link's bandwidth plus its one-way delay."""
+    route = topology.path(src, dst)
+    ms = 0.0
+    for a, b in zip(route, route[1:]):
+        d = _direction(topology, a, b)
+        if d.rate_bps:
+            ms += nbytes * 8 / d.rate_bps * 1000
+        ms += d.delay_ms
+    return ms
+
+
+def _input_bytes(model: ModelRef) -> int:
+    from workloads.registry import get_model
+
+    return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in get_model(model.name).inputs)
+
+
+def request_ms(exp: Experiment, model: ModelRef, strategy: Strategy, manifest: dict) -> float:
+    """One request: the input to the first host, each part's compute (single-thread time
+    divided by the host's CPU share when below one core), each cut tensor to the next host,
+    and the (small) answer back."""
+    topo, hosts = exp.topology, strategy.placement
+    source = hosts[0] if exp.source == "client" and "client" not in topo.host_names else exp.source
+    cuts = [c["bytes"] for c in (manifest.get("report", {}).get("partition", {}).get("cuts") or [])]
+    ms = hop_ms(topo, source, hosts[0], _input_bytes(model)) + hop_ms(topo, hosts[-1], source, 64)
+    for i, host in enumerate(hosts):
+        cpus = topo.host(host).cpus
+        ms += manifest["compute_ms"][i] / min(cpus, 1.0) if cpus else manifest["compute_ms"][i]
+        if i + 1 < len(hosts):
+            ms += hop_ms(topo, host, hosts[i + 1], cuts[i] if i < len(cuts) else 0)
+    return ms + OVERHEAD_MS * (len(hosts) + 1)
+
+
+def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEstimate], float, int]:
+    """Every cell of ``exp`` in run order; the estimated seconds of what is left to run (the
+    networks included) and how many cells to run have no estimate."""
+    from workloads.prepare import cached_manifest
+
+    manifests: dict = {}
+    cells, total, unknown, shape = [], 0.0, 0, None
+    for point in exp.cells_grid():
+        e = exp.at(point) if point else exp
+        todo = False
+        for model in e.models:
+            for s in e.strategies:
+                k = (model, s.operators, s.parts)
+                if k not in manifests:
+                    manifests[k] = cached_manifest(model.name, s.operators, parts=s.parts, weights=model.weights,
+                                                   data=model.data, cache=cache)
+                key = cell_key(e, point, model, s)
+                m = manifests[k]
+                ms = request_ms(e, model, s, m) if m is not None else None
+                n = e.requests.warmup + e.requests.repeat
+                secs = DEPLOY_S + n * ms / 1000 if ms is not None else None
+                is_done = key in done
+                cells.append(CellEstimate(key, point, model.name, s.name, s.placement, is_done, ms, secs))
+                if not is_done:
+                    todo = True
+                    if secs is None:
+                        unknown += 1
+                        total += DEPLOY_S
+                    else:
+                        total += secs
+        if todo:
+            same = shape is not None and _shape(e.topology) == shape
+            total += RECONFIGURE_S if same else BRING_UP_S
+            shape = _shape(e.topology)
+    return cells, total, unknown
+
+
+def _shape(topology) -> tuple:
+    return (tuple(h.name for h in topology.hosts), tuple((l.name, l.a, l.b) for l in topology.links))
