@@ -200,6 +200,36 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
     return p
 
 
+def _artifact_key(entry: ModelEntry, chain: tuple[OperatorCall, ...], parts: int, weights: str, seed: int,
+                  digest: str | None, base_key: str) -> str:
+    # artifacts with training operators also change when the white-box code's version does
+    extra = {"whitebox": WHITEBOX_VERSION} if training_calls(chain) else {}
+    return content_key("artifact", model=entry.name, version=entry.version, weights=weights, seed=seed,
+                       data=digest, chain=[c.as_dict() for c in chain], parts=parts, prepare=PREPARE_VERSION,
+                       libs=library_versions(), base=base_key, **extra)
+
+
+def cached_manifest(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
+                    weights: str | None = None, data: Path | str | None = None, cache: Cache | None = None,
+                    seed: int = 0) -> dict | None:
+    """The manifest of the artifact `prepare` would return, if it is in the cache; None if
+    it would have to be built (nothing is built here)."""
+    from .export import model_key
+    from .runtime import load_manifest
+
+    cache = cache or Cache()
+    entry = get_model(model)
+    weights = weights or entry.weights[0]
+    base = cache.get("models", model_key(entry, BuildContext(cache=cache, weights=weights, seed=seed)))
+    if base is None:
+        return None
+    digest = None if data is None else _data_digest(user_data(entry, data))
+    training = tuple(with_model_budget(c, entry) for c in training_calls(chain))
+    folder = cache.get("artifacts", _artifact_key(entry, training + chain[len(training):], parts, weights, seed,
+                                                  digest, base.name))
+    return load_manifest(folder) if folder is not None else None
+
+
 def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1, weights: str | None = None,
             data: Path | str | None = None, cache: Cache | None = None, progress=lambda message: None,
             seed: int = 0) -> Prepared:
@@ -224,12 +254,7 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
     digest = None if own is None else _data_digest(own)
     training = tuple(with_model_budget(c, entry) for c in training_calls(chain))
     chain = training + chain[len(training):]
-    # artifacts with training operators also change when the white-box code's version does
-    extra = {"whitebox": WHITEBOX_VERSION} if training else {}
-    key = content_key("artifact", model=entry.name, version=entry.version, weights=weights, seed=seed,
-                      data=digest,
-                      chain=[c.as_dict() for c in chain], parts=parts, prepare=PREPARE_VERSION, libs=libs,
-                      base=base.parent.name, **extra)
+    key = _artifact_key(entry, chain, parts, weights, seed, digest, base.parent.name)
     cached = cache.get("artifacts", key) is not None
     applicable = metric_applicable(entry, weights)
 
