@@ -28,6 +28,8 @@ setup(
         "pandas==3.1.1",
         "matplotlib==3.11.2",
         "jinja2==3.1.6",
+        # many machines: cells on a Ray cluster (testbed run --executor ray)
+        "ray==2.60.0",
     ],
     extras_require={
         "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.15", "selenium==4.51.0"],

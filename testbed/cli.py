@@ -315,11 +315,16 @@ def _stored(folder, exp_name: str, resume: bool) -> set[str]:
 @click.option("--dry-run", is_flag=True, help="List the cells and an estimated time; run nothing.")
 @click.option("--max-cells", type=click.IntRange(1), default=MAX_CELLS, show_default=True,
               help="Refuse a grid with more cells than this (raise it to confirm a big sweep).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine, one cell after another; ray: cells on the nodes of a Ray cluster, "
+                   "one cell per node at a time.")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray cluster to use (host:port of its head); without it --executor ray starts a local one.")
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
               help="Override a value of the experiment file, e.g. links.edge-cloud.bandwidth=10Mbit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells: int, sets: tuple[str, ...],
-        as_json: bool) -> None:
+def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells: int, executor: str,
+        address: str | None, sets: tuple[str, ...], as_json: bool) -> None:
     """Run EXPERIMENT: prepare, bring the network up, deploy, measure every cell, store, clean up.
 
     Every combination of the sweep axes x model x strategy is one cell. Between sweep points
@@ -329,7 +334,7 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
     from emulation.errors import EmulationError
     from emulation.probe import _memory_bytes, capabilities, machine_cores
     from testbed.experiment import ExperimentError, load_experiment
-    from testbed.runner import Events, default_out, run_experiment
+    from testbed.runner import Events, RunError, default_out, run_experiment
     from testbed.store import ResultStore, StoreError
     from testbed.summary import summarize
 
@@ -337,6 +342,8 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
         exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
     except ExperimentError as e:
         raise click.ClickException(str(e)) from None
+    if address and executor != "ray":
+        raise click.ClickException("--address names a Ray cluster: add --executor ray")
     if resume and not out:
         raise click.ClickException("--resume needs --out DIR: the folder of the run to finish")
     folder = Path(out) if out else default_out(exp)
@@ -361,8 +368,8 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
                         cell_done=lambda o: bar.finish_cell(exp.requests.repeat - len(o.requests)),
                         cells_skipped=lambda n: bar.finish_cell(n * exp.requests.repeat, n))
         try:
-            status, _ = run_experiment(exp, folder, events=events)
-        except (ExperimentError, StoreError, EmulationError) as e:
+            status, _ = run_experiment(exp, folder, events=events, executor=executor, address=address)
+        except (ExperimentError, StoreError, EmulationError, RunError) as e:
             raise click.ClickException(str(e)) from None
         except (KeyboardInterrupt, _Terminated) as e:
             status = "interrupted"

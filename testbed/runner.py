@@ -219,6 +219,27 @@ class Runner:
                 net.stop()
         return "done"
 
+    def run_cell(self, point: dict, model: ModelRef, strategy: Strategy, caps: dict | None = None) -> CellOutcome:
+        """Prepare, deploy and measure one cell on a network of its own (the Ray executor's
+        unit of work on a node); an interrupt ends the cell as ``interrupted``, not raised."""
+        from emulation.probe import capabilities, machine_cores
+        from workloads.prepare import prepare
+        from workloads.runtime import load_manifest
+
+        exp = self.exp.at(point) if point else self.exp
+        self.events.stage(f"preparing {model.name} / {strategy.name}")
+        art = prepare(model.name, strategy.operators, parts=strategy.parts, weights=model.weights,
+                      data=model.data, cache=self.cache, progress=self.events.stage)
+        cell = CellPlan(cell_key(exp, point, model, strategy), point, model, strategy, art.path,
+                        load_manifest(art.path))
+        self.request_inputs(model)
+        net = self._network_for(None, exp, point, caps or capabilities())
+        try:
+            outcome = CellExecution(self, exp, net, cell, net.applied(), machine_cores()).run()
+        finally:
+            net.stop()
+        return outcome
+
     def _network_for(self, net, exp: Experiment, point: dict, caps: dict):
         """The running network changed live to ``exp``'s topology, or a new one."""
         from emulation.network import EmulatedNetwork
@@ -464,8 +485,11 @@ def default_out(exp: Experiment) -> Path:
 
 
 def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, cache=None,
-                   reuse_network: bool = True) -> tuple[str, Runner]:
-    """Run ``exp`` into ``out`` (its store is created or resumed). Returns (status, runner)."""
+                   reuse_network: bool = True, executor: str = "local",
+                   address: str | None = None) -> tuple[str, Runner]:
+    """Run ``exp`` into ``out`` (its store is created or resumed). Returns (status, runner).
+    ``executor``: ``local`` (this machine, one cell after another) or ``ray`` (cells on the
+    nodes of the Ray cluster at ``address``, or of a local one started for the run)."""
     from emulation import registry
 
     store = ResultStore.in_folder(out)
@@ -474,7 +498,12 @@ def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, 
     runner = Runner(exp, out, store, events=events, cache=cache, run_id=run_id, reuse_network=reuse_network)
     status = "failed"
     try:
-        status = runner.run()
+        if executor == "ray":
+            from .distributed import run_on_ray
+
+            status = run_on_ray(runner, address)
+        else:
+            status = runner.run()
         return status, runner
     except (KeyboardInterrupt, SystemExit):
         status = "interrupted"
