@@ -28,8 +28,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .runner import CellOutcome, Runner, RunError, cell_key
-from .store import CellRecord
+from .runner import CellOutcome, Runner, RunError, cell_key, failed_record
 
 CELL_RESOURCE = "testbed_cell"
 RETRIES = 2                  # attempts after the first when a worker or node dies
@@ -92,17 +91,9 @@ def _connect(address: str | None):
 
 
 def _failed(runner: Runner, point: dict, model, strategy, error: str) -> CellOutcome:
-    import time
-
     exp = runner.exp.at(point) if point else runner.exp
-    now = time.time()
-    record = CellRecord(
-        cell=cell_key(exp, point, model, strategy), run_id=runner.run_id or "", model=model.name,
-        weights=model.weights, strategy=strategy.name, operators=[c.as_dict() for c in strategy.operators],
-        placement=strategy.placement, source=exp.source, codec=exp.codec, connection=exp.serving.connection,
-        point=point, artifact=None, metric=None, metric_value=None, baseline_value=None, status="failed",
-        error=error, started=now, ended=now, network={}, hosts={})
-    return CellOutcome(record, [], [])
+    return CellOutcome(failed_record(runner.run_id, exp, cell_key(exp, point, model, strategy), point, model,
+                                     strategy, error), [], [])
 
 
 def run_on_ray(runner: Runner, address: str | None) -> str:

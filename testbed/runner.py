@@ -30,6 +30,7 @@ from pathlib import Path
 
 from emulation.errors import EmulationError
 from emulation.process import terminate
+from workloads.errors import WorkloadError
 from workloads.serving import LOG_LINES, PORT, breakdown
 
 from .experiment import Experiment, ModelRef, Strategy
@@ -48,8 +49,9 @@ class CellPlan:
     point: dict
     model: ModelRef
     strategy: Strategy
-    artifact: Path
+    artifact: Path | None
     manifest: dict
+    error: str | None = None       # the artifact could not be prepared: the cell is stored failed
 
 
 @dataclass
@@ -142,9 +144,13 @@ class Runner:
         for i, need in enumerate(needs, 1):
             label = " → ".join(c.label() for c in need.operators) or "none"
             self.events.stage(f"preparing {i}/{len(needs)}: {need.model.name} [{label}] x{need.parts}")
-            self.artifacts[need] = prepare(need.model.name, need.operators, parts=need.parts,
-                                           weights=need.model.weights, data=need.model.data, cache=self.cache,
-                                           progress=self.events.stage)
+            try:
+                self.artifacts[need] = prepare(need.model.name, need.operators, parts=need.parts,
+                                               weights=need.model.weights, data=need.model.data, cache=self.cache,
+                                               progress=self.events.stage)
+            except WorkloadError as e:          # e.g. an operator this model cannot take, a download
+                self.artifacts[need] = str(e)   # its cells are stored failed with this; the rest run
+                self.events.stage(f"cannot prepare {need.model.name} [{label}]: {e}")
 
     def request_inputs(self, model: ModelRef) -> Path:
         from workloads.prepare import request_inputs
@@ -174,8 +180,11 @@ class Runner:
                     need = next(n for n in self.artifacts
                                 if n.model == model and n.operators == s.operators and n.parts == s.parts)
                     art = self.artifacts[need]
-                    cells.append(CellPlan(cell_key(exp, point, model, s), point, model, s, art.path,
-                                          load_manifest(art.path)))
+                    key = cell_key(exp, point, model, s)
+                    if isinstance(art, str):
+                        cells.append(CellPlan(key, point, model, s, None, {}, error=f"preparing: {art}"))
+                    else:
+                        cells.append(CellPlan(key, point, model, s, art.path, load_manifest(art.path)))
             out.append((exp, cells))
         return out
 
@@ -201,6 +210,12 @@ class Runner:
                 todo = [c for c in cells if c.key not in done]
                 if len(todo) < len(cells):
                     self.events.cells_skipped(len(cells) - len(todo))
+                for c in [c for c in todo if c.error is not None]:
+                    outcome = CellOutcome(failed_record(self.run_id, exp, c.key, c.point, c.model, c.strategy,
+                                                        c.error), [], [])
+                    self.store.write_cell(outcome.record, [], [])
+                    self.events.cell_done(outcome)
+                todo = [c for c in todo if c.error is None]
                 if not todo:
                     continue
                 for c in todo:
@@ -260,6 +275,17 @@ class Runner:
         self.run_id = net.run_id
         self.timings["bring_up_s"].append(time.monotonic() - t0)
         return net
+
+
+def failed_record(run_id: str | None, exp: Experiment, key: str, point: dict, model: ModelRef, strategy: Strategy,
+                  error: str) -> CellRecord:
+    """A cell that could not be measured at all (stored ``failed``; a resumed run tries it again)."""
+    now = time.time()
+    return CellRecord(
+        cell=key, run_id=run_id or "", model=model.name, weights=model.weights, strategy=strategy.name,
+        operators=[o.as_dict() for o in strategy.operators], placement=strategy.placement, source=exp.source,
+        codec=exp.codec, connection=exp.serving.connection, point=point, artifact=None, metric=None,
+        metric_value=None, baseline_value=None, status="failed", error=error, started=now, ended=now)
 
 
 def _point_label(point: dict) -> str:

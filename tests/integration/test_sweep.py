@@ -141,3 +141,21 @@ def test_a_sweep_killed_at_a_random_moment_cleans_up_and_resumes_every_cell_exac
     first = _rows(db, "SELECT run_id FROM runs ORDER BY started")[0]["run_id"]
     assert all(runs[k] == first for k in kept)
     assert find_leftovers() == []
+
+
+def test_a_strategy_that_cannot_be_prepared_is_a_failed_cell_and_the_rest_run(study, tmp_path):
+    text = _write(study, "bad.yaml", repeat=2).read_text().replace(
+        "  - {name: cloud, placement: cloud}\n", "  - {name: trained, operators: [qat], placement: cloud}\n")
+    exp = study / "bad.yaml"
+    exp.write_text(text)
+    out = tmp_path / "out"
+    p = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out)], cwd=REPO, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    cells = _rows(out / "results.sqlite", "SELECT strategy, status, error FROM cells")
+    assert sorted(c["status"] for c in cells if c["strategy"] == "edge") == ["done", "done"]
+    bad = [c for c in cells if c["strategy"] == "trained"]
+    assert len(bad) == 2 and all(c["status"] == "failed" for c in bad)
+    assert all(c["error"].startswith("preparing: wide: training operators need the torch model, and this model "
+                                     "is an ONNX file") for c in bad), bad
+    assert find_leftovers() == []
