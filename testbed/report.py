@@ -30,7 +30,7 @@ from matplotlib.ticker import LogFormatter, NullLocator
 from topologies import TopologyError, format_size, parse_duration_ms, parse_fraction, parse_rate, parse_size
 
 from .recommend import TOLERANCE, recommend
-from .stats import StudyGroup, point_label, study_groups, study_statistics
+from .stats import StudyGroup, point_label, study_groups, study_statistics, wilcoxon_paired
 from .store import CELL_STATUSES, ResultStore
 from .summary import summarize
 
@@ -404,6 +404,30 @@ def write_report(folder: str | Path, out: str | Path | None = None, tolerance: f
                           "check its permissions or choose another --out") from None
 
 
+def quality_tests(cells: list[dict]) -> list[dict]:
+    """Per model and artifact (strategy): the Wilcoxon signed-rank test of its per-sample
+    quality against the untransformed model's on the same evaluation samples (the files
+    `workloads.prepare` writes beside the artifact); a row says so when they are missing."""
+    rows, seen = [], set()
+    for c in cells:
+        if c["status"] != "done" or not c.get("artifact") or (c["model"], c["artifact"]) in seen:
+            continue
+        seen.add((c["model"], c["artifact"]))
+        row = {"model": c["model"], "strategy": c["strategy"], "metric": c["metric"], "value": c["metric_value"],
+               "baseline": c["baseline_value"]}
+        folder = Path(c["artifact"])
+        try:
+            scores, base = np.load(folder / "scores.npy"), np.load(folder / "baseline_scores.npy")
+        except (OSError, ValueError):
+            rows.append({**row, "n": None, "nonzero": None, "statistic": None, "p": None,
+                         "median_difference": None, "significant": None,
+                         "warning": "no per-sample scores beside the artifact (prepared by an older testbed, "
+                                    "moved, or random weights)"})
+            continue
+        rows.append({**row, **wilcoxon_paired(base, scores)})
+    return rows
+
+
 def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict], tolerance: float) -> Report:
     ok: dict[str, list[dict]] = {}
     for r in requests:
@@ -411,6 +435,7 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
             ok.setdefault(r["cell"], []).append(r)
     latencies = {cell: [r["e2e_ms"] for r in rows] for cell, rows in ok.items()}
     comparisons = study_statistics(cells, requests)
+    quality = quality_tests(cells)
     models_order = list(dict.fromkeys(c["model"] for c in cells))
     # study_statistics keeps study_groups' order: pair them, then sort the points numerically
     studied = sorted(zip(study_groups(cells), comparisons), key=lambda pair: (
@@ -437,7 +462,8 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
                        "metric": next((c["metric"] for g in mine for c in g.cells if c["metric"]), None),
                        "recommendations": [(point_label(g.point), [r for r in recs if r["model"] == model
                                                                    and r["point"] == g.point]) for g in mine],
-                       "statistics": [s for g, s in studied if g.model == model]})
+                       "statistics": [s for g, s in studied if g.model == model],
+                       "quality": [q for q in quality if q["model"] == model]})
     sweep_axes = list(dict.fromkeys(a for c in cells for a in c["point"]))
     winner_rows = [{"model": w["model"], **{a: w["point"].get(a) for a in sweep_axes}, "winner": w["winner"],
                     "p50_ms": w["p50_ms"]} for w in winners(groups, latencies)]
@@ -449,6 +475,9 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
                               "shapiro_p", "normal"])
               + _write_table(out / "tables", "pairs", [r for s in comparisons for r in s.pair_rows()],
                              ["model", "point", "a", "b", "p_holm", "delta", "magnitude", "significant"])
+              + _write_table(out / "tables", "quality", quality,
+                             ["model", "strategy", "metric", "value", "baseline", "n", "nonzero", "statistic", "p",
+                              "median_difference", "significant", "warning"])
               + _write_table(out / "tables", "recommendations", recs,
                              ["model", "point_label", "kind", "strategy", "placement", "p50_ms", "loss", "text"])
               + _write_table(out / "tables", "winners", winner_rows, ["model", *sweep_axes, "winner", "p50_ms"]))

@@ -121,8 +121,23 @@ def miou(pred_masks, label_masks, num_classes: int, ignore_index: int | None = N
     return float((tp[present] / union[present]).mean())
 
 
+def sample_scores(pred, target, ignore_index: int | None = None) -> np.ndarray:
+    """Per sample, the fraction of positions where ``pred`` equals ``target`` (class ids): 0 or
+    1 for a classifier, pixel accuracy for a segmentation mask (``ignore_index`` left out).
+    Paired over the same samples, they feed the Wilcoxon signed-rank test of quality."""
+    p, t = np.asarray(pred), np.asarray(target)
+    if p.shape != t.shape:
+        raise WorkloadError(f"sample scores: predictions {p.shape} and targets {t.shape} differ in shape")
+    flat_p, flat_t = p.reshape(len(p), -1), t.reshape(len(t), -1)
+    hit = (flat_p == flat_t).astype(np.float64)
+    if ignore_index is None:
+        return hit.mean(axis=1)
+    keep = flat_t != ignore_index
+    return np.where(keep.any(axis=1), (hit * keep).sum(axis=1) / np.maximum(keep.sum(axis=1), 1), np.nan)
+
+
 def evaluate(session_run: Callable[[dict], np.ndarray], dataset: Dataset, task: str | None = None,
-             reference=None, batch: int = 1) -> dict:
+             reference=None, batch: int = 1, with_scores: bool = False) -> dict:
     """Run ``dataset`` through ``session_run`` (``feeds -> first output``) in batches of
     ``batch`` and score the predictions: argmax over axis 1 of float outputs; integer outputs
     are class ids; a 1-D float output (one logit per sample) means class 1 where it is > 0.
@@ -135,7 +150,8 @@ def evaluate(session_run: Callable[[dict], np.ndarray], dataset: Dataset, task: 
     (class ids or logits, in dataset order) or another ``session_run``; unlabelled data
     without a reference is an error.
     Returns ``{"metric", "value", "samples"}``, plus ``"agreement"`` when the data are
-    labelled and a reference is given.
+    labelled and a reference is given, and with ``with_scores`` the per-sample
+    `sample_scores` against the labels (or the reference) as ``"scores"`` (an array).
     """
     task = task or dataset.task
     if task not in ("classification", "segmentation", "text_classification"):
@@ -155,8 +171,12 @@ def evaluate(session_run: Callable[[dict], np.ndarray], dataset: Dataset, task: 
             raise WorkloadError(f"evaluate: {len(ref)} reference predictions for {len(preds)} samples "
                                 f"of {dataset.name}")
     if not dataset.labelled:
+        if with_scores:
+            out["scores"] = sample_scores(preds, ref)
         return {"metric": "agreement", "value": agreement(preds, ref), **out}
     labels = np.asarray(dataset.labels)
+    if with_scores:
+        out["scores"] = sample_scores(preds, labels, dataset.extra.get("ignore_index"))
     n_classes = len(dataset.classes) or channels
     if task == "classification":
         metric, value = "accuracy", accuracy(preds, labels)

@@ -25,7 +25,9 @@ from .runtime import MANIFEST, ArtifactRunner, session
 from .whitebox import VERSION as WHITEBOX_VERSION
 from .whitebox import trained_model, training_calls, with_model_budget
 
-PREPARE_VERSION = "1"       # bump when what an artifact holds changes
+PREPARE_VERSION = "2"       # bump when what an artifact holds changes
+SCORES_FILE = "scores.npy"                    # per-sample quality of the artifact
+BASELINE_SCORES_FILE = "baseline_scores.npy"  # the same samples, untransformed model
 
 
 @dataclass(frozen=True)
@@ -292,11 +294,22 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
             quality = {"metric": entry.metric, "value": None, "baseline": None,
                        "note": RANDOM_NOTE}
         elif data.labelled:
-            q = evaluate(run, data, entry.task)
+            q = evaluate(run, data, entry.task, with_scores=True)
             quality = {**q, "baseline": base_eval["value"]}
         else:
-            q = evaluate(run, data, entry.task, reference=base_eval["predictions"])
+            q = evaluate(run, data, entry.task, reference=base_eval["predictions"], with_scores=True)
             quality = {**q, "baseline": 1.0}
+        if applicable:        # per sample, paired with the untransformed model's (Wilcoxon in reports)
+            from .metrics import sample_scores
+
+            np.save(folder / SCORES_FILE, quality.pop("scores"))
+            base_scores = (sample_scores(base_eval["predictions"], np.asarray(data.labels),
+                                         data.extra.get("ignore_index"))
+                           if data.labelled else np.ones(len(data)))
+            np.save(folder / BASELINE_SCORES_FILE, base_scores)
+            quality["scores"] = {"file": SCORES_FILE, "baseline_file": BASELINE_SCORES_FILE,
+                                 "what": "per sample: correct (1/0), pixel accuracy, or agreement with the "
+                                         "untransformed model"}
         if pipe.exits and applicable:
             from .early_exit import exit_table
             manifest["report"]["early_exit"]["table"] = exit_table(

@@ -159,3 +159,15 @@ def test_evaluate_segmentation_and_text():
     l3 = np.eye(3, dtype=np.float32)[[0, 1, 2, 1, 1, 0]]
     res = evaluate(lambda f: l3[f["ids"][:, 0]], three, "text_classification")
     assert res["value"] == pytest.approx(sk.f1_score([0, 1, 2, 2, 1, 0], [0, 1, 2, 1, 1, 0], average="macro"))
+
+
+def test_sample_scores_per_sample_and_per_pixel_with_ignored_pixels():
+    from workloads.metrics import sample_scores
+
+    assert sample_scores(np.array([1, 2, 3]), np.array([1, 0, 3])).tolist() == [1.0, 0.0, 1.0]
+    pred = np.array([[[0, 1], [1, 1]], [[2, 2], [2, 2]]])
+    label = np.array([[[0, 1], [0, 255]], [[255, 255], [255, 255]]])
+    got = sample_scores(pred, label, ignore_index=255)
+    assert got[0] == pytest.approx(2 / 3) and np.isnan(got[1])       # an all-ignored image has no score
+    with pytest.raises(WorkloadError, match="differ in shape"):
+        sample_scores(np.zeros(3), np.zeros(4))

@@ -58,6 +58,11 @@ def test_fp32_artifact_has_one_part_and_the_baseline_metric(tiny, tmp_path):
     m = r.manifest
     assert r.parts == 1 and m["parts"] == 1 and len(m["segments"]) == 1
     assert r.metric == "accuracy" and r.value == r.baseline and r.value > 0.8
+    # per-sample scores beside the artifact, paired with the untransformed model's (Wilcoxon)
+    scores, base = np.load(r.path / "scores.npy"), np.load(r.path / "baseline_scores.npy")
+    assert scores.shape == base.shape == (90,) and set(np.unique(scores)) <= {0.0, 1.0}
+    assert scores.mean() == pytest.approx(r.value) and np.array_equal(scores, base)
+    assert m["quality"]["scores"]["file"] == "scores.npy"
     assert not r.cached and prepare("tiny_cnn", (), cache=Cache(tmp_path)).cached
 
 

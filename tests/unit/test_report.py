@@ -323,3 +323,31 @@ def test_cli_report_into_an_unwritable_place_is_one_line(tmp_path):
     assert "--out" in r.output
     r = CliRunner().invoke(cli, ["report", str(folder), "--out", str(tmp_path / "taken")])
     assert r.exit_code == 2 and "is a file" in r.output        # click's own check of a folder option
+
+
+def test_quality_is_tested_per_artifact_against_the_untransformed_models_samples(tmp_path):
+    from testbed.report import quality_tests
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(400) < 0.9).astype(float)
+    worse = base.copy()
+    worse[np.flatnonzero(base)[:60]] = 0.0             # 60 samples lost, none gained
+    same = base.copy()
+    folders = {}
+    for name, scores in (("worse", worse), ("same", same)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        np.save(folders[name] / "scores.npy", scores)
+        np.save(folders[name] / "baseline_scores.npy", base)
+
+    def cell(strategy, artifact, point):
+        return {"model": "m", "strategy": strategy, "artifact": str(artifact), "status": "done",
+                "metric": "accuracy", "metric_value": 0.8, "baseline_value": 0.9, "point": point}
+
+    cells = [cell("worse", folders["worse"], {"x": 1}), cell("worse", folders["worse"], {"x": 2}),
+             cell("same", folders["same"], {"x": 1}), cell("old", tmp_path / "gone", {"x": 1})]
+    rows = {r["strategy"]: r for r in quality_tests(cells)}
+    assert len(rows) == 3                                # one row per artifact, not per sweep point
+    assert rows["worse"]["significant"] and rows["worse"]["p"] < 1e-6 and rows["worse"]["nonzero"] == 60
+    assert rows["same"]["significant"] is False and rows["same"]["p"] is None and rows["same"]["warning"]
+    assert rows["old"]["p"] is None and "no per-sample scores" in rows["old"]["warning"]
