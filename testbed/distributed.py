@@ -77,12 +77,15 @@ def _connect(address: str | None):
 
     if ray.is_initialized():
         return False
+    # no usage reports to Ray's servers: the testbed's traffic stays on this machine and its hosts
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         if address:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
             return False
+        # the local cluster listens on loopback only
         ray.init(resources={CELL_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=128 << 20, configure_logging=False)
+                 object_store_memory=128 << 20, configure_logging=False, _node_ip_address="127.0.0.1")
         return True
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ...: one line
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
