@@ -198,9 +198,12 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
 
     epoch, start_batch, order, losses, seen = 0, 0, None, [], 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    # taken before training: state that changes shape as it trains (a per-channel observer's
+    # min/max start empty) must not make a run's own checkpoint look like another run's
+    fingerprint = _fingerprint(module, n, batch_size, seed)
     if ckpt is not None and ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
-        if saved.get("fingerprint") != _fingerprint(module, n, batch_size, seed):
+        if saved.get("fingerprint") != fingerprint:
             raise WorkloadError(f"training: checkpoint {ckpt} belongs to another run (model, data or settings "
                                 "differ); delete it to start over")
         module.load_state_dict(saved["module"])
@@ -219,7 +222,7 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
         if ckpt is None:
             return
         tmp = ckpt.with_name(ckpt.name + ".tmp")
-        torch.save({"fingerprint": _fingerprint(module, n, batch_size, seed), "module": module.state_dict(),
+        torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
                     "epoch": epoch, "batch": batch, "order": order, "losses": losses, "seen": seen,
                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),

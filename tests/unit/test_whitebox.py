@@ -137,6 +137,40 @@ def test_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_run(t
         fit(_net(), data, input_names=["image"], epochs=2, batch_size=16, seed=0, checkpoint=ckpt)
 
 
+def test_quantization_aware_training_resumes_from_its_checkpoint(tmp_path):
+    """Per-channel observers start with empty min/max and fill them while training: the
+    checkpoint of an interrupted QAT run must still be recognised as its own."""
+    from workloads.training import fit
+    from workloads.whitebox import _qat_linears
+
+    data = _data("train")
+    flat = Dataset("flat", "classification", {"x": data.inputs["image"].reshape(len(data), -1)}, data.labels,
+                   data.classes)
+
+    def run(checkpoint=None, stop_at=None):
+        torch.manual_seed(0)
+        m = _qat_linears(torch.nn.Sequential(torch.nn.Linear(576, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)),
+                         per_channel=True)
+
+        def hook(event, state):
+            if event == "step" and state["step"] == stop_at:
+                raise KeyboardInterrupt
+
+        try:
+            return m, fit(m, flat, input_names=["x"], epochs=2, batch_size=32, lr=1e-3, seed=0,
+                          checkpoint=checkpoint, checkpoint_every_s=0, hooks=[hook])
+        except KeyboardInterrupt:
+            return m, None
+
+    whole, h_whole = run()
+    ckpt = tmp_path / "qat.pt"
+    assert run(ckpt, stop_at=17)[1] is None and ckpt.exists()
+    resumed, h_resumed = run(ckpt)
+    assert h_resumed["steps"] == h_whole["steps"] and h_resumed["resumed_at"]
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 @pytest.mark.parametrize("item, message", [
     ({"prune": {"ratio": 1.0}}, "test[0].prune.ratio: 1.0 is not valid; allowed: a number between 0 and 1"),
     ({"prune": {"ratio": 0}}, "test[0].prune.ratio: 0 is not valid"),
