@@ -82,7 +82,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=str))
-    lines = ["# White-box operators (default budgets: qat and prune 1 epoch, distill 3)", "",
+    lines = ["# White-box operators (default budgets: qat and prune 1 epoch, distill 3; a model's own step cap where it has one: MiniLM 150 steps)", "",
              f"{result['machine']['cpu']}, {result['machine']['cores']} cores; latency = median over "
              f"{args.samples} evaluation inputs, 1 ORT thread, interleaved.", "",
              "| model | strategy | metric | value (baseline) | ms | speed-up | size | params | sparsity | "
