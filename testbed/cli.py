@@ -387,7 +387,7 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
         click.echo(f"export: testbed results export {folder} --format csv|parquet", err=True)
     if status == "interrupted":
         click.echo(f"interrupted: cells measured so far are kept in {folder}; run the same command with "
-                   f"--out {folder} to resume", err=True)
+                   f"--out {folder} --resume to finish it", err=True)
         sys.exit(code)
 
 

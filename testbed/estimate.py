@@ -11,6 +11,7 @@ artifact is not prepared yet has no compute estimate (``testbed prepare`` first)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -60,14 +61,34 @@ def _input_bytes(model: ModelRef) -> int:
     return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in get_model(model.name).inputs)
 
 
-def request_ms(exp: Experiment, model: ModelRef, strategy: Strategy, manifest: dict) -> float:
+def _answer_bytes(manifest: dict, folder: str | None) -> int:
+    """Bytes of the model's outputs (the answer sent back), from the last segment's graph;
+    a segmentation mask is as big as its input or bigger."""
+    import onnx
+
+    if not folder:
+        return 64
+    graph = onnx.load(str(Path(folder) / manifest["segments"][-1]["file"]), load_external_data=False).graph
+    total = 0
+    for o in graph.output:
+        if o.name not in manifest.get("outputs", []):
+            continue
+        t = o.type.tensor_type
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in t.shape.dim]
+        total += int(np.prod(dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    return total or 64
+
+
+def request_ms(exp: Experiment, model: ModelRef, strategy: Strategy, manifest: dict,
+               folder: str | None = None) -> float:
     """One request: the input to the first host, each part's compute (single-thread time
     divided by the host's CPU share when below one core), each cut tensor to the next host,
-    and the (small) answer back."""
+    and the answer back (the model's outputs, read from the artifact in ``folder``)."""
     topo, hosts = exp.topology, strategy.placement
     source = hosts[0] if exp.source == "client" and "client" not in topo.host_names else exp.source
     cuts = [c["bytes"] for c in (manifest.get("report", {}).get("partition", {}).get("cuts") or [])]
-    ms = hop_ms(topo, source, hosts[0], _input_bytes(model)) + hop_ms(topo, hosts[-1], source, 64)
+    ms = (hop_ms(topo, source, hosts[0], _input_bytes(model))
+          + hop_ms(topo, hosts[-1], source, _answer_bytes(manifest, folder)))
     for i, host in enumerate(hosts):
         cpus = topo.host(host).cpus
         ms += manifest["compute_ms"][i] / min(cpus, 1.0) if cpus else manifest["compute_ms"][i]
@@ -79,7 +100,8 @@ def request_ms(exp: Experiment, model: ModelRef, strategy: Strategy, manifest: d
 def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEstimate], float, int]:
     """Every cell of ``exp`` in run order; the estimated seconds of what is left to run (the
     networks included) and how many cells to run have no estimate."""
-    from workloads.prepare import cached_manifest
+    from workloads.prepare import cached_artifact
+    from workloads.runtime import load_manifest
 
     manifests: dict = {}
     cells, total, unknown, shape = [], 0.0, 0, None
@@ -90,11 +112,12 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
             for s in e.strategies:
                 k = (model, s.operators, s.parts)
                 if k not in manifests:
-                    manifests[k] = cached_manifest(model.name, s.operators, parts=s.parts, weights=model.weights,
-                                                   data=model.data, cache=cache)
+                    folder = cached_artifact(model.name, s.operators, parts=s.parts, weights=model.weights,
+                                             data=model.data, cache=cache)
+                    manifests[k] = (folder, load_manifest(folder) if folder is not None else None)
                 key = cell_key(e, point, model, s)
-                m = manifests[k]
-                ms = request_ms(e, model, s, m) if m is not None else None
+                folder, m = manifests[k]
+                ms = request_ms(e, model, s, m, folder) if m is not None else None
                 n = e.requests.warmup + e.requests.repeat
                 secs = DEPLOY_S + n * ms / 1000 if ms is not None else None
                 is_done = key in done

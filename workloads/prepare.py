@@ -211,13 +211,12 @@ def _artifact_key(entry: ModelEntry, chain: tuple[OperatorCall, ...], parts: int
                        libs=library_versions(), base=base_key, **extra)
 
 
-def cached_manifest(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
+def cached_artifact(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
                     weights: str | None = None, data: Path | str | None = None, cache: Cache | None = None,
-                    seed: int = 0) -> dict | None:
-    """The manifest of the artifact `prepare` would return, if it is in the cache; None if
-    it would have to be built (nothing is built here)."""
+                    seed: int = 0) -> Path | None:
+    """The folder of the artifact `prepare` would return, if it is in the cache; None if it
+    would have to be built (nothing is built here)."""
     from .export import model_key
-    from .runtime import load_manifest
 
     cache = cache or Cache()
     entry = get_model(model)
@@ -227,9 +226,8 @@ def cached_manifest(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: 
         return None
     digest = None if data is None else _data_digest(user_data(entry, data))
     training = tuple(with_model_budget(c, entry) for c in training_calls(chain))
-    folder = cache.get("artifacts", _artifact_key(entry, training + chain[len(training):], parts, weights, seed,
-                                                  digest, base.name))
-    return load_manifest(folder) if folder is not None else None
+    return cache.get("artifacts", _artifact_key(entry, training + chain[len(training):], parts, weights, seed,
+                                                digest, base.name))
 
 
 def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1, weights: str | None = None,

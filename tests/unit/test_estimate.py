@@ -3,6 +3,8 @@ topology's path, compute divided by a host's CPU share below one core, cut tenso
 parts, and one network bring-up for points of the same shape (live changes after it)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from testbed import estimate as est
@@ -43,9 +45,22 @@ def test_a_request_adds_compute_by_cpu_share_and_the_cut_tensor():
     assert est.request_ms(exp, exp.models[0], ec, manifest) == pytest.approx(want)
 
 
+def test_the_answer_is_the_models_outputs_read_from_the_artifact(tmp_path):
+    from tests.tiny import tiny_artifact
+
+    folder, _, _ = tiny_artifact(tmp_path / "a", parts=2)      # Y: [1, 3] float32
+    manifest = json.loads((folder / "artifact.json").read_text())
+    assert est._answer_bytes(manifest, str(folder)) == 12
+    assert est._answer_bytes(manifest, None) == 64
+
+
 def test_points_of_one_shape_pay_one_bring_up_then_live_changes(monkeypatch, tmp_path):
-    monkeypatch.setattr("workloads.prepare.cached_manifest", lambda *a, **k: {"compute_ms": [1.0, 1.0],
-                                                                             "report": {}})
+    from tests.tiny import tiny_artifact
+
+    folder, _, _ = tiny_artifact(tmp_path / "a", parts=2)
+    manifest = json.loads((folder / "artifact.json").read_text())
+    (folder / "artifact.json").write_text(json.dumps({**manifest, "compute_ms": [1.0, 1.0], "report": {}}))
+    monkeypatch.setattr("workloads.prepare.cached_artifact", lambda *a, **k: folder)
     exp = _exp({"links.edge-cloud.bandwidth": ["1Mbit", "2Mbit", "4Mbit"]})
     cells, total, unknown = est.estimate(exp, done=set())
     assert len(cells) == 6 and unknown == 0
