@@ -426,8 +426,7 @@ class EmulatedNetwork:
     def same_shape(self, spec: TopologySpec) -> bool:
         """Whether ``spec`` has this network's hosts and links (names and ends), so that it
         can be reached by live changes (`reconfigure`) instead of a rebuild."""
-        return ([h.name for h in spec.hosts] == [h.name for h in self.spec.hosts]
-                and [(l.name, l.a, l.b) for l in spec.links] == [(l.name, l.a, l.b) for l in self.spec.links])
+        return spec.shape() == self.spec.shape()
 
     def reconfigure(self, spec: TopologySpec) -> list[str]:
         """Bring the running network to ``spec`` (same shape) by live changes of the links and

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -66,10 +65,8 @@ def _remote_cell(exp, point: dict, model, strategy, out: str, attempts_dir: str)
     attempt.mkdir(parents=True, exist_ok=True)
     # the worker's pid, for tests that kill a worker mid-cell (fault injection)
     (attempt / f"{os.getpid()}.pid").write_text(str(os.getpid()))
-    runner = Runner(exp, Path(out), store=None, run_id=registry.new_run_id())
-    outcome = runner.run_cell(point, model, strategy)
-    return {"record": outcome.record, "requests": outcome.requests, "hops": outcome.hops,
-            "node": socket.gethostname(), "timings": runner.timings}
+    outcome = Runner(exp, Path(out), store=None, run_id=registry.new_run_id()).run_cell(point, model, strategy)
+    return {"record": outcome.record, "requests": outcome.requests, "hops": outcome.hops}
 
 
 def _connect(address: str | None):
@@ -103,12 +100,8 @@ def run_on_ray(runner: Runner, address: str | None) -> str:
     """Run ``runner``'s cells not already done on the cluster; store each as it comes back."""
     exp, store, events = runner.exp, runner.store, runner.events
     done = {k for k, v in store.cell_status().items() if v == "done"}
-    cells = []
-    for point in exp.cells_grid():
-        e = exp.at(point) if point else exp
-        for model in e.models:
-            for s in e.strategies:
-                cells.append((cell_key(e, point, model, s), point, model, s))
+    cells = [(cell_key(e, point, model, s), point, model, s)
+             for point, e in exp.points() for model in e.models for s in e.strategies]
     todo = [c for c in cells if c[0] not in done]
     if len(todo) < len(cells):
         events.cells_skipped(len(cells) - len(todo))

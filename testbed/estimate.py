@@ -105,8 +105,7 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
 
     manifests: dict = {}
     cells, total, unknown, shape = [], 0.0, 0, None
-    for point in exp.cells_grid():
-        e = exp.at(point) if point else exp
+    for point, e in exp.points():
         todo = False
         for model in e.models:
             for s in e.strategies:
@@ -130,11 +129,6 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
                     else:
                         total += secs
         if todo:
-            same = shape is not None and _shape(e.topology) == shape
-            total += RECONFIGURE_S if same else BRING_UP_S
-            shape = _shape(e.topology)
+            total += RECONFIGURE_S if e.topology.shape() == shape else BRING_UP_S
+            shape = e.topology.shape()
     return cells, total, unknown
-
-
-def _shape(topology) -> tuple:
-    return (tuple(h.name for h in topology.hosts), tuple((l.name, l.a, l.b) for l in topology.links))

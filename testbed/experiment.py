@@ -285,6 +285,10 @@ class Experiment:
                 return s
         raise KeyError(name)
 
+    def points(self) -> list[tuple[dict[str, Any], Experiment]]:
+        """Each sweep point with the experiment at it (`at`), in `cells_grid` order."""
+        return [(p, self.at(p) if p else self) for p in self.cells_grid()]
+
     def cells_grid(self) -> list[dict[str, Any]]:
         """The sweep points as ``{path: value}`` dicts, the cartesian product in file order
         (the first path varies slowest); ``[{}]`` without a sweep."""
@@ -501,6 +505,11 @@ def _at(raw: dict, ctx: _Context, point: Mapping[str, Any]) -> Experiment:
     for path, value in point.items():
         origins[_assign(here, path, _thaw(copy.deepcopy(value)), "sweep")] = "sweep"
     return _Validator(ctx, origins).experiment(here, None)
+
+
+def point_label(point: Mapping[str, Any]) -> str:
+    """``"links.edge-cloud.bandwidth=5Mbit, ..."``, or ``"(no sweep)"``."""
+    return ", ".join(f"{k}={v}" for k, v in point.items()) or "(no sweep)"
 
 
 def _check_sweep(base: Experiment, raw: dict, ctx: _Context) -> None:

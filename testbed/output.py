@@ -275,11 +275,13 @@ def _duration(s: float) -> str:
 
 
 def print_dry_run(name: str, cells: list, total_s: float, unknown: int) -> None:
+    from testbed.experiment import point_label
+
     t = Table(title=f"{name}: {len(cells)} cells (dry run: nothing is run)")
     for col in ("sweep point", "model", "strategy", "placement", "request", "cell", "status"):
         t.add_column(col)
     for c in cells:
-        t.add_row(", ".join(f"{k}={v}" for k, v in c.point.items()) or "-", c.model, c.strategy,
+        t.add_row(point_label(c.point) if c.point else "-", c.model, c.strategy,
                   " → ".join(c.placement), "?" if c.request_ms is None else f"{_ms(c.request_ms)} ms",
                   "?" if c.seconds is None else _duration(c.seconds), "done (kept)" if c.done else "to run")
     console.print(t)

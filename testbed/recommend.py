@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import ALPHA, StudyComparison, ok_latencies, point_label, study_groups, study_statistics
+from .experiment import point_label
+from .stats import ALPHA, StudyComparison, ok_latencies, study_groups, study_statistics
 
 TOLERANCE = 0.01
 

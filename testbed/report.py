@@ -29,8 +29,9 @@ from matplotlib.ticker import LogFormatter, NullLocator
 
 from topologies import TopologyError, format_size, parse_duration_ms, parse_fraction, parse_rate, parse_size
 
+from .experiment import point_label
 from .recommend import TOLERANCE, recommend
-from .stats import StudyGroup, point_label, study_groups, study_statistics, wilcoxon_paired
+from .stats import StudyGroup, study_groups, study_statistics, wilcoxon_paired
 from .store import CELL_STATUSES, ResultStore
 from .summary import summarize
 

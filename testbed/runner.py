@@ -33,7 +33,7 @@ from emulation.process import terminate
 from workloads.errors import WorkloadError
 from workloads.serving import LOG_LINES, PORT, breakdown
 
-from .experiment import Experiment, ModelRef, Strategy
+from .experiment import Experiment, ModelRef, Strategy, point_label
 from .store import CellRecord, HopRow, RequestRow, ResultStore
 
 READY_TIMEOUT_S = 120.0      # loading a part (ORT session creation) on a throttled host
@@ -172,8 +172,7 @@ class Runner:
         from workloads.runtime import load_manifest
 
         out = []
-        for point in self.exp.cells_grid():
-            exp = self.exp.at(point) if point else self.exp
+        for point, exp in self.exp.points():
             cells = []
             for model in exp.models:
                 for s in exp.strategies:
@@ -259,7 +258,7 @@ class Runner:
         """The running network changed live to ``exp``'s topology, or a new one."""
         from emulation.network import EmulatedNetwork
 
-        at = f" at {_point_label(point)}" if point else ""
+        at = f" at {point_label(point)}" if point else ""
         if net is not None and self.reuse_network and net.same_shape(exp.topology):
             self.events.stage(f"changing {exp.topology.name} live{at}")
             t0 = time.monotonic()
@@ -286,10 +285,6 @@ def failed_record(run_id: str | None, exp: Experiment, key: str, point: dict, mo
         operators=[o.as_dict() for o in strategy.operators], placement=strategy.placement, source=exp.source,
         codec=exp.codec, connection=exp.serving.connection, point=point, artifact=None, metric=None,
         metric_value=None, baseline_value=None, status="failed", error=error, started=now, ended=now)
-
-
-def _point_label(point: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in point.items())
 
 
 class CellExecution:

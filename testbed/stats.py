@@ -22,6 +22,8 @@ import pandas as pd
 import scikit_posthocs
 from scipy import stats
 
+from .experiment import point_label
+
 ALPHA = 0.05
 # Shapiro-Wilk is undefined below 3 values; above 5000 scipy's p-value is an approximation.
 SHAPIRO_MIN_N, SHAPIRO_MAX_N = 3, 5000
@@ -260,11 +262,6 @@ def wilcoxon_paired(a, b, alpha: float = ALPHA) -> dict:
 
 
 # --- a study: strategies compared per model and sweep point ----------------------------------
-
-def point_label(point: dict) -> str:
-    """``"links.edge-cloud.bandwidth=5Mbit, ..."``, or ``"(no sweep)"``."""
-    return ", ".join(f"{k}={v}" for k, v in point.items()) or "(no sweep)"
-
 
 @dataclass(frozen=True)
 class StudyGroup:

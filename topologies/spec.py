@@ -95,6 +95,11 @@ class TopologySpec:
     def host_names(self) -> tuple[str, ...]:
         return tuple(h.name for h in self.hosts)
 
+    def shape(self) -> tuple:
+        """Host names and links (name and ends), without their parameters: two specs of one
+        shape differ only in what a running network can change live."""
+        return self.host_names, tuple((l.name, l.a, l.b) for l in self.links)
+
     def host(self, name: str) -> HostSpec:
         for h in self.hosts:
             if h.name == name:

@@ -15,30 +15,13 @@ import pytest
 
 from emulation.cleanup import find_leftovers
 from tests.integration.test_run import REPO, TESTBED, _env, _model, _rows
+from tests.integration.test_run import _write as write_experiment
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-SWEEP = """\
-name: it-sweep
-topology:
-  name: it
-  hosts:
-    mobile: {{cpus: 0.5, memory: 512MiB}}
-    edge: {{cpus: 1.0, memory: 1GiB}}
-    cloud: {{}}
-  links:
-    mobile-edge: {{bandwidth: 50Mbit}}
-    edge-cloud: {{bandwidth: 10Mbit, delay: 2ms}}
-models: [{{name: wide.onnx, data: data.npz}}]
-strategies:
-  - {{name: edge, placement: edge}}
-  - {{name: cloud, placement: cloud}}
-source: mobile
-requests: {{warmup: 1, repeat: {repeat}, inputs: 3, timeout: 20s}}
-sweep:
-  links.edge-cloud.bandwidth: [5Mbit, 20Mbit]
-  links.edge-cloud.delay: {delays}
-"""
+STRATEGIES = "  - {name: edge, placement: edge}\n  - {name: cloud, placement: cloud}\n"
+# the sweep sets both of the edge-cloud link's values of test_run's experiment at every point
+SWEEP = "sweep:\n  links.edge-cloud.bandwidth: [5Mbit, 20Mbit]\n  links.edge-cloud.delay: {delays}\n"
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +32,8 @@ def study(tmp_path_factory):
 
 
 def _write(folder: Path, name: str, repeat: int = 3, delays: str = "[2ms]") -> Path:
-    path = folder / name
-    path.write_text(SWEEP.format(repeat=repeat, delays=delays))
+    path = write_experiment(folder, name, STRATEGIES, repeat=repeat)
+    path.write_text(path.read_text() + SWEEP.format(delays=delays))
     return path
 
 
