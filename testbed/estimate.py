@@ -80,15 +80,15 @@ def _answer_bytes(manifest: dict, folder: str | None) -> int:
 
 
 def request_ms(exp: Experiment, model: ModelRef, strategy: Strategy, manifest: dict,
-               folder: str | None = None) -> float:
+               answer_bytes: int = 64) -> float:
     """One request: the input to the first host, each part's compute (single-thread time
     divided by the host's CPU share when below one core), each cut tensor to the next host,
-    and the answer back (the model's outputs, read from the artifact in ``folder``)."""
+    and the answer back (``answer_bytes``: `_answer_bytes` of the artifact)."""
     topo, hosts = exp.topology, strategy.placement
     source = hosts[0] if exp.source == "client" and "client" not in topo.host_names else exp.source
     cuts = [c["bytes"] for c in (manifest.get("report", {}).get("partition", {}).get("cuts") or [])]
     ms = (hop_ms(topo, source, hosts[0], _input_bytes(model))
-          + hop_ms(topo, hosts[-1], source, _answer_bytes(manifest, folder)))
+          + hop_ms(topo, hosts[-1], source, answer_bytes))
     for i, host in enumerate(hosts):
         cpus = topo.host(host).cpus
         ms += manifest["compute_ms"][i] / min(cpus, 1.0) if cpus else manifest["compute_ms"][i]
@@ -110,13 +110,14 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
         for model in e.models:
             for s in e.strategies:
                 k = (model, s.operators, s.parts)
-                if k not in manifests:
+                if k not in manifests:       # read once per artifact, not per cell
                     folder = cached_artifact(model.name, s.operators, parts=s.parts, weights=model.weights,
                                              data=model.data, cache=cache)
-                    manifests[k] = (folder, load_manifest(folder) if folder is not None else None)
+                    m = load_manifest(folder) if folder is not None else None
+                    manifests[k] = (m, _answer_bytes(m, str(folder)) if m is not None else None)
                 key = cell_key(e, point, model, s)
-                folder, m = manifests[k]
-                ms = request_ms(e, model, s, m, folder) if m is not None else None
+                m, answer = manifests[k]
+                ms = request_ms(e, model, s, m, answer) if m is not None else None
                 n = e.requests.warmup + e.requests.repeat
                 secs = DEPLOY_S + n * ms / 1000 if ms is not None else None
                 is_done = key in done
