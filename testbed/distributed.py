@@ -64,7 +64,10 @@ def _remote_cell(exp, point: dict, model, strategy, out: str, attempts_dir: str)
     attempt = Path(attempts_dir)
     attempt.mkdir(parents=True, exist_ok=True)
     # the worker's pid, for tests that kill a worker mid-cell (fault injection)
-    (attempt / f"{os.getpid()}.pid").write_text(str(os.getpid()))
+    # (written whole, then renamed, so that a reader never sees an empty file)
+    tmp = attempt / f".{os.getpid()}.tmp"
+    tmp.write_text(str(os.getpid()))
+    tmp.rename(attempt / f"{os.getpid()}.pid")
     outcome = Runner(exp, Path(out), store=None, run_id=registry.new_run_id()).run_cell(point, model, strategy)
     return {"record": outcome.record, "requests": outcome.requests, "hops": outcome.hops}
 

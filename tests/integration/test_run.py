@@ -95,6 +95,19 @@ def _env(tmp_path: Path) -> dict:
     return {**os.environ, "TESTBED_CACHE": str(tmp_path / "cache"), "COLUMNS": "200"}
 
 
+def _any_cell_stored(db: Path) -> bool:
+    """For polling a run in progress: the store's file exists a moment before its tables do
+    (SQLite creates the file on connect, the schema is committed just after)."""
+    if not db.exists():
+        return False
+    try:
+        return bool(_rows(db, "SELECT cell FROM cells"))
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return False
+        raise
+
+
 def _rows(db: Path, sql: str) -> list[dict]:
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
@@ -195,7 +208,7 @@ def test_interrupting_a_run_keeps_what_was_measured_and_leaves_nothing(study, tm
     deadline = time.monotonic() + 300
     # wait until the first cell (edge, fast) is stored and the second has been running a while
     while time.monotonic() < deadline:
-        if db.exists() and _rows(db, "SELECT cell FROM cells"):
+        if _any_cell_stored(db):
             break
         time.sleep(0.5)
     time.sleep(3)

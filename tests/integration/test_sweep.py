@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from emulation.cleanup import find_leftovers
-from tests.integration.test_run import REPO, TESTBED, _env, _model, _rows
+from tests.integration.test_run import REPO, TESTBED, _any_cell_stored, _env, _model, _rows
 from tests.integration.test_run import _write as write_experiment
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -98,7 +98,7 @@ def test_a_sweep_killed_at_a_random_moment_cleans_up_and_resumes_every_cell_exac
     p = subprocess.Popen(TESTBED + ["run", str(exp), "--out", str(out)], cwd=REPO, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300      # preparing (first run in this cache) happens before the sweep
-    while time.monotonic() < deadline and not (db.exists() and _rows(db, "SELECT cell FROM cells")):
+    while time.monotonic() < deadline and not _any_cell_stored(db):
         time.sleep(0.2)
     time.sleep(rng.uniform(0.0, 3.0))      # somewhere inside the next cells
     p.send_signal(sig)
