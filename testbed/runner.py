@@ -91,6 +91,19 @@ def host_threads(exp: Experiment, host: str, cores: float) -> int:
     return max(1, math.ceil(min(cpus if cpus is not None else cores, cores) - 1e-9))
 
 
+def check_threads(host: str, ready: dict) -> None:
+    """serving.threads read back: the OS threads ONNX Runtime's pools really started on the host
+    (a server's ready line counts them); a mismatch is a RunError."""
+    asked, sessions, seen = ready["threads"], ready["sessions"], ready.get("pool_threads")
+    if seen is None:
+        raise RunError(f"server on {host}: cannot read back ONNX Runtime's threads (/proc/self/task "
+                       "unreadable): run on Linux with /proc mounted")
+    if seen != sessions * (asked - 1):
+        raise RunError(f"server on {host}: asked ONNX Runtime for {asked} intra-op threads per session, "
+                       f"but its {sessions} session(s) started {seen} pool threads, not "
+                       f"{sessions * (asked - 1)}: check serving.threads and the onnxruntime build")
+
+
 def machine_info() -> dict:
     from emulation.probe import _memory_bytes, machine_cores
 
@@ -360,8 +373,11 @@ class CellExecution:
                                                start_new_session=True)
         for host in reversed(placement):
             ready = self._wait_ready(host)
+            check_threads(host, ready)
             limits = exp.topology.host(host)
-            self.hosts[host] = {"part": ready["part"], "threads": ready["threads"], "load_ms": ready["load_ms"],
+            self.hosts[host] = {"part": ready["part"], "threads": ready["threads"],
+                                "sessions": ready["sessions"], "pool_threads": ready["pool_threads"],
+                                "load_ms": ready["load_ms"],
                                 "rss_bytes": ready["rss_bytes"], "cpus": limits.cpus,
                                 "memory_bytes": limits.memory_bytes}
 

@@ -107,11 +107,16 @@ class Server:
     """One part of an artifact, served on a host (see the module docstring)."""
 
     def __init__(self, cfg: ServerConfig):
+        import onnxruntime  # noqa: F401  (its import starts threads of its own: count after it)
+
         from .runtime import ArtifactRunner
 
         self.cfg = cfg
         t0 = time.monotonic()
+        before = _thread_count()
         self.runner = ArtifactRunner(cfg.artifact, parts=(cfg.part,), threads=cfg.threads)
+        # read back: each session's intra-op pool starts threads - 1 OS threads when it is made
+        self.pool_threads = None if before is None else _thread_count() - before
         self.load_ms = (time.monotonic() - t0) * 1000
         if cfg.part not in {s.part for s in self.runner.segments}:
             raise ValueError(f"artifact {cfg.artifact} has no part {cfg.part}")
@@ -137,6 +142,7 @@ class Server:
     def ready_line(self) -> dict:
         return {"ready": True, "host": self.cfg.host, "part": self.cfg.part, "pid": os.getpid(),
                 "listen": [f"{a}:{p}" for a, p in self.cfg.listen], "threads": self.cfg.threads,
+                "sessions": len(self.runner.sessions), "pool_threads": self.pool_threads,
                 "load_ms": round(self.load_ms, 2), "rss_bytes": _rss_bytes()}
 
     def serve_forever(self) -> None:
@@ -263,6 +269,14 @@ class Server:
             _close(down[0])
             down[0] = down[1] = None
         return answer
+
+
+def _thread_count() -> int | None:
+    """OS threads of this process (Linux), for reading back ONNX Runtime's thread pools."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
 
 
 def _rss_bytes() -> int | None:

@@ -159,6 +159,9 @@ def test_run_measures_every_hop_and_transmission_follows_the_links(study, tmp_pa
     assert all(h["bytes"] < 2000 for h in mec_up)
     hosts = json.loads(cells["mec"]["hosts_json"])
     assert hosts["mobile"]["threads"] == 1 and hosts["cloud"]["part"] == 2
+    # threads: auto is the core budget (cloud has no limit: every core), read back from the OS
+    assert hosts["cloud"]["threads"] == len(os.sched_getaffinity(0))
+    assert all(h["pool_threads"] == h["sessions"] * (h["threads"] - 1) for h in hosts.values())
     # the summary agrees with the store
     s_cloud = next(c for c in summary["cells"] if c["strategy"] == "cloud")
     assert s_cloud["counts"]["ok"] == 5 and s_cloud["e2e_p50"] == pytest.approx(

@@ -6,7 +6,7 @@ import pytest
 
 from emulation.network import plan
 from testbed.experiment import ExperimentError, load_experiment_dict
-from testbed.runner import cell_key, entry_address, host_addresses, host_threads
+from testbed.runner import RunError, cell_key, check_threads, entry_address, host_addresses, host_threads
 from testbed.summary import summarize
 
 BASE = {"name": "t", "topology": "three_tier", "models": ["fmnist_cnn"],
@@ -28,6 +28,16 @@ def test_cell_keys_are_stable_and_change_with_what_defines_the_cell():
     assert k != cell_key(load({"requests": {"repeat": 5}}), {}, m, s)
     assert k != cell_key(load({"serving": {"connection": "per-request"}}), {}, m, s)
     assert k != cell_key(exp, {}, m, exp.strategies[1])
+
+
+def test_threads_read_back_from_a_server_must_match_what_was_asked():
+    check_threads("edge", {"threads": 3, "sessions": 2, "pool_threads": 4})
+    check_threads("edge", {"threads": 1, "sessions": 1, "pool_threads": 0})
+    with pytest.raises(RunError, match=r"server on edge: asked ONNX Runtime for 3 intra-op threads per session, "
+                                       r"but its 2 session\(s\) started 2 pool threads, not 4"):
+        check_threads("edge", {"threads": 3, "sessions": 2, "pool_threads": 2})
+    with pytest.raises(RunError, match="cannot read back"):
+        check_threads("cloud", {"threads": 2, "sessions": 1, "pool_threads": None})
 
 
 def test_threads_follow_the_core_budget_unless_set():

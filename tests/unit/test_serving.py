@@ -247,6 +247,16 @@ def test_sigterm_stops_the_server_cleanly(tmp_path):
     assert "stopped after 0 requests" in s.logged()
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_ready_line_reads_back_the_threads_onnx_runtime_really_started(tmp_path, servers, threads):
+    art, _, _ = tiny_artifact(tmp_path / "a", parts=1)
+    _, ready = servers.start(art, 0, "edge", None, "--threads", str(threads))
+    # counted from /proc/self/task around the sessions' creation, not echoed from the flag
+    assert ready["threads"] == threads and ready["sessions"] >= 1
+    assert ready["pool_threads"] == ready["sessions"] * (threads - 1)
+    assert len(list((tmp_path / "a").glob("*.onnx"))) >= ready["sessions"]
+
+
 def test_server_refuses_a_part_layout_that_cannot_work(tmp_path):
     art, _, _ = tiny_artifact(tmp_path / "a", parts=2)
     p = subprocess.run([PY, "-m", "workloads.serving", "serve", "--artifact", str(art), "--part", "0",
