@@ -72,6 +72,30 @@ def _remote_cell(exp, point: dict, model, strategy, out: str, attempts_dir: str)
     return {"record": outcome.record, "requests": outcome.requests, "hops": outcome.hops}
 
 
+def _init_on_loopback(ray) -> None:
+    """Start a one-node local cluster that listens on loopback only.
+
+    Ray replaces a loopback node address with the machine's reachable one, and its servers
+    then listen on every interface. For a cluster that lives and dies with one run there is
+    nobody to reach it from outside, so the replacement is skipped while ray.init runs (Ray is
+    pinned; the node address is read back below, and a test checks every socket the cluster
+    listens on)."""
+    from ray._private import services
+
+    resolve = services.resolve_ip_for_localhost
+    services.resolve_ip_for_localhost = lambda host: host
+    try:
+        ray.init(resources={CELL_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=128 << 20, configure_logging=False, _node_ip_address="127.0.0.1")
+    finally:
+        services.resolve_ip_for_localhost = resolve
+    got = {n.get("NodeManagerAddress") for n in ray.nodes()}
+    if got != {"127.0.0.1"}:
+        ray.shutdown()
+        raise RunError(f"the local Ray cluster would not stay on loopback (node address {', '.join(map(str, got))}); "
+                       "use the pinned ray version, or start a cluster yourself and pass --address")
+
+
 def _connect(address: str | None):
     import ray
 
@@ -83,9 +107,7 @@ def _connect(address: str | None):
         if address:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
             return False
-        # the local cluster listens on loopback only
-        ray.init(resources={CELL_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=128 << 20, configure_logging=False, _node_ip_address="127.0.0.1")
+        _init_on_loopback(ray)
         return True
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ...: one line
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"

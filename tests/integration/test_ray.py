@@ -1,10 +1,12 @@
 """The Ray executor on a real local Ray cluster (started by the run, one node offering one
 ``testbed_cell``): the same sweep stores the same rows as the local executor (apart from
 timings), and a worker killed in the middle of a cell is retried to a complete cell, with what
-the dead attempt left removed."""
+the dead attempt left removed; the local cluster listens on loopback only."""
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import signal
 import subprocess
 import time
@@ -54,6 +56,31 @@ def test_ray_and_local_executors_store_the_same_rows(study, tmp_path):  # noqa: 
     assert find_leftovers() == []
 
 
+def _loopback(ip: str) -> bool:
+    a = ipaddress.ip_address(ip)
+    return a.is_loopback or bool(getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback)
+
+
+def _listening_sockets(root: int) -> list[tuple[str, int, str]]:
+    """(process name, pid, address) of every listening TCP / bound UDP socket of ``root`` and its
+    descendants in this network namespace (the cell's servers, in the hosts' namespaces, are not)."""
+    import psutil
+
+    ours = os.readlink("/proc/self/ns/net")
+    found = []
+    procs = [psutil.Process(root)] + psutil.Process(root).children(recursive=True)
+    for proc in procs:
+        try:
+            if os.readlink(f"/proc/{proc.pid}/ns/net") != ours:
+                continue
+            for c in proc.net_connections(kind="inet"):
+                if c.laddr and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM):
+                    found.append((proc.name(), proc.pid, c.laddr.ip))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError):
+            continue
+    return found
+
+
 def test_a_ray_worker_killed_mid_cell_is_retried_to_a_complete_cell(study, tmp_path):  # noqa: F811
     exp = _write(study, "kill.yaml", repeat=60)
     env = _env(tmp_path)
@@ -67,6 +94,9 @@ def test_a_ray_worker_killed_mid_cell_is_retried_to_a_complete_cell(study, tmp_p
         pids = sorted(attempts.glob("*/*.pid")) if attempts.exists() else []
         if pids:
             time.sleep(6.0)           # well inside the first cell: servers up, requests flowing
+            # the local cluster (GCS, raylet, workers) listens on loopback only, nowhere else
+            listening = _listening_sockets(p.pid)
+            assert listening and all(_loopback(ip) for _, _, ip in listening), listening
             victim = int(pids[0].read_text())
             os.kill(victim, signal.SIGKILL)     # our own Ray worker, by PID
         time.sleep(0.2)
