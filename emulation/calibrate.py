@@ -128,6 +128,28 @@ def measure_cpus(net: EmulatedNetwork, host: str, duration_s: float) -> float:
     return (u1 - u0) / 1e9 / (t1 - t0)
 
 
+BURST = ("import sys, time\nburst = float(sys.argv[1]) / 1000\nratios = []\n"
+         "for _ in range(int(sys.argv[2])):\n"
+         "    time.sleep(0.25)\n"                      # idle long enough for any period's quota to refill
+         "    w0, c0 = time.perf_counter(), time.process_time()\n"
+         "    while time.process_time() - c0 < burst:\n        pass\n"
+         "    ratios.append((time.perf_counter() - w0) / (time.process_time() - c0))\n"
+         "ratios.sort()\nprint(ratios[len(ratios) // 2])\n")
+
+
+def measure_burst_slowdown(net: EmulatedNetwork, host: str, burst_ms: float = 8.0, bursts: int = 7) -> float:
+    """Wall time over CPU time of a short CPU burst started from idle on ``host`` (median).
+
+    A request's compute is such a burst. Under a CPU quota it runs at full speed until the
+    period's quota is spent, then waits for the next period: with the default 100 ms period a
+    burst shorter than the quota is not slowed at all (about 1.0), with a period well below
+    the burst it runs at the quota's pace throughout (about 1 / cpus)."""
+    res = net.run(host, [sys.executable, "-c", BURST, f"{burst_ms:g}", str(bursts)], timeout=60)
+    if res.returncode != 0:
+        raise EmulationError(f"burst measurement on {host} failed: {res.stderr.strip()[-300:]}")
+    return float(res.stdout.strip())
+
+
 HOG = ("import sys\nchunks=[]\nn=int(sys.argv[1])\nstep=64<<20\n"
        "while n>0:\n    chunks.append(b'\\1'*min(step,n)); n-=step\nprint('survived', flush=True)\n")
 

@@ -23,7 +23,8 @@ from .errors import EmulationError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TOP = "testbed"  # every cgroup this project makes lives under this directory
-CPU_PERIOD_US = 100_000
+CPU_PERIOD_US = 100_000  # the default CFS period (the kernel's and Docker's)
+CPU_QUOTA_US_MIN = 1_000  # the kernel refuses a smaller quota
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory")
 
 
@@ -38,6 +39,11 @@ class Limits:
     cpus: float | None = None
     memory_bytes: int | None = None
     cpuset: tuple[int, ...] | None = None
+    cpu_period_us: int | None = None   # the period the CPU quota is counted over; None = CPU_PERIOD_US
+
+    @property
+    def period_us(self) -> int:
+        return self.cpu_period_us or CPU_PERIOD_US
 
 
 def detect_version(root: Path = CGROUP_ROOT) -> int:
@@ -78,8 +84,12 @@ def parse_cpuset(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def cpu_quota_us(cpus: float) -> int:
-    return max(1000, round(cpus * CPU_PERIOD_US))  # the kernel refuses quotas under 1 ms
+def cpu_quota_us(cpus: float, period_us: int = CPU_PERIOD_US) -> int:
+    quota = round(cpus * period_us)
+    if quota < CPU_QUOTA_US_MIN:      # topology checks refuse this first; never round a limit up silently
+        raise CgroupError(f"cpus {cpus:g} over a {period_us} us period is a {quota} us quota, under the kernel's "
+                          f"{CPU_QUOTA_US_MIN} us minimum: give more cpus or a longer cpu_period")
+    return quota
 
 
 def v1_requests(limits: Limits, parent_mems: str = "0", raising_memory: bool = True) -> list[tuple[str, str, str]]:
@@ -88,8 +98,8 @@ def v1_requests(limits: Limits, parent_mems: str = "0", raising_memory: bool = T
     v1 insists memory.limit_in_bytes <= memory.memsw.limit_in_bytes at every step, so the
     memory+swap cap goes first when the limit rises and last when it falls.
     """
-    quota = str(cpu_quota_us(limits.cpus)) if limits.cpus is not None else "-1"
-    req = [("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US)), ("cpu", "cpu.cfs_quota_us", quota),
+    quota = str(cpu_quota_us(limits.cpus, limits.period_us)) if limits.cpus is not None else "-1"
+    req = [("cpu", "cpu.cfs_period_us", str(limits.period_us)), ("cpu", "cpu.cfs_quota_us", quota),
            # cpuset.mems must be set before any task can join a v1 cpuset group
            ("cpuset", "cpuset.mems", parent_mems)]
     if limits.cpuset is not None:
@@ -106,9 +116,9 @@ def v2_requests(limits: Limits) -> dict[str, str]:
     """{file: value} for cgroup v2."""
     req: dict[str, str] = {}
     if limits.cpus is not None:
-        req["cpu.max"] = f"{cpu_quota_us(limits.cpus)} {CPU_PERIOD_US}"
+        req["cpu.max"] = f"{cpu_quota_us(limits.cpus, limits.period_us)} {limits.period_us}"
     else:
-        req["cpu.max"] = f"max {CPU_PERIOD_US}"
+        req["cpu.max"] = f"max {limits.period_us}"
     if limits.cpuset is not None:
         req["cpuset.cpus"] = format_cpuset(limits.cpuset)
     if limits.memory_bytes is not None:
@@ -281,7 +291,8 @@ class HostCgroup:
             mem = int(_read(self._dir("memory") / "memory.limit_in_bytes"))
             memory = None if mem >= (1 << 62) else mem  # v1 reports "unlimited" as ~2^63
             cs = _read(self._dir("cpuset") / "cpuset.cpus")
-        return Limits(cpus=cpus, memory_bytes=memory, cpuset=parse_cpuset(cs) if cs else None)
+        return Limits(cpus=cpus, memory_bytes=memory, cpuset=parse_cpuset(cs) if cs else None,
+                      cpu_period_us=int(period))
 
     def verify(self) -> list[str]:
         """Differences between what was asked and what the kernel holds; empty when equal."""
@@ -291,8 +302,10 @@ class HostCgroup:
         if want.cpus is None:
             if got.cpus is not None:
                 problems.append(f"{self.host}: cpu quota {got.cpus} set, expected unlimited")
-        elif got.cpus is None or abs(got.cpus - cpu_quota_us(want.cpus) / CPU_PERIOD_US) > 1e-9:
+        elif got.cpus is None or abs(got.cpus - cpu_quota_us(want.cpus, want.period_us) / want.period_us) > 1e-9:
             problems.append(f"{self.host}: cpu quota reads {got.cpus}, expected {want.cpus}")
+        if got.period_us != want.period_us:
+            problems.append(f"{self.host}: cpu period reads {got.period_us} us, expected {want.period_us} us")
         if want.memory_bytes is None:
             if got.memory_bytes is not None:
                 problems.append(f"{self.host}: memory limit {got.memory_bytes} set, expected unlimited")

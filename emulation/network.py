@@ -268,7 +268,7 @@ class EmulatedNetwork:
         for h in self.spec.hosts:
             cg = cgroups.HostCgroup(self.run_id, h.name, self.caps["cgroup_version"])
             self.registry.add_cgroups(cg.paths)
-            limits = cgroups.Limits(h.cpus, h.memory_bytes, h.cpuset)
+            limits = cgroups.Limits(h.cpus, h.memory_bytes, h.cpuset, h.cpu_period_us)
             cg.create(limits)
             cg.join(self.nodes[h.name].pid)  # the host's shell, and so all it starts, is limited
             self.cgroups[h.name] = cg
@@ -444,20 +444,22 @@ class EmulatedNetwork:
                 self._replace_link(link)
                 changed.append(f"link {link.name}")
         for h in spec.hosts:
-            limits = cgroups.Limits(cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset)
+            limits = cgroups.Limits(cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset,
+                                    cpu_period_us=h.cpu_period_us)
             if limits != self.cgroups[h.name].limits:
-                self.set_host(h.name, cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset)
+                self.set_host(h.name, cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset,
+                              cpu_period_us=h.cpu_period_us)
                 changed.append(f"host {h.name}")
         self.spec = spec
         return changed
 
     def set_host(self, name: str, **changes) -> cgroups.Limits:
-        """Change a host's cpus / memory_bytes / cpuset live, then read it back."""
+        """Change a host's cpus / memory_bytes / cpuset / cpu_period_us live, then read it back."""
         if name not in self.cgroups:
             raise EmulationError(f"unknown host {name!r}; hosts: {', '.join(self.plan.hosts)}")
         bad = set(changes) - set(cgroups.Limits.__dataclass_fields__)
         if bad:
-            raise EmulationError(f"unknown host setting(s) {sorted(bad)}; allowed: cpus, memory_bytes, cpuset")
+            raise EmulationError(f"unknown host setting(s) {sorted(bad)}; allowed: cpus, memory_bytes, cpuset, cpu_period_us")
         new = replace(self.cgroups[name].limits, **changes)
         if new.cpus is not None and new.cpus > self.caps["cpus"]:
             raise EmulationError(f"host {name}: cpus {new.cpus} exceeds the {self.caps['cpus']:g} cores here")
@@ -534,7 +536,7 @@ class EmulatedNetwork:
         for name in self.plan.hosts:
             got = self.cgroups[name].read_back()
             hosts.append({"host": name, "address": self.address(name), "cpus": got.cpus,
-                          "memory_bytes": got.memory_bytes,
+                          "cpu_period_us": got.period_us, "memory_bytes": got.memory_bytes,
                           "cpuset": cgroups.format_cpuset(got.cpuset) if got.cpuset else None,
                           "cgroup": str(self.cgroups[name].paths[0])})
         return {"run_id": self.run_id, "topology": self.spec.name, "links": links, "hosts": hosts}

@@ -5,7 +5,8 @@ Callers may rely on:
 - :func:`validate` returns the spec unchanged or raises the first problem found as a
   :class:`TopologyError`; the checks run in a fixed order (name, hosts in order, links in
   order, then connectedness), so the same spec always gives the same message;
-- limits (``allowed`` in the messages): cpus in (0, 1024]; memory 16MiB..64TiB; cpuset CPU
+- limits (``allowed`` in the messages): cpus in (0, 1024], and a quota (cpus x cpu_period) of
+  at least 1 ms, the kernel's minimum; cpu_period 1ms..1s; memory 16MiB..64TiB; cpuset CPU
   numbers 0..8191, non-empty; bandwidth 1kbit..100Gbit; delay 0..60s; jitter 0..delay; loss
   0% up to but not including 100%; queue 1514B..1GiB; host names ``^[a-z][a-z0-9_]{0,23}$``;
 - nothing here touches the machine: whether this host can give that many cores is the
@@ -18,7 +19,7 @@ import re
 from collections.abc import Mapping
 
 from .errors import TopologyError, name_list
-from .fields import CPUS_ALLOWED, DIRECTION_FIELDS
+from .fields import CPU_PERIOD_ALLOWED, CPUS_ALLOWED, DIRECTION_FIELDS
 from .spec import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 from .units import GiB, MiB, TiB, format_duration_ms, format_fraction, format_rate, format_size, parse_cpuset
 
@@ -28,6 +29,8 @@ TOPOLOGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOPOLOGY_NAME_ALLOWED = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 
 CPUS_MAX = 1024
+CPU_PERIOD_US_MIN, CPU_PERIOD_US_MAX, CPU_PERIOD_US_DEFAULT = 1_000, 1_000_000, 100_000   # the kernel's bounds
+CPU_QUOTA_US_MIN = 1_000
 MEMORY_MIN, MEMORY_MAX = 16 * MiB, 64 * TiB
 RATE_MIN, RATE_MAX = 1_000, 100_000_000_000
 DELAY_MAX_MS = 60_000.0
@@ -91,6 +94,17 @@ class _Checker:
             self.number(f"{p}.cpus", h.cpus, CPUS_ALLOWED)
             if not 0 < h.cpus <= CPUS_MAX:
                 self.fail(f"{p}.cpus", f"{h.cpus:g} is out of range", allowed)
+        if h.cpu_period_us is not None:
+            self.number(f"{p}.cpu_period", h.cpu_period_us, CPU_PERIOD_ALLOWED, whole=True)
+            if not CPU_PERIOD_US_MIN <= h.cpu_period_us <= CPU_PERIOD_US_MAX:
+                self.fail(f"{p}.cpu_period", f"{format_duration_ms(h.cpu_period_us / 1000)} is out of range",
+                          CPU_PERIOD_ALLOWED)
+        if h.cpus is not None:
+            period = h.cpu_period_us or CPU_PERIOD_US_DEFAULT
+            if round(h.cpus * period) < CPU_QUOTA_US_MIN:
+                self.fail(f"{p}.cpus", f"{h.cpus:g} cores over a {format_duration_ms(period / 1000)} cpu_period is a "
+                          f"{format_duration_ms(h.cpus * period / 1000)} quota, under the kernel's 1ms minimum",
+                          f"at least {CPU_QUOTA_US_MIN / period:g} cores, or a longer cpu_period")
         if h.memory_bytes is not None:
             allowed = f"{format_size(MEMORY_MIN)} to {format_size(MEMORY_MAX)}, or unlimited"
             self.number(f"{p}.memory", h.memory_bytes, allowed, whole=True)

@@ -3,7 +3,7 @@
 Paths (values are parsed exactly as in YAML; ``none``/``unlimited`` clears cpus, memory and
 bandwidth, ``auto`` gives the queue back to the emulation, ``none`` clears a cpuset):
 
-- ``hosts.<host>.cpus|memory|cpuset``
+- ``hosts.<host>.cpus|memory|cpuset|cpu_period``
 - ``links.<a-b>.bandwidth|delay|jitter|loss|queue`` -- both directions; the link may be
   written either way round;
 - ``links.<a-b>.forward.<field>`` / ``links.<a-b>.reverse.<field>`` -- one direction,

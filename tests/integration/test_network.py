@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from emulation.calibrate import measure_goodput, measure_rtt_ms, measure_udp_loss, memory_enforced, measure_cpus
+from emulation.calibrate import (measure_burst_slowdown, measure_cpus, measure_goodput, measure_rtt_ms,
+                                 measure_udp_loss, memory_enforced)
 from emulation.network import EmulatedNetwork, EmulationError
 from topologies import apply_overrides, load_topology
 
@@ -85,6 +86,24 @@ def test_cpu_quota_is_enforced(caps):
     with EmulatedNetwork(spec("three_tier"), caps=caps) as net:
         got = measure_cpus(net, "mobile", 1.5)
     assert abs(got - 0.25) <= 0.05 * 0.25 + 0.005, got
+
+
+def test_cpu_period_is_read_back_and_decides_how_a_short_burst_is_throttled(caps):
+    """Mobile has 0.25 cores. A 20 ms burst from idle fits in the 25 ms quota of the default
+    100 ms period (runs at full speed), but not in the 2.5 ms quota of a 10 ms period (runs at
+    about a quarter of the speed); changed live, in both directions, and read back each time."""
+    with EmulatedNetwork(spec("three_tier", {"hosts.mobile.cpu_period": "10ms"}), caps=caps) as net:
+        assert net.cgroups["mobile"].read_back().cpu_period_us == 10_000
+        assert net.applied()["hosts"][0]["cpu_period_us"] == 10_000
+        short = measure_burst_slowdown(net, "mobile", burst_ms=20.0)
+        assert net.reconfigure(spec("three_tier")) == ["host mobile"]
+        assert net.cgroups["mobile"].read_back().cpu_period_us == 100_000 and net.verify() == []
+        default = measure_burst_slowdown(net, "mobile", burst_ms=20.0)
+        net.set_host("mobile", cpu_period_us=10_000)
+        assert net.cgroups["mobile"].read_back().cpu_period_us == 10_000 and net.verify() == []
+        again = measure_burst_slowdown(net, "mobile", burst_ms=20.0)
+    assert default < 1.5, default            # not throttled: the quota outlasts the burst
+    assert short > 2.5 and again > 2.5, (short, again)   # about 1 / 0.25
 
 
 def test_memory_limit_kills_and_the_oom_is_detected(caps):

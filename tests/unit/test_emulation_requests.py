@@ -96,9 +96,23 @@ def test_cgroup_v1_requests_order_memsw_around_the_limit():
     assert ("cpu", "cpu.cfs_quota_us", "-1") in raising
 
 
-def test_cpu_quota_has_the_kernels_floor():
-    assert cgroups.cpu_quota_us(0.001) == 1000
+def test_a_cpu_quota_under_the_kernels_floor_is_refused_not_rounded_up():
+    assert cgroups.cpu_quota_us(0.01) == 1000
     assert cgroups.cpu_quota_us(1.5) == 150_000
+    assert cgroups.cpu_quota_us(0.25, 10_000) == 2500
+    with pytest.raises(cgroups.CgroupError, match="under the kernel's 1000 us minimum"):
+        cgroups.cpu_quota_us(0.001)
+    with pytest.raises(cgroups.CgroupError, match="0.05 over a 10000 us period is a 500 us quota"):
+        cgroups.cpu_quota_us(0.05, 10_000)
+
+
+def test_the_cpu_period_goes_to_the_kernel_with_the_quota_over_it():
+    """cpu_period as written for both cgroup versions (the period comes first on v1)."""
+    assert cgroups.v2_requests(cgroups.Limits(cpus=0.25, cpu_period_us=10_000))["cpu.max"] == "2500 10000"
+    assert cgroups.v2_requests(cgroups.Limits(cpu_period_us=5_000))["cpu.max"] == "max 5000"
+    v1 = cgroups.v1_requests(cgroups.Limits(cpus=0.5, cpu_period_us=20_000), "0")
+    assert v1[:2] == [("cpu", "cpu.cfs_period_us", "20000"), ("cpu", "cpu.cfs_quota_us", "10000")]
+    assert cgroups.Limits().period_us == cgroups.CPU_PERIOD_US == 100_000
 
 
 @pytest.mark.parametrize("cpus,text", [((0,), "0"), ((0, 1, 2, 5), "0-2,5"), ((3, 1, 2), "1-3"), ((0, 2, 4), "0,2,4")])

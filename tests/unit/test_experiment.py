@@ -375,7 +375,7 @@ ERRORS = [
      "6: hosts.mobile.memory: unknown unit 'Gb' (did you mean 'GB'?); allowed: B, KB, MB, GB, TB (powers of 1000), "
      "KiB, MiB, GiB, TiB (powers of 1024)"),
     ("host_override_unknown_host", BASE + "hosts:\n  phone: {cpus: 0.25}\n",
-     "6: hosts.phone.cpus: unknown host 'phone'; allowed: hosts.<mobile|edge|cloud>.<cpus|memory|cpuset>, "
+     "6: hosts.phone.cpus: unknown host 'phone'; allowed: hosts.<mobile|edge|cloud>.<cpus|memory|cpuset|cpu_period>, "
      "links.<mobile-edge|edge-cloud>[.forward|.reverse].<bandwidth|delay|jitter|loss|queue>"),
     ("host_override_not_a_mapping", BASE + "hosts:\n  mobile: 0.5\n",
      "6: hosts.mobile: expected a mapping, got a number; allowed: e.g. {cpus: 0.5, memory: 1GiB}"),
@@ -423,7 +423,7 @@ ERRORS = [
      "models[.<i>[.name]] and strategies[.<i>[.name]]"),
     ("sweep_unknown_link", BASE + "sweep:\n  links.mobile-cloud.bandwidth: [1Mbit]\n",
      "6: sweep.links.mobile-cloud.bandwidth[0]: unknown link 'mobile-cloud'; allowed: "
-     "hosts.<mobile|edge|cloud>.<cpus|memory|cpuset>, "
+     "hosts.<mobile|edge|cloud>.<cpus|memory|cpuset|cpu_period>, "
      "links.<mobile-edge|edge-cloud>[.forward|.reverse].<bandwidth|delay|jitter|loss|queue>"),
     ("sweep_bad_value", BASE + "sweep:\n  links.mobile-edge.bandwidth:\n    - 1Mbit\n    - 5Mbs\n",
      "8: sweep.links.mobile-edge.bandwidth[1]: unknown unit 'Mbs'; allowed: bit, kbit, Mbit, Gbit, Tbit "

@@ -6,7 +6,7 @@ import pytest
 from topologies import DirectionSpec, TopologyError, apply_overrides, load_topology, load_topology_dict
 
 GiB = 1 << 30
-PATHS = ("hosts.<mobile|edge|cloud>.<cpus|memory|cpuset>, "
+PATHS = ("hosts.<mobile|edge|cloud>.<cpus|memory|cpuset|cpu_period>, "
          "links.<mobile-edge|edge-cloud>[.forward|.reverse].<bandwidth|delay|jitter|loss|queue>")
 
 
@@ -100,7 +100,7 @@ def test_long_host_lists_are_shortened_in_the_valid_paths():
     star = load_topology("star:mobiles=50", cores=2, memory_bytes=24 * GiB)
     assert message(star, {"hosts.mobile51.cpus": "1"}) == (
         "--set: hosts.mobile51.cpus: unknown host 'mobile51'; allowed: "
-        "hosts.<mobile1|mobile2|mobile3|mobile4|mobile5|mobile6|mobile7|mobile8|...(52 in all)>.<cpus|memory|cpuset>, "
+        "hosts.<mobile1|mobile2|mobile3|mobile4|mobile5|mobile6|mobile7|mobile8|...(52 in all)>.<cpus|memory|cpuset|cpu_period>, "
         "links.<mobile1-edge|mobile2-edge|mobile3-edge|mobile4-edge|mobile5-edge|mobile6-edge|mobile7-edge|"
         "mobile8-edge|...(51 in all)>[.forward|.reverse].<bandwidth|delay|jitter|loss|queue>")
 
