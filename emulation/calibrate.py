@@ -137,6 +137,9 @@ BURST = ("import sys, time\nburst = float(sys.argv[1]) / 1000\nratios = []\n"
          "ratios.sort()\nprint(ratios[len(ratios) // 2])\n")
 
 
+BURSTS_MS = (5.0, 50.0)   # a short inference and a long one, for calibrate's report
+
+
 def measure_burst_slowdown(net: EmulatedNetwork, host: str, burst_ms: float = 8.0, bursts: int = 7) -> float:
     """Wall time over CPU time of a short CPU burst started from idle on ``host`` (median).
 
@@ -196,11 +199,16 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
         measured = measure_cpus(net, name, duration_s or 2.0)
         expect = limits.cpus
         cpu_ok = None if expect is None else abs(measured - expect) <= CPU_REL * expect
+        slowdown = None
+        if expect is not None and expect < net.caps["cpus"]:
+            say(f"host {name}: short bursts")
+            slowdown = {f"{b:g}": measure_burst_slowdown(net, name, b) for b in BURSTS_MS}
         enforced = None
         if memory_check:
             say(f"host {name}: memory")
             enforced = memory_enforced(net, name)
-        hosts.append({"host": name, "cpus": expect, "measured_cpus": measured, "memory_bytes": limits.memory_bytes,
+        hosts.append({"host": name, "cpus": expect, "measured_cpus": measured, "cpu_period_us": limits.period_us,
+                      "burst_slowdown": slowdown, "memory_bytes": limits.memory_bytes,
                       "memory_enforced": enforced, "checks": {"cpus": cpu_ok, "memory": enforced},
                       "pass": cpu_ok is not False and enforced is not False})
     return {"run_id": net.run_id, "topology": net.spec.name, "links": links, "hosts": hosts,

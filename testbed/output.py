@@ -85,13 +85,24 @@ def print_calibration(report: dict) -> None:
                   f"{r['loss']:.2%}", f"{r['measured_loss']:.2%}", _verdict(r["pass"]))
     console.print(t)
     h = Table(title="hosts")
-    for c in ("host", "cpus", "measured cpus", "memory", "memory enforced", "verdict"):
+    for c in ("host", "cpus", "measured cpus", "cpu period", "slowdown of a 5 / 50 ms burst", "memory",
+              "memory enforced", "verdict"):
         h.add_column(c)
+    bimodal = []
     for r in report["hosts"]:
+        slow = r.get("burst_slowdown")
+        if slow and r["cpus"] <= 0.5 and slow["5"] < 1.5:      # steadily, it would be 2x slower or more
+            bimodal.append(r["host"])
         h.add_row(r["host"], "unlimited" if r["cpus"] is None else f"{r['cpus']:g}", f"{r['measured_cpus']:.3f}",
+                  f"{r['cpu_period_us'] / 1000:g} ms",
+                  "-" if not slow else " / ".join(f"{v:.2f}x" for v in slow.values()),
                   "unlimited" if r["memory_bytes"] is None else format_size(r["memory_bytes"]),
                   _yes(r["memory_enforced"]), _verdict(r["pass"]))
     console.print(h)
+    if bimodal:
+        console.print(f"note: on {', '.join(bimodal)} a short burst runs at full speed until the period's quota is "
+                      "spent, so short inferences there are fast or slow, not steadily slow; a cpu_period well "
+                      "below the model's compute gives a steady slowdown (README: CPU quota period)")
     tol = report["tolerances"]
     console.print(f"tolerances: goodput/bandwidth in [{tol['goodput_ratio'][0]}, {tol['goodput_ratio'][1]}], "
                   f"RTT within {tol['rtt']}, cpus within {tol['cpus']}, loss within {tol['loss']}")

@@ -33,6 +33,9 @@ def test_calibrate_json_measures_every_direction_and_host_and_passes():
         for key in ("host", "cpus", "measured_cpus", "memory_bytes", "memory_enforced"):
             assert key in h
         assert h["memory_enforced"] is True
+        assert h["cpu_period_us"] == 100_000
+        if h["cpus"] is not None and h["cpus"] < 2:       # a CPU-bound burst is never faster than the CPU
+            assert set(h["burst_slowdown"]) == {"5", "50"} and min(h["burst_slowdown"].values()) >= 0.95
     failed = [r for r in data["links"] + data["hosts"] if not r["pass"]]
     assert data["pass"] and res.exit_code == 0, failed
 
