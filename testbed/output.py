@@ -62,10 +62,11 @@ def print_applied(applied: dict) -> None:
                   f"{r['delay_ms']:g} ms", f"{r['jitter_ms']:g} ms", f"{r['loss']:.3%}", r["delay_mechanism"])
     console.print(t)
     h = Table(title="hosts, read back from their cgroups")
-    for c in ("host", "address", "cpus", "memory", "cpuset", "cgroup"):
+    for c in ("host", "address", "cpus", "cpu period", "memory", "cpuset", "cgroup"):
         h.add_column(c)
     for r in applied["hosts"]:
         h.add_row(r["host"], r["address"], "unlimited" if r["cpus"] is None else f"{r['cpus']:g}",
+                  f"{r['cpu_period_us'] / 1000:g} ms",
                   "unlimited" if r["memory_bytes"] is None else format_size(r["memory_bytes"]),
                   r["cpuset"] or "-", r["cgroup"])
     console.print(h)
