@@ -1,7 +1,8 @@
 """The Ray executor on a real local Ray cluster (started by the run, one node offering one
 ``testbed_cell``): the same sweep stores the same rows as the local executor (apart from
 timings), and a worker killed in the middle of a cell is retried to a complete cell, with what
-the dead attempt left removed; the local cluster listens on loopback only."""
+the dead attempt left removed; Ctrl-C on the driver stores the running cell as interrupted
+with the requests it had measured; the local cluster listens on loopback only."""
 from __future__ import annotations
 
 import ipaddress
@@ -108,4 +109,29 @@ def test_a_ray_worker_killed_mid_cell_is_retried_to_a_complete_cell(study, tmp_p
     assert len(cells) == 4 and all(c["status"] == "done" and c["ok"] == 60 for c in cells), cells
     killed = [d for d in attempts.iterdir() if len(list(d.glob("*.pid"))) == 2]
     assert len(killed) == 1                   # that cell ran twice; its second attempt is what is stored
+    assert find_leftovers() == []
+
+
+def test_ctrl_c_on_the_driver_stores_the_running_cell_as_interrupted_with_its_requests(study, tmp_path):  # noqa: F811
+    exp = _write(study, "int.yaml", repeat=400)
+    env = _env(tmp_path)
+    out = tmp_path / "out"
+    p = subprocess.Popen(TESTBED + ["run", str(exp), "--out", str(out), "--executor", "ray"], cwd=REPO, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    attempts = out / "attempts"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and p.poll() is None:
+        if attempts.exists() and sorted(attempts.glob("*/*.pid")):
+            break
+        time.sleep(0.2)
+    time.sleep(8.0)                      # servers up, requests flowing
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=300)
+    assert p.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    cells = _rows(out / "results.sqlite", "SELECT cell, status, ok FROM cells")
+    running = [c for c in cells if c["status"] == "interrupted"]
+    assert len(running) == 1 and 0 < running[0]["ok"] < 400, cells
+    assert len(_rows(out / "results.sqlite", f"SELECT seq FROM requests WHERE cell = '{running[0]['cell']}'")) \
+        == running[0]["ok"]
     assert find_leftovers() == []
