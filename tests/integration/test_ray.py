@@ -11,6 +11,7 @@ import socket
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -82,12 +83,17 @@ def _listening_sockets(root: int) -> list[tuple[str, int, str]]:
     return found
 
 
-def test_a_ray_worker_killed_mid_cell_is_retried_to_a_complete_cell(study, tmp_path):  # noqa: F811
-    exp = _write(study, "kill.yaml", repeat=60)
-    env = _env(tmp_path)
+def _start_ray_run(study, tmp_path, name: str, repeat: int) -> tuple[subprocess.Popen, Path]:
+    """A sweep on a local Ray cluster, started the way a user starts it; its output folder."""
+    exp = _write(study, name, repeat=repeat)
     out = tmp_path / "out"
-    p = subprocess.Popen(TESTBED + ["run", str(exp), "--out", str(out), "--executor", "ray"], cwd=REPO, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(TESTBED + ["run", str(exp), "--out", str(out), "--executor", "ray"], cwd=REPO,
+                         env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return p, out
+
+
+def test_a_ray_worker_killed_mid_cell_is_retried_to_a_complete_cell(study, tmp_path):  # noqa: F811
+    p, out = _start_ray_run(study, tmp_path, "kill.yaml", repeat=60)
     attempts = out / "attempts"
     victim = None
     deadline = time.monotonic() + 400
@@ -113,11 +119,7 @@ def test_a_ray_worker_killed_mid_cell_is_retried_to_a_complete_cell(study, tmp_p
 
 
 def test_ctrl_c_on_the_driver_stores_the_running_cell_as_interrupted_with_its_requests(study, tmp_path):  # noqa: F811
-    exp = _write(study, "int.yaml", repeat=400)
-    env = _env(tmp_path)
-    out = tmp_path / "out"
-    p = subprocess.Popen(TESTBED + ["run", str(exp), "--out", str(out), "--executor", "ray"], cwd=REPO, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p, out = _start_ray_run(study, tmp_path, "int.yaml", repeat=400)
     attempts = out / "attempts"
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and p.poll() is None:
