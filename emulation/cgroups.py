@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from topologies.checks import CPU_PERIOD_US_DEFAULT as CPU_PERIOD_US
+from topologies.checks import CPU_QUOTA_US_MIN
+
 from .errors import EmulationError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TOP = "testbed"  # every cgroup this project makes lives under this directory
-CPU_PERIOD_US = 100_000  # the default CFS period (the kernel's and Docker's)
-CPU_QUOTA_US_MIN = 1_000  # the kernel refuses a smaller quota
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory")
 
 

@@ -31,10 +31,10 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from topologies import DirectionSpec, LinkSpec, TopologySpec
+from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
 from . import cgroups, process, registry, shaping
 from .errors import EmulationError
@@ -125,6 +125,11 @@ class Plan:
 def directions(link: LinkSpec) -> tuple[tuple[str, str, DirectionSpec], tuple[str, str, DirectionSpec]]:
     """(src, dst, spec) for a->b and b->a, in that order (queue 0 and queue 1 of its wire)."""
     return (link.a, link.b, link.forward), (link.b, link.a, link.reverse)
+
+
+def host_limits(h: HostSpec) -> cgroups.Limits:
+    """What a host's cgroup is given for its spec."""
+    return cgroups.Limits(cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset, cpu_period_us=h.cpu_period_us)
 
 
 def plan(spec: TopologySpec, run_id: str) -> Plan:
@@ -268,8 +273,7 @@ class EmulatedNetwork:
         for h in self.spec.hosts:
             cg = cgroups.HostCgroup(self.run_id, h.name, self.caps["cgroup_version"])
             self.registry.add_cgroups(cg.paths)
-            limits = cgroups.Limits(h.cpus, h.memory_bytes, h.cpuset, h.cpu_period_us)
-            cg.create(limits)
+            cg.create(host_limits(h))
             cg.join(self.nodes[h.name].pid)  # the host's shell, and so all it starts, is limited
             self.cgroups[h.name] = cg
         self._address_and_route()
@@ -444,11 +448,9 @@ class EmulatedNetwork:
                 self._replace_link(link)
                 changed.append(f"link {link.name}")
         for h in spec.hosts:
-            limits = cgroups.Limits(cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset,
-                                    cpu_period_us=h.cpu_period_us)
+            limits = host_limits(h)
             if limits != self.cgroups[h.name].limits:
-                self.set_host(h.name, cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset,
-                              cpu_period_us=h.cpu_period_us)
+                self.set_host(h.name, **asdict(limits))
                 changed.append(f"host {h.name}")
         self.spec = spec
         return changed
@@ -457,9 +459,10 @@ class EmulatedNetwork:
         """Change a host's cpus / memory_bytes / cpuset / cpu_period_us live, then read it back."""
         if name not in self.cgroups:
             raise EmulationError(f"unknown host {name!r}; hosts: {', '.join(self.plan.hosts)}")
-        bad = set(changes) - set(cgroups.Limits.__dataclass_fields__)
+        allowed = list(cgroups.Limits.__dataclass_fields__)
+        bad = set(changes) - set(allowed)
         if bad:
-            raise EmulationError(f"unknown host setting(s) {sorted(bad)}; allowed: cpus, memory_bytes, cpuset, cpu_period_us")
+            raise EmulationError(f"unknown host setting(s) {sorted(bad)}; allowed: {', '.join(allowed)}")
         new = replace(self.cgroups[name].limits, **changes)
         if new.cpus is not None and new.cpus > self.caps["cpus"]:
             raise EmulationError(f"host {name}: cpus {new.cpus} exceeds the {self.caps['cpus']:g} cores here")

@@ -29,7 +29,9 @@ TOPOLOGY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOPOLOGY_NAME_ALLOWED = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 
 CPUS_MAX = 1024
-CPU_PERIOD_US_MIN, CPU_PERIOD_US_MAX, CPU_PERIOD_US_DEFAULT = 1_000, 1_000_000, 100_000   # the kernel's bounds
+# the kernel's bounds of a CFS period, its default (also Docker's), and its smallest quota;
+# emulation.cgroups writes with these
+CPU_PERIOD_US_MIN, CPU_PERIOD_US_MAX, CPU_PERIOD_US_DEFAULT = 1_000, 1_000_000, 100_000
 CPU_QUOTA_US_MIN = 1_000
 MEMORY_MIN, MEMORY_MAX = 16 * MiB, 64 * TiB
 RATE_MIN, RATE_MAX = 1_000, 100_000_000_000
