@@ -153,6 +153,89 @@ def measure_burst_slowdown(net: EmulatedNetwork, host: str, burst_ms: float = 8.
     return float(res.stdout.strip())
 
 
+COMPUTE_P50_REL, COMPUTE_TAIL_REL = 0.10, 0.20   # per-request compute / (unconstrained / cpus)
+COMPUTE_JUDGED_MS = 20.0   # expected constrained compute below which the ratio is reported, not judged
+
+
+def _percentiles(values: list[float], qs=(10, 50, 90)) -> list[float]:
+    v = sorted(values)
+    out = []
+    for q in qs:  # linear interpolation, as numpy's default
+        k = (len(v) - 1) * q / 100.0
+        lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+        out.append(v[lo] + (v[hi] - v[lo]) * (k - lo))
+    return out
+
+
+COMPUTE_PROBE = "workloads.computeprobe"   # run as a program on the host (numpy + onnxruntime, no torch)
+
+
+def run_compute_probe(net: EmulatedNetwork, host: str, work: list[str], requests: int = 30, threads: int = 1,
+                      limited: bool = True, gap_ms: str = "50:150", seed: int = 0, pace: float | None = None,
+                      timeout: float = 600) -> dict:
+    """Run the compute probe (``python -m workloads.computeprobe``) on ``host`` (inside its
+    cgroup, or outside with ``limited=False``: the same machine and moment, unconstrained) and
+    return its JSON; ``pace`` paces each request to that many cores as a part server does."""
+    import os
+
+    from .network import REPO_ROOT
+
+    argv = [sys.executable, "-m", COMPUTE_PROBE, *work, "--requests", str(requests),
+            "--threads", str(threads), "--gap-ms", gap_ms, "--seed", str(seed)]
+    if pace is not None:
+        argv += ["--pace", f"{pace:g}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = net.popen(host, argv, limited=limited, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                  env=env, cwd=str(REPO_ROOT))
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise EmulationError(f"compute probe on {host} ran past {timeout:g}s") from None
+    try:
+        data = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise EmulationError(f"compute probe on {host} failed: {err.strip()[-300:]}") from None
+    if not data.get("ok"):
+        raise EmulationError(f"compute probe on {host} failed: {data.get('error')}")
+    return data
+
+
+def measure_compute(net: EmulatedNetwork, host: str, work: list[str], requests: int = 30, seed: int = 0,
+                    pace: bool = True) -> dict:
+    """Per-request compute of ``work`` on ``host`` under its CPU limit against the same work
+    unconstrained (same host, outside its cgroup, right before), at p10 / p50 / p90.
+
+    ``expected_ms`` is the unconstrained median stretched by the quota: x threads / min(cpus,
+    threads), with threads = the host's core budget rounded up (1 below one core: 1 / cpus).
+    ``pace`` runs the work paced to the host's share, as a part server does by default.
+    The check passes when p50 is within 10 % of it and p10 and p90 within 20 %; where the
+    expected compute is under 20 ms the ratios are reported and not judged (``checks.compute``
+    None, with the reason)."""
+    limits = net.hosts_limits[host]
+    cpus = limits.cpus
+    threads = max(1, math.ceil(cpus - 1e-9)) if cpus is not None else 1
+    ref = run_compute_probe(net, host, work, requests=max(10, requests // 2), threads=threads, limited=False, seed=seed)
+    got = run_compute_probe(net, host, work, requests=requests, threads=threads, limited=True, seed=seed + 1,
+                            pace=cpus if pace else None)
+    ref_p50 = _percentiles(ref["wall_ms"], (50,))[0]
+    expected = ref_p50 * threads / min(cpus, threads) if cpus is not None else ref_p50
+    p10, p50, p90 = _percentiles(got["wall_ms"])
+    ratios = [round(x / expected, 4) for x in (p10, p50, p90)]
+    judged = expected >= COMPUTE_JUDGED_MS
+    ok = (abs(ratios[1] - 1) <= COMPUTE_P50_REL and abs(ratios[0] - 1) <= COMPUTE_TAIL_REL
+          and abs(ratios[2] - 1) <= COMPUTE_TAIL_REL) if judged else None
+    note = None if judged else (f"expected compute {expected:.1f} ms: under {COMPUTE_JUDGED_MS:g} ms, where a quota "
+                                f"period of {limits.period_us / 1000:g} ms slices it too coarsely to judge")
+    return {"work": " ".join(work), "cpus": cpus, "threads": threads, "cpu_period_us": limits.period_us,
+            "paced": bool(pace and cpus is not None and cpus < threads),
+            "unconstrained_p50_ms": round(ref_p50, 3), "expected_ms": round(expected, 3),
+            "p10_ms": round(p10, 3), "p50_ms": round(p50, 3), "p90_ms": round(p90, 3),
+            "ratio_p10_p50_p90": ratios, "cpu_p50_ms": round(_percentiles(got["cpu_ms"], (50,))[0], 3),
+            "requests": requests, "checks": {"compute": ok}, "note": note}
+
+
 HOG = ("import sys\nchunks=[]\nn=int(sys.argv[1])\nstep=64<<20\n"
        "while n>0:\n    chunks.append(b'\\1'*min(step,n)); n-=step\nprint('survived', flush=True)\n")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from topologies.checks import CPU_PERIOD_US_DEFAULT as CPU_PERIOD_US
-from topologies.checks import CPU_QUOTA_US_MIN
+from topologies.checks import CPU_QUOTA_US_MIN, auto_cpu_period_us
 
 from .errors import EmulationError
 
@@ -40,11 +40,11 @@ class Limits:
     cpus: float | None = None
     memory_bytes: int | None = None
     cpuset: tuple[int, ...] | None = None
-    cpu_period_us: int | None = None   # the period the CPU quota is counted over; None = CPU_PERIOD_US
+    cpu_period_us: int | None = None   # the period the CPU quota is counted over; None = auto
 
     @property
     def period_us(self) -> int:
-        return self.cpu_period_us or CPU_PERIOD_US
+        return self.cpu_period_us or auto_cpu_period_us(self.cpus)
 
 
 def detect_version(root: Path = CGROUP_ROOT) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
-from . import cgroups, process, registry, shaping
+from . import cgroups, process, registry, shaping, ticker
 from .errors import EmulationError
 from .probe import capabilities
 
@@ -174,8 +174,14 @@ class EmulatedNetwork:
     """A running emulated network. Use as a context manager; :meth:`stop` is idempotent."""
 
     def __init__(self, spec: TopologySpec, run_id: str | None = None, caps: dict | None = None,
-                 registry_dir: Path | None = None):
+                 registry_dir: Path | None = None, cpu_tick_us: int | None = ticker.INTERVAL_US_DEFAULT):
+        """``cpu_tick_us``: the interval of the fine-grained scheduler tick that makes CPU quotas
+        shape each request (:mod:`emulation.ticker`), started while any host has a CPU quota;
+        None leaves the kernel's own tick (benchmarks compare the two)."""
         self.spec = spec
+        self.cpu_tick_us = cpu_tick_us
+        self.ticker: subprocess.Popen | None = None
+        self.ticker_info: dict | None = None
         self.caps = caps or capabilities()
         self.run_id = run_id or registry.new_run_id(registry_dir)
         self.registry = registry.RunRegistry(self.run_id, registry_dir)
@@ -276,6 +282,7 @@ class EmulatedNetwork:
             cg.create(host_limits(h))
             cg.join(self.nodes[h.name].pid)  # the host's shell, and so all it starts, is limited
             self.cgroups[h.name] = cg
+        self._ensure_ticker()
         self._address_and_route()
         for link in self.spec.links:
             name, if_a, if_b = self.plan.wires[link.name]
@@ -358,6 +365,25 @@ class EmulatedNetwork:
                 self._ns_run(node.pid, [ipt, "-w", *rule])
             wire.rules = rules
 
+    def _ensure_ticker(self) -> None:
+        """Start the CPU ticker (emulation.ticker) once any host has a CPU quota."""
+        if self.ticker is not None or self.cpu_tick_us is None:
+            return
+        if all(cg.limits.cpus is None for cg in self.cgroups.values()):
+            return
+        argv = [sys.executable, "-m", "emulation.ticker", "--interval-us", str(self.cpu_tick_us)]
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        p = process.popen(argv, netns_pid=None, cgroup_procs=[], run_id=self.run_id, env=env,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, bufsize=1, cwd=str(REPO_ROOT))
+        self.registry.add_process(p.pid, "cpu-ticker")
+        self.procs.append(p)
+        reply = self._read_reply(p, timeout_s=10.0, what="CPU ticker")
+        if not reply.get("ready"):
+            raise EmulationError(f"{reply.get('error', reply)}: CPU quotas would be enforced only at the kernel's "
+                                 "tick (run as root from a cgroup that allows real-time tasks)")
+        self.ticker, self.ticker_info = p, reply
+
     def _ns_run(self, pid: int, argv: list[str]) -> str:
         return process.run(argv, netns_pid=pid, run_id=self.run_id).stdout
 
@@ -376,14 +402,14 @@ class EmulatedNetwork:
             raise EmulationError(f"delay line for link {wire.name} did not start: {reply}")
         return p
 
-    def _read_reply(self, p: subprocess.Popen, timeout_s: float = 5.0) -> dict:
+    def _read_reply(self, p: subprocess.Popen, timeout_s: float = 5.0, what: str = "delay line") -> dict:
         ready, _, _ = select.select([p.stdout], [], [], timeout_s)
         if not ready:
-            raise EmulationError(f"delay line (pid {p.pid}) did not answer within {timeout_s:g}s")
+            raise EmulationError(f"{what} (pid {p.pid}) did not answer within {timeout_s:g}s")
         line = p.stdout.readline()
         if not line:
             err = p.stderr.read() if p.poll() is not None else ""
-            raise EmulationError(f"delay line (pid {p.pid}) exited: {err.strip()[-500:]}")
+            raise EmulationError(f"{what} (pid {p.pid}) exited: {err.strip()[-500:]}")
         return json.loads(line)
 
     def _delayline_call(self, wire: Wire, msg: dict) -> dict:
@@ -468,6 +494,7 @@ class EmulatedNetwork:
             raise EmulationError(f"host {name}: cpus {new.cpus} exceeds the {self.caps['cpus']:g} cores here")
         cg = self.cgroups[name]
         cg.apply(new)
+        self._ensure_ticker()
         problems = cg.verify()
         if problems:
             raise EmulationError("read-back after live change differs: " + "; ".join(problems))
@@ -489,6 +516,8 @@ class EmulatedNetwork:
             problems += self._verify_link(link)
         for cg in self.cgroups.values():
             problems += cg.verify()
+        if self.ticker is not None and self.ticker.poll() is not None:
+            problems.append(f"the CPU ticker exited ({self.ticker.returncode}): CPU quotas fall back to the kernel's tick")
         return problems
 
     def _verify_link(self, link: LinkSpec) -> list[str]:
@@ -542,7 +571,8 @@ class EmulatedNetwork:
                           "cpu_period_us": got.period_us, "memory_bytes": got.memory_bytes,
                           "cpuset": cgroups.format_cpuset(got.cpuset) if got.cpuset else None,
                           "cgroup": str(self.cgroups[name].paths[0])})
-        return {"run_id": self.run_id, "topology": self.spec.name, "links": links, "hosts": hosts}
+        tick = None if self.ticker_info is None else {k: self.ticker_info[k] for k in ("interval_us", "policy", "priority")}
+        return {"run_id": self.run_id, "topology": self.spec.name, "links": links, "hosts": hosts, "cpu_tick": tick}
 
     # -- using the hosts ----------------------------------------------------------------
     def address(self, host: str) -> str:

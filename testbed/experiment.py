@@ -28,7 +28,7 @@ The format
     source: mobile                  # where inputs are produced: a host, or client
     requests: {warmup: 3, repeat: 30, inputs: 10, timeout: 120s}
     codec: binary                   # or json-base64
-    serving: {connection: persistent, threads: auto}   # or per-request; threads: N or {host: N}
+    serving: {connection: persistent, threads: auto, pace: true}   # or per-request; threads: N or {host: N}
     sweep:                          # optional: every combination of values is one point
       links.mobile-edge.bandwidth: [1Mbit, 10Mbit, 100Mbit]
       links.edge-cloud.bandwidth:  [1Mbit, 10Mbit]
@@ -70,7 +70,12 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   kept) or ``per-request`` (a new TCP connection for every request at every hop, as the
   studies' HTTP clients did); ``threads``, ONNX Runtime's intra-op threads: ``auto``
   (default: each host's core budget rounded up, at least 1; the machine's cores for an
-  unlimited host), a number for every host, or a mapping ``{host: number}`` (other hosts auto).
+  unlimited host), a number for every host, or a mapping ``{host: number}`` (other hosts auto);
+  ``pace``: ``true`` (default) makes every inference on a host with fewer cores than threads
+  take its CPU time x threads / cores (``workloads.pacing``: a slow host is slow on every
+  request, not only once its quota is spent), ``false`` leaves the CPU quota alone to shape it
+  (the studies' Docker ``--cpus``, whose 100 ms period lets short inferences run at full
+  speed: set ``hosts.<h>.cpu_period: 100ms`` as well to reproduce them).
 - ``sweep``: a mapping of a dotted path to a non-empty list of distinct values. Paths are
   those of ``--set`` (below) except ``name``, ``sweep``, and what makes a cell's model or
   strategy (``models``, ``models.<i>``, ``models.<i>.name``, ``strategies``,
@@ -140,7 +145,7 @@ DEFAULT_TOPOLOGY = "three_tier"
 CLIENT = "client"
 CODECS = ("binary", "json-base64")
 CONNECTIONS = ("persistent", "per-request")
-SERVING_KEYS = ("connection", "threads")
+SERVING_KEYS = ("connection", "threads", "pace")
 MAX_THREADS = 256
 MODEL_KEYS = ("name", "weights", "data")
 STRATEGY_KEYS = ("name", "operators", "placement")
@@ -220,6 +225,7 @@ class Serving:
 
     connection: str = CONNECTIONS[0]
     threads: int | tuple[tuple[str, int], ...] | None = None
+    pace: bool = True
 
     def threads_for(self, host: str) -> int | None:
         if isinstance(self.threads, tuple):
@@ -228,7 +234,7 @@ class Serving:
 
     def to_dict(self) -> dict:
         threads = dict(self.threads) if isinstance(self.threads, tuple) else (self.threads or "auto")
-        return {"connection": self.connection, "threads": threads}
+        return {"connection": self.connection, "threads": threads, "pace": self.pace}
 
 
 class ArtifactNeed(NamedTuple):
@@ -819,7 +825,7 @@ class _Validator:
         return value  # type: ignore[return-value]
 
     def serving(self, value: object, spec: TopologySpec) -> Serving:
-        body = self.mapping(value, "serving", SERVING_KEYS, "{connection: persistent, threads: auto}")
+        body = self.mapping(value, "serving", SERVING_KEYS, "{connection: persistent, threads: auto, pace: true}")
         connection = body.get("connection", CONNECTIONS[0])
         if connection not in CONNECTIONS:
             shown = f"'{connection}'" if isinstance(connection, str) else kind_of(connection)
@@ -843,7 +849,11 @@ class _Validator:
             chosen = tuple((str(h), count(v, f"serving.threads.{h}")) for h, v in threads.items())
         else:
             chosen = count(threads, "serving.threads")
-        return Serving(connection, chosen)
+        pace = body.get("pace", True)
+        if not isinstance(pace, bool):
+            self.fail("serving.pace", f"{pace!r} is not true or false",
+                      "true (each inference takes its CPU time / the host's cores) or false (the CPU quota alone)")
+        return Serving(connection, chosen, pace)
 
     def sweep(self, value: object) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         if value is not None and not isinstance(value, dict):

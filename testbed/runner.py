@@ -104,6 +104,19 @@ def check_threads(host: str, ready: dict) -> None:
                        f"{sessions * (asked - 1)}: check serving.threads and the onnxruntime build")
 
 
+def host_pace(exp: Experiment, host: str) -> float | None:
+    """The cores a host's server paces each inference to (serving.pace), or None."""
+    cpus = exp.topology.host(host).cpus
+    return cpus if exp.serving.pace and cpus is not None else None
+
+
+def check_pace(host: str, ready: dict, asked: float | None) -> None:
+    """serving.pace read back from the server's ready line; a mismatch is a RunError."""
+    if ready.get("pace") != asked:
+        raise RunError(f"server on {host}: asked to pace inferences to {asked} cores, but it reports "
+                       f"{ready.get('pace')!r}: check that workloads.serving is this version")
+
+
 def machine_info() -> dict:
     from emulation.probe import _memory_bytes, machine_cores
 
@@ -362,6 +375,9 @@ class CellExecution:
                 argv += ["--listen", f"{addr}:{PORT}"]
             if i + 1 < len(placement):
                 argv += ["--next", f"{entry_address(net, exp.topology, host, placement[i + 1])}:{PORT}"]
+            pace = host_pace(exp, host)
+            if pace is not None:
+                argv += ["--pace", repr(pace)]
             log = self._log_path(host)
             with log.open("a") as f:
                 f.write(f"--- cell {cell.key} part {i}\n")
@@ -374,12 +390,17 @@ class CellExecution:
         for host in reversed(placement):
             ready = self._wait_ready(host)
             check_threads(host, ready)
+            check_pace(host, ready, host_pace(exp, host))
             limits = exp.topology.host(host)
+            held = net.cgroups[host].read_back()
             self.hosts[host] = {"part": ready["part"], "threads": ready["threads"],
                                 "sessions": ready["sessions"], "pool_threads": ready["pool_threads"],
                                 "load_ms": ready["load_ms"],
                                 "rss_bytes": ready["rss_bytes"], "cpus": limits.cpus,
-                                "memory_bytes": limits.memory_bytes}
+                                "memory_bytes": limits.memory_bytes,
+                                "cpu_period_us": held.period_us if held.cpus is not None else None,
+                                "cpu_period": "set" if limits.cpu_period_us is not None else "auto",
+                                "pace": ready.get("pace"), "pace_factor": ready.get("pace_factor")}
 
     def _wait_ready(self, host: str) -> dict:
         p = self.servers[host]

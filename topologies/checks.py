@@ -33,6 +33,28 @@ CPUS_MAX = 1024
 # emulation.cgroups writes with these
 CPU_PERIOD_US_MIN, CPU_PERIOD_US_MAX, CPU_PERIOD_US_DEFAULT = 1_000, 1_000_000, 100_000
 CPU_QUOTA_US_MIN = 1_000
+CPU_PERIOD_US_AUTO_MULTICORE = 10_000
+
+
+def auto_cpu_period_us(cpus: float | None) -> int:
+    """The CPU quota's period when a host does not set ``cpu_period``.
+
+    Below one core: the shortest period the kernel allows for the share, i.e. a 1 ms quota
+    (0.25 cores: 4 ms; 0.5: 2 ms). A request that starts with quota left runs at full speed
+    until the quota is spent, then waits for the next period; the shorter the period, the finer
+    a slow host's compute is sliced, and the less a request that finds the quota spent waits
+    (at most the period less the quota). Servers also pace each inference to the host's share
+    (``serving.pace``, :mod:`workloads.pacing`), which removes the head start of a request that
+    finds quota unspent; the period bounds what pacing cannot undo. One core or more: 10 ms (a
+    single-threaded server is never throttled there; a 1 ms period would only make the kernel's
+    period timer fire 1000 times a second per busy host, which the kernel itself stretches on
+    large machines). An unlimited host keeps the kernel's 100 ms.
+    """
+    if cpus is None:
+        return CPU_PERIOD_US_DEFAULT
+    if cpus >= 1.0:
+        return CPU_PERIOD_US_AUTO_MULTICORE
+    return int(min(CPU_PERIOD_US_MAX, max(CPU_PERIOD_US_MIN, math.ceil(CPU_QUOTA_US_MIN / cpus - 1e-9))))
 MEMORY_MIN, MEMORY_MAX = 16 * MiB, 64 * TiB
 RATE_MIN, RATE_MAX = 1_000, 100_000_000_000
 DELAY_MAX_MS = 60_000.0
@@ -102,7 +124,7 @@ class _Checker:
                 self.fail(f"{p}.cpu_period", f"{format_duration_ms(h.cpu_period_us / 1000)} is out of range",
                           CPU_PERIOD_ALLOWED)
         if h.cpus is not None:
-            period = h.cpu_period_us or CPU_PERIOD_US_DEFAULT
+            period = h.cpu_period_us or auto_cpu_period_us(h.cpus)
             if round(h.cpus * period) < CPU_QUOTA_US_MIN:
                 self.fail(f"{p}.cpus", f"{h.cpus:g} cores over a {format_duration_ms(period / 1000)} cpu_period is a "
                           f"{format_duration_ms(h.cpus * period / 1000)} quota, under the kernel's 1ms minimum",

@@ -17,7 +17,7 @@ from .units import (format_cpuset, format_duration_ms, format_fraction, format_r
 UNLIMITED = ("none", "unlimited")  # spellings that clear a limit
 AUTO = ("auto", "none")            # spellings of "let the emulation size the queue"
 CPUS_ALLOWED = "a number of cores, e.g. 0.5, or unlimited"
-CPU_PERIOD_ALLOWED = "a duration from 1ms to 1s, e.g. 10ms, or default (100ms)"
+CPU_PERIOD_ALLOWED = "a duration from 1ms to 1s, e.g. 100ms (the kernel's default), or auto (a 1ms quota: 4ms at 0.25 cores)"
 
 
 def _is_word(value: object, words: tuple[str, ...]) -> bool:
@@ -52,8 +52,9 @@ def parse_cpuset_value(value: object) -> tuple[int, ...] | None:
 
 
 def parse_cpu_period(value: object) -> int | None:
-    """'10ms' -> 10000 (microseconds); None / 'default' -> None (100 ms, the kernel's default)."""
-    if _is_word(value, ("default",)):
+    """'10ms' -> 10000 (microseconds); None / 'auto' / 'default' -> None (the shortest period for
+    the host's share: topologies.checks.auto_cpu_period_us)."""
+    if _is_word(value, ("auto", "default")):
         return None
     if isinstance(value, bool) or not isinstance(value, str):
         raise TopologyError(f"expected a duration, got {kind_of(value)}", CPU_PERIOD_ALLOWED)
@@ -83,7 +84,7 @@ HOST_FIELDS: dict[str, tuple[str, Callable, Callable]] = {
     "cpus": ("cpus", parse_cpus, _format_cpus),
     "memory": ("memory_bytes", parse_memory, _or("unlimited", format_size)),
     "cpuset": ("cpuset", parse_cpuset_value, _or("none", format_cpuset)),
-    "cpu_period": ("cpu_period_us", parse_cpu_period, _or("default", lambda us: format_duration_ms(us / 1000))),
+    "cpu_period": ("cpu_period_us", parse_cpu_period, _or("auto", lambda us: format_duration_ms(us / 1000))),
 }
 DIRECTION_FIELDS: dict[str, tuple[str, Callable, Callable]] = {
     "bandwidth": ("rate_bps", parse_bandwidth, _or("unlimited", format_rate)),

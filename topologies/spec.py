@@ -29,7 +29,7 @@ class HostSpec:
     cpus: float | None = None               # fractional cores (a CPU quota); None = unlimited
     memory_bytes: int | None = None         # None = unlimited
     cpuset: tuple[int, ...] | None = None   # CPUs the host may run on; None = any
-    cpu_period_us: int | None = None        # the CPU quota's accounting period; None = 100 ms
+    cpu_period_us: int | None = None        # the CPU quota's accounting period; None = auto (checks.auto_cpu_period_us)
 
     def __post_init__(self) -> None:
         if isinstance(self.cpuset, list):

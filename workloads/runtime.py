@@ -37,12 +37,15 @@ def load_manifest(folder: Path | str) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())
 
 
-def session(model, threads: int = 1, optimization: str = "all", optimized_path: str | None = None):
+def session(model, threads: int = 1, optimization: str = "all", optimized_path: str | None = None,
+            spin: bool = True):
     """An ONNX Runtime CPU session for ``model`` (a ModelProto, serialized bytes, or a path).
 
     ``threads`` is the intra-op thread count (a host's core budget; inter-op is 1);
     ``optimization`` is ``all`` (ORT_ENABLE_ALL, the default), ``extended``, ``basic`` or
-    ``disable``; ``optimized_path`` makes ORT write the graph it will really run.
+    ``disable``; ``optimized_path`` makes ORT write the graph it will really run; ``spin=False``
+    stops the intra-op pool's threads spinning while they wait for work (a paced server counts
+    their CPU time as the inference's: :mod:`workloads.pacing`).
     """
     import onnxruntime as ort
 
@@ -58,6 +61,8 @@ def session(model, threads: int = 1, optimization: str = "all", optimized_path: 
     so.inter_op_num_threads = 1
     so.graph_optimization_level = levels[optimization]
     so.log_severity_level = 3          # warnings about machine-specific optimised graphs are noise here
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path:
         so.optimized_model_filepath = str(optimized_path)
     if hasattr(model, "SerializeToString"):          # an onnx.ModelProto (onnx itself is not imported here)
@@ -84,14 +89,15 @@ class PartResult:
 class ArtifactRunner:
     """Loads the segments of ``parts`` (all by default) once; runs requests through them."""
 
-    def __init__(self, folder: Path | str, parts: tuple[int, ...] | None = None, threads: int = 1):
+    def __init__(self, folder: Path | str, parts: tuple[int, ...] | None = None, threads: int = 1,
+                 spin: bool = True):
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         self.segments = [SegmentInfo.from_dict(s) for s in self.manifest["segments"]]
         self.parts = tuple(range(self.manifest["parts"])) if parts is None else tuple(parts)
         self.inputs = tuple(self.manifest["inputs"])
         self.outputs = tuple(self.manifest["outputs"])
-        self.sessions = {i: session(self.folder / s.file, threads)
+        self.sessions = {i: session(self.folder / s.file, threads, spin=spin)
                          for i, s in enumerate(self.segments) if s.part in self.parts}
         # per part, what a request walks through, worked out once (a request should cost ORT's time)
         self._walk = {p: [(i, seg, self.sessions[i], [o.name for o in self.sessions[i].get_outputs()])

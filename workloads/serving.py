@@ -6,13 +6,15 @@ inside a host's network namespace (and, for servers, its cgroup):
     python -m workloads.serving serve  --artifact DIR --part K --host NAME --listen ADDR:PORT
                                        [--next ADDR:PORT] [--threads N] [--codec binary]
                                        [--connection persistent|per-request] [--timeout S]
+                                       [--pace CORES]
     python -m workloads.serving client --target ADDR:PORT --inputs FILE.npz --host NAME
                                        [--warmup W] [--repeat R] [--timeout S] [--codec ...]
                                        [--connection ...]
 
 **Server.** Loads the segments of one part of an artifact once (intra-op threads = the host's
 core budget), listens only on the given emulated addresses, and for each request frame: runs
-its part (one inference at a time, whatever the number of connections), answers when the
+its part (one inference at a time, whatever the number of connections; with ``--pace CORES``
+each inference takes its CPU time x threads / CORES, :mod:`workloads.pacing`), answers when the
 part ends the model or an exit head fires, and otherwise forwards the tensors the next part
 needs to ``--next`` over a connection it keeps open (``per-request`` opens one per request,
 as the studies did), then relays the answer back. A ``ping`` is answered with ``pong`` and the
@@ -23,7 +25,9 @@ one JSON line on stdout (``{"ready": true, ...}``); its log goes to stderr.
 ``meta.trace`` and the answer carries the list home. A record holds monotonic-clock stamps
 in ns (one clock: every host is on this machine): ``sent`` (the sender's stamp just before its
 first byte, from the frame prefix), ``recv0``/``recv1`` (first/last byte read), ``dec1``
-(tensors built), ``comp0``/``comp1`` (inference), ``conn0``/``conn1`` (a connection opened to
+(tensors built), ``comp0``/``comp1`` (inference, paced when the server paces; ``cpu``: the CPU
+time its compute threads spent in it, and ``paced``: how long pacing waited, both in ns),
+``conn0``/``conn1`` (a connection opened to
 the next hop, when one was), ``enc0`` (before encoding what it sends next), plus ``host``,
 ``stage`` (request / response), ``part``, ``bytes`` (the frame's size) and ``exit``.
 :func:`breakdown` turns a trace into compute per host, transmission per link direction and
@@ -49,6 +53,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import pacing
 from .codec import (CODECS, BufferedReceiver, CodecError, ConnectionClosed, Limits, Message, read_message,
                     send_message)
 
@@ -101,6 +106,7 @@ class ServerConfig:
     connection: str = "persistent"
     timeout_s: float = 120.0
     limits: Limits = field(default_factory=Limits)
+    pace: float | None = None       # pace each inference to this many cores (None: the quota alone)
 
 
 class Server:
@@ -114,9 +120,13 @@ class Server:
         self.cfg = cfg
         t0 = time.monotonic()
         before = _thread_count()
-        self.runner = ArtifactRunner(cfg.artifact, parts=(cfg.part,), threads=cfg.threads)
+        tids = pacing.thread_ids()
+        paced = pacing.pace_factor(cfg.pace, cfg.threads) is not None
+        self.runner = ArtifactRunner(cfg.artifact, parts=(cfg.part,), threads=cfg.threads, spin=not paced)
         # read back: each session's intra-op pool starts threads - 1 OS threads when it is made
         self.pool_threads = None if before is None else _thread_count() - before
+        self.pacer = pacing.Pacer(cfg.pace, cfg.threads, pacing.new_threads(tids))
+        pacing.sharp_timers()
         self.load_ms = (time.monotonic() - t0) * 1000
         if cfg.part not in {s.part for s in self.runner.segments}:
             raise ValueError(f"artifact {cfg.artifact} has no part {cfg.part}")
@@ -143,6 +153,7 @@ class Server:
         return {"ready": True, "host": self.cfg.host, "part": self.cfg.part, "pid": os.getpid(),
                 "listen": [f"{a}:{p}" for a, p in self.cfg.listen], "threads": self.cfg.threads,
                 "sessions": len(self.runner.sessions), "pool_threads": self.pool_threads,
+                "pace": self.cfg.pace, "pace_factor": self.pacer.factor,
                 "load_ms": round(self.load_ms, 2), "rss_bytes": _rss_bytes()}
 
     def serve_forever(self) -> None:
@@ -221,8 +232,9 @@ class Server:
         try:
             with self.compute_lock:
                 rec["comp0"] = _now()
-                res = self.runner.run_part(cfg.part, msg.tensors)
+                res = self.pacer.run(self.runner.run_part, cfg.part, msg.tensors)
                 rec["comp1"] = _now()
+                rec["cpu"], _, rec["paced"] = self.pacer.last
         except Exception as e:  # noqa: BLE001 - ORT rejects bad shapes/dtypes at run time
             self._reply_error(conn, msg.id, f"{cfg.host}: inference failed: {str(e).splitlines()[0]}", trace + [rec])
             return True
@@ -494,6 +506,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--listen", action="append", required=True)
     s.add_argument("--next")
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--pace", type=float, default=None)
     c = sub.add_parser("client")
     c.add_argument("--target", required=True)
     c.add_argument("--inputs", required=True)
@@ -515,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
                        a.codec, a.connection)
             return 0
         cfg = ServerConfig(a.artifact, a.part, a.host, [parse_address(x) for x in a.listen],
-                           parse_address(a.next) if a.next else None, a.threads, a.codec, a.connection, a.timeout)
+                           parse_address(a.next) if a.next else None, a.threads, a.codec, a.connection, a.timeout,
+                           pace=a.pace)
         server = Server(cfg)
         server.bind()
     except (ValueError, OSError, ConnectionError) as e:

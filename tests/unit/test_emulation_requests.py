@@ -79,7 +79,7 @@ def test_verify_reports_rate_and_queue_differences():
 # -- cgroups ----------------------------------------------------------------------------
 def test_cgroup_v2_requests():
     req = cgroups.v2_requests(cgroups.Limits(cpus=0.25, memory_bytes=1 << 30, cpuset=(0, 1, 3)))
-    assert req == {"cpu.max": "25000 100000", "cpuset.cpus": "0-1,3",
+    assert req == {"cpu.max": "1000 4000", "cpuset.cpus": "0-1,3",  # auto period: a 1 ms quota
                    "memory.max": str(1 << 30), "memory.swap.max": "0"}
     assert cgroups.v2_requests(cgroups.Limits()) == {"cpu.max": "max 100000", "memory.max": "max"}
 
@@ -88,7 +88,7 @@ def test_cgroup_v1_requests_order_memsw_around_the_limit():
     lowering = cgroups.v1_requests(cgroups.Limits(cpus=2.0, memory_bytes=512 << 20), "0", raising_memory=False)
     files = [f for _, f, _ in lowering]
     assert files.index("memory.limit_in_bytes") < files.index("memory.memsw.limit_in_bytes")
-    assert ("cpu", "cpu.cfs_quota_us", "200000") in lowering
+    assert ("cpu", "cpu.cfs_quota_us", "20000") in lowering  # 2 cores over the auto 10 ms period
     assert ("memory", "memory.swappiness", "0") in lowering
     raising = cgroups.v1_requests(cgroups.Limits(), "0", raising_memory=True)
     files = [f for _, f, _ in raising]
@@ -113,6 +113,19 @@ def test_the_cpu_period_goes_to_the_kernel_with_the_quota_over_it():
     v1 = cgroups.v1_requests(cgroups.Limits(cpus=0.5, cpu_period_us=20_000), "0")
     assert v1[:2] == [("cpu", "cpu.cfs_period_us", "20000"), ("cpu", "cpu.cfs_quota_us", "10000")]
     assert cgroups.Limits().period_us == cgroups.CPU_PERIOD_US == 100_000
+
+
+@pytest.mark.parametrize("cpus,period", [(0.25, 4000), (0.5, 2000), (0.3, 3334), (0.75, 1334), (1.0, 10_000),
+                                         (1.5, 10_000), (8.0, 10_000), (0.001, 1_000_000), (None, 100_000)])
+def test_without_a_cpu_period_the_quota_is_the_kernels_smallest(cpus, period):
+    """auto: the shortest period the kernel allows for the share (a quota of at least 1 ms),
+    written with the quota over it; unlimited hosts keep the kernel's 100 ms."""
+    limits = cgroups.Limits(cpus=cpus)
+    assert limits.period_us == period
+    if cpus is not None and cpus < 1:
+        assert 1000 <= cgroups.cpu_quota_us(cpus, period) < 1001
+        assert cgroups.v2_requests(limits)["cpu.max"] == f"{cgroups.cpu_quota_us(cpus, period)} {period}"
+    assert cgroups.Limits(cpus=cpus, cpu_period_us=50_000).period_us == 50_000  # a set period wins
 
 
 @pytest.mark.parametrize("cpus,text", [((0,), "0"), ((0, 1, 2, 5), "0-2,5"), ((3, 1, 2), "1-3"), ((0, 2, 4), "0,2,4")])

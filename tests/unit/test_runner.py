@@ -6,7 +6,8 @@ import pytest
 
 from emulation.network import plan
 from testbed.experiment import ExperimentError, load_experiment_dict
-from testbed.runner import RunError, cell_key, check_threads, entry_address, host_addresses, host_threads
+from testbed.runner import (RunError, cell_key, check_pace, check_threads, entry_address, host_addresses, host_pace,
+                            host_threads)
 from testbed.summary import summarize
 
 BASE = {"name": "t", "topology": "three_tier", "models": ["fmnist_cnn"],
@@ -55,7 +56,8 @@ def test_threads_follow_the_core_budget_unless_set():
     ({"threads": 0}, "serving.threads: 0 is not a thread count"),
     ({"threads": {"fog": 2}}, "serving.threads.fog: unknown host 'fog'"),
     ({"threads": {"edge": "many"}}, "serving.threads.edge: 'many' is not a thread count"),
-    ({"pool": 3}, "serving.pool: unknown key; allowed: connection, threads"),
+    ({"pool": 3}, "serving.pool: unknown key; allowed: connection, threads, pace"),
+    ({"pace": "yes"}, "serving.pace: 'yes' is not true or false; allowed: true"),
 ])
 def test_serving_section_errors_are_one_line(serving, message):
     with pytest.raises(ExperimentError) as e:
@@ -63,11 +65,24 @@ def test_serving_section_errors_are_one_line(serving, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_servers_pace_to_their_hosts_cores_unless_told_not_to():
+    """serving.pace: the cores each server paces inferences to (None: unlimited host, or off),
+    and its read-back from the server's ready line."""
+    exp = load()
+    assert [host_pace(exp, h) for h in ("mobile", "edge", "cloud")] == [0.25, 0.5, 1.0]
+    assert host_pace(load({"serving": {"pace": False}}), "mobile") is None
+    assert host_pace(load(sets=[("hosts.edge.cpus", "none")]), "edge") is None
+    check_pace("mobile", {"pace": 0.25}, 0.25)
+    with pytest.raises(RunError, match="asked to pace inferences to 0.25 cores, but it reports None"):
+        check_pace("mobile", {"pace": None}, 0.25)
+
+
 def test_serving_round_trips_through_to_dict():
-    exp = load({"serving": {"connection": "per-request", "threads": {"edge": 2}}})
+    exp = load({"serving": {"connection": "per-request", "threads": {"edge": 2}, "pace": False}})
     again = load_experiment_dict(exp.to_dict(), cores=2, memory_bytes=32 << 30)
     assert again.serving == exp.serving and again.serving.to_dict() == {"connection": "per-request",
-                                                                          "threads": {"edge": 2}}
+                                                                          "threads": {"edge": 2}, "pace": False}
+    assert load().serving.pace is True  # pacing is the default
 
 
 class _Net:

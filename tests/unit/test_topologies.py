@@ -243,7 +243,7 @@ def test_describe_gives_a_row_per_host_and_link_direction(example):
     rows = example.describe()
     assert [r["kind"] for r in rows] == ["host"] * 3 + ["link"] * 4
     assert rows[0] == {"kind": "host", "name": "mobile", "cpus": "0.25", "memory": "1GiB", "cpuset": "none",
-                       "cpu_period": "default"}
+                       "cpu_period": "auto"}
     assert rows[6] == {"kind": "link", "name": "edge-cloud", "direction": "cloud->edge", "bandwidth": "10Mbit",
                        "delay": "0ms", "jitter": "0ms", "loss": "0%", "queue": "auto"}
 

@@ -27,17 +27,17 @@ CORPUS = [
     ("unknown_host_key", "hosts:\n  mobile: {cpu: 1}\n",
      "{f}:2: hosts.mobile.cpu: unknown key; allowed: cpus, memory, cpuset, cpu_period"),
     ("cpu_period_out_of_range", "hosts:\n  mobile: {cpus: 0.5, cpu_period: 2s}\n",
-     "{f}:2: hosts.mobile.cpu_period: 2s is out of range; allowed: a duration from 1ms to 1s, e.g. 10ms, "
-     "or default (100ms)"),
+     "{f}:2: hosts.mobile.cpu_period: 2s is out of range; allowed: a duration from 1ms to 1s, e.g. 100ms "
+     "(the kernel's default), or auto (a 1ms quota: 4ms at 0.25 cores)"),
     ("cpu_period_bare_number", "hosts:\n  mobile: {cpu_period: 10}\n",
      "{f}:2: hosts.mobile.cpu_period: expected a duration, got a number; allowed: a duration from 1ms to 1s, "
-     "e.g. 10ms, or default (100ms)"),
+     "e.g. 100ms (the kernel's default), or auto (a 1ms quota: 4ms at 0.25 cores)"),
     ("cpu_quota_under_the_kernels_floor", "hosts:\n  mobile: {cpus: 0.05, cpu_period: 10ms}\n",
      "{f}:2: hosts.mobile.cpus: 0.05 cores over a 10ms cpu_period is a 500us quota, under the kernel's 1ms "
      "minimum; allowed: at least 0.1 cores, or a longer cpu_period"),
-    ("cpu_quota_under_the_floor_at_the_default_period", "hosts:\n  mobile: {cpus: 0.005}\n",
-     "{f}:2: hosts.mobile.cpus: 0.005 cores over a 100ms cpu_period is a 500us quota, under the kernel's 1ms "
-     "minimum; allowed: at least 0.01 cores, or a longer cpu_period"),
+    ("cpu_quota_under_the_floor_at_the_auto_period", "hosts:\n  mobile: {cpus: 0.0005}\n",
+     "{f}:2: hosts.mobile.cpus: 0.0005 cores over a 1s cpu_period is a 500us quota, under the kernel's 1ms "
+     "minimum; allowed: at least 0.001 cores, or a longer cpu_period"),
     ("unknown_link_key", TWO + "links:\n  mobile-edge: {bw: 1Mbit}\n",
      "{f}:5: links.mobile-edge.bw: unknown key; allowed: bandwidth, delay, jitter, loss, queue, forward, reverse"),
     ("unknown_direction_key", TWO + "links:\n  mobile-edge:\n    forward: {rate: 1Mbit}\n",

@@ -1,0 +1,63 @@
+"""Compute pacing (workloads.pacing): which hosts are paced, and that a paced inference never
+answers before its CPU time / share has passed."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from workloads import pacing
+
+
+@pytest.mark.parametrize("share,threads,factor", [(None, 1, None), (1.0, 1, None), (2.0, 2, None), (3.0, 2, None),
+                                                  (0.25, 1, 4.0), (0.5, 1, 2.0), (1.5, 2, 1 / 1.5)])
+def test_only_hosts_slower_than_their_threads_are_paced(share, threads, factor):
+    got = pacing.pace_factor(share, threads)
+    assert got == (None if factor is None else pytest.approx(factor))
+
+
+def _busy(ms: float) -> str:
+    end = time.thread_time() + ms / 1000
+    while time.thread_time() < end:
+        pass
+    return "done"
+
+
+def test_a_paced_inference_takes_its_cpu_time_over_the_share():
+    pacer = pacing.Pacer(0.25, threads=1)
+    pacing.sharp_timers()
+    t0 = time.monotonic_ns()
+    assert pacer.run(_busy, 5.0) == "done"
+    wall = time.monotonic_ns() - t0
+    cpu, ran, waited = pacer.last
+    assert cpu >= 5_000_000                  # the work's own CPU time is what is paced
+    assert wall >= 4 * cpu                   # never answers before cpu / share
+    assert waited > 0 and ran + waited <= wall
+
+
+def test_an_unpaced_host_does_not_wait():
+    pacer = pacing.Pacer(None)
+    pacer.run(_busy, 2.0)
+    assert pacer.factor is None and pacer.last[2] == 0
+
+
+def test_pool_threads_count_with_the_caller(monkeypatch):
+    """Above one core the engine's pool threads' CPU time is the inference's too (read from
+    /proc/self/task/<tid>/schedstat); a thread that is gone counts nothing."""
+    import threading
+
+    spent = threading.Event()
+    box = {}
+
+    def worker():
+        box["tid"] = threading.get_native_id()
+        _busy(20.0)
+        spent.set()
+        time.sleep(0.5)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    spent.wait(5)
+    assert pacing._task_cpu_ns(box["tid"]) >= 20_000_000
+    assert pacing._task_cpu_ns(2 ** 30) == 0
+    t.join()

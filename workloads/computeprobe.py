@@ -1,0 +1,108 @@
+"""Per-request compute on a host, as a server there would see it (numpy + onnxruntime, no torch).
+
+Started inside a host (its namespace and cgroup) by :func:`emulation.calibrate.measure_compute`
+(through ``testbed calibrate``) and by ``benchmarks/bench_cpu.py``. It loads its work once, warms up, then runs ``--requests``
+requests one at a time, each after an idle gap drawn uniformly from ``--gap-ms LO:HI`` (as a
+server between requests: the quota of the period is whatever the gap left), and prints one
+JSON line: ``{"ok": true, "wall_ms": [...], "cpu_ms": [...]}`` (wall time and the thread's
+CPU time per request), or ``{"ok": false, "error": "..."}`` with exit status 1.
+
+Work: ``--busy-ms X`` spins until the thread has used X ms of CPU (fixed work, whatever the
+CPU); ``--onnx FILE [--threads N]`` runs one ONNX Runtime inference of FILE per request on
+inputs made from its declared shapes (float: seeded normal; integer: zeros, a valid token id;
+symbolic dimensions: 1), with N intra-op threads (the host's core budget).
+
+``--pace SHARE`` runs each request through :class:`workloads.pacing.Pacer` as the part server
+does (``serving.pace``), so what is measured is what a server on the host would compute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+
+from . import pacing
+
+
+def _busy(ms: float):
+    def run() -> None:
+        end = time.thread_time() + ms / 1000.0
+        while time.thread_time() < end:
+            pass
+    return run
+
+
+def _onnx(path: str, threads: int, pool: list, spin: bool = True):
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    before = pacing.thread_ids()
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    pool.extend(pacing.new_threads(before))
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+        if "float" in i.type:
+            dtype = np.float16 if "float16" in i.type else (np.float64 if "double" in i.type else np.float32)
+            feeds[i.name] = rng.standard_normal(shape).astype(dtype)
+        elif "bool" in i.type:
+            feeds[i.name] = np.ones(shape, dtype=bool)
+        else:
+            dtype = {"tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(i.type, np.int64)
+            feeds[i.name] = np.zeros(shape, dtype=dtype)
+
+    def run() -> None:
+        sess.run(None, feeds)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m emulation.computeprobe")
+    work = ap.add_mutually_exclusive_group(required=True)
+    work.add_argument("--busy-ms", type=float)
+    work.add_argument("--onnx")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--requests", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--gap-ms", default="50:150")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pace", type=float, default=None, help="pace to this many cores (as serving.pace does)")
+    a = ap.parse_args(argv)
+    try:
+        lo, hi = (float(x) for x in a.gap_ms.split(":"))
+        pool: list[int] = []
+        paced = pacing.pace_factor(a.pace, a.threads) is not None
+        work = _busy(a.busy_ms) if a.busy_ms is not None else _onnx(a.onnx, a.threads, pool, spin=not paced)
+        pacer = pacing.Pacer(a.pace, a.threads, pool)
+        pacing.sharp_timers()
+        rng = random.Random(a.seed)
+
+        def run() -> None:
+            pacer.run(work)
+        for _ in range(a.warmup):
+            run()
+        wall, cpu = [], []
+        for _ in range(a.requests):
+            time.sleep(rng.uniform(lo, hi) / 1000.0)
+            c0, t0 = time.process_time_ns(), time.perf_counter_ns()
+            run()
+            t1, c1 = time.perf_counter_ns(), time.process_time_ns()
+            wall.append(round((t1 - t0) / 1e6, 4))
+            cpu.append(round((c1 - c0) / 1e6, 4))
+    except Exception as e:  # noqa: BLE001 - one line back to the caller, whatever failed
+        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
+        return 1
+    print(json.dumps({"ok": True, "wall_ms": wall, "cpu_ms": cpu}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
