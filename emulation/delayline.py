@@ -27,10 +27,11 @@ Command line::
 
     python -m emulation.delayline --queue NUM:DELAY_MS[:JITTER_MS] [--queue ...]
                                   [--maxlen N] [--seed S] [--rcvbuf BYTES] [--no-gso]
-                                  [--fail-open]
+                                  [--fail-open] [--rt-priority P]
 
 Control: JSON lines. On stdout, once all queues are bound:
-``{"ready": true, "queues": [..], "copy_mode": {...}, "gso": {...}, "notes": [...]}``
+``{"ready": true, "queues": [..], "copy_mode": {...}, "gso": {...}, "notes": [...],
+"sched": {"policy": "SCHED_FIFO", "priority": P}}``
 (or ``{"ready": false, "error": "..."}`` and exit status 1). Requests on stdin, one reply
 line each on stdout:
 
@@ -503,6 +504,22 @@ def parse_queue_spec(spec: str) -> tuple[int, float, float]:
     return q, delay, jitter
 
 
+def realtime(priority: int) -> dict:
+    """Switch this process to SCHED_FIFO at ``priority`` (0: leave it as it is); returns the
+    policy and priority as the kernel now holds them. An error says why it was refused."""
+    if priority:
+        if not 1 <= priority <= 99:
+            raise ValueError(f"--rt-priority {priority}: allowed 1..99, or 0 for the normal scheduler")
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot run at SCHED_FIFO {priority}: {e.strerror} (needs root, in a cgroup "
+                                   "that allows real-time tasks)") from None
+    policy = os.sched_getscheduler(0)
+    names = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_FIFO: "SCHED_FIFO", os.SCHED_RR: "SCHED_RR"}
+    return {"policy": names.get(policy, str(policy)), "priority": os.sched_getparam(0).sched_priority}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m emulation.delayline",
                                 description="NFQUEUE packet delay line (holds packets, then accepts them).")
@@ -514,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gso", action="store_true", help="do not set NFQA_CFG_F_GSO (kernel segments GSO packets)")
     p.add_argument("--fail-open", action="store_true",
                    help="NFQA_CFG_F_FAIL_OPEN: accept (undelayed) instead of drop when the queue is full")
+    p.add_argument("--rt-priority", type=int, default=0,
+                   help="run at SCHED_FIFO with this priority (1..99; 0: the normal scheduler), so that "
+                        "hosts computing at their full quota beside it cannot delay a release")
     return p
 
 
@@ -537,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, on_signal)
     try:
         ready = dl.open()
+        ready["sched"] = realtime(args.rt_priority)
     except Exception as e:
         dl.close()
         dl._emit({"ready": False, "error": str(e)})

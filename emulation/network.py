@@ -41,6 +41,9 @@ from .errors import EmulationError
 from .probe import capabilities
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# delay lines run at real-time priority above the CPU ticker's (1): a host computing at its full
+# quota beside a delay line must not hold a packet past its due time
+DELAYLINE_RT_PRIORITY = 10
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Wire:
     if_a: str   # faces the link's a end
     if_b: str   # faces the link's b end
     delayline: subprocess.Popen | None = None
+    sched: dict | None = None   # the delay line's scheduling policy and priority, as it reported them
     rules: list[list[str]] = field(default_factory=list)  # iptables rules in place now
 
 
@@ -388,7 +392,7 @@ class EmulatedNetwork:
         return process.run(argv, netns_pid=pid, run_id=self.run_id).stdout
 
     def _start_delayline(self, wire: Wire, link: LinkSpec) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "emulation.delayline"]
+        argv = [sys.executable, "-m", "emulation.delayline", "--rt-priority", str(DELAYLINE_RT_PRIORITY)]
         for q, d in enumerate((link.forward, link.reverse)):
             argv += ["--queue", f"{q}:{d.delay_ms}:{d.jitter_ms}"]
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -399,7 +403,8 @@ class EmulatedNetwork:
         self.procs.append(p)
         reply = self._read_reply(p, timeout_s=10.0)
         if not reply.get("ready"):
-            raise EmulationError(f"delay line for link {wire.name} did not start: {reply}")
+            raise EmulationError(f"delay line for link {wire.name} did not start: {reply.get('error', reply)}")
+        wire.sched = reply.get("sched")
         return p
 
     def _read_reply(self, p: subprocess.Popen, timeout_s: float = 5.0, what: str = "delay line") -> dict:
@@ -518,6 +523,8 @@ class EmulatedNetwork:
             problems += cg.verify()
         if self.ticker is not None and self.ticker.poll() is not None:
             problems.append(f"the CPU ticker exited ({self.ticker.returncode}): CPU quotas fall back to the kernel's tick")
+        elif self.ticker is not None:
+            problems += [f"CPU ticker {p}" for p in realtime_problems(self.ticker_info["tids"], self.ticker_info["priority"])]
         return problems
 
     def _verify_link(self, link: LinkSpec) -> list[str]:
@@ -543,6 +550,9 @@ class EmulatedNetwork:
                                         f"delay {d.delay_ms}ms jitter {d.jitter_ms}ms")
                 if wire.delayline.poll() is not None:
                     problems.append(f"link {link.name}: delay line exited ({wire.delayline.returncode})")
+                else:
+                    problems += [f"link {link.name}: delay line {p}"
+                                 for p in realtime_problems([wire.delayline.pid], DELAYLINE_RT_PRIORITY)]
         return problems
 
     def _read_direction(self, src: str, dst: str) -> dict:
@@ -550,6 +560,29 @@ class EmulatedNetwork:
         node, ifname = self.plan.shaped_if[(src, dst)]
         with self._ipr(node) as ipr:
             return shaping.read_back(ipr, ipr.link_lookup(ifname=ifname)[0])
+
+    def wait_idle(self, link: str, timeout_s: float = 10.0) -> float:
+        """Wait until nothing is queued on either direction of ``link`` (its shapers' qdiscs and
+        its delay line) and return the seconds waited. A measurement of delay taken while a
+        flow's queue drains measures the queue, not the link."""
+        link_spec = self._link(link)
+        t0 = time.monotonic()
+        while True:
+            queued = 0
+            for src, dst, _ in directions(link_spec):
+                node, ifname = self.plan.shaped_if[(src, dst)]
+                with self._ipr(node) as ipr:
+                    queued += shaping.backlog(ipr, ipr.link_lookup(ifname=ifname)[0])[0]
+            wire = self.wires.get(link_spec.name)
+            if wire is not None and wire.delayline is not None and wire.delayline.poll() is None:
+                stats = self._delayline_call(wire, {"op": "stats"})["stats"]
+                queued += sum(int(q.get("held", 0) or 0) for q in stats.values())
+            waited = time.monotonic() - t0
+            if queued == 0:
+                return waited
+            if waited > timeout_s:
+                raise EmulationError(f"link {link_spec.name} still holds {queued} packets after {timeout_s:g}s")
+            time.sleep(0.01)
 
     def applied(self) -> dict:
         """What the kernel holds now, per link direction and host (for printing / JSON)."""
@@ -563,6 +596,8 @@ class EmulatedNetwork:
                               "queue_bytes": tbf["limit"] if tbf else None,
                               "delay_ms": d.delay_ms, "jitter_ms": d.jitter_ms, "loss": d.loss,
                               "delay_mechanism": "netem" if self.netem else ("nfqueue" if d.delay_ms or d.jitter_ms else "-"),
+                              "delay_line_sched": None if self.netem or self.wires[link.name].sched is None else
+                              f"{self.wires[link.name].sched['policy']} {self.wires[link.name].sched['priority']}",
                               "loss_mechanism": "netem" if self.netem else ("iptables-statistic" if d.loss else "-")})
         hosts = []
         for name in self.plan.hosts:
@@ -660,6 +695,20 @@ class EmulatedNetwork:
             self.registry.remove()
         else:
             raise EmulationError("teardown incomplete (run `testbed clean`): " + "; ".join(errors))
+
+
+def realtime_problems(tids: list[int], priority: int) -> list[str]:
+    """Read back that each thread runs at SCHED_FIFO ``priority`` (from the kernel, not its word)."""
+    out = []
+    for tid in tids:
+        try:
+            policy, prio = os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+        except OSError as e:
+            out.append(f"thread {tid}: cannot read its scheduling policy ({e.strerror})")
+            continue
+        if policy != os.SCHED_FIFO or prio != priority:
+            out.append(f"thread {tid} runs at policy {policy} priority {prio}, expected SCHED_FIFO {priority}")
+    return out
 
 
 def wire_rule_lines(rules: list[list[str]]) -> list[str]:

@@ -122,6 +122,16 @@ def read_back(ipr, index: int) -> dict:
     return out
 
 
+def backlog(ipr, index: int) -> tuple[int, int]:
+    """(packets, bytes) waiting in the interface's qdiscs now, summed."""
+    packets = nbytes = 0
+    for q in ipr.get_qdiscs(index=index):
+        st = q.get_attr("TCA_STATS") or {}
+        packets += int(st.get("qlen", 0) or 0)
+        nbytes += int(st.get("backlog", 0) or 0)
+    return packets, nbytes
+
+
 def verify(reqs: list[TcRequest], got: dict) -> list[str]:
     """Differences between the requests and the read-back; empty when they agree."""
     problems = []

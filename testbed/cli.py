@@ -141,9 +141,15 @@ def up(topology: str, sets: tuple[str, ...], open_cli: bool, as_json: bool) -> N
 @click.option("--duration", type=click.FloatRange(0.5, 120), default=None,
               help="Seconds per goodput / CPU measurement (default: 3, or 6 below 5 Mbit/s).")
 @click.option("--no-memory-check", is_flag=True, help="Skip the OOM test of each host's memory limit.")
+@click.option("--model", "models", multiple=True, metavar="MODEL",
+              help="Check each CPU-limited host's per-request compute with this model (prepared, cached), "
+                   "instead of a 20 ms busy loop; repeatable.")
+@click.option("--requests", type=click.IntRange(5, 1000), default=30, show_default=True,
+              help="Requests per host in the compute check.")
+@click.option("--no-pace", is_flag=True, help="Compute check without pacing (serving.pace: false).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def calibrate(topology: str, sets: tuple[str, ...], duration: float | None, no_memory_check: bool,
-              as_json: bool) -> None:
+              models: tuple[str, ...], requests: int, no_pace: bool, as_json: bool) -> None:
     """Measure every link direction and host of TOPOLOGY against its spec; exit 1 on a failed check."""
     from emulation.calibrate import calibrate as run_calibration
     from emulation.network import EmulatedNetwork, EmulationError
@@ -152,10 +158,20 @@ def calibrate(topology: str, sets: tuple[str, ...], duration: float | None, no_m
     spec = _load_spec(topology, sets)
     caps = capabilities()
     _require_emulation(caps)
+    work = None
+    if models:
+        from workloads.errors import WorkloadError
+        from workloads.prepare import prepare
+
+        try:
+            work = [(m, ["--onnx", str(prepare(m).path / "seg0.onnx")]) for m in models]
+        except (WorkloadError, KeyError, ValueError) as e:
+            raise click.ClickException(f"--model: {e}") from None
     try:
         with EmulatedNetwork(spec, caps=caps) as net:
             report = run_calibration(net, duration_s=duration, memory_check=not no_memory_check,
-                                     progress=None if as_json else (lambda m: click.echo(f"  measuring {m}", err=True)))
+                                     progress=None if as_json else (lambda m: click.echo(f"  measuring {m}", err=True)),
+                                     compute=work, compute_requests=requests, pace=not no_pace)
     except EmulationError as e:
         raise click.ClickException(str(e)) from None
     if as_json:

@@ -100,13 +100,31 @@ def print_calibration(report: dict) -> None:
                   "unlimited" if r["memory_bytes"] is None else format_size(r["memory_bytes"]),
                   _yes(r["memory_enforced"]), _verdict(r["pass"]))
     console.print(h)
+    c = Table(title="compute per request (p10 / p50 / p90 against unconstrained / cpus)")
+    for col in ("host", "work", "cpu period", "paced", "unconstrained", "expected", "p10 / p50 / p90", "ratio",
+                "verdict"):
+        c.add_column(col)
+    notes = []
+    for r in report["hosts"]:
+        for m in r.get("compute") or []:
+            c.add_row(r["host"], m["label"], f"{m['cpu_period_us'] / 1000:g} ms", _yes(m["paced"]),
+                      f"{m['unconstrained_p50_ms']:.2f} ms", f"{m['expected_ms']:.2f} ms",
+                      f"{m['p10_ms']:.2f} / {m['p50_ms']:.2f} / {m['p90_ms']:.2f} ms",
+                      " / ".join(f"{v:.2f}" for v in m["ratio_p10_p50_p90"]), _verdict(m["checks"]["compute"]))
+            if m.get("note"):
+                notes.append(f"{r['host']} ({m['label']}): {m['note']}")
+    if c.row_count:
+        console.print(c)
+    for n in notes:
+        console.print(f"not judged: {n}")
     if bimodal:
         console.print(f"note: on {', '.join(bimodal)} a short burst runs at full speed until the period's quota is "
                       "spent, so short inferences there are fast or slow, not steadily slow; a cpu_period well "
                       "below the model's compute gives a steady slowdown (README: CPU quota period)")
     tol = report["tolerances"]
     console.print(f"tolerances: goodput/bandwidth in [{tol['goodput_ratio'][0]}, {tol['goodput_ratio'][1]}], "
-                  f"RTT within {tol['rtt']}, cpus within {tol['cpus']}, loss within {tol['loss']}")
+                  f"RTT within {tol['rtt']}, cpus within {tol['cpus']}, loss within {tol['loss']}, "
+                  f"compute {tol['compute']}")
     console.print("[green]all checks passed[/]" if report["pass"] else "[red]some checks failed[/]")
 
 
@@ -230,6 +248,8 @@ def print_run_summary(name: str, rows: list[dict], out: str) -> None:
             status += f"\n[red]{r['status']}[/]"
         if r["error"]:
             status += f"\n[red]{r['error'][:160]}[/]"
+        for flag in r.get("host_flags") or []:
+            status += f"\n[yellow]{flag[:160]}[/]"
         shares = r["shares"]
         share = "-" if shares is None else " / ".join(f"{shares[k]:.0%}" for k in ("compute", "transmission", "other"))
         quality = "-" if r["metric"] is None else (

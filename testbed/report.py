@@ -33,7 +33,7 @@ from .experiment import point_label
 from .recommend import TOLERANCE, recommend
 from .stats import StudyGroup, study_groups, study_statistics, wilcoxon_paired
 from .store import CELL_STATUSES, ResultStore
-from .summary import summarize
+from .summary import host_flags, summarize
 
 MAX_FACETS = 6          # sweep points drawn side by side; beyond, one panel of per-point medians
 DPI = 100
@@ -319,7 +319,8 @@ def _cell_rows(cells: list[dict], requests: list[dict]) -> list[dict]:
     return [{"model": r["model"], "point": point_label(r["point"]), "strategy": r["strategy"],
              "placement": r["placement"], "status": r["status"], "requests": sum(r["counts"].values()),
              "ok": r["counts"]["ok"], "p50_ms": r["e2e_p50"], "p90_ms": r["e2e_p90"], "metric": r["metric"],
-             "metric_value": r["value"], "baseline_value": r["baseline"], "error": r["error"]}
+             "metric_value": r["value"], "baseline_value": r["baseline"], "error": r["error"],
+             "host_flags": "; ".join(r["host_flags"]) or None}
             for r in summarize(cells, requests, [])]
 
 
@@ -470,7 +471,7 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
                     "p50_ms": w["p50_ms"]} for w in winners(groups, latencies)]
     tables = (_write_table(out / "tables", "cells", _cell_rows(cells, requests),
                            ["model", "point", "strategy", "placement", "status", "requests", "ok", "p50_ms", "p90_ms",
-                            "metric", "metric_value", "baseline_value", "error"])
+                            "metric", "metric_value", "baseline_value", "error", "host_flags"])
               + _write_table(out / "tables", "strategies", [r for s in comparisons for r in s.strategy_rows()],
                              ["model", "point", "strategy", "placement", "n", "median_ms", "ci_low_ms", "ci_high_ms",
                               "shapiro_p", "normal"])
@@ -489,6 +490,7 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
               for r in runs],
         counts=counts, no_ok=sum(1 for c in cells if c["status"] == "done" and not latencies.get(c["cell"])),
         problems=[c for c in cells if c["status"] != "done"], note=note, tolerance=tolerance, models=models,
+        flagged=[{**c, "flags": host_flags(c.get("hosts"))} for c in cells if host_flags(c.get("hosts"))],
         point_label=point_label, tables=[f"tables/{p.name}" for p in tables])
     index = out / "index.html"
     tmp = index.with_name(".index.html.tmp")

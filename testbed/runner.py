@@ -117,6 +117,33 @@ def check_pace(host: str, ready: dict, asked: float | None) -> None:
                        f"{ready.get('pace')!r}: check that workloads.serving is this version")
 
 
+def judge_compute(samples: list[tuple[float, float]], cpus: float | None, threads: int) -> dict:
+    """How each request's compute on a host compares with the CPU work it did, stretched by the
+    host's share: compute / (CPU time x threads / min(cpus, threads)) at p10 / p50 / p90
+    (``slowdown``), judged with calibrate's tolerances where the expected compute is at least
+    20 ms (``within``; None below that, with the reason). A host that got less than its share
+    (the machine oversubscribed, or its quota stalling beside pacing) reads above 1."""
+    from emulation.calibrate import COMPUTE_JUDGED_MS, COMPUTE_P50_REL, COMPUTE_TAIL_REL
+
+    stretch = threads / min(cpus, threads) if cpus is not None else 1.0
+    ratios = sorted(c / (cpu * stretch) for c, cpu in samples if cpu > 0)
+    if not ratios:
+        return {"requests": 0, "within": None, "note": "no CPU time reported"}
+    q = [ratios[min(len(ratios) - 1, int(round(p * (len(ratios) - 1))))] for p in (0.1, 0.5, 0.9)]
+    expected = sorted(cpu * stretch for _, cpu in samples)[len(samples) // 2]
+    judged = expected >= COMPUTE_JUDGED_MS
+    within = (abs(q[1] - 1) <= COMPUTE_P50_REL and abs(q[0] - 1) <= COMPUTE_TAIL_REL
+              and abs(q[2] - 1) <= COMPUTE_TAIL_REL) if judged else None
+    note = None
+    if within is False:
+        note = (f"compute {q[1]:.2f}x what {cpus if cpus is not None else 'unlimited'} cores give its CPU time at p50 "
+                f"({q[0]:.2f} / {q[2]:.2f} at p10 / p90): the host got less than its share")
+    elif not judged:
+        note = f"compute {expected:.1f} ms: under {COMPUTE_JUDGED_MS:g} ms, reported, not judged"
+    return {"requests": len(ratios), "expected_ms": round(expected, 3),
+            "slowdown": [round(x, 4) for x in q], "within": within, "note": note}
+
+
 def machine_info() -> dict:
     from emulation.probe import _memory_bytes, machine_cores
 
@@ -324,6 +351,7 @@ class CellExecution:
         self.requests: list[RequestRow] = []
         self.hops: list[HopRow] = []
         self.hosts: dict[str, dict] = {}
+        self.compute_samples: dict[str, list[tuple[float, float]]] = {}   # host -> (compute ms, CPU ms)
         self.error: str | None = None
         self.interrupt: BaseException | None = None
 
@@ -503,6 +531,10 @@ class CellExecution:
         if ok:
             for idx, h in enumerate(b.hops):
                 self.hops.append(HopRow(seq=msg["seq"], idx=idx, **h))
+            for rec in msg.get("trace") or []:
+                if "comp1" in rec and rec.get("cpu") is not None:
+                    self.compute_samples.setdefault(rec["host"], []).append(
+                        ((rec["comp1"] - rec["comp0"]) / 1e6, rec["cpu"] / 1e6))
 
     def _mark_oom(self, hosts: list[str]) -> None:
         note = "OOM-killed on " + ", ".join(
@@ -514,6 +546,10 @@ class CellExecution:
         self.error = f"{note}; {self.error}" if self.error else note
 
     def _record(self, status: str, started: float) -> CellRecord:
+        for host, samples in self.compute_samples.items():
+            if host in self.hosts:
+                h = self.hosts[host]
+                h["compute"] = judge_compute(samples, h["cpus"], h["threads"])
         cell, m = self.cell, self.cell.manifest
         q = m.get("quality", {})
         return CellRecord(

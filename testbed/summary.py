@@ -17,6 +17,16 @@ def _p90(values: list[float]) -> float | None:
     return float(np.percentile(values, 90)) if values else None
 
 
+def host_flags(hosts: dict | None) -> list[str]:
+    """'host: why' for every host of a cell whose compute per request missed its share's promise."""
+    out = []
+    for name, h in (hosts or {}).items():
+        judged = (h or {}).get("compute") or {}
+        if judged.get("within") is False:
+            out.append(f"{name}: {judged.get('note')}")
+    return out
+
+
 def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list[dict]:
     """One row per cell, in the order cells were stored:
 
@@ -30,7 +40,9 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
     - ``bytes``: median bytes moved per request (every hop, both ways);
     - ``exit_rate``: fraction of ``ok`` requests answered by an exit head;
     - ``match``: fraction of checked answers equal (argmax) to the reference model's;
-    - ``counts``: requests per status; and the cell's metric, value and baseline.
+    - ``counts``: requests per status; and the cell's metric, value and baseline;
+    - ``host_flags``: one line per host whose per-request compute fell outside the tolerance of
+      what its CPU share promises (the runner's ``hosts[h].compute``), saying by how much.
     """
     by_cell_req: dict[str, list[dict]] = defaultdict(list)
     for r in requests:
@@ -70,5 +82,6 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             "exit_rate": (sum(1 for r in ok if r["exit_segment"] is not None) / len(ok)) if ok else None,
             "match": (sum(checked) / len(checked)) if checked else None,
             "metric": c["metric"], "value": c["metric_value"], "baseline": c["baseline_value"],
+            "host_flags": host_flags(c.get("hosts")),
         })
     return rows

@@ -10,7 +10,9 @@ CPU time per request), or ``{"ok": false, "error": "..."}`` with exit status 1.
 Work: ``--busy-ms X`` spins until the thread has used X ms of CPU (fixed work, whatever the
 CPU); ``--onnx FILE [--threads N]`` runs one ONNX Runtime inference of FILE per request on
 inputs made from its declared shapes (float: seeded normal; integer: zeros, a valid token id;
-symbolic dimensions: 1), with N intra-op threads (the host's core budget).
+symbolic dimensions: 1), with N intra-op threads (the host's core budget); a later part of a
+split model takes ``--after EARLIER.onnx`` (each part ahead of it, in order), run once to make
+its inputs.
 
 ``--pace SHARE`` runs each request through :class:`workloads.pacing.Pacer` as the part server
 does (``serving.pace``), so what is measured is what a server on the host would compute.
@@ -34,19 +36,9 @@ def _busy(ms: float):
     return run
 
 
-def _onnx(path: str, threads: int, pool: list, spin: bool = True):
+def _feeds(sess, rng) -> dict:
     import numpy as np
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    before = pacing.thread_ids()
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    pool.extend(pacing.new_threads(before))
-    rng = np.random.default_rng(0)
     feeds = {}
     for i in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
@@ -58,6 +50,31 @@ def _onnx(path: str, threads: int, pool: list, spin: bool = True):
         else:
             dtype = {"tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(i.type, np.int64)
             feeds[i.name] = np.zeros(shape, dtype=dtype)
+    return feeds
+
+
+def _onnx(path: str, threads: int, pool: list, spin: bool = True, before: tuple[str, ...] = ()):
+    """One inference of ``path`` per call; ``before``: the ONNX files of the parts ahead of it,
+    run once on generated inputs to make its own (a later part's input is a cut tensor)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    env: dict = {}
+    for i, earlier in enumerate(before):
+        s = ort.InferenceSession(earlier, providers=["CPUExecutionProvider"])
+        feeds = _feeds(s, rng) if i == 0 else {n.name: env[n.name] for n in s.get_inputs()}
+        env.update(feeds)
+        env.update(zip((o.name for o in s.get_outputs()), s.run(None, feeds)))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    tids = pacing.thread_ids()
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    pool.extend(pacing.new_threads(tids))
+    feeds = {n.name: env[n.name] for n in sess.get_inputs()} if before else _feeds(sess, rng)
 
     def run() -> None:
         sess.run(None, feeds)
@@ -69,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     work = ap.add_mutually_exclusive_group(required=True)
     work.add_argument("--busy-ms", type=float)
     work.add_argument("--onnx")
+    ap.add_argument("--after", action="append", default=[],
+                    help="an ONNX part ahead of --onnx (repeat, in order): run once to make its inputs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
@@ -80,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = (float(x) for x in a.gap_ms.split(":"))
         pool: list[int] = []
         paced = pacing.pace_factor(a.pace, a.threads) is not None
-        work = _busy(a.busy_ms) if a.busy_ms is not None else _onnx(a.onnx, a.threads, pool, spin=not paced)
+        work = _busy(a.busy_ms) if a.busy_ms is not None else _onnx(a.onnx, a.threads, pool, not paced, tuple(a.after))
         pacer = pacing.Pacer(a.pace, a.threads, pool)
         pacing.sharp_timers()
         rng = random.Random(a.seed)

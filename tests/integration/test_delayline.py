@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from emulation.network import DELAYLINE_RT_PRIORITY
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, iptables)"),
@@ -200,7 +202,9 @@ def test_ready_message_and_kernel_features(daemon_factory):
 
 @pytest.mark.timeout(120)
 def test_rtt_matches_configured_delay(topo, daemon_factory):
-    d = daemon_factory("0:0:0", "1:0:0")
+    # at the real-time priority EmulatedNetwork gives its delay lines
+    d = daemon_factory("0:0:0", "1:0:0", extra=("--rt-priority", str(DELAYLINE_RT_PRIORITY)))
+    assert d.ready["sched"] == {"policy": "SCHED_FIFO", "priority": DELAYLINE_RT_PRIORITY}
     base = ping_rtt(topo.a, B_IP)
     assert base["received"] == 20
     print(f"\nbase RTT through the (zero-delay) delay line: {base['avg']:.3f} ms")

@@ -162,6 +162,11 @@ def test_run_measures_every_hop_and_transmission_follows_the_links(study, tmp_pa
     # threads: auto is the core budget (cloud has no limit: every core), read back from the OS
     assert hosts["cloud"]["threads"] == len(os.sched_getaffinity(0))
     assert all(h["pool_threads"] == h["sessions"] * (h["threads"] - 1) for h in hosts.values())
+    # each host's CPU period as the kernel holds it (auto: a 1 ms quota below one core, 10 ms from
+    # one core up, none without a limit), and the pacing its server reported (serving.pace)
+    assert (hosts["mobile"]["cpu_period_us"], hosts["mobile"]["cpu_period"], hosts["mobile"]["pace"]) == (2000, "auto", 0.5)
+    assert (hosts["edge"]["cpu_period_us"], hosts["edge"]["pace"], hosts["edge"]["pace_factor"]) == (10_000, 1.0, None)
+    assert hosts["cloud"]["cpu_period_us"] is None and hosts["cloud"]["pace"] is None
     # the summary agrees with the store
     s_cloud = next(c for c in summary["cells"] if c["strategy"] == "cloud")
     assert s_cloud["counts"]["ok"] == 5 and s_cloud["e2e_p50"] == pytest.approx(

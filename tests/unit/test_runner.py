@@ -7,8 +7,8 @@ import pytest
 from emulation.network import plan
 from testbed.experiment import ExperimentError, load_experiment_dict
 from testbed.runner import (RunError, cell_key, check_pace, check_threads, entry_address, host_addresses, host_pace,
-                            host_threads)
-from testbed.summary import summarize
+                            host_threads, judge_compute)
+from testbed.summary import host_flags, summarize
 
 BASE = {"name": "t", "topology": "three_tier", "models": ["fmnist_cnn"],
         "strategies": [{"name": "edge", "placement": "edge"},
@@ -75,6 +75,23 @@ def test_servers_pace_to_their_hosts_cores_unless_told_not_to():
     check_pace("mobile", {"pace": 0.25}, 0.25)
     with pytest.raises(RunError, match="asked to pace inferences to 0.25 cores, but it reports None"):
         check_pace("mobile", {"pace": None}, 0.25)
+
+
+def test_each_hosts_compute_is_judged_against_its_cpu_time_stretched_by_its_share():
+    """The slowdown stored with each cell's hosts: compute / (CPU time x threads / cores) per
+    request; outside the tolerance the host is flagged in the summary with the reason."""
+    paced = [(40.0 + i * 0.1, 10.0) for i in range(20)]        # 0.25 cores: 40 ms per 10 ms of CPU
+    j = judge_compute(paced, 0.25, 1)
+    assert j["within"] is True and j["expected_ms"] == 40.0 and j["requests"] == 20
+    assert j["slowdown"][0] == pytest.approx(1.0, abs=0.01) and j["slowdown"][2] < 1.05
+    starved = judge_compute([(60.0, 10.0)] * 20, 0.25, 1)       # got a sixth of a core, not a quarter
+    assert starved["within"] is False and "1.50x what 0.25 cores give" in starved["note"]
+    short = judge_compute([(1.6, 0.4)] * 5, 0.25, 1)            # 1.6 ms: reported, not judged
+    assert short["within"] is None and "under 20 ms" in short["note"]
+    assert judge_compute([(5.0, 10.0)] * 3, None, 2)["slowdown"] == [0.5, 0.5, 0.5]  # 2 threads, unlimited
+    assert judge_compute([(8.0, 0.0)], 0.5, 1)["within"] is None
+    flags = host_flags({"mobile": {"compute": starved}, "edge": {"compute": j}, "cloud": {}})
+    assert flags == [f"mobile: {starved['note']}"] and host_flags(None) == []
 
 
 def test_serving_round_trips_through_to_dict():
