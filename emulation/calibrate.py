@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import statistics
 import subprocess
 import sys
 import time
 
-from .network import EmulatedNetwork, EmulationError, directions
+from .network import REPO_ROOT, EmulatedNetwork, EmulationError, directions
 
 GOODPUT_RANGE = (0.93, 1.02)   # goodput / configured bandwidth
 RTT_ABS_MS, RTT_REL = 0.5, 0.03
@@ -160,14 +162,12 @@ COMPUTE_P50_REL, COMPUTE_TAIL_REL = 0.10, 0.20   # per-request compute / (uncons
 COMPUTE_JUDGED_MS = 20.0   # expected constrained compute below which the ratio is reported, not judged
 
 
-def _percentiles(values: list[float], qs=(10, 50, 90)) -> list[float]:
-    v = sorted(values)
-    out = []
-    for q in qs:  # linear interpolation, as numpy's default
-        k = (len(v) - 1) * q / 100.0
-        lo, hi = int(k), min(int(k) + 1, len(v) - 1)
-        out.append(v[lo] + (v[hi] - v[lo]) * (k - lo))
-    return out
+def p10_p50_p90(values: list[float]) -> list[float]:
+    """The 10th, 50th and 90th percentiles (linear interpolation, as numpy's default)."""
+    if len(values) == 1:
+        return [values[0]] * 3
+    q = statistics.quantiles(values, n=10, method="inclusive")
+    return [q[0], q[4], q[8]]
 
 
 COMPUTE_PROBE = "workloads.computeprobe"   # run as a program on the host (numpy + onnxruntime, no torch)
@@ -179,10 +179,6 @@ def run_compute_probe(net: EmulatedNetwork, host: str, work: list[str], requests
     """Run the compute probe (``python -m workloads.computeprobe``) on ``host`` (inside its
     cgroup, or outside with ``limited=False``: the same machine and moment, unconstrained) and
     return its JSON; ``pace`` paces each request to that many cores as a part server does."""
-    import os
-
-    from .network import REPO_ROOT
-
     argv = [sys.executable, "-m", COMPUTE_PROBE, *work, "--requests", str(requests),
             "--threads", str(threads), "--gap-ms", gap_ms, "--seed", str(seed)]
     if pace is not None:
@@ -222,9 +218,9 @@ def measure_compute(net: EmulatedNetwork, host: str, work: list[str], requests: 
     ref = run_compute_probe(net, host, work, requests=max(10, requests // 2), threads=threads, limited=False, seed=seed)
     got = run_compute_probe(net, host, work, requests=requests, threads=threads, limited=True, seed=seed + 1,
                             pace=cpus if pace else None)
-    ref_p50 = _percentiles(ref["wall_ms"], (50,))[0]
+    ref_p50 = statistics.median(ref["wall_ms"])
     expected = ref_p50 * threads / min(cpus, threads) if cpus is not None else ref_p50
-    p10, p50, p90 = _percentiles(got["wall_ms"])
+    p10, p50, p90 = p10_p50_p90(got["wall_ms"])
     ratios = [round(x / expected, 4) for x in (p10, p50, p90)]
     judged = expected >= COMPUTE_JUDGED_MS
     ok = (abs(ratios[1] - 1) <= COMPUTE_P50_REL and abs(ratios[0] - 1) <= COMPUTE_TAIL_REL
@@ -235,7 +231,7 @@ def measure_compute(net: EmulatedNetwork, host: str, work: list[str], requests: 
             "paced": bool(pace and cpus is not None and cpus < threads),
             "unconstrained_p50_ms": round(ref_p50, 3), "expected_ms": round(expected, 3),
             "p10_ms": round(p10, 3), "p50_ms": round(p50, 3), "p90_ms": round(p90, 3),
-            "ratio_p10_p50_p90": ratios, "cpu_p50_ms": round(_percentiles(got["cpu_ms"], (50,))[0], 3),
+            "ratio_p10_p50_p90": ratios, "cpu_p50_ms": round(statistics.median(got["cpu_ms"]), 3),
             "requests": requests, "checks": {"compute": ok}, "note": note}
 
 

@@ -36,12 +36,12 @@ from pathlib import Path
 
 from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
-from . import cgroups, process, registry, shaping, ticker
+from . import cgroups, process, registry, shaping
 from .errors import EmulationError
 from .probe import capabilities
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# delay lines run at real-time priority above the CPU ticker's (1): a host computing at its full
+# delay lines run at real-time priority (above the optional CPU ticker's 1): a host computing at its full
 # quota beside a delay line must not hold a packet past its due time
 DELAYLINE_RT_PRIORITY = 10
 
@@ -178,12 +178,17 @@ class EmulatedNetwork:
     """A running emulated network. Use as a context manager; :meth:`stop` is idempotent."""
 
     def __init__(self, spec: TopologySpec, run_id: str | None = None, caps: dict | None = None,
-                 registry_dir: Path | None = None, cpu_tick_us: int | None = ticker.INTERVAL_US_DEFAULT):
-        """``cpu_tick_us``: the interval of the fine-grained scheduler tick that makes CPU quotas
-        shape each request (:mod:`emulation.ticker`), started while any host has a CPU quota;
-        None leaves the kernel's own tick (benchmarks compare the two)."""
+                 registry_dir: Path | None = None, cpu_tick_us: int | None = None,
+                 delayline_priority: int = DELAYLINE_RT_PRIORITY):
+        """``cpu_tick_us``: run :mod:`emulation.ticker` (a real-time wake-up on every CPU at that
+        interval, so that the kernel enforces CPU quotas at that grain instead of its tick) while
+        any host has a CPU quota; None (the default) leaves the kernel's tick: with servers
+        pacing their inferences it measured no better, and it slows every host's compute
+        (``benchmarks/bench_cpu.py``). ``delayline_priority``: the delay lines' SCHED_FIFO
+        priority, 0 for the normal scheduler."""
         self.spec = spec
         self.cpu_tick_us = cpu_tick_us
+        self.delayline_priority = delayline_priority
         self.ticker: subprocess.Popen | None = None
         self.ticker_info: dict | None = None
         self.caps = caps or capabilities()
@@ -392,7 +397,7 @@ class EmulatedNetwork:
         return process.run(argv, netns_pid=pid, run_id=self.run_id).stdout
 
     def _start_delayline(self, wire: Wire, link: LinkSpec) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "emulation.delayline", "--rt-priority", str(DELAYLINE_RT_PRIORITY)]
+        argv = [sys.executable, "-m", "emulation.delayline", "--rt-priority", str(self.delayline_priority)]
         for q, d in enumerate((link.forward, link.reverse)):
             argv += ["--queue", f"{q}:{d.delay_ms}:{d.jitter_ms}"]
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -550,9 +555,9 @@ class EmulatedNetwork:
                                         f"delay {d.delay_ms}ms jitter {d.jitter_ms}ms")
                 if wire.delayline.poll() is not None:
                     problems.append(f"link {link.name}: delay line exited ({wire.delayline.returncode})")
-                else:
+                elif self.delayline_priority:
                     problems += [f"link {link.name}: delay line {p}"
-                                 for p in realtime_problems([wire.delayline.pid], DELAYLINE_RT_PRIORITY)]
+                                 for p in realtime_problems([wire.delayline.pid], self.delayline_priority)]
         return problems
 
     def _read_direction(self, src: str, dst: str) -> dict:

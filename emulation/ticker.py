@@ -1,4 +1,10 @@
-"""A fine-grained scheduler tick, so that a CPU quota shapes every request (stdlib only).
+"""A fine-grained scheduler tick for CPU quotas (stdlib only). Measured, and off by default.
+
+Outcome first (``benchmarks/bench_cpu.py``, README): with servers pacing each inference
+(:mod:`workloads.pacing`) this ticker made per-request compute no more faithful (every 2 ms) or
+only slightly (every 0.5 ms), while it slowed every host's compute by 2-3 % and 10-12 %. So
+:class:`emulation.network.EmulatedNetwork` starts it only when asked (``cpu_tick_us``), for
+comparisons and for hosts whose work is not paced.
 
 Why: the kernel charges a cgroup's CPU time against its quota (CFS bandwidth control) only
 when the scheduler looks at the running task: at the periodic tick (``CONFIG_HZ``: 250 Hz here,
@@ -11,18 +17,19 @@ ticks (``HRTICK``), is a debugfs switch that is off by default and locked down o
 machines.
 
 What this does instead: one thread per CPU, pinned to it, at real-time priority
-(``SCHED_FIFO``, lowest priority 1), wakes every ``interval`` microseconds and goes straight
-back to sleep. Each wake-up preempts whatever runs on that CPU, and the context switch makes
-the scheduler account the preempted task's runtime and throttle its cgroup if the quota is
-spent. The quota is then enforced to within about one interval instead of one tick. The
-threads do no work, are charged to no host (they live outside every host's cgroup), and cost
-a few microseconds per wake-up; the measured effect on compute is in the README
-(``benchmarks/bench_cpu.py``).
+(``SCHED_FIFO``, lowest priority 1), wakes every ``interval`` microseconds (default 2 ms, half
+the 250 Hz tick) and goes straight back to sleep. Each wake-up preempts whatever runs on that
+CPU, and the context switch makes the scheduler account the preempted task's runtime and
+throttle its cgroup if the quota is spent. The quota is then enforced to within about one
+interval instead of one tick. The threads do no work and are charged to no host (they live
+outside every host's cgroup), but every wake-up disturbs the caches of what it preempts:
+measured here on EfficientNet-Lite0, unconstrained compute +2-3 % at 2 ms and +10-12 % at
+0.5 ms (README, ``benchmarks/bench_cpu.py``).
 
-Command line (started by :class:`emulation.network.EmulatedNetwork` when a host has a CPU
-quota)::
+Command line (started by :class:`emulation.network.EmulatedNetwork` with ``cpu_tick_us``
+while a host has a CPU quota)::
 
-    python -m emulation.ticker --interval-us 500 [--priority 1]
+    python -m emulation.ticker [--interval-us 2000] [--priority 1]
 
 Prints one JSON line when every thread runs at its priority:
 ``{"ready": true, "cpus": [...], "interval_us": N, "policy": "SCHED_FIFO", "priority": P,
@@ -39,8 +46,8 @@ import sys
 import threading
 import time
 
-INTERVAL_US_DEFAULT = 500
-INTERVAL_US_RANGE = (100, 4000)
+INTERVAL_US_DEFAULT = 2000
+INTERVAL_US_RANGE = (100, 10_000)
 PRIORITY_DEFAULT = 1
 
 

@@ -59,7 +59,8 @@ def print_applied(applied: dict) -> None:
         t.add_row(r["link"], r["direction"], r["interface"],
                   format_rate(r["bandwidth_bps"]) if r["bandwidth_bps"] else "unshaped",
                   format_size(r["queue_bytes"]) if r["queue_bytes"] else "-",
-                  f"{r['delay_ms']:g} ms", f"{r['jitter_ms']:g} ms", f"{r['loss']:.3%}", r["delay_mechanism"])
+                  f"{r['delay_ms']:g} ms", f"{r['jitter_ms']:g} ms", f"{r['loss']:.3%}",
+                  r["delay_mechanism"] + (f" ({r['delay_line_sched']})" if r.get("delay_line_sched") else ""))
     console.print(t)
     h = Table(title="hosts, read back from their cgroups")
     for c in ("host", "address", "cpus", "cpu period", "memory", "cpuset", "cgroup"):
@@ -70,6 +71,10 @@ def print_applied(applied: dict) -> None:
                   "unlimited" if r["memory_bytes"] is None else format_size(r["memory_bytes"]),
                   r["cpuset"] or "-", r["cgroup"])
     console.print(h)
+    tick = applied.get("cpu_tick")
+    if tick:
+        console.print(f"CPU ticker: every {tick['interval_us'] / 1000:g} ms on each CPU at {tick['policy']} "
+                      f"{tick['priority']} (quotas enforced at that grain, not the kernel's tick)")
 
 
 def print_calibration(report: dict) -> None:

@@ -21,6 +21,7 @@ import json
 import math
 import platform
 import select
+import statistics
 import subprocess
 import sys
 import time
@@ -123,14 +124,14 @@ def judge_compute(samples: list[tuple[float, float]], cpus: float | None, thread
     (``slowdown``), judged with calibrate's tolerances where the expected compute is at least
     20 ms (``within``; None below that, with the reason). A host that got less than its share
     (the machine oversubscribed, or its quota stalling beside pacing) reads above 1."""
-    from emulation.calibrate import COMPUTE_JUDGED_MS, COMPUTE_P50_REL, COMPUTE_TAIL_REL
+    from emulation.calibrate import COMPUTE_JUDGED_MS, COMPUTE_P50_REL, COMPUTE_TAIL_REL, p10_p50_p90
 
     stretch = threads / min(cpus, threads) if cpus is not None else 1.0
-    ratios = sorted(c / (cpu * stretch) for c, cpu in samples if cpu > 0)
+    ratios = [c / (cpu * stretch) for c, cpu in samples if cpu > 0]
     if not ratios:
         return {"requests": 0, "within": None, "note": "no CPU time reported"}
-    q = [ratios[min(len(ratios) - 1, int(round(p * (len(ratios) - 1))))] for p in (0.1, 0.5, 0.9)]
-    expected = sorted(cpu * stretch for _, cpu in samples)[len(samples) // 2]
+    q = p10_p50_p90(ratios)
+    expected = statistics.median(cpu * stretch for _, cpu in samples)
     judged = expected >= COMPUTE_JUDGED_MS
     within = (abs(q[1] - 1) <= COMPUTE_P50_REL and abs(q[0] - 1) <= COMPUTE_TAIL_REL
               and abs(q[2] - 1) <= COMPUTE_TAIL_REL) if judged else None

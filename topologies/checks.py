@@ -33,7 +33,11 @@ CPUS_MAX = 1024
 # emulation.cgroups writes with these
 CPU_PERIOD_US_MIN, CPU_PERIOD_US_MAX, CPU_PERIOD_US_DEFAULT = 1_000, 1_000_000, 100_000
 CPU_QUOTA_US_MIN = 1_000
-CPU_PERIOD_US_AUTO_MULTICORE = 10_000
+CPU_PERIOD_US_AUTO_MULTICORE = 10_000   # the auto period from one core up
+MEMORY_MIN, MEMORY_MAX = 16 * MiB, 64 * TiB
+RATE_MIN, RATE_MAX = 1_000, 100_000_000_000
+DELAY_MAX_MS = 60_000.0
+QUEUE_MIN, QUEUE_MAX = 1514, GiB  # one full Ethernet frame .. far beyond any sane buffer
 
 
 def auto_cpu_period_us(cpus: float | None) -> int:
@@ -55,10 +59,6 @@ def auto_cpu_period_us(cpus: float | None) -> int:
     if cpus >= 1.0:
         return CPU_PERIOD_US_AUTO_MULTICORE
     return int(min(CPU_PERIOD_US_MAX, max(CPU_PERIOD_US_MIN, math.ceil(CPU_QUOTA_US_MIN / cpus - 1e-9))))
-MEMORY_MIN, MEMORY_MAX = 16 * MiB, 64 * TiB
-RATE_MIN, RATE_MAX = 1_000, 100_000_000_000
-DELAY_MAX_MS = 60_000.0
-QUEUE_MIN, QUEUE_MAX = 1514, GiB  # one full Ethernet frame .. far beyond any sane buffer
 
 
 class _Checker:

@@ -128,14 +128,17 @@ def test_a_limited_host_computes_every_request_at_its_share(caps):
 
 
 def test_real_time_helpers_are_read_back_from_the_kernel_and_leave_with_the_network(caps):
-    """The CPU ticker (one SCHED_FIFO thread per CPU) runs while a host has a CPU quota, and a
-    delay line at SCHED_FIFO above it; both are read back from the kernel and gone after."""
+    """Delay lines run at SCHED_FIFO 10; the optional CPU ticker (one SCHED_FIFO 1 thread per
+    CPU) runs while a host has a CPU quota when asked for; both are read back from the kernel
+    and gone after the network."""
     import os
 
     s = spec("three_tier", {"links.mobile-edge.delay": "2ms"})
     with EmulatedNetwork(s, caps=caps) as net:
+        assert net.applied()["cpu_tick"] is None and net.ticker is None     # off by default
+    with EmulatedNetwork(s, caps=caps, cpu_tick_us=2000) as net:
         applied = net.applied()
-        assert applied["cpu_tick"] == {"interval_us": 500, "policy": "SCHED_FIFO", "priority": 1}
+        assert applied["cpu_tick"] == {"interval_us": 2000, "policy": "SCHED_FIFO", "priority": 1}
         assert len(net.ticker_info["tids"]) == len(os.sched_getaffinity(0))
         for tid in net.ticker_info["tids"]:
             assert os.sched_getscheduler(tid) == os.SCHED_FIFO
@@ -147,7 +150,7 @@ def test_real_time_helpers_are_read_back_from_the_kernel_and_leave_with_the_netw
         pids = [net.ticker.pid] + ([net.wires["mobile-edge"].delayline.pid] if net.wires["mobile-edge"].delayline else [])
     assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
     unlimited = spec("three_tier", {f"hosts.{h}.cpus": "none" for h in ("mobile", "edge", "cloud")})
-    with EmulatedNetwork(unlimited, caps=caps) as net:
+    with EmulatedNetwork(unlimited, caps=caps, cpu_tick_us=2000) as net:
         assert net.applied()["cpu_tick"] is None     # nothing to tick for
         net.set_host("edge", cpus=0.5)               # a quota set live starts it
         assert net.applied()["cpu_tick"]["policy"] == "SCHED_FIFO" and net.verify() == []

@@ -1,5 +1,6 @@
-"""Compute pacing (workloads.pacing): which hosts are paced, and that a paced inference never
-answers before its CPU time / share has passed."""
+"""Per-request CPU shaping without root: compute pacing (workloads.pacing: which hosts are paced,
+and a paced inference never answers before its CPU time / share has passed), and the argument
+checks of the real-time helpers (the CPU ticker, the delay line's priority)."""
 from __future__ import annotations
 
 import time
@@ -61,3 +62,22 @@ def test_pool_threads_count_with_the_caller(monkeypatch):
     assert pacing._task_cpu_ns(box["tid"]) >= 20_000_000
     assert pacing._task_cpu_ns(2 ** 30) == 0
     t.join()
+
+
+def test_the_cpu_ticker_refuses_an_interval_out_of_range(capsys):
+    from emulation import ticker
+
+    assert ticker.main(["--interval-us", "50"]) == 1
+    out = capsys.readouterr().out
+    assert '"ready": false' in out and "--interval-us 50: allowed 100..10000" in out
+
+
+def test_the_delay_line_reports_its_scheduler_and_refuses_a_bad_priority():
+    import os
+
+    from emulation.delayline import realtime
+
+    now = realtime(0)                      # 0: left as it is, and reported
+    assert now["policy"] in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR") and now["priority"] == os.sched_getparam(0).sched_priority
+    with pytest.raises(ValueError, match="--rt-priority 100: allowed 1..99"):
+        realtime(100)
