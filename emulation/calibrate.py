@@ -107,6 +107,10 @@ def measure_udp_loss(net: EmulatedNetwork, src: str, dst: str, rate_bps: int | N
 
 
 def measure_rtt_ms(net: EmulatedNetwork, src: str, dst: str, count: int = 20) -> float:
+    """Mean ping RTT from ``src`` to ``dst``, taken once every link is idle (a queue that an
+    earlier flow left draining would be measured as delay)."""
+    if hasattr(net, "wait_idle"):       # the benchmark's plain-Mininet adapter cannot read its queues
+        net.wait_idle()
     res = net.run(src, ["ping", "-n", "-q", "-c", str(count), "-i", "0.02", "-W", "5", net.address(dst)],
                   timeout=60, limited=False)
     m = re.search(r"= [\d.]+/([\d.]+)/", res.stdout)
@@ -270,9 +274,9 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
             back = link.direction(dst, src)
             say(f"link {link.name} {src}->{dst}")
             t = duration_s or (6.0 if (d.rate_bps or 1e12) < 5e6 else 3.0)
-            # delay first, on an idle link: pings behind the queue a bulk flow leaves would
-            # measure that queue draining, not the link (seen: 25-42 ms for 20 ms)
-            net.wait_idle(link.name)
+            # delay first, on an idle link (measure_rtt_ms waits for it): pings behind the queue
+            # a bulk flow leaves would measure that queue draining, not the link (seen: 25-42 ms
+            # for 20 ms)
             rtt = measure_rtt_ms(net, src, dst)
             goodput = measure_goodput(net, src, dst, d.rate_bps, t, rtt_ms=d.delay_ms + back.delay_ms)
             net.wait_idle(link.name)

@@ -566,27 +566,29 @@ class EmulatedNetwork:
         with self._ipr(node) as ipr:
             return shaping.read_back(ipr, ipr.link_lookup(ifname=ifname)[0])
 
-    def wait_idle(self, link: str, timeout_s: float = 10.0) -> float:
-        """Wait until nothing is queued on either direction of ``link`` (its shapers' qdiscs and
-        its delay line) and return the seconds waited. A measurement of delay taken while a
-        flow's queue drains measures the queue, not the link."""
-        link_spec = self._link(link)
+    def wait_idle(self, link: str | None = None, timeout_s: float = 10.0) -> float:
+        """Wait until nothing is queued on either direction of ``link`` (every link when None):
+        its shapers' qdiscs and its delay line; returns the seconds waited. A measurement of
+        delay taken while a flow's queue drains measures the queue, not the link."""
+        links = [self._link(link)] if link is not None else list(self.links.values())
         t0 = time.monotonic()
         while True:
             queued = 0
-            for src, dst, _ in directions(link_spec):
-                node, ifname = self.plan.shaped_if[(src, dst)]
-                with self._ipr(node) as ipr:
-                    queued += shaping.backlog(ipr, ipr.link_lookup(ifname=ifname)[0])[0]
-            wire = self.wires.get(link_spec.name)
-            if wire is not None and wire.delayline is not None and wire.delayline.poll() is None:
-                stats = self._delayline_call(wire, {"op": "stats"})["stats"]
-                queued += sum(int(q.get("held", 0) or 0) for q in stats.values())
+            for link_spec in links:
+                for src, dst, _ in directions(link_spec):
+                    node, ifname = self.plan.shaped_if[(src, dst)]
+                    with self._ipr(node) as ipr:
+                        queued += shaping.backlog(ipr, ipr.link_lookup(ifname=ifname)[0])[0]
+                wire = self.wires.get(link_spec.name)
+                if wire is not None and wire.delayline is not None and wire.delayline.poll() is None:
+                    stats = self._delayline_call(wire, {"op": "stats"})["stats"]
+                    queued += sum(int(q.get("held", 0) or 0) for q in stats.values())
             waited = time.monotonic() - t0
             if queued == 0:
                 return waited
             if waited > timeout_s:
-                raise EmulationError(f"link {link_spec.name} still holds {queued} packets after {timeout_s:g}s")
+                names = ", ".join(l.name for l in links)
+                raise EmulationError(f"link(s) {names} still hold {queued} packets after {timeout_s:g}s")
             time.sleep(0.01)
 
     def applied(self) -> dict:

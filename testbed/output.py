@@ -124,12 +124,13 @@ def print_calibration(report: dict) -> None:
         console.print(f"not judged: {n}")
     if bimodal:
         console.print(f"note: on {', '.join(bimodal)} a short burst runs at full speed until the period's quota is "
-                      "spent, so short inferences there are fast or slow, not steadily slow; a cpu_period well "
-                      "below the model's compute gives a steady slowdown (README: CPU quota period)")
+                      "spent, so under the quota alone short inferences there are fast or slow, not steadily slow; "
+                      "cpu_period: auto slices it finer and servers pace each inference (serving.pace), see the "
+                      "compute table and the README: A slow host is slow on every request")
     tol = report["tolerances"]
     console.print(f"tolerances: goodput/bandwidth in [{tol['goodput_ratio'][0]}, {tol['goodput_ratio'][1]}], "
-                  f"RTT within {tol['rtt']}, cpus within {tol['cpus']}, loss within {tol['loss']}, "
-                  f"compute {tol['compute']}")
+                  f"RTT within {tol['rtt']}, cpus within {tol['cpus']}, loss within {tol['loss']}"
+                  + (f", compute {tol['compute']}" if tol.get("compute") else ""))
     console.print("[green]all checks passed[/]" if report["pass"] else "[red]some checks failed[/]")
 
 

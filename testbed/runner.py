@@ -535,7 +535,7 @@ class CellExecution:
             for rec in msg.get("trace") or []:
                 if "comp1" in rec and rec.get("cpu") is not None:
                     self.compute_samples.setdefault(rec["host"], []).append(
-                        ((rec["comp1"] - rec["comp0"]) / 1e6, rec["cpu"] / 1e6))
+                        ((rec["comp1"] - rec["comp0"]) / 1e6, int(rec["cpu"]) / 1e6))
 
     def _mark_oom(self, hosts: list[str]) -> None:
         note = "OOM-killed on " + ", ".join(

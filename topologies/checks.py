@@ -14,6 +14,7 @@ Callers may rely on:
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -40,11 +41,12 @@ DELAY_MAX_MS = 60_000.0
 QUEUE_MIN, QUEUE_MAX = 1514, GiB  # one full Ethernet frame .. far beyond any sane buffer
 
 
+@functools.lru_cache(maxsize=256)
 def auto_cpu_period_us(cpus: float | None) -> int:
     """The CPU quota's period when a host does not set ``cpu_period``.
 
     Below one core: the shortest period the kernel allows for the share, i.e. a 1 ms quota
-    (0.25 cores: 4 ms; 0.5: 2 ms). A request that starts with quota left runs at full speed
+    (0.25 cores: 4 ms; 0.5: 2 ms), or the next that makes the quota exact (0.75: 1336 us). A request that starts with quota left runs at full speed
     until the quota is spent, then waits for the next period; the shorter the period, the finer
     a slow host's compute is sliced, and the less a request that finds the quota spent waits
     (at most the period less the quota). Servers also pace each inference to the host's share
@@ -58,7 +60,13 @@ def auto_cpu_period_us(cpus: float | None) -> int:
         return CPU_PERIOD_US_DEFAULT
     if cpus >= 1.0:
         return CPU_PERIOD_US_AUTO_MULTICORE
-    return int(min(CPU_PERIOD_US_MAX, max(CPU_PERIOD_US_MIN, math.ceil(CPU_QUOTA_US_MIN / cpus - 1e-9))))
+    shortest = max(CPU_PERIOD_US_MIN, math.ceil(CPU_QUOTA_US_MIN / cpus - 1e-9))
+    # the first period up to 10 % longer whose quota is a whole number of microseconds, so that
+    # the share the kernel holds (quota / period) is exactly ``cpus`` (0.75: 1336 us, quota 1002)
+    for period in range(shortest, min(CPU_PERIOD_US_MAX, shortest + shortest // 10) + 1):
+        if abs(cpus * period - round(cpus * period)) < 1e-6:
+            return period
+    return int(min(CPU_PERIOD_US_MAX, shortest))
 
 
 class _Checker:

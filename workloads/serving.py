@@ -26,7 +26,8 @@ one JSON line on stdout (``{"ready": true, ...}``); its log goes to stderr.
 in ns (one clock: every host is on this machine): ``sent`` (the sender's stamp just before its
 first byte, from the frame prefix), ``recv0``/``recv1`` (first/last byte read), ``dec1``
 (tensors built), ``comp0``/``comp1`` (inference, paced when the server paces; ``cpu``: the CPU
-time its compute threads spent in it, and ``paced``: how long pacing waited, both in ns),
+time its compute threads spent in it, and ``paced``: how long pacing waited, both in ns as
+13-digit strings, so that a frame's size does not depend on them),
 ``conn0``/``conn1`` (a connection opened to
 the next hop, when one was), ``enc0`` (before encoding what it sends next), plus ``host``,
 ``stage`` (request / response), ``part``, ``bytes`` (the frame's size) and ``exit``.
@@ -234,7 +235,9 @@ class Server:
                 rec["comp0"] = _now()
                 res = self.pacer.run(self.runner.run_part, cfg.part, msg.tensors)
                 rec["comp1"] = _now()
-                rec["cpu"], _, rec["paced"] = self.pacer.last
+                cpu, _, paced = self.pacer.last
+                # fixed width, so that a frame's size never depends on how long it computed
+                rec["cpu"], rec["paced"] = f"{cpu:013d}", f"{paced:013d}"
         except Exception as e:  # noqa: BLE001 - ORT rejects bad shapes/dtypes at run time
             self._reply_error(conn, msg.id, f"{cfg.host}: inference failed: {str(e).splitlines()[0]}", trace + [rec])
             return True

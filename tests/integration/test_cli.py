@@ -33,9 +33,13 @@ def test_calibrate_json_measures_every_direction_and_host_and_passes():
         for key in ("host", "cpus", "measured_cpus", "memory_bytes", "memory_enforced"):
             assert key in h
         assert h["memory_enforced"] is True
-        assert h["cpu_period_us"] == 100_000
+        assert h["cpu_period_us"] == {0.25: 4000, 0.5: 2000, 1.0: 10_000}[h["cpus"]]   # auto: a 1 ms quota below 1 core
         if h["cpus"] is not None and h["cpus"] < 2:       # a CPU-bound burst is never faster than the CPU
             assert set(h["burst_slowdown"]) == {"5", "50"} and min(h["burst_slowdown"].values()) >= 0.95
+        # compute per request of a 20 ms busy loop, paced below one core, against unconstrained / cpus
+        (c,) = h["compute"]
+        assert c["label"] == "busy loop 20 ms" and c["paced"] is (h["cpus"] < 1) and c["requests"] == 30
+        assert c["expected_ms"] >= 20 and h["checks"]["compute"] is True, c
     failed = [r for r in data["links"] + data["hosts"] if not r["pass"]]
     assert data["pass"] and res.exit_code == 0, failed
 

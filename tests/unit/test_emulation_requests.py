@@ -115,17 +115,19 @@ def test_the_cpu_period_goes_to_the_kernel_with_the_quota_over_it():
     assert cgroups.Limits().period_us == cgroups.CPU_PERIOD_US == 100_000
 
 
-@pytest.mark.parametrize("cpus,period", [(0.25, 4000), (0.5, 2000), (0.3, 3334), (0.75, 1334), (1.0, 10_000),
+@pytest.mark.parametrize("cpus,period", [(0.25, 4000), (0.5, 2000), (0.3, 3340), (0.75, 1336), (1.0, 10_000),
                                          (1.5, 10_000), (8.0, 10_000), (0.001, 1_000_000), (None, 100_000)])
 def test_without_a_cpu_period_the_quota_is_the_kernels_smallest(cpus, period):
     """auto: the shortest period the kernel allows for the share (a quota of at least 1 ms),
     written with the quota over it; unlimited hosts keep the kernel's 100 ms."""
     limits = cgroups.Limits(cpus=cpus)
     assert limits.period_us == period
-    if cpus is not None and cpus < 1:
-        assert 1000 <= cgroups.cpu_quota_us(cpus, period) < 1001
+    if cpus is not None and cpus < 1:   # at least the kernel's 1 ms, and exactly the share
+        assert 1000 <= cgroups.cpu_quota_us(cpus, period) == cpus * period
         assert cgroups.v2_requests(limits)["cpu.max"] == f"{cgroups.cpu_quota_us(cpus, period)} {period}"
     assert cgroups.Limits(cpus=cpus, cpu_period_us=50_000).period_us == 50_000  # a set period wins
+    one_third = cgroups.Limits(cpus=1 / 3).period_us                              # no exact quota exists:
+    assert one_third == 3000 and cgroups.cpu_quota_us(1 / 3, one_third) == 1000    # the shortest period
 
 
 @pytest.mark.parametrize("cpus,text", [((0,), "0"), ((0, 1, 2, 5), "0-2,5"), ((3, 1, 2), "1-3"), ((0, 2, 4), "0,2,4")])

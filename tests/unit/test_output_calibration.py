@@ -1,8 +1,14 @@
-"""The calibration table: every host's CPU period and burst slowdown, and a note naming the
-hosts where short inferences will be fast-or-slow rather than steadily slow."""
+"""The calibration table: every host's CPU period and burst slowdown, a note naming the hosts
+where short inferences would be fast-or-slow under the quota alone, and the per-request compute
+check with its verdict (or why it was not judged)."""
 from __future__ import annotations
 
 from testbed import output
+
+
+COMPUTE = {"label": "busy loop 20 ms", "cpu_period_us": 4000, "paced": True, "unconstrained_p50_ms": 20.1,
+           "expected_ms": 80.4, "p10_ms": 79.9, "p50_ms": 80.5, "p90_ms": 81.2, "ratio_p10_p50_p90": [0.99, 1.0, 1.01],
+           "checks": {"compute": True}, "note": None}
 
 
 def _report(mobile_slowdown: dict) -> dict:
@@ -10,7 +16,7 @@ def _report(mobile_slowdown: dict) -> dict:
     return {"run_id": "r1", "topology": "three_tier", "links": [], "pass": True,
             "tolerances": {"goodput_ratio": [0.93, 1.02], "rtt": "max(0.5 ms, 3%)", "cpus": "5%", "loss": "x"},
             "hosts": [{**host, "host": "mobile", "cpus": 0.25, "cpu_period_us": 100_000,
-                       "burst_slowdown": mobile_slowdown},
+                       "burst_slowdown": mobile_slowdown, "compute": [COMPUTE]},
                       {**host, "host": "cloud", "cpus": None, "measured_cpus": 2.0, "cpu_period_us": 100_000,
                        "burst_slowdown": None}]}
 
@@ -26,3 +32,14 @@ def test_no_note_when_short_bursts_are_slowed_steadily(capsys):
     output.print_calibration(_report({"5": 3.2, "50": 3.8}))
     out = capsys.readouterr().out
     assert "3.20x / 3.80x" in out and "note:" not in out
+
+
+def test_the_compute_per_request_is_tabled_with_its_verdict_and_why_not_judged(capsys):
+    report = _report({"5": 3.2, "50": 3.8})
+    short = {**COMPUTE, "label": "fmnist_cnn", "expected_ms": 1.6, "checks": {"compute": None},
+             "note": "expected compute 1.6 ms: under 20 ms"}
+    report["hosts"][0]["compute"].append(short)
+    output.print_calibration(report)
+    out = capsys.readouterr().out
+    assert "compute per request" in out and "80.40 ms" in out and "0.99 / 1.00 / 1.01" in out and "pass" in out
+    assert "not judged: mobile (fmnist_cnn): expected compute 1.6 ms: under 20 ms" in out

@@ -24,5 +24,5 @@ def test_every_study_loads_and_has_cells(path, cores):
     if path.stem == "bandwidth":
         assert len(points) == 36
     if path.stem == "cpu_period":
-        periods = [e.topology.host("mobile").cpu_period_us for _, e in points]
-        assert periods == [100_000, 20_000, 10_000, 5_000]
+        grid = [(e.topology.host("mobile").cpu_period_us, e.serving.pace) for _, e in points]
+        assert grid == [(p, pace) for p in (100_000, 10_000, None) for pace in (False, True)]  # None: auto
