@@ -119,21 +119,33 @@ def measure_rtt_ms(net: EmulatedNetwork, src: str, dst: str, count: int = 20) ->
     return float(m.group(1))
 
 
-BUSY = "import time,sys\nend=time.monotonic()+float(sys.argv[1])\nwhile time.monotonic()<end: pass\n"
+BUSY = ("import time,sys\nprint('spinning', flush=True)\n"
+        "end=time.monotonic()+float(sys.argv[1])\nwhile time.monotonic()<end: pass\n")
 
 
 def measure_cpus(net: EmulatedNetwork, host: str, duration_s: float) -> float:
-    """Cores the host's processes actually got, from its cgroup's CPU accounting."""
+    """Cores the host's processes actually got, from its cgroup's CPU accounting.
+
+    The window opens once every busy loop has said it spins (a start-up slowed by a cold disk
+    would otherwise be counted as CPU the quota withheld) and closes while they all still spin."""
     limit = net.hosts_limits[host].cpus
     n = int(min(net.caps["cpus"], math.ceil(limit or net.caps["cpus"]) + 1))
     cg = net.cgroups[host]
-    procs = [net.popen(host, [sys.executable, "-c", BUSY, f"{duration_s + 0.5:g}"]) for _ in range(n)]
-    time.sleep(0.25)  # let every busy loop start before the window opens
-    u0, t0 = cg.cpu_usage_ns(), time.monotonic()
-    time.sleep(duration_s)
-    u1, t1 = cg.cpu_usage_ns(), time.monotonic()
-    for p in procs:
-        p.wait()
+    procs = [net.popen(host, [sys.executable, "-c", BUSY, f"{duration_s + 30:g}"], stdout=subprocess.PIPE,
+                       text=True) for _ in range(n)]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "spinning":
+                raise EmulationError(f"busy loop on {host} did not start (exit {p.wait()})")
+        time.sleep(0.1)
+        u0, t0 = cg.cpu_usage_ns(), time.monotonic()
+        time.sleep(duration_s)
+        u1, t1 = cg.cpu_usage_ns(), time.monotonic()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdout.close()
     return (u1 - u0) / 1e9 / (t1 - t0)
 
 
