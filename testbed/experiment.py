@@ -72,7 +72,7 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   (default: each host's core budget rounded up, at least 1; the machine's cores for an
   unlimited host), a number for every host, or a mapping ``{host: number}`` (other hosts auto);
   ``pace``: ``true`` (default) makes every inference on a host with fewer cores than threads
-  take its CPU time x threads / cores (``workloads.pacing``: a slow host is slow on every
+  take its CPU time / cores (``workloads.pacing``: a slow host is slow on every
   request, not only once its quota is spent), ``false`` leaves the CPU quota alone to shape it
   (the studies' Docker ``--cpus``, whose 100 ms period lets short inferences run at full
   speed: set ``hosts.<h>.cpu_period: 100ms`` as well to reproduce them).

@@ -119,14 +119,14 @@ def check_pace(host: str, ready: dict, asked: float | None) -> None:
 
 
 def judge_compute(samples: list[tuple[float, float]], cpus: float | None, threads: int) -> dict:
-    """How each request's compute on a host compares with the CPU work it did, stretched by the
-    host's share: compute / (CPU time x threads / min(cpus, threads)) at p10 / p50 / p90
-    (``slowdown``), judged with calibrate's tolerances where the expected compute is at least
-    20 ms (``within``; None below that, with the reason). A host that got less than its share
-    (the machine oversubscribed, or its quota stalling beside pacing) reads above 1."""
+    """How each request's compute on a host compares with the CPU work it did spread over the
+    cores it may use: compute / (CPU time of its compute threads / min(cpus, threads)) at p10 /
+    p50 / p90 (``slowdown``), judged with calibrate's tolerances where the expected compute is
+    at least 20 ms (``within``; None below that, with the reason). A host that got less than
+    its share (the machine oversubscribed, or its quota stalling beside pacing) reads above 1."""
     from emulation.calibrate import COMPUTE_JUDGED_MS, COMPUTE_P50_REL, COMPUTE_TAIL_REL, p10_p50_p90
 
-    stretch = threads / min(cpus, threads) if cpus is not None else 1.0
+    stretch = 1.0 / (min(cpus, threads) if cpus is not None else threads)
     ratios = [c / (cpu * stretch) for c, cpu in samples if cpu > 0]
     if not ratios:
         return {"requests": 0, "within": None, "note": "no CPU time reported"}

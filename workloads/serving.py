@@ -14,7 +14,7 @@ inside a host's network namespace (and, for servers, its cgroup):
 **Server.** Loads the segments of one part of an artifact once (intra-op threads = the host's
 core budget), listens only on the given emulated addresses, and for each request frame: runs
 its part (one inference at a time, whatever the number of connections; with ``--pace CORES``
-each inference takes its CPU time x threads / CORES, :mod:`workloads.pacing`), answers when the
+each inference takes its CPU time / CORES, :mod:`workloads.pacing`), answers when the
 part ends the model or an exit head fires, and otherwise forwards the tensors the next part
 needs to ``--next`` over a connection it keeps open (``per-request`` opens one per request,
 as the studies did), then relays the answer back. A ``ping`` is answered with ``pong`` and the

@@ -351,3 +351,28 @@ def test_quality_is_tested_per_artifact_against_the_untransformed_models_samples
     assert rows["worse"]["significant"] and rows["worse"]["p"] < 1e-6 and rows["worse"]["nonzero"] == 60
     assert rows["same"]["significant"] is False and rows["same"]["p"] is None and rows["same"]["warning"]
     assert rows["old"]["p"] is None and "no per-sample scores" in rows["old"]["warning"]
+
+
+def test_a_host_that_got_less_than_its_share_is_flagged_in_the_report(tmp_path):
+    """A cell whose host computed slower than its CPU share promises (the runner's
+    hosts[h].compute.within false) is listed with the reason, and its row in tables/cells.csv
+    says so; cells whose hosts held their share are not."""
+    from dataclasses import replace
+
+    note = "compute 1.50x what 0.25 cores give its CPU time at p50 (1.40 / 1.60 at p10 / p90): the host got less than its share"
+    folder = tmp_path / "out"
+    rng = np.random.default_rng(1)
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "flags", {"name": "flags"}, {"hostname": "box", "machine": "x86_64", "cores": 2.0,
+                                                            "memory_bytes": 8 << 30, "kernel": "6.1", "python": "3.11.2"})
+        for strategy, within in (("mobile", False), ("edge-q", True)):
+            cell = replace(_cell(f"cnn/{strategy}", "cnn", strategy, {}),
+                           hosts={"mobile": {"compute": {"within": within, "note": note if not within else None}}})
+            store.write_cell(cell, _requests(rng, 20.0), [])
+        store.end_run("r1", "done")
+    report = write_report(folder)
+    html = report.index.read_text(encoding="utf-8")
+    assert "Cells whose hosts computed slower than their CPU share promises" in html
+    assert html.count("mobile: compute 1.50x what 0.25 cores give") == 1      # the flagged cell only
+    rows = {r["strategy"]: r for r in _csv(folder / "report" / "tables" / "cells.csv")}
+    assert rows["mobile"]["host_flags"] == f"mobile: {note}" and rows["edge-q"]["host_flags"] == ""

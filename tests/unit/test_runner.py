@@ -78,7 +78,7 @@ def test_servers_pace_to_their_hosts_cores_unless_told_not_to():
 
 
 def test_each_hosts_compute_is_judged_against_its_cpu_time_stretched_by_its_share():
-    """The slowdown stored with each cell's hosts: compute / (CPU time x threads / cores) per
+    """The slowdown stored with each cell's hosts: compute / (CPU time / min(cores, threads)) per
     request; outside the tolerance the host is flagged in the summary with the reason."""
     paced = [(40.0 + i * 0.1, 10.0) for i in range(20)]        # 0.25 cores: 40 ms per 10 ms of CPU
     j = judge_compute(paced, 0.25, 1)
@@ -88,7 +88,8 @@ def test_each_hosts_compute_is_judged_against_its_cpu_time_stretched_by_its_shar
     assert starved["within"] is False and "1.50x what 0.25 cores give" in starved["note"]
     short = judge_compute([(1.6, 0.4)] * 5, 0.25, 1)            # 1.6 ms: reported, not judged
     assert short["within"] is None and "under 20 ms" in short["note"]
-    assert judge_compute([(5.0, 10.0)] * 3, None, 2)["slowdown"] == [0.5, 0.5, 0.5]  # 2 threads, unlimited
+    assert judge_compute([(5.0, 10.0)] * 3, None, 2)["slowdown"] == [1.0, 1.0, 1.0]  # 2 threads in parallel
+    assert judge_compute([(10.0, 10.0)] * 3, 1.5, 2)["slowdown"] == [1.5, 1.5, 1.5]  # 1.5 cores: 6.7 ms due
     assert judge_compute([(8.0, 0.0)], 0.5, 1)["within"] is None
     flags = host_flags({"mobile": {"compute": starved}, "edge": {"compute": j}, "cloud": {}})
     assert flags == [f"mobile: {starved['note']}"] and host_flags(None) == []
