@@ -306,6 +306,7 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
                           "measured_loss": loss, "loss_packets": packets, "checks": checks,
                           "pass": all(v is not False for v in checks.values())})
     hosts = []
+    net.wait_idle()          # the hosts are measured on a quiet network: no flow still draining
     for name in net.plan.hosts:
         limits = net.hosts_limits[name]
         say(f"host {name}: cpu")
