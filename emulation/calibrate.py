@@ -326,14 +326,16 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
                 per_request.append(r)
         compute_ok = None if not per_request or all(r["checks"]["compute"] is None for r in per_request) else \
             all(r["checks"]["compute"] is not False for r in per_request)
-        enforced = None
-        if memory_check:
-            say(f"host {name}: memory")
-            enforced = memory_enforced(net, name)
         hosts.append({"host": name, "cpus": expect, "measured_cpus": measured, "cpu_period_us": limits.period_us,
                       "burst_slowdown": slowdown, "compute": per_request, "memory_bytes": limits.memory_bytes,
-                      "memory_enforced": enforced, "checks": {"cpus": cpu_ok, "compute": compute_ok, "memory": enforced},
-                      "pass": cpu_ok is not False and compute_ok is not False and enforced is not False})
+                      "memory_enforced": None, "checks": {"cpus": cpu_ok, "compute": compute_ok, "memory": None}})
+    # the memory checks last: an OOM kill leaves the kernel reclaiming for a while, which took
+    # 0.02-0.05 cores from the next host's busy loops under a 2 ms period (measured, 2 of 5 runs)
+    for h in hosts:
+        if memory_check:
+            say(f"host {h['host']}: memory")
+            h["memory_enforced"] = h["checks"]["memory"] = memory_enforced(net, h["host"])
+        h["pass"] = all(v is not False for v in h["checks"].values())
     return {"run_id": net.run_id, "topology": net.spec.name, "links": links, "hosts": hosts,
             "tolerances": {"goodput_ratio": list(GOODPUT_RANGE), "rtt": f"max({RTT_ABS_MS} ms, {RTT_REL:.0%})",
                            "cpus": f"{CPU_REL:.0%}", "loss": "3 binomial sigma + 1 packet",
