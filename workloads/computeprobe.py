@@ -26,6 +26,7 @@ import sys
 import time
 
 from . import pacing
+from .runtime import session
 
 
 def _busy(ms: float):
@@ -57,22 +58,17 @@ def _onnx(path: str, threads: int, pool: list, spin: bool = True, before: tuple[
     """One inference of ``path`` per call; ``before``: the ONNX files of the parts ahead of it,
     run once on generated inputs to make its own (a later part's input is a cut tensor)."""
     import numpy as np
-    import onnxruntime as ort
+    import onnxruntime  # noqa: F401  (its import starts threads of its own: count the pool's after it)
 
     rng = np.random.default_rng(0)
     env: dict = {}
     for i, earlier in enumerate(before):
-        s = ort.InferenceSession(earlier, providers=["CPUExecutionProvider"])
+        s = session(earlier)
         feeds = _feeds(s, rng) if i == 0 else {n.name: env[n.name] for n in s.get_inputs()}
         env.update(feeds)
         env.update(zip((o.name for o in s.get_outputs()), s.run(None, feeds)))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     tids = pacing.thread_ids()
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess = session(path, threads, spin=spin)       # the options a part server's sessions get
     pool.extend(pacing.new_threads(tids))
     feeds = {n.name: env[n.name] for n in sess.get_inputs()} if before else _feeds(sess, rng)
 
@@ -82,7 +78,7 @@ def _onnx(path: str, threads: int, pool: list, spin: bool = True, before: tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m emulation.computeprobe")
+    ap = argparse.ArgumentParser(prog="python -m workloads.computeprobe")
     work = ap.add_mutually_exclusive_group(required=True)
     work.add_argument("--busy-ms", type=float)
     work.add_argument("--onnx")

@@ -120,13 +120,13 @@ class Server:
 
         self.cfg = cfg
         t0 = time.monotonic()
-        before = _thread_count()
-        tids = pacing.thread_ids()
+        before = pacing.thread_ids()
         paced = pacing.pace_factor(cfg.pace, cfg.threads) is not None
         self.runner = ArtifactRunner(cfg.artifact, parts=(cfg.part,), threads=cfg.threads, spin=not paced)
         # read back: each session's intra-op pool starts threads - 1 OS threads when it is made
-        self.pool_threads = None if before is None else _thread_count() - before
-        self.pacer = pacing.Pacer(cfg.pace, cfg.threads, pacing.new_threads(tids))
+        pool = pacing.new_threads(before)
+        self.pool_threads = len(pool) if before else None      # None: /proc/self/task unreadable
+        self.pacer = pacing.Pacer(cfg.pace, cfg.threads, pool)
         pacing.sharp_timers()
         self.load_ms = (time.monotonic() - t0) * 1000
         if cfg.part not in {s.part for s in self.runner.segments}:
@@ -284,14 +284,6 @@ class Server:
             _close(down[0])
             down[0] = down[1] = None
         return answer
-
-
-def _thread_count() -> int | None:
-    """OS threads of this process (Linux), for reading back ONNX Runtime's thread pools."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return None
 
 
 def _rss_bytes() -> int | None:
