@@ -380,14 +380,8 @@ class EmulatedNetwork:
             return
         if all(cg.limits.cpus is None for cg in self.cgroups.values()):
             return
-        argv = [sys.executable, "-m", "emulation.ticker", "--interval-us", str(self.cpu_tick_us)]
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        p = process.popen(argv, netns_pid=None, cgroup_procs=[], run_id=self.run_id, env=env,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, bufsize=1, cwd=str(REPO_ROOT))
-        self.registry.add_process(p.pid, "cpu-ticker")
-        self.procs.append(p)
-        reply = self._read_reply(p, timeout_s=10.0, what="CPU ticker")
+        p, reply = self._start_helper(["emulation.ticker", "--interval-us", str(self.cpu_tick_us)], None,
+                                      "cpu-ticker", "CPU ticker")
         if not reply.get("ready"):
             raise EmulationError(f"{reply.get('error', reply)}: CPU quotas would be enforced only at the kernel's "
                                  "tick (run as root from a cgroup that allows real-time tasks)")
@@ -397,20 +391,27 @@ class EmulatedNetwork:
         return process.run(argv, netns_pid=pid, run_id=self.run_id).stdout
 
     def _start_delayline(self, wire: Wire, link: LinkSpec) -> subprocess.Popen:
-        argv = [sys.executable, "-m", "emulation.delayline", "--rt-priority", str(self.delayline_priority)]
+        args = ["emulation.delayline", "--rt-priority", str(self.delayline_priority)]
         for q, d in enumerate((link.forward, link.reverse)):
-            argv += ["--queue", f"{q}:{d.delay_ms}:{d.jitter_ms}"]
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        p = process.popen(argv, netns_pid=self.nodes[wire.name].pid, cgroup_procs=[], run_id=self.run_id,
-                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, bufsize=1, cwd=str(REPO_ROOT))
-        self.registry.add_process(p.pid, f"delayline:{wire.name}")
-        self.procs.append(p)
-        reply = self._read_reply(p, timeout_s=10.0)
+            args += ["--queue", f"{q}:{d.delay_ms}:{d.jitter_ms}"]
+        p, reply = self._start_helper(args, self.nodes[wire.name].pid, f"delayline:{wire.name}", "delay line")
         if not reply.get("ready"):
             raise EmulationError(f"delay line for link {wire.name} did not start: {reply.get('error', reply)}")
         wire.sched = reply.get("sched")
         return p
+
+    def _start_helper(self, module_args: list[str], netns_pid: int | None, label: str,
+                      what: str) -> tuple[subprocess.Popen, dict]:
+        """Start one of our JSON-line helpers (``python -m MODULE ARGS``) outside every host's
+        cgroup, in ``netns_pid``'s namespace (None: the root one), registered for cleanup;
+        returns it and its first line."""
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        p = process.popen([sys.executable, "-m", *module_args], netns_pid=netns_pid, cgroup_procs=[],
+                          run_id=self.run_id, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, bufsize=1, cwd=str(REPO_ROOT))
+        self.registry.add_process(p.pid, label)
+        self.procs.append(p)
+        return p, self._read_reply(p, timeout_s=10.0, what=what)
 
     def _read_reply(self, p: subprocess.Popen, timeout_s: float = 5.0, what: str = "delay line") -> dict:
         ready, _, _ = select.select([p.stdout], [], [], timeout_s)
