@@ -106,6 +106,16 @@ def measure_udp_loss(net: EmulatedNetwork, src: str, dst: str, rate_bps: int | N
     return float(s["lost_percent"]) / 100.0, int(s["packets"])
 
 
+PING_FRAME_BYTES = 98  # ping's default 56 data bytes + ICMP 8 + IP 20 + Ethernet 14
+
+
+def expected_rtt_ms(there, back) -> float:
+    """What a ping over one link takes, ideally: each way's delay, plus the time each way's
+    rate takes to send the ping's frame (1.6 ms at 1 Mbit/s: links serialize every packet)."""
+    return sum(d.delay_ms + (PING_FRAME_BYTES * 8 / d.rate_bps * 1000 if d.rate_bps else 0.0)
+               for d in (there, back))
+
+
 def measure_rtt_ms(net: EmulatedNetwork, src: str, dst: str, count: int = 20) -> float:
     """Mean ping RTT from ``src`` to ``dst``, taken once every link is idle (a queue that an
     earlier flow left draining would be measured as delay)."""
@@ -293,7 +303,7 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
             goodput = measure_goodput(net, src, dst, d.rate_bps, t, rtt_ms=d.delay_ms + back.delay_ms)
             net.wait_idle(link.name)
             loss, packets = measure_udp_loss(net, src, dst, d.rate_bps, max(1.0, t / 2))
-            expected_rtt = d.delay_ms + back.delay_ms
+            expected_rtt = expected_rtt_ms(d, back)
             ratio = goodput / d.rate_bps if d.rate_bps else None
             checks = {
                 "goodput": None if ratio is None else GOODPUT_RANGE[0] <= ratio <= GOODPUT_RANGE[1],

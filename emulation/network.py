@@ -179,16 +179,20 @@ class EmulatedNetwork:
 
     def __init__(self, spec: TopologySpec, run_id: str | None = None, caps: dict | None = None,
                  registry_dir: Path | None = None, cpu_tick_us: int | None = None,
-                 delayline_priority: int = DELAYLINE_RT_PRIORITY):
+                 delayline_priority: int = DELAYLINE_RT_PRIORITY, serialize: bool = True):
         """``cpu_tick_us``: run :mod:`emulation.ticker` (a real-time wake-up on every CPU at that
         interval, so that the kernel enforces CPU quotas at that grain instead of its tick) while
         any host has a CPU quota; None (the default) leaves the kernel's tick: with servers
         pacing their inferences it measured no better, and it slows every host's compute
         (``benchmarks/bench_cpu.py``). ``delayline_priority``: the delay lines' SCHED_FIFO
-        priority, 0 for the normal scheduler."""
+        priority, 0 for the normal scheduler. ``serialize`` False: shaped directions are not
+        serialized packet by packet, only held to their rate by a token bucket, as before issue
+        13 (its burst lets a message's first frames through at full speed): only for
+        benchmarks that compare the two side by side."""
         self.spec = spec
         self.cpu_tick_us = cpu_tick_us
         self.delayline_priority = delayline_priority
+        self.serialize = serialize
         self.ticker: subprocess.Popen | None = None
         self.ticker_info: dict | None = None
         self.caps = caps or capabilities()
@@ -343,7 +347,7 @@ class EmulatedNetwork:
         for src, dst, d in directions(link):
             node, ifname = self.plan.shaped_if[(src, dst)]
             with self._ipr(node) as ipr:
-                shaping.apply(ipr, ipr.link_lookup(ifname=ifname)[0], shaping.shaping_requests(d, netem=self.netem))
+                shaping.apply(ipr, ipr.link_lookup(ifname=ifname)[0], shaping.shaping_requests(d, netem=self.netem, serialize=self.serialize))
         if not self.netem:
             self._apply_wire(self.wires[link.name], link)
 
@@ -353,19 +357,17 @@ class EmulatedNetwork:
             if d.loss:
                 rules.append(["-A", "FORWARD", "-i", in_if, "-m", "statistic", "--mode", "random",
                               "--probability", f"{d.loss:.8f}", "-j", "DROP"])
-            if d.delay_ms or d.jitter_ms:
+            if in_line(d, self.serialize):
                 rules.append(["-A", "FORWARD", "-i", in_if, "-j", "NFQUEUE", "--queue-num", str(q)])
         return rules
 
     def _apply_wire(self, wire: Wire, link: LinkSpec) -> None:
         node = self.nodes[wire.name]
-        needs_delay = any(d.delay_ms or d.jitter_ms for d in (link.forward, link.reverse))
-        if needs_delay and wire.delayline is None:
+        if wire.delayline is None and (in_line(link.forward, self.serialize) or in_line(link.reverse, self.serialize)):
             wire.delayline = self._start_delayline(wire, link)
         if wire.delayline is not None:
             for q, d in enumerate((link.forward, link.reverse)):
-                self._delayline_call(wire, {"op": "set", "queue": q, "delay_ms": d.delay_ms,
-                                            "jitter_ms": d.jitter_ms})
+                self._delayline_call(wire, {"op": "set", "queue": q, **line_settings(d, self.serialize)})
         rules = self._wire_rules(wire, link)
         if rules != wire.rules:  # a wire without loss or delay needs no iptables call at all
             ipt = self.caps.get("iptables") or "iptables"
@@ -391,9 +393,13 @@ class EmulatedNetwork:
         return process.run(argv, netns_pid=pid, run_id=self.run_id).stdout
 
     def _start_delayline(self, wire: Wire, link: LinkSpec) -> subprocess.Popen:
-        args = ["emulation.delayline", "--rt-priority", str(self.delayline_priority)]
+        with self._ipr(wire.name) as ipr:  # GSO super-packets are cut into frames of the wire's MTU
+            mtu = min(ipr.get_links(ipr.link_lookup(ifname=i)[0])[0].get_attr("IFLA_MTU")
+                      for i in (wire.if_a, wire.if_b))
+        args = ["emulation.delayline", "--rt-priority", str(self.delayline_priority), "--mtu", str(mtu)]
         for q, d in enumerate((link.forward, link.reverse)):
-            args += ["--queue", f"{q}:{d.delay_ms}:{d.jitter_ms}"]
+            st = line_settings(d, self.serialize)
+            args += ["--queue", ":".join(["" if v is None else str(v) for v in (q, *st.values())])]
         p, reply = self._start_helper(args, self.nodes[wire.name].pid, f"delayline:{wire.name}", "delay line")
         if not reply.get("ready"):
             raise EmulationError(f"delay line for link {wire.name} did not start: {reply.get('error', reply)}")
@@ -538,7 +544,7 @@ class EmulatedNetwork:
         for src, dst, d in directions(link):
             got = self._read_direction(src, dst)
             problems += [f"link {link.name} {src}->{dst}: {p}"
-                         for p in shaping.verify(shaping.shaping_requests(d, self.netem), got)]
+                         for p in shaping.verify(shaping.shaping_requests(d, self.netem, self.serialize), got)]
         if not self.netem:
             wire = self.wires[link.name]
             ipt = self.caps.get("iptables") or "iptables"
@@ -550,10 +556,11 @@ class EmulatedNetwork:
             if wire.delayline is not None:
                 stats = self._delayline_call(wire, {"op": "stats"})["stats"]
                 for q, d in enumerate((link.forward, link.reverse)):
-                    s = stats.get(str(q)) or stats.get(q) or {}
-                    if abs(s.get("delay_ms", -1) - d.delay_ms) > 1e-9 or abs(s.get("jitter_ms", -1) - d.jitter_ms) > 1e-9:
-                        problems.append(f"link {link.name} queue {q}: delay line holds {s}, expected "
-                                        f"delay {d.delay_ms}ms jitter {d.jitter_ms}ms")
+                    s = stats.get(str(q)) or {}
+                    want = line_settings(d, self.serialize)
+                    held = {k: s.get(k, "missing") for k in want}
+                    if held != want:
+                        problems.append(f"link {link.name} queue {q}: delay line holds {held}, expected {want}")
                 if wire.delayline.poll() is not None:
                     problems.append(f"link {link.name}: delay line exited ({wire.delayline.returncode})")
                 elif self.delayline_priority:
@@ -604,6 +611,8 @@ class EmulatedNetwork:
                               "queue_bytes": tbf["limit"] if tbf else None,
                               "delay_ms": d.delay_ms, "jitter_ms": d.jitter_ms, "loss": d.loss,
                               "delay_mechanism": "netem" if self.netem else ("nfqueue" if d.delay_ms or d.jitter_ms else "-"),
+                              "serialization": None if d.rate_bps is None or not self.serialize else
+                              ("netem rate" if self.netem else "delay line"),
                               "delay_line_sched": None if self.netem or self.wires[link.name].sched is None else
                               f"{self.wires[link.name].sched['policy']} {self.wires[link.name].sched['priority']}",
                               "loss_mechanism": "netem" if self.netem else ("iptables-statistic" if d.loss else "-")})
@@ -703,6 +712,21 @@ class EmulatedNetwork:
             self.registry.remove()
         else:
             raise EmulationError("teardown incomplete (run `testbed clean`): " + "; ".join(errors))
+
+
+def in_line(d: DirectionSpec, serialize: bool = True) -> bool:
+    """Whether a direction goes through the delay line (on a machine without netem): for its
+    delay and jitter, and, on a shaped link, to be serialized packet by packet at its rate
+    (the tbf alone would let a burst of a message's first frames through at full speed)."""
+    return bool(d.delay_ms or d.jitter_ms or (serialize and d.rate_bps is not None))
+
+
+def line_settings(d: DirectionSpec, serialize: bool = True) -> dict:
+    """What the delay line holds for one direction, as its ``set`` op takes it."""
+    shaped = serialize and d.rate_bps is not None
+    return {"delay_ms": float(d.delay_ms), "jitter_ms": float(d.jitter_ms),
+            "rate_bps": int(d.rate_bps) if shaped else None,
+            "queue_bytes": shaping.queue_bytes(d) if shaped else None}
 
 
 def realtime_problems(tids: list[int], priority: int) -> list[str]:

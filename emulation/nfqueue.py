@@ -295,9 +295,12 @@ class QueueSocket:
             self.sock.setblocking(False)
 
     def setup(self, *, maxlen: int = 65536, gso: bool = True, fail_open: bool = False,
-              copy_range_fallback: int = 64) -> None:
-        """Bind and configure. Raises NetlinkError if the queue cannot be bound; records in
-        ``self.notes`` any feature the kernel refused (and the fallback used)."""
+              copy_range: int | None = None, copy_range_fallback: int = 64) -> None:
+        """Bind and configure. ``copy_range``: copy that many bytes of each packet to us
+        (COPY_PACKET); None: metadata only (COPY_META, or COPY_PACKET ``copy_range_fallback``
+        where the kernel refuses it). Raises NetlinkError if the queue cannot be bound or the
+        copy mode cannot be set; records in ``self.notes`` any feature the kernel refused
+        (and the fallback used)."""
         q = self.queue
         err = self.request(lambda s: build_config_message(q, cmd=NFQNL_CFG_CMD_BIND, seq=s))
         if err:
@@ -308,16 +311,18 @@ class QueueSocket:
                 hint = " (already bound by another process in this network namespace?)"
             raise NetlinkError(err, f"binding nfqueue {q}: {os.strerror(err)}{hint}")
         self.bound = True
-        err = self.request(lambda s: build_config_message(q, copy_mode=NFQNL_COPY_META, seq=s))
-        if err == 0:
-            self.copy_mode = "meta"
-        else:
-            self.notes.append(f"COPY_META refused ({os.strerror(err)}), using COPY_PACKET range {copy_range_fallback}")
-            err = self.request(lambda s: build_config_message(
-                q, copy_mode=NFQNL_COPY_PACKET, copy_range=copy_range_fallback, seq=s))
+        if copy_range is None:
+            err = self.request(lambda s: build_config_message(q, copy_mode=NFQNL_COPY_META, seq=s))
+            if err == 0:
+                self.copy_mode = "meta"
+            else:
+                self.notes.append(f"COPY_META refused ({os.strerror(err)}), using COPY_PACKET range {copy_range_fallback}")
+                copy_range = copy_range_fallback
+        if self.copy_mode is None:
+            err = self.request(lambda s: build_config_message(q, copy_mode=NFQNL_COPY_PACKET, copy_range=copy_range, seq=s))
             if err:
-                raise NetlinkError(err, f"setting copy mode on nfqueue {q}: {os.strerror(err)}")
-            self.copy_mode = f"packet:{copy_range_fallback}"
+                raise NetlinkError(err, f"setting copy mode packet:{copy_range} on nfqueue {q}: {os.strerror(err)}")
+            self.copy_mode = f"packet:{copy_range}"
         err = self.request(lambda s: build_config_message(q, maxlen=maxlen, seq=s))
         if err:
             self.notes.append(f"queue maxlen {maxlen} refused ({os.strerror(err)})")
@@ -336,6 +341,15 @@ class QueueSocket:
                         else:
                             self.notes.append(f"flag {f:#x} refused ({os.strerror(err)})")
         self.sock.setblocking(False)
+
+    def set_flag(self, flag: int, on: bool) -> None:
+        """Turn one queue flag on or off (the others stay); raises NetlinkError if refused.
+        Packets that arrive meanwhile are left in ``self.pending`` for the caller."""
+        q = self.queue
+        err = self.request(lambda s: build_config_message(q, flags=flag if on else 0, mask=flag, seq=s))
+        if err:
+            raise NetlinkError(err, f"setting flag {flag:#x}={int(on)} on nfqueue {q}: {os.strerror(err)}")
+        self.flags = (self.flags | flag) if on else (self.flags & ~flag)
 
     def send(self, data: bytes) -> None:
         self.sock.send(data)

@@ -3,16 +3,23 @@
 One link direction a->b is shaped on a's egress interface with a token bucket (tbf):
 
 - ``rate``   = the configured bandwidth (bytes/s in the kernel's units),
-- ``burst``  = 1 ms worth of bytes, at least two full frames: small enough that a shaped
-  link never hands out the seed studies' one-second bursts, large enough that high rates
-  are not throttled by timer granularity; tbf segments GSO packets bigger than the bucket,
-  so TCP sees a smooth rate even at 1 Mbit/s,
+- ``burst``  = 1 ms worth of bytes, and at least two whole GSO super-packets
+  (``GSO_BURST_BYTES``): the tbf is the backstop of the rate, behind the serializer
+  (netem's rate or the delay line), which sends a GSO super-packet whole once its last
+  frame would have left; a smaller bucket would cut it into frames and serialize them a
+  second time (a 4.5 kB message read 6.1 ms at 10 Mbit/s instead of 3.9),
 - ``limit``  = the queue: the configured size, or by default the bandwidth-delay product at
   twice the link's delay plus 20 ms, at least 10 full frames.
 
-Where the kernel has netem, delay/jitter/loss are a netem root qdisc with the tbf as its
-child (delay first, then the rate). Where it has no netem, the caller realises them with a
-delay line (see ``delayline``) and this module only shapes the rate.
+A token bucket alone is not a link: its burst lets the first frames of a message through at
+full speed (a 4.5 kB reply crossed a 1 Mbit/s link in 14 ms instead of 36), so every shaped
+direction is also serialized packet by packet at its rate. Where the kernel has netem, a
+netem root qdisc does that (``rate``) together with delay/jitter/loss, with the tbf as its
+child; netem holds the packets waiting to be sent, so its limit (packets) counts the queue
+in full frames besides those in flight over the delay. Where it has no netem, the caller
+realises serialization, delay and jitter with a delay line (see ``delayline``; it also
+drops beyond the queue in bytes) and loss with iptables; this module then only shapes the
+rate, as a backstop behind the delay line.
 """
 from __future__ import annotations
 
@@ -46,8 +53,20 @@ class TcRequest:
         return f"qdisc {self.command} {where} handle {self.handle >> 16:x}: {self.kind} {args}"
 
 
+# the largest GSO super-packet a veth hands on (64 KiB of IP packet), as the qdisc counts it:
+# every one of its ~45 segments with its own headers
+GSO_PACKET_BYTES = 45 * FRAME_BYTES
+GSO_BURST_BYTES = 2 * GSO_PACKET_BYTES
+
+
 def burst_bytes(rate_bps: int) -> int:
+    """1 ms of bytes at the rate, at least two full frames (the queue's minimum, below)."""
     return max(2 * FRAME_BYTES, rate_bps // 8 // 1000)
+
+
+def tbf_burst_bytes(rate_bps: int) -> int:
+    """The backstop tbf's bucket: 1 ms of bytes, at least two whole GSO super-packets."""
+    return max(GSO_BURST_BYTES, rate_bps // 8 // 1000)
 
 
 def queue_bytes(d: DirectionSpec) -> int:
@@ -58,36 +77,48 @@ def queue_bytes(d: DirectionSpec) -> int:
     return max(10 * FRAME_BYTES, int(bdp), burst_bytes(d.rate_bps))
 
 
-def tbf_params(d: DirectionSpec) -> dict:
+def tbf_params(d: DirectionSpec, serialize: bool = True) -> dict:
+    """The tbf of a shaped direction; ``serialize`` False: the tbf is the only shaper (as
+    before serialization; kept for side-by-side benchmarks), with a 1 ms bucket."""
     assert d.rate_bps is not None
     if d.rate_bps > MAX_TBF_RATE_BPS:
         raise ShapingError(
             f"bandwidth {d.rate_bps / 1e9:.1f} Gbit/s is above what tbf can shape "
             f"({MAX_TBF_RATE_BPS / 1e9:.1f} Gbit/s); leave the link unshaped (bandwidth: none)")
-    return {"rate": d.rate_bps // 8, "burst": burst_bytes(d.rate_bps), "limit": queue_bytes(d)}
+    burst = tbf_burst_bytes(d.rate_bps) if serialize else burst_bytes(d.rate_bps)
+    return {"rate": d.rate_bps // 8, "burst": burst, "limit": queue_bytes(d)}
 
 
-def netem_params(d: DirectionSpec) -> dict:
-    # pyroute2 takes netem delay/jitter in microseconds and loss in percent; limit in packets,
-    # sized so netem itself never drops what the delay holds (rate x delay, generously)
-    held = int((d.rate_bps or 10_000_000_000) / 8 * (d.delay_ms + d.jitter_ms) / 1000 / 1000) + 1000
-    return {"delay": int(round(d.delay_ms * 1000)), "jitter": int(round(d.jitter_ms * 1000)),
-            "loss": d.loss * 100.0, "limit": held}
+def netem_params(d: DirectionSpec, serialize: bool = True) -> dict:
+    # pyroute2 takes netem delay/jitter in microseconds, loss in percent, rate in bytes/s and
+    # the limit in packets
+    p = {"delay": int(round(d.delay_ms * 1000)), "jitter": int(round(d.jitter_ms * 1000)), "loss": d.loss * 100.0}
+    if d.rate_bps is None or not serialize:
+        # no rate: netem only delays; sized so that it never drops what the delay holds
+        p["limit"] = int(10_000_000_000 / 8 * (d.delay_ms + d.jitter_ms) / 1000 / 1000) + 1000
+    else:
+        # with a rate, netem's queue is the link's: full frames in flight over the delay plus
+        # the configured queue (drop-tail beyond it, as the tbf's byte limit would)
+        in_flight = d.rate_bps / 8 * (d.delay_ms + d.jitter_ms) / 1000
+        p["rate"] = d.rate_bps // 8
+        p["limit"] = -(-int(in_flight + queue_bytes(d)) // FRAME_BYTES) + 2
+    return p
 
 
 ROOT = 0x10000
 CHILD = 0x20000
 
 
-def shaping_requests(d: DirectionSpec, netem: bool) -> list[TcRequest]:
-    """The qdiscs one direction needs on its sender's interface, root first."""
+def shaping_requests(d: DirectionSpec, netem: bool, serialize: bool = True) -> list[TcRequest]:
+    """The qdiscs one direction needs on its sender's interface, root first. ``serialize``
+    False: no netem rate, the tbf alone shapes (for side-by-side benchmarks only)."""
     reqs: list[TcRequest] = []
-    if netem and d.impaired:
-        reqs.append(TcRequest("replace", "netem", ROOT, None, netem_params(d)))
+    if netem and (d.impaired or (serialize and d.rate_bps is not None)):
+        reqs.append(TcRequest("replace", "netem", ROOT, None, netem_params(d, serialize)))
         if d.rate_bps is not None:
-            reqs.append(TcRequest("replace", "tbf", CHILD, ROOT + 1, tbf_params(d)))
+            reqs.append(TcRequest("replace", "tbf", CHILD, ROOT + 1, tbf_params(d, serialize)))
     elif d.rate_bps is not None:
-        reqs.append(TcRequest("replace", "tbf", ROOT, None, tbf_params(d)))
+        reqs.append(TcRequest("replace", "tbf", ROOT, None, tbf_params(d, serialize)))
     return reqs
 
 
@@ -115,8 +146,10 @@ def read_back(ipr, index: int) -> dict:
             out["tbf"] = {"rate": p["rate"], "limit": p["limit"], "buffer_ticks": p["buffer"],
                           "handle": q["handle"], "parent": q["parent"]}
         elif kind == "netem" and opts is not None:
+            rate = opts.get_attr("TCA_NETEM_RATE")
             out["netem"] = {"delay_us": opts.get("delay"), "jitter_us": opts.get("jitter"),
-                            "loss": opts.get("loss"), "limit": opts.get("limit")}
+                            "loss": opts.get("loss"), "limit": opts.get("limit"),
+                            "rate": (rate.get("rate") or None) if rate is not None else None}
         elif q["parent"] == 0xFFFFFFFF:
             out["root"] = kind
     return out
@@ -149,6 +182,11 @@ def verify(reqs: list[TcRequest], got: dict) -> list[str]:
             n = got.get("netem")
             if n is None:
                 problems.append("netem qdisc missing")
+                continue
+            if n.get("rate") != r.params.get("rate"):
+                problems.append(f"netem rate reads {n.get('rate')} B/s, asked {r.params.get('rate')}")
+            if n.get("limit") != r.params["limit"]:
+                problems.append(f"netem limit reads {n.get('limit')} packets, asked {r.params['limit']}")
     if not reqs and ("tbf" in got or "netem" in got):
         problems.append(f"unshaped direction still has {sorted(k for k in got if k in ('tbf', 'netem'))}")
     return problems

@@ -34,6 +34,11 @@ CPUS_MAX = 1024
 # emulation.cgroups writes with these
 CPU_PERIOD_US_MIN, CPU_PERIOD_US_MAX, CPU_PERIOD_US_DEFAULT = 1_000, 1_000_000, 100_000
 CPU_QUOTA_US_MIN = 1_000
+# the quota an auto period gives a host below one core: the kernel allows 1 ms, but a single
+# busy loop at 0.5 cores with a 1 ms quota (2 ms period) got 0.77 of its share for a whole run
+# in one network out of three (0.97-0.98 in the others), where a 2 ms quota (4 ms period) got
+# 0.998-1.002 in every run (cgroup v1, 250 Hz kernel)
+CPU_QUOTA_US_AUTO = 2_000
 CPU_PERIOD_US_AUTO_MULTICORE = 10_000   # the auto period from one core up
 MEMORY_MIN, MEMORY_MAX = 16 * MiB, 64 * TiB
 RATE_MIN, RATE_MAX = 1_000, 100_000_000_000
@@ -45,8 +50,10 @@ QUEUE_MIN, QUEUE_MAX = 1514, GiB  # one full Ethernet frame .. far beyond any sa
 def auto_cpu_period_us(cpus: float | None) -> int:
     """The CPU quota's period when a host does not set ``cpu_period``.
 
-    Below one core: the shortest period the kernel allows for the share, i.e. a 1 ms quota
-    (0.25 cores: 4 ms; 0.5: 2 ms), or the next that makes the quota exact (0.75: 1336 us). A request that starts with quota left runs at full speed
+    Below one core: the shortest period that gives the share a 2 ms quota (0.25 cores: 8 ms;
+    0.5: 4 ms), or the next that makes the quota exact (0.75: 2668 us). The kernel allows a 1 ms
+    quota, but held a busy loop to 0.77 of its share under it (``CPU_QUOTA_US_AUTO``). A request
+    that starts with quota left runs at full speed
     until the quota is spent, then waits for the next period; the shorter the period, the finer
     a slow host's compute is sliced, and the less a request that finds the quota spent waits
     (at most the period less the quota). Servers also pace each inference to the host's share
@@ -60,9 +67,9 @@ def auto_cpu_period_us(cpus: float | None) -> int:
         return CPU_PERIOD_US_DEFAULT
     if cpus >= 1.0:
         return CPU_PERIOD_US_AUTO_MULTICORE
-    shortest = max(CPU_PERIOD_US_MIN, math.ceil(CPU_QUOTA_US_MIN / cpus - 1e-9))
+    shortest = max(CPU_PERIOD_US_MIN, math.ceil(CPU_QUOTA_US_AUTO / cpus - 1e-9))
     # the first period up to 10 % longer whose quota is a whole number of microseconds, so that
-    # the share the kernel holds (quota / period) is exactly ``cpus`` (0.75: 1336 us, quota 1002)
+    # the share the kernel holds (quota / period) is exactly ``cpus`` (0.75: 2668 us, quota 2001)
     for period in range(shortest, min(CPU_PERIOD_US_MAX, shortest + shortest // 10) + 1):
         if abs(cpus * period - round(cpus * period)) < 1e-6:
             return period

@@ -33,7 +33,7 @@ def test_calibrate_json_measures_every_direction_and_host_and_passes():
         for key in ("host", "cpus", "measured_cpus", "memory_bytes", "memory_enforced"):
             assert key in h
         assert h["memory_enforced"] is True
-        assert h["cpu_period_us"] == {0.25: 4000, 0.5: 2000, 1.0: 10_000}[h["cpus"]]   # auto: a 1 ms quota below 1 core
+        assert h["cpu_period_us"] == {0.25: 8000, 0.5: 4000, 1.0: 10_000}[h["cpus"]]   # auto: a 2 ms quota below 1 core
         if h["cpus"] is not None and h["cpus"] < 2:       # a CPU-bound burst is never faster than the CPU
             assert set(h["burst_slowdown"]) == {"5", "50"} and min(h["burst_slowdown"].values()) >= 0.95
         # compute per request of a 20 ms busy loop, paced below one core, against unconstrained / cpus

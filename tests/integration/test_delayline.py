@@ -111,7 +111,8 @@ class Daemon:
 
     def set(self, queue: int, delay_ms: float, jitter_ms: float = 0.0) -> None:
         r = self.call({"op": "set", "queue": queue, "delay_ms": delay_ms, "jitter_ms": jitter_ms})
-        assert r == {"ok": True, "queue": queue, "delay_ms": delay_ms, "jitter_ms": jitter_ms}, r
+        assert r == {"ok": True, "queue": queue, "delay_ms": delay_ms, "jitter_ms": jitter_ms, "rate_bps": None,
+                     "queue_bytes": None}, r
 
     def cpu_s(self) -> float:
         with open(f"/proc/{self.p.pid}/stat") as f:

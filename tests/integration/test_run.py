@@ -164,7 +164,7 @@ def test_run_measures_every_hop_and_transmission_follows_the_links(study, tmp_pa
     assert all(h["pool_threads"] == h["sessions"] * (h["threads"] - 1) for h in hosts.values())
     # each host's CPU period as the kernel holds it (auto: a 1 ms quota below one core, 10 ms from
     # one core up, none without a limit), and the pacing its server reported (serving.pace)
-    assert (hosts["mobile"]["cpu_period_us"], hosts["mobile"]["cpu_period"], hosts["mobile"]["pace"]) == (2000, "auto", 0.5)
+    assert (hosts["mobile"]["cpu_period_us"], hosts["mobile"]["cpu_period"], hosts["mobile"]["pace"]) == (4000, "auto", 0.5)
     assert (hosts["edge"]["cpu_period_us"], hosts["edge"]["pace"], hosts["edge"]["pace_factor"]) == (10_000, 1.0, None)
     assert hosts["cloud"]["cpu_period_us"] is None and hosts["cloud"]["pace"] is None
     # the summary agrees with the store

@@ -230,15 +230,24 @@ def dl():
 
 def test_set_and_stats(dl):
     r = dl.handle_line('{"op": "set", "queue": 0, "delay_ms": 25, "jitter_ms": 2.5}')
-    assert r == {"ok": True, "queue": 0, "delay_ms": 25.0, "jitter_ms": 2.5}
+    none = {"rate_bps": None, "queue_bytes": None}
+    assert r == {"ok": True, "queue": 0, "delay_ms": 25.0, "jitter_ms": 2.5, **none}
     assert dl.schedules[0].delay_ms == 25.0
     r = dl.handle_line(b'{"op": "set", "queue": 3, "delay_ms": 7}\n')  # jitter unchanged
-    assert r == {"ok": True, "queue": 3, "delay_ms": 7.0, "jitter_ms": 1.0}
+    assert r == {"ok": True, "queue": 3, "delay_ms": 7.0, "jitter_ms": 1.0, **none}
+    r = dl.handle_line('{"op": "set", "queue": 3, "rate_bps": 1000000, "queue_bytes": 15140}')
+    assert r == {"ok": True, "queue": 3, "delay_ms": 7.0, "jitter_ms": 1.0, "rate_bps": 1_000_000, "queue_bytes": 15140}
+    assert dl.handle_line('{"op": "set", "queue": 3, "rate_bps": null}')["rate_bps"] is None
+    assert dl.schedules[3].queue_bytes == 15140  # unchanged when not given
     st = dl.handle_line('{"op":"stats"}')
     assert st["ok"] is True and set(st["stats"]) == {"0", "3"}
-    assert st["stats"]["0"] == {"packets": 0, "held": 0, "released": 0, "dropped_enobufs": 0,
-                                "verdict_errors": 0, "delay_ms": 25.0, "jitter_ms": 2.5,
-                                "release_batches": 0, "late_us_mean": None, "late_us_max": None}
+    assert st["stats"]["0"] == {"packets": 0, "held": 0, "released": 0, "dropped_enobufs": 0, "dropped_queue": 0,
+                                "verdict_errors": 0, "delay_ms": 25.0, "jitter_ms": 2.5, **none, "bytes": 0,
+                                "unsized": 0, "gso": True, "release_batches": 0, "late_us_mean": None,
+                                "late_us_max": None}
+    assert dl.handle_line('{"op": "set", "queue": 0, "rate_bps": 20000000}')["ok"]
+    assert dl.queue_gso(0) is False  # serialized slowly: frame by frame
+    assert dl.handle_line('{"op": "set", "queue": 0, "rate_bps": 100000000}')["ok"] and dl.queue_gso(0)
     dl.schedules[3].push(0.0, 1)
     assert dl.handle_line('{"op":"stats"}')["stats"]["3"]["held"] == 1
     json.dumps(st)  # replies are JSON-serialisable
@@ -265,6 +274,7 @@ def test_bad_control_lines(dl, line):
     assert r["ok"] is False and isinstance(r["error"], str) and r["error"]
     json.dumps(r)
     assert dl.schedules[0].delay_ms == 10.0 and not dl.stopping  # nothing changed
+    assert dl.schedules[0].rate_bps is None and dl.schedules[0].queue_bytes is None
 
 
 def test_quit_and_queue_as_string(dl):
@@ -273,20 +283,24 @@ def test_quit_and_queue_as_string(dl):
 
 
 def test_queue_specs_and_parser():
-    assert parse_queue_spec("0:10:2.5") == (0, 10.0, 2.5)
-    assert parse_queue_spec("7:3") == (7, 3.0, 0.0)
-    assert parse_queue_spec("65535") == (65535, 0.0, 0.0)
-    for bad in ("x:1", "70000:1", "1:-5", "1:2:3:4", "1:nan"):
+    assert parse_queue_spec("0:10:2.5") == (0, 10.0, 2.5, None, None)
+    assert parse_queue_spec("7:3") == (7, 3.0, 0.0, None, None)
+    assert parse_queue_spec("65535") == (65535, 0.0, 0.0, None, None)
+    assert parse_queue_spec("1:0:0:1000000:15140") == (1, 0.0, 0.0, 1_000_000, 15140)
+    assert parse_queue_spec("1:5::2000000") == (1, 5.0, 0.0, 2_000_000, None)
+    for bad in ("x:1", "70000:1", "1:-5", "1:2:3:4:5:6", "1:nan", "1:2:3:0", "1:2:3:1.5e6", "1:2:3:100:-4"):
         with pytest.raises(Exception):
             parse_queue_spec(bad)
     a = build_parser().parse_args(["--queue", "0:10:1", "--queue", "1:20", "--maxlen", "100", "--seed", "3"])
-    assert a.queue == [(0, 10.0, 1.0), (1, 20.0, 0.0)] and a.maxlen == 100 and a.seed == 3
+    assert a.queue == [(0, 10.0, 1.0, None, None), (1, 20.0, 0.0, None, None)] and a.maxlen == 100 and a.seed == 3
+    assert a.mtu == 1500
     with pytest.raises(ValueError):
         DelayLine({})
 
 
 def test_cli_rejects_bad_arguments():
-    for argv in (["--queue", "x"], [], ["--queue", "0:1", "--queue", "0:2"], ["--queue", "0:1", "--maxlen", "0"]):
+    for argv in (["--queue", "x"], [], ["--queue", "0:1", "--queue", "0:2"], ["--queue", "0:1", "--maxlen", "0"],
+                 ["--queue", "0:1", "--mtu", "20"]):
         p = subprocess.run([sys.executable, "-m", "emulation.delayline", *argv], cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 2, (argv, p.stderr)
@@ -350,7 +364,8 @@ def test_event_loop_control_and_eof_exit():
         lp.send(b'{"op": "set", "queue": 0, ')
         time.sleep(0.05)
         lp.send(b'"delay_ms": 3}\n\n{"op": "stats"}\nbogus\n')
-        assert lp.read() == {"ok": True, "queue": 0, "delay_ms": 3.0, "jitter_ms": 0.0}
+        assert lp.read() == {"ok": True, "queue": 0, "delay_ms": 3.0, "jitter_ms": 0.0, "rate_bps": None,
+                             "queue_bytes": None}
         st = lp.read()
         assert st["ok"] and st["stats"]["0"]["delay_ms"] == 3.0
         assert lp.read()["ok"] is False
@@ -387,23 +402,99 @@ def test_unprivileged_start_reports_not_ready():
     assert reply["ready"] is False and "nfqueue 0" in reply["error"]
 
 
+def _packet_message(stamp: tuple[int, int] | None = None, cap_len: int | None = None,
+                    payload: bytes | None = None) -> bytearray:
+    attrs = nfq.build_attr(nfq.NFQA_PACKET_HDR, struct.pack(">IHB", 7, 0x0800, 2))
+    if stamp is not None:
+        attrs += nfq.build_attr(nfq.NFQA_TIMESTAMP, struct.pack(">QQ", *stamp))
+    if cap_len is not None:
+        attrs += nfq.build_attr(nfq.NFQA_CAP_LEN, struct.pack(">I", cap_len))
+    if payload is not None:
+        attrs += nfq.build_attr(nfq.NFQA_PAYLOAD, payload)
+    body = struct.pack("=BBH", 2, 0, 0) + attrs
+    return bytearray(struct.pack("=IHHII", 16 + len(body), nfq.MSG_PACKET, 0, 0, 0) + body)
+
+
+def _ipv4_tcp_head(tcp_header: int = 32) -> bytes:
+    ip = bytes([0x45, 0]) + b"\0" * 7 + bytes([6]) + b"\0" * 10  # version 4, ihl 5, protocol TCP
+    tcp = b"\0" * 12 + bytes([(tcp_header // 4) << 4]) + b"\0" * (tcp_header - 13)
+    return ip + tcp
+
+
 def test_arrival_age_comes_from_the_kernels_packet_stamp():
-    import struct as _struct
-
     from emulation import delayline as dl
-    from emulation import nfqueue as nq
 
-    def packet(with_stamp: bool, sec: int = 1000, usec: int = 0) -> bytearray:
-        attrs = nq.build_attr(nq.NFQA_PACKET_HDR, _struct.pack(">IHB", 7, 0x0800, 2))
-        if with_stamp:
-            attrs += nq.build_attr(nq.NFQA_TIMESTAMP, _struct.pack(">QQ", sec, usec))
-        body = _struct.pack("=BBH", 2, 0, 0) + attrs
-        return bytearray(_struct.pack("=IHHII", 16 + len(body), nq.MSG_PACKET, 0, 0, 0) + body)
-
-    buf = packet(True, 1000, 250_000)
-    assert dl.arrival_age(buf, len(buf), 1000.25008) == pytest.approx(80e-6, abs=1e-7)
-    unstamped = packet(False)
-    assert dl.arrival_age(unstamped, len(unstamped), 1000.3) == 0.0
+    buf = _packet_message((1000, 250_000))
+    assert dl.packet_info(buf, len(buf), 1000.25008)[0] == pytest.approx(80e-6, abs=1e-7)
+    unstamped = _packet_message()
+    assert dl.packet_info(unstamped, len(unstamped), 1000.3)[0] == 0.0
     # a stamp from the future or from long ago is a clock step, not a wake-up: ignored
-    assert dl.arrival_age(buf, len(buf), 1000.0) == 0.0
-    assert dl.arrival_age(buf, len(buf), 1001.0) == 0.0
+    assert dl.packet_info(buf, len(buf), 1000.0)[0] == 0.0
+    assert dl.packet_info(buf, len(buf), 1001.0)[0] == 0.0
+
+
+def test_packet_length_is_the_kernels_cap_len_plus_ethernet():
+    from emulation import delayline as dl
+
+    head = _ipv4_tcp_head()
+    buf = _packet_message((1000, 0), cap_len=1500, payload=head)  # a full frame, copy truncated
+    assert dl.packet_info(buf, len(buf), 1000.0) == (0.0, 1514)
+    small = _packet_message(payload=head + b"x" * 20)  # shorter than the copy range: no CAP_LEN
+    assert dl.packet_info(small, len(small), 0.0)[1] == len(head) + 20 + 14
+    assert dl.packet_info(_packet_message(), 28, 0.0)[1] is None  # nothing says how long it is
+
+
+def test_gso_super_packet_counts_every_segments_headers():
+    from emulation import delayline as dl
+
+    head = _ipv4_tcp_head(32)  # 20 + 32 (timestamps): 1448 payload bytes per 1500-byte segment
+    # 10 segments of 1448 bytes, one set of headers: the wire carries 10 frames of 1514 bytes
+    assert dl.wire_bytes(head, 0, len(head), 52 + 10 * 1448) == 10 * 1514
+    assert dl.wire_bytes(head, 0, len(head), 52 + 10 * 1448 + 1) == 10 * 1514 + 1 + 52 + 14
+    assert dl.wire_bytes(head, 0, len(head), 52 + 1448, mtu=9000) == 1514  # fits a jumbo frame
+    udp = bytearray(head)
+    udp[9] = 17
+    assert dl.wire_bytes(udp, 0, len(udp), 3000) == 3014  # no TCP header: one frame (the tbf backs it)
+    v6 = bytes([0x60, 0, 0, 0, 0, 0, 6, 64]) + b"\0" * 32 + head[20:]
+    assert dl.wire_bytes(v6, 0, len(v6), 72 + 2 * 1428) == 2 * 1514
+
+
+def test_serialization_at_the_rate_then_delay():
+    s = DelaySchedule(10.0, rate_bps=1_000_000)
+    # three 1514-byte frames at once on a 1 Mbit/s link: 12.112 ms each, one after the other
+    times = [s.push(0.0, i, 1514) for i in range(3)]
+    assert times == pytest.approx([0.012112 + 0.010, 0.024224 + 0.010, 0.036336 + 0.010])
+    # a message of 4.5 kB takes its 36 ms however it is cut, not one frame's time
+    t = DelaySchedule(0.0, rate_bps=1_000_000)
+    assert max(t.push(1.0, i, n) for i, n in enumerate((1514, 1514, 1514, 58))) == pytest.approx(1.0 + 4600 * 8 / 1e6)
+    # an idle transmitter starts at the arrival
+    assert t.push(5.0, "late", 125) == pytest.approx(5.001)
+    assert s.backlog_s(0.0) == pytest.approx(0.036336) and s.backlog_s(1.0) == 0.0
+
+
+def test_serialization_queue_drops_tail_beyond_its_bytes():
+    s = DelaySchedule(0.0, rate_bps=8_000_000, queue_bytes=3000)  # 1 byte per us
+    assert s.push(0.0, "a", 1500) == pytest.approx(0.0015)
+    assert s.push(0.0, "b", 1500) == pytest.approx(0.0030)  # 1500 waiting + 1500 = 3000: fits
+    assert s.push(0.0, "c", 1500) is None                    # 4500 > 3000: dropped
+    assert len(s) == 2
+    assert s.push(0.0015, "d", 1500) == pytest.approx(0.0045)  # "a" has left: room again
+    s.set_rate(None)
+    assert s.push(0.0016, "e", 1500) == pytest.approx(0.0045)  # no rate: delay only, still FIFO
+
+
+def test_delay_line_drops_tail_and_counts_bytes():
+    line = DelayLine({0: (0.0, 0.0, 8_000_000, 1500)})
+    sent = []
+
+    class Sock:
+        def send(self, data):
+            sent.append(data)
+
+    line.socks[0] = Sock()
+    for pid in (1, 2):
+        line._queue_packet(0, line.schedules[0].push, line.stats_[0], 0.0, pid, 1500)
+    line._queue_packet(0, line.schedules[0].push, line.stats_[0], 0.0, 3, None)
+    st = line.stats()["0"]
+    assert (st["packets"], st["bytes"], st["dropped_queue"], st["unsized"], st["held"]) == (3, 3000, 1, 1, 2)
+    assert sent == [nfq.build_verdict(0, 2, nfq.NF_DROP)]  # the second packet found the queue full

@@ -27,13 +27,17 @@ def test_tbf_request_for_rate_only_direction():
     assert [(r.command, r.kind, r.handle, r.parent) for r in reqs] == [("replace", "tbf", 0x10000, None)]
     p = reqs[0].params
     assert p["rate"] == 25_000_000                     # bytes/s
-    assert p["burst"] == 25_000                        # 1 ms of bytes at 200 Mbit/s
+    assert p["burst"] == 2 * 45 * 1514                 # two whole GSO super-packets (> 1 ms here)
     assert p["limit"] == 500_000                       # BDP at 20 ms (no delay)
+    assert shaping.tbf_params(DirectionSpec(rate_bps=2_000_000_000))["burst"] == 250_000  # 1 ms
 
 
-def test_tbf_burst_never_below_two_frames_at_low_rates():
+def test_tbf_is_a_backstop_that_never_cuts_a_gso_packet_but_the_queue_stays_small():
+    # the serializer in front (netem rate, or the delay line) sends a GSO super-packet whole
+    # once its last frame would have left: the bucket must pass it whole, or its frames would
+    # be serialized twice
     p = shaping.tbf_params(DirectionSpec(rate_bps=1_000_000))
-    assert p["burst"] == 2 * shaping.FRAME_BYTES
+    assert p["burst"] >= 2 * shaping.GSO_PACKET_BYTES
     assert p["limit"] == 10 * shaping.FRAME_BYTES
 
 
@@ -56,13 +60,35 @@ def test_netem_request_built_where_kernel_has_netem_not_sent_here():
     n = reqs[0].params
     assert (n["delay"], n["jitter"]) == (20_000, 2_000)  # microseconds, as pyroute2 takes them
     assert n["loss"] == pytest.approx(1.0)               # percent
-    assert n["limit"] >= 1000
+    assert n["rate"] == 1_250_000                        # serialized at the rate, bytes/s
+    # in flight over delay + jitter (27.5 kB) and the queue (BDP at 2 x 20 + 20 ms = 75 kB),
+    # in full frames, rounded up, + 2
+    assert n["limit"] == -(-(27_500 + 75_000) // 1514) + 2 == 70
 
 
-def test_unimpaired_direction_with_netem_needs_no_netem():
+def test_delay_only_netem_keeps_its_generous_limit_not_sent_here():
+    n = shaping.shaping_requests(DirectionSpec(delay_ms=10.0), netem=True)[0].params
+    assert "rate" not in n and n["limit"] >= 1000
+
+
+def test_shaped_direction_with_netem_is_serialized_by_netem_rate_not_sent_here():
+    # a tbf alone lets a message's first frames through at full speed: netem's rate
+    # serializes every packet, the tbf stays behind it as a backstop
     reqs = shaping.shaping_requests(DirectionSpec(rate_bps=10_000_000), netem=True)
-    assert [r.kind for r in reqs] == ["tbf"]
+    assert [(r.kind, r.parent) for r in reqs] == [("netem", None), ("tbf", 0x10001)]
+    assert reqs[0].params["rate"] == reqs[1].params["rate"] == 1_250_000
+    assert reqs[0].params["delay"] == 0
     assert shaping.shaping_requests(DirectionSpec(), netem=False) == []
+    assert shaping.shaping_requests(DirectionSpec(), netem=True) == []
+
+
+def test_verify_reads_netem_rate_and_limit_back():
+    reqs = shaping.shaping_requests(DirectionSpec(rate_bps=10_000_000, delay_ms=5.0), netem=True)
+    tbf = {"rate": 1_250_000, "limit": reqs[1].params["limit"]}
+    good = {"netem": {"rate": 1_250_000, "limit": reqs[0].params["limit"]}, "tbf": tbf}
+    assert shaping.verify(reqs, good) == []
+    bad = {"netem": {"rate": None, "limit": 1000}, "tbf": tbf}
+    assert [p.split(" reads")[0] for p in shaping.verify(reqs, bad)] == ["netem rate", "netem limit"]
 
 
 def test_verify_reports_rate_and_queue_differences():
@@ -79,7 +105,7 @@ def test_verify_reports_rate_and_queue_differences():
 # -- cgroups ----------------------------------------------------------------------------
 def test_cgroup_v2_requests():
     req = cgroups.v2_requests(cgroups.Limits(cpus=0.25, memory_bytes=1 << 30, cpuset=(0, 1, 3)))
-    assert req == {"cpu.max": "1000 4000", "cpuset.cpus": "0-1,3",  # auto period: a 1 ms quota
+    assert req == {"cpu.max": "2000 8000", "cpuset.cpus": "0-1,3",  # auto period: a 2 ms quota
                    "memory.max": str(1 << 30), "memory.swap.max": "0"}
     assert cgroups.v2_requests(cgroups.Limits()) == {"cpu.max": "max 100000", "memory.max": "max"}
 
@@ -115,10 +141,11 @@ def test_the_cpu_period_goes_to_the_kernel_with_the_quota_over_it():
     assert cgroups.Limits().period_us == cgroups.CPU_PERIOD_US == 100_000
 
 
-@pytest.mark.parametrize("cpus,period", [(0.25, 4000), (0.5, 2000), (0.3, 3340), (0.75, 1336), (1.0, 10_000),
+@pytest.mark.parametrize("cpus,period", [(0.25, 8000), (0.5, 4000), (0.3, 6670), (0.75, 2668), (1.0, 10_000),
                                          (1.5, 10_000), (8.0, 10_000), (0.001, 1_000_000), (None, 100_000)])
 def test_without_a_cpu_period_the_quota_is_the_kernels_smallest(cpus, period):
-    """auto: the shortest period the kernel allows for the share (a quota of at least 1 ms),
+    """auto: the shortest period that gives the share a 2 ms quota (the kernel allows 1 ms, but
+    held a busy loop to 0.77 of its share under it),
     written with the quota over it; unlimited hosts keep the kernel's 100 ms."""
     limits = cgroups.Limits(cpus=cpus)
     assert limits.period_us == period
@@ -127,7 +154,7 @@ def test_without_a_cpu_period_the_quota_is_the_kernels_smallest(cpus, period):
         assert cgroups.v2_requests(limits)["cpu.max"] == f"{cgroups.cpu_quota_us(cpus, period)} {period}"
     assert cgroups.Limits(cpus=cpus, cpu_period_us=50_000).period_us == 50_000  # a set period wins
     one_third = cgroups.Limits(cpus=1 / 3).period_us                              # no exact quota exists:
-    assert one_third == 3000 and cgroups.cpu_quota_us(1 / 3, one_third) == 1000    # the shortest period
+    assert one_third == 6000 and cgroups.cpu_quota_us(1 / 3, one_third) == 2000    # the shortest period
 
 
 @pytest.mark.parametrize("cpus,text", [((0,), "0"), ((0, 1, 2, 5), "0-2,5"), ((3, 1, 2), "1-3"), ((0, 2, 4), "0,2,4")])
