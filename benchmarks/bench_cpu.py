@@ -15,7 +15,7 @@ of compute / (unconstrained p50 / cores). Goal (issue 13): p50 within 10 % and p
 Mechanisms, all in ONE run (each on a fresh network, in turn, twice, A B C D E A B C D E):
 
 - ``kernel-100ms``: the old default: the kernel's 100 ms period, the quota alone;
-- ``auto``: the shortest period for the share (a 1 ms quota), the quota alone;
+- ``auto``: the auto period for the share (a 2 ms quota; before 2026-12-03 a 1 ms quota), the quota alone;
 - ``auto+tick2ms``: that, plus the real-time CPU ticker (``emulation.ticker``, every 2 ms);
 - ``auto+pace`` (the new default): the auto period, and each inference paced to its CPU time /
   cores (``workloads.pacing``, what servers do with ``serving.pace: true``);

@@ -280,14 +280,15 @@ COMPUTE_WORK_DEFAULT = [("busy loop 20 ms", ["--busy-ms", "20"])]
 
 
 def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_check: bool = True,
-              progress=None, compute: list[tuple[str, list[str]]] | None = None, compute_requests: int = 30,
-              pace: bool = True) -> dict:
+              progress=None, compute: list[tuple[str, list[str]]] | dict[str, list[tuple[str, list[str]]]] | None = None,
+              compute_requests: int = 30, pace: bool = True) -> dict:
     """Measure every link direction and host of ``net`` against its spec.
 
     ``compute``: (label, compute-probe arguments) of the work whose per-request compute each
     CPU-limited host is checked with (:func:`measure_compute`, paced as servers pace unless
     ``pace`` is False); default a 20 ms busy loop. ``testbed calibrate --model M`` passes the
-    model's ONNX file."""
+    model's ONNX file. A dict gives each host its own work (``testbed calibrate EXPERIMENT``:
+    the parts the experiment places there); a limited host it does not name gets the busy loop."""
     say = progress or (lambda msg: None)
     compute = COMPUTE_WORK_DEFAULT if compute is None else compute
     links = []
@@ -329,7 +330,8 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
             slowdown = {f"{b:g}": measure_burst_slowdown(net, name, b) for b in BURSTS_MS}
         per_request = []
         if expect is not None:
-            for label, args in compute:
+            work = compute if not isinstance(compute, dict) else (compute.get(name) or COMPUTE_WORK_DEFAULT)
+            for label, args in work:
                 say(f"host {name}: compute per request ({label})")
                 r = measure_compute(net, name, args, requests=compute_requests, pace=pace)
                 r["label"] = label

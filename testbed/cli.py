@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import click
 
@@ -58,6 +59,54 @@ def _parse_sets(values: tuple[str, ...]) -> list[tuple[str, str]]:
             raise click.UsageError(f"--set {v!r}: expected PATH=VALUE, e.g. links.mobile-edge.bandwidth=50Mbit")
         out.append((path.strip(), value.strip()))
     return out
+
+
+def _experiment_or_none(target: str, sets: tuple[str, ...]):
+    """The experiment in ``target`` when it is a YAML file with ``strategies`` (else None: a
+    topology); a broken experiment file is one clear error."""
+    import yaml
+
+    from emulation.probe import _memory_bytes, machine_cores
+    from testbed.experiment import ExperimentError, load_experiment
+
+    path = Path(target)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # the topology loader says what is wrong with the file
+    if not isinstance(data, dict) or "strategies" not in data:
+        return None
+    try:
+        return load_experiment(path, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
+    except ExperimentError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _experiment_work(exp) -> dict[str, list[tuple[str, list[str]]]]:
+    """host -> (label, compute-probe arguments) of every part the experiment places there."""
+    from workloads.errors import WorkloadError
+    from workloads.prepare import prepare as prepare_one
+
+    built: dict = {}
+    work: dict[str, list[tuple[str, list[str]]]] = {}
+    for host, parts in exp.parts_by_host().items():
+        for need, i, strategy in parts:
+            if need not in built:
+                click.echo(f"  preparing {need.model.name} for {strategy}", err=True)
+                try:
+                    built[need] = prepare_one(need.model.name, need.operators, parts=need.parts,
+                                              weights=need.model.weights, data=need.model.data)
+                except WorkloadError as e:
+                    raise click.ClickException(f"{need.model.name} for strategy {strategy}: {e}") from None
+            folder = built[need].path
+            args = ["--onnx", str(folder / f"seg{i}.onnx")]
+            for k in range(i):
+                args += ["--after", str(folder / f"seg{k}.onnx")]
+            label = f"{need.model.name} [{strategy}]" + (f" part {i + 1}/{need.parts}" if need.parts > 1 else "")
+            work.setdefault(host, []).append((label, args))
+    return work
 
 
 def _load_spec(ref: str, sets: tuple[str, ...]):
@@ -136,7 +185,7 @@ def up(topology: str, sets: tuple[str, ...], open_cli: bool, as_json: bool) -> N
 
 
 @cli.command()
-@click.argument("topology")
+@click.argument("target", metavar="TOPOLOGY|EXPERIMENT")
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE", help=SET_HELP)
 @click.option("--duration", type=click.FloatRange(0.5, 120), default=None,
               help="Seconds per goodput / CPU measurement (default: 3, or 6 below 5 Mbit/s).")
@@ -148,18 +197,28 @@ def up(topology: str, sets: tuple[str, ...], open_cli: bool, as_json: bool) -> N
               help="Requests per host in the compute check.")
 @click.option("--no-pace", is_flag=True, help="Compute check without pacing (serving.pace: false).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def calibrate(topology: str, sets: tuple[str, ...], duration: float | None, no_memory_check: bool,
+def calibrate(target: str, sets: tuple[str, ...], duration: float | None, no_memory_check: bool,
               models: tuple[str, ...], requests: int, no_pace: bool, as_json: bool) -> None:
-    """Measure every link direction and host of TOPOLOGY against its spec; exit 1 on a failed check."""
+    """Measure every link direction and host of TOPOLOGY against its spec; exit 1 on a failed check.
+
+    Given an EXPERIMENT file instead, its topology (with the file's overrides and --set) is
+    measured, and each CPU-limited host's compute is checked on the very parts the
+    experiment's strategies place there (prepared and cached as `testbed prepare` does)."""
     from emulation.calibrate import calibrate as run_calibration
     from emulation.network import EmulatedNetwork, EmulationError
     from emulation.probe import capabilities
 
-    spec = _load_spec(topology, sets)
+    exp = _experiment_or_none(target, sets)
+    if exp is not None and models:
+        raise click.UsageError("--model goes with a TOPOLOGY; an EXPERIMENT file's hosts are checked on its own parts")
+    spec = exp.topology if exp is not None else _load_spec(target, sets)
     caps = capabilities()
     _require_emulation(caps)
     work = None
-    if models:
+    if exp is not None:
+        work = _experiment_work(exp)
+        no_pace = no_pace or not exp.serving.pace
+    elif models:
         from workloads.errors import WorkloadError
         from workloads.prepare import prepare
 

@@ -321,6 +321,22 @@ class Experiment:
                     out.setdefault(ArtifactNeed(model, s.operators, s.parts))
         return list(out)
 
+    def parts_by_host(self) -> dict[str, list[tuple[ArtifactNeed, int, str]]]:
+        """What each host computes in this experiment's cells: host -> [(artifact, part index,
+        strategy name)], each (artifact, part) once per host, in model-then-strategy order
+        (``testbed calibrate EXPERIMENT`` checks each host's compute on exactly these). Sweep
+        points that change models or strategies add theirs, as in :meth:`artifacts_needed`."""
+        sweeps_workload = any(p.split(".", 1)[0] in ("models", "strategies") for p, _ in self.sweep)
+        experiments = [self.at(p) for p in self.cells_grid()] if sweeps_workload else [self]
+        out: dict[str, dict[tuple[ArtifactNeed, int], str]] = {}
+        for exp in experiments:
+            for model in exp.models:
+                for s in exp.strategies:
+                    need = ArtifactNeed(model, s.operators, s.parts)
+                    for i, host in enumerate(s.placement):
+                        out.setdefault(host, {}).setdefault((need, i), s.name)
+        return {h: [(need, i, name) for (need, i), name in parts.items()] for h, parts in out.items()}
+
     def to_dict(self) -> dict:
         """A normalised, JSON-serialisable form: every default written out, the topology
         inline with its overrides applied, operators with all their parameters."""

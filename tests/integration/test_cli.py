@@ -44,6 +44,38 @@ def test_calibrate_json_measures_every_direction_and_host_and_passes():
     assert data["pass"] and res.exit_code == 0, failed
 
 
+def test_calibrate_experiment_checks_each_host_on_the_parts_placed_there(tmp_path):
+    """`testbed calibrate EXPERIMENT`: the experiment's topology (its overrides and --set
+    applied), and each CPU-limited host's compute on the very parts its strategies put there:
+    the mobile half of the partition on mobile, the edge half on edge, the whole model on
+    cloud (the demo's artifacts, from the cache)."""
+    exp = tmp_path / "calexp.yaml"
+    exp.write_text("name: calexp\ntopology: three_tier\nmodels: [efficientnet_lite0]\n"
+                   "links: {edge-cloud: {bandwidth: 20Mbit}}\n"
+                   "strategies:\n"
+                   "  - {name: me-partition, operators: [{partition: {cut: auto}}], placement: [mobile, edge]}\n"
+                   "  - {name: cloud, placement: cloud}\n"
+                   "source: mobile\n")
+    res = CliRunner().invoke(cli, ["calibrate", str(exp), "--duration", "1", "--no-memory-check", "--requests", "10",
+                                   "--set", "links.mobile-edge.delay=2ms", "--json"])
+    assert res.output.startswith("{"), (res.output, res.exception)
+    data = json.loads(res.output)
+    assert data["topology"] == "three_tier"
+    assert {r["link"]: r["delay_ms"] for r in data["links"]} == {"mobile-edge": 2.0, "edge-cloud": 0.0}
+    assert {r["link"]: r["bandwidth_bps"] for r in data["links"]}["edge-cloud"] == 20_000_000
+    labels = {h["host"]: [c["label"] for c in h["compute"]] for h in data["hosts"]}
+    assert labels == {"mobile": ["efficientnet_lite0 [me-partition] part 1/2"],
+                      "edge": ["efficientnet_lite0 [me-partition] part 2/2"],
+                      "cloud": ["efficientnet_lite0 [cloud]"]}
+    for h in data["hosts"]:
+        (c,) = h["compute"]
+        assert c["work"].startswith("--onnx ") and c["requests"] == 10 and c["paced"] is (h["cpus"] < 1)
+        assert ("--after" in c["work"]) is (h["host"] == "edge")   # the edge half is fed by the mobile half
+        assert 0.5 < c["ratio_p10_p50_p90"][1] < 2.0, c            # measured, whatever the verdict
+    bad = CliRunner().invoke(cli, ["calibrate", str(exp), "--model", "fmnist_cnn"])
+    assert bad.exit_code == 2 and "--model goes with a TOPOLOGY" in bad.output
+
+
 def test_calibration_fails_when_the_link_is_slower_than_its_spec():
     # make the failure real: shape the link to 10 Mbit/s, then measure against a spec of 200
     from emulation import calibrate as cal

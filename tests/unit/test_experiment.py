@@ -136,6 +136,27 @@ def test_artifacts_needed_counts_parts_and_swept_operator_parameters(tmp_path):
     assert [n.operators[0].get("threshold") for n in needed[3:]] == [0.5, 0.9]
 
 
+def test_parts_by_host_names_what_each_host_computes_once(tmp_path):
+    # calibrate EXPERIMENT checks each host's compute on these: the part of each artifact a
+    # strategy places on the host, once per (artifact, part) whatever the strategies sharing it
+    path = write(tmp_path, BASE + textwrap.dedent("""\
+          - {name: me, operators: [{partition: {cut: auto}}], placement: [mobile, edge]}
+          - {name: ec, operators: [{partition: {cut: auto}}], placement: [edge, cloud]}
+          - {name: mec, operators: [{partition: {cut: auto}}], placement: [mobile, edge, cloud]}
+          - {name: ee, operators: [early_exit], placement: edge}
+        sweep:
+          strategies.4.operators.0.early_exit.threshold: [0.5, 0.9]
+        """))
+    by = {h: [((n.operators[0].name if n.operators else None), n.parts, i, s) for n, i, s in parts]
+          for h, parts in load(path).parts_by_host().items()}
+    assert by["mobile"] == [("partition", 2, 0, "me"), ("partition", 3, 0, "mec")]
+    # edge: the whole model, part 2 of the two-part
+    # artifact (me), part 1 of the same artifact (ec), part 2 of 3, and both swept exit heads
+    assert by["edge"] == [(None, 1, 0, "edge"), ("partition", 2, 1, "me"), ("partition", 2, 0, "ec"),
+                          ("partition", 3, 1, "mec"), ("early_exit", 1, 0, "ee"), ("early_exit", 1, 0, "ee")]
+    assert by["cloud"] == [("partition", 2, 1, "ec"), ("partition", 3, 2, "mec")]
+
+
 def test_to_dict_is_json_and_loads_back_equal(example, tmp_path):
     data = json.loads(json.dumps(example.to_dict()))
     assert data["topology"]["links"]["edge-cloud"] == {"bandwidth": "1Mbit", "delay": "20ms", "loss": "0.1%"}
