@@ -84,8 +84,9 @@ def _experiment_or_none(target: str, sets: tuple[str, ...]):
         raise click.ClickException(str(e)) from None
 
 
-def _experiment_work(exp) -> dict[str, list[tuple[str, list[str]]]]:
-    """host -> (label, compute-probe arguments) of every part the experiment places there."""
+def _experiment_work(exp, say=None) -> dict[str, list[tuple[str, list[str]]]]:
+    """host -> (label, compute-probe arguments) of every part the experiment places there;
+    ``say`` hears which artifact is being prepared."""
     from workloads.errors import WorkloadError
     from workloads.prepare import prepare as prepare_one
 
@@ -94,7 +95,8 @@ def _experiment_work(exp) -> dict[str, list[tuple[str, list[str]]]]:
     for host, parts in exp.parts_by_host().items():
         for need, i, strategy in parts:
             if need not in built:
-                click.echo(f"  preparing {need.model.name} for {strategy}", err=True)
+                if say is not None:
+                    say(f"preparing {need.model.name} for {strategy}")
                 try:
                     built[need] = prepare_one(need.model.name, need.operators, parts=need.parts,
                                               weights=need.model.weights, data=need.model.data)
@@ -216,7 +218,7 @@ def calibrate(target: str, sets: tuple[str, ...], duration: float | None, no_mem
     _require_emulation(caps)
     work = None
     if exp is not None:
-        work = _experiment_work(exp)
+        work = _experiment_work(exp, say=None if as_json else (lambda m: click.echo(f"  {m}", err=True)))
         no_pace = no_pace or not exp.serving.pace
     elif models:
         from workloads.errors import WorkloadError
