@@ -348,8 +348,20 @@ class EmulatedNetwork:
             node, ifname = self.plan.shaped_if[(src, dst)]
             with self._ipr(node) as ipr:
                 shaping.apply(ipr, ipr.link_lookup(ifname=ifname)[0], shaping.shaping_requests(d, netem=self.netem, serialize=self.serialize))
+            host_if = self._host_if(link, src)
+            with self._ipr(src) as ipr:  # the sender's GSO lumps: what the serializer sends whole
+                ipr.link("set", index=ipr.link_lookup(ifname=host_if)[0], gso_max_segs=self._gso_segs(d))
         if not self.netem:
             self._apply_wire(self.wires[link.name], link)
+
+    def _host_if(self, link: LinkSpec, host: str) -> str:
+        """``host``'s own interface on ``link`` (toward the link's wire)."""
+        wire = self.plan.wires[link.name][0]
+        seg = next(s for s in self.plan.segments if {s.a, s.b} == {host, wire})
+        return seg.end(host)[0]
+
+    def _gso_segs(self, d: DirectionSpec) -> int:
+        return shaping.gso_max_segs(d.rate_bps if self.serialize else None)
 
     def _wire_rules(self, wire: Wire, link: LinkSpec) -> list[list[str]]:
         rules = []
@@ -542,6 +554,10 @@ class EmulatedNetwork:
     def _verify_link(self, link: LinkSpec) -> list[str]:
         problems = []
         for src, dst, d in directions(link):
+            segs = self._read_gso_segs(link, src)
+            if segs != self._gso_segs(d):
+                problems.append(f"link {link.name} {src}->{dst}: {src}'s gso_max_segs reads {segs}, "
+                                f"asked {self._gso_segs(d)}")
             got = self._read_direction(src, dst)
             problems += [f"link {link.name} {src}->{dst}: {p}"
                          for p in shaping.verify(shaping.shaping_requests(d, self.netem, self.serialize), got)]
@@ -567,6 +583,10 @@ class EmulatedNetwork:
                     problems += [f"link {link.name}: delay line {p}"
                                  for p in realtime_problems([wire.delayline.pid], self.delayline_priority)]
         return problems
+
+    def _read_gso_segs(self, link: LinkSpec, host: str) -> int | None:
+        with self._ipr(host) as ipr:
+            return ipr.get_links(ipr.link_lookup(ifname=self._host_if(link, host))[0])[0].get_attr("IFLA_GSO_MAX_SEGS")
 
     def _read_direction(self, src: str, dst: str) -> dict:
         """The qdiscs that shape src->dst, as the kernel reports them."""
@@ -613,6 +633,7 @@ class EmulatedNetwork:
                               "delay_mechanism": "netem" if self.netem else ("nfqueue" if d.delay_ms or d.jitter_ms else "-"),
                               "serialization": None if d.rate_bps is None or not self.serialize else
                               ("netem rate" if self.netem else "delay line"),
+                              "gso_max_segs": self._read_gso_segs(link, src),
                               "delay_line_sched": None if self.netem or self.wires[link.name].sched is None else
                               f"{self.wires[link.name].sched['policy']} {self.wires[link.name].sched['priority']}",
                               "loss_mechanism": "netem" if self.netem else ("iptables-statistic" if d.loss else "-")})
