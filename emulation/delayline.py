@@ -25,12 +25,11 @@ are those the egress interface would send: the IP length from the kernel (``NFQA
 plus the Ethernet header, and for a GSO super-packet (queued whole) the headers of every
 segment it will be cut into (its IP and TCP header lengths are read from the first bytes of
 the packet, which is why the queues copy ``COPY_RANGE`` bytes of each packet to userspace).
-A serialized queue of at most ``GSO_OFF_MAX_BPS`` turns ``NFQA_CFG_F_GSO`` off, so that the
-kernel hands it every frame on its own: a super-packet goes out whole once its last frame is
-due, and at a few Mbit/s with no delay those lumps cost TCP 4-6 % of its goodput (0.936
-against 0.956 at 10 and 20 Mbit/s); frame by frame, the per-packet work is small at such
-rates (0.1 core at 20 Mbit/s). A token bucket (the wire's tbf) cannot do this: its burst lets the first frames of a message
-through at full speed, so that a 4.5 kB reply crossed a 1 Mbit/s link in 14 ms instead of 36.
+GSO super-packets stay whole (one verdict each) and go out once their last frame is due;
+the network keeps them to half a millisecond of frames at the link's rate (``gso_max_segs`` on
+each sender's interface), so TCP's ACK clock does not come in lumps. A token bucket (the
+wire's tbf) cannot do this: its burst lets the first frames of a message through at full
+speed, so that a 4.5 kB reply crossed a 1 Mbit/s link in 14 ms instead of 36.
 
 i.e. jitter samples are uniform in [-jitter_ms, +jitter_ms], the total is clamped to >= 0,
 and a packet never overtakes the one before it. With jitter and densely spaced packets the
@@ -222,7 +221,6 @@ MAX_AGE_S = 0.05  # older stamps mean a clock step, not a slow wake-up: ignore t
 ETH_HEADER = 14
 COPY_RANGE = 128  # bytes of each packet copied to us: an IPv4 (<= 60) and a TCP (<= 60) header
 DEFAULT_MTU = 1500
-GSO_OFF_MAX_BPS = 50_000_000  # serialized at most this fast: frame by frame (see the module's notes)
 
 
 def wire_bytes(buf, off: int, avail: int, length: int, mtu: int = DEFAULT_MTU) -> int:
@@ -369,17 +367,8 @@ class DelayLine:
         except ValueError as e:
             return {"ok": False, "error": str(e)}
         sched.set(delay, jitter)
-        sock = self.socks.get(q)
-        if sock is not None and bool(sock.flags & nfqueue.NFQA_CFG_F_GSO) != self.queue_gso(q):
-            sock.set_flag(nfqueue.NFQA_CFG_F_GSO, self.queue_gso(q))
-            self._take_pending(q)
         return {"ok": True, "queue": q, "delay_ms": sched.delay_ms, "jitter_ms": sched.jitter_ms,
                 "rate_bps": sched.rate_bps, "queue_bytes": sched.queue_bytes}
-
-    def queue_gso(self, q: int) -> bool:
-        """Whether queue ``q`` takes GSO super-packets whole (see GSO_OFF_MAX_BPS)."""
-        rate = self.schedules[q].rate_bps
-        return self.gso and not (rate is not None and rate <= GSO_OFF_MAX_BPS)
 
     def stats(self) -> dict:
         kernel = nfqueue.read_proc_stats() if self.socks else {}
@@ -390,7 +379,7 @@ class DelayLine:
                  "dropped_enobufs": st.dropped_enobufs, "dropped_queue": st.dropped_queue,
                  "verdict_errors": st.verdict_errors, "delay_ms": sched.delay_ms, "jitter_ms": sched.jitter_ms,
                  "rate_bps": sched.rate_bps, "queue_bytes": sched.queue_bytes, "bytes": st.bytes,
-                 "unsized": st.unsized, "gso": self.queue_gso(q),
+                 "unsized": st.unsized,
                  "release_batches": st.batches,
                  "late_us_mean": round(st.late_sum / st.batches * 1e6, 1) if st.batches else None,
                  "late_us_max": round(st.late_max * 1e6, 1) if st.batches else None}
@@ -409,7 +398,7 @@ class DelayLine:
         for q in self.schedules:
             s = nfqueue.QueueSocket(q, rcvbuf=self.rcvbuf)
             self.socks[q] = s
-            s.setup(maxlen=self.maxlen, gso=self.queue_gso(q), fail_open=self.fail_open, copy_range=COPY_RANGE)
+            s.setup(maxlen=self.maxlen, gso=self.gso, fail_open=self.fail_open, copy_range=COPY_RANGE)
             self._take_pending(q, now)
         return {"ready": True, "queues": sorted(self.schedules),
                 "copy_mode": {str(q): s.copy_mode for q, s in self.socks.items()},
@@ -458,11 +447,10 @@ class DelayLine:
 
             nfqueue.scan_packets(buf, n, on_packet, on_error)
 
-    def _take_pending(self, q: int, now: float | None = None) -> None:
+    def _take_pending(self, q: int, now: float) -> None:
         """Schedule the packets that arrived while the queue was being configured (their
         length unknown: they count as ``unsized``)."""
         s = self.socks[q]
-        now = time.monotonic() if now is None else now
         for pid in s.pending:
             self._queue_packet(q, self.schedules[q].push, self.stats_[q], now, pid, None)
         s.pending.clear()

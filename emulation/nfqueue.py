@@ -342,15 +342,6 @@ class QueueSocket:
                             self.notes.append(f"flag {f:#x} refused ({os.strerror(err)})")
         self.sock.setblocking(False)
 
-    def set_flag(self, flag: int, on: bool) -> None:
-        """Turn one queue flag on or off (the others stay); raises NetlinkError if refused.
-        Packets that arrive meanwhile are left in ``self.pending`` for the caller."""
-        q = self.queue
-        err = self.request(lambda s: build_config_message(q, flags=flag if on else 0, mask=flag, seq=s))
-        if err:
-            raise NetlinkError(err, f"setting flag {flag:#x}={int(on)} on nfqueue {q}: {os.strerror(err)}")
-        self.flags = (self.flags | flag) if on else (self.flags & ~flag)
-
     def send(self, data: bytes) -> None:
         self.sock.send(data)
 
