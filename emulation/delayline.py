@@ -174,10 +174,6 @@ class DelaySchedule:
         self._last = t
         return t
 
-    def backlog_s(self, now: float) -> float:
-        """Seconds the transmitter still needs for what it was given (0 when idle)."""
-        return self._sent - now if self._sent > now else 0.0
-
     def push(self, arrival: float, item=None, nbytes: int = 0) -> float | None:
         t = self.release_time(arrival, nbytes)
         if t is not None:

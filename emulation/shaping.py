@@ -110,7 +110,7 @@ def netem_params(d: DirectionSpec, serialize: bool = True) -> dict:
     p = {"delay": int(round(d.delay_ms * 1000)), "jitter": int(round(d.jitter_ms * 1000)), "loss": d.loss * 100.0}
     if d.rate_bps is None or not serialize:
         # no rate: netem only delays; sized so that it never drops what the delay holds
-        p["limit"] = int(10_000_000_000 / 8 * (d.delay_ms + d.jitter_ms) / 1000 / 1000) + 1000
+        p["limit"] = int((d.rate_bps or 10_000_000_000) / 8 * (d.delay_ms + d.jitter_ms) / 1000 / 1000) + 1000
     else:
         # with a rate, netem's queue is the link's: full frames in flight over the delay plus
         # the configured queue (drop-tail beyond it, as the tbf's byte limit would)

@@ -308,12 +308,17 @@ class Experiment:
             raise ExperimentError("this Experiment was not loaded by load_experiment", "a loaded experiment")
         return _at(self._raw, self._context, point)
 
+    def _workload_points(self) -> list[Experiment]:
+        """The experiment at every sweep point when the sweep changes models or strategies
+        (each point may need other artifacts), else just this one."""
+        sweeps_workload = any(p.split(".", 1)[0] in ("models", "strategies") for p, _ in self.sweep)
+        return [self.at(p) for p in self.cells_grid()] if sweeps_workload else [self]
+
     def artifacts_needed(self) -> list[ArtifactNeed]:
         """The distinct (model, operator chain, parts) that the cells use, in model-then-
         strategy order: strategies with the same chain and as many hosts share one artifact,
         whatever the hosts. Sweep points that change models or operators add theirs."""
-        sweeps_workload = any(p.split(".", 1)[0] in ("models", "strategies") for p, _ in self.sweep)
-        experiments = [self.at(p) for p in self.cells_grid()] if sweeps_workload else [self]
+        experiments = self._workload_points()
         out: dict[ArtifactNeed, None] = {}
         for exp in experiments:
             for model in exp.models:
@@ -326,8 +331,7 @@ class Experiment:
         strategy name)], each (artifact, part) once per host, in model-then-strategy order
         (``testbed calibrate EXPERIMENT`` checks each host's compute on exactly these). Sweep
         points that change models or strategies add theirs, as in :meth:`artifacts_needed`."""
-        sweeps_workload = any(p.split(".", 1)[0] in ("models", "strategies") for p, _ in self.sweep)
-        experiments = [self.at(p) for p in self.cells_grid()] if sweeps_workload else [self]
+        experiments = self._workload_points()
         out: dict[str, dict[tuple[ArtifactNeed, int], str]] = {}
         for exp in experiments:
             for model in exp.models:
