@@ -36,7 +36,8 @@ Schema (version 1)
     ``input_index`` (which input of the data set), ``status``: ``ok`` | ``timeout`` | ``oom``
     | ``error``, ``e2e_ms`` (source sends -> source has the answer), ``compute_ms`` (sum of
     the compute hops), ``transmission_ms`` (sum of the link hops), ``serialization_ms``
-    (encoding + decoding tensors), ``overhead_ms`` (the rest of ``e2e_ms``), ``bytes_sent``
+    (encoding + decoding tensors, quota stalls on receiving, and hops between two processes on
+    one host), ``overhead_ms`` (the rest of ``e2e_ms``), ``bytes_sent``
     (payload bytes over all links), ``exit_segment`` (early exit: the segment that answered),
     ``output_match`` (0/1: the output agrees with the reference), ``output_max_diff`` (the
     largest absolute difference to it), ``error``. Timings are NULL when not measured.
@@ -47,8 +48,10 @@ Schema (version 1)
     ``link`` (``bytes`` crossed from ``src`` to ``dst``), ``src``, ``dst`` (hosts; equal for
     compute), ``direction``: ``request`` | ``response`` (compute hops are ``request``),
     ``part`` (the model part, for compute and for the link that carries its input),
-    ``bytes``, ``ms`` (the hop's time), ``decode_ms`` / ``encode_ms`` (compute hops: time
-    to decode the input and encode the output).
+    ``bytes``, ``ms`` (the hop's time), ``decode_ms`` / ``encode_ms`` (links: the receiver's
+    decoding, with its quota stall on the frame's last bytes, and the sender's encoding). A
+    link with ``src = dst`` joins two processes on one host: its ``ms`` counts as that host's
+    serialisation, not transmission.
 
 ``requests`` and ``hops`` rows are deleted with their cell (``ON DELETE CASCADE``); writing a
 cell that exists replaces it and all its rows. Example::

@@ -150,6 +150,7 @@ class Message:
     recv_start_ns: int = 0  # right after the first bytes of the prefix arrived
     recv_end_ns: int = 0  # right after the last byte of the frame was read
     decode_end_ns: int = 0  # right after the tensors were built
+    stall_ns: int = 0  # the receiver's quota stall on the frame's last bytes (BufferedReceiver with stalls)
     nbytes: int = 0  # the whole frame on the wire: prefix + header + payload
 
 
@@ -387,20 +388,35 @@ class BufferedReceiver:
     """``recv_into`` for :func:`read_message` with fewer system calls: small reads (a prefix,
     a header) are served from one buffer filled by a single ``recv``; reads as large as the
     buffer go straight into the caller's memory. Bytes of a following frame stay buffered
-    for the next read. Wrap a connection once and read every frame through the wrapper."""
+    for the next read. Wrap a connection once and read every frame through the wrapper.
 
-    def __init__(self, sock: socket.socket, size: int = 65536):
+    With ``stalls`` (a :class:`workloads.pacing.QuotaStalls`), each read from the kernel also
+    notes how long the calling thread waited for a CPU while it was in it (``last_wait_ns``):
+    :func:`read_message` turns the wait of the read that brought the frame's last bytes into
+    the frame's ``stall_ns``."""
+
+    def __init__(self, sock: socket.socket, size: int = 65536, stalls=None):
         self.sock = sock
         self._buf = bytearray(size)
         self._view = memoryview(self._buf)
         self._start = self._end = 0
+        self.stalls = stalls if stalls is not None and stalls.enabled else None
+        self.last_wait_ns = 0
+
+    def _kernel_recv(self, view: memoryview, want: int) -> int:
+        if self.stalls is None:
+            return self.sock.recv_into(view, want)
+        w0 = self.stalls.wait_ns()
+        got = self.sock.recv_into(view, want)
+        self.last_wait_ns = self.stalls.wait_ns() - w0
+        return got
 
     def recv_into(self, view: memoryview, nbytes: int = 0) -> int:
         want = len(view) if not nbytes else min(nbytes, len(view))
         if self._start == self._end:
             if want >= len(self._buf):
-                return self.sock.recv_into(view, want)
-            self._start, self._end = 0, self.sock.recv_into(self._view)
+                return self._kernel_recv(view, want)
+            self._start, self._end = 0, self._kernel_recv(self._view, len(self._view))
             if not self._end:
                 return 0
         n = min(want, self._end - self._start)
@@ -579,6 +595,8 @@ def read_message(sock: "socket.socket | BufferedReceiver", limits: Limits = Limi
     before the header is read, and the whole header before the payload is.
     """
     expected = None if codec is None else _codec_id(codec)
+    stalls = getattr(sock, "stalls", None)
+    throttled0 = stalls.throttled_ns() if stalls is not None else 0
     prefix = bytearray(PREFIX.size)
     view = memoryview(prefix)
     got = sock.recv_into(view)
@@ -622,8 +640,11 @@ def read_message(sock: "socket.socket | BufferedReceiver", limits: Limits = Limi
         recv_end = time.monotonic_ns()
     else:
         payload = _decode_base64(specs)
+    stall = 0
+    if stalls is not None:   # the last read's wait for a CPU, as far as the quota explains it
+        stall = max(0, min(sock.last_wait_ns, stalls.throttled_ns() - throttled0))
     tensors = _build_tensors(payload, specs)
     decode_end = time.monotonic_ns()
     return Message(kind, msg_id, tensors, meta, codec=name, sent_ns=sent_ns,
                    recv_start_ns=recv_start, recv_end_ns=recv_end, decode_end_ns=decode_end,
-                   nbytes=PREFIX.size + header_len + payload_len)
+                   nbytes=PREFIX.size + header_len + payload_len, stall_ns=stall)

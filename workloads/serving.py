@@ -30,7 +30,8 @@ time its compute threads spent in it, and ``paced``: how long pacing waited, bot
 13-digit strings, so that a frame's size does not depend on them),
 ``conn0``/``conn1`` (a connection opened to
 the next hop, when one was), ``enc0`` (before encoding what it sends next), plus ``host``,
-``stage`` (request / response), ``part``, ``bytes`` (the frame's size) and ``exit``.
+``stage`` (request / response), ``part``, ``bytes`` (the frame's size), ``exit`` and ``stall``
+(the receiver's quota stall on the frame's last bytes, ns, 13 digits; see :func:`breakdown`).
 :func:`breakdown` turns a trace into compute per host, transmission per link direction and
 serialisation; nothing is inferred from end-to-end time.
 
@@ -127,6 +128,7 @@ class Server:
         pool = pacing.new_threads(before)
         self.pool_threads = len(pool) if before else None      # None: /proc/self/task unreadable
         self.pacer = pacing.Pacer(cfg.pace, cfg.threads, pool)
+        self.stalls = pacing.QuotaStalls()     # disabled outside a cgroup (nothing throttles there)
         pacing.sharp_timers()
         self.load_ms = (time.monotonic() - t0) * 1000
         if cfg.part not in {s.part for s in self.runner.segments}:
@@ -185,7 +187,7 @@ class Server:
     # -- one upstream connection ------------------------------------------------------------
     def _connection(self, conn: socket.socket, peer) -> None:
         down: list = [None, None]      # the persistent connection to the next hop, and its reader
-        reader = BufferedReceiver(conn)
+        reader = BufferedReceiver(conn, stalls=self.stalls)
         try:
             while not self.stopping.is_set():
                 try:
@@ -225,7 +227,7 @@ class Server:
             return False
         rec = {"host": cfg.host, "stage": "request", "part": cfg.part, "sent": msg.sent_ns,
                "recv0": msg.recv_start_ns, "recv1": msg.recv_end_ns, "dec1": msg.decode_end_ns,
-               "bytes": msg.nbytes}
+               "bytes": msg.nbytes, "stall": f"{msg.stall_ns:013d}"}
         missing = [n for n in self.needs if n not in msg.tensors]
         if missing:
             self._reply_error(conn, msg.id, f"{cfg.host}: request lacks tensors {missing}", trace + [rec])
@@ -252,7 +254,8 @@ class Server:
         meta = dict(answer.meta)
         if answer.nbytes:       # received from the next hop (not a failure of ours to reach it)
             rrec = {"host": cfg.host, "stage": "response", "sent": answer.sent_ns, "recv0": answer.recv_start_ns,
-                    "recv1": answer.recv_end_ns, "dec1": answer.decode_end_ns, "bytes": answer.nbytes}
+                    "recv1": answer.recv_end_ns, "dec1": answer.decode_end_ns, "bytes": answer.nbytes,
+                    "stall": f"{answer.stall_ns:013d}"}
             meta["trace"] = list(meta.get("trace", [])) + [rrec]
             rrec["enc0"] = _now()
         send_message(conn, Message(answer.kind, msg.id, answer.tensors, meta), cfg.codec, cfg.limits)
@@ -266,7 +269,7 @@ class Server:
             if down[0] is None:
                 rec["conn0"] = _now()
                 down[0] = _connect(cfg.next_hop, cfg.timeout_s)
-                down[1] = BufferedReceiver(down[0])
+                down[1] = BufferedReceiver(down[0], stalls=self.stalls)
                 rec["conn1"] = _now()
             down[0].settimeout(cfg.timeout_s)
             rec["enc0"] = _now()
@@ -342,10 +345,11 @@ class Client:
         self.connection, self.timeout_s, self.limits = connection, timeout_s, limits
         self.sock: socket.socket | None = None
         self.reader: BufferedReceiver | None = None
+        self.stalls = pacing.QuotaStalls()     # the client runs outside the host's cgroup: disabled
 
     def _open(self, timeout_s: float) -> None:
         self.sock = _connect(self.target, timeout_s)
-        self.reader = BufferedReceiver(self.sock)
+        self.reader = BufferedReceiver(self.sock, stalls=self.stalls)
 
     def close(self) -> None:
         _close(self.sock)
@@ -399,7 +403,7 @@ class Client:
         trace = list(answer.meta.get("trace", []))
         trace.append({"host": self.host, "stage": "response", "sent": answer.sent_ns,
                       "recv0": answer.recv_start_ns, "recv1": answer.recv_end_ns,
-                      "dec1": answer.decode_end_ns, "bytes": answer.nbytes})
+                      "dec1": answer.decode_end_ns, "bytes": answer.nbytes, "stall": f"{answer.stall_ns:013d}"})
         if answer.kind == "error":
             return {"status": "error", "error": str(answer.meta.get("error", "error"))[:500], "trace": trace}
         out = next(iter(answer.tensors.values()), None)
@@ -454,8 +458,12 @@ def breakdown(trace: list[dict]) -> Breakdown:
     byte received; plus the connection set-up when the sender opened one for it), attributed
     to sender host -> receiver host in the record's direction. A hop between two processes on
     the same host (the source is the first host) is not an emulated link: it is kept as a hop
-    but counted as harness overhead, not transmission. Serialisation: ``sent - enc0`` at the
-    sender plus ``dec1 - recv1`` at the receiver. Overhead: end-to-end minus the rest."""
+    but it is not transmission: moving a message between two processes on one host is that
+    host's work, done under its CPU quota, and counts as serialisation. Serialisation: ``sent -
+    enc0`` at the sender plus ``dec1 - recv1`` at the receiver, plus the receiver's quota stall
+    on the frame's last bytes (``stall``: the host's CPU quota had run out when they arrived,
+    :class:`workloads.pacing.QuotaStalls`), which is taken out of the link's time. Overhead:
+    end-to-end minus the rest."""
     hops: list[dict] = []
     compute = transmission = serialization = 0.0
     nbytes = 0
@@ -464,14 +472,17 @@ def breakdown(trace: list[dict]) -> Breakdown:
         if "sent" not in rec:
             break
         connect = _ms(prev["conn0"], prev["conn1"]) if "conn1" in prev else 0.0
-        link_ms = _ms(rec["sent"], rec["recv1"]) + connect
+        stall = min(int(rec.get("stall", 0)) / 1e6, _ms(rec["sent"], rec["recv1"]))
+        link_ms = _ms(rec["sent"], rec["recv1"]) + connect - stall
         enc = _ms(prev["enc0"], rec["sent"]) if "enc0" in prev else None
-        dec = _ms(rec["recv1"], rec["dec1"])
+        dec = _ms(rec["recv1"], rec["dec1"]) + stall
         direction = "request" if rec["stage"] == "request" else "response"
         hops.append({"kind": "link", "src": prev["host"], "dst": rec["host"], "direction": direction,
                      "part": None, "bytes": rec["bytes"], "ms": link_ms, "decode_ms": dec, "encode_ms": enc})
         if prev["host"] != rec["host"]:
             transmission += link_ms
+        else:
+            serialization += link_ms
         serialization += dec + (enc or 0.0)
         nbytes += rec["bytes"]
         if "comp1" in rec:

@@ -315,6 +315,17 @@ def test_breakdown_arithmetic_on_a_known_trace():
                             comp0=2 * ms, comp1=5 * ms, enc0=5 * ms),
                        _rec("edge", "response", sent=6 * ms, recv0=6 * ms, recv1=7 * ms, dec1=7 * ms, bytes=10)])
     assert local.transmission_ms == 0 and local.compute_ms == 3      # same-host hops are not links
-    assert local.overhead_ms == 7 - 3 - 2                             # ... they are harness time
+    # ... they are the host's own work: links 2-1 and 7-6, encode 6-5 (the client's: 1-0 = 1)
+    assert local.serialization_ms == 1 + 1 + 1 + 1 and local.overhead_ms == 0
+    # a receiver that waited 4 ms for its quota on the last bytes: those 4 ms leave the link
+    # (19-2 = 17 ms) for the receiving host's serialisation (decode 1 + stall 4)
+    stalled = breakdown([_rec("mobile", "client", start=0, enc0=1 * ms),
+                         _rec("edge", "request", part=0, sent=2 * ms, recv0=3 * ms, recv1=19 * ms, dec1=20 * ms,
+                              bytes=1000, stall=f"{4 * ms:013d}", comp0=20 * ms, comp1=30 * ms, enc0=30 * ms),
+                         _rec("mobile", "response", sent=31 * ms, recv0=32 * ms, recv1=33 * ms, dec1=33 * ms,
+                              bytes=100, stall=f"{0:013d}")])
+    assert stalled.transmission_ms == 13 + 2 and stalled.serialization_ms == 1 + 5 + 1 + 0
+    assert stalled.hops[0]["ms"] == 13 and stalled.hops[0]["decode_ms"] == 5
+    assert stalled.overhead_ms == 33 - 10 - 15 - 7
     incomplete = breakdown([_rec("mobile", "client", start=0, enc0=0)])
     assert incomplete.e2e_ms is None and incomplete.hops == []
