@@ -241,7 +241,9 @@ def test_asymmetric_delay_and_live_change(topo, daemon_factory):
 
 @pytest.mark.timeout(120)
 def test_jitter_bounds_without_reordering(topo, daemon_factory):
-    d = daemon_factory("0:20:5", "1:0:0", extra=["--seed", "7"])
+    # at SCHED_FIFO 10, as every network runs its delay lines: at the normal scheduler one
+    # ping in 420 (7 runs) came back 9 ms past the bound, the daemon not scheduled in time
+    d = daemon_factory("0:20:5", "1:0:0", extra=["--seed", "7", "--rt-priority", "10"])
     r = ping_rtt(topo.a, B_IP, count=60, interval=0.02)
     print(f"\n20 ms +- 5 ms jitter: RTT min {r['min']:.3f} avg {r['avg']:.3f} max {r['max']:.3f} mdev {r['mdev']:.3f}")
     assert r["received"] == 60
