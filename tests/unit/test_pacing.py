@@ -81,3 +81,44 @@ def test_the_delay_line_reports_its_scheduler_and_refuses_a_bad_priority():
     assert now["policy"] in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR") and now["priority"] == os.sched_getparam(0).sched_priority
     with pytest.raises(ValueError, match="--rt-priority 100: allowed 1..99"):
         realtime(100)
+
+
+def _fake_proc(tmp_path, cgroup: str, mountinfo: str):
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "cgroup").write_text(cgroup)
+    (proc / "mountinfo").write_text(mountinfo)
+    return str(proc)
+
+
+def test_a_process_finds_its_cpu_cgroups_stat_on_v1_and_v2_and_none_at_the_root(tmp_path):
+    v1_mount = tmp_path / "cpu"
+    (v1_mount / "testbed" / "tbab12" / "mobile").mkdir(parents=True)
+    (v1_mount / "testbed" / "tbab12" / "mobile" / "cpu.stat").write_text("throttled_time 5\n")
+    mounts = (f"30 25 0:26 / {tmp_path}/cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpuacct\n"
+              f"31 25 0:27 / {v1_mount} rw,relatime shared:10 - cgroup cgroup rw,cpu\n"
+              f"32 25 0:28 / {tmp_path}/unified rw,relatime shared:11 - cgroup2 cgroup2 rw\n")
+    proc = _fake_proc(tmp_path, "2:cpuacct:/\n1:cpu:/testbed/tbab12/mobile\n0::/\n", mounts)
+    assert pacing._cgroup_cpu_stat(proc) == f"{v1_mount}/testbed/tbab12/mobile/cpu.stat"
+    stalls = pacing.QuotaStalls(f"{v1_mount}/testbed/tbab12/mobile/cpu.stat")
+    assert stalls.enabled and stalls.throttled_ns() == 5 and stalls.wait_ns() >= 0
+    stalls.close()
+
+    v2_root = tmp_path / "v2"
+    (v2_root / "testbed" / "tbab12" / "edge").mkdir(parents=True)
+    (v2_root / "testbed" / "tbab12" / "edge" / "cpu.stat").write_text("usage_usec 9\nthrottled_usec 7\n")
+    proc2 = tmp_path / "p2"
+    proc2.mkdir()
+    (proc2 / "cgroup").write_text("0::/testbed/tbab12/edge\n")
+    (proc2 / "mountinfo").write_text(f"40 25 0:30 / {v2_root} rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n")
+    path = pacing._cgroup_cpu_stat(str(proc2))
+    assert path == f"{v2_root}/testbed/tbab12/edge/cpu.stat"
+    assert pacing.QuotaStalls(path).throttled_ns() == 7000      # usec, in ns
+
+    root = tmp_path / "p3"
+    root.mkdir()
+    (root / "cgroup").write_text("1:cpu:/\n0::/\n")
+    (root / "mountinfo").write_text(mounts)
+    assert pacing._cgroup_cpu_stat(str(root)) is None
+    off = pacing.QuotaStalls(find=False)
+    assert not off.enabled and off.throttled_ns() == 0 and off.wait_ns() == 0
