@@ -215,7 +215,34 @@ def markdown(res: dict) -> str:
             text = "<br>".join("/".join(f"{v:.2f}" for v in r) for r in g["ratios"])
             cells.append(f"**{text}**" if g["meets"] else text)
         lines.append(f"| {s['work']} | {s['host']} ({s['cpus']:g}) | {' · '.join(refs)} | " + " | ".join(cells) + " |")
+    lines += decomposition(res["rows"])
     return "\n".join(lines) + "\n"
+
+
+def decomposition(rows: list[dict], mechanism: str = "auto+pace") -> list[str]:
+    """Where a paced ratio's error comes from, per limited (work, host) and round: pacing's own
+    fidelity (p50 wall / (p50 CPU time under the quota / cores)) and the work's CPU time under
+    the quota against its unconstrained reference (p50 / p50). The ratio is about their product."""
+    paced = [r for r in rows if r["mechanism"] == mechanism and r["cpus"] is not None and r["cpus"] < 1
+             and r.get("cpu_p50_ms")]
+    if not paced:
+        return []
+    out = ["", f"## Where the {mechanism} error comes from", "",
+           "Per limited host and round: **pacing** = p50 wall / (p50 CPU time under the quota / cores), how "
+           "exactly pacing turns the CPU time it measured into wall time; **CPU** = p50 CPU time under the quota "
+           "/ unconstrained p50 wall, how much more (or less) CPU the same work took when sliced by the quota, "
+           "or how far off the unconstrained reference was. Ratio p50 ~ pacing x CPU.", "",
+           "| work | host | pacing, per round | CPU, per round |", "|---|---|---|---|"]
+    keys = []
+    for r in paced:
+        if (r["work_label"], r["host"]) not in keys:
+            keys.append((r["work_label"], r["host"]))
+    for work, host in keys:
+        g = [r for r in paced if (r["work_label"], r["host"]) == (work, host)]
+        fid = ", ".join(f"{r['p50_ms'] / (r['cpu_p50_ms'] / r['cpus']):.3f}" for r in g)
+        cpu = ", ".join(f"{r['cpu_p50_ms'] / r['unconstrained_p50_ms']:.3f}" for r in g)
+        out.append(f"| {work} | {host} ({g[0]['cpus']:g}) | {fid} | {cpu} |")
+    return out
 
 
 def main() -> int:
