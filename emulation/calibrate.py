@@ -279,6 +279,10 @@ def memory_enforced(net: EmulatedNetwork, host: str) -> bool | None:
 COMPUTE_WORK_DEFAULT = [("busy loop 20 ms", ["--busy-ms", "20"])]
 
 
+# the delay line's counters a direction's calibration reports (cumulative since the line started)
+LINE_STATS = ("packets", "dropped_queue", "dropped_enobufs", "kernel_queue_dropped", "late_us_mean", "late_us_max")
+
+
 def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_check: bool = True,
               progress=None, compute: list[tuple[str, list[str]]] | dict[str, list[tuple[str, list[str]]]] | None = None,
               compute_requests: int = 30, pace: bool = True) -> dict:
@@ -304,6 +308,7 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
             goodput = measure_goodput(net, src, dst, d.rate_bps, t, rtt_ms=d.delay_ms + back.delay_ms)
             net.wait_idle(link.name)
             loss, packets = measure_udp_loss(net, src, dst, d.rate_bps, max(1.0, t / 2))
+            line = net.line_stats(link.name, src)      # to tell a late delay line from a slow link
             expected_rtt = expected_rtt_ms(d, back)
             ratio = goodput / d.rate_bps if d.rate_bps else None
             checks = {
@@ -315,6 +320,8 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
                           "goodput_bps": goodput, "goodput_ratio": ratio, "delay_ms": d.delay_ms,
                           "expected_rtt_ms": expected_rtt, "rtt_ms": rtt, "loss": d.loss,
                           "measured_loss": loss, "loss_packets": packets, "checks": checks,
+                          "delay_line": None if line is None else
+                          {k: line.get(k) for k in LINE_STATS if k in line},
                           "pass": all(v is not False for v in checks.values())})
     hosts = []
     net.wait_idle()          # the hosts are measured on a quiet network: no flow still draining
@@ -348,7 +355,7 @@ def calibrate(net: EmulatedNetwork, duration_s: float | None = None, memory_chec
             say(f"host {h['host']}: memory")
             h["memory_enforced"] = h["checks"]["memory"] = memory_enforced(net, h["host"])
         h["pass"] = all(v is not False for v in h["checks"].values())
-    return {"run_id": net.run_id, "topology": net.spec.name, "links": links, "hosts": hosts,
+    return {"run_id": net.run_id, "topology": net.spec.name, "netem": bool(net.netem), "links": links, "hosts": hosts,
             "tolerances": {"goodput_ratio": list(GOODPUT_RANGE), "rtt": f"max({RTT_ABS_MS} ms, {RTT_REL:.0%})",
                            "cpus": f"{CPU_REL:.0%}", "loss": "3 binomial sigma + 1 packet",
                            "compute": f"p50 within {COMPUTE_P50_REL:.0%}, p10 and p90 within {COMPUTE_TAIL_REL:.0%} of "

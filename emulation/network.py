@@ -594,6 +594,20 @@ class EmulatedNetwork:
         with self._ipr(node) as ipr:
             return shaping.read_back(ipr, ipr.link_lookup(ifname=ifname)[0])
 
+    def line_stats(self, link: str, src: str) -> dict | None:
+        """The delay line's counters for one direction of ``link`` (the one ``src`` sends into),
+        since the line started: packets, bytes, drops (queue full, ENOBUFS, the kernel's queue),
+        how late batches left (``late_us_mean`` / ``late_us_max``). None where no delay line
+        carries that direction (netem, or nothing to delay or serialize)."""
+        spec = self._link(link)
+        wire = self.wires.get(spec.name)
+        if wire is None or wire.delayline is None or wire.delayline.poll() is not None:
+            return None
+        q = 0 if src == spec.a else 1
+        if not in_line(spec.forward if q == 0 else spec.reverse, self.serialize):
+            return None
+        return dict(self._delayline_call(wire, {"op": "stats"})["stats"].get(str(q)) or {})
+
     def wait_idle(self, link: str | None = None, timeout_s: float = 10.0) -> float:
         """Wait until nothing is queued on either direction of ``link`` (every link when None):
         its shapers' qdiscs and its delay line; returns the seconds waited. A measurement of

@@ -90,6 +90,13 @@ def print_calibration(report: dict) -> None:
                   f"{r['expected_rtt_ms']:.2f} ms", f"{r['rtt_ms']:.2f} ms",
                   f"{r['loss']:.2%}", f"{r['measured_loss']:.2%}", _verdict(r["pass"]))
     console.print(t)
+    for r in report["links"]:
+        line = r.get("delay_line")
+        if r["pass"] is False and line:      # was it the delay line (late, dropping) or the link?
+            console.print(f"  {r['direction']}: its delay line so far: {line.get('packets')} packets, "
+                          f"latest batch {line.get('late_us_max')} us late (mean {line.get('late_us_mean')}), "
+                          f"drops: queue full {line.get('dropped_queue')}, ENOBUFS {line.get('dropped_enobufs')}, "
+                          f"kernel queue {line.get('kernel_queue_dropped')}")
     h = Table(title="hosts")
     for c in ("host", "cpus", "measured cpus", "cpu period", "slowdown of a 5 / 50 ms burst", "memory",
               "memory enforced", "verdict"):

@@ -29,6 +29,11 @@ def test_calibrate_json_measures_every_direction_and_host_and_passes():
     for r in data["links"]:
         for key in ("bandwidth_bps", "goodput_bps", "delay_ms", "rtt_ms", "loss", "measured_loss"):
             assert key in r
+        # every shaped direction is serialized by its delay line here (no netem): its counters
+        # come with the direction, and they saw the goodput flow cross
+        if not data["netem"]:
+            line = r["delay_line"]
+            assert line["packets"] > 1000 and line["dropped_enobufs"] == 0 and line["late_us_max"] is not None, line
     for h in data["hosts"]:
         for key in ("host", "cpus", "measured_cpus", "memory_bytes", "memory_enforced"):
             assert key in h

@@ -43,3 +43,19 @@ def test_the_compute_per_request_is_tabled_with_its_verdict_and_why_not_judged(c
     out = capsys.readouterr().out
     assert "compute per request" in out and "80.40 ms" in out and "0.99 / 1.00 / 1.01" in out and "pass" in out
     assert "not judged: mobile (fmnist_cnn): expected compute 1.6 ms: under 20 ms" in out
+
+
+def test_a_failed_direction_shows_its_delay_lines_counters_and_a_passed_one_does_not(capsys):
+    report = _report({"5": 3.2, "50": 3.8})
+    link = {"link": "mobile-edge", "bandwidth_bps": 50_000_000, "goodput_bps": 39_661_403, "expected_rtt_ms": 20.03,
+            "rtt_ms": 20.2, "loss": 0.0, "measured_loss": 0.0116}
+    line = {"packets": 31000, "dropped_queue": 12, "dropped_enobufs": 0, "kernel_queue_dropped": 0,
+            "late_us_mean": 9.5, "late_us_max": 41250.0}
+    report["links"] = [{**link, "direction": "edge->mobile", "goodput_ratio": 0.793, "delay_line": line, "pass": False},
+                       {**link, "direction": "mobile->edge", "goodput_ratio": 0.956,
+                        "delay_line": {**line, "late_us_max": 777.0}, "pass": True}]
+    output.print_calibration(report)
+    out = capsys.readouterr().out
+    assert "edge->mobile: its delay line so far: 31000 packets, latest batch 41250.0 us late" in out
+    assert "queue full 12, ENOBUFS 0, kernel queue 0" in out
+    assert "777.0" not in out
