@@ -243,8 +243,11 @@ def test_live_change_of_link_and_host_reads_back_and_takes_effect(caps):
         goodput = measure_goodput(net, "mobile", "edge", 8_000_000, 2.0)
         assert 0.93 <= goodput / 8e6 <= 1.02, goodput
         if caps["delay_mechanism"] == "nfqueue":
-            net.set_link("edge-mobile", direction="reverse", delay_ms=15.0)  # either name order works
-            assert abs(measure_rtt_ms(net, "mobile", "edge") - 15.0) <= 0.5
+            link = net.set_link("edge-mobile", direction="reverse", delay_ms=15.0)  # either name order works
+            # 15 ms one way, plus the ping's frame on the 8 Mbit/s wire each way (0.2 ms in all)
+            want = expected_rtt_ms(link.forward, link.reverse)
+            assert 15.19 < want < 15.2
+            assert abs(measure_rtt_ms(net, "mobile", "edge") - want) <= 0.5
             net.set_link("mobile-edge", delay_ms=0.0)
             assert measure_rtt_ms(net, "mobile", "edge") < 1.0
         net.set_host("edge", cpus=1.0, memory_bytes=256 << 20)
