@@ -1,7 +1,12 @@
 """`testbed`: the command line. A thin skin: parse, validate, call the library, print.
 
-Anything a user can get wrong ends in one line on stderr (``Error: ...``) and exit code 1 or
-2, never a traceback. SIGTERM is turned into an orderly exit so every network is torn down.
+Anything a user can get wrong ends in one line on stderr (``Error: ...``), never a traceback.
+Every error of the testbed is a :class:`~topologies.errors.TestbedError` and is turned into
+that line in one place (:class:`_Testbed`, the command group), whatever command raised it.
+Exit codes: 0 done; 1 an error of the testbed (its ``exit_code``) or a failed check
+(`calibrate`); 2 a usage error (click); 3 an internal error (a bug: ``TESTBED_DEBUG=1`` shows
+the traceback); 128 + signal when interrupted (130 Ctrl-C, 143 SIGTERM). SIGTERM is turned
+into an orderly exit so every network is torn down.
 """
 from __future__ import annotations
 
@@ -14,14 +19,33 @@ from pathlib import Path
 
 import click
 
-from topologies import TopologyError, apply_overrides, load_topology
-from workloads.errors import WorkloadError
+from topologies import apply_overrides, load_topology
+from topologies.errors import TestbedError
 
 from . import output
 
 
 class _Terminated(SystemExit):
     pass
+
+
+class _Failed(click.ClickException):
+    """A testbed error as click shows it: ``Error: <its one line>``, and its exit code."""
+
+    def __init__(self, error: TestbedError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+class _Testbed(click.Group):
+    """The command group, and the one handler of the testbed's errors: whichever command (or
+    sub-command) raises a :class:`TestbedError`, the user reads its one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TestbedError as e:
+            raise _Failed(e) from None
 
 
 _HANDLER_PID: int | None = None
@@ -67,7 +91,7 @@ def _experiment_or_none(target: str, sets: tuple[str, ...]):
     import yaml
 
     from emulation.probe import _memory_bytes, machine_cores
-    from testbed.experiment import ExperimentError, load_experiment
+    from testbed.experiment import load_experiment
 
     path = Path(target)
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
@@ -78,48 +102,15 @@ def _experiment_or_none(target: str, sets: tuple[str, ...]):
         return None  # the topology loader says what is wrong with the file
     if not isinstance(data, dict) or "strategies" not in data:
         return None
-    try:
-        return load_experiment(path, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
-    except ExperimentError as e:
-        raise click.ClickException(str(e)) from None
-
-
-def _experiment_work(exp, say=None) -> dict[str, list[tuple[str, list[str]]]]:
-    """host -> (label, compute-probe arguments) of every part the experiment places there;
-    ``say`` hears which artifact is being prepared."""
-    from workloads.errors import WorkloadError
-    from workloads.prepare import prepare as prepare_one
-
-    built: dict = {}
-    work: dict[str, list[tuple[str, list[str]]]] = {}
-    for host, parts in exp.parts_by_host().items():
-        for need, i, strategy in parts:
-            if need not in built:
-                if say is not None:
-                    say(f"preparing {need.model.name} for {strategy}")
-                try:
-                    built[need] = prepare_one(need.model.name, need.operators, parts=need.parts,
-                                              weights=need.model.weights, data=need.model.data)
-                except WorkloadError as e:
-                    raise click.ClickException(f"{need.model.name} for strategy {strategy}: {e}") from None
-            folder = built[need].path
-            args = ["--onnx", str(folder / f"seg{i}.onnx")]
-            for k in range(i):
-                args += ["--after", str(folder / f"seg{k}.onnx")]
-            label = f"{need.model.name} [{strategy}]" + (f" part {i + 1}/{need.parts}" if need.parts > 1 else "")
-            work.setdefault(host, []).append((label, args))
-    return work
+    return load_experiment(path, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
 
 
 def _load_spec(ref: str, sets: tuple[str, ...]):
     from emulation.probe import machine_cores, _memory_bytes
 
-    try:
-        spec = load_topology(ref, cores=machine_cores(), memory_bytes=_memory_bytes())
-        overrides = _parse_sets(sets)
-        return apply_overrides(spec, overrides) if overrides else spec
-    except TopologyError as e:
-        raise click.ClickException(str(e)) from None
+    spec = load_topology(ref, cores=machine_cores(), memory_bytes=_memory_bytes())
+    overrides = _parse_sets(sets)
+    return apply_overrides(spec, overrides) if overrides else spec
 
 
 def _require_emulation(caps: dict) -> None:
@@ -130,7 +121,7 @@ def _require_emulation(caps: dict) -> None:
         raise click.ClickException("; ".join(problems))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Testbed, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Edge AI deployment testbed: emulate mobile, edge and cloud hosts and measure deployments."""
     _install_signal_handlers()
@@ -159,7 +150,7 @@ SET_HELP = "Override a topology value, e.g. links.mobile-edge.bandwidth=50Mbit o
 @click.option("--json", "as_json", is_flag=True, help="Print what was applied as JSON.")
 def up(topology: str, sets: tuple[str, ...], open_cli: bool, as_json: bool) -> None:
     """Bring TOPOLOGY up, verify it, print what was applied, hold until Ctrl-C; clean on exit."""
-    from emulation.network import EmulatedNetwork, EmulationError
+    from emulation.network import EmulatedNetwork
     from emulation.probe import capabilities
 
     spec = _load_spec(topology, sets)
@@ -182,8 +173,6 @@ def up(topology: str, sets: tuple[str, ...], open_cli: bool, as_json: bool) -> N
                     signal.pause()
     except KeyboardInterrupt:
         click.echo("stopped; everything removed", err=True)
-    except EmulationError as e:
-        raise click.ClickException(str(e)) from None
 
 
 @cli.command()
@@ -207,7 +196,7 @@ def calibrate(target: str, sets: tuple[str, ...], duration: float | None, no_mem
     measured, and each CPU-limited host's compute is checked on the very parts the
     experiment's strategies place there (prepared and cached as `testbed prepare` does)."""
     from emulation.calibrate import calibrate as run_calibration
-    from emulation.network import EmulatedNetwork, EmulationError
+    from emulation.network import EmulatedNetwork
     from emulation.probe import capabilities
 
     exp = _experiment_or_none(target, sets)
@@ -218,7 +207,9 @@ def calibrate(target: str, sets: tuple[str, ...], duration: float | None, no_mem
     _require_emulation(caps)
     work = None
     if exp is not None:
-        work = _experiment_work(exp, say=None if as_json else (lambda m: click.echo(f"  {m}", err=True)))
+        from testbed.artifacts import calibration_work
+
+        work = calibration_work(exp, progress=(lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True)))
         no_pace = no_pace or not exp.serving.pace
     elif models:
         from workloads.errors import WorkloadError
@@ -226,15 +217,12 @@ def calibrate(target: str, sets: tuple[str, ...], duration: float | None, no_mem
 
         try:
             work = [(m, ["--onnx", str(prepare(m).path / "seg0.onnx")]) for m in models]
-        except (WorkloadError, KeyError, ValueError) as e:
-            raise click.ClickException(f"--model: {e}") from None
-    try:
-        with EmulatedNetwork(spec, caps=caps) as net:
-            report = run_calibration(net, duration_s=duration, memory_check=not no_memory_check,
-                                     progress=None if as_json else (lambda m: click.echo(f"  measuring {m}", err=True)),
-                                     compute=work, compute_requests=requests, pace=not no_pace)
-    except EmulationError as e:
-        raise click.ClickException(str(e)) from None
+        except WorkloadError as e:
+            raise WorkloadError(f"--model: {e}") from None
+    with EmulatedNetwork(spec, caps=caps) as net:
+        report = run_calibration(net, duration_s=duration, memory_check=not no_memory_check,
+                                 progress=None if as_json else (lambda m: click.echo(f"  measuring {m}", err=True)),
+                                 compute=work, compute_requests=requests, pace=not no_pace)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -286,23 +274,19 @@ def models_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models_cuts(model: str, weights: str, as_json: bool) -> None:
     """Every valid single-tensor cut of MODEL: tensor, bytes crossing it, FLOPs before and after."""
-    from workloads.errors import WorkloadError
+    import onnx
 
-    try:
-        from workloads import graph
-        from workloads.export import export_model
-        from workloads.registry import BuildContext, check_weights, get_model
-        from workloads.cache import Cache
-        import onnx
+    from workloads import graph
+    from workloads.cache import Cache
+    from workloads.export import export_model
+    from workloads.registry import BuildContext, check_weights, get_model
 
-        entry = get_model(model)
-        weights = weights or entry.weights[0]
-        check_weights(entry, weights)
-        path = export_model(entry, BuildContext(cache=Cache(), weights=weights,
-                                                progress=lambda m: click.echo(f"  {m}", err=True)))
-        info = graph.analyze(onnx.load(str(path)))
-    except WorkloadError as e:
-        raise click.ClickException(str(e)) from None
+    entry = get_model(model)
+    weights = weights or entry.weights[0]
+    check_weights(entry, weights)
+    path = export_model(entry, BuildContext(cache=Cache(), weights=weights,
+                                            progress=lambda m: click.echo(f"  {m}", err=True)))
+    info = graph.analyze(onnx.load(str(path)))
     rows = [{"index": c.index, "tensor": c.tensor, "dtype": c.dtype, "shape": list(c.shape), "bytes": c.bytes,
              "flops_before": c.flops_before, "flops_after": c.flops_after, "fraction": round(c.fraction, 4)}
             for c in info.cuts]
@@ -321,25 +305,18 @@ def models_cuts(model: str, weights: str, as_json: bool) -> None:
 def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
     """Build every artifact EXPERIMENT needs (cached by content) and report each one's quality."""
     from emulation.probe import _memory_bytes, machine_cores
-    from testbed.experiment import ExperimentError, load_experiment
+    from testbed.artifacts import prepare_needs
+    from testbed.experiment import load_experiment
     from workloads.errors import WorkloadError
-    from workloads.prepare import prepare as prepare_one
 
-    try:
-        exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
-    except ExperimentError as e:
-        raise click.ClickException(str(e)) from None
+    exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
     needed = exp.artifacts_needed()
     results = []
     try:
         with output.progress(len(needed)) as bar:
-            for ref, chain, parts in needed:
-                bar.describe(f"{ref.name} {' → '.join(c.label() for c in chain) or 'none'}")
-                try:
-                    r = prepare_one(ref.name, chain, parts=parts, weights=ref.weights, data=ref.data,
-                                    progress=bar.describe)
-                except WorkloadError as e:
-                    raise click.ClickException(str(e)) from None
+            for _need, r in prepare_needs(needed, progress=bar.describe):
+                if isinstance(r, WorkloadError):
+                    raise r
                 results.append(r)
                 bar.advance()
     except (KeyboardInterrupt, _Terminated) as e:
@@ -357,31 +334,6 @@ def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
 
 
 MAX_CELLS = 1000
-
-
-def _stored(folder, exp_name: str, resume: bool) -> set[str]:
-    """Keys of the cells already done in ``folder``; a folder holding another experiment's
-    cells, or any cells without --resume, is refused."""
-    from pathlib import Path
-
-    from testbed.store import STORE_FILE, ResultStore
-
-    if not (Path(folder) / STORE_FILE).exists():
-        return set()
-    with ResultStore.in_folder(folder, create=False) as store:
-        status = store.cell_status()
-        names = {r["experiment"] for r in store.runs()}
-    if not status:
-        return set()
-    if names and exp_name not in names:
-        raise click.ClickException(f"{folder} holds results of experiment {', '.join(sorted(names))}, not "
-                                   f"{exp_name}; choose another --out")
-    if not resume:
-        done = sum(v == "done" for v in status.values())
-        raise click.ClickException(f"{folder} already holds {len(status)} cells of {exp_name} ({done} done); add "
-                                   "--resume to finish it (done cells are kept, the rest are run again), or "
-                                   "choose another --out")
-    return {k for k, v in status.items() if v == "done"}
 
 
 @cli.command()
@@ -408,17 +360,13 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
     the network is changed live (links, host limits) when its shape stays the same."""
     from pathlib import Path
 
-    from emulation.errors import EmulationError
     from emulation.probe import _memory_bytes, capabilities, machine_cores
-    from testbed.experiment import ExperimentError, load_experiment
-    from testbed.runner import Events, RunError, default_out, run_experiment
-    from testbed.store import ResultStore, StoreError
+    from testbed.experiment import load_experiment
+    from testbed.runner import Events, cells_done, default_out, run_experiment
+    from testbed.store import ResultStore
     from testbed.summary import summarize
 
-    try:
-        exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
-    except ExperimentError as e:
-        raise click.ClickException(str(e)) from None
+    exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
     if address and executor != "ray":
         raise click.ClickException("--address names a Ray cluster: add --executor ray")
     if resume and not out:
@@ -429,10 +377,7 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
         raise click.ClickException(f"{experiment}: the grid has {cells} cells ({len(exp.cells_grid())} sweep points x "
                                    f"{len(exp.models)} models x {len(exp.strategies)} strategies), above --max-cells "
                                    f"{max_cells}; check the sweep, or pass --max-cells {cells} to run it")
-    try:
-        done = _stored(folder, exp.name, resume or dry_run)
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
+    done = cells_done(folder, exp.name, resume or dry_run)
     if dry_run:
         _dry_run(exp, done, as_json)
         return
@@ -446,16 +391,11 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
                         cells_skipped=lambda n: bar.finish_cell(n * exp.requests.repeat, n))
         try:
             status, _ = run_experiment(exp, folder, events=events, executor=executor, address=address)
-        except (ExperimentError, StoreError, EmulationError, RunError) as e:
-            raise click.ClickException(str(e)) from None
         except (KeyboardInterrupt, _Terminated) as e:
             status = "interrupted"
             code = e.code if isinstance(e, _Terminated) else 130
-    try:
-        with ResultStore.in_folder(folder, create=False) as store:
-            rows = summarize(store.cells(), store.requests(), store.hops())
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
+    with ResultStore.in_folder(folder, create=False) as store:
+        rows = summarize(store.cells(), store.requests(), store.hops())
     if as_json:
         click.echo(json.dumps({"experiment": exp.name, "out": str(folder), "status": status, "cells": rows},
                               indent=2, default=str))
@@ -470,12 +410,8 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
 
 def _dry_run(exp, done: set[str], as_json: bool) -> None:
     from testbed.estimate import estimate
-    from workloads.errors import WorkloadError
 
-    try:
-        cells, total, unknown = estimate(exp, done)
-    except WorkloadError as e:
-        raise click.ClickException(str(e)) from None
+    cells, total, unknown = estimate(exp, done)
     if as_json:
         click.echo(json.dumps({"experiment": exp.name, "cells": [vars(c) for c in cells], "estimated_s": total,
                                "without_estimate": unknown}, indent=2, default=str))
@@ -493,15 +429,12 @@ def results() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def results_show(folder: str, as_json: bool) -> None:
     """The per-cell summary table of the run(s) stored in FOLDER."""
-    from testbed.store import ResultStore, StoreError
+    from testbed.store import ResultStore
     from testbed.summary import summarize
 
-    try:
-        with ResultStore.in_folder(folder, create=False) as store:
-            rows = summarize(store.cells(), store.requests(), store.hops())
-            runs = store.runs()
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
+    with ResultStore.in_folder(folder, create=False) as store:
+        rows = summarize(store.cells(), store.requests(), store.hops())
+        runs = store.runs()
     if as_json:
         click.echo(json.dumps({"runs": runs, "cells": rows}, indent=2, default=str))
     else:
@@ -514,12 +447,9 @@ def results_show(folder: str, as_json: bool) -> None:
 @click.option("--dest", type=click.Path(file_okay=False), default=None, help="Where to write (default FOLDER).")
 def results_export(folder: str, fmt: str, dest: str | None) -> None:
     """Write cells, requests (one row per request) and hops (one row per hop) as CSV or Parquet."""
-    from testbed.store import StoreError, export
+    from testbed.store import export
 
-    try:
-        paths = export(folder, fmt, dest)
-    except StoreError as e:
-        raise click.ClickException(str(e)) from None
+    paths = export(folder, fmt, dest)
     for p in paths:
         click.echo(str(p))
 
@@ -533,13 +463,9 @@ def results_export(folder: str, fmt: str, dest: str | None) -> None:
 def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> None:
     """Write FOLDER/report/index.html: figures, statistics and recommendations; works offline."""
     from testbed.recommend import headlines
-    from testbed.report import ReportError, write_report
-    from testbed.store import StoreError
+    from testbed.report import write_report
 
-    try:
-        written = write_report(folder, out, tolerance)
-    except (StoreError, ReportError) as e:
-        raise click.ClickException(str(e)) from None
+    written = write_report(folder, out, tolerance)
     if as_json:
         click.echo(json.dumps(written.to_dict(), indent=2, default=str))
     else:
@@ -556,9 +482,9 @@ def main() -> None:
         cli(standalone_mode=True)
     except _Terminated as e:
         sys.exit(e.code)
-    except WorkloadError as e:  # bad model, data, operator or parameter: the message is the line
+    except TestbedError as e:  # raised outside a command (the group's own callback): the same one line
         click.echo(f"Error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if os.environ.get("TESTBED_DEBUG"):
             raise

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, NullLocator
 
 from topologies import TopologyError, format_size, parse_duration_ms, parse_fraction, parse_rate, parse_size
+from topologies.errors import TestbedError
 
 from .experiment import point_label
 from .recommend import TOLERANCE, recommend
@@ -45,7 +46,7 @@ _AXIS_PARSERS = {"bandwidth": parse_rate, "delay": parse_duration_ms, "jitter": 
                  "loss": parse_fraction, "queue": parse_size, "memory": parse_size}
 
 
-class ReportError(Exception):
+class ReportError(TestbedError):
     """The report could not be written, as one line: what, where, what to do."""
 
 

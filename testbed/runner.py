@@ -31,6 +31,7 @@ from pathlib import Path
 
 from emulation.errors import EmulationError
 from emulation.process import terminate
+from topologies.errors import TestbedError
 from workloads.errors import WorkloadError
 from workloads.serving import LOG_LINES, PORT, breakdown
 
@@ -40,7 +41,7 @@ from .store import CellRecord, HopRow, RequestRow, ResultStore
 READY_TIMEOUT_S = 120.0      # loading a part (ORT session creation) on a throttled host
 
 
-class RunError(Exception):
+class RunError(TestbedError):
     """The run cannot go on (one line); cells stored so far stay stored."""
 
 
@@ -192,19 +193,14 @@ class Runner:
 
     # -- preparation (no root, no network) ---------------------------------------------------
     def prepare(self) -> None:
-        from workloads.prepare import prepare
+        from .artifacts import need_label, prepare_needs
 
-        needs = self.exp.artifacts_needed()
-        for i, need in enumerate(needs, 1):
-            label = " → ".join(c.label() for c in need.operators) or "none"
-            self.events.stage(f"preparing {i}/{len(needs)}: {need.model.name} [{label}] x{need.parts}")
-            try:
-                self.artifacts[need] = prepare(need.model.name, need.operators, parts=need.parts,
-                                               weights=need.model.weights, data=need.model.data, cache=self.cache,
-                                               progress=self.events.stage)
-            except WorkloadError as e:          # e.g. an operator this model cannot take, a download
-                self.artifacts[need] = str(e)   # its cells are stored failed with this; the rest run
-                self.events.stage(f"cannot prepare {need.model.name} [{label}]: {e}")
+        for need, result in prepare_needs(self.exp.artifacts_needed(), cache=self.cache, progress=self.events.stage):
+            if isinstance(result, WorkloadError):   # e.g. an operator this model cannot take, a download
+                self.artifacts[need] = str(result)  # its cells are stored failed with this; the rest run
+                self.events.stage(f"cannot prepare {need_label(need)}: {result}")
+            else:
+                self.artifacts[need] = result
 
     def request_inputs(self, model: ModelRef) -> Path:
         from workloads.prepare import request_inputs
@@ -577,6 +573,29 @@ def _exit_text(code: int | None) -> str:
 
 def default_out(exp: Experiment) -> Path:
     return Path("results") / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cells_done(folder: Path | str, experiment: str, resume: bool) -> set[str]:
+    """The resume policy: keys of the cells already done in ``folder`` (none when it holds no
+    store). A folder holding another experiment's cells is refused, and so is one holding any
+    cells of this experiment unless ``resume`` (then the done ones are kept, the rest run)."""
+    from .store import STORE_FILE
+
+    if not (Path(folder) / STORE_FILE).exists():
+        return set()
+    with ResultStore.in_folder(folder, create=False) as store:
+        status = store.cell_status()
+        names = {r["experiment"] for r in store.runs()}
+    if not status:
+        return set()
+    if names and experiment not in names:
+        raise RunError(f"{folder} holds results of experiment {', '.join(sorted(names))}, not {experiment}; "
+                       "choose another --out")
+    if not resume:
+        done = sum(v == "done" for v in status.values())
+        raise RunError(f"{folder} already holds {len(status)} cells of {experiment} ({done} done); add --resume "
+                       "to finish it (done cells are kept, the rest are run again), or choose another --out")
+    return {k for k, v in status.items() if v == "done"}
 
 
 def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, cache=None,

@@ -77,6 +77,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from topologies.errors import TestbedError
+
 SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
 
@@ -89,7 +91,7 @@ EXPORT_FORMATS = ("csv", "parquet")
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-class StoreError(Exception):
+class StoreError(TestbedError):
     """Anything wrong with the result store, as one line: what, where, what to do."""
 
 

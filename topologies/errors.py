@@ -1,7 +1,10 @@
-"""The one error type of the package, and the helpers that keep its messages short.
+"""The error root of the whole testbed, this package's one error type, and the helpers that
+keep their messages short.
 
 Callers may rely on:
 
+- every error of the testbed, in any package, is a :class:`TestbedError` (the root, with the
+  CLI's exit code);
 - every problem with a topology (a file, a built-in's parameters, a ``--set`` override, a
   value given to a parser) is raised as :class:`TopologyError`, a ``ValueError``;
 - ``str(error)`` is exactly one line,
@@ -15,7 +18,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-class LocatedError(ValueError):
+class TestbedError(Exception):
+    """The root of every error the testbed raises for something a user or the machine got
+    wrong: a file, a value, a model, a store, a network the kernel will not build. ``str()``
+    is the one line the user reads (what, where, what to do); :attr:`exit_code` is the
+    process's exit status when the CLI stops on it.
+
+    It lives here, in the bottom layer (stdlib only), so that every package can derive its
+    own error from it without a cycle: `emulation` and `testbed` already read `topologies`,
+    and `workloads` reads only this module of it. The CLI has one handler for all of them
+    (:mod:`testbed.cli`). Programming errors are not ``TestbedError``: they reach the CLI's
+    last line of defence as an internal error (exit 3)."""
+
+    exit_code: int = 1
+    __test__ = False          # pytest: a name starting with "Test" is not a test class
+
+
+class LocatedError(TestbedError, ValueError):
     """A problem in a file or value, with where it is. ``str()`` is one line. Subclasses name
     what was wrong (a topology, an experiment) and share the format."""
 

@@ -79,6 +79,8 @@ from typing import Any
 
 import numpy as np
 
+from topologies.errors import TestbedError
+
 __all__ = [
     "MAGIC", "VERSION", "PREFIX", "CODECS", "DTYPES", "KINDS",
     "Limits", "CodecError", "ConnectionClosed", "Message", "Frame",
@@ -104,7 +106,7 @@ except (AttributeError, ValueError, OSError):
     _IOV_MAX = 16
 
 
-class CodecError(Exception):
+class CodecError(TestbedError):
     """A frame that breaks the format or the limits; ``str()`` is one line saying what."""
 
 

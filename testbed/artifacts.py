@@ -1,0 +1,73 @@
+"""An experiment's artifacts: build each (model, operator chain, parts) it needs once, and name
+the ONNX parts each host computes.
+
+Three commands need this and share it: `testbed prepare` (stops at the first artifact that
+cannot be built), `testbed run` (stores that artifact's cells as failed and runs the rest)
+and `testbed calibrate EXPERIMENT` (checks each host's compute on exactly its parts). No
+root and no network: `workloads.prepare` does the building and caches it by content.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from workloads.errors import WorkloadError
+
+from .experiment import ArtifactNeed, Experiment
+
+
+def need_label(need: ArtifactNeed) -> str:
+    """``model [op → op] xN``: one artifact, as progress lines name it."""
+    chain = " → ".join(c.label() for c in need.operators) or "none"
+    return f"{need.model.name} [{chain}] x{need.parts}"
+
+
+def prepare_needs(needs: Iterable[ArtifactNeed], *, cache=None,
+                  progress: Callable[[str], None] = lambda message: None) -> Iterator[tuple[ArtifactNeed, object]]:
+    """Build (or find in the cache) each artifact in turn: yields ``(need, Prepared)``, or
+    ``(need, WorkloadError)`` for one that cannot be built (an operator the model cannot take,
+    a download), so that the caller decides whether that ends its work. ``progress`` hears
+    ``preparing i/n: <need_label>`` and the builder's own steps."""
+    from workloads.prepare import prepare
+
+    needs = list(needs)
+    for i, need in enumerate(needs, 1):
+        progress(f"preparing {i}/{len(needs)}: {need_label(need)}")
+        try:
+            yield need, prepare(need.model.name, need.operators, parts=need.parts, weights=need.model.weights,
+                                data=need.model.data, cache=cache, progress=progress)
+        except WorkloadError as e:
+            yield need, e
+
+
+def prepare_all(needs: Iterable[ArtifactNeed], *, cache=None,
+                progress: Callable[[str], None] = lambda message: None) -> dict[ArtifactNeed, object]:
+    """Every artifact built, or the first :class:`WorkloadError` raised (with its model)."""
+    built = {}
+    for need, result in prepare_needs(needs, cache=cache, progress=progress):
+        if isinstance(result, WorkloadError):
+            raise WorkloadError(f"{need_label(need)}: {result}") from None
+        built[need] = result
+    return built
+
+
+def host_work(exp: Experiment, built: Mapping[ArtifactNeed, object]) -> dict[str, list[tuple[str, list[str]]]]:
+    """host -> [(label, compute-probe arguments)] for every part ``exp``'s strategies place on
+    that host (:meth:`Experiment.parts_by_host`); a later part names the parts ahead of it
+    (``--after``) so that the probe feeds it what they compute. ``built`` holds the artifacts
+    (:func:`prepare_all`)."""
+    work: dict[str, list[tuple[str, list[str]]]] = {}
+    for host, parts in exp.parts_by_host().items():
+        for need, i, strategy in parts:
+            folder = built[need].path
+            args = ["--onnx", str(folder / f"seg{i}.onnx")]
+            for k in range(i):
+                args += ["--after", str(folder / f"seg{k}.onnx")]
+            label = f"{need.model.name} [{strategy}]" + (f" part {i + 1}/{need.parts}" if need.parts > 1 else "")
+            work.setdefault(host, []).append((label, args))
+    return work
+
+
+def calibration_work(exp: Experiment, progress: Callable[[str], None] = lambda message: None):
+    """:func:`host_work` of ``exp`` with its artifacts prepared first (cached)."""
+    needs = list(dict.fromkeys(need for parts in exp.parts_by_host().values() for need, _, _ in parts))
+    return host_work(exp, prepare_all(needs, progress=progress))
