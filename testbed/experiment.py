@@ -134,6 +134,7 @@ from topologies.units import format_duration_ms, parse_duration_ms
 from workloads import registry
 from workloads.errors import WorkloadError
 from workloads.operators import OperatorCall, check_placement, parse_chain
+from workloads.wire import CODECS, CONNECTIONS
 
 TOP_KEYS = ("name", "topology", "hosts", "links", "models", "strategies", "source", "requests", "codec",
             "serving", "sweep")
@@ -144,8 +145,7 @@ STRATEGY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,47}$")
 STRATEGY_NAME_ALLOWED = "1 to 48 lowercase letters, digits, '_', '.' or '-', starting with a letter or digit"
 DEFAULT_TOPOLOGY = "three_tier"
 CLIENT = "client"
-CODECS = ("binary", "json-base64")
-CONNECTIONS = ("persistent", "per-request")
+DEFAULT_CODEC = next(iter(CODECS))
 SERVING_KEYS = ("connection", "threads", "pace")
 MAX_THREADS = 256
 MODEL_KEYS = ("name", "weights", "data")
@@ -603,7 +603,7 @@ class _Validator(DocumentReader):
             strategies=self.strategies(raw["strategies"], topology),
             source=self.source(raw.get("source"), topology),
             requests=self.requests(raw.get("requests")),
-            codec=self.codec(raw.get("codec", CODECS[0])),
+            codec=self.codec(raw.get("codec", DEFAULT_CODEC)),
             serving=self.serving(raw.get("serving"), topology),
             sweep=self.sweep(raw.get("sweep")),
             source_path=source_path,
@@ -784,7 +784,7 @@ class _Validator(DocumentReader):
         return Requests(timeout_ms=timeout, **counts)
 
     def codec(self, value: object) -> str:
-        if value not in CODECS:
+        if not isinstance(value, str) or value not in CODECS:
             shown = f"'{value}'" if isinstance(value, str) else kind_of(value)
             self.fail("codec", f"{shown} is not a codec", " | ".join(CODECS))
         return value  # type: ignore[return-value]
