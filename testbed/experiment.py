@@ -39,7 +39,7 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
 - ``hosts`` / ``links``: the same keys and units as a topology file (see
   :mod:`topologies.loader`); they change hosts and links the topology has, and cannot add
   or remove any (write a topology file for that). A link may be named either way round.
-- ``models``: an entry is a model name (see ``workloads.registry``: a built-in name, an
+- ``models``: an entry is a model name (see ``workloads.models``: a built-in name, an
   ``.onnx`` path relative to this file's folder, or ``package.module:factory``) or a mapping
   ``{name: NAME, weights: pretrained|random, data: PATH}``. ``weights`` defaults to the first
   the model offers (``pretrained`` for the built-ins) and must be one it offers; ``data`` is
@@ -131,8 +131,8 @@ from topologies.errors import LocatedError, kind_of, name_list
 from topologies.fields import DIRECTIONS
 from topologies.reader import DocumentReader, line_of, read_text
 from topologies.units import format_duration_ms, parse_duration_ms
-from workloads import registry
 from workloads.errors import WorkloadError
+from workloads.models import check_weights, get_model
 from workloads.operators import OperatorCall, check_placement, parse_chain
 from workloads.wire import CODECS, CONNECTIONS
 
@@ -678,7 +678,7 @@ class _Validator(DocumentReader):
             if name.endswith(".onnx") and not Path(name).is_absolute():
                 name = str(self.ctx.base_dir / name)
             try:
-                entry = registry.get_model(name)
+                entry = get_model(name)
             except WorkloadError as e:
                 self.fail(name_path, str(e))
             weights = item.get("weights")
@@ -687,7 +687,7 @@ class _Validator(DocumentReader):
             else:
                 weights = self.string(weights, f"{path}.weights", " | ".join(entry.weights))
                 try:
-                    registry.check_weights(entry, weights)
+                    check_weights(entry, weights)
                 except WorkloadError as e:
                     self.fail(f"{path}.weights", str(e))
             data = item.get("data")
