@@ -15,8 +15,6 @@ setup(
         "click==8.5.1",
         "pyyaml==6.0.3",
         "rich==15.0.0",
-        "psutil==7.2.2",
-        "pydantic==2.14.3",
         # what a host runs
         "numpy==2.4.6",
         "onnx==1.23.2",
@@ -32,7 +30,8 @@ setup(
         "ray==2.60.0",
     ],
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.15", "selenium==4.51.0"],
+        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "hypothesis==6.170.15", "selenium==4.51.0",
+                 "psutil==7.2.2"],
         # preparing artifacts (models, training, export): see requirements.txt for the full list
         "prepare": ["torch==2.14.1", "torchvision==0.29.1", "transformers==5.23.0", "tokenizers==0.23.3",
                     "scikit-image==0.26.0", "efficientnet-lite-pytorch==0.1.0",

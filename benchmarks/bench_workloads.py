@@ -64,7 +64,7 @@ def prepare_all(models, cache: Cache, log) -> tuple[dict, float]:
 
 def time_artifacts(prepared: dict, model: str, samples: int) -> dict:
     """Median/mean latency (ms) per artifact of ``model``, interleaved, 1 thread, exits live."""
-    from workloads.registry import BuildContext, get_model
+    from workloads.models import BuildContext, get_model
     from workloads.runtime import ArtifactRunner
 
     entry = get_model(model)

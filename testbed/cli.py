@@ -256,7 +256,7 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models_list(as_json: bool) -> None:
     """Every built-in model: name, task, metric, offline or needs a download, input shapes."""
-    from workloads.registry import models as all_models
+    from workloads.models import models as all_models
 
     rows = [{"name": m.name, "task": m.task, "metric": m.metric, "offline": m.offline,
              "weights": list(m.weights), "inputs": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)}
@@ -279,7 +279,7 @@ def models_cuts(model: str, weights: str, as_json: bool) -> None:
     from workloads import graph
     from workloads.cache import Cache
     from workloads.export import export_model
-    from workloads.registry import BuildContext, check_weights, get_model
+    from workloads.models import BuildContext, check_weights, get_model
 
     entry = get_model(model)
     weights = weights or entry.weights[0]

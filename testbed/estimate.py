@@ -56,7 +56,7 @@ def hop_ms(topology, src: str, dst: str, nbytes: int) -> float:
 
 
 def _input_bytes(model: ModelRef) -> int:
-    from workloads.registry import get_model
+    from workloads.models import get_model
 
     return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in get_model(model.name).inputs)
 

@@ -39,7 +39,7 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
 - ``hosts`` / ``links``: the same keys and units as a topology file (see
   :mod:`topologies.loader`); they change hosts and links the topology has, and cannot add
   or remove any (write a topology file for that). A link may be named either way round.
-- ``models``: an entry is a model name (see ``workloads.registry``: a built-in name, an
+- ``models``: an entry is a model name (see ``workloads.models``: a built-in name, an
   ``.onnx`` path relative to this file's folder, or ``package.module:factory``) or a mapping
   ``{name: NAME, weights: pretrained|random, data: PATH}``. ``weights`` defaults to the first
   the model offers (``pretrained`` for the built-ins) and must be one it offers; ``data`` is
@@ -123,16 +123,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from topologies import TopologyError, TopologySpec, apply_overrides, load_topology, load_topology_dict
 from topologies.builtin import BUILTINS
 from topologies.errors import LocatedError, kind_of, name_list
 from topologies.fields import DIRECTIONS
+from topologies.reader import DocumentReader, line_of, read_text
 from topologies.units import format_duration_ms, parse_duration_ms
-from workloads import registry
 from workloads.errors import WorkloadError
+from workloads.models import check_weights, get_model
 from workloads.operators import OperatorCall, check_placement, parse_chain
+from workloads.wire import CODECS, CONNECTIONS
 
 TOP_KEYS = ("name", "topology", "hosts", "links", "models", "strategies", "source", "requests", "codec",
             "serving", "sweep")
@@ -143,8 +145,7 @@ STRATEGY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,47}$")
 STRATEGY_NAME_ALLOWED = "1 to 48 lowercase letters, digits, '_', '.' or '-', starting with a letter or digit"
 DEFAULT_TOPOLOGY = "three_tier"
 CLIENT = "client"
-CODECS = ("binary", "json-base64")
-CONNECTIONS = ("persistent", "per-request")
+DEFAULT_CODEC = next(iter(CODECS))
 SERVING_KEYS = ("connection", "threads", "pace")
 MAX_THREADS = 256
 MODEL_KEYS = ("name", "weights", "data")
@@ -367,14 +368,7 @@ def load_experiment(path: str | Path, sets: Iterable[tuple[str, str]] = (), *, c
     :class:`ExperimentError`."""
     source = str(path)
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ExperimentError(f"not UTF-8 text ({e.reason} at byte {e.start})", "a UTF-8 YAML file",
-                              source=source) from None
-    except OSError as e:
-        raise ExperimentError(f"cannot read the file: {e.strerror}", "a readable YAML file", source=source) from None
-    data, lines = _read_yaml(text, source)
+    data, lines = _read_yaml(read_text(path, source, ExperimentError, "a readable YAML file"), source)
     ctx = _Context(source, path.parent, cores, memory_bytes, lines)
     return _load(data, sets, ctx, path)
 
@@ -552,7 +546,7 @@ def _check_sweep(base: Experiment, raw: dict, ctx: _Context) -> None:
                     path, problem = item + e.path[len(axis_shown):], e.problem
                 else:
                     path, problem = item, f"with this value, {e.path or 'the experiment'}: {e.problem}"
-                raise ExperimentError(problem, e.allowed, source=ctx.source, line=_line(ctx.lines, item),
+                raise ExperimentError(problem, e.allowed, source=ctx.source, line=line_of(ctx.lines, item),
                                       path=path) from None
     if len(base.sweep) < 2:
         return
@@ -562,72 +556,35 @@ def _check_sweep(base: Experiment, raw: dict, ctx: _Context) -> None:
         except ExperimentError as e:
             combo = ", ".join(f"{p}={_thaw(v)}" for p, v in point.items())
             raise ExperimentError(f"the combination {combo} fails: {e.path or 'the experiment'}: {e.problem}",
-                                  e.allowed, source=ctx.source, line=_line(ctx.lines, "sweep"),
+                                  e.allowed, source=ctx.source, line=line_of(ctx.lines, "sweep"),
                                   path="sweep") from None
-
-
-def _parent(path: str) -> str:
-    m = re.fullmatch(r"(.*?)(?:\[\d+\]|\.[^.\[\]]*)", path)
-    return m.group(1) if m else ""
-
-
-def _line(lines: Mapping[str, int], path: str) -> int | None:
-    """The line ``path`` was written on, else that of its nearest written parent."""
-    while path:
-        if path in lines:
-            return lines[path]
-        path = _parent(path)
-    return None
 
 
 # ---- validation ---------------------------------------------------------------------------
 
-class _Validator:
+class _Validator(DocumentReader):
     """Turns the data of one experiment (``--set`` already applied) into an Experiment."""
 
     def __init__(self, ctx: _Context, origins: Mapping[str, str]) -> None:
+        super().__init__(ctx.source, ctx.lines, ExperimentError)
         self.ctx = ctx
         self.origins = origins
 
-    def fail(self, path: str, problem: str, allowed: str | None = None) -> None:
+    def fail(self, path: str, problem: str, allowed: str | None = None) -> NoReturn:
         for origin, label in self.origins.items():
             # a value set by --set is blamed on --set, and so is a mapping that only --set wrote
             if (path == origin or path.startswith((origin + ".", origin + "["))
                     or (path and origin.startswith((path + ".", path + "[")) and path not in self.ctx.lines)):
                 raise ExperimentError(problem, allowed, source=label, path=path or None)
-        raise ExperimentError(problem, allowed, source=self.ctx.source, line=_line(self.ctx.lines, path),
-                              path=path or None)
+        super().fail(path, problem, allowed)
 
-    def workload_fail(self, e: WorkloadError, path: str) -> None:
+    def workload_fail(self, e: WorkloadError, path: str) -> NoReturn:
         """A WorkloadError (``<where>: <problem>``) located at its own path when it names one."""
         text = str(e)
         where, sep, problem = text.partition(": ")
         if sep and where.startswith(path):
             self.fail(where, problem)
         self.fail(path, text)
-
-    def mapping(self, value: object, path: str, keys: tuple[str, ...], example: str) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping, got {kind_of(value)}", example)
-        for key in value:
-            if key not in keys:
-                self.fail(f"{path}.{key}" if path else str(key), "unknown key", ", ".join(keys))
-        return value  # type: ignore[return-value]
-
-    def string(self, value: object, path: str, allowed: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            got = "an empty string" if isinstance(value, str) else kind_of(value)
-            self.fail(path, f"expected a string, got {got}", allowed)
-        return value  # type: ignore[return-value]
-
-    def nonempty_list(self, value: object, path: str, allowed: str) -> list:
-        if not isinstance(value, list):
-            self.fail(path, f"expected a list, got {kind_of(value)}", allowed)
-        if not value:
-            self.fail(path, "the list is empty", allowed)
-        return value  # type: ignore[return-value]
 
     def experiment(self, raw: dict, source_path: Path | None) -> Experiment:
         self.mapping(raw, "", TOP_KEYS, f"a mapping with the keys {_TOP_ALLOWED}")
@@ -646,7 +603,7 @@ class _Validator:
             strategies=self.strategies(raw["strategies"], topology),
             source=self.source(raw.get("source"), topology),
             requests=self.requests(raw.get("requests")),
-            codec=self.codec(raw.get("codec", CODECS[0])),
+            codec=self.codec(raw.get("codec", DEFAULT_CODEC)),
             serving=self.serving(raw.get("serving"), topology),
             sweep=self.sweep(raw.get("sweep")),
             source_path=source_path,
@@ -677,28 +634,17 @@ class _Validator:
 
     def overrides(self, raw: dict, spec: TopologySpec) -> TopologySpec:
         items: list[tuple[str, object]] = []
-        hosts = raw.get("hosts")
-        if hosts is not None and not isinstance(hosts, dict):
-            self.fail("hosts", f"expected a mapping, got {kind_of(hosts)}",
-                      "host -> limits, e.g. {mobile: {cpus: 0.5}}")
-        for host, body in (hosts or {}).items():
-            if body is not None and not isinstance(body, dict):
-                self.fail(f"hosts.{host}", f"expected a mapping, got {kind_of(body)}", "e.g. {cpus: 0.5, memory: 1GiB}")
-            items += [(f"hosts.{host}.{key}", value) for key, value in (body or {}).items()]
-        links = raw.get("links")
-        if links is not None and not isinstance(links, dict):
-            self.fail("links", f"expected a mapping, got {kind_of(links)}",
-                      "link -> shaping, e.g. {edge-cloud: {bandwidth: 1Mbit}}")
-        for link, body in (links or {}).items():
-            if body is not None and not isinstance(body, dict):
-                self.fail(f"links.{link}", f"expected a mapping, got {kind_of(body)}",
-                          "e.g. {bandwidth: 200Mbit, delay: 5ms}")
-            for key, value in (body or {}).items():
+        hosts = self.mapping(raw.get("hosts"), "hosts", None, "host -> limits, e.g. {mobile: {cpus: 0.5}}")
+        for host, body in hosts.items():
+            body = self.mapping(body, f"hosts.{host}", None, "e.g. {cpus: 0.5, memory: 1GiB}")
+            items += [(f"hosts.{host}.{key}", value) for key, value in body.items()]
+        links = self.mapping(raw.get("links"), "links", None, "link -> shaping, e.g. {edge-cloud: {bandwidth: 1Mbit}}")
+        for link, body in links.items():
+            body = self.mapping(body, f"links.{link}", None, "e.g. {bandwidth: 200Mbit, delay: 5ms}")
+            for key, value in body.items():
                 if key in DIRECTIONS:
-                    if value is not None and not isinstance(value, dict):
-                        self.fail(f"links.{link}.{key}", f"expected a mapping, got {kind_of(value)}",
-                                  "e.g. {bandwidth: 10Mbit}")
-                    items += [(f"links.{link}.{key}.{k}", v) for k, v in (value or {}).items()]
+                    value = self.mapping(value, f"links.{link}.{key}", None, "e.g. {bandwidth: 10Mbit}")
+                    items += [(f"links.{link}.{key}.{k}", v) for k, v in value.items()]
                 else:
                     items.append((f"links.{link}.{key}", value))
         if not items:
@@ -714,7 +660,6 @@ class _Validator:
                 flipped = ".".join(["links", f"{b}-{a}", *parts[2:]])
                 path = flipped if flipped in written else path
             self.fail(path, e.problem, e.allowed)
-        raise AssertionError("unreachable")
 
     def models(self, value: object) -> tuple[ModelRef, ...]:
         refs: list[ModelRef] = []
@@ -733,7 +678,7 @@ class _Validator:
             if name.endswith(".onnx") and not Path(name).is_absolute():
                 name = str(self.ctx.base_dir / name)
             try:
-                entry = registry.get_model(name)
+                entry = get_model(name)
             except WorkloadError as e:
                 self.fail(name_path, str(e))
             weights = item.get("weights")
@@ -742,7 +687,7 @@ class _Validator:
             else:
                 weights = self.string(weights, f"{path}.weights", " | ".join(entry.weights))
                 try:
-                    registry.check_weights(entry, weights)
+                    check_weights(entry, weights)
                 except WorkloadError as e:
                     self.fail(f"{path}.weights", str(e))
             data = item.get("data")
@@ -839,7 +784,7 @@ class _Validator:
         return Requests(timeout_ms=timeout, **counts)
 
     def codec(self, value: object) -> str:
-        if value not in CODECS:
+        if not isinstance(value, str) or value not in CODECS:
             shown = f"'{value}'" if isinstance(value, str) else kind_of(value)
             self.fail("codec", f"{shown} is not a codec", " | ".join(CODECS))
         return value  # type: ignore[return-value]

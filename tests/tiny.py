@@ -75,12 +75,12 @@ def register_model(monkeypatch, name: str, build, data, shape: tuple, input_name
     torch held to one thread; returns its entry."""
     import torch
 
-    from workloads import registry
-    from workloads.registry import InputSpec, ModelEntry
+    from workloads import models
+    from workloads.models import InputSpec, ModelEntry
 
     entry = ModelEntry(name, "classification", "test model", (InputSpec(input_name, "float32", shape),),
                        ("logits",), "accuracy", True, "built in the test", build, data, num_classes=classes)
-    monkeypatch.setitem(registry._REGISTRY, name, entry)
+    monkeypatch.setitem(models._REGISTRY, name, entry)
     torch.set_num_threads(1)
     return entry
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 from .errors import TopologyError, name_list
 from .fields import CPU_PERIOD_ALLOWED, CPUS_ALLOWED, DIRECTION_FIELDS
+from .reader import line_of
 from .spec import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 from .units import GiB, MiB, TiB, format_duration_ms, format_fraction, format_rate, format_size, parse_cpuset
 
@@ -85,11 +86,7 @@ class _Checker:
         self.source = source
 
     def line(self, path: str) -> int | None:
-        while path:
-            if self.where.get(path) is not None:
-                return self.where[path]
-            path = path.rpartition(".")[0]
-        return None
+        return line_of(self.where, path)
 
     def fail(self, path: str, problem: str, allowed: str | None) -> None:
         raise TopologyError(problem, allowed, source=self.source, line=self.line(path), path=path)

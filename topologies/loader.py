@@ -61,6 +61,7 @@ from .builtin import BUILTINS, run_builtin
 from .checks import TOPOLOGY_NAME, validate
 from .errors import TopologyError, kind_of
 from .fields import DIRECTION_FIELDS, DIRECTIONS, HOST_FIELDS, LINK_KEYS, TOP_KEYS
+from .reader import DocumentReader, read_text
 from .spec import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -78,29 +79,8 @@ def _default_name(source: str) -> str:
     return stem if TOPOLOGY_NAME.match(stem) else "topology"
 
 
-class _Reader:
+class _Reader(DocumentReader):
     """Turns the plain data of one document into a spec, raising located errors."""
-
-    def __init__(self, source: str, lines: Mapping[str, int]) -> None:
-        self.source = source
-        self.lines = lines
-
-    def fail(self, path: str, problem: str, allowed: str | None) -> None:
-        line, p = None, path
-        while p and line is None:  # the key's own line, else its nearest written parent's
-            line = self.lines.get(p)
-            p = p.rpartition(".")[0]
-        raise TopologyError(problem, allowed, source=self.source, line=line, path=path or None)
-
-    def mapping(self, value: object, path: str, allowed_keys: tuple[str, ...], example: str) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, f"expected a mapping, got {kind_of(value)}", example)
-        for key in value:
-            if key not in allowed_keys:
-                self.fail(f"{path}.{key}" if path else str(key), "unknown key", ", ".join(allowed_keys))
-        return value  # type: ignore[return-value]
 
     def fields(self, body: dict, path: str, table: dict) -> dict:
         out = {}
@@ -114,24 +94,20 @@ class _Reader:
 
     def spec(self, data: object) -> TopologySpec:
         top = self.mapping(data, "", TOP_KEYS, "a mapping with name, hosts and links")
-        name = top.get("name", _default_name(self.source))
+        name = top.get("name", _default_name(self.source_name))
         if not isinstance(name, str):
             self.fail("name", f"expected a string, got {kind_of(name)}", "a name such as my-topology")
+        hosts_allowed = "a mapping of host names to limits, e.g. {mobile: {cpus: 0.5}}"
         if top.get("hosts") is None:
-            self.fail("hosts", "missing", "a mapping of host names to limits, e.g. {mobile: {cpus: 0.5}}")
-        if not isinstance(top["hosts"], dict):
-            self.fail("hosts", f"expected a mapping, got {kind_of(top['hosts'])}",
-                      "a mapping of host names to limits, e.g. {mobile: {cpus: 0.5}}")
+            self.fail("hosts", "missing", hosts_allowed)
         hosts = []
-        for hname, body in top["hosts"].items():
+        for hname, body in self.mapping(top["hosts"], "hosts", None, hosts_allowed).items():
             body = self.mapping(body, f"hosts.{hname}", tuple(HOST_FIELDS), "e.g. {cpus: 0.5, memory: 1GiB}")
             hosts.append(HostSpec(name=hname, **self.fields(body, f"hosts.{hname}", HOST_FIELDS)))
-        links_data = top.get("links")
-        if links_data is not None and not isinstance(links_data, dict):
-            self.fail("links", f"expected a mapping, got {kind_of(links_data)}",
-                      "a mapping of links to shaping, e.g. {mobile-edge: {bandwidth: 200Mbit}}")
+        links_data = self.mapping(top.get("links"), "links", None,
+                                  "a mapping of links to shaping, e.g. {mobile-edge: {bandwidth: 200Mbit}}")
         links = []
-        for lname, body in (links_data or {}).items():
+        for lname, body in links_data.items():
             path = f"links.{lname}"
             ends = lname.split("-") if isinstance(lname, str) else []
             if len(ends) != 2 or not all(ends):
@@ -145,7 +121,7 @@ class _Reader:
                 directions.append(DirectionSpec(**{**shared, **self.fields(own, f"{path}.{dname}",
                                                                             DIRECTION_FIELDS)}))
             links.append(LinkSpec(ends[0], ends[1], *directions))
-        spec = TopologySpec(name=name, hosts=tuple(hosts), links=tuple(links), source=self.source)
+        spec = TopologySpec(name=name, hosts=tuple(hosts), links=tuple(links), source=self.source_name)
         return validate(spec, where=self.lines)
 
 
@@ -161,14 +137,7 @@ def load_topology_dict(data: dict, source: str = "<memory>", lines: Mapping[str,
 def _load_yaml(path: Path, source: str) -> TopologySpec:
     from .yamlsrc import read_yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise TopologyError(f"not UTF-8 text ({e.reason} at byte {e.start})", "a UTF-8 YAML file",
-                            source=source) from None
-    except OSError as e:
-        raise TopologyError(f"cannot read the file: {e.strerror}", "a readable file", source=source) from None
-    data, lines = read_yaml(text, source)
+    data, lines = read_yaml(read_text(path, source), source)
     return load_topology_dict(data, source, lines)  # type: ignore[arg-type]
 
 

@@ -15,6 +15,7 @@ Callers may rely on:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection
 from decimal import Decimal
 
 from .errors import TopologyError, kind_of
@@ -47,16 +48,28 @@ def _text(value: object, what: str, allowed: str) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def _split(value: object, what: str, example: str, allowed: str) -> tuple[Decimal, str, str]:
-    """(number, unit, original text) of a quantity like '1.5Mbit'."""
+def _quantity(value: object, what: str, example: str, units: Collection[str], allowed: str, *,
+              bare_zero: bool = True,
+              explain: Callable[[Decimal, str, str], str | None] | None = None) -> tuple[Decimal, str, str]:
+    """(number, unit, original text) of a quantity like ``example`` ('200Mbit') whose unit is
+    one of ``units``. A number without a unit is an error that shows it with ``example``'s
+    unit, except a bare 0 where ``bare_zero`` allows it (its unit is then ''). ``explain``
+    may say better than "unknown unit" what an unknown unit is (else it returns None)."""
     text = _text(value, f"{what} like {example}", allowed)
     m = _QUANTITY.match(text)
     if not m:
         raise TopologyError(f"'{text.strip()}' is not {what} like {example}", allowed)
-    return Decimal(m.group(1)), m.group(2), text.strip()
+    number, unit, raw = Decimal(m.group(1)), m.group(2), text.strip()
+    if not unit:
+        if bare_zero and number == 0:
+            return number, unit, raw
+        raise TopologyError(f"'{raw}' needs a unit, e.g. {_plain(number)}{example.lstrip('0123456789.')}", allowed)
+    if unit not in units:
+        raise TopologyError((explain and explain(number, unit, raw)) or _unknown_unit(unit, units), allowed)
+    return number, unit, raw
 
 
-def _unknown_unit(unit: str, units: dict) -> str:
+def _unknown_unit(unit: str, units: Collection[str]) -> str:
     close = [u for u in units if u.lower() == unit.lower()]
     return f"unknown unit '{unit}'" + (f" (did you mean '{close[0]}'?)" if close else "")
 
@@ -73,57 +86,42 @@ def _plain(number: Decimal) -> str:
     return "0" if text in ("-0", "0") else text
 
 
+def _byte_rate(number: Decimal, unit: str, raw: str) -> str | None:
+    """What to write instead of a rate in bytes per second (people copy MB/s from download
+    dialogs); None for any other unit."""
+    byte_rate = _BYTE_RATE.match(unit)
+    if not byte_rate:
+        return None
+    prefix = byte_rate.group(1) or ""
+    factor = SIZE_UNITS[("K" + prefix[1:] if prefix[:1] == "k" else prefix) + "B"] if prefix else 1
+    bits = number * factor * 8
+    hint = f"write {format_rate(int(bits))}" if bits == bits.to_integral_value() else "write it in bits"
+    return f"'{raw}' is in bytes per second, rates are in bits: {hint}"
+
+
 def parse_rate(text: str) -> int:
     """'200Mbit' -> 200_000_000 bit/s. Units: bit, kbit/Kbit, Mbit, Gbit, Tbit, or ...bps."""
-    number, unit, raw = _split(text, "a rate", "200Mbit", RATE_ALLOWED)
-    if not unit:
-        raise TopologyError(f"'{raw}' needs a unit, e.g. {_plain(number)}Mbit", RATE_ALLOWED)
-    if unit not in RATE_UNITS:
-        byte_rate = _BYTE_RATE.match(unit)
-        if byte_rate:  # people copy MB/s from download dialogs; say what it is in bits
-            prefix = byte_rate.group(1) or ""
-            factor = SIZE_UNITS[("K" + prefix[1:] if prefix[:1] == "k" else prefix) + "B"] if prefix else 1
-            bits = number * factor * 8
-            hint = f"write {format_rate(int(bits))}" if bits == bits.to_integral_value() else "write it in bits"
-            raise TopologyError(f"'{raw}' is in bytes per second, rates are in bits: {hint}", RATE_ALLOWED)
-        raise TopologyError(_unknown_unit(unit, RATE_UNITS), RATE_ALLOWED)
+    number, unit, raw = _quantity(text, "a rate", "200Mbit", RATE_UNITS, RATE_ALLOWED, bare_zero=False,
+                                  explain=_byte_rate)
     return _whole(number * RATE_UNITS[unit], raw, "bit/s", RATE_ALLOWED)
 
 
 def parse_size(text: str) -> int:
     """'512MiB' -> 536_870_912 bytes; '100KB' -> 100_000. A unit is required except for 0."""
-    number, unit, raw = _split(text, "a size", "512MiB", SIZE_ALLOWED)
-    if not unit:
-        if number == 0:
-            return 0
-        raise TopologyError(f"'{raw}' needs a unit, e.g. {_plain(number)}MiB", SIZE_ALLOWED)
-    if unit not in SIZE_UNITS:
-        raise TopologyError(_unknown_unit(unit, SIZE_UNITS), SIZE_ALLOWED)
-    return _whole(number * SIZE_UNITS[unit], raw, "bytes", SIZE_ALLOWED)
+    number, unit, raw = _quantity(text, "a size", "512MiB", SIZE_UNITS, SIZE_ALLOWED)
+    return _whole(number * SIZE_UNITS[unit], raw, "bytes", SIZE_ALLOWED) if unit else 0
 
 
 def parse_duration_ms(text: str) -> float:
     """'20ms' -> 20.0, '1s' -> 1000.0, '500us' -> 0.5; '0' -> 0.0 (the only bare number)."""
-    number, unit, raw = _split(text, "a duration", "20ms", DURATION_ALLOWED)
-    if not unit:
-        if number == 0:
-            return 0.0
-        raise TopologyError(f"'{raw}' needs a unit, e.g. {_plain(number)}ms", DURATION_ALLOWED)
-    if unit not in DURATION_UNITS:
-        raise TopologyError(_unknown_unit(unit, DURATION_UNITS), DURATION_ALLOWED)
-    return float(number * DURATION_UNITS[unit])
+    number, unit, _ = _quantity(text, "a duration", "20ms", DURATION_UNITS, DURATION_ALLOWED)
+    return float(number * DURATION_UNITS[unit]) if unit else 0.0
 
 
 def parse_fraction(text: str) -> float:
     """'0.5%' -> 0.005; '0' -> 0.0. Any other number needs its '%' (0.1 could mean 10% or 0.1%)."""
-    number, unit, raw = _split(text, "a percentage", "0.1%", FRACTION_ALLOWED)
-    if not unit:
-        if number == 0:
-            return 0.0
-        raise TopologyError(f"'{raw}' needs a unit, e.g. {_plain(number)}%", FRACTION_ALLOWED)
-    if unit != "%":
-        raise TopologyError(f"unknown unit '{unit}'", FRACTION_ALLOWED)
-    return float(number / 100)
+    number, unit, _ = _quantity(text, "a percentage", "0.1%", ("%",), FRACTION_ALLOWED)
+    return float(number / 100) if unit else 0.0
 
 
 def parse_cpuset(value: str | int | list | tuple) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ with
   0 or 1;
 * ``shape``: at most 8 integers >= 0 (``[]`` is a scalar).
 
-Codecs:
+Codecs (their names and ids are defined in :mod:`workloads.wire`):
 
 * ``binary`` (0): the payload is the raw bytes of each tensor in header order, C order,
   concatenated without padding; ``payload_len`` equals the sum of prod(shape) * itemsize.
@@ -81,6 +81,8 @@ import numpy as np
 
 from topologies.errors import TestbedError
 
+from .wire import CODECS
+
 __all__ = [
     "MAGIC", "VERSION", "PREFIX", "CODECS", "DTYPES", "KINDS",
     "Limits", "CodecError", "ConnectionClosed", "Message", "Frame",
@@ -90,7 +92,6 @@ __all__ = [
 MAGIC = b"TBF1"
 VERSION = 1
 PREFIX = struct.Struct("!4sBBHIQQ")  # magic, version, codec id, flags, header_len, payload_len, sent_ns
-CODECS: dict[str, int] = {"binary": 0, "json-base64": 1}
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 KINDS = ("request", "response", "error", "ping", "pong")
 

@@ -618,7 +618,7 @@ def array_file(path: Path | str, input_name: str, *, label_column: int | str | N
 
 
 def check_against(dataset: Dataset, input_specs, where: str | None = None) -> Dataset:
-    """``dataset`` with each input cast to its `registry.InputSpec` dtype, after checking that it
+    """``dataset`` with each input cast to its `models.InputSpec` dtype, after checking that it
     has exactly the model's inputs, each sample shaped ``spec.shape[1:]``, and a dtype that casts
     safely within its kind (e.g. float64 → float32, int32 → int64; not float → int). Errors name
     ``where`` (default: the data set's file or folder, else its name)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .cache import Cache, content_key, library_versions
 from .errors import WorkloadError
-from .registry import BuildContext, InputSpec, ModelEntry
+from .models import BuildContext, InputSpec, ModelEntry
 
 # Pinned opset. 17 is supported by every ONNX Runtime since 1.14 (hosts may run older ones than
 # the preparing machine), by ORT's quantization tooling (QDQ and QOperator formats; opset ≥ 13

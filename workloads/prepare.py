@@ -19,8 +19,8 @@ import numpy as np
 
 from .cache import Cache, content_key, library_versions
 from .errors import WorkloadError
+from .models import RANDOM_NOTE, BuildContext, ModelEntry, check_weights, get_model, metric_applicable
 from .operators import OperatorCall, static_only
-from .registry import RANDOM_NOTE, BuildContext, ModelEntry, check_weights, get_model, metric_applicable
 from .runtime import MANIFEST, ArtifactRunner, session
 from .whitebox import VERSION as WHITEBOX_VERSION
 from .whitebox import trained_model, training_calls, with_model_budget

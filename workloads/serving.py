@@ -58,8 +58,8 @@ import numpy as np
 from . import pacing
 from .codec import (CODECS, BufferedReceiver, CodecError, ConnectionClosed, Limits, Message, read_message,
                     send_message)
+from .wire import CONNECTIONS
 
-CONNECTIONS = ("persistent", "per-request")
 PORT = 7070
 LOG_LINES = 20
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import WorkloadError
-from .registry import BuildContext, InputSpec, ModelEntry
+from .models import BuildContext, InputSpec, ModelEntry
 
 USER_WEIGHTS = ("given",)
 PROBE_COUNTS = {"train": 256, "calibration": 64, "eval": 64}

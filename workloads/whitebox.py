@@ -54,8 +54,8 @@ import numpy as np
 
 from .cache import Cache, content_key, library_versions
 from .errors import WorkloadError
+from .models import BuildContext, ModelEntry
 from .operators import OPERATORS, OperatorCall
-from .registry import BuildContext, ModelEntry
 
 VERSION = "4"              # bump when what a trained model holds changes (part of its key)
 TRAINED_FILE = "model.onnx"
@@ -241,7 +241,7 @@ def _student(entry: ModelEntry, call: OperatorCall, teacher, train, ctx: BuildCo
     """The student module and a description of how it was made."""
     import copy
 
-    from .registry import get_model
+    from .models import get_model
 
     prm = dict(call.params)
     kind = prm["student"]

@@ -12,7 +12,7 @@ import pytest
 
 from workloads import datasets as D
 from workloads.errors import WorkloadError
-from workloads.registry import InputSpec
+from workloads.models import InputSpec
 
 FASHION_PRESENT = all((D.FASHION_DIR / f).is_file() for pair in D._FASHION_FILES.values() for f in pair)
 needs_fashion = pytest.mark.skipif(not FASHION_PRESENT, reason=f"Fashion-MNIST not installed in {D.FASHION_DIR} "

@@ -14,8 +14,8 @@ import testbed.experiment
 from testbed.experiment import (ArtifactNeed, Experiment, ExperimentError, ModelRef, Requests, Strategy,
                                 load_experiment, load_experiment_dict)
 from topologies import DirectionSpec, HostSpec
-from workloads import registry
-from workloads.registry import InputSpec, ModelEntry
+from workloads import models
+from workloads.models import InputSpec, ModelEntry
 
 GiB = 1 << 30
 BUDGET = {"cores": 2, "memory_bytes": 24 * GiB}   # three_tier: 0.25 / 0.5 / 1 core, 768MiB / 3GiB / 12GiB
@@ -37,8 +37,8 @@ def _entry(name: str, weights: tuple[str, ...] = ("pretrained", "random")) -> Mo
 @pytest.fixture(autouse=True)
 def fake_models(monkeypatch):
     """Tiny registry entries, so nothing here needs torch or the real model zoo."""
-    monkeypatch.setattr(registry, "_load_builtins", lambda: None)
-    monkeypatch.setattr(registry, "_REGISTRY", {e.name: e for e in (
+    monkeypatch.setattr(models, "_load_builtins", lambda: None)
+    monkeypatch.setattr(models, "_REGISTRY", {e.name: e for e in (
         _entry("efficientnet_lite0"), _entry("minilm_sentiment"), _entry("untrained", weights=("random",)))})
 
 

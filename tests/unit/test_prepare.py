@@ -99,7 +99,7 @@ def test_quantized_early_exit_partition_puts_the_exit_on_the_first_host(tiny, tm
 def test_partition_at_a_named_tensor_and_an_unknown_one(tiny, tmp_path):
     from workloads import graph
     from workloads.export import export_model
-    from workloads.registry import BuildContext
+    from workloads.models import BuildContext
     import onnx
     base = export_model(tiny, BuildContext(cache=Cache(tmp_path)))
     cuts = graph.analyze(onnx.load(str(base))).cuts

@@ -6,7 +6,7 @@ import pytest
 
 from workloads import user
 from workloads.errors import WorkloadError
-from workloads.registry import InputSpec
+from workloads.models import InputSpec
 
 
 def _tiny_onnx(path, batch="N", features=4, classes=3, weight=1.0):

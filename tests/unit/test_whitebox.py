@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workloads import registry
+from workloads import models
 from workloads.cache import Cache
 from workloads.data import Dataset
 from workloads.errors import WorkloadError
@@ -202,8 +202,8 @@ def test_a_training_operator_on_an_onnx_file_or_without_training_data_is_one_lin
         d = _data(split)
         return d.take(0) if split == "train" else d
 
-    monkeypatch.setitem(registry._REGISTRY, "wide_cnn", registry._REGISTRY["wide_cnn"].__class__(
-        **{**registry._REGISTRY["wide_cnn"].__dict__, "dataset": empty}))
+    monkeypatch.setitem(models._REGISTRY, "wide_cnn", models._REGISTRY["wide_cnn"].__class__(
+        **{**models._REGISTRY["wide_cnn"].__dict__, "dataset": empty}))
     with pytest.raises(WorkloadError, match="no training data"):
         prepare("wide_cnn", chain({"prune": {"epochs": 1}}), cache=Cache(tmp_path / "c2"))
 
@@ -333,7 +333,7 @@ def test_a_models_default_step_budget_applies_only_when_the_chain_gives_none(wid
     from workloads.whitebox import with_model_budget
 
     entry = replace(wide, training_steps=3)
-    monkeypatch.setitem(registry._REGISTRY, "wide_cnn", entry)
+    monkeypatch.setitem(models._REGISTRY, "wide_cnn", entry)
     default, = chain({"prune": {"ratio": 0.3}})
     given, = chain({"prune": {"ratio": 0.3, "epochs": 1}})
     assert with_model_budget(default, entry).get("steps") == 3

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workloads import registry
+from workloads import models
 from workloads.cache import Cache
 from workloads.data import Dataset
 from workloads.prepare import prepare
@@ -61,12 +61,12 @@ def _build(ctx):
 
 @pytest.fixture()
 def tiny_bert(monkeypatch):
-    from workloads.registry import InputSpec, ModelEntry
+    from workloads.models import InputSpec, ModelEntry
 
     entry = ModelEntry("tiny_bert", "text_classification", "test model",
                        (InputSpec("input_ids", "int64", (1, LEN)), InputSpec("attention_mask", "int64", (1, LEN))),
                        ("logits",), "accuracy", True, "built in the test", _build, _data, num_classes=2)
-    monkeypatch.setitem(registry._REGISTRY, "tiny_bert", entry)
+    monkeypatch.setitem(models._REGISTRY, "tiny_bert", entry)
     torch.set_num_threads(1)
     return entry
 

@@ -14,7 +14,7 @@ import pytest
 from workloads.cache import Cache
 from workloads.data import SPLITS, TASKS, Dataset
 from workloads.errors import WorkloadError
-from workloads.registry import METRICS, WEIGHTS, BuildContext, InputSpec, ModelEntry, get_model, models
+from workloads.models import METRICS, WEIGHTS, BuildContext, InputSpec, ModelEntry, get_model, models
 
 torch = pytest.importorskip("torch")
 
@@ -86,7 +86,7 @@ def test_metric_applicable_only_with_real_weights():
 
 
 def test_importing_the_zoo_imports_no_torch():
-    code = ("import sys, workloads.registry as r, workloads.export, workloads.training; r.models(); "
+    code = ("import sys, workloads.models as r, workloads.export, workloads.training; r.models(); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'transformers')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

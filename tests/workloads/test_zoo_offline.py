@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from workloads.cache import Cache
-from workloads.registry import BuildContext, get_model
+from workloads.models import BuildContext, get_model
 
 torch = pytest.importorskip("torch")
 

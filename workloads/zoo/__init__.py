@@ -1,4 +1,4 @@
-"""The built-in models. Importing this package registers every entry (`registry.models()`).
+"""The built-in models. Importing this package registers every entry (`models.models()`).
 
 Offline (weights and data on a fresh machine, no network):
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..cache import content_key, library_versions
 from ..data import SPLITS, Dataset
 from ..errors import WorkloadError
-from ..registry import RANDOM_NOTE, BuildContext, metric_applicable  # noqa: F401 - re-exported
+from ..models import RANDOM_NOTE, BuildContext, metric_applicable  # noqa: F401 - re-exported
 
 TRAIN_THREADS_ENV = "TESTBED_TRAIN_THREADS"
 PROBE_TIMEOUT_S = 10.0          # a host that does not answer within this is "no network"

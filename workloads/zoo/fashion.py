@@ -5,7 +5,7 @@ and their weights are cached (cache kind ``weights``); ``weights: random`` skips
 """
 from __future__ import annotations
 
-from ..registry import BuildContext, InputSpec, ModelEntry, register
+from ..models import BuildContext, InputSpec, ModelEntry, register
 from .common import train_threads, trained
 
 CNN_VERSION = "1"

@@ -12,7 +12,7 @@ import contextlib
 import io
 from pathlib import Path
 
-from ..registry import BuildContext, InputSpec, ModelEntry, register
+from ..models import BuildContext, InputSpec, ModelEntry, register
 from .common import photos, train_threads, trained
 
 EFFICIENTNET_VERSION = "1"

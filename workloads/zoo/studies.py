@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..registry import BuildContext, InputSpec, ModelEntry, register
+from ..models import BuildContext, InputSpec, ModelEntry, register
 from .common import download, need_download, offline_reason, photos, random_tokens
 
 STUDY_VERSION = "1"

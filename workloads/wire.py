@@ -1,0 +1,16 @@
+"""The names of the two wire settings an experiment chooses, defined once for the file, the
+frame codec and the host servers.
+
+- ``CODECS``: how a frame carries its tensors, name -> the codec id in a frame's prefix
+  (:mod:`workloads.codec` documents the frame);
+- ``CONNECTIONS``: how a process reaches the next hop, one connection kept open
+  (``persistent``) or a new TCP connection for every request (``per-request``, as the
+  studies' HTTP clients did; :mod:`workloads.serving`).
+
+The first name of each is the default. Standard library only (nothing at all), so that
+loading an experiment file does not import numpy.
+"""
+from __future__ import annotations
+
+CODECS: dict[str, int] = {"binary": 0, "json-base64": 1}
+CONNECTIONS = ("persistent", "per-request")
