@@ -32,7 +32,8 @@ from pathlib import Path
 from emulation.errors import EmulationError
 from emulation.process import terminate
 from workloads.errors import WorkloadError
-from workloads.serving import LOG_LINES, PORT, breakdown
+from workloads.serving import LOG_LINES, PORT
+from workloads.trace import breakdown
 
 from .experiment import Experiment, ModelRef, Strategy, point_label
 from .store import CellRecord, HopRow, RequestRow, ResultStore
