@@ -107,6 +107,103 @@ def test_other_schema_version_is_refused(tmp_path, version, word):
     assert str(tmp_path / STORE_FILE) in msg and word in msg and f"version {version}" in msg
 
 
+# The schema of version 1 exactly as testbed/store.py created it at commit 774d66e (its
+# _SCHEMA tuple and the meta row), kept here to build real old stores: never edit it.
+V1_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, experiment TEXT, config_json TEXT, machine_json TEXT,
+        started REAL, ended REAL, status TEXT)""",
+    """CREATE TABLE cells (
+        cell TEXT PRIMARY KEY, run_id TEXT REFERENCES runs, model TEXT, weights TEXT,
+        strategy TEXT, operators TEXT, placement TEXT, source TEXT, codec TEXT,
+        connection TEXT, point_json TEXT, artifact TEXT, metric TEXT, metric_value REAL,
+        baseline_value REAL, status TEXT, error TEXT, started REAL, ended REAL,
+        requests INTEGER, ok INTEGER, timeouts INTEGER, ooms INTEGER, errors INTEGER,
+        network_json TEXT, hosts_json TEXT)""",
+    """CREATE TABLE requests (
+        cell TEXT REFERENCES cells ON DELETE CASCADE, seq INTEGER, input_index INTEGER,
+        status TEXT, e2e_ms REAL, compute_ms REAL, transmission_ms REAL,
+        serialization_ms REAL, overhead_ms REAL, bytes_sent INTEGER, exit_segment INTEGER,
+        output_match INTEGER, output_max_diff REAL, error TEXT, PRIMARY KEY (cell, seq))""",
+    """CREATE TABLE hops (
+        cell TEXT REFERENCES cells ON DELETE CASCADE, seq INTEGER, idx INTEGER, kind TEXT,
+        src TEXT, dst TEXT, direction TEXT, part INTEGER, bytes INTEGER, ms REAL,
+        decode_ms REAL, encode_ms REAL, PRIMARY KEY (cell, seq, idx))""",
+    "CREATE INDEX requests_cell ON requests (cell)",
+    "CREATE INDEX hops_cell ON hops (cell)",
+    "CREATE INDEX cells_run ON cells (run_id)",
+)
+V1_META = "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+
+
+def v1_store(folder: Path) -> Path:
+    """A results folder as the version-1 testbed left it: its DDL, its meta row, WAL mode,
+    one run, a done cell with requests and hops, and a failed cell."""
+    folder.mkdir(parents=True)
+    raw = sqlite3.connect(folder / STORE_FILE, isolation_level=None)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("BEGIN")
+    for stmt in V1_SCHEMA:
+        raw.execute(stmt)
+    raw.execute(V1_META, ("1",))
+    raw.execute("INSERT INTO runs VALUES ('r1', 'demo', '{\"name\": \"demo\"}', '{\"cores\": 2}', 10.0, 20.0, 'done')")
+    raw.execute("INSERT INTO cells VALUES ('a', 'r1', 'cnn', 'pretrained', 'split', '[{\"partition\": {}}]', "
+                "'mobile>edge', 'mobile', 'binary', 'persistent', '{\"p\": \"5Mbit\"}', '/c/a.onnx', 'accuracy', "
+                "0.75, 0.78, 'done', NULL, 11.0, 12.0, 2, 1, 1, 0, 0, '{\"mobile-edge\": {}}', '{\"edge\": {}}')")
+    raw.execute("INSERT INTO cells VALUES ('b', 'r1', 'cnn', 'pretrained', 'edge', '[]', 'edge', 'mobile', 'binary', "
+                "'persistent', '{}', NULL, NULL, NULL, NULL, 'failed', 'deploy failed', 13.0, 14.0, 0, 0, 0, 0, 0, "
+                "'{}', '{}')")
+    raw.execute("INSERT INTO requests VALUES ('a', 0, 0, 'ok', 10.5, 6.0, 3.0, 0.5, 1.0, 1028, NULL, 1, 1e-06, NULL)")
+    raw.execute("INSERT INTO requests VALUES ('a', 1, 1, 'timeout', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+                "NULL, 'no answer in 120 s')")
+    raw.execute("INSERT INTO hops VALUES ('a', 0, 0, 'compute', 'mobile', 'mobile', 'request', 0, NULL, 4.0, "
+                "NULL, NULL)")
+    raw.execute("INSERT INTO hops VALUES ('a', 0, 1, 'link', 'mobile', 'edge', 'request', 1, 1028, 3.0, 0.1, 0.2)")
+    raw.execute("COMMIT")
+    raw.close()
+    return folder
+
+
+def columns(path: Path) -> dict:
+    """Each table's columns (name, type, pk), foreign keys and indexes, as SQLite reports them."""
+    raw = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return {t: ([r[1:] for r in raw.execute(f"PRAGMA table_info({t})")],
+                    [r[2:] for r in raw.execute(f"PRAGMA foreign_key_list({t})")],
+                    sorted((r[1], r[2]) for r in raw.execute(f"PRAGMA index_list({t})")
+                           if not r[1].startswith("sqlite_autoindex")))
+                for t in tables}
+    finally:
+        raw.close()
+
+
+def test_a_new_store_has_the_same_tables_columns_and_keys_as_a_version_1_store(tmp_path):
+    ResultStore.in_folder(tmp_path / "new").close()
+    old = v1_store(tmp_path / "old")
+    assert columns(tmp_path / "new" / STORE_FILE) == columns(old / STORE_FILE)
+
+
+def test_record_dataclasses_hold_exactly_the_columns_they_fill():
+    from dataclasses import fields
+
+    from testbed.store import CELLS, HOPS, REQUESTS
+    counted = {"requests", "ok", "timeouts", "ooms", "errors"}      # cells' counts of their request rows
+    assert {f.name for f in fields(CellRecord)} == {c.field for c in CELLS.columns} - counted
+    assert {f.name for f in fields(RequestRow)} == {c.field for c in REQUESTS.columns} - {"cell"}
+    assert {f.name for f in fields(HopRow)} == {c.field for c in HOPS.columns} - {"cell"}
+
+
+def test_schema_markdown_lists_every_column_of_every_table():
+    from testbed.store import TABLES, schema_markdown
+    md = schema_markdown()
+    for t in TABLES:
+        assert f"### `{t.name}`" in md
+        for c in t.columns:
+            assert f"| `{c.name}` | {c.type.doc} |" in md
+
+
 @pytest.mark.parametrize("content", [b"", b"hello, not a database\n" * 200, b"x",
                                      b"SQLite format 3\x00" + b"\xff" * 600],
                          ids=["empty", "text", "one-byte", "corrupt-sqlite"])
