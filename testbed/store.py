@@ -13,7 +13,8 @@ one sweep point x one model x one strategy), ``requests`` (one row per measured 
 ``hops`` (where one request's time went, step by step). Their columns are defined once, in
 :data:`TABLES` (name, SQL type, constraint, meaning); the DDL, the inserts, the value checks and
 the export are made from it, and :func:`schema_markdown` renders it for the docs. To add a
-column: add it to its table (and its field to the record dataclass).
+column: add it to its table (and its field to the record dataclass), and append a
+:data:`MIGRATIONS` step that adds it to existing stores.
 
 ``requests`` and ``hops`` rows are deleted with their cell (``ON DELETE CASCADE``); writing a
 cell that exists replaces it and all its rows. Example::
@@ -24,8 +25,14 @@ cell that exists replaces it and all its rows. Example::
 
 Booleans are 0/1, NaN is stored as NULL (SQLite has no NaN), JSON columns are UTF-8 text.
 
-``meta(key TEXT PRIMARY KEY, value TEXT)`` holds ``schema_version`` = ``1``; a testbed refuses a
-file of another version.
+Versions
+--------
+A store's schema version is its ``PRAGMA user_version``. Opening a store of an older version
+upgrades it in place, through each :data:`MIGRATIONS` step after its version, in one
+transaction: a step that fails leaves the file as it was. A store of a newer version than this
+testbed's is refused. Version 1 kept its version only in a ``meta`` table (``user_version``
+0); every version keeps ``meta.schema_version`` equal to ``user_version``, so a testbed of
+version 1 refuses a newer store with its own clear line rather than misreading it.
 """
 from __future__ import annotations
 
@@ -42,7 +49,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
 
 RUN_STATUSES = ("running", "done", "interrupted", "failed")
@@ -338,7 +344,26 @@ HOPS = Table("hops", "Where one request's time went, step by step. A link with `
 
 TABLES = (RUNS, CELLS, REQUESTS, HOPS)
 
+# The version's bookkeeping, and how a store is recognised as one (version 1 had nothing else).
 _META = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int                                # the version it upgrades a store to, from version - 1
+    change: str                                 # what changes, in a line
+    apply: Callable[[sqlite3.Connection], None]  # run inside the opening transaction
+
+
+def _no_change(conn: sqlite3.Connection) -> None:
+    """A step whose only change is the version bookkeeping (done for every step)."""
+
+
+# Append a step for each change of the schema; never edit one that has shipped.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "the version is kept in PRAGMA user_version (and still in meta)", _no_change),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 _CELL_ORDER = "ORDER BY started, cell"
 
 
@@ -379,6 +404,11 @@ def _hop_row(cell: str, h: HopRow) -> tuple:
     if h.kind == "compute" and h.direction != "request":
         raise StoreError(f"{w} a compute hop has direction 'request', not {h.direction!r}")
     return row
+
+
+def _set_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(version),))
 
 
 def _one_line(e: BaseException) -> str:
@@ -450,30 +480,50 @@ class ResultStore:
                     for t in TABLES:
                         for stmt in t.ddl():
                             conn.execute(stmt)
-                    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                                 (str(SCHEMA_VERSION),))
-        self._check_version()
+                    _set_version(conn, SCHEMA_VERSION)
+        version = self._version()
+        if version < SCHEMA_VERSION:
+            self._upgrade(version)
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
-    def _check_version(self) -> None:
+    def _version(self) -> int:
+        """The store's schema version: this testbed's, or an older one it can upgrade; anything
+        else (not a store, a newer version, one older than every migration) is a StoreError."""
         not_ours = (f"{self.path} is an SQLite file but not a testbed result store: "
                     "move it away or choose another output folder")
         if "meta" not in self._tables():
             raise StoreError(not_ours)
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        try:
-            version = int(row[0])
-        except (TypeError, ValueError):
-            raise StoreError(not_ours) from None
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:            # version 1 kept its version only in the meta table
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            try:
+                version = int(row[0])
+            except (TypeError, ValueError):
+                raise StoreError(not_ours) from None
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has result schema version {version}, newer than this testbed's "
                              f"{SCHEMA_VERSION}: read it with a newer testbed (upgrade this one)")
-        if version < SCHEMA_VERSION:
+        if version < MIGRATIONS[0].version - 1:
             raise StoreError(f"{self.path} has result schema version {version}, older than this testbed's "
                              f"{SCHEMA_VERSION}, and there is no migration for it: read it with the testbed "
                              "that wrote it, or run again into a new output folder")
+        return version
+
+    def _upgrade(self, version: int) -> None:
+        """Upgrade the store from ``version`` to the current one, all steps in one transaction."""
+        try:
+            with self._tx() as conn:
+                version = self._version()   # another process may have upgraded it meanwhile
+                for step in MIGRATIONS:
+                    if step.version > version:
+                        step.apply(conn)
+                _set_version(conn, SCHEMA_VERSION)
+        except sqlite3.Error as e:
+            raise StoreError(f"could not upgrade {self.path} from result schema version {version} to "
+                             f"{SCHEMA_VERSION} ({_one_line(e)}); the file is as it was: make it writable and "
+                             "close other testbeds using it, or read it with the testbed that wrote it") from None
 
     @staticmethod
     def in_folder(folder: str | Path, create: bool = True) -> ResultStore:
