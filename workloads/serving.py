@@ -101,6 +101,29 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     pace: float | None = None       # pace each inference to this many cores (None: the quota alone)
 
+    def to_argv(self) -> list[str]:
+        """The ``serve`` command line (after ``python -m workloads.serving``) that starts a server
+        with this config: :meth:`from_args` of it parsed gives this config back."""
+        if self.limits != Limits():
+            raise ValueError(f"{self.host}: serve has no option for frame limits: a server uses the defaults")
+        argv = ["serve", "--artifact", str(self.artifact), "--part", str(self.part), "--host", self.host,
+                "--threads", str(self.threads), "--codec", self.codec, "--connection", self.connection,
+                "--timeout", repr(float(self.timeout_s))]
+        for address, port in self.listen:
+            argv += ["--listen", f"{address}:{port}"]
+        if self.next_hop is not None:
+            argv += ["--next", f"{self.next_hop[0]}:{self.next_hop[1]}"]
+        if self.pace is not None:
+            argv += ["--pace", repr(float(self.pace))]
+        return argv
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> ServerConfig:
+        """The config of a parsed ``serve`` command line (ValueError for a bad address)."""
+        return cls(a.artifact, a.part, a.host, [parse_address(x) for x in a.listen],
+                   parse_address(a.next) if a.next else None, a.threads, a.codec, a.connection, a.timeout,
+                   pace=a.pace)
+
 
 class Server:
     """One part of an artifact, served on a host (see the module docstring)."""
@@ -450,10 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             run_client(parse_address(a.target), a.inputs, a.host, a.warmup, a.repeat, a.timeout,
                        a.codec, a.connection)
             return 0
-        cfg = ServerConfig(a.artifact, a.part, a.host, [parse_address(x) for x in a.listen],
-                           parse_address(a.next) if a.next else None, a.threads, a.codec, a.connection, a.timeout,
-                           pace=a.pace)
-        server = Server(cfg)
+        server = Server(ServerConfig.from_args(a))
         server.bind()
     except (ValueError, OSError, ConnectionError) as e:
         _log(f"error: {e}")

@@ -11,13 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import MISSING, fields
 
 import numpy as np
 import pytest
 
 from tests.tiny import tiny_artifact
-from workloads.codec import MAGIC, PREFIX, CodecError, Message, read_message, send_message
-from workloads.serving import Client, check_output, load_inputs, save_inputs
+from workloads.codec import MAGIC, PREFIX, CodecError, Limits, Message, read_message, send_message
+from workloads.serving import Client, ServerConfig, _args, check_output, load_inputs, save_inputs
 from workloads.trace import FIELDS, STAGES, breakdown
 
 PY = sys.executable
@@ -352,3 +353,28 @@ def test_a_record_holds_the_frames_stamps_and_its_size_does_not_depend_on_the_st
     long_stall = record("edge", "request", Message("request", stall_ns=9_999_999_999_999), part=0)
     assert len(json.dumps(long_stall)) == len(json.dumps(record("edge", "request", Message("request"), part=0)))
     assert fixed_ns(0) == "0" * 13 and int(fixed_ns(123)) == 123
+
+
+FULL_CONFIG = ServerConfig("/cache/ab cd/artifact", 2, "edge", [("10.0.0.1", 7070), ("10.0.1.1", 7071)],
+                           ("10.0.2.1", 7072), threads=3, codec="json-base64", connection="per-request",
+                           timeout_s=0.1234567891, pace=1 / 3)
+
+
+def test_the_full_config_sets_every_option_away_from_its_default():
+    """So that the round trip below covers every option a server takes (frame limits have none)."""
+    defaults = {f.name: f.default for f in fields(ServerConfig) if f.default is not MISSING}
+    assert defaults and all(getattr(FULL_CONFIG, n) != d for n, d in defaults.items())
+
+
+@pytest.mark.parametrize("cfg", [FULL_CONFIG, ServerConfig("a.onnx", 0, "cloud", [("127.0.0.1", 1)])],
+                         ids=["every-option", "defaults"])
+def test_a_servers_command_line_parses_back_to_its_config(cfg):
+    argv = cfg.to_argv()
+    assert argv[0] == "serve"
+    assert ServerConfig.from_args(_args(argv)) == cfg
+
+
+def test_frame_limits_have_no_command_line_and_are_refused():
+    cfg = ServerConfig("a.onnx", 0, "cloud", [("127.0.0.1", 1)], limits=Limits(max_tensors=2))
+    with pytest.raises(ValueError, match="no option for frame limits"):
+        cfg.to_argv()
