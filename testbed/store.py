@@ -13,8 +13,8 @@ one sweep point x one model x one strategy), ``requests`` (one row per measured 
 ``hops`` (where one request's time went, step by step). Their columns are defined once, in
 :data:`TABLES` (name, SQL type, constraint, meaning); the DDL, the inserts, the value checks and
 the export are made from it, and :func:`schema_markdown` renders it for the docs. To add a
-column: add it to its table (and its field to the record dataclass), and append a
-:data:`MIGRATIONS` step that adds it to existing stores.
+column: append it to its table (last: ``ALTER TABLE`` adds a column at the end), add its field
+to the record dataclass, and append a :data:`MIGRATIONS` step that adds it to existing stores.
 
 ``requests`` and ``hops`` rows are deleted with their cell (``ON DELETE CASCADE``); writing a
 cell that exists replaces it and all its rows. Example::

@@ -178,9 +178,10 @@ def columns(path: Path) -> dict:
         raw.close()
 
 
-def test_a_new_store_has_the_same_tables_columns_and_keys_as_a_version_1_store(tmp_path):
+def test_an_upgraded_version_1_store_has_the_same_tables_columns_and_keys_as_a_new_one(tmp_path):
     ResultStore.in_folder(tmp_path / "new").close()
     old = v1_store(tmp_path / "old")
+    ResultStore.in_folder(old, create=False).close()
     assert columns(tmp_path / "new" / STORE_FILE) == columns(old / STORE_FILE)
 
 
