@@ -53,7 +53,8 @@ if str(REPO) not in sys.path:
 
 from benchmarks.common import sigterm_as_interrupt  # noqa: E402
 from emulation.process import terminate  # noqa: E402
-from workloads.serving import Client, breakdown, save_inputs  # noqa: E402
+from workloads.serving import Client, save_inputs  # noqa: E402
+from workloads.trace import breakdown  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PY = sys.executable

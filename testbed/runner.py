@@ -33,7 +33,8 @@ from emulation.errors import EmulationError
 from emulation.process import terminate
 from topologies.errors import TestbedError
 from workloads.errors import WorkloadError
-from workloads.serving import LOG_LINES, PORT, breakdown
+from workloads.serving import LOG_LINES, PORT, ServerConfig
+from workloads.trace import breakdown
 
 from .experiment import Experiment, ModelRef, Strategy, point_label
 from .store import CellRecord, HopRow, RequestRow, ResultStore
@@ -392,17 +393,13 @@ class CellExecution:
         placement = cell.strategy.placement
         for i in reversed(range(len(placement))):
             host = placement[i]
-            argv = [sys.executable, "-m", "workloads.serving", "serve", "--artifact", str(cell.artifact),
-                    "--part", str(i), "--host", host, "--threads", str(host_threads(exp, host, self.cores)),
-                    "--codec", exp.codec, "--connection", exp.serving.connection,
-                    "--timeout", f"{exp.requests.timeout_ms / 1000:g}"]
-            for addr in host_addresses(net, host):
-                argv += ["--listen", f"{addr}:{PORT}"]
-            if i + 1 < len(placement):
-                argv += ["--next", f"{entry_address(net, exp.topology, host, placement[i + 1])}:{PORT}"]
-            pace = host_pace(exp, host)
-            if pace is not None:
-                argv += ["--pace", repr(pace)]
+            last = i + 1 == len(placement)
+            next_hop = None if last else (entry_address(net, exp.topology, host, placement[i + 1]), PORT)
+            cfg = ServerConfig(str(cell.artifact), i, host, [(addr, PORT) for addr in host_addresses(net, host)],
+                               next_hop, threads=host_threads(exp, host, self.cores), codec=exp.codec,
+                               connection=exp.serving.connection, timeout_s=exp.requests.timeout_ms / 1000,
+                               pace=host_pace(exp, host))
+            argv = [sys.executable, "-m", "workloads.serving", *cfg.to_argv()]
             log = self._log_path(host)
             with log.open("a") as f:
                 f.write(f"--- cell {cell.key} part {i}\n")

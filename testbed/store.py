@@ -6,52 +6,15 @@ never leaves half of one, and a resumed run sees exactly the cells that finished
 in WAL mode, so ``sqlite3 results.sqlite`` (or any SQLite client) can read it while a run is
 still writing; ``testbed export`` turns it into CSV or Parquet files that stand alone.
 
-Schema (version 1)
-------------------
-
-``meta(key TEXT PRIMARY KEY, value TEXT)``
-    ``schema_version`` = ``1``. A testbed refuses a file of another version.
-
-``runs`` — one row per ``testbed run`` invocation
-    ``run_id`` (primary key), ``experiment`` (its name), ``config_json`` (the experiment as
-    loaded, JSON), ``machine_json`` (the machine it ran on, JSON), ``started`` / ``ended``
-    (Unix seconds; ``ended`` is NULL while running), ``status``: ``running`` | ``done`` |
-    ``interrupted`` | ``failed``. A run still ``running`` after its process is gone crashed.
-
-``cells`` — one row per cell (one sweep point x one model x one strategy)
-    ``cell`` (primary key: the cell's key), ``run_id`` (the run that wrote it last),
-    ``model``, ``weights``, ``strategy``, ``operators`` (the strategy's operator chain, JSON),
-    ``placement`` (hosts in request order joined by ``>``, e.g. ``mobile>edge``),
-    ``source`` (where inputs are produced), ``codec``, ``connection``, ``point_json`` (the
-    sweep point, JSON: ``{"links.mobile-edge.bandwidth": "10Mbit", ...}``), ``artifact`` (the
-    deployed artifact, if any), ``metric`` / ``metric_value`` (the model's quality metric on
-    this deployment) / ``baseline_value`` (the same metric for the unmodified model),
-    ``status``: ``done`` | ``interrupted`` | ``failed``, ``error`` (why, when failed),
-    ``started`` / ``ended`` (Unix seconds), ``requests`` / ``ok`` / ``timeouts`` / ``ooms`` /
-    ``errors`` (counts of its request rows by status), ``network_json`` (the links as
-    applied/read back, JSON), ``hosts_json`` (the hosts' limits as applied, JSON).
-
-``requests`` — one row per measured request (warm-up requests are not stored)
-    ``cell``, ``seq`` (0, 1, ... in the order sent; primary key with ``cell``),
-    ``input_index`` (which input of the data set), ``status``: ``ok`` | ``timeout`` | ``oom``
-    | ``error``, ``e2e_ms`` (source sends -> source has the answer), ``compute_ms`` (sum of
-    the compute hops), ``transmission_ms`` (sum of the link hops), ``serialization_ms``
-    (encoding + decoding tensors, quota stalls on receiving, and hops between two processes on
-    one host), ``overhead_ms`` (the rest of ``e2e_ms``), ``bytes_sent``
-    (payload bytes over all links), ``exit_segment`` (early exit: the segment that answered),
-    ``output_match`` (0/1: the output agrees with the reference), ``output_max_diff`` (the
-    largest absolute difference to it), ``error``. Timings are NULL when not measured.
-
-``hops`` — where one request's time went, step by step
-    ``cell``, ``seq`` (the request), ``idx`` (0, 1, ... along the path; primary key
-    ``(cell, seq, idx)``), ``kind``: ``compute`` (a host ran part ``part`` of the model) |
-    ``link`` (``bytes`` crossed from ``src`` to ``dst``), ``src``, ``dst`` (hosts; equal for
-    compute), ``direction``: ``request`` | ``response`` (compute hops are ``request``),
-    ``part`` (the model part, for compute and for the link that carries its input),
-    ``bytes``, ``ms`` (the hop's time), ``decode_ms`` / ``encode_ms`` (links: the receiver's
-    decoding, with its quota stall on the frame's last bytes, and the sender's encoding). A
-    link with ``src = dst`` joins two processes on one host: its ``ms`` counts as that host's
-    serialisation, not transmission.
+Schema
+------
+Four tables: ``runs`` (one row per ``testbed run`` invocation), ``cells`` (one row per cell:
+one sweep point x one model x one strategy), ``requests`` (one row per measured request) and
+``hops`` (where one request's time went, step by step). Their columns are defined once, in
+:data:`TABLES` (name, SQL type, constraint, meaning); the DDL, the inserts, the value checks and
+the export are made from it, and :func:`schema_markdown` renders it for the docs. To add a
+column: append it to its table (last: ``ALTER TABLE`` adds a column at the end), add its field
+to the record dataclass, and append a :data:`MIGRATIONS` step that adds it to existing stores.
 
 ``requests`` and ``hops`` rows are deleted with their cell (``ON DELETE CASCADE``); writing a
 cell that exists replaces it and all its rows. Example::
@@ -61,6 +24,15 @@ cell that exists replaces it and all its rows. Example::
      WHERE r.status = 'ok' GROUP BY c.cell;
 
 Booleans are 0/1, NaN is stored as NULL (SQLite has no NaN), JSON columns are UTF-8 text.
+
+Versions
+--------
+A store's schema version is its ``PRAGMA user_version``. Opening a store of an older version
+upgrades it in place, through each :data:`MIGRATIONS` step after its version, in one
+transaction: a step that fails leaves the file as it was. A store of a newer version than this
+testbed's is refused. Version 1 kept its version only in a ``meta`` table (``user_version``
+0); every version keeps ``meta.schema_version`` equal to ``user_version``, so a testbed of
+version 1 refuses a newer store with its own clear line rather than misreading it.
 """
 from __future__ import annotations
 
@@ -72,14 +44,13 @@ import operator
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from topologies.errors import TestbedError
 
-SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
 
 RUN_STATUSES = ("running", "done", "interrupted", "failed")
@@ -152,53 +123,6 @@ class HopRow:
     encode_ms: float | None = None
 
 
-# --- schema ---------------------------------------------------------------------------------
-
-_SCHEMA = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
-    """CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY, experiment TEXT, config_json TEXT, machine_json TEXT,
-        started REAL, ended REAL, status TEXT)""",
-    """CREATE TABLE cells (
-        cell TEXT PRIMARY KEY, run_id TEXT REFERENCES runs, model TEXT, weights TEXT,
-        strategy TEXT, operators TEXT, placement TEXT, source TEXT, codec TEXT,
-        connection TEXT, point_json TEXT, artifact TEXT, metric TEXT, metric_value REAL,
-        baseline_value REAL, status TEXT, error TEXT, started REAL, ended REAL,
-        requests INTEGER, ok INTEGER, timeouts INTEGER, ooms INTEGER, errors INTEGER,
-        network_json TEXT, hosts_json TEXT)""",
-    """CREATE TABLE requests (
-        cell TEXT REFERENCES cells ON DELETE CASCADE, seq INTEGER, input_index INTEGER,
-        status TEXT, e2e_ms REAL, compute_ms REAL, transmission_ms REAL,
-        serialization_ms REAL, overhead_ms REAL, bytes_sent INTEGER, exit_segment INTEGER,
-        output_match INTEGER, output_max_diff REAL, error TEXT, PRIMARY KEY (cell, seq))""",
-    """CREATE TABLE hops (
-        cell TEXT REFERENCES cells ON DELETE CASCADE, seq INTEGER, idx INTEGER, kind TEXT,
-        src TEXT, dst TEXT, direction TEXT, part INTEGER, bytes INTEGER, ms REAL,
-        decode_ms REAL, encode_ms REAL, PRIMARY KEY (cell, seq, idx))""",
-    "CREATE INDEX requests_cell ON requests (cell)",
-    "CREATE INDEX hops_cell ON hops (cell)",
-    "CREATE INDEX cells_run ON cells (run_id)",
-)
-
-_CELL_COLUMNS = ("cell", "run_id", "model", "weights", "strategy", "operators", "placement", "source",
-                 "codec", "connection", "point_json", "artifact", "metric", "metric_value",
-                 "baseline_value", "status", "error", "started", "ended", "requests", "ok", "timeouts",
-                 "ooms", "errors", "network_json", "hosts_json")
-_REQUEST_COLUMNS = ("cell", "seq", "input_index", "status", "e2e_ms", "compute_ms", "transmission_ms",
-                    "serialization_ms", "overhead_ms", "bytes_sent", "exit_segment", "output_match",
-                    "output_max_diff", "error")
-_HOP_COLUMNS = ("cell", "seq", "idx", "kind", "src", "dst", "direction", "part", "bytes", "ms",
-                "decode_ms", "encode_ms")
-# JSON text columns of cells -> the key they are decoded into by ResultStore.cells()
-_CELL_JSON = {"operators": "operators", "point_json": "point", "network_json": "network",
-              "hosts_json": "hosts"}
-_CELL_ORDER = "ORDER BY started, cell"
-
-
-def _insert(table: str, columns: Sequence[str]) -> str:
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-
-
 # --- value checks (a programming error caught before anything is written) --------------------
 
 def _one_of(what: str, value, allowed: Sequence[str]) -> str:
@@ -207,17 +131,13 @@ def _one_of(what: str, value, allowed: Sequence[str]) -> str:
     return value
 
 
-def _text(what: str, value, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
+def _text(what: str, value) -> str:
     if not isinstance(value, str):
         raise StoreError(f"{what} must be a string, got {type(value).__name__} {value!r}")
     return value
 
 
-def _int(what: str, value, optional: bool = True) -> int | None:
-    if value is None and optional:
-        return None
+def _int(what: str, value) -> int:
     if isinstance(value, bool):
         raise StoreError(f"{what} must be an integer, got {value!r}")
     try:
@@ -226,9 +146,7 @@ def _int(what: str, value, optional: bool = True) -> int | None:
         raise StoreError(f"{what} must be an integer, got {type(value).__name__} {value!r}") from None
 
 
-def _float(what: str, value, optional: bool = True) -> float | None:
-    if value is None and optional:
-        return None
+def _float(what: str, value) -> float | None:
     if isinstance(value, (bool, str, bytes)):
         raise StoreError(f"{what} must be a number, got {type(value).__name__} {value!r}")
     try:
@@ -238,9 +156,7 @@ def _float(what: str, value, optional: bool = True) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _bool(what: str, value) -> int | None:
-    if value is None:
-        return None
+def _bool(what: str, value) -> int:
     if isinstance(value, (str, bytes, float)) or not hasattr(value, "__bool__"):
         raise StoreError(f"{what} must be a boolean, got {type(value).__name__} {value!r}")
     if value not in (0, 1):
@@ -249,6 +165,8 @@ def _bool(what: str, value) -> int | None:
 
 
 def _json(what: str, value) -> str:
+    if isinstance(value, Mapping):
+        value = dict(value)
     try:
         return json.dumps(value, sort_keys=True, allow_nan=True)
     except (TypeError, ValueError) as e:
@@ -265,51 +183,234 @@ def _placement(what: str, value) -> str:
     return ">".join(hosts)
 
 
+# --- schema ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ColumnType:
+    """How a column's values are checked on the way in, stored, and exported."""
+
+    sql: str                                # the SQLite column type
+    doc: str                                # the type as the docs show it
+    export: str                             # the type in exported files (Arrow's name)
+    check: Callable[[str, object], object]  # (what, value) -> the value to store, or StoreError
+
+
+TEXT = ColumnType("TEXT", "TEXT", "string", _text)
+INTEGER = ColumnType("INTEGER", "INTEGER", "int64", _int)
+REAL = ColumnType("REAL", "REAL", "float64", _float)
+BOOLEAN = ColumnType("INTEGER", "INTEGER 0/1", "bool", _bool)
+JSON = ColumnType("TEXT", "TEXT (JSON)", "string", _json)
+PLACEMENT = ColumnType("TEXT", "TEXT (a>b)", "string", _placement)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+    meaning: str
+    constraint: str = ""            # in the DDL, after the type: PRIMARY KEY, REFERENCES ...
+    required: bool = False          # NULL is refused (by the checks: the tables have no NOT NULL)
+    allowed: tuple[str, ...] = ()   # the only values the column takes
+
+    @property
+    def field(self) -> str:
+        """Its name in Python: the record's attribute, the decoded row's key, the export's
+        header (a JSON column's name without its ``_json`` suffix)."""
+        return self.name.removesuffix("_json") if self.type is JSON else self.name
+
+    def stored(self, what: str, value):
+        """``value`` as it is stored; a StoreError naming ``what`` if the column cannot hold it."""
+        if self.allowed:
+            return _one_of(what, value, self.allowed)
+        if value is None and not self.required:
+            return None
+        return self.type.check(what, value)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    meaning: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()               # a key of several columns (one column: its constraint)
+    indexes: tuple[tuple[str, str], ...] = ()       # (index name, column)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return self.primary_key or tuple(c.name for c in self.columns if "PRIMARY KEY" in c.constraint)
+
+    def ddl(self) -> list[str]:
+        parts = [" ".join(filter(None, (c.name, c.type.sql, c.constraint))) for c in self.columns]
+        if self.primary_key:
+            parts.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
+        return ([f"CREATE TABLE {self.name} ({', '.join(parts)})"]
+                + [f"CREATE INDEX {name} ON {self.name} ({column})" for name, column in self.indexes])
+
+    def insert(self, upsert: bool = False) -> str:
+        """INSERT of a whole row; ``upsert``: a row with the same key replaces the old one's values."""
+        names = [c.name for c in self.columns]
+        sql = f"INSERT INTO {self.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        if upsert:
+            sql += (f" ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET "
+                    + ", ".join(f"{n} = excluded.{n}" for n in names if n not in self.key))
+        return sql
+
+    def row(self, what: str, values: Mapping[str, object]) -> tuple:
+        """A row from ``values`` (by field name), each checked and converted for SQLite."""
+        return tuple(c.stored(f"{what} {c.field}", values[c.field]) for c in self.columns)
+
+    def decoded(self, row: Mapping[str, object]) -> dict:
+        """A row as read, its JSON columns decoded under their field names."""
+        json_columns = {c.name: c.field for c in self.columns if c.type is JSON}
+        return {json_columns.get(k, k): (json.loads(v) if k in json_columns and v is not None else v)
+                for k, v in row.items()}
+
+
+_CELL_KEY = Column("cell", TEXT, "the cell it belongs to", "REFERENCES cells ON DELETE CASCADE", required=True)
+_SECONDS = "Unix seconds"
+
+RUNS = Table("runs", "One row per `testbed run` invocation.", (
+    Column("run_id", TEXT, "the run's id", "PRIMARY KEY", required=True),
+    Column("experiment", TEXT, "the experiment's name", required=True),
+    Column("config_json", JSON, "the experiment as loaded"),
+    Column("machine_json", JSON, "the machine it ran on"),
+    Column("started", REAL, _SECONDS, required=True),
+    Column("ended", REAL, f"{_SECONDS}; NULL while running"),
+    Column("status", TEXT, "a run still `running` after its process is gone crashed", allowed=RUN_STATUSES),
+))
+
+CELLS = Table("cells", "One row per cell: one sweep point x one model x one strategy.", (
+    Column("cell", TEXT, "the cell's key", "PRIMARY KEY", required=True),
+    Column("run_id", TEXT, "the run that wrote it last", "REFERENCES runs", required=True),
+    Column("model", TEXT, "the model's name", required=True),
+    Column("weights", TEXT, "the model's weights", required=True),
+    Column("strategy", TEXT, "the strategy's name", required=True),
+    Column("operators", JSON, "the strategy's operator chain"),
+    Column("placement", PLACEMENT, "hosts in request order joined by `>`, e.g. `mobile>edge`", required=True),
+    Column("source", TEXT, "where inputs are produced", required=True),
+    Column("codec", TEXT, "the wire codec", required=True),
+    Column("connection", TEXT, "persistent or per-request connections", required=True),
+    Column("point_json", JSON, 'the sweep point: `{"links.mobile-edge.bandwidth": "10Mbit", ...}`'),
+    Column("artifact", TEXT, "the deployed artifact, if any"),
+    Column("metric", TEXT, "the model's quality metric"),
+    Column("metric_value", REAL, "the metric on this deployment"),
+    Column("baseline_value", REAL, "the same metric for the unmodified model"),
+    Column("status", TEXT, "how the cell ended", allowed=CELL_STATUSES),
+    Column("error", TEXT, "why, when failed"),
+    Column("started", REAL, _SECONDS, required=True),
+    Column("ended", REAL, _SECONDS, required=True),
+    Column("requests", INTEGER, "its request rows (counted by the store)"),
+    Column("ok", INTEGER, "its request rows with status `ok`"),
+    Column("timeouts", INTEGER, "its request rows with status `timeout`"),
+    Column("ooms", INTEGER, "its request rows with status `oom`"),
+    Column("errors", INTEGER, "its request rows with status `error`"),
+    Column("network_json", JSON, "the links as applied and read back"),
+    Column("hosts_json", JSON, "the hosts' limits as applied"),
+), indexes=(("cells_run", "run_id"),))
+
+REQUESTS = Table("requests", "One row per measured request (warm-up requests are not stored). "
+                 "Timings are NULL when not measured.", (
+    _CELL_KEY,
+    Column("seq", INTEGER, "0, 1, ... in the order sent", required=True),
+    Column("input_index", INTEGER, "which input of the data set", required=True),
+    Column("status", TEXT, "how the request ended", allowed=REQUEST_STATUSES),
+    Column("e2e_ms", REAL, "source sends -> source has the answer"),
+    Column("compute_ms", REAL, "sum of the compute hops"),
+    Column("transmission_ms", REAL, "sum of the link hops"),
+    Column("serialization_ms", REAL, "encoding + decoding tensors, quota stalls on receiving, and hops "
+                                     "between two processes on one host"),
+    Column("overhead_ms", REAL, "the rest of `e2e_ms`"),
+    Column("bytes_sent", INTEGER, "the bytes of every frame sent, over all links"),
+    Column("exit_segment", INTEGER, "early exit: the segment that answered"),
+    Column("output_match", BOOLEAN, "the output agrees with the reference"),
+    Column("output_max_diff", REAL, "the largest absolute difference to the reference"),
+    Column("error", TEXT, "why, when not ok"),
+), primary_key=("cell", "seq"), indexes=(("requests_cell", "cell"),))
+
+HOPS = Table("hops", "Where one request's time went, step by step. A link with `src = dst` joins two "
+             "processes on one host: its `ms` counts as that host's serialisation, not transmission.", (
+    _CELL_KEY,
+    Column("seq", INTEGER, "the request", required=True),
+    Column("idx", INTEGER, "0, 1, ... along the path", required=True),
+    Column("kind", TEXT, "`compute`: a host ran part `part` of the model; `link`: `bytes` crossed from "
+                         "`src` to `dst`", allowed=HOP_KINDS),
+    Column("src", TEXT, "host", required=True),
+    Column("dst", TEXT, "host (equal to `src` for compute)", required=True),
+    Column("direction", TEXT, "compute hops are `request`", allowed=HOP_DIRECTIONS),
+    Column("part", INTEGER, "the model part, for compute and for the link that carries its input"),
+    Column("bytes", INTEGER, "the frame's size (links)"),
+    Column("ms", REAL, "the hop's time", required=True),
+    Column("decode_ms", REAL, "links: the receiver's decoding, with its quota stall on the frame's last bytes"),
+    Column("encode_ms", REAL, "links: the sender's encoding"),
+), primary_key=("cell", "seq", "idx"), indexes=(("hops_cell", "cell"),))
+
+TABLES = (RUNS, CELLS, REQUESTS, HOPS)
+
+# The version's bookkeeping, and how a store is recognised as one (version 1 had nothing else).
+_META = "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int                                # the version it upgrades a store to, from version - 1
+    change: str                                 # what changes, in a line
+    apply: Callable[[sqlite3.Connection], None]  # run inside the opening transaction
+
+
+def _no_change(conn: sqlite3.Connection) -> None:
+    """A step whose only change is the version bookkeeping (done for every step)."""
+
+
+# Append a step for each change of the schema; never edit one that has shipped.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "the version is kept in PRAGMA user_version (and still in meta)", _no_change),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+_CELL_ORDER = "ORDER BY started, cell"
+
+
+def schema_markdown() -> str:
+    """The tables and their columns as Markdown, from :data:`TABLES` (for the docs)."""
+    lines = [f"Schema version {SCHEMA_VERSION}."]
+    for t in TABLES:
+        lines += ["", f"### `{t.name}`", "", t.meaning + (f" Key: `({', '.join(t.key)})`." if t.primary_key else ""),
+                  "", "| column | type | constraint | meaning |", "|---|---|---|---|"]
+        for c in t.columns:
+            meaning = c.meaning + (f"; one of {', '.join(f'`{a}`' for a in c.allowed)}" if c.allowed else "") \
+                + ("; never NULL" if c.required and "PRIMARY KEY" not in c.constraint else "")
+            lines.append(f"| `{c.name}` | {c.type.doc} | {c.constraint} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def _values(record) -> dict:
+    """A record dataclass's fields by name (not deep-copied, unlike dataclasses.asdict)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
 def _cell_row(c: CellRecord, requests: Sequence[RequestRow]) -> tuple:
     if not isinstance(c.cell, str) or not c.cell:
         raise StoreError(f"cell key must be a non-empty string, got {c.cell!r}")
-    w = f"cell {c.cell}:"
     statuses = [r.status for r in requests]
-    return (
-        c.cell, _text(f"{w} run_id", c.run_id), _text(f"{w} model", c.model),
-        _text(f"{w} weights", c.weights), _text(f"{w} strategy", c.strategy),
-        _json(f"{w} operators", list(c.operators)), _placement(f"{w} placement", c.placement),
-        _text(f"{w} source", c.source), _text(f"{w} codec", c.codec),
-        _text(f"{w} connection", c.connection), _json(f"{w} point", dict(c.point)),
-        _text(f"{w} artifact", c.artifact, optional=True), _text(f"{w} metric", c.metric, optional=True),
-        _float(f"{w} metric_value", c.metric_value), _float(f"{w} baseline_value", c.baseline_value),
-        _one_of(f"{w} status", c.status, CELL_STATUSES), _text(f"{w} error", c.error, optional=True),
-        _float(f"{w} started", c.started, optional=False), _float(f"{w} ended", c.ended, optional=False),
-        len(statuses), statuses.count("ok"), statuses.count("timeout"), statuses.count("oom"),
-        statuses.count("error"), _json(f"{w} network", dict(c.network)), _json(f"{w} hosts", dict(c.hosts)),
-    )
+    counts = {"requests": len(statuses), "ok": statuses.count("ok"), "timeouts": statuses.count("timeout"),
+              "ooms": statuses.count("oom"), "errors": statuses.count("error")}
+    return CELLS.row(f"cell {c.cell}:", {**_values(c), **counts})
 
 
 def _request_row(cell: str, r: RequestRow) -> tuple:
-    w = f"cell {cell} request {r.seq!r}:"
-    return (
-        cell, _int(f"{w} seq", r.seq, optional=False), _int(f"{w} input_index", r.input_index, optional=False),
-        _one_of(f"{w} status", r.status, REQUEST_STATUSES),
-        _float(f"{w} e2e_ms", r.e2e_ms), _float(f"{w} compute_ms", r.compute_ms),
-        _float(f"{w} transmission_ms", r.transmission_ms), _float(f"{w} serialization_ms", r.serialization_ms),
-        _float(f"{w} overhead_ms", r.overhead_ms), _int(f"{w} bytes_sent", r.bytes_sent),
-        _int(f"{w} exit_segment", r.exit_segment), _bool(f"{w} output_match", r.output_match),
-        _float(f"{w} output_max_diff", r.output_max_diff), _text(f"{w} error", r.error, optional=True),
-    )
+    return REQUESTS.row(f"cell {cell} request {r.seq!r}:", {**_values(r), "cell": cell})
 
 
 def _hop_row(cell: str, h: HopRow) -> tuple:
     w = f"cell {cell} request {h.seq!r} hop {h.idx!r}:"
-    kind = _one_of(f"{w} kind", h.kind, HOP_KINDS)
-    direction = _one_of(f"{w} direction", h.direction, HOP_DIRECTIONS)
-    if kind == "compute" and direction != "request":
-        raise StoreError(f"{w} a compute hop has direction 'request', not {direction!r}")
-    return (
-        cell, _int(f"{w} seq", h.seq, optional=False), _int(f"{w} idx", h.idx, optional=False), kind,
-        _text(f"{w} src", h.src), _text(f"{w} dst", h.dst), direction, _int(f"{w} part", h.part),
-        _int(f"{w} bytes", h.bytes), _float(f"{w} ms", h.ms, optional=False),
-        _float(f"{w} decode_ms", h.decode_ms), _float(f"{w} encode_ms", h.encode_ms),
-    )
+    row = HOPS.row(w, {**_values(h), "cell": cell})
+    if h.kind == "compute" and h.direction != "request":
+        raise StoreError(f"{w} a compute hop has direction 'request', not {h.direction!r}")
+    return row
+
+
+def _set_version(conn: sqlite3.Connection, version: int) -> None:
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(version),))
 
 
 def _one_line(e: BaseException) -> str:
@@ -377,32 +478,54 @@ class ResultStore:
                                  "run `testbed run` with this output folder first")
             with self._tx():
                 if not self._tables():      # another process may have created it meanwhile
-                    for stmt in _SCHEMA:
-                        conn.execute(stmt)
-                    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                                 (str(SCHEMA_VERSION),))
-        self._check_version()
+                    conn.execute(_META)
+                    for t in TABLES:
+                        for stmt in t.ddl():
+                            conn.execute(stmt)
+                    _set_version(conn, SCHEMA_VERSION)
+        version = self._version()
+        if version < SCHEMA_VERSION:
+            self._upgrade(version)
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
-    def _check_version(self) -> None:
+    def _version(self) -> int:
+        """The store's schema version: this testbed's, or an older one it can upgrade; anything
+        else (not a store, a newer version, one older than every migration) is a StoreError."""
         not_ours = (f"{self.path} is an SQLite file but not a testbed result store: "
                     "move it away or choose another output folder")
         if "meta" not in self._tables():
             raise StoreError(not_ours)
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        try:
-            version = int(row[0])
-        except (TypeError, ValueError):
-            raise StoreError(not_ours) from None
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:            # version 1 kept its version only in the meta table
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            try:
+                version = int(row[0])
+            except (TypeError, ValueError):
+                raise StoreError(not_ours) from None
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has result schema version {version}, newer than this testbed's "
                              f"{SCHEMA_VERSION}: read it with a newer testbed (upgrade this one)")
-        if version < SCHEMA_VERSION:
+        if version < MIGRATIONS[0].version - 1:
             raise StoreError(f"{self.path} has result schema version {version}, older than this testbed's "
                              f"{SCHEMA_VERSION}, and there is no migration for it: read it with the testbed "
                              "that wrote it, or run again into a new output folder")
+        return version
+
+    def _upgrade(self, version: int) -> None:
+        """Upgrade the store from ``version`` to the current one, all steps in one transaction."""
+        try:
+            with self._tx() as conn:
+                version = self._version()   # another process may have upgraded it meanwhile
+                for step in MIGRATIONS:
+                    if step.version > version:
+                        step.apply(conn)
+                _set_version(conn, SCHEMA_VERSION)
+        except sqlite3.Error as e:
+            raise StoreError(f"could not upgrade {self.path} from result schema version {version} to "
+                             f"{SCHEMA_VERSION} ({_one_line(e)}); the file is as it was: make it writable and "
+                             "close other testbeds using it, or read it with the testbed that wrote it") from None
 
     @staticmethod
     def in_folder(folder: str | Path, create: bool = True) -> ResultStore:
@@ -442,14 +565,10 @@ class ResultStore:
 
     def begin_run(self, run_id: str, experiment: str, config: dict, machine: dict) -> None:
         """Record a run as ``running``. The same run_id again (a resumed run) updates it."""
-        row = (_text("run_id", run_id), _text(f"run {run_id}: experiment", experiment),
-               _json(f"run {run_id}: config", config), _json(f"run {run_id}: machine", machine), time.time())
-        self._write(f"run {run_id}", lambda conn: conn.execute(
-            "INSERT INTO runs (run_id, experiment, config_json, machine_json, started, ended, status) "
-            "VALUES (?, ?, ?, ?, ?, NULL, 'running') ON CONFLICT (run_id) DO UPDATE SET "
-            "experiment = excluded.experiment, config_json = excluded.config_json, "
-            "machine_json = excluded.machine_json, started = excluded.started, ended = NULL, "
-            "status = 'running'", row))
+        row = RUNS.row(f"run {run_id}:", {"run_id": run_id, "experiment": experiment, "config": config,
+                                            "machine": machine, "started": time.time(), "ended": None,
+                                            "status": "running"})
+        self._write(f"run {run_id}", lambda conn: conn.execute(RUNS.insert(upsert=True), row))
 
     def end_run(self, run_id: str, status: str) -> None:
         _one_of(f"run {run_id}: status", status, RUN_STATUSES)
@@ -476,9 +595,9 @@ class ResultStore:
             conn.execute("DELETE FROM hops WHERE cell = ?", (cell.cell,))
             conn.execute("DELETE FROM requests WHERE cell = ?", (cell.cell,))
             conn.execute("DELETE FROM cells WHERE cell = ?", (cell.cell,))
-            conn.execute(_insert("cells", _CELL_COLUMNS), cell_row)
-            conn.executemany(_insert("requests", _REQUEST_COLUMNS), request_rows)
-            conn.executemany(_insert("hops", _HOP_COLUMNS), hop_rows)
+            conn.execute(CELLS.insert(), cell_row)
+            conn.executemany(REQUESTS.insert(), request_rows)
+            conn.executemany(HOPS.insert(), hop_rows)
         self._write(f"cell {cell.cell}", fn)
 
     # --- reading ---
@@ -495,11 +614,7 @@ class ResultStore:
     def cells(self) -> list[dict]:
         """Every cell, JSON columns decoded: operators, point, network, hosts (the ``_json``
         suffix dropped); placement as the ``mobile>edge`` string."""
-        out = []
-        for r in self._rows(f"SELECT * FROM cells {_CELL_ORDER}"):
-            out.append({_CELL_JSON.get(k, k): (json.loads(v) if k in _CELL_JSON and v is not None else v)
-                        for k, v in r.items()})
-        return out
+        return [CELLS.decoded(r) for r in self._rows(f"SELECT * FROM cells {_CELL_ORDER}")]
 
     def requests(self, cell: str | None = None) -> list[dict]:
         """Request rows (of one cell, or all), by cell and seq; output_match as bool or None."""
@@ -516,12 +631,10 @@ class ResultStore:
 
     def runs(self) -> list[dict]:
         """Every run, config and machine decoded from JSON (keys ``config``, ``machine``)."""
-        out = []
-        for r in self._rows("SELECT * FROM runs ORDER BY started, run_id"):
-            r["config"] = json.loads(r.pop("config_json") or "null")
-            r["machine"] = json.loads(r.pop("machine_json") or "null")
-            out.append(r)
-        return out
+        json_fields = {c.field for c in RUNS.columns if c.type is JSON}
+        # the decoded JSON last, as `testbed results show --json` has always printed a run
+        return [dict(sorted(RUNS.decoded(r).items(), key=lambda kv: kv[0] in json_fields))
+                for r in self._rows("SELECT * FROM runs ORDER BY started, run_id")]
 
     def close(self) -> None:
         conn, self._conn = getattr(self, "_conn", None), None
@@ -537,39 +650,38 @@ class ResultStore:
 
 # --- export ---------------------------------------------------------------------------------
 
-_S, _I, _F, _B = "string", "int64", "float64", "bool"
+# the cell's columns that each exported request and hop row carries, so that each file stands alone
+_CARRIED = ("model", "strategy", "placement")
+
+
+def _export(table: Table, first: tuple[str, ...] = (), last: tuple[str, ...] = ()) -> tuple[list, str]:
+    """``(columns, SELECT)`` of ``table``'s export file: [(header, type)] and the query giving
+    its rows. Requests and hops carry their cell's :data:`_CARRIED` columns after ``cell``,
+    then ``first`` of their own columns, the rest in table order, and ``last`` of the cell's."""
+    if table is CELLS:
+        return [(c.field, c.type.export) for c in CELLS.columns], \
+            f"SELECT {', '.join(c.name for c in CELLS.columns)} FROM cells {_CELL_ORDER}"
+    cells, own = {c.name: c for c in CELLS.columns}, {c.name: c for c in table.columns}
+    rest = [c for c in table.columns if c.name != "cell" and c.name not in first]
+    chosen = ([("t", own["cell"])] + [("c", cells[n]) for n in _CARRIED] + [("t", own[n]) for n in first]
+              + [("t", c) for c in rest] + [("c", cells[n]) for n in last])
+    return [(c.field, c.type.export) for _, c in chosen], (
+        f"SELECT {', '.join(f'{alias}.{c.name}' for alias, c in chosen)} "
+        f"FROM {table.name} t JOIN cells c USING (cell) "
+        f"ORDER BY c.started, {', '.join(f't.{k}' for k in table.key)}")
+
+
 _EXPORT = {
-    "cells": (
-        [("cell", _S), ("run_id", _S), ("model", _S), ("weights", _S), ("strategy", _S), ("operators", _S),
-         ("placement", _S), ("source", _S), ("codec", _S), ("connection", _S), ("point", _S),
-         ("artifact", _S), ("metric", _S), ("metric_value", _F), ("baseline_value", _F), ("status", _S),
-         ("error", _S), ("started", _F), ("ended", _F), ("requests", _I), ("ok", _I), ("timeouts", _I),
-         ("ooms", _I), ("errors", _I), ("network", _S), ("hosts", _S)],
-        "SELECT cell, run_id, model, weights, strategy, operators, placement, source, codec, connection, "
-        "point_json AS point, artifact, metric, metric_value, baseline_value, status, error, started, "
-        "ended, requests, ok, timeouts, ooms, errors, network_json AS network, hosts_json AS hosts "
-        f"FROM cells {_CELL_ORDER}"),
-    "requests": (
-        [("cell", _S), ("model", _S), ("strategy", _S), ("placement", _S), ("status", _S), ("e2e_ms", _F),
-         ("compute_ms", _F), ("transmission_ms", _F), ("bytes_sent", _I), ("seq", _I), ("input_index", _I),
-         ("serialization_ms", _F), ("overhead_ms", _F), ("exit_segment", _I), ("output_match", _B),
-         ("output_max_diff", _F), ("error", _S), ("point", _S)],
-        "SELECT r.cell, c.model, c.strategy, c.placement, r.status, r.e2e_ms, r.compute_ms, "
-        "r.transmission_ms, r.bytes_sent, r.seq, r.input_index, r.serialization_ms, r.overhead_ms, "
-        "r.exit_segment, r.output_match, r.output_max_diff, r.error, c.point_json AS point "
-        "FROM requests r JOIN cells c USING (cell) ORDER BY c.started, r.cell, r.seq"),
-    "hops": (
-        [("cell", _S), ("model", _S), ("strategy", _S), ("placement", _S), ("seq", _I), ("idx", _I),
-         ("kind", _S), ("src", _S), ("dst", _S), ("direction", _S), ("part", _I), ("bytes", _I), ("ms", _F),
-         ("decode_ms", _F), ("encode_ms", _F)],
-        "SELECT h.cell, c.model, c.strategy, c.placement, h.seq, h.idx, h.kind, h.src, h.dst, h.direction, "
-        "h.part, h.bytes, h.ms, h.decode_ms, h.encode_ms "
-        "FROM hops h JOIN cells c USING (cell) ORDER BY c.started, h.cell, h.seq, h.idx"),
+    "cells": _export(CELLS),
+    # the request files' columns begin with the headline numbers, as they always have
+    "requests": _export(REQUESTS, first=("status", "e2e_ms", "compute_ms", "transmission_ms", "bytes_sent"),
+                        last=("point_json",)),
+    "hops": _export(HOPS),
 }
 
 
 def _write_csv(path: Path, columns: list[tuple[str, str]], rows: list[tuple]) -> None:
-    bools = [i for i, (_, t) in enumerate(columns) if t == _B]
+    bools = [i for i, (_, t) in enumerate(columns) if t == BOOLEAN.export]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow([name for name, _ in columns])
@@ -584,12 +696,12 @@ def _write_csv(path: Path, columns: list[tuple[str, str]], rows: list[tuple]) ->
 def _write_parquet(path: Path, columns: list[tuple[str, str]], rows: list[tuple]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    types = {_S: pa.string(), _I: pa.int64(), _F: pa.float64(), _B: pa.bool_()}
+    types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_()}
     schema = pa.schema([pa.field(name, types[t]) for name, t in columns])
     data = {}
     for i, (name, t) in enumerate(columns):
         values = [row[i] for row in rows]
-        if t == _B:
+        if t == BOOLEAN.export:
             values = [None if v is None else bool(v) for v in values]
         data[name] = values
     pq.write_table(pa.Table.from_pydict(data, schema=schema), path)

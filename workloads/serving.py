@@ -22,18 +22,8 @@ server's state (health check). SIGTERM or SIGINT stops it cleanly. When it is re
 one JSON line on stdout (``{"ready": true, ...}``); its log goes to stderr.
 
 **Trace.** Every process that receives a frame appends a record to the message's
-``meta.trace`` and the answer carries the list home. A record holds monotonic-clock stamps
-in ns (one clock: every host is on this machine): ``sent`` (the sender's stamp just before its
-first byte, from the frame prefix), ``recv0``/``recv1`` (first/last byte read), ``dec1``
-(tensors built), ``comp0``/``comp1`` (inference, paced when the server paces; ``cpu``: the CPU
-time its compute threads spent in it, and ``paced``: how long pacing waited, both in ns as
-13-digit strings, so that a frame's size does not depend on them),
-``conn0``/``conn1`` (a connection opened to
-the next hop, when one was), ``enc0`` (before encoding what it sends next), plus ``host``,
-``stage`` (request / response), ``part``, ``bytes`` (the frame's size), ``exit`` and ``stall``
-(the receiver's quota stall on the frame's last bytes, ns, 13 digits; see :func:`breakdown`).
-:func:`breakdown` turns a trace into compute per host, transmission per link direction and
-serialisation; nothing is inferred from end-to-end time.
+``meta.trace`` and the answer carries the list home: :mod:`workloads.trace` defines the record
+(its fields, stages and units) and reads a trace (:func:`workloads.trace.breakdown`).
 
 **Client.** Runs on the source host: loads the inputs and reference outputs from an ``.npz``,
 pings the first hop until it answers, sends ``warmup`` unmeasured and ``repeat`` measured
@@ -56,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import pacing
+from . import trace as tr
 from .codec import (CODECS, BufferedReceiver, CodecError, ConnectionClosed, Limits, Message, read_message,
                     send_message)
 from .wire import CONNECTIONS
@@ -109,6 +100,29 @@ class ServerConfig:
     timeout_s: float = 120.0
     limits: Limits = field(default_factory=Limits)
     pace: float | None = None       # pace each inference to this many cores (None: the quota alone)
+
+    def to_argv(self) -> list[str]:
+        """The ``serve`` command line (after ``python -m workloads.serving``) that starts a server
+        with this config: :meth:`from_args` of it parsed gives this config back."""
+        if self.limits != Limits():
+            raise ValueError(f"{self.host}: serve has no option for frame limits: a server uses the defaults")
+        argv = ["serve", "--artifact", str(self.artifact), "--part", str(self.part), "--host", self.host,
+                "--threads", str(self.threads), "--codec", self.codec, "--connection", self.connection,
+                "--timeout", repr(float(self.timeout_s))]
+        for address, port in self.listen:
+            argv += ["--listen", f"{address}:{port}"]
+        if self.next_hop is not None:
+            argv += ["--next", f"{self.next_hop[0]}:{self.next_hop[1]}"]
+        if self.pace is not None:
+            argv += ["--pace", repr(float(self.pace))]
+        return argv
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> ServerConfig:
+        """The config of a parsed ``serve`` command line (ValueError for a bad address)."""
+        return cls(a.artifact, a.part, a.host, [parse_address(x) for x in a.listen],
+                   parse_address(a.next) if a.next else None, a.threads, a.codec, a.connection, a.timeout,
+                   pace=a.pace)
 
 
 class Server:
@@ -225,9 +239,7 @@ class Server:
         if not isinstance(trace, list):
             self._reply_error(conn, msg.id, f"{cfg.host}: meta.trace must be a list", [])
             return False
-        rec = {"host": cfg.host, "stage": "request", "part": cfg.part, "sent": msg.sent_ns,
-               "recv0": msg.recv_start_ns, "recv1": msg.recv_end_ns, "dec1": msg.decode_end_ns,
-               "bytes": msg.nbytes, "stall": f"{msg.stall_ns:013d}"}
+        rec = tr.record(cfg.host, "request", msg, part=cfg.part)
         missing = [n for n in self.needs if n not in msg.tensors]
         if missing:
             self._reply_error(conn, msg.id, f"{cfg.host}: request lacks tensors {missing}", trace + [rec])
@@ -238,8 +250,7 @@ class Server:
                 res = self.pacer.run(self.runner.run_part, cfg.part, msg.tensors)
                 rec["comp1"] = _now()
                 cpu, _, paced = self.pacer.last
-                # fixed width, so that a frame's size never depends on how long it computed
-                rec["cpu"], rec["paced"] = f"{cpu:013d}", f"{paced:013d}"
+                rec["cpu"], rec["paced"] = tr.fixed_ns(cpu), tr.fixed_ns(paced)
         except Exception as e:  # noqa: BLE001 - ORT rejects bad shapes/dtypes at run time
             self._reply_error(conn, msg.id, f"{cfg.host}: inference failed: {str(e).splitlines()[0]}", trace + [rec])
             return True
@@ -253,9 +264,7 @@ class Server:
         answer = self._forward(msg.id, res.tensors, trace, rec, down)
         meta = dict(answer.meta)
         if answer.nbytes:       # received from the next hop (not a failure of ours to reach it)
-            rrec = {"host": cfg.host, "stage": "response", "sent": answer.sent_ns, "recv0": answer.recv_start_ns,
-                    "recv1": answer.recv_end_ns, "dec1": answer.decode_end_ns, "bytes": answer.nbytes,
-                    "stall": f"{answer.stall_ns:013d}"}
+            rrec = tr.record(cfg.host, "response", answer)
             meta["trace"] = list(meta.get("trace", [])) + [rrec]
             rrec["enc0"] = _now()
         send_message(conn, Message(answer.kind, msg.id, answer.tensors, meta), cfg.codec, cfg.limits)
@@ -376,7 +385,7 @@ class Client:
 
     def request(self, rid: int, tensors: dict[str, np.ndarray]) -> dict:
         """One request; a dict with status, trace, output or error (never raises for I/O)."""
-        rec: dict = {"host": self.host, "stage": "client", "start": _now()}
+        rec = tr.client_record(self.host)
         deadline = time.monotonic() + self.timeout_s
         try:
             if self.sock is None:
@@ -401,9 +410,7 @@ class Client:
         if self.connection == "per-request":
             self.close()
         trace = list(answer.meta.get("trace", []))
-        trace.append({"host": self.host, "stage": "response", "sent": answer.sent_ns,
-                      "recv0": answer.recv_start_ns, "recv1": answer.recv_end_ns,
-                      "dec1": answer.decode_end_ns, "bytes": answer.nbytes, "stall": f"{answer.stall_ns:013d}"})
+        trace.append(tr.record(self.host, "response", answer))
         if answer.kind == "error":
             return {"status": "error", "error": str(answer.meta.get("error", "error"))[:500], "trace": trace}
         out = next(iter(answer.tensors.values()), None)
@@ -431,73 +438,6 @@ def run_client(target: tuple[str, int], inputs: str, host: str, warmup: int, rep
         out.flush()
     finally:
         client.close()
-
-
-# ---- the trace, read ------------------------------------------------------------------------
-
-@dataclass
-class Breakdown:
-    e2e_ms: float | None
-    compute_ms: float
-    transmission_ms: float
-    serialization_ms: float
-    overhead_ms: float | None
-    bytes_sent: int
-    exit_segment: int | None
-    hops: list[dict]       # {kind, src, dst, direction, part, bytes, ms, decode_ms, encode_ms}
-
-
-def _ms(a: int, b: int) -> float:
-    return (b - a) / 1e6
-
-
-def breakdown(trace: list[dict]) -> Breakdown:
-    """Where one request's time went, from its trace (see the module docstring).
-
-    Links: for each record that received a frame, ``recv1 - sent`` (first byte sent to last
-    byte received; plus the connection set-up when the sender opened one for it), attributed
-    to sender host -> receiver host in the record's direction. A hop between two processes on
-    the same host (the source is the first host) is not an emulated link: it is kept as a hop
-    but it is not transmission: moving a message between two processes on one host is that
-    host's work, done under its CPU quota, and counts as serialisation. Serialisation: ``sent -
-    enc0`` at the sender plus ``dec1 - recv1`` at the receiver, plus the receiver's quota stall
-    on the frame's last bytes (``stall``: the host's CPU quota had run out when they arrived,
-    :class:`workloads.pacing.QuotaStalls`), which is taken out of the link's time. Overhead:
-    end-to-end minus the rest."""
-    hops: list[dict] = []
-    compute = transmission = serialization = 0.0
-    nbytes = 0
-    exit_segment = None
-    for prev, rec in zip(trace, trace[1:]):
-        if "sent" not in rec:
-            break
-        connect = _ms(prev["conn0"], prev["conn1"]) if "conn1" in prev else 0.0
-        stall = min(int(rec.get("stall", 0)) / 1e6, _ms(rec["sent"], rec["recv1"]))
-        link_ms = _ms(rec["sent"], rec["recv1"]) + connect - stall
-        enc = _ms(prev["enc0"], rec["sent"]) if "enc0" in prev else None
-        dec = _ms(rec["recv1"], rec["dec1"]) + stall
-        direction = "request" if rec["stage"] == "request" else "response"
-        hops.append({"kind": "link", "src": prev["host"], "dst": rec["host"], "direction": direction,
-                     "part": None, "bytes": rec["bytes"], "ms": link_ms, "decode_ms": dec, "encode_ms": enc})
-        if prev["host"] != rec["host"]:
-            transmission += link_ms
-        else:
-            serialization += link_ms
-        serialization += dec + (enc or 0.0)
-        nbytes += rec["bytes"]
-        if "comp1" in rec:
-            c = _ms(rec["comp0"], rec["comp1"])
-            hops.append({"kind": "compute", "src": rec["host"], "dst": rec["host"], "direction": "request",
-                         "part": rec.get("part"), "bytes": None, "ms": c, "decode_ms": None, "encode_ms": None})
-            compute += c
-        if rec.get("exit") is not None:
-            exit_segment = rec["exit"]
-    last = trace[-1] if trace else {}
-    complete = len(trace) >= 2 and trace[0].get("stage") == "client" and last.get("stage") == "response" \
-        and "dec1" in last and len(hops) > 0
-    e2e = _ms(trace[0]["start"], last["dec1"]) if complete else None
-    overhead = e2e - compute - transmission - serialization if e2e is not None else None
-    return Breakdown(e2e, compute, transmission, serialization, overhead, nbytes, exit_segment, hops)
 
 
 # ---- entry point ----------------------------------------------------------------------------
@@ -533,10 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             run_client(parse_address(a.target), a.inputs, a.host, a.warmup, a.repeat, a.timeout,
                        a.codec, a.connection)
             return 0
-        cfg = ServerConfig(a.artifact, a.part, a.host, [parse_address(x) for x in a.listen],
-                           parse_address(a.next) if a.next else None, a.threads, a.codec, a.connection, a.timeout,
-                           pace=a.pace)
-        server = Server(cfg)
+        server = Server(ServerConfig.from_args(a))
         server.bind()
     except (ValueError, OSError, ConnectionError) as e:
         _log(f"error: {e}")

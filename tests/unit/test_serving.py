@@ -11,13 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import MISSING, fields
 
 import numpy as np
 import pytest
 
 from tests.tiny import tiny_artifact
-from workloads.codec import MAGIC, PREFIX, CodecError, Message, read_message, send_message
-from workloads.serving import Client, breakdown, check_output, load_inputs, save_inputs
+from workloads.codec import MAGIC, PREFIX, CodecError, Limits, Message, read_message, send_message
+from workloads.serving import Client, ServerConfig, _args, check_output, load_inputs, save_inputs
+from workloads.trace import FIELDS, STAGES, breakdown
 
 PY = sys.executable
 
@@ -76,6 +78,12 @@ def _chain(servers, art, hosts, *extra):
     return nxt
 
 
+def _documented(trace: list[dict]) -> bool:
+    """Every record's stage and fields are in workloads.trace's schema."""
+    names = {f.name for f in FIELDS}
+    return all(rec["stage"] in STAGES and set(rec) <= names for rec in trace)
+
+
 def test_two_part_chain_answers_like_the_whole_model_and_traces_every_hop(tmp_path, servers):
     art, ref, _ = tiny_artifact(tmp_path / "a", parts=2)
     port = _chain(servers, art, ["edge", "cloud"])
@@ -90,6 +98,7 @@ def test_two_part_chain_answers_like_the_whole_model_and_traces_every_hop(tmp_pa
     hosts = [(t["host"], t["stage"]) for t in r["trace"]]
     assert hosts == [("mobile", "client"), ("edge", "request"), ("cloud", "request"),
                      ("edge", "response"), ("mobile", "response")]
+    assert _documented(r["trace"])
     b = breakdown(r["trace"])
     links = [(h["src"], h["dst"], h["direction"]) for h in b.hops if h["kind"] == "link"]
     assert links == [("mobile", "edge", "request"), ("edge", "cloud", "request"),
@@ -133,6 +142,7 @@ def test_per_request_connections_and_json_base64_codec_give_the_same_answers(tmp
         b = breakdown(r["trace"])
         # the client and every forwarding server opened a connection for this request
         assert sum(1 for t in r["trace"] if "conn1" in t) == 3
+        assert _documented(r["trace"])
 
 
 def test_a_dead_next_hop_is_an_error_answer_not_a_hang(tmp_path, servers):
@@ -329,3 +339,42 @@ def test_breakdown_arithmetic_on_a_known_trace():
     assert stalled.overhead_ms == 33 - 10 - 15 - 7
     incomplete = breakdown([_rec("mobile", "client", start=0, enc0=0)])
     assert incomplete.e2e_ms is None and incomplete.hops == []
+
+
+def test_a_record_holds_the_frames_stamps_and_its_size_does_not_depend_on_the_stall():
+    from workloads.trace import fixed_ns, record
+
+    frame = Message("request", 3, sent_ns=10, recv_start_ns=11, recv_end_ns=15, decode_end_ns=16, stall_ns=2,
+                    nbytes=1000)
+    rec = record("edge", "request", frame, part=0)
+    assert list(rec.items()) == [("host", "edge"), ("stage", "request"), ("part", 0), ("sent", 10), ("recv0", 11),
+                                 ("recv1", 15), ("dec1", 16), ("bytes", 1000), ("stall", "0000000000002")]
+    assert "part" not in record("mobile", "response", frame)
+    long_stall = record("edge", "request", Message("request", stall_ns=9_999_999_999_999), part=0)
+    assert len(json.dumps(long_stall)) == len(json.dumps(record("edge", "request", Message("request"), part=0)))
+    assert fixed_ns(0) == "0" * 13 and int(fixed_ns(123)) == 123
+
+
+FULL_CONFIG = ServerConfig("/cache/ab cd/artifact", 2, "edge", [("10.0.0.1", 7070), ("10.0.1.1", 7071)],
+                           ("10.0.2.1", 7072), threads=3, codec="json-base64", connection="per-request",
+                           timeout_s=0.1234567891, pace=1 / 3)
+
+
+def test_the_full_config_sets_every_option_away_from_its_default():
+    """So that the round trip below covers every option a server takes (frame limits have none)."""
+    defaults = {f.name: f.default for f in fields(ServerConfig) if f.default is not MISSING}
+    assert defaults and all(getattr(FULL_CONFIG, n) != d for n, d in defaults.items())
+
+
+@pytest.mark.parametrize("cfg", [FULL_CONFIG, ServerConfig("a.onnx", 0, "cloud", [("127.0.0.1", 1)])],
+                         ids=["every-option", "defaults"])
+def test_a_servers_command_line_parses_back_to_its_config(cfg):
+    argv = cfg.to_argv()
+    assert argv[0] == "serve"
+    assert ServerConfig.from_args(_args(argv)) == cfg
+
+
+def test_frame_limits_have_no_command_line_and_are_refused():
+    cfg = ServerConfig("a.onnx", 0, "cloud", [("127.0.0.1", 1)], limits=Limits(max_tensors=2))
+    with pytest.raises(ValueError, match="no option for frame limits"):
+        cfg.to_argv()

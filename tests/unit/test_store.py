@@ -82,6 +82,8 @@ def test_new_store_is_wal_with_schema_version_and_pragmas(tmp_path):
         assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 1   # NORMAL
     raw = sqlite3.connect(tmp_path / "a" / "b" / STORE_FILE)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"   # persistent, for every reader
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    # kept in meta too, where a version-1 testbed looks for it (and refuses a newer store)
     assert raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")} >= {
         "requests_cell", "hops_cell"}
@@ -94,17 +96,220 @@ def test_new_store_is_wal_with_schema_version_and_pragmas(tmp_path):
         assert s.cells() == [] and s.runs() == []
 
 
-@pytest.mark.parametrize("version,word", [(SCHEMA_VERSION + 1, "newer"), (SCHEMA_VERSION - 1, "older")])
-def test_other_schema_version_is_refused(tmp_path, version, word):
-    ResultStore(tmp_path / STORE_FILE).close()
-    raw = sqlite3.connect(tmp_path / STORE_FILE)
+# The schema of version 1 exactly as testbed/store.py created it at commit 774d66e (its
+# _SCHEMA tuple and the meta row), kept here to build real old stores: never edit it.
+V1_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, experiment TEXT, config_json TEXT, machine_json TEXT,
+        started REAL, ended REAL, status TEXT)""",
+    """CREATE TABLE cells (
+        cell TEXT PRIMARY KEY, run_id TEXT REFERENCES runs, model TEXT, weights TEXT,
+        strategy TEXT, operators TEXT, placement TEXT, source TEXT, codec TEXT,
+        connection TEXT, point_json TEXT, artifact TEXT, metric TEXT, metric_value REAL,
+        baseline_value REAL, status TEXT, error TEXT, started REAL, ended REAL,
+        requests INTEGER, ok INTEGER, timeouts INTEGER, ooms INTEGER, errors INTEGER,
+        network_json TEXT, hosts_json TEXT)""",
+    """CREATE TABLE requests (
+        cell TEXT REFERENCES cells ON DELETE CASCADE, seq INTEGER, input_index INTEGER,
+        status TEXT, e2e_ms REAL, compute_ms REAL, transmission_ms REAL,
+        serialization_ms REAL, overhead_ms REAL, bytes_sent INTEGER, exit_segment INTEGER,
+        output_match INTEGER, output_max_diff REAL, error TEXT, PRIMARY KEY (cell, seq))""",
+    """CREATE TABLE hops (
+        cell TEXT REFERENCES cells ON DELETE CASCADE, seq INTEGER, idx INTEGER, kind TEXT,
+        src TEXT, dst TEXT, direction TEXT, part INTEGER, bytes INTEGER, ms REAL,
+        decode_ms REAL, encode_ms REAL, PRIMARY KEY (cell, seq, idx))""",
+    "CREATE INDEX requests_cell ON requests (cell)",
+    "CREATE INDEX hops_cell ON hops (cell)",
+    "CREATE INDEX cells_run ON cells (run_id)",
+)
+V1_META = "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+
+
+def v1_store(folder: Path) -> Path:
+    """A results folder as the version-1 testbed left it: its DDL, its meta row, WAL mode,
+    one run, a done cell with requests and hops, and a failed cell."""
+    folder.mkdir(parents=True)
+    raw = sqlite3.connect(folder / STORE_FILE, isolation_level=None)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("BEGIN")
+    for stmt in V1_SCHEMA:
+        raw.execute(stmt)
+    raw.execute(V1_META, ("1",))
+    raw.execute("INSERT INTO runs VALUES ('r1', 'demo', '{\"name\": \"demo\"}', '{\"cores\": 2}', 10.0, 20.0, 'done')")
+    raw.execute("INSERT INTO cells VALUES ('a', 'r1', 'cnn', 'pretrained', 'split', '[{\"partition\": {}}]', "
+                "'mobile>edge', 'mobile', 'binary', 'persistent', '{\"p\": \"5Mbit\"}', '/c/a.onnx', 'accuracy', "
+                "0.75, 0.78, 'done', NULL, 11.0, 12.0, 2, 1, 1, 0, 0, '{\"mobile-edge\": {}}', '{\"edge\": {}}')")
+    raw.execute("INSERT INTO cells VALUES ('b', 'r1', 'cnn', 'pretrained', 'edge', '[]', 'edge', 'mobile', 'binary', "
+                "'persistent', '{}', NULL, NULL, NULL, NULL, 'failed', 'deploy failed', 13.0, 14.0, 0, 0, 0, 0, 0, "
+                "'{}', '{}')")
+    raw.execute("INSERT INTO requests VALUES ('a', 0, 0, 'ok', 10.5, 6.0, 3.0, 0.5, 1.0, 1028, NULL, 1, 1e-06, NULL)")
+    raw.execute("INSERT INTO requests VALUES ('a', 1, 1, 'timeout', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+                "NULL, 'no answer in 120 s')")
+    raw.execute("INSERT INTO hops VALUES ('a', 0, 0, 'compute', 'mobile', 'mobile', 'request', 0, NULL, 4.0, "
+                "NULL, NULL)")
+    raw.execute("INSERT INTO hops VALUES ('a', 0, 1, 'link', 'mobile', 'edge', 'request', 1, 1028, 3.0, 0.1, 0.2)")
+    raw.execute("COMMIT")
+    raw.close()
+    return folder
+
+
+def raw_state(path: Path) -> tuple:
+    """What a plain SQLite reader sees: user_version, meta, every table's rows and the schema."""
+    raw = sqlite3.connect(path)
+    try:
+        return (raw.execute("PRAGMA user_version").fetchone()[0], raw.execute("SELECT * FROM meta").fetchall(),
+                list(raw.iterdump()))
+    finally:
+        raw.close()
+
+
+def columns(path: Path) -> dict:
+    """Each table's columns (name, type, pk), foreign keys and indexes, as SQLite reports them."""
+    raw = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return {t: ([r[1:] for r in raw.execute(f"PRAGMA table_info({t})")],
+                    [r[2:] for r in raw.execute(f"PRAGMA foreign_key_list({t})")],
+                    sorted((r[1], r[2]) for r in raw.execute(f"PRAGMA index_list({t})")
+                           if not r[1].startswith("sqlite_autoindex")))
+                for t in tables}
+    finally:
+        raw.close()
+
+
+def test_an_upgraded_version_1_store_has_the_same_tables_columns_and_keys_as_a_new_one(tmp_path):
+    ResultStore.in_folder(tmp_path / "new").close()
+    old = v1_store(tmp_path / "old")
+    ResultStore.in_folder(old, create=False).close()
+    assert columns(tmp_path / "new" / STORE_FILE) == columns(old / STORE_FILE)
+
+
+def test_a_version_1_store_is_upgraded_in_place_and_keeps_all_its_data(tmp_path):
+    folder = v1_store(tmp_path / "old")
+    assert raw_state(folder / STORE_FILE)[:2] == (0, [("schema_version", "1")])
+    with ResultStore.in_folder(folder, create=False) as s:
+        [run] = s.runs()
+        assert run == {"run_id": "r1", "experiment": "demo", "started": 10.0, "ended": 20.0, "status": "done",
+                       "config": {"name": "demo"}, "machine": {"cores": 2}}
+        assert list(run)[-2:] == ["config", "machine"]       # where `results show --json` has always put them
+        a, b = s.cells()
+        assert (a["cell"], a["placement"], a["operators"], a["point"], a["network"], a["hosts"]) == (
+            "a", "mobile>edge", [{"partition": {}}], {"p": "5Mbit"}, {"mobile-edge": {}}, {"edge": {}})
+        assert (a["metric_value"], a["requests"], a["ok"], a["timeouts"]) == (0.75, 2, 1, 1)
+        assert (b["cell"], b["status"], b["error"], b["artifact"]) == ("b", "failed", "deploy failed", None)
+        assert s.requests("a") == [
+            {"cell": "a", "seq": 0, "input_index": 0, "status": "ok", "e2e_ms": 10.5, "compute_ms": 6.0,
+             "transmission_ms": 3.0, "serialization_ms": 0.5, "overhead_ms": 1.0, "bytes_sent": 1028,
+             "exit_segment": None, "output_match": True, "output_max_diff": 1e-6, "error": None},
+            {"cell": "a", "seq": 1, "input_index": 1, "status": "timeout", "e2e_ms": None, "compute_ms": None,
+             "transmission_ms": None, "serialization_ms": None, "overhead_ms": None, "bytes_sent": None,
+             "exit_segment": None, "output_match": None, "output_max_diff": None, "error": "no answer in 120 s"}]
+        assert [(h["idx"], h["kind"], h["bytes"], h["encode_ms"]) for h in s.hops("a")] == [
+            (0, "compute", None, None), (1, "link", 1028, 0.2)]
+        s.write_cell(cell_record("c", run_id="r1"), request_rows(1), hop_rows(range(1)))   # and it takes writes
+        assert s.cell_status() == {"a": "done", "b": "failed", "c": "done"}
+    assert raw_state(folder / STORE_FILE)[:2] == (SCHEMA_VERSION, [("schema_version", str(SCHEMA_VERSION))])
+    with ResultStore.in_folder(folder, create=False) as s:     # and opens as a current store from now on
+        assert len(s.cells()) == 3
+    assert [p.name for p in export(folder, "csv")] == ["cells.csv", "requests.csv", "hops.csv"]
+
+
+def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    import testbed.store as store_module
+
+    def add_a_column_then_fail(conn):
+        conn.execute("ALTER TABLE requests ADD COLUMN queue_ms REAL")
+        conn.execute("UPDATE requests SET queue_ms = 1.0")
+        conn.execute("SELECT no_such_column FROM requests")
+
+    folder = v1_store(tmp_path / "old")
+    before, state = (folder / STORE_FILE).read_bytes(), raw_state(folder / STORE_FILE)
+    steps = store_module.MIGRATIONS + (store_module.Migration(SCHEMA_VERSION + 1, "fails", add_a_column_then_fail),)
+    monkeypatch.setattr(store_module, "MIGRATIONS", steps)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(StoreError) as info:
+        ResultStore.in_folder(folder, create=False)
+    msg = one_line(info)
+    assert str(folder / STORE_FILE) in msg and "no such column: no_such_column" in msg and "as it was" in msg
+    assert f"version 1 to {SCHEMA_VERSION + 1}" in msg
+    assert (folder / STORE_FILE).read_bytes() == before and raw_state(folder / STORE_FILE) == state
+    monkeypatch.undo()                                          # this testbed's steps alone still upgrade it
+    with ResultStore.in_folder(folder, create=False) as s:
+        assert len(s.requests()) == 2
+    assert raw_state(folder / STORE_FILE)[0] == SCHEMA_VERSION
+
+
+@pytest.mark.parametrize("store_path", ["new", "v1"])
+def test_a_newer_store_is_refused_in_one_line_and_left_alone(tmp_path, store_path):
+    folder = tmp_path / "out"
+    if store_path == "new":
+        ResultStore.in_folder(folder).close()
+    else:
+        v1_store(folder)
+    raw = sqlite3.connect(folder / STORE_FILE)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    before = (folder / STORE_FILE).read_bytes()
+    with pytest.raises(StoreError) as info:
+        ResultStore.in_folder(folder, create=False)
+    msg = one_line(info)
+    assert str(folder / STORE_FILE) in msg and f"version {SCHEMA_VERSION + 1}, newer" in msg
+    assert "read it with a newer testbed" in msg
+    assert (folder / STORE_FILE).read_bytes() == before
+
+
+def test_a_version_older_than_every_migration_is_refused(tmp_path):
+    folder = v1_store(tmp_path / "old")
+    raw = sqlite3.connect(folder / STORE_FILE)
     with raw:
-        raw.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        raw.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
     raw.close()
     with pytest.raises(StoreError) as info:
-        ResultStore(tmp_path / STORE_FILE)
+        ResultStore(folder / STORE_FILE)
     msg = one_line(info)
-    assert str(tmp_path / STORE_FILE) in msg and word in msg and f"version {version}" in msg
+    assert str(folder / STORE_FILE) in msg and "version 0, older" in msg and "no migration" in msg
+
+
+def test_every_command_that_reads_results_opens_them_the_same_way(tmp_path):
+    """results show / export and report upgrade a version-1 folder, and refuse a newer one in
+    one line; (run --resume reads through the same ResultStore.in_folder)."""
+    from click.testing import CliRunner
+
+    from testbed.cli import cli
+    old = v1_store(tmp_path / "old")
+    shown = CliRunner().invoke(cli, ["results", "show", str(old), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert [r["run_id"] for r in json.loads(shown.output)["runs"]] == ["r1"]
+    assert raw_state(old / STORE_FILE)[0] == SCHEMA_VERSION
+    newer = v1_store(tmp_path / "newer")
+    raw = sqlite3.connect(newer / STORE_FILE)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    for args in (["results", "show", str(newer)], ["results", "export", str(newer)], ["report", str(newer)]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code != 0 and isinstance(r.exception, SystemExit), (args, r.output)   # not a traceback
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and f"version {SCHEMA_VERSION + 1}, newer" in lines[0], (args, r.output)
+
+
+def test_record_dataclasses_hold_exactly_the_columns_they_fill():
+    from dataclasses import fields
+
+    from testbed.store import CELLS, HOPS, REQUESTS
+    counted = {"requests", "ok", "timeouts", "ooms", "errors"}      # cells' counts of their request rows
+    assert {f.name for f in fields(CellRecord)} == {c.field for c in CELLS.columns} - counted
+    assert {f.name for f in fields(RequestRow)} == {c.field for c in REQUESTS.columns} - {"cell"}
+    assert {f.name for f in fields(HopRow)} == {c.field for c in HOPS.columns} - {"cell"}
+
+
+def test_schema_markdown_lists_every_column_of_every_table():
+    from testbed.store import TABLES, schema_markdown
+    md = schema_markdown()
+    for t in TABLES:
+        assert f"### `{t.name}`" in md
+        for c in t.columns:
+            assert f"| `{c.name}` | {c.type.doc} |" in md
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, not a database\n" * 200, b"x",
