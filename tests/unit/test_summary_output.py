@@ -254,3 +254,23 @@ def test_detail_and_json_agree_on_the_cells(swept):
     cells = json.loads(res.output)["cells"]
     assert len(cells) == 2 * len(MODELS) * len(STRATEGIES)
     assert {c["strategy"]: c["compute"] for c in cells if c["point"] == {EC: "50Mbit"}}["mobile"] == {"mobile": 10.0}
+
+
+def test_summary_and_detail_of_cells_without_answers_or_metric(tmp_path):
+    """An interrupted run ends with this table too: a cell with no request at all, a model without a metric."""
+    with ResultStore.in_folder(tmp_path) as store:
+        store.begin_run("r1", "cut-short", {"name": "cut-short"}, {"cores": 2})
+        for i, (strategy, status, requests) in enumerate((("edge", "done", _requests(10.0)),
+                                                          ("cloud", "interrupted", []))):
+            store.write_cell(CellRecord(cell=f"m/{strategy}", run_id="r1", model="null", weights="random",
+                                        strategy=strategy, operators=[], placement=(strategy,), source="mobile",
+                                        codec="binary", connection="persistent", point={}, artifact=None,
+                                        metric=None, metric_value=None, baseline_value=None, status=status,
+                                        error=None, started=1.7e9 + i, ended=1.7e9 + 5, network={}, hosts={}),
+                             requests, [])
+        store.end_run("r1", "interrupted")
+    rows = [line.split() for line in show(tmp_path).splitlines()]
+    assert ["cloud", "cloud", "-", "-", "-", "-", "-", "0/0!"] in rows
+    assert ["!", "cloud:", "interrupted"] in rows
+    detail = show(tmp_path, "--detail")
+    assert "! cloud: interrupted" in detail and "0 ok" in detail
