@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from topologies.errors import TopologyError
 from topologies.fields import DIRECTION_FIELDS, DIRECTIONS, HOST_FIELDS
 
 STATUSES = ("ok", "timeout", "oom", "error")
@@ -99,10 +100,10 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
 # --- short labels of sweep points -----------------------------------------------------------
 # A sweep path becomes a short name plus a compact value: links.edge-cloud.bandwidth=5Mbit is
 # "EC 5Mbit". The field's own parser and formatter make the value compact (5000kbit is 5Mbit);
-# a mark says which field when the unit alone would not (jitter and delay are both in ms).
-_LINK_MARKS = {"bandwidth": ("", ""), "delay": ("", ""), "jitter": ("±", ""), "loss": ("loss ", ""),
-               "queue": ("queue ", "")}
-_HOST_MARKS = {"cpus": ("", "cpu"), "memory": ("", ""), "cpu_period": ("period ", ""), "cpuset": ("cpuset ", "")}
+# a mark says which field when the unit alone would not (jitter and delay are both in ms); a
+# field without one here is marked by its name.
+_LINK_MARKS = {"bandwidth": ("", ""), "delay": ("", ""), "jitter": ("±", "")}
+_HOST_MARKS = {"cpus": ("", "cpu"), "memory": ("", ""), "cpu_period": ("period ", "")}
 
 
 def host_initials(host: str) -> str:
@@ -126,7 +127,7 @@ def _axis(path: str) -> tuple[str, str, str]:
     field), one direction of it ('A→B' or 'B→A', 'a→b', field); hosts.<h>.<field> is (h, h,
     field); anything else is (its last word, the whole path, '')."""
     parts = path.split(".")
-    if parts[0] == "links" and len(parts) in (3, 4) and parts[-1] in _LINK_MARKS and "-" in parts[1]:
+    if parts[0] == "links" and len(parts) in (3, 4) and parts[-1] in DIRECTION_FIELDS and "-" in parts[1]:
         ends = parts[1].split("-")
         if len(parts) == 4:
             if parts[2] not in DIRECTIONS:
@@ -134,7 +135,7 @@ def _axis(path: str) -> tuple[str, str, str]:
             ends = ends if parts[2] == DIRECTIONS[0] else ends[::-1]
             return "→".join(host_initials(e) for e in ends), "→".join(ends), parts[-1]
         return "".join(host_initials(e) for e in ends), parts[1], parts[-1]
-    if parts[0] == "hosts" and len(parts) == 3 and parts[2] in _HOST_MARKS:
+    if parts[0] == "hosts" and len(parts) == 3 and parts[2] in HOST_FIELDS:
         return parts[1], parts[1], parts[2]
     return parts[-1], path, ""
 
@@ -177,11 +178,11 @@ def value_label(path: str, value) -> str:
     _, parse, fmt = fields[field]
     try:
         text = _compact(fmt(parse(value)))
-    except Exception:  # noqa: BLE001 - a value the field cannot read (an old store): as written
+    except (TopologyError, TypeError, ValueError):      # a value the field cannot read: as written
         return f"{field} {_compact(value)}"
     if not re.search(r"\d", text):     # 'unlimited', 'auto': the word alone would not say of what
         return f"{field} {text}"
-    before, after = marks[field]
+    before, after = marks.get(field, (f"{field} ", ""))
     return f"{before}{text}{after}"
 
 
