@@ -426,9 +426,13 @@ def results() -> None:
 
 @results.command("show")
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def results_show(folder: str, as_json: bool) -> None:
-    """The per-cell summary table of the run(s) stored in FOLDER."""
+@click.option("--detail", is_flag=True,
+              help="Every measured column: compute per host, transmission per link, the compute / transmission / "
+                   "other split, bytes, exits, quality with its baseline and same-answer share, requests per status.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (always every field).")
+def results_show(folder: str, detail: bool, as_json: bool) -> None:
+    """The per-cell summary of the run(s) stored in FOLDER: a table per model, one line per cell,
+    grouped by sweep point (the swept values in short form, e.g. EC 5Mbit for links.edge-cloud.bandwidth)."""
     from testbed.store import ResultStore
     from testbed.summary import summarize
 
@@ -438,7 +442,8 @@ def results_show(folder: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"runs": runs, "cells": rows}, indent=2, default=str))
     else:
-        output.print_run_summary(", ".join(sorted({r["experiment"] for r in runs})) or "results", rows, folder)
+        show = output.print_run_detail if detail else output.print_run_summary
+        show(", ".join(sorted({r["experiment"] for r in runs})) or "results", rows, folder)
 
 
 @results.command("export")

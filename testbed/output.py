@@ -1,15 +1,19 @@
 """Human-readable tables for the CLI (rich). JSON output never goes through here."""
 from __future__ import annotations
 
+import json
+import os
 import sys
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from topologies import format_rate, format_size
 
-# tables in logs and pipes would be cut to 80 columns; a terminal keeps its own width
-console = Console(width=None if sys.stdout.isatty() else 160)
+# tables in logs and pipes would be cut to 80 columns; a terminal keeps its own width, and
+# COLUMNS, when set, is the width wanted anywhere
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 
 
 def _yes(v) -> str:
@@ -241,42 +245,195 @@ def _ms(v) -> str:
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
 
 
-def _per(d: dict) -> str:
-    return "\n".join(f"{k.replace('>', '→')} {_ms(v)}" for k, v in d.items()) or "-"
+def _per(d: dict, hosts: dict[str, str]) -> str:
+    """One line per host or link direction ('src>dst'), hosts by their short names."""
+    return "\n".join(f"{'→'.join(hosts[h] for h in k.split('>'))} {_ms(v)}" for k, v in d.items()) or "-"
+
+
+def _by_model_and_point(rows: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    """model -> point (as JSON) -> its rows, each in the order first seen (the store's)."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault(r["model"], {}).setdefault(json.dumps(r["point"], sort_keys=True), []).append(r)
+    return groups
+
+
+def _axes(rows: list[dict]) -> dict[str, str]:
+    """Short name of every swept path of the rows (one name per axis over the whole table)."""
+    from testbed.summary import axis_names     # numpy: not on every command's start-up path
+
+    return axis_names(k for r in rows for k in r["point"])
+
+
+def _labels(r: dict, names: dict[str, str]) -> list[str]:
+    from testbed.summary import point_labels
+
+    return point_labels(r["point"], names)
+
+
+def _point_cells(group: list[dict], names: dict[str, str]) -> list[str]:
+    """The point column of a group of rows: its short labels one per row, so that each row
+    stays one line; a group with fewer rows than labels puts the rest on its last row."""
+    labels = _labels(group[0], names)
+    cells = labels[:len(group) - 1] + ["\n".join(labels[len(group) - 1:])]
+    return cells + [""] * (len(group) - len(cells))
+
+
+def _legend(names: dict[str, str]) -> str:
+    shown = {name: path for path, name in names.items() if name != path}
+    return ("point: " + ", ".join(f"{name} = {path}" for name, path in shown.items())) if shown else ""
+
+
+def _metric_short(r: dict) -> str:
+    """'agr 90.62% (-9.38)': the metric's name (up to 4 letters, else its first 3), its value
+    and, when it shows differently, the change from the untransformed model (in points for a
+    fraction, which every metric of the registry is)."""
+    metric, v, b = r["metric"], r["value"], r["baseline"]
+    if metric is None:
+        return "-"
+    name = metric if len(metric) <= 4 else metric[:3]
+    if v is None:
+        return f"{name} n/a"
+    fraction = 0 <= v <= 1 and (b is None or 0 <= b <= 1)
+    show = (lambda x: f"{x * 100:.2f}%") if fraction else (lambda x: f"{x:.4g}")
+    text = f"{name} {show(v)}"
+    if b is not None and show(b) != show(v):
+        text += f" ({(v - b) * 100:+.2f})" if fraction else f" ({v - b:+.4g})"
+    return text
+
+
+def _notes(r: dict, counts: bool = True) -> list[str]:
+    """What a one-line row cannot say: a cell that did not finish, its error, requests that
+    were not ok (unless ``counts`` is False: the detail shows them all), hosts that got less
+    than their CPU share."""
+    out = []
+    if r["status"] != "done":
+        out.append(f"[red]{r['status']}[/]")
+    if r["error"]:
+        out.append(f"[red]{r['error'][:160]}[/]")
+    bad = ", ".join(f"{n} {s}" for s, n in r["counts"].items() if s != "ok" and n)
+    if counts and bad:
+        out.append(f"[yellow]{bad}[/]")
+    return out + [f"[yellow]{flag[:160]}[/]" for flag in r.get("host_flags") or []]
+
+
+_SUMMARY_COLUMNS = (("point", "left"), ("strategy", "left"), ("placement", "left"), ("e2e p50", "right"),
+                    ("p90", "right"), ("compute", "right"), ("transm.", "right"), ("quality", "left"),
+                    ("ok", "right"))
+
+
+def _summary_lines(points: dict[str, list[dict]],
+                   names: dict[str, str]) -> tuple[list[tuple[list[str], bool]], list[str]]:
+    """The rows of one model's summary table (cells, and whether the row ends its point's
+    group) and the notes under it."""
+    lines, notes = [], []
+    for group in points.values():
+        for i, (r, point) in enumerate(zip(group, _point_cells(group, names))):
+            counts, here = r["counts"], _notes(r)
+            ok = f"{counts['ok']}/{sum(counts.values())}"
+            if here:
+                notes.append(f"! {r['strategy']}" + (f" at {', '.join(_labels(r, names))}" if names else "")
+                             + ": " + "; ".join(here))
+                ok = f"[{'red' if r['status'] != 'done' or not counts['ok'] else 'yellow'}]{ok}![/]"
+            lines.append(([point, r["strategy"], r["placement"].replace(">", "→"), _ms(r["e2e_p50"]),
+                           _ms(r["e2e_p90"]), _ms(r["compute_p50"]), _ms(r["transmission_p50"]), _metric_short(r),
+                           ok], i == len(group) - 1))
+    return lines, notes
 
 
 def print_run_summary(name: str, rows: list[dict], out: str) -> None:
-    """The end-of-run table: one row per cell (model x strategy x sweep point)."""
-    swept = any(r["point"] for r in rows)
-    t = Table(title=f"{name}: per request, medians in ms (results in {out})", show_lines=True)
-    cols = ["model", "strategy"] + (["point"] if swept else []) + [
-        "e2e p50", "e2e p90", "compute per host", "transmission per link", "compute / transm. / other",
-        "bytes", "exits", "quality", "ok / timeout / oom / error"]
-    for c in cols:
-        t.add_column(c, justify="right" if c.startswith(("e2e", "bytes", "exits")) else "left")
-    for r in rows:
-        counts = r["counts"]
-        status = " / ".join(str(counts[s]) for s in ("ok", "timeout", "oom", "error"))
-        if r["status"] != "done":
-            status += f"\n[red]{r['status']}[/]"
-        if r["error"]:
-            status += f"\n[red]{r['error'][:160]}[/]"
-        for flag in r.get("host_flags") or []:
-            status += f"\n[yellow]{flag[:160]}[/]"
-        shares = r["shares"]
-        share = "-" if shares is None else " / ".join(f"{shares[k]:.0%}" for k in ("compute", "transmission", "other"))
-        quality = "-" if r["metric"] is None else (
-            f"{r['metric']} {_metric(r['value'])}" + ("" if r["baseline"] is None else f"\n(base {_metric(r['baseline'])})"))
-        if r["match"] is not None:
-            quality += f"\nsame answer {r['match']:.0%}"
-        point = ", ".join(f"{k.split('.')[-2] if k.count('.') else k}.{k.split('.')[-1]}={v}"
-                          for k, v in r["point"].items()) if r["point"] else ""
-        cells = [r["model"], f"{r['strategy']}\n[dim]{r['placement'].replace('>', '→')}[/]"] + ([point] if swept else []) + [
-            _ms(r["e2e_p50"]), _ms(r["e2e_p90"]), _per(r["compute"]), _per(r["transmission"]), share,
-            "-" if r["bytes"] is None else _bytes(int(r["bytes"])),
-            "-" if r["exit_rate"] is None else f"{r['exit_rate']:.0%}", quality, status]
-        t.add_row(*cells)
-    console.print(t)
+    """The end-of-run summary, one line per cell: a table per model, its rows grouped by sweep
+    point (the swept values in short form, e.g. ``EC 5Mbit``; no point column without a
+    sweep), medians per request in ms, quality in one cell. What does not fit a line (a failed
+    cell, its error, requests that were not ok, hosts short of their CPU share) is a note under
+    its model's table; per-host and per-link times are in :func:`print_run_detail`. The
+    columns of every model's table have the same widths, so the tables read as one."""
+    from rich.text import Text
+
+    names = _axes(rows)
+    tables = {model: _summary_lines(points, names) for model, points in _by_model_and_point(rows).items()}
+    shown = [i for i in range(len(_SUMMARY_COLUMNS)) if names or i]     # the point column only for a sweep
+    widths = {i: max([len(_SUMMARY_COLUMNS[i][0])] + [Text.from_markup(line).cell_len for cells, _ in
+                                                      (x for lines, _ in tables.values() for x in lines)
+                                                      for line in cells[i].split("\n")]) for i in shown}
+    # narrower than the table (98 columns for the demo): the placement goes (--detail has it)
+    # and the quality wraps at its space, so every number stays on its row's first line
+    narrow = sum(widths[i] + 2 for i in shown) - 2 > console.width
+    if narrow:
+        shown.remove(2)
+    console.print(f"[bold]{name}[/]: per request, medians in ms (results in {out})")
+    for model, (lines, notes) in tables.items():
+        t = Table(title=f"\n[bold]{model}[/]", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=(0, 1), collapse_padding=True, pad_edge=False)
+        for i in shown:
+            header, justify = _SUMMARY_COLUMNS[i]
+            t.add_column(header, justify=justify, min_width=None if narrow else widths[i],
+                         no_wrap=justify == "right", overflow="fold")
+        for cells, last in lines:
+            t.add_row(*(cells[i] for i in shown), end_section=last)
+        console.print(t)
+        for n in notes:
+            console.print(n)
+    console.print()
+    for line in (_legend(names), "quality: metric (change from the untransformed model, in points of %)",
+                 "placement: left out, the terminal is too narrow" if narrow else "",
+                 f"per host and per link, bytes, exits: testbed results show {out} --detail"):
+        if line:
+            console.print(f"[dim]{line}[/]")
+
+
+def print_run_detail(name: str, rows: list[dict], out: str) -> None:
+    """Every measured column of each cell, several lines a row: compute per host,
+    transmission per link direction, the compute / transmission / other split, bytes, exits,
+    quality with its baseline and the share of answers equal to the reference model's, and the
+    requests per status. A table per model and sweep point; hosts by their initials (a legend
+    says which is which) so that a row fits 100 columns; notes under the table as in
+    :func:`print_run_summary`."""
+    from testbed.summary import host_names
+
+    names = _axes(rows)
+    hosts = host_names(h for r in rows for k in (*r["compute"], *r["transmission"]) for h in k.split(">"))
+    initials = ", ".join(f"{short} = {h}" for h, short in hosts.items() if short != h)
+    console.print(f"[bold]{name}[/]: per request, medians in ms (results in {out})")
+    for model, points in _by_model_and_point(rows).items():
+        for group in points.values():
+            at = ", ".join(_labels(group[0], names))
+            t = Table(title=f"\n[bold]{model}[/]" + (f" at [bold]{at}[/]" if at else ""), title_justify="left",
+                      box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), collapse_padding=True, pad_edge=False)
+            for c in ("strategy", "e2e\np50", "e2e\np90", "compute", "transm.", "c/t/o %", "bytes", "exits",
+                      "quality", "requests"):
+                # nothing is cut short: a cell too wide for a narrow terminal folds onto another line
+                t.add_column(c, justify="right" if c.startswith(("e2e", "bytes", "exits")) else "left",
+                             overflow="fold")
+            notes = []
+            for r in group:
+                shares = r["shares"]
+                quality = "-" if r["metric"] is None else "\n".join(
+                    [r["metric"], _metric(r["value"])] + ([] if r["baseline"] is None else
+                                                         [f"base {_metric(r['baseline'])}"]))
+                if r["match"] is not None:
+                    quality += f"\nsame {r['match']:.0%}"
+                here = _notes(r, counts=False)
+                if here:
+                    notes.append(f"! {r['strategy']}: " + "; ".join(here))
+                t.add_row(r["strategy"] + ("!" if here else "") + f"\n[dim]{r['placement'].replace('>', '→')}[/]",
+                          _ms(r["e2e_p50"]), _ms(r["e2e_p90"]), _per(r["compute"], hosts),
+                          _per(r["transmission"], hosts),
+                          "-" if shares is None else "/".join(f"{shares[k] * 100:.0f}" for k in
+                                                              ("compute", "transmission", "other")),
+                          "-" if r["bytes"] is None else _bytes(int(r["bytes"])),
+                          "-" if r["exit_rate"] is None else f"{r['exit_rate']:.0%}", quality,
+                          "\n".join(f"{n} {s}" for s, n in r["counts"].items() if n or s == "ok"),
+                          end_section=True)
+            console.print(t)
+            for n in notes:
+                console.print(n)
+    console.print()
+    for line in (_legend(names), initials and f"hosts: {initials}",
+                 "c/t/o %: shares of the end-to-end time: compute, transmission, the rest (serialisation, harness)",
+                 "quality: the metric, the untransformed model's (base), answers equal to its answers (same)"):
+        if line:
+            console.print(f"[dim]{line}[/]")
 
 
 class _RunBar(_Bar):

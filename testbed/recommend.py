@@ -2,8 +2,10 @@
 
 Pure functions over the store's cells and requests. Latency is the median end-to-end time
 of a cell's ``ok`` requests (p50); accuracy loss is ``baseline_value - metric_value`` (every
-metric of the registry is higher-is-better). A winner whose latency cannot be told apart from
-the runner-up's (Conover p >= alpha, or a negligible Cliff's delta) is said to be so.
+metric of the registry is higher-is-better). How a winner's latency compares with the
+runner-up's is said in words: indistinguishable (not significant), not significantly different
+though the effect looks large (more requests may tell), significantly but negligibly different
+(Cliff's delta negligible), or nothing when the difference is significant and not negligible.
 """
 from __future__ import annotations
 
@@ -41,10 +43,35 @@ def _quality(c: _Candidate) -> str:
     return f"{cell['metric']} {cell['metric_value']:.4g} vs baseline {cell['baseline_value']:.4g}"
 
 
+def _difference(winner: str, runner: str, pair, alpha: float, kruskal_p: float | None) -> tuple[str, str]:
+    """(verdict, note) of the winner's latency against the runner-up's, by the two tests the
+    report's statistics use: significant (Kruskal-Wallis p < alpha and the pair's
+    Holm-adjusted Conover p < alpha) or not, and Cliff's delta's magnitude.
+
+    - not significant, negligible or small delta: ``indistinguishable``;
+    - not significant, medium or large delta: ``not significant`` (too few requests to tell
+      a difference that may well be there);
+    - significant, negligible delta: ``negligible`` (a real difference too small to matter);
+    - significant, larger delta: ``significant`` (no note: the ranking says it)."""
+    stats = f"p={pair.p:.2g}"
+    if pair.p < alpha and not pair.significant and kruskal_p is not None:   # the omnibus test said no
+        stats += f", Kruskal-Wallis p={kruskal_p:.2g}"
+    stats += f", δ={pair.delta:+.2f}"
+    if not pair.significant:
+        if pair.magnitude in ("negligible", "small"):
+            return "indistinguishable", f"; {winner} and {runner} are indistinguishable ({stats} {pair.magnitude})"
+        return "not significant", (f"; {winner} and {runner} are not significantly different ({stats} "
+                                   f"{pair.magnitude}): more requests may tell them apart")
+    if pair.magnitude == "negligible":
+        return "negligible", (f"; {winner} and {runner} differ significantly but negligibly ({stats}): a real "
+                              "difference too small to matter")
+    return "significant", ""
+
+
 def _tie(winner: _Candidate, ranked: list[_Candidate], comparison: StudyComparison | None) -> dict:
     """How the winner compares with the runner-up of the same ranking (the next in ``ranked``)."""
     runner = next((c for c in ranked if c is not winner), None)
-    out = {"runner_up": None, "p": None, "delta": None, "indistinguishable": None, "note": ""}
+    out = {"runner_up": None, "p": None, "delta": None, "indistinguishable": None, "difference": None, "note": ""}
     if runner is None:
         return out
     out["runner_up"] = runner.label
@@ -52,11 +79,9 @@ def _tie(winner: _Candidate, ranked: list[_Candidate], comparison: StudyComparis
     if pair is None or pair.p is None:
         out["note"] = f"; {winner.label} vs {runner.label}: too few samples to test the difference"
         return out
-    tied = pair.p >= comparison.comparison.alpha or pair.magnitude == "negligible"
-    out.update(p=pair.p, delta=pair.delta, indistinguishable=tied)
-    if tied:
-        out["note"] = (f"; {winner.label} and {runner.label} are indistinguishable "
-                       f"(p={pair.p:.2g}, δ={pair.delta:+.2f} {pair.magnitude})")
+    verdict, note = _difference(winner.label, runner.label, pair, comparison.comparison.alpha,
+                                comparison.comparison.kruskal_p)
+    out.update(p=pair.p, delta=pair.delta, indistinguishable=not pair.significant, difference=verdict, note=note)
     return out
 
 
@@ -68,7 +93,7 @@ def _placement_phrase(placement: str) -> str:
 def _recommendations(model: str, point: dict, candidates: list[_Candidate], unmeasured: list[tuple[str, dict]],
                      tolerance: float, comparison: StudyComparison | None) -> list[dict]:
     base = dict.fromkeys(("strategy", "placement", "p50_ms", "metric", "metric_value", "baseline_value", "loss",
-                          "runner_up", "p", "delta", "indistinguishable"))
+                          "runner_up", "p", "delta", "indistinguishable", "difference"))
     base.update(model=model, point=point, point_label=point_label(point))
 
     def rec(kind: str, c: _Candidate, ranked: list[_Candidate], text: str) -> dict:
@@ -118,7 +143,9 @@ def recommend(cells: list[dict], requests: list[dict], tolerance: float = TOLERA
               comparisons: list[StudyComparison] | None = None, alpha: float = ALPHA) -> list[dict]:
     """Recommendations per (model, sweep point), each a dict with ``kind``, ``strategy``,
     ``placement``, ``p50_ms``, metric fields, ``loss``, ``runner_up``, ``p``, ``delta``,
-    ``indistinguishable`` and a sentence in ``text``. Kinds, in order:
+    ``indistinguishable`` (the latency difference from the runner-up is not significant; None
+    when untested), ``difference`` (``indistinguishable``, ``not significant``, ``negligible``
+    or ``significant``: see :func:`_difference`) and a sentence in ``text``. Kinds, in order:
 
     - ``within_tolerance``: the lowest p50 whose loss is at most ``tolerance`` (an absolute
       amount of the metric: 0.01 = one percentage point of accuracy); strategy None if none is;

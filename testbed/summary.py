@@ -1,10 +1,16 @@
 """Per-cell summaries of a result store: what `testbed run` prints at the end and `testbed
-results show` prints later. Pure functions over the store's rows (numpy only)."""
+results show` prints later. Pure functions over the store's rows (numpy, and the topology
+fields' parsers for short sweep labels)."""
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 
 import numpy as np
+
+from topologies.errors import TopologyError
+from topologies.fields import DIRECTION_FIELDS, DIRECTIONS, HOST_FIELDS
 
 STATUSES = ("ok", "timeout", "oom", "error")
 
@@ -38,6 +44,8 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
     - ``shares``: fractions of the summed end-to-end time spent in compute, transmission and
       the rest (serialisation + harness), over the ``ok`` requests;
     - ``bytes``: median bytes moved per request (every hop, both ways);
+    - ``compute_p50`` / ``transmission_p50``: median ms per request of compute (all hosts)
+      and of transmission (all links), over the ``ok`` requests;
     - ``exit_rate``: fraction of ``ok`` requests answered by an exit head;
     - ``match``: fraction of checked answers equal (argmax) to the reference model's;
     - ``counts``: requests per status; and the cell's metric, value and baseline;
@@ -74,6 +82,8 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             "point": c["point"], "status": c["status"], "error": c["error"],
             "counts": {s: sum(1 for r in reqs if r["status"] == s) for s in STATUSES},
             "e2e_p50": _median(e2e), "e2e_p90": _p90(e2e),
+            "compute_p50": _median([r["compute_ms"] for r in ok if r["compute_ms"] is not None]),
+            "transmission_p50": _median([r["transmission_ms"] for r in ok if r["transmission_ms"] is not None]),
             "compute": {h: _median([per.get(s, 0.0) for s in ok_seqs]) for h, per in compute.items()},
             "transmission": {k: _median([per.get(s, 0.0) for s in ok_seqs]) for k, per in links.items()},
             "shares": ({"compute": comp / total, "transmission": trans / total,
@@ -85,3 +95,100 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             "host_flags": host_flags(c.get("hosts")),
         })
     return rows
+
+
+# --- short labels of sweep points -----------------------------------------------------------
+# A sweep path becomes a short name plus a compact value: links.edge-cloud.bandwidth=5Mbit is
+# "EC 5Mbit". The field's own parser and formatter make the value compact (5000kbit is 5Mbit);
+# a mark says which field when the unit alone would not (jitter and delay are both in ms); a
+# field without one here is marked by its name.
+_LINK_MARKS = {"bandwidth": ("", ""), "delay": ("", ""), "jitter": ("±", "")}
+_HOST_MARKS = {"cpus": ("", "cpu"), "memory": ("", ""), "cpu_period": ("period ", "")}
+
+
+def host_initials(host: str) -> str:
+    """'edge' -> 'E', 'mobile12' -> 'M12', 'edge_gw2' -> 'EG2': the first letter of each
+    '_'-separated word, upper case, and the trailing number (host names never contain '-')."""
+    digits = re.search(r"\d*$", host).group()
+    return "".join(w[0] for w in host[:len(host) - len(digits)].split("_") if w).upper() + digits
+
+
+def host_names(hosts: Iterable[str]) -> dict[str, str]:
+    """Host -> its initials (:func:`host_initials`), or its full name where two hosts share them."""
+    hosts = list(dict.fromkeys(hosts))
+    count = defaultdict(int)
+    for h in hosts:
+        count[host_initials(h)] += 1
+    return {h: host_initials(h) if count[host_initials(h)] == 1 else h for h in hosts}
+
+
+def _axis(path: str) -> tuple[str, str, str]:
+    """(short name, long name, field) of a sweep path: links.<a-b>.<field> is ('AB', 'a-b',
+    field), one direction of it ('A→B' or 'B→A', 'a→b', field); hosts.<h>.<field> is (h, h,
+    field); anything else is (its last word, the whole path, '')."""
+    parts = path.split(".")
+    if parts[0] == "links" and len(parts) in (3, 4) and parts[-1] in DIRECTION_FIELDS and "-" in parts[1]:
+        ends = parts[1].split("-")
+        if len(parts) == 4:
+            if parts[2] not in DIRECTIONS:
+                return parts[-1], path, ""
+            ends = ends if parts[2] == DIRECTIONS[0] else ends[::-1]
+            return "→".join(host_initials(e) for e in ends), "→".join(ends), parts[-1]
+        return "".join(host_initials(e) for e in ends), parts[1], parts[-1]
+    if parts[0] == "hosts" and len(parts) == 3 and parts[2] in HOST_FIELDS:
+        return parts[1], parts[1], parts[2]
+    return parts[-1], path, ""
+
+
+def axis_names(paths: Iterable[str]) -> dict[str, str]:
+    """Sweep path -> the short name its labels start with: link names by their hosts'
+    initials ('EC'), host names as they are, other paths by their last word ('threshold').
+    When one short name would stand for two things (links edge-cloud and east-core, or two
+    strategies' thresholds), those get their long names instead (the link's full name, the
+    whole path), so that no two axes read alike."""
+    axes = {p: _axis(p) for p in dict.fromkeys(paths)}
+    meanings: dict[str, set[str]] = defaultdict(set)
+    for short, long, _ in axes.values():
+        meanings[short].add(long)
+    return {p: short if len(meanings[short]) == 1 else long for p, (short, long, _) in axes.items()}
+
+
+def _compact(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_compact(v) for v in value)
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}:{_compact(v)}" for k, v in value.items())
+    return str(value).replace(" ", "")
+
+
+def value_label(path: str, value) -> str:
+    """The value of one sweep axis, compact, with its field's mark: '5Mbit', '±2ms',
+    'loss 0.1%', '0.5cpu', '1GiB', 'period 10ms'; a word, or a value its field cannot read,
+    after the field's name ('bandwidth unlimited'); any other path's value as written (a
+    placement as 'mobile>edge')."""
+    _, _, field = _axis(path)
+    fields, marks = (DIRECTION_FIELDS, _LINK_MARKS) if path.startswith("links.") else (HOST_FIELDS, _HOST_MARKS)
+    if not field:
+        return ">".join(map(_compact, value)) if path.endswith(".placement") and isinstance(value, list) \
+            else _compact(value)
+    _, parse, fmt = fields[field]
+    try:
+        text = _compact(fmt(parse(value)))
+    except (TopologyError, TypeError, ValueError):      # a value the field cannot read: as written
+        return f"{field} {_compact(value)}"
+    if not re.search(r"\d", text):     # 'unlimited', 'auto': the word alone would not say of what
+        return f"{field} {text}"
+    before, after = marks.get(field, (f"{field} ", ""))
+    return f"{before}{text}{after}"
+
+
+def point_labels(point: Mapping[str, object], names: Mapping[str, str] | None = None) -> list[str]:
+    """One short label per swept value of ``point``, in its order: ``{'links.edge-cloud.
+    bandwidth': '5Mbit'}`` -> ``['EC 5Mbit']``. ``names`` (from :func:`axis_names` over every
+    point shown together) keeps labels apart; without it the point's own paths are used."""
+    names = names if names is not None else axis_names(point)
+    return [f"{names[p]} {value_label(p, v)}" for p, v in point.items()]

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import norm
 
 from testbed.recommend import headlines, recommend
+from testbed.stats import ALPHA, cliff_magnitude, compare_groups
 
 POINT = {"links.edge-cloud.bandwidth": "5Mbit"}
 
@@ -78,20 +80,87 @@ def test_model_without_metric_is_ranked_by_latency_only():
     assert fastest["loss"] is None
 
 
+def _exact(groups: dict[str, tuple[str, list[float], float]]):
+    """Cells and ok requests with exactly these latencies: name -> (placement, ms, metric value)."""
+    cells, requests = [], []
+    for name, (placement, latencies, value) in groups.items():
+        key = f"cnn/{name}"
+        cells.append({"cell": key, "model": "cnn", "weights": "pretrained", "strategy": name, "placement": placement,
+                      "point": POINT, "status": "done", "requests": len(latencies), "metric": "accuracy",
+                      "metric_value": value, "baseline_value": 0.80})
+        requests += [{"cell": key, "status": "ok", "e2e_ms": float(v)} for v in latencies]
+    return cells, requests
+
+
+def _the_pair(cells, requests, a, b):
+    """The statistics the recommendation must agree with: the pair (a, b) of all groups."""
+    groups = {c["strategy"]: [r["e2e_ms"] for r in requests if r["cell"] == c["cell"]] for c in cells}
+    return compare_groups(groups).pair(a, b)
+
+
+def _quantiles(n: int, median: float, factor: float = 1.0) -> list[float]:
+    """n evenly spaced quantiles of a log-normal latency (sigma 0.05) around ``median``, times ``factor``."""
+    return list(median * factor * np.exp(0.05 * norm.ppf((np.arange(n) + 0.5) / n)))
+
+
 def test_indistinguishable_winner_and_runner_up_are_reported():
     # same latency distribution for a and b (different seeds of noise), c far behind
     cells, requests = _study([("a", "edge", 50.0, 0.8), ("b", "edge", 50.0, 0.8), ("c", "cloud", 200.0, 0.8)],
                              seed=4, n=30)
     (fastest,) = _by_kind(recommend(cells, requests))["fastest"]
+    pair = _the_pair(cells, requests, fastest["strategy"], fastest["runner_up"])
+    assert not pair.significant and pair.magnitude in ("negligible", "small")
     assert fastest["runner_up"] in ("a", "b") and fastest["indistinguishable"] is True
-    assert f"{fastest['strategy']} and {fastest['runner_up']} are indistinguishable (p=" in fastest["text"]
-    assert "δ=" in fastest["text"]
+    assert fastest["difference"] == "indistinguishable"
+    assert (f"; {fastest['strategy']} and {fastest['runner_up']} are indistinguishable "
+            f"(p={pair.p:.2g}, δ={pair.delta:+.2f} {pair.magnitude})") in fastest["text"]
 
 
 def test_a_clearly_faster_winner_is_not_called_indistinguishable():
     (fastest,) = _by_kind(recommend(*_study([("a", "edge", 10.0, 0.8), ("b", "edge", 50.0, 0.8)])))["fastest"]
     assert (fastest["strategy"], fastest["runner_up"], fastest["indistinguishable"]) == ("a", "b", False)
     assert fastest["p"] < 0.05 and fastest["delta"] == -1.0 and "indistinguishable" not in fastest["text"]
+    assert fastest["difference"] == "significant" and "significant" not in fastest["text"]
+
+
+def test_a_significant_but_negligible_difference_is_called_so_not_indistinguishable():
+    # 1000 requests each, b 0.5 % slower throughout: the test sees it, Cliff's delta says it is tiny
+    cells, requests = _exact({"a": ("edge", _quantiles(1000, 50.0), 0.8),
+                              "b": ("edge", _quantiles(1000, 50.0, 1.005), 0.8)})
+    pair = _the_pair(cells, requests, "a", "b")
+    assert pair.significant and pair.p < ALPHA and cliff_magnitude(pair.delta) == "negligible"
+    (fastest,) = _by_kind(recommend(cells, requests))["fastest"]
+    assert (fastest["strategy"], fastest["runner_up"]) == ("a", "b")
+    assert fastest["indistinguishable"] is False and fastest["difference"] == "negligible"
+    assert "indistinguishable" not in fastest["text"]
+    assert fastest["text"].endswith(f"; a and b differ significantly but negligibly (p={pair.p:.2g}, "
+                                    f"δ={pair.delta:+.2f}): a real difference too small to matter")
+
+
+def test_a_large_but_untested_difference_asks_for_more_requests():
+    # two requests each, fully separated: Cliff's delta is -1, but two values cannot make it significant
+    cells, requests = _exact({"a": ("edge", [10.0, 11.0], 0.8), "b": ("edge", [13.0, 14.0], 0.8)})
+    pair = _the_pair(cells, requests, "a", "b")
+    assert not pair.significant and pair.p >= ALPHA and pair.magnitude == "large"
+    (fastest,) = _by_kind(recommend(cells, requests))["fastest"]
+    assert fastest["indistinguishable"] is True and fastest["difference"] == "not significant"
+    assert fastest["text"].endswith(f"; a and b are not significantly different (p={pair.p:.2g}, δ=-1.00 large): "
+                                    "more requests may tell them apart")
+
+
+def test_a_pair_the_omnibus_test_does_not_back_is_not_significant_and_says_why():
+    # b vs c alone has Conover p < alpha, but Kruskal-Wallis over a, b, c does not reach alpha
+    base = [10.0, 11.0, 12.0, 13.0, 14.0]
+    cells, requests = _exact({"c": ("edge", base, 0.799), "a": ("edge", [x + 1 for x in base], 0.795),
+                              "b": ("cloud", [x + 3 for x in base], 0.80)})
+    pair = _the_pair(cells, requests, "b", "c")
+    kruskal = compare_groups({"a": [x + 1 for x in base], "b": [x + 3 for x in base], "c": base}).kruskal_p
+    assert pair.p < ALPHA <= kruskal and not pair.significant and pair.magnitude == "large"
+    (least,) = _by_kind(recommend(cells, requests))["least_loss"]             # b: no loss; c: the next least
+    assert (least["strategy"], least["runner_up"], least["difference"]) == ("b", "c", "not significant")
+    assert least["indistinguishable"] is True
+    assert (f"; b and c are not significantly different (p={pair.p:.2g}, Kruskal-Wallis p={kruskal:.2g}, "
+            f"δ={pair.delta:+.2f} large): more requests may tell them apart") in least["text"]
 
 
 def test_too_few_samples_to_compare_is_said():
