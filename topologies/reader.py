@@ -59,8 +59,8 @@ class DocumentReader:
 
     Each check returns the value it was given (a mapping ``None`` as ``{}``) or raises, through
     :meth:`fail`, ``error`` located at ``source`` (kept as ``source_name``), the path and
-    its line. A subclass may
-    override :meth:`fail` to blame some paths on another source (e.g. ``--set``)."""
+    its line. A subclass may override :meth:`fail` to blame some paths on another source
+    (e.g. ``--set``)."""
 
     def __init__(self, source: str, lines: Mapping[str, int | None],
                  error: type[LocatedError] = TopologyError) -> None:
