@@ -13,7 +13,8 @@ wire too: with netem, a netem root qdisc whose child is the tbf (delay, then rat
 netem (this machine), an NFQUEUE delay line (queue 0 for a->b, 1 for b->a) and iptables
 ``statistic`` drops. The wire routes by input port (policy routing), so it costs two rules
 whatever the topology's size. Every link has a wire, so a sweep can add delay or loss to
-any link live.
+any link live. The layout (names, veth pairs, addresses, routes) is worked out beforehand,
+from the spec alone, by :mod:`emulation.plan`.
 
 Every object carries the run id: interface names ``<run>-...``, cgroups
 ``testbed/<run>/<host>``, processes ``TESTBED_RUN=<run>`` in their environment; all are
@@ -23,14 +24,12 @@ reached on exceptions, Ctrl-C and SIGTERM via the CLI's handler) removes them.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import select
 import subprocess
 import sys
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -38,39 +37,13 @@ from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
 from . import cgroups, process, registry, shaping
 from .errors import EmulationError
+from .plan import directions, plan
 from .probe import capabilities
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # delay lines run at real-time priority (above the optional CPU ticker's 1): a host computing at its full
 # quota beside a delay line must not hold a packet past its due time
 DELAYLINE_RT_PRIORITY = 10
-
-
-@dataclass
-class Segment:
-    """One veth pair between two nodes (hosts or wires), with a /24 of its own."""
-
-    index: int
-    a: str
-    b: str
-    if_a: str
-    if_b: str
-    subnet: ipaddress.IPv4Network
-
-    @property
-    def addr_a(self) -> str:
-        return str(self.subnet.network_address + 1)
-
-    @property
-    def addr_b(self) -> str:
-        return str(self.subnet.network_address + 2)
-
-    def end(self, node: str) -> tuple[str, str]:
-        """(interface, address) of ``node`` on this segment."""
-        return (self.if_a, self.addr_a) if node == self.a else (self.if_b, self.addr_b)
-
-    def other(self, node: str) -> str:
-        return self.b if node == self.a else self.a
 
 
 @dataclass
@@ -85,74 +58,9 @@ class Wire:
     rules: list[list[str]] = field(default_factory=list)  # iptables rules in place now
 
 
-@dataclass
-class Plan:
-    """Pure layout: nodes, segments, routes. Built from the spec alone (unit-testable)."""
-
-    hosts: list[str]
-    wires: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # link -> (name, if_a, if_b)
-    segments: list[Segment] = field(default_factory=list)
-    shaped_if: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (src,dst) -> (node, ifname)
-
-    def neighbours(self, node: str) -> list[tuple[str, Segment]]:
-        out = []
-        for s in self.segments:
-            if node in (s.a, s.b):
-                out.append((s.other(node), s))
-        return out
-
-    def next_hops(self, node: str) -> dict[int, tuple[str, str]]:
-        """For every segment not attached to ``node``: (gateway address, out interface)."""
-        first: dict[str, tuple[str, str]] = {}
-        seen = {node}
-        queue: deque[str] = deque()
-        for nb, seg in sorted(self.neighbours(node), key=lambda x: x[0]):
-            if nb not in seen:
-                seen.add(nb)
-                first[nb] = (seg.end(nb)[1], seg.end(node)[0])
-                queue.append(nb)
-        while queue:  # BFS: the first hop toward every node, deterministic by name order
-            cur = queue.popleft()
-            for nb, _seg in sorted(self.neighbours(cur), key=lambda x: x[0]):
-                if nb not in seen:
-                    seen.add(nb)
-                    first[nb] = first[cur]
-                    queue.append(nb)
-        out = {}
-        for s in self.segments:
-            if node in (s.a, s.b):
-                continue
-            out[s.index] = first[s.a] if s.a in first else first[s.b]
-        return out
-
-
-def directions(link: LinkSpec) -> tuple[tuple[str, str, DirectionSpec], tuple[str, str, DirectionSpec]]:
-    """(src, dst, spec) for a->b and b->a, in that order (queue 0 and queue 1 of its wire)."""
-    return (link.a, link.b, link.forward), (link.b, link.a, link.reverse)
-
-
 def host_limits(h: HostSpec) -> cgroups.Limits:
     """What a host's cgroup is given for its spec."""
     return cgroups.Limits(cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset, cpu_period_us=h.cpu_period_us)
-
-
-def plan(spec: TopologySpec, run_id: str) -> Plan:
-    p = Plan(hosts=[h.name for h in spec.hosts])
-
-    def seg(a: str, b: str, if_a: str, if_b: str) -> Segment:
-        k = len(p.segments)
-        s = Segment(k, a, b, if_a, if_b, ipaddress.ip_network(f"10.{k // 256}.{k % 256}.0/24"))
-        p.segments.append(s)
-        return s
-
-    for i, link in enumerate(spec.links):
-        ia, ib, wa, wb = (f"{run_id}-{i}{side}" for side in "abwx")
-        p.wires[link.name] = (link.name, wa, wb)
-        seg(link.a, link.name, ia, wa)
-        seg(link.name, link.b, wb, ib)
-        p.shaped_if[(link.a, link.b)] = (link.name, wb)  # the wire's egress toward b
-        p.shaped_if[(link.b, link.a)] = (link.name, wa)  # ... and toward a
-    return p
 
 
 def _host_class():
@@ -282,13 +190,13 @@ class EmulatedNetwork:
 
         host_cls = _host_class()
         self.mn = Mininet(controller=None, switch=None, build=False, autoSetMacs=False, waitConnected=False)
-        for name in self.plan.hosts + [w[0] for w in self.plan.wires.values()]:
+        for name in self.plan.nodes:
             node = self.mn.addHost(name, cls=host_cls, run_id=self.run_id, ip=None)
             self.nodes[name] = node
             self.registry.add_process(node.pid, f"shell:{name}")
-        self.registry.add_interfaces([i for s in self.plan.segments for i in (s.if_a, s.if_b)])
-        for s in self.plan.segments:
-            self.mn.addLink(self.nodes[s.a], self.nodes[s.b], intfName1=s.if_a, intfName2=s.if_b)
+        self.registry.add_interfaces([i for v in self.plan.veths for i in (v.if_a, v.if_b)])
+        for v in self.plan.veths:
+            self.mn.addLink(self.nodes[v.a], self.nodes[v.b], intfName1=v.if_a, intfName2=v.if_b)
         for h in self.spec.hosts:
             cg = cgroups.HostCgroup(self.run_id, h.name, self.caps["cgroup_version"])
             self.registry.add_cgroups(cg.paths)
@@ -311,13 +219,12 @@ class EmulatedNetwork:
         return contextlib.nullcontext(self._iprs[node])
 
     def _address_and_route(self) -> None:
-        all_nodes = self.plan.hosts + [w[0] for w in self.plan.wires.values()]
-        for node in all_nodes:
-            segs = [s for s in self.plan.segments if node in (s.a, s.b)]
+        for node in self.plan.nodes:
+            veths = self.plan.veths_of(node)
             with self._ipr(node) as ipr:
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-                for s in segs:
-                    ifname, addr = s.end(node)
+                for v in veths:
+                    ifname, addr = v.end(node)
                     idx = ipr.link_lookup(ifname=ifname)[0]
                     ipr.addr("add", index=idx, address=addr, prefixlen=24)
                     ipr.link("set", index=idx, state="up")
@@ -327,19 +234,19 @@ class EmulatedNetwork:
                 wire = next((w for w in self.plan.wires.values() if w[0] == node), None)
                 if wire is not None:
                     # a wire forwards whatever enters one port out of the other: two policy rules
-                    for table, (in_seg, out_seg) in ((100, (segs[0], segs[1])), (101, (segs[1], segs[0]))):
-                        in_if = in_seg.end(node)[0]
-                        gw = out_seg.end(out_seg.other(node))[1]
+                    for table, (in_veth, out_veth) in ((100, (veths[0], veths[1])), (101, (veths[1], veths[0]))):
+                        in_if = in_veth.end(node)[0]
+                        gw = out_veth.end(out_veth.other(node))[1]
                         ipr.route("add", dst="0.0.0.0/0", gateway=gw, table=table)
                         ipr.rule("add", table=table, priority=table, iifname=in_if)
-                elif len(segs) == 1:
-                    s = segs[0]
-                    ipr.route("add", dst="0.0.0.0/0", gateway=s.end(s.other(node))[1])
+                elif len(veths) == 1:
+                    v = veths[0]
+                    ipr.route("add", dst="0.0.0.0/0", gateway=v.end(v.other(node))[1])
                 else:
                     for k, (gw, out_if) in sorted(self.plan.next_hops(node).items()):
-                        ipr.route("add", dst=str(self.plan.segments[k].subnet), gateway=gw,
+                        ipr.route("add", dst=str(self.plan.veths[k].subnet), gateway=gw,
                                   oif=ipr.link_lookup(ifname=out_if)[0])
-            if len(segs) > 1:
+            if len(veths) > 1:
                 self.nodes[node].cmd("sysctl -qw net.ipv4.ip_forward=1")
 
     # -- links --------------------------------------------------------------------------
@@ -356,9 +263,7 @@ class EmulatedNetwork:
 
     def _host_if(self, link: LinkSpec, host: str) -> str:
         """``host``'s own interface on ``link`` (toward the link's wire)."""
-        wire = self.plan.wires[link.name][0]
-        seg = next(s for s in self.plan.segments if {s.a, s.b} == {host, wire})
-        return seg.end(host)[0]
+        return self.plan.veth(host, link.name).end(host)[0]
 
     def _gso_segs(self, d: DirectionSpec) -> int:
         return shaping.gso_max_segs(d.rate_bps if self.serialize else None)
@@ -662,11 +567,13 @@ class EmulatedNetwork:
         return {"run_id": self.run_id, "topology": self.spec.name, "links": links, "hosts": hosts, "cpu_tick": tick}
 
     # -- using the hosts ----------------------------------------------------------------
-    def address(self, host: str) -> str:
-        for s in self.plan.segments:
-            if host in (s.a, s.b):
-                return s.end(host)[1]
-        raise EmulationError(f"unknown host {host!r}")
+    def address(self, host: str, link: str | None = None) -> str:
+        """``host``'s address on ``link`` (None: its first): see :meth:`emulation.plan.Plan.address`."""
+        return self.plan.address(host, link)
+
+    def addresses(self, host: str) -> list[str]:
+        """Every address of ``host``, one per link it is on."""
+        return self.plan.addresses(host)
 
     def popen(self, host: str, argv: list[str], limited: bool = True, **kw) -> subprocess.Popen:
         """Start a process inside ``host``: in its cgroup before it runs, then in its namespace.

@@ -154,20 +154,15 @@ def machine_info() -> dict:
 
 # ---- addresses ----------------------------------------------------------------------------
 
-def host_addresses(net, host: str) -> list[str]:
-    return [s.end(host)[1] for s in net.plan.segments if host in (s.a, s.b)]
-
-
 def entry_address(net, spec, src: str, dst: str) -> str:
-    """The address of ``dst`` on the link a packet from ``src`` arrives over (any of its
-    addresses when ``src`` is ``dst``)."""
+    """The address of ``dst`` on the link a packet from ``src`` arrives over (its first
+    address when ``src`` is ``dst``). ``net``: the network, or its plan."""
     route = spec.path(src, dst)
     if len(route) == 1:
-        return host_addresses(net, dst)[0]
+        return net.address(dst)
     prev = route[-2]
     link = next(l for l in spec.links if {l.a, l.b} == {prev, dst})
-    seg = next(s for s in net.plan.segments if dst in (s.a, s.b) and link.name in (s.a, s.b))
-    return seg.end(dst)[1]
+    return net.address(dst, link=link.name)
 
 
 # ---- the runner ---------------------------------------------------------------------------
@@ -400,7 +395,7 @@ class CellExecution:
                     "--part", str(i), "--host", host, "--threads", str(host_threads(exp, host, self.cores)),
                     "--codec", exp.codec, "--connection", exp.serving.connection,
                     "--timeout", f"{exp.requests.timeout_ms / 1000:g}"]
-            for addr in host_addresses(net, host):
+            for addr in net.addresses(host):
                 argv += ["--listen", f"{addr}:{PORT}"]
             if i + 1 < len(placement):
                 argv += ["--next", f"{entry_address(net, exp.topology, host, placement[i + 1])}:{PORT}"]

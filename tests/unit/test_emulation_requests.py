@@ -10,7 +10,9 @@ import pytest
 
 from emulation import cgroups, registry, shaping
 from emulation.calibrate import loss_tolerance, rtt_tolerance_ms, warmup_s
-from emulation.network import plan, rules_match
+from emulation.errors import EmulationError
+from emulation.network import rules_match
+from emulation.plan import plan
 from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
 
@@ -194,26 +196,38 @@ def test_remove_run_cgroups_removes_run_and_empty_top(tmp_path, monkeypatch):
 # -- plan: addressing and routing ---------------------------------------------------------
 def test_plan_puts_a_wire_on_every_link_and_shapes_at_its_egress():
     p = plan(_line(3), "tbabcd")
-    assert [(s.a, s.b) for s in p.segments] == [("h0", "h0-h1"), ("h0-h1", "h1"), ("h1", "h1-h2"), ("h1-h2", "h2")]
-    assert all(len(i) <= 15 for s in p.segments for i in (s.if_a, s.if_b))
+    assert [(s.a, s.b) for s in p.veths] == [("h0", "h0-h1"), ("h0-h1", "h1"), ("h1", "h1-h2"), ("h1-h2", "h2")]
+    assert all(len(i) <= 15 for s in p.veths for i in (s.if_a, s.if_b))
     # h0->h1 is shaped where it leaves the wire toward h1, h1->h0 where it leaves toward h0
     assert p.shaped_if[("h0", "h1")] == ("h0-h1", "tbabcd-0x")
     assert p.shaped_if[("h1", "h0")] == ("h0-h1", "tbabcd-0w")
-    assert len({s.subnet for s in p.segments}) == 4
+    assert len({s.subnet for s in p.veths}) == 4
 
 
 def test_plan_next_hops_follow_the_topology_path():
     p = plan(_line(3), "tbabcd")
-    # h1 is multi-homed: segments beyond a wire are reached through that wire
+    # h1 is multi-homed: veth pairs beyond a wire are reached through that wire
     assert p.next_hops("h1") == {0: ("10.0.1.1", "tbabcd-0b"), 3: ("10.0.2.2", "tbabcd-1a")}
-    # the wire h0-h1 reaches h2's segment via h1
+    # the wire h0-h1 reaches h2's veth pair via h1
     assert p.next_hops("h0-h1")[3] == ("10.0.1.2", "tbabcd-0x")
+
+
+def test_plan_gives_a_host_one_address_per_link_and_names_which():
+    p = plan(_line(3), "tbabcd")
+    assert p.addresses("h1") == ["10.0.1.2", "10.0.2.1"]   # its ends of the pairs to wires h0-h1, h1-h2
+    assert p.address("h1", link="h0-h1") == "10.0.1.2" and p.address("h1", link="h1-h2") == "10.0.2.1"
+    assert p.address("h1") == "10.0.1.2" and p.addresses("h0") == ["10.0.0.1"]
+    assert p.veth("h2", "h1-h2").end("h2") == ("tbabcd-1b", "10.0.3.2")
+    with pytest.raises(EmulationError, match="unknown host 'h9'"):
+        p.addresses("h9")
+    with pytest.raises(EmulationError, match="'h0' is not an end of link 'h1-h2'"):
+        p.address("h0", link="h1-h2")
 
 
 def test_interface_names_fit_ifnamsiz_for_large_topologies():
     p = plan(_line(300), "tbabcd")
-    assert max(len(i) for s in p.segments for i in (s.if_a, s.if_b)) <= 15
-    assert all(registry.IFNAME_RE.match(s.if_a) for s in p.segments)
+    assert max(len(i) for s in p.veths for i in (s.if_a, s.if_b)) <= 15
+    assert all(registry.IFNAME_RE.match(s.if_a) for s in p.veths)
 
 
 def test_iptables_rule_comparison_tolerates_number_formatting_only():
