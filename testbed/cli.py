@@ -66,7 +66,7 @@ def _experiment_or_none(target: str, sets: tuple[str, ...]):
     topology); a broken experiment file is one clear error."""
     import yaml
 
-    from emulation.probe import _memory_bytes, machine_cores
+    from emulation.probe import machine_cores, machine_memory_bytes
     from testbed.experiment import ExperimentError, load_experiment
 
     path = Path(target)
@@ -79,7 +79,7 @@ def _experiment_or_none(target: str, sets: tuple[str, ...]):
     if not isinstance(data, dict) or "strategies" not in data:
         return None
     try:
-        return load_experiment(path, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
+        return load_experiment(path, _parse_sets(sets), cores=machine_cores(), memory_bytes=machine_memory_bytes())
     except ExperimentError as e:
         raise click.ClickException(str(e)) from None
 
@@ -112,10 +112,10 @@ def _experiment_work(exp, say=None) -> dict[str, list[tuple[str, list[str]]]]:
 
 
 def _load_spec(ref: str, sets: tuple[str, ...]):
-    from emulation.probe import machine_cores, _memory_bytes
+    from emulation.probe import machine_cores, machine_memory_bytes
 
     try:
-        spec = load_topology(ref, cores=machine_cores(), memory_bytes=_memory_bytes())
+        spec = load_topology(ref, cores=machine_cores(), memory_bytes=machine_memory_bytes())
         overrides = _parse_sets(sets)
         return apply_overrides(spec, overrides) if overrides else spec
     except TopologyError as e:
@@ -320,13 +320,13 @@ def models_cuts(model: str, weights: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
     """Build every artifact EXPERIMENT needs (cached by content) and report each one's quality."""
-    from emulation.probe import _memory_bytes, machine_cores
+    from emulation.probe import machine_cores, machine_memory_bytes
     from testbed.experiment import ExperimentError, load_experiment
     from workloads.errors import WorkloadError
     from workloads.prepare import prepare as prepare_one
 
     try:
-        exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
+        exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=machine_memory_bytes())
     except ExperimentError as e:
         raise click.ClickException(str(e)) from None
     needed = exp.artifacts_needed()
@@ -409,14 +409,14 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
     from pathlib import Path
 
     from emulation.errors import EmulationError
-    from emulation.probe import _memory_bytes, capabilities, machine_cores
+    from emulation.probe import capabilities, machine_cores, machine_memory_bytes
     from testbed.experiment import ExperimentError, load_experiment
     from testbed.runner import Events, RunError, default_out, run_experiment
     from testbed.store import ResultStore, StoreError
     from testbed.summary import summarize
 
     try:
-        exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
+        exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=machine_memory_bytes())
     except ExperimentError as e:
         raise click.ClickException(str(e)) from None
     if address and executor != "ray":

@@ -146,10 +146,10 @@ def judge_compute(samples: list[tuple[float, float]], cpus: float | None, thread
 
 
 def machine_info() -> dict:
-    from emulation.probe import _memory_bytes, machine_cores
+    from emulation.probe import machine_cores, machine_memory_bytes
 
     return {"hostname": platform.node(), "kernel": platform.release(), "python": platform.python_version(),
-            "cores": machine_cores(), "memory_bytes": _memory_bytes(), "machine": platform.machine()}
+            "cores": machine_cores(), "memory_bytes": machine_memory_bytes(), "machine": platform.machine()}
 
 
 # ---- addresses ----------------------------------------------------------------------------
