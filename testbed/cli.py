@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from emulation import signals
 from topologies import TopologyError, apply_overrides, load_topology
 from workloads.errors import WorkloadError
 
@@ -24,31 +25,16 @@ class _Terminated(SystemExit):
     pass
 
 
-_HANDLER_PID: int | None = None
-
-
 def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    if os.getpid() != _HANDLER_PID:
-        # a forked child (pyroute2 forks to open sockets in namespaces) inherits this handler;
-        # it must die as the signal asks, not unwind a copy of our stack
-        os._exit(128 + signum)
     raise _Terminated(128 + signum)
 
 
-def _on_sigint(signum, frame):
-    if os.getpid() != _HANDLER_PID:
-        os._exit(128 + signum)
-    signal.default_int_handler(signum, frame)
-
-
 def _install_signal_handlers() -> None:
-    global _HANDLER_PID
     if threading.current_thread() is threading.main_thread():
-        _HANDLER_PID = os.getpid()
-        # a shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up
-        signal.signal(signal.SIGINT, _on_sigint)
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        signal.signal(signal.SIGHUP, _on_sigterm)
+        # a shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up;
+        # fork-safe: a child pyroute2 forks to open sockets in namespaces dies as the signal asks
+        signals.install(signal.default_int_handler, signal.SIGINT)
+        signals.install(_on_sigterm, signal.SIGTERM, signal.SIGHUP)
 
 
 def _parse_sets(values: tuple[str, ...]) -> list[tuple[str, str]]:
