@@ -11,8 +11,8 @@ import pytest
 from emulation import cgroups, registry, shaping
 from emulation.calibrate import loss_tolerance, rtt_tolerance_ms, warmup_s
 from emulation.errors import EmulationError
-from emulation.network import rules_match
 from emulation.plan import plan
+from emulation.wire import Wire, delayline_args, rule_lines, rules_match
 from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
 
@@ -236,6 +236,21 @@ def test_iptables_rule_comparison_tolerates_number_formatting_only():
     assert rules_match(want, got)
     assert not rules_match(want, [got[0].replace("0.00100000005", "0.002")])
     assert not rules_match(want, [])
+
+
+def test_wire_drops_loss_and_queues_to_the_delay_line_what_it_delays_or_serializes():
+    wire = Wire("a-b", "tb-0w", "tb-0x")
+    lossy = LinkSpec("a", "b", DirectionSpec(delay_ms=5.0, loss=0.01), DirectionSpec())
+    assert rule_lines(wire.rules_for(lossy)) == [
+        "-A FORWARD -i tb-0w -m statistic --mode random --probability 0.01000000 -j DROP",
+        "-A FORWARD -i tb-0w -j NFQUEUE --queue-num 0"]             # b->a: nothing to do, no rule
+    shaped = LinkSpec("a", "b", DirectionSpec(rate_bps=1_000_000), DirectionSpec(rate_bps=2_000_000))
+    assert [(r[3], r[-1]) for r in wire.rules_for(shaped)] == [("tb-0w", "0"), ("tb-0x", "1")]
+    assert wire.rules_for(shaped, serialize=False) == []          # the tbf alone holds the rate
+    args = delayline_args(lossy, 1500, 10)
+    assert args == ["emulation.delayline", "--rt-priority", "10", "--mtu", "1500",
+                    "--queue", "0:5.0:0.0::", "--queue", "1:0.0:0.0::"]
+    assert delayline_args(shaped, 9000, 0)[-1].startswith("1:0.0:0.0:2000000:")  # rate, then its queue
 
 
 # -- registry ---------------------------------------------------------------------------
