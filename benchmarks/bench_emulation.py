@@ -340,7 +340,7 @@ class Bench:
                 rows.append(row)
             wire = net.wires[LINK]
             if wire.delayline is not None:
-                out["delayline_stats"] = net._delayline_call(wire, {"op": "stats"})
+                out["delayline_stats"] = wire.call({"op": "stats"})
         out["rows"] = rows
         if not self.quick:
             out["fast_rows"] = self.delayed_fast()
@@ -360,7 +360,7 @@ class Bench:
                     c0, w0 = proc_cpu_s(pid), time.monotonic()
                     ip = iperf_goodput(net, SRC, DST, 3.0, 1)
                     c1, w1 = proc_cpu_s(pid), time.monotonic()
-                    stats = net._delayline_call(net.wires[LINK], {"op": "stats"})["stats"]
+                    stats = net.wires[LINK].line_stats()
                 g = ip["goodput_bps"]
                 row.update(ip, goodput_ratio=g / rate, goodput_pass=in_range(g / rate),
                            delayline_cpu_cores=(c1 - c0) / (w1 - w0), delayline_stats=stats)

@@ -55,7 +55,7 @@ def _rows(db: Path, table: str) -> list[tuple]:
 
 
 def main() -> None:
-    from emulation.probe import _memory_bytes, machine_cores
+    from emulation.probe import machine_cores, machine_memory_bytes
     from testbed.experiment import load_experiment
     from testbed.runner import run_experiment
 
@@ -67,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         path = Path(tmp) / "sweep.yaml"
         path.write_text(EXPERIMENT)
-        exp = load_experiment(str(path), [], cores=machine_cores(), memory_bytes=_memory_bytes())
+        exp = load_experiment(str(path), [], cores=machine_cores(), memory_bytes=machine_memory_bytes())
         cells = len(exp.cells_grid()) * len(exp.models) * len(exp.strategies)
         for mode in ("local", "ray"):
             t0 = time.monotonic()

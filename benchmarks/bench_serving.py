@@ -385,7 +385,7 @@ def small(quick: bool, work: Path) -> dict:
 
 
 def transport(quick: bool, work: Path) -> dict:
-    from emulation.probe import _memory_bytes, machine_cores
+    from emulation.probe import machine_cores, machine_memory_bytes
     from testbed.experiment import load_experiment_dict
     from testbed.runner import run_experiment
     from testbed.store import ResultStore
@@ -402,7 +402,7 @@ def transport(quick: bool, work: Path) -> dict:
     out = {"repeat": repeat, "variants": {}}
     for label, codec, conn in (("ours", "binary", "persistent"), ("studies", "json-base64", "per-request")):
         exp = load_experiment_dict({**base, "codec": codec, "serving": {"connection": conn}}, (),
-                                   cores=machine_cores(), memory_bytes=_memory_bytes(), source="bench",
+                                   cores=machine_cores(), memory_bytes=machine_memory_bytes(), source="bench",
                                    base_dir=REPO)
         folder = work / f"transport-{label}"
         status, _ = run_experiment(exp, folder)

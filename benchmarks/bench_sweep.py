@@ -48,7 +48,7 @@ def _median(xs: list[float]) -> float | None:
 
 
 def main() -> None:
-    from emulation.probe import machine_cores, _memory_bytes
+    from emulation.probe import machine_cores, machine_memory_bytes
     from testbed.experiment import load_experiment
     from testbed.runner import run_experiment
 
@@ -62,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         path = Path(tmp) / "sweep.yaml"
         path.write_text(EXPERIMENT.format(bw=bw))
-        exp = load_experiment(str(path), [], cores=machine_cores(), memory_bytes=_memory_bytes())
+        exp = load_experiment(str(path), [], cores=machine_cores(), memory_bytes=machine_memory_bytes())
         cells = len(exp.cells_grid()) * len(exp.strategies)
         for mode, reuse in (("reuse", True), ("rebuild", False)):
             t0 = time.monotonic()

@@ -22,7 +22,8 @@ import subprocess
 import sys
 import time
 
-from .network import REPO_ROOT, EmulatedNetwork, EmulationError, directions
+from .network import REPO_ROOT, EmulatedNetwork, EmulationError
+from .plan import directions
 
 GOODPUT_RANGE = (0.93, 1.02)   # goodput / configured bandwidth
 RTT_ABS_MS, RTT_REL = 0.5, 0.03

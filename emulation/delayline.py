@@ -93,7 +93,6 @@ import os
 import random
 import select
 import signal
-import struct
 import sys
 import time
 
@@ -211,8 +210,6 @@ class QueueStats:
 
 
 # --- the daemon ----------------------------------------------------------------------------
-_TS = struct.Struct(">QQ")
-_U32 = struct.Struct(">I")
 MAX_AGE_S = 0.05  # older stamps mean a clock step, not a slow wake-up: ignore them
 ETH_HEADER = 14
 COPY_RANGE = 128  # bytes of each packet copied to us: an IPv4 (<= 60) and a TCP (<= 60) header
@@ -254,25 +251,11 @@ def packet_info(buf, n: int, now_real: float, mtu: int = DEFAULT_MTU) -> tuple[f
     ~20-100 us, and dating the packet from the kernel's own receive stamp keeps that wake-up
     out of the delay the link adds. The length is NFQA_CAP_LEN (the whole packet, sent when
     the copy is shorter) or else the copied payload's length; None when neither came."""
-    off = 20  # attributes start after the netlink header (16) and nfgenmsg (4)
+    stamp, length, poff, plen = nfqueue.packet_fields(buf, n)
     age = 0.0
-    length = None
-    poff = plen = 0
-    unpack_attr = nfqueue._NLATTR.unpack_from
-    while off + 4 <= n:
-        alen, atype = unpack_attr(buf, off)
-        if alen < 4:
-            break
-        atype &= nfqueue.NLA_TYPE_MASK
-        if atype == nfqueue.NFQA_TIMESTAMP and alen >= 4 + _TS.size:
-            sec, usec = _TS.unpack_from(buf, off + 4)
-            a = now_real - (sec + usec * 1e-6)
-            age = a if 0.0 <= a <= MAX_AGE_S else 0.0
-        elif atype == nfqueue.NFQA_CAP_LEN and alen >= 8:
-            length = _U32.unpack_from(buf, off + 4)[0]
-        elif atype == nfqueue.NFQA_PAYLOAD:
-            poff, plen = off + 4, min(alen - 4, n - off - 4)
-        off += (alen + 3) & ~3
+    if stamp is not None:
+        a = now_real - stamp
+        age = a if 0.0 <= a <= MAX_AGE_S else 0.0
     if length is None:
         if not plen:
             return age, None
@@ -412,10 +395,7 @@ class DelayLine:
         mtu = self.mtu
         monotonic = time.monotonic
         realtime = time.time
-        unpack_hdr = nfqueue._NLMSGHDR.unpack_from
-        unpack_attr = nfqueue._NLATTR.unpack_from
-        unpack_id = nfqueue._BE32.unpack_from
-        msg_packet = nfqueue.MSG_PACKET
+        single_packet_id = nfqueue.single_packet_id
         for _ in range(budget):
             try:
                 n = recv(buf)
@@ -427,13 +407,11 @@ class DelayLine:
                     continue
                 raise
             now = monotonic()
-            if n >= 28:
-                mlen, mtype = unpack_hdr(buf, 0)[:2]
-                # fast path: exactly one packet message whose first attribute is the packet header
-                if mlen == n and mtype == msg_packet and unpack_attr(buf, 20)[1] == nfqueue.NFQA_PACKET_HDR:
-                    age, nbytes = packet_info(buf, n, realtime(), mtu)
-                    self._queue_packet(q, push, st, now - age, unpack_id(buf, 24)[0], nbytes)
-                    continue
+            pid = single_packet_id(buf, n)
+            if pid is not None:  # fast path: exactly one packet message, as the kernel mostly sends
+                age, nbytes = packet_info(buf, n, realtime(), mtu)
+                self._queue_packet(q, push, st, now - age, pid, nbytes)
+                continue
 
             def on_packet(pid, now=now):
                 self._queue_packet(q, push, st, now, pid, None)

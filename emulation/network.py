@@ -11,9 +11,11 @@ sender's TCP sees real queueing and real drops, as behind a real bottleneck, ins
 local-qdisc back-pressure and instant "retransmits". Delay, jitter and loss live in the
 wire too: with netem, a netem root qdisc whose child is the tbf (delay, then rate); without
 netem (this machine), an NFQUEUE delay line (queue 0 for a->b, 1 for b->a) and iptables
-``statistic`` drops. The wire routes by input port (policy routing), so it costs two rules
-whatever the topology's size. Every link has a wire, so a sweep can add delay or loss to
-any link live.
+``statistic`` drops (their rules and the delay line's client: :mod:`emulation.wire`). The
+wire routes by input port (policy routing), so it costs two rules whatever the topology's
+size. Every link has a wire, so a sweep can add delay or loss to any link live. The layout
+(names, veth pairs, addresses, routes) is worked out beforehand, from the spec alone, by
+:mod:`emulation.plan`.
 
 Every object carries the run id: interface names ``<run>-...``, cgroups
 ``testbed/<run>/<host>``, processes ``TESTBED_RUN=<run>`` in their environment; all are
@@ -23,22 +25,20 @@ reached on exceptions, Ctrl-C and SIGTERM via the CLI's handler) removes them.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import json
 import os
-import select
 import subprocess
 import sys
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
 from . import cgroups, process, registry, shaping
 from .errors import EmulationError
+from .plan import directions, plan
 from .probe import capabilities
+from .wire import Wire, delayline_args, in_line, line_settings, rule_lines, rules_match
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # delay lines run at real-time priority (above the optional CPU ticker's 1): a host computing at its full
@@ -46,113 +46,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DELAYLINE_RT_PRIORITY = 10
 
 
-@dataclass
-class Segment:
-    """One veth pair between two nodes (hosts or wires), with a /24 of its own."""
-
-    index: int
-    a: str
-    b: str
-    if_a: str
-    if_b: str
-    subnet: ipaddress.IPv4Network
-
-    @property
-    def addr_a(self) -> str:
-        return str(self.subnet.network_address + 1)
-
-    @property
-    def addr_b(self) -> str:
-        return str(self.subnet.network_address + 2)
-
-    def end(self, node: str) -> tuple[str, str]:
-        """(interface, address) of ``node`` on this segment."""
-        return (self.if_a, self.addr_a) if node == self.a else (self.if_b, self.addr_b)
-
-    def other(self, node: str) -> str:
-        return self.b if node == self.a else self.a
-
-
-@dataclass
-class Wire:
-    """The forwarding namespace in the middle of one link."""
-
-    name: str
-    if_a: str   # faces the link's a end
-    if_b: str   # faces the link's b end
-    delayline: subprocess.Popen | None = None
-    sched: dict | None = None   # the delay line's scheduling policy and priority, as it reported them
-    rules: list[list[str]] = field(default_factory=list)  # iptables rules in place now
-
-
-@dataclass
-class Plan:
-    """Pure layout: nodes, segments, routes. Built from the spec alone (unit-testable)."""
-
-    hosts: list[str]
-    wires: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # link -> (name, if_a, if_b)
-    segments: list[Segment] = field(default_factory=list)
-    shaped_if: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (src,dst) -> (node, ifname)
-
-    def neighbours(self, node: str) -> list[tuple[str, Segment]]:
-        out = []
-        for s in self.segments:
-            if node in (s.a, s.b):
-                out.append((s.other(node), s))
-        return out
-
-    def next_hops(self, node: str) -> dict[int, tuple[str, str]]:
-        """For every segment not attached to ``node``: (gateway address, out interface)."""
-        first: dict[str, tuple[str, str]] = {}
-        seen = {node}
-        queue: deque[str] = deque()
-        for nb, seg in sorted(self.neighbours(node), key=lambda x: x[0]):
-            if nb not in seen:
-                seen.add(nb)
-                first[nb] = (seg.end(nb)[1], seg.end(node)[0])
-                queue.append(nb)
-        while queue:  # BFS: the first hop toward every node, deterministic by name order
-            cur = queue.popleft()
-            for nb, _seg in sorted(self.neighbours(cur), key=lambda x: x[0]):
-                if nb not in seen:
-                    seen.add(nb)
-                    first[nb] = first[cur]
-                    queue.append(nb)
-        out = {}
-        for s in self.segments:
-            if node in (s.a, s.b):
-                continue
-            out[s.index] = first[s.a] if s.a in first else first[s.b]
-        return out
-
-
-def directions(link: LinkSpec) -> tuple[tuple[str, str, DirectionSpec], tuple[str, str, DirectionSpec]]:
-    """(src, dst, spec) for a->b and b->a, in that order (queue 0 and queue 1 of its wire)."""
-    return (link.a, link.b, link.forward), (link.b, link.a, link.reverse)
-
-
 def host_limits(h: HostSpec) -> cgroups.Limits:
     """What a host's cgroup is given for its spec."""
     return cgroups.Limits(cpus=h.cpus, memory_bytes=h.memory_bytes, cpuset=h.cpuset, cpu_period_us=h.cpu_period_us)
-
-
-def plan(spec: TopologySpec, run_id: str) -> Plan:
-    p = Plan(hosts=[h.name for h in spec.hosts])
-
-    def seg(a: str, b: str, if_a: str, if_b: str) -> Segment:
-        k = len(p.segments)
-        s = Segment(k, a, b, if_a, if_b, ipaddress.ip_network(f"10.{k // 256}.{k % 256}.0/24"))
-        p.segments.append(s)
-        return s
-
-    for i, link in enumerate(spec.links):
-        ia, ib, wa, wb = (f"{run_id}-{i}{side}" for side in "abwx")
-        p.wires[link.name] = (link.name, wa, wb)
-        seg(link.a, link.name, ia, wa)
-        seg(link.name, link.b, wb, ib)
-        p.shaped_if[(link.a, link.b)] = (link.name, wb)  # the wire's egress toward b
-        p.shaped_if[(link.b, link.a)] = (link.name, wa)  # ... and toward a
-    return p
 
 
 def _host_class():
@@ -282,13 +178,13 @@ class EmulatedNetwork:
 
         host_cls = _host_class()
         self.mn = Mininet(controller=None, switch=None, build=False, autoSetMacs=False, waitConnected=False)
-        for name in self.plan.hosts + [w[0] for w in self.plan.wires.values()]:
+        for name in self.plan.nodes:
             node = self.mn.addHost(name, cls=host_cls, run_id=self.run_id, ip=None)
             self.nodes[name] = node
             self.registry.add_process(node.pid, f"shell:{name}")
-        self.registry.add_interfaces([i for s in self.plan.segments for i in (s.if_a, s.if_b)])
-        for s in self.plan.segments:
-            self.mn.addLink(self.nodes[s.a], self.nodes[s.b], intfName1=s.if_a, intfName2=s.if_b)
+        self.registry.add_interfaces([i for v in self.plan.veths for i in (v.if_a, v.if_b)])
+        for v in self.plan.veths:
+            self.mn.addLink(self.nodes[v.a], self.nodes[v.b], intfName1=v.if_a, intfName2=v.if_b)
         for h in self.spec.hosts:
             cg = cgroups.HostCgroup(self.run_id, h.name, self.caps["cgroup_version"])
             self.registry.add_cgroups(cg.paths)
@@ -311,13 +207,12 @@ class EmulatedNetwork:
         return contextlib.nullcontext(self._iprs[node])
 
     def _address_and_route(self) -> None:
-        all_nodes = self.plan.hosts + [w[0] for w in self.plan.wires.values()]
-        for node in all_nodes:
-            segs = [s for s in self.plan.segments if node in (s.a, s.b)]
+        for node in self.plan.nodes:
+            veths = self.plan.veths_of(node)
             with self._ipr(node) as ipr:
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-                for s in segs:
-                    ifname, addr = s.end(node)
+                for v in veths:
+                    ifname, addr = v.end(node)
                     idx = ipr.link_lookup(ifname=ifname)[0]
                     ipr.addr("add", index=idx, address=addr, prefixlen=24)
                     ipr.link("set", index=idx, state="up")
@@ -327,19 +222,19 @@ class EmulatedNetwork:
                 wire = next((w for w in self.plan.wires.values() if w[0] == node), None)
                 if wire is not None:
                     # a wire forwards whatever enters one port out of the other: two policy rules
-                    for table, (in_seg, out_seg) in ((100, (segs[0], segs[1])), (101, (segs[1], segs[0]))):
-                        in_if = in_seg.end(node)[0]
-                        gw = out_seg.end(out_seg.other(node))[1]
+                    for table, (in_veth, out_veth) in ((100, (veths[0], veths[1])), (101, (veths[1], veths[0]))):
+                        in_if = in_veth.end(node)[0]
+                        gw = out_veth.end(out_veth.other(node))[1]
                         ipr.route("add", dst="0.0.0.0/0", gateway=gw, table=table)
                         ipr.rule("add", table=table, priority=table, iifname=in_if)
-                elif len(segs) == 1:
-                    s = segs[0]
-                    ipr.route("add", dst="0.0.0.0/0", gateway=s.end(s.other(node))[1])
+                elif len(veths) == 1:
+                    v = veths[0]
+                    ipr.route("add", dst="0.0.0.0/0", gateway=v.end(v.other(node))[1])
                 else:
                     for k, (gw, out_if) in sorted(self.plan.next_hops(node).items()):
-                        ipr.route("add", dst=str(self.plan.segments[k].subnet), gateway=gw,
+                        ipr.route("add", dst=str(self.plan.veths[k].subnet), gateway=gw,
                                   oif=ipr.link_lookup(ifname=out_if)[0])
-            if len(segs) > 1:
+            if len(veths) > 1:
                 self.nodes[node].cmd("sysctl -qw net.ipv4.ip_forward=1")
 
     # -- links --------------------------------------------------------------------------
@@ -356,31 +251,18 @@ class EmulatedNetwork:
 
     def _host_if(self, link: LinkSpec, host: str) -> str:
         """``host``'s own interface on ``link`` (toward the link's wire)."""
-        wire = self.plan.wires[link.name][0]
-        seg = next(s for s in self.plan.segments if {s.a, s.b} == {host, wire})
-        return seg.end(host)[0]
+        return self.plan.veth(host, link.name).end(host)[0]
 
     def _gso_segs(self, d: DirectionSpec) -> int:
         return shaping.gso_max_segs(d.rate_bps if self.serialize else None)
-
-    def _wire_rules(self, wire: Wire, link: LinkSpec) -> list[list[str]]:
-        rules = []
-        for q, (in_if, d) in enumerate(((wire.if_a, link.forward), (wire.if_b, link.reverse))):
-            if d.loss:
-                rules.append(["-A", "FORWARD", "-i", in_if, "-m", "statistic", "--mode", "random",
-                              "--probability", f"{d.loss:.8f}", "-j", "DROP"])
-            if in_line(d, self.serialize):
-                rules.append(["-A", "FORWARD", "-i", in_if, "-j", "NFQUEUE", "--queue-num", str(q)])
-        return rules
 
     def _apply_wire(self, wire: Wire, link: LinkSpec) -> None:
         node = self.nodes[wire.name]
         if wire.delayline is None and (in_line(link.forward, self.serialize) or in_line(link.reverse, self.serialize)):
             wire.delayline = self._start_delayline(wire, link)
         if wire.delayline is not None:
-            for q, d in enumerate((link.forward, link.reverse)):
-                self._delayline_call(wire, {"op": "set", "queue": q, **line_settings(d, self.serialize)})
-        rules = self._wire_rules(wire, link)
+            wire.set_line(link, self.serialize)
+        rules = wire.rules_for(link, self.serialize)
         if rules != wire.rules:  # a wire without loss or delay needs no iptables call at all
             ipt = self.caps.get("iptables") or "iptables"
             self._ns_run(node.pid, [ipt, "-w", "-F", "FORWARD"])
@@ -408,10 +290,7 @@ class EmulatedNetwork:
         with self._ipr(wire.name) as ipr:  # GSO super-packets are cut into frames of the wire's MTU
             mtu = min(ipr.get_links(ipr.link_lookup(ifname=i)[0])[0].get_attr("IFLA_MTU")
                       for i in (wire.if_a, wire.if_b))
-        args = ["emulation.delayline", "--rt-priority", str(self.delayline_priority), "--mtu", str(mtu)]
-        for q, d in enumerate((link.forward, link.reverse)):
-            st = line_settings(d, self.serialize)
-            args += ["--queue", ":".join(["" if v is None else str(v) for v in (q, *st.values())])]
+        args = delayline_args(link, mtu, self.delayline_priority, self.serialize)
         p, reply = self._start_helper(args, self.nodes[wire.name].pid, f"delayline:{wire.name}", "delay line")
         if not reply.get("ready"):
             raise EmulationError(f"delay line for link {wire.name} did not start: {reply.get('error', reply)}")
@@ -429,27 +308,7 @@ class EmulatedNetwork:
                           stderr=subprocess.PIPE, text=True, bufsize=1, cwd=str(REPO_ROOT))
         self.registry.add_process(p.pid, label)
         self.procs.append(p)
-        return p, self._read_reply(p, timeout_s=10.0, what=what)
-
-    def _read_reply(self, p: subprocess.Popen, timeout_s: float = 5.0, what: str = "delay line") -> dict:
-        ready, _, _ = select.select([p.stdout], [], [], timeout_s)
-        if not ready:
-            raise EmulationError(f"{what} (pid {p.pid}) did not answer within {timeout_s:g}s")
-        line = p.stdout.readline()
-        if not line:
-            err = p.stderr.read() if p.poll() is not None else ""
-            raise EmulationError(f"{what} (pid {p.pid}) exited: {err.strip()[-500:]}")
-        return json.loads(line)
-
-    def _delayline_call(self, wire: Wire, msg: dict) -> dict:
-        p = wire.delayline
-        assert p is not None
-        p.stdin.write(json.dumps(msg) + "\n")
-        p.stdin.flush()
-        reply = self._read_reply(p)
-        if not reply.get("ok"):
-            raise EmulationError(f"delay line of link {wire.name} refused {msg}: {reply.get('error')}")
-        return reply
+        return p, process.read_json_line(p, timeout_s=10.0, what=what)
 
     # -- live changes -------------------------------------------------------------------
     def set_link(self, name: str, direction: str | None = None, **changes) -> LinkSpec:
@@ -565,12 +424,12 @@ class EmulatedNetwork:
             wire = self.wires[link.name]
             ipt = self.caps.get("iptables") or "iptables"
             have = self._ns_run(self.nodes[wire.name].pid, [ipt, "-w", "-S", "FORWARD"])
-            want = wire_rule_lines(self._wire_rules(wire, link))
+            want = rule_lines(wire.rules_for(link, self.serialize))
             got_lines = [l for l in have.splitlines() if l.startswith("-A FORWARD")]
             if not rules_match(want, got_lines):
                 problems.append(f"link {link.name}: wire rules read {got_lines}, expected {want}")
             if wire.delayline is not None:
-                stats = self._delayline_call(wire, {"op": "stats"})["stats"]
+                stats = wire.line_stats()
                 for q, d in enumerate((link.forward, link.reverse)):
                     s = stats.get(str(q)) or {}
                     want = line_settings(d, self.serialize)
@@ -601,12 +460,12 @@ class EmulatedNetwork:
         carries that direction (netem, or nothing to delay or serialize)."""
         spec = self._link(link)
         wire = self.wires.get(spec.name)
-        if wire is None or wire.delayline is None or wire.delayline.poll() is not None:
+        if wire is None or not wire.line_running:
             return None
         q = 0 if src == spec.a else 1
         if not in_line(spec.forward if q == 0 else spec.reverse, self.serialize):
             return None
-        return dict(self._delayline_call(wire, {"op": "stats"})["stats"].get(str(q)) or {})
+        return dict(wire.line_stats().get(str(q)) or {})
 
     def wait_idle(self, link: str | None = None, timeout_s: float = 10.0) -> float:
         """Wait until nothing is queued on either direction of ``link`` (every link when None):
@@ -622,9 +481,8 @@ class EmulatedNetwork:
                     with self._ipr(node) as ipr:
                         queued += shaping.backlog(ipr, ipr.link_lookup(ifname=ifname)[0])[0]
                 wire = self.wires.get(link_spec.name)
-                if wire is not None and wire.delayline is not None and wire.delayline.poll() is None:
-                    stats = self._delayline_call(wire, {"op": "stats"})["stats"]
-                    queued += sum(int(q.get("held", 0) or 0) for q in stats.values())
+                if wire is not None and wire.line_running:
+                    queued += sum(int(q.get("held", 0) or 0) for q in wire.line_stats().values())
             waited = time.monotonic() - t0
             if queued == 0:
                 return waited
@@ -662,11 +520,13 @@ class EmulatedNetwork:
         return {"run_id": self.run_id, "topology": self.spec.name, "links": links, "hosts": hosts, "cpu_tick": tick}
 
     # -- using the hosts ----------------------------------------------------------------
-    def address(self, host: str) -> str:
-        for s in self.plan.segments:
-            if host in (s.a, s.b):
-                return s.end(host)[1]
-        raise EmulationError(f"unknown host {host!r}")
+    def address(self, host: str, link: str | None = None) -> str:
+        """``host``'s address on ``link`` (None: its first): see :meth:`emulation.plan.Plan.address`."""
+        return self.plan.address(host, link)
+
+    def addresses(self, host: str) -> list[str]:
+        """Every address of ``host``, one per link it is on."""
+        return self.plan.addresses(host)
 
     def popen(self, host: str, argv: list[str], limited: bool = True, **kw) -> subprocess.Popen:
         """Start a process inside ``host``: in its cgroup before it runs, then in its namespace.
@@ -749,21 +609,6 @@ class EmulatedNetwork:
             raise EmulationError("teardown incomplete (run `testbed clean`): " + "; ".join(errors))
 
 
-def in_line(d: DirectionSpec, serialize: bool = True) -> bool:
-    """Whether a direction goes through the delay line (on a machine without netem): for its
-    delay and jitter, and, on a shaped link, to be serialized packet by packet at its rate
-    (the tbf alone would let a burst of a message's first frames through at full speed)."""
-    return bool(d.delay_ms or d.jitter_ms or (serialize and d.rate_bps is not None))
-
-
-def line_settings(d: DirectionSpec, serialize: bool = True) -> dict:
-    """What the delay line holds for one direction, as its ``set`` op takes it."""
-    shaped = serialize and d.rate_bps is not None
-    return {"delay_ms": float(d.delay_ms), "jitter_ms": float(d.jitter_ms),
-            "rate_bps": int(d.rate_bps) if shaped else None,
-            "queue_bytes": shaping.queue_bytes(d) if shaped else None}
-
-
 def realtime_problems(tids: list[int], priority: int) -> list[str]:
     """Read back that each thread runs at SCHED_FIFO ``priority`` (from the kernel, not its word)."""
     out = []
@@ -776,26 +621,3 @@ def realtime_problems(tids: list[int], priority: int) -> list[str]:
         if policy != os.SCHED_FIFO or prio != priority:
             out.append(f"thread {tid} runs at policy {policy} priority {prio}, expected SCHED_FIFO {priority}")
     return out
-
-
-def wire_rule_lines(rules: list[list[str]]) -> list[str]:
-    return [" ".join(r) for r in rules]
-
-
-def rules_match(want: list[str], got: list[str]) -> bool:
-    """Compare iptables -S output with what we added (iptables prints numbers its own way)."""
-    if len(want) != len(got):
-        return False
-    for w, g in zip(want, got):
-        wt, gt = w.split(), g.split()
-        if wt == gt:
-            continue
-        if "--probability" in wt and "--probability" in gt:
-            wi, gi = wt.index("--probability"), gt.index("--probability")
-            if abs(float(wt[wi + 1]) - float(gt[gi + 1])) > 1e-9:
-                return False
-            if [t for i, t in enumerate(wt) if i != wi + 1] != [t for i, t in enumerate(gt) if i != gi + 1]:
-                return False
-            continue
-        return False
-    return True

@@ -13,7 +13,9 @@ length, flags), receive packet notifications and issue (batch) verdicts. Layouts
   range, maxlen, flags, mask, ...).
 
 The message builders and :func:`parse_messages` are pure functions (unit-testable without
-root); :class:`QueueSocket` wraps one ``AF_NETLINK``/``NETLINK_NETFILTER`` socket bound to
+root), as are the readers for a hot path that builds no objects (:func:`scan_packets`,
+:func:`single_packet_id`, :func:`packet_fields`: the delay line's, which needs no layout of
+its own); :class:`QueueSocket` wraps one ``AF_NETLINK``/``NETLINK_NETFILTER`` socket bound to
 one queue number (verdicts must come from the socket that bound the queue).
 """
 
@@ -100,6 +102,7 @@ _PKT_HDR = struct.Struct("!IHB")  # struct nfqnl_msg_packet_hdr (packed, 7 bytes
 _VERDICT_HDR = struct.Struct("!II")  # struct nfqnl_msg_verdict_hdr
 _CFG_CMD = struct.Struct("!BBH")  # struct nfqnl_msg_config_cmd: command u8, _pad u8, pf be16
 _CFG_PARAMS = struct.Struct("!IB")  # struct nfqnl_msg_config_params (packed, 5 bytes)
+_TIMESTAMP = struct.Struct("!QQ")  # struct nfqnl_msg_packet_timestamp: sec, usec
 
 
 def nla_align(n: int) -> int:
@@ -237,6 +240,44 @@ def scan_packets(buf, length: int, on_packet, on_error) -> None:
             if err:
                 on_error(err)
         off += nla_align(mlen)
+
+
+def single_packet_id(buf, n: int) -> int | None:
+    """The packet id when ``buf[:n]`` is exactly one packet message whose first attribute is
+    its packet header (as the kernel queues them one by one: a reader's fast path); None for
+    anything else (several messages, errors, ACKs: read those with :func:`scan_packets`)."""
+    if n < NLMSG_HDRLEN + NFGENMSG_LEN + NLA_HDRLEN + 4:
+        return None
+    mlen, mtype = _NLMSGHDR.unpack_from(buf, 0)[:2]
+    if mlen == n and mtype == MSG_PACKET and _NLATTR.unpack_from(buf, 20)[1] == NFQA_PACKET_HDR:
+        return _BE32.unpack_from(buf, 24)[0]
+    return None
+
+
+def packet_fields(buf, n: int) -> tuple[float | None, int | None, int, int]:
+    """What one packet message in ``buf[:n]`` says of its packet, read without building objects:
+    ``(stamp, length, payload_offset, payload_length)``. ``stamp``: when the kernel received it
+    (NFQA_TIMESTAMP, seconds of the real-time clock) or None; ``length``: the whole packet's
+    (NFQA_CAP_LEN, which the kernel sends only when the copy is shorter) or None; the copied
+    bytes are ``buf[payload_offset:payload_offset + payload_length]`` (0, 0 when none came)."""
+    off = NLMSG_HDRLEN + NFGENMSG_LEN
+    stamp = length = None
+    poff = plen = 0
+    unpack_attr = _NLATTR.unpack_from
+    while off + NLA_HDRLEN <= n:
+        alen, atype = unpack_attr(buf, off)
+        if alen < NLA_HDRLEN:
+            break
+        atype &= NLA_TYPE_MASK
+        if atype == NFQA_TIMESTAMP and alen >= NLA_HDRLEN + _TIMESTAMP.size:
+            sec, usec = _TIMESTAMP.unpack_from(buf, off + NLA_HDRLEN)
+            stamp = sec + usec * 1e-6
+        elif atype == NFQA_CAP_LEN and alen >= NLA_HDRLEN + 4:
+            length = _BE32.unpack_from(buf, off + NLA_HDRLEN)[0]
+        elif atype == NFQA_PAYLOAD:
+            poff, plen = off + NLA_HDRLEN, min(alen - NLA_HDRLEN, n - off - NLA_HDRLEN)
+        off += (alen + 3) & ~3
+    return stamp, length, poff, plen
 
 
 # --- socket ------------------------------------------------------------------------------

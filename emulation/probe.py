@@ -84,7 +84,9 @@ def _cpu_info() -> dict:
     return {"cpu_model": model, "cpu_features": {f: f in flags for f in CPU_FEATURES}}
 
 
-def _memory_bytes() -> int:
+def machine_memory_bytes() -> int:
+    """The machine's memory (``MemTotal`` of /proc/meminfo) in bytes, 0 where it does not say:
+    the budget every host's memory limit must fit into, as :func:`machine_cores` is for cores."""
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
@@ -147,7 +149,7 @@ def capabilities() -> dict:
         "ping": shutil.which("ping"),
         "tcp_congestion_control": cc,
         "cpus": machine_cores(),
-        "memory_bytes": _memory_bytes(),
+        "memory_bytes": machine_memory_bytes(),
     }
     caps.update(_cpu_info())
     return caps

@@ -7,7 +7,9 @@ process is limited before it runs a single instruction of user code.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import select
 import subprocess
 from pathlib import Path
 
@@ -82,3 +84,17 @@ def terminate(procs, grace_s: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def read_json_line(p: subprocess.Popen, timeout_s: float = 5.0, what: str = "helper") -> dict:
+    """The next line one of our JSON-line helpers (delay line, CPU ticker) writes on its stdout
+    (opened in text mode), decoded; an error naming ``what`` when it stays silent for
+    ``timeout_s`` or exits (with the end of its stderr)."""
+    ready, _, _ = select.select([p.stdout], [], [], timeout_s)
+    if not ready:
+        raise EmulationError(f"{what} (pid {p.pid}) did not answer within {timeout_s:g}s")
+    line = p.stdout.readline()
+    if not line:
+        err = p.stderr.read() if p.poll() is not None else ""
+        raise EmulationError(f"{what} (pid {p.pid}) exited: {err.strip()[-500:]}")
+    return json.loads(line)

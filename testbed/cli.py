@@ -19,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from emulation import signals
 from topologies import apply_overrides, load_topology
 from topologies.errors import TestbedError
 
@@ -48,31 +49,16 @@ class _Testbed(click.Group):
             raise _Failed(e) from None
 
 
-_HANDLER_PID: int | None = None
-
-
 def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    if os.getpid() != _HANDLER_PID:
-        # a forked child (pyroute2 forks to open sockets in namespaces) inherits this handler;
-        # it must die as the signal asks, not unwind a copy of our stack
-        os._exit(128 + signum)
     raise _Terminated(128 + signum)
 
 
-def _on_sigint(signum, frame):
-    if os.getpid() != _HANDLER_PID:
-        os._exit(128 + signum)
-    signal.default_int_handler(signum, frame)
-
-
 def _install_signal_handlers() -> None:
-    global _HANDLER_PID
     if threading.current_thread() is threading.main_thread():
-        _HANDLER_PID = os.getpid()
-        # a shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up
-        signal.signal(signal.SIGINT, _on_sigint)
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        signal.signal(signal.SIGHUP, _on_sigterm)
+        # a shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up;
+        # fork-safe: a child pyroute2 forks to open sockets in namespaces dies as the signal asks
+        signals.install(signal.default_int_handler, signal.SIGINT)
+        signals.install(_on_sigterm, signal.SIGTERM, signal.SIGHUP)
 
 
 def _parse_sets(values: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -90,7 +76,7 @@ def _experiment_or_none(target: str, sets: tuple[str, ...]):
     topology); a broken experiment file is one clear error."""
     import yaml
 
-    from emulation.probe import _memory_bytes, machine_cores
+    from emulation.probe import machine_cores, machine_memory_bytes
     from testbed.experiment import load_experiment
 
     path = Path(target)
@@ -102,13 +88,13 @@ def _experiment_or_none(target: str, sets: tuple[str, ...]):
         return None  # the topology loader says what is wrong with the file
     if not isinstance(data, dict) or "strategies" not in data:
         return None
-    return load_experiment(path, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
+    return load_experiment(path, _parse_sets(sets), cores=machine_cores(), memory_bytes=machine_memory_bytes())
 
 
 def _load_spec(ref: str, sets: tuple[str, ...]):
-    from emulation.probe import machine_cores, _memory_bytes
+    from emulation.probe import machine_cores, machine_memory_bytes
 
-    spec = load_topology(ref, cores=machine_cores(), memory_bytes=_memory_bytes())
+    spec = load_topology(ref, cores=machine_cores(), memory_bytes=machine_memory_bytes())
     overrides = _parse_sets(sets)
     return apply_overrides(spec, overrides) if overrides else spec
 
@@ -304,12 +290,12 @@ def models_cuts(model: str, weights: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
     """Build every artifact EXPERIMENT needs (cached by content) and report each one's quality."""
-    from emulation.probe import _memory_bytes, machine_cores
+    from emulation.probe import machine_cores, machine_memory_bytes
     from testbed.artifacts import prepare_needs
     from testbed.experiment import load_experiment
     from workloads.errors import WorkloadError
 
-    exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
+    exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=machine_memory_bytes())
     needed = exp.artifacts_needed()
     results = []
     try:
@@ -360,13 +346,13 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
     the network is changed live (links, host limits) when its shape stays the same."""
     from pathlib import Path
 
-    from emulation.probe import _memory_bytes, capabilities, machine_cores
+    from emulation.probe import capabilities, machine_cores, machine_memory_bytes
     from testbed.experiment import load_experiment
     from testbed.runner import Events, cells_done, default_out, run_experiment
     from testbed.store import ResultStore
     from testbed.summary import summarize
 
-    exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=_memory_bytes())
+    exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=machine_memory_bytes())
     if address and executor != "ray":
         raise click.ClickException("--address names a Ray cluster: add --executor ray")
     if resume and not out:

@@ -41,18 +41,17 @@ def _fork_safe_sigterm() -> None:
     died, "Worker exits unexpectedly ... receives a SIGTERM"). Children must just exit."""
     import signal
 
-    main_pid = os.getpid()
+    from emulation import signals
+
     ray_handler = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):
-        if os.getpid() != main_pid:
-            os._exit(128 + signum)
         if callable(ray_handler):
             ray_handler(signum, frame)
         else:
             raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_term)
+    signals.install(on_term, signal.SIGTERM)
 
 
 def _remote_cell(exp, point: dict, model, strategy, out: str, attempts_dir: str) -> dict:

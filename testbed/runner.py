@@ -148,28 +148,23 @@ def judge_compute(samples: list[tuple[float, float]], cpus: float | None, thread
 
 
 def machine_info() -> dict:
-    from emulation.probe import _memory_bytes, machine_cores
+    from emulation.probe import machine_cores, machine_memory_bytes
 
     return {"hostname": platform.node(), "kernel": platform.release(), "python": platform.python_version(),
-            "cores": machine_cores(), "memory_bytes": _memory_bytes(), "machine": platform.machine()}
+            "cores": machine_cores(), "memory_bytes": machine_memory_bytes(), "machine": platform.machine()}
 
 
 # ---- addresses ----------------------------------------------------------------------------
 
-def host_addresses(net, host: str) -> list[str]:
-    return [s.end(host)[1] for s in net.plan.segments if host in (s.a, s.b)]
-
-
 def entry_address(net, spec, src: str, dst: str) -> str:
-    """The address of ``dst`` on the link a packet from ``src`` arrives over (any of its
-    addresses when ``src`` is ``dst``)."""
+    """The address of ``dst`` on the link a packet from ``src`` arrives over (its first
+    address when ``src`` is ``dst``). ``net``: the network, or its plan."""
     route = spec.path(src, dst)
     if len(route) == 1:
-        return host_addresses(net, dst)[0]
+        return net.address(dst)
     prev = route[-2]
     link = next(l for l in spec.links if {l.a, l.b} == {prev, dst})
-    seg = next(s for s in net.plan.segments if dst in (s.a, s.b) and link.name in (s.a, s.b))
-    return seg.end(dst)[1]
+    return net.address(dst, link=link.name)
 
 
 # ---- the runner ---------------------------------------------------------------------------
@@ -395,7 +390,7 @@ class CellExecution:
             host = placement[i]
             last = i + 1 == len(placement)
             next_hop = None if last else (entry_address(net, exp.topology, host, placement[i + 1]), PORT)
-            cfg = ServerConfig(str(cell.artifact), i, host, [(addr, PORT) for addr in host_addresses(net, host)],
+            cfg = ServerConfig(str(cell.artifact), i, host, [(addr, PORT) for addr in net.addresses(host)],
                                next_hop, threads=host_threads(exp, host, self.cores), codec=exp.codec,
                                connection=exp.serving.connection, timeout_s=exp.requests.timeout_ms / 1000,
                                pace=host_pace(exp, host))

@@ -38,13 +38,13 @@ def _write(folder: Path, name: str, repeat: int = 3, delays: str = "[2ms]") -> P
 
 
 def test_a_sweep_changes_the_running_network_live_and_each_point_reads_back(study, tmp_path, monkeypatch):
-    from emulation.probe import _memory_bytes, machine_cores
+    from emulation.probe import machine_cores, machine_memory_bytes
     from testbed.experiment import load_experiment
     from testbed.runner import run_experiment
     from testbed.store import ResultStore
 
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "cache"))
-    exp = load_experiment(str(_write(study, "live.yaml")), [], cores=machine_cores(), memory_bytes=_memory_bytes())
+    exp = load_experiment(str(_write(study, "live.yaml")), [], cores=machine_cores(), memory_bytes=machine_memory_bytes())
     status, runner = run_experiment(exp, tmp_path / "out")
     assert status == "done"
     assert len(runner.timings["bring_up_s"]) == 1 and len(runner.timings["reconfigure_s"]) == 1

@@ -152,6 +152,18 @@ def test_scan_packets_matches_parse():
     assert ids == [1, 2] and errs == [22]
 
 
+def test_single_packet_fast_path_takes_only_a_lone_packet_message():
+    one = bytearray(kernel_packet_msg(2, 0xA1B2C3D4))
+    assert nfq.single_packet_id(one, len(one)) == 0xA1B2C3D4
+    assert nfq.packet_fields(one, len(one)) == (None, 65226, 0, 0)   # CAP_LEN, no stamp, no payload
+    two = bytearray(kernel_packet_msg(2, 1) + kernel_packet_msg(2, 2))
+    for buf, n in ((two, len(two)), (one, len(one) - 4)):           # several messages; a short read
+        assert nfq.single_packet_id(buf, n) is None
+    late_hdr = bytearray(kernel_packet_msg(2, 3, hdr_first=False))
+    error = bytearray(nl_error(22, 9))
+    assert nfq.single_packet_id(late_hdr, len(late_hdr)) is None and nfq.single_packet_id(error, len(error)) is None
+
+
 def test_proc_stats_parser(tmp_path):
     f = tmp_path / "nfnetlink_queue"
     f.write_text("    0  12345     3 1 65531     7     9     1234  1\n    1 -4000     0 2  64 0 0 0  1\n")

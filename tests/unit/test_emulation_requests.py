@@ -10,7 +10,9 @@ import pytest
 
 from emulation import cgroups, registry, shaping
 from emulation.calibrate import loss_tolerance, rtt_tolerance_ms, warmup_s
-from emulation.network import plan, rules_match
+from emulation.errors import EmulationError
+from emulation.plan import plan
+from emulation.wire import Wire, delayline_args, rule_lines, rules_match
 from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
 
@@ -194,26 +196,38 @@ def test_remove_run_cgroups_removes_run_and_empty_top(tmp_path, monkeypatch):
 # -- plan: addressing and routing ---------------------------------------------------------
 def test_plan_puts_a_wire_on_every_link_and_shapes_at_its_egress():
     p = plan(_line(3), "tbabcd")
-    assert [(s.a, s.b) for s in p.segments] == [("h0", "h0-h1"), ("h0-h1", "h1"), ("h1", "h1-h2"), ("h1-h2", "h2")]
-    assert all(len(i) <= 15 for s in p.segments for i in (s.if_a, s.if_b))
+    assert [(s.a, s.b) for s in p.veths] == [("h0", "h0-h1"), ("h0-h1", "h1"), ("h1", "h1-h2"), ("h1-h2", "h2")]
+    assert all(len(i) <= 15 for s in p.veths for i in (s.if_a, s.if_b))
     # h0->h1 is shaped where it leaves the wire toward h1, h1->h0 where it leaves toward h0
     assert p.shaped_if[("h0", "h1")] == ("h0-h1", "tbabcd-0x")
     assert p.shaped_if[("h1", "h0")] == ("h0-h1", "tbabcd-0w")
-    assert len({s.subnet for s in p.segments}) == 4
+    assert len({s.subnet for s in p.veths}) == 4
 
 
 def test_plan_next_hops_follow_the_topology_path():
     p = plan(_line(3), "tbabcd")
-    # h1 is multi-homed: segments beyond a wire are reached through that wire
+    # h1 is multi-homed: veth pairs beyond a wire are reached through that wire
     assert p.next_hops("h1") == {0: ("10.0.1.1", "tbabcd-0b"), 3: ("10.0.2.2", "tbabcd-1a")}
-    # the wire h0-h1 reaches h2's segment via h1
+    # the wire h0-h1 reaches h2's veth pair via h1
     assert p.next_hops("h0-h1")[3] == ("10.0.1.2", "tbabcd-0x")
+
+
+def test_plan_gives_a_host_one_address_per_link_and_names_which():
+    p = plan(_line(3), "tbabcd")
+    assert p.addresses("h1") == ["10.0.1.2", "10.0.2.1"]   # its ends of the pairs to wires h0-h1, h1-h2
+    assert p.address("h1", link="h0-h1") == "10.0.1.2" and p.address("h1", link="h1-h2") == "10.0.2.1"
+    assert p.address("h1") == "10.0.1.2" and p.addresses("h0") == ["10.0.0.1"]
+    assert p.veth("h2", "h1-h2").end("h2") == ("tbabcd-1b", "10.0.3.2")
+    with pytest.raises(EmulationError, match="unknown host 'h9'"):
+        p.addresses("h9")
+    with pytest.raises(EmulationError, match="'h0' is not an end of link 'h1-h2'"):
+        p.address("h0", link="h1-h2")
 
 
 def test_interface_names_fit_ifnamsiz_for_large_topologies():
     p = plan(_line(300), "tbabcd")
-    assert max(len(i) for s in p.segments for i in (s.if_a, s.if_b)) <= 15
-    assert all(registry.IFNAME_RE.match(s.if_a) for s in p.segments)
+    assert max(len(i) for s in p.veths for i in (s.if_a, s.if_b)) <= 15
+    assert all(registry.IFNAME_RE.match(s.if_a) for s in p.veths)
 
 
 def test_iptables_rule_comparison_tolerates_number_formatting_only():
@@ -222,6 +236,21 @@ def test_iptables_rule_comparison_tolerates_number_formatting_only():
     assert rules_match(want, got)
     assert not rules_match(want, [got[0].replace("0.00100000005", "0.002")])
     assert not rules_match(want, [])
+
+
+def test_wire_drops_loss_and_queues_to_the_delay_line_what_it_delays_or_serializes():
+    wire = Wire("a-b", "tb-0w", "tb-0x")
+    lossy = LinkSpec("a", "b", DirectionSpec(delay_ms=5.0, loss=0.01), DirectionSpec())
+    assert rule_lines(wire.rules_for(lossy)) == [
+        "-A FORWARD -i tb-0w -m statistic --mode random --probability 0.01000000 -j DROP",
+        "-A FORWARD -i tb-0w -j NFQUEUE --queue-num 0"]             # b->a: nothing to do, no rule
+    shaped = LinkSpec("a", "b", DirectionSpec(rate_bps=1_000_000), DirectionSpec(rate_bps=2_000_000))
+    assert [(r[3], r[-1]) for r in wire.rules_for(shaped)] == [("tb-0w", "0"), ("tb-0x", "1")]
+    assert wire.rules_for(shaped, serialize=False) == []          # the tbf alone holds the rate
+    args = delayline_args(lossy, 1500, 10)
+    assert args == ["emulation.delayline", "--rt-priority", "10", "--mtu", "1500",
+                    "--queue", "0:5.0:0.0::", "--queue", "1:0.0:0.0::"]
+    assert delayline_args(shaped, 9000, 0)[-1].startswith("1:0.0:0.0:2000000:")  # rate, then its queue
 
 
 # -- registry ---------------------------------------------------------------------------

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from emulation.network import plan
+from emulation.plan import plan
 from testbed.experiment import ExperimentError, load_experiment_dict
-from testbed.runner import (RunError, cell_key, check_pace, check_threads, entry_address, host_addresses, host_pace,
+from testbed.runner import (RunError, cell_key, check_pace, check_threads, entry_address, host_pace,
                             host_threads, judge_compute)
 from testbed.summary import host_flags, summarize
 
@@ -103,22 +103,17 @@ def test_serving_round_trips_through_to_dict():
     assert load().serving.pace is True  # pacing is the default
 
 
-class _Net:
-    def __init__(self, spec):
-        self.plan = plan(spec, "tbtest")
-
-
 def test_entry_address_is_the_address_on_the_arriving_link():
     exp = load()
-    net = _Net(exp.topology)
     spec = exp.topology
-    edge = host_addresses(net, "edge")
+    net = plan(spec, "tbtest")   # the network's layout answers as the network does, without root
+    edge = net.addresses("edge")
     assert len(edge) == 2                                # one per link
     from_mobile = entry_address(net, spec, "mobile", "edge")
     from_cloud = entry_address(net, spec, "cloud", "edge")
     assert {from_mobile, from_cloud} == set(edge) and from_mobile != from_cloud
     # mobile -> cloud crosses edge; cloud is entered over edge-cloud (its only link)
-    assert entry_address(net, spec, "mobile", "cloud") == host_addresses(net, "cloud")[0]
+    assert entry_address(net, spec, "mobile", "cloud") == net.addresses("cloud")[0]
     assert entry_address(net, spec, "edge", "edge") == edge[0]
 
 
