@@ -126,9 +126,9 @@ def test_defaults_and_mapping():
     ({"bits": 4}, f"{WHERE}: parameter 'bits' unknown; valid: mode, format, per_channel, method, samples, "
                   "activation_type, weight_type, reduce_range, op_types, exclude_nodes"),
     ({"method": "kl"}, f"{WHERE}.method: 'kl' is not valid; allowed: minmax | entropy | percentile"),
-    ({"samples": 0}, f"{WHERE}.samples: 0 is not valid; allowed: a whole number of calibration samples, 1 or more"),
-    ({"samples": True}, f"{WHERE}.samples: True is not valid; allowed: a whole number of calibration samples, "
-                        "1 or more"),
+    ({"samples": 0}, f"{WHERE}.samples: 0 is not valid; allowed: a whole number in 1..100000"),
+    ({"samples": True}, f"{WHERE}.samples: True is not valid; allowed: a whole number in 1..100000"),
+    ({"samples": 100_001}, f"{WHERE}.samples: 100001 is not valid; allowed: a whole number in 1..100000"),
     ({"mode": "qat"}, f"{WHERE}.mode: 'qat' is not valid; allowed: static | dynamic"),
     ({"format": "QDQ"}, f"{WHERE}.format: 'QDQ' is not valid; allowed: qdq | qoperator"),
     ({"per_channel": "yes"}, f"{WHERE}.per_channel: 'yes' is not valid; allowed: true | false | auto"),
