@@ -49,6 +49,7 @@ import numpy as np
 import onnx
 
 from .data import Dataset
+from .graph import node_macs, probe_shapes
 from .runtime import session
 from .errors import WorkloadError, choices
 from .quantize_params import FORMATS, INT_TYPES, METHODS, MODES, QuantizeParams  # noqa: F401 - re-exported
@@ -355,42 +356,23 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
 
 
 def _compute_macs(model: onnx.ModelProto) -> dict[tuple[str, int], int] | None:
-    """Multiply-accumulates per compute node, keyed ``(op_type, node index)``, from one run of
-    the optimised model (unoptimised, dummy zero inputs, symbolic dims = 1) that also outputs
-    every compute node's input and output tensors. None when the probe fails."""
+    """Multiply-accumulates per compute node, keyed ``(op_type, node index)``, as
+    `graph.node_macs` counts them from the shapes of one run of the optimised model
+    (`graph.probe_shapes`: unoptimised, zero inputs, symbolic dims = 1). None when the probe
+    fails or leaves a shape unknown."""
     compute = [(i, n) for i, n in enumerate(model.graph.node)
                if n.op_type in INT8_COMPUTE or n.op_type in FLOAT_COMPUTE]
     if not compute:
         return {}
     inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    wanted = []
-    for _, n in compute:
-        for name in list(n.input) + [n.output[0]]:
-            if name and name not in inits and name not in wanted:
-                wanted.append(name)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in have:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    feeds = {}
-    for name, dims, dtype in _model_inputs(model):
-        if dtype not in _NP.values() or dims is None:
-            return None
-        feeds[name] = np.zeros([1 if d is None else d for d in dims], dtype=dtype)
-    try:
-        sess = session(probe, optimization="disable")
-        values = sess.run(wanted, feeds)
-    except Exception:
-        return None
-    shapes = {name: tuple(v.shape) for name, v in zip(wanted, values)} | inits
+    wanted = [t for _, n in compute for t in (*n.input, n.output[0]) if t and t not in inits]
+    shapes = {t: dims for t, (_, dims) in probe_shapes(model, wanted).items()} | inits
     out = {}
     for i, n in compute:
-        try:
-            out[(n.op_type, i)] = _node_macs(n, shapes)
-        except (KeyError, IndexError, ValueError):
+        macs = node_macs(n, shapes.get)
+        if macs is None:
             return None
+        out[(n.op_type, i)] = macs
     return out
 
 
@@ -399,35 +381,6 @@ def _attr(node, name, default=0):
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
-
-
-def _node_macs(n, shapes) -> int:
-    op, ins = n.op_type, list(n.input)
-    out = shapes[n.output[0]]
-    if op in ("Conv", "FusedConv", "NhwcFusedConv", "ConvInteger", "QLinearConv"):
-        w = shapes[ins[3] if op == "QLinearConv" else ins[1]]       # (Cout, Cin/g, kh, kw)
-        return int(np.prod(out)) * int(np.prod(w[1:]))
-    if op in ("ConvTranspose", "QLinearConvTranspose"):
-        x = shapes[ins[0]]
-        w = shapes[ins[3] if op == "QLinearConvTranspose" else ins[1]]  # (Cin, Cout/g, kh, kw)
-        return int(np.prod(x)) * int(np.prod(w[1:]))
-    if op in ("Gemm", "FusedGemm", "QGemm"):
-        a = shapes[ins[0]]
-        return int(np.prod(out)) * int(a[0] if _attr(n, "transA") else a[1])
-    if op in ("MatMul", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
-        a = shapes[ins[0]]
-        return int(np.prod(out)) * int(a[-1])
-    if op == "FusedMatMul":
-        a = shapes[ins[0]]
-        return int(np.prod(out)) * int(a[-2] if _attr(n, "transA") and len(a) > 1 else a[-1])
-    if op in ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"):
-        x, w, r = shapes[ins[0]], shapes[ins[1]], shapes[ins[2]]   # X (seq, batch, in)
-        return int(x[0]) * int(x[1]) * (int(np.prod(w)) + int(np.prod(r)))
-    if op in ("Attention", "QAttention", "MultiHeadAttention"):
-        x = shapes[ins[0]]                                          # projections only
-        w = shapes[ins[3] if op == "QAttention" else ins[1]]
-        return int(np.prod(x[:-1])) * int(np.prod(w))
-    raise KeyError(op)
 
 
 # ---- latency and CPU ----------------------------------------------------------------------------

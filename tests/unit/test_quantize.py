@@ -13,11 +13,12 @@ import numpy as np
 import onnx
 import pytest
 
+from workloads import graph
 from workloads.data import Dataset
 from workloads.errors import WorkloadError
 from workloads.metrics import agreement
-from workloads.quantize import (METADATA_KEY, Int8Report, LatencyStats, QuantizeParams, cpu_features,
-                                int8_report, measure_latency, quantize_model)
+from workloads.quantize import (FLOAT_COMPUTE, INT8_COMPUTE, METADATA_KEY, Int8Report, LatencyStats, QuantizeParams,
+                                cpu_features, int8_report, measure_latency, quantize_model)
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -217,6 +218,9 @@ def test_partial_quantization_is_reported(conv):
 def test_float_model_fails_check(conv):
     r = int8_report(conv["model"])
     assert r.int8_ops == {} and r.int8_fraction == 0.0 and r.float_macs == CONV_MACS
+    # the same count as the partitioning analysis of the unoptimised model (2 FLOPs a MAC)
+    flops = graph.analyze(conv["model"]).node_flops
+    assert sum(flops[n.name] for n in conv["model"].graph.node if n.op_type in ("Conv", "Gemm")) == 2 * CONV_MACS
     assert r.float_ops == {"FusedConv": 2, "Gemm": 1}     # Conv+ReLU fused, BatchNorm folded
     with pytest.raises(WorkloadError) as e:
         r.check("strategies[0]")
@@ -293,6 +297,10 @@ def test_no_torch_import():
     code = "import sys, workloads.quantize, workloads.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_compute_kernel_the_report_names_has_a_mac_count():
+    assert INT8_COMPUTE | FLOAT_COMPUTE <= graph.MAC_OPS
 
 
 def test_report_serialises():
