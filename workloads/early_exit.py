@@ -117,9 +117,10 @@ def skip_blocks(p: Pipeline, blocks) -> Pipeline:
                 n.input[k] = resolve(name)
     _prune_dead(m)
     onnx.checker.check_model(m)
-    return replace(p, backbone=m).with_report("early_exit", {
+    skipped = replace(p, backbone=m)
+    return skipped.with_report("early_exit", {
         "kind": "skip", "skipped_blocks": chosen, "skippable_blocks": len(found),
-        "flops_before": info.total_flops, "flops_after": graph.analyze(m).total_flops})
+        "flops_before": info.total_flops, "flops_after": skipped.info().total_flops})
 
 
 def _prune_dead(m: onnx.ModelProto) -> None:
@@ -220,10 +221,11 @@ def _head_nodes(tag: str, cut: graph.Cut, weight: np.ndarray, bias: np.ndarray, 
 
 
 def collect_features(model: onnx.ModelProto, cuts: list[graph.Cut], data, mask_input: str | None,
-                     limit: int | None = None) -> list[np.ndarray]:
-    """Pooled features at each tensor for every sample of ``data`` (batch 1, ONNX Runtime)."""
+                     limit: int | None = None, info: graph.GraphInfo | None = None) -> list[np.ndarray]:
+    """Pooled features at each tensor for every sample of ``data`` (batch 1, ONNX Runtime).
+    ``info``: ``model``'s analysis, if the caller has it (saves making it again)."""
     tensors = [c.tensor for c in cuts]
-    sub = graph.split(model, [tensors[-1]])[0]          # input -> the last exit tensor
+    sub = graph.split(model, [tensors[-1]], info)[0]    # input -> the last exit tensor
     have = {o.name for o in sub.graph.output}
     sub.graph.output.extend(onnx.helper.make_tensor_value_info(c.tensor, TensorProto.FLOAT, [None] * len(c.shape))
                             for c in cuts if c.tensor not in have)
@@ -278,7 +280,7 @@ def add_heads(p: Pipeline, *, points, threshold, epochs: int, train, reference_l
         raise WorkloadError(f"early_exit on {p.model_name}: {len(limits)} thresholds for {len(cuts)} exit points")
     mask_input = "attention_mask" if "attention_mask" in p.inputs else None
     progress(f"exit features at {', '.join(c.tensor for c in cuts)}")
-    feats = collect_features(p.backbone, cuts, train, mask_input, limit)
+    feats = collect_features(p.backbone, cuts, train, mask_input, limit, info)
     labels = reference_labels[:len(feats[0])]
     heads = []
     for k, (cut, x) in enumerate(zip(cuts, feats)):

@@ -19,18 +19,25 @@ FLOPs convention (what ``Cut.flops_before``, ``GraphInfo.total_flops`` and ``nod
 At batch 1 (a symbolic first dimension of a graph input counts as 1; other unknown dimensions count
 as 1 too, so pass ``input_shapes`` to :func:`analyze` for exact numbers on such models):
 
-* Conv, ConvInteger, QLinearConv: ``2 * N * prod(output spatial) * prod(weight shape)``
+* Conv, ConvInteger, QLinearConv, FusedConv: ``2 * N * prod(output spatial) * prod(weight shape)``
   (``weight = C_out x C_in/group x k...``, so grouped and depthwise convolutions come out right);
-* ConvTranspose: ``2 * N * prod(input spatial) * prod(weight shape)``;
-* Gemm, QGemm: ``2 * M * K * N``; MatMul, MatMulInteger, QLinearMatMul, MatMulIntegerToFloat,
-  DynamicQuantizeMatMul: ``2 * prod(output shape) * K`` (batched and broadcast matmuls included);
-  biases and the ``C`` term of Gemm are not counted (a MAC is one multiply and one add);
+  NhwcFusedConv the same with its output in NHWC;
+* ConvTranspose, QLinearConvTranspose: ``2 * N * prod(input spatial) * prod(weight shape)``;
+* Gemm, QGemm, FusedGemm: ``2 * M * K * N``; MatMul, MatMulInteger, QLinearMatMul,
+  MatMulIntegerToFloat, DynamicQuantizeMatMul, FusedMatMul: ``2 * prod(output shape) * K``
+  (batched and broadcast matmuls included); biases and the ``C`` term of Gemm are not counted
+  (a MAC is one multiply and one add);
+* LSTM, GRU, RNN, DynamicQuantizeLSTM: ``2 * seq * batch * (prod(W) + prod(R))``; Attention,
+  QAttention: ``2 * prod(input shape without its last dim) * prod(weights)`` (the input
+  projections only); MultiHeadAttention the same with its key in place of the weights (at
+  batch 1 its Q·Kᵀ product, as ``quantize.int8_report`` has always counted it);
 * ops that only relabel or reshape data (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout,
   Shape, Size, Constant): 0;
 * every other op (elementwise, activations, pooling, normalisation, QuantizeLinear,
   DequantizeLinear, Concat, ...): 1 per output element.
 
-Only nodes that some graph output depends on are counted.
+Only nodes that some graph output depends on are counted. :func:`node_macs` (the half that is
+multiply-accumulates) is also what ``quantize.int8_report`` counts int8 and float work with.
 
 Shapes
 ------
@@ -38,7 +45,8 @@ ONNX shape inference (strict mode, else lenient; with data propagation) on a cop
 whose large initializers are replaced by typed inputs (weights never decide shapes, and this
 keeps a 170 MB model cheap). What it cannot type (outputs of ONNX Runtime contrib ops, as in
 QOperator models) is completed by ONNX Runtime's symbolic shape inference, and what remains by
-running the model once on zeros at batch 1 (only possible when every input shape is static).
+running the model once on zeros at batch 1 (:func:`probe_shapes`; only possible when every input
+shape is static).
 
 Everything here needs onnx, onnxruntime and numpy only (never torch); onnxruntime is imported
 only when a session is made.
@@ -48,7 +56,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -57,10 +65,18 @@ from onnx import TensorProto, helper
 from .runtime import session  # noqa: F401 - one way to open a session, re-exported
 from .errors import WorkloadError
 
-# Ops counted as 2 FLOPs per multiply-accumulate (see the module docstring).
-_CONV = {"Conv", "ConvInteger", "QLinearConv"}
-_MATMUL = {"MatMul", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
-_GEMM = {"Gemm", "QGemm"}  # QGemm: ONNX Runtime's quantized Gemm (com.microsoft), A first
+# Ops counted as 2 FLOPs per multiply-accumulate (see the module docstring); the Fused*, Q*,
+# Dynamic* and attention ops are ONNX Runtime's (com.microsoft), as its graph optimiser and
+# quantizer write them.
+_CONV = {"Conv", "ConvInteger", "QLinearConv", "FusedConv"}
+_NHWC_CONV = {"NhwcFusedConv"}
+_CONV_TRANSPOSE = {"ConvTranspose", "QLinearConvTranspose"}
+_MATMUL = {"MatMul", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+           "FusedMatMul"}
+_GEMM = {"Gemm", "QGemm", "FusedGemm"}  # QGemm: quantized A first
+_RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
+_ATTENTION = {"Attention", "QAttention", "MultiHeadAttention"}
+MAC_OPS = frozenset(_CONV | _NHWC_CONV | _CONV_TRANSPOSE | _MATMUL | _GEMM | _RECURRENT | _ATTENTION)
 # Ops that move no data in an optimized runtime (metadata changes or constants): 0 FLOPs.
 _FREE = {"Constant", "Shape", "Size", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 # Initializers above this many elements are replaced by typed inputs before shape inference: their
@@ -280,23 +296,34 @@ def _static(entry) -> bool:
     return bool(entry and entry[0] and entry[1] is not None and all(d is not None for d in entry[1]))
 
 
-def _probe(model: onnx.ModelProto, skel: onnx.ModelProto, types, names: list[str]) -> dict:
-    """Types and shapes of ``names`` measured by running ``model`` once on zeros, at the input
-    shapes of ``skel``; {} when an input shape is not static or the run fails (best effort).
+def probe_shapes(model: onnx.ModelProto, names: Iterable[str],
+                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """``name -> (ONNX element type, shape)`` of tensors ``names``, measured by running ``model``
+    once in ONNX Runtime (graph optimisation disabled) on zeros: each graph input at its shape in
+    ``input_shapes``, else at its declared shape with unknown dimensions set to 1. Best effort:
+    what the run does not return as an array is left out, and everything when an input has no
+    declared shape or the run fails.
 
     The last resort for what no shape inference can type (e.g. ONNX Runtime contrib ops that its
-    symbolic inference does not know, such as QLinearGlobalAveragePool): reached only for such
-    models, at the cost of one inference at batch 1.
+    symbolic inference does not know, such as QLinearGlobalAveragePool), at the cost of one
+    inference; also how ``quantize.int8_report`` learns the shapes of ORT's optimised graph.
     """
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
-    for vi in skel.graph.input:
-        if vi.name in inits or vi.name not in {i.name for i in model.graph.input}:
-            continue
-        if not _static(types.get(vi.name)):
-            return {}
-        elem, dims = types[vi.name]
-        feeds[vi.name] = np.zeros(dims, helper.tensor_dtype_to_np_dtype(elem))
+    try:
+        for vi in model.graph.input:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            if input_shapes and vi.name in input_shapes:
+                dims = list(input_shapes[vi.name])
+            elif tt.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
+            else:
+                return {}
+            feeds[vi.name] = np.zeros(dims, helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    except (KeyError, TypeError, ValueError):  # not a tensor of a numeric type
+        return {}
     probe = onnx.ModelProto()
     probe.ir_version = model.ir_version
     probe.opset_import.extend(model.opset_import)
@@ -307,14 +334,14 @@ def _probe(model: onnx.ModelProto, skel: onnx.ModelProto, types, names: list[str
     g.sparse_initializer.extend(model.graph.sparse_initializer)
     g.input.extend(model.graph.input)
     g.output.extend(model.graph.output)
+    names = list(dict.fromkeys(names))
     outputs = {o.name for o in model.graph.output}
-    extra = [t for t in names if t not in outputs]
-    g.output.extend(onnx.ValueInfoProto(name=t) for t in extra)  # ONNX Runtime types them itself
+    g.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in outputs)  # ORT types them itself
     try:
-        results = session(probe, optimization="disable").run(extra, feeds)
+        results = session(probe, optimization="disable").run(names, feeds)
     except Exception:  # noqa: BLE001
         return {}
-    return {t: (helper.np_dtype_to_tensor_dtype(r.dtype), tuple(r.shape)) for t, r in zip(extra, results)
+    return {t: (helper.np_dtype_to_tensor_dtype(r.dtype), tuple(r.shape)) for t, r in zip(names, results)
             if isinstance(r, np.ndarray)}
 
 
@@ -323,42 +350,67 @@ def _count(dims) -> int:
     return math.prod(d for d in (dims or ()) if d is not None and d > 0) if dims else 1
 
 
+def node_macs(node: onnx.NodeProto, shape_of: Callable[[str], Sequence[int | None] | None]) -> int | None:
+    """Multiply-accumulates of one node of an op in `MAC_OPS` (the module docstring gives each
+    formula, at half the FLOPs), from ``shape_of(tensor)``: its dims (None where unknown, counted
+    as 1) or None when even its rank is unknown. None for other ops, and when a shape the
+    formula needs is unknown."""
+    op, ins = node.op_type, node.input
+
+    def dims(names, i: int):
+        return shape_of(names[i]) if i < len(names) and names[i] else None
+
+    y = dims(node.output, 0)
+    if op in _CONV or op in _NHWC_CONV:
+        w = dims(ins, 3 if op == "QLinearConv" else 1)
+        if w and y:
+            return _count(y[:1]) * _count(y[1:-1] if op in _NHWC_CONV else y[2:]) * _count(w)
+    elif op in _CONV_TRANSPOSE:
+        x, w = dims(ins, 0), dims(ins, 3 if op == "QLinearConvTranspose" else 1)
+        if w and x:
+            return _count(x[:1]) * _count(x[2:]) * _count(w)
+    elif op in _GEMM:
+        a = dims(ins, 0)
+        if a and y and len(a) == 2:
+            return _count(y) * _count(a[:1] if _attr_int(node, "transA") else a[1:])
+    elif op in _MATMUL:
+        a = dims(ins, 0)
+        if a and y is not None:
+            transposed = op == "FusedMatMul" and _attr_int(node, "transA") and len(a) > 1
+            return _count(y) * _count(a[-2:-1] if transposed else a[-1:])
+    elif op in _RECURRENT:
+        x, w, r = dims(ins, 0), dims(ins, 1), dims(ins, 2)   # X: (seq, batch, input) or (batch, seq, input)
+        if x and w and r and len(x) > 1:
+            return _count(x[:2]) * (_count(w) + _count(r))
+    elif op in _ATTENTION:
+        x, w = dims(ins, 0), dims(ins, 3 if op == "QAttention" else 1)
+        if x and w:
+            return _count(x[:-1]) * _count(w)
+    return None
+
+
+def _attr_int(node: onnx.NodeProto, name: str) -> int:
+    return next((a.i for a in node.attribute if a.name == name), 0)
+
+
 def _flops(node: onnx.NodeProto, types) -> int:
     """FLOPs of one node under the module's convention."""
-    op = node.op_type
-
-    def dims(i: int, outputs: bool = False):
-        names = node.output if outputs else node.input
-        if i >= len(names) or not names[i]:
-            return None
-        return types.get(names[i], (0, None))[1]
-
-    if op in _FREE:
+    if node.op_type in _FREE:
         return 0
-    if op in _CONV:
-        w, y = dims(3 if op == "QLinearConv" else 1), dims(0, outputs=True)
-        if w and y:
-            return 2 * _count(y[:1]) * _count(y[2:]) * _count(w)
-    elif op == "ConvTranspose":
-        x, w = dims(0), dims(1)
-        if w and x:
-            return 2 * _count(x[:1]) * _count(x[2:]) * _count(w)
-    elif op in _GEMM:
-        a, y = dims(0), dims(0, outputs=True)
-        if a and y and len(a) == 2:
-            trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
-            return 2 * _count(y) * _count(a[:1] if trans_a else a[1:])
-    elif op in _MATMUL:
-        a, y = dims(0), dims(0, outputs=True)
-        if a and y is not None:
-            return 2 * _count(y) * _count(a[-1:])
+
+    def shape_of(name: str):
+        return types.get(name, (0, None))[1]
+
+    macs = node_macs(node, shape_of)
+    if macs is not None:
+        return 2 * macs
     total = 0
-    for i in range(len(node.output)):
-        y = dims(i, outputs=True)
+    for i, name in enumerate(node.output):
+        y = shape_of(name) if name else None
         if y is not None:
             total += _count(y)
         elif i == 0:  # rank unknown: assume elementwise over the largest input
-            total += max((_count(dims(j)) for j in range(len(node.input))), default=1)
+            total += max((_count(shape_of(t) if t else None) for t in node.input), default=1)
     return total
 
 
@@ -472,8 +524,8 @@ def analyze(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | 
     skel = _skeleton(model, input_shapes, batch_one=True)
     types = _types(_infer(skel, name).graph)
     unknown = [t for n in g.node for t in n.output if t and not _static(types.get(t))]
-    if unknown:
-        types.update(_probe(model, skel, types, unknown))
+    if unknown and all(_static(types.get(t)) for t in (primary, *sides)):
+        types.update(probe_shapes(model, unknown, {t: types[t][1] for t in (primary, *sides)}))
 
     nodes = list(g.node)
     nodes_in = [_node_inputs(n) for n in nodes]

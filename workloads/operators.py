@@ -17,20 +17,13 @@ artifact's content key is built from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import WorkloadError, choices
+from .params import Param, boolean, int_range, is_number, one_of, open_unit, parse_params
+from .quantize_params import OPERATOR_FIELDS as QUANTIZE_FIELDS, STATIC_ONLY
 
 KINDS = ("training", "post-training", "placement")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter: default, a parser that returns the checked value or raises
-    ``ValueError(what is allowed)``, and a one-line description."""
-    default: Any
-    parse: Callable[[Any], Any]
-    help: str
 
 
 @dataclass(frozen=True)
@@ -72,41 +65,14 @@ def _text(v) -> str:
 
 
 # ---- parameter parsers: return the value or raise ValueError("what is allowed") ----------
+# (the generic ones, shared with the quantizer's parameters, are in `params`)
 
-def one_of(*words: str) -> Callable[[Any], str]:
-    def parse(v):
-        if isinstance(v, str) and v in words:
-            return v
-        raise ValueError(" | ".join(words))
-    return parse
-
-
-def boolean(v):
-    if isinstance(v, bool):
-        return v
-    raise ValueError("true | false")
-
-
-def int_range(lo: int, hi: int) -> Callable[[Any], int]:
-    def parse(v):
-        if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi:
-            return v
-        raise ValueError(f"a whole number in {lo}..{hi}")
-    return parse
-
-
-def fraction_open(v):
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1:
-        return float(v)
-    raise ValueError("a number between 0 and 1 (exclusive)")
+fraction_open = open_unit("a number between 0 and 1 (exclusive)")
+_fraction_cut = open_unit("auto, a tensor name, or a FLOPs fraction in (0, 1)")
 
 
 def _cut_one(v):
-    if isinstance(v, str) and v:
-        return v
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1:
-        return float(v)
-    raise ValueError("auto, a tensor name, or a FLOPs fraction in (0, 1)")
+    return v if isinstance(v, str) and v else _fraction_cut(v)
 
 
 def cut_spec(v):
@@ -121,7 +87,7 @@ def cut_spec(v):
 def thresholds(v):
     """One confidence threshold in (0, 1], or a list of them (one per exit head)."""
     def one(x):
-        if isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1:
+        if is_number(x) and 0 < x <= 1:
             return float(x)
         raise ValueError("a confidence in (0, 1], or a list of them (one per exit)")
     return tuple(one(x) for x in v) if isinstance(v, list) else one(v)
@@ -146,19 +112,6 @@ def names_or_auto(v):
     raise ValueError("auto, or a list of module names")
 
 
-def _quantize_params() -> dict[str, Param]:
-    return {
-        "mode": Param("auto", one_of("auto", "static", "dynamic"),
-                      "static (calibrated activations) or dynamic; auto = dynamic for text models, else static"),
-        "format": Param("qdq", one_of("qdq", "qoperator"), "ONNX Runtime's quantized graph format"),
-        "per_channel": Param("auto", lambda v: v if v == "auto" else boolean(v),
-                             "per-channel weight scales; auto = where the model has convolutions"),
-        "method": Param("minmax", one_of("minmax", "entropy", "percentile"), "calibration method"),
-        "samples": Param(128, int_range(1, 100_000), "calibration samples from the model's data set"),
-        "reduce_range": Param(False, boolean, "7-bit weights (for CPUs without VNNI that saturate)"),
-    }
-
-
 def optional_positive_int(v):
     if v is None:
         return None
@@ -170,15 +123,12 @@ def optional_positive_int(v):
 def optional_positive_seconds(v):
     if v is None:
         return None
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 7 * 24 * 3600:
+    if is_number(v) and 0 < v <= 7 * 24 * 3600:
         return float(v)
     raise ValueError("seconds above 0 (at most a week), or none")
 
 
-def learning_rate(v):
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1:
-        return float(v)
-    raise ValueError("a number in (0, 1), e.g. 0.0005")
+learning_rate = open_unit("a number in (0, 1), e.g. 0.0005")
 
 
 def student_spec(v):
@@ -188,13 +138,13 @@ def student_spec(v):
 
 
 def _positive(v, hi: float) -> float:
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= hi:
+    if is_number(v) and 0 < v <= hi:
         return float(v)
     raise ValueError(f"a number above 0 and at most {hi:g}")
 
 
 def fraction_closed(v):
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1:
+    if is_number(v) and 0 <= v <= 1:
         return float(v)
     raise ValueError("a number from 0 to 1")
 
@@ -215,12 +165,9 @@ OPERATORS: dict[str, OperatorDef] = {d.name: d for d in (
     OperatorDef("partition", "placement", "split the graph at tensors; one part per host", {
         "cut": Param("auto", cut_spec, "auto, a tensor name, a FLOPs fraction, or a list (one per boundary)"),
         "verify": Param(True, boolean, "check that the chained parts equal the whole model (max abs diff)"),
-        "atol": Param(1e-5, lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and 0 < v < 1 else (_ for _ in ()).throw(ValueError("a number in (0, 1)")),
-                      "tolerance of that check"),
+        "atol": Param(1e-5, open_unit("a number in (0, 1)"), "tolerance of that check"),
     }),
-    OperatorDef("quantize", "post-training", "int8 post-training quantization (ONNX Runtime)",
-                _quantize_params()),
+    OperatorDef("quantize", "post-training", "int8 post-training quantization (ONNX Runtime)", QUANTIZE_FIELDS),
     OperatorDef("early_exit", "post-training", "stop early: exit heads with a confidence threshold, or skipped blocks", {
         "kind": Param("heads", one_of("heads", "skip"), "heads: trained exit classifiers; skip: drop blocks (study A)"),
         "threshold": Param(0.8, thresholds, "exit when the head's top softmax probability reaches this"),
@@ -266,19 +213,8 @@ def parse_call(item: Any, where: str) -> OperatorCall:
     d = OPERATORS.get(name)
     if d is None:
         raise WorkloadError(f"{where}: operator {name!r} unknown; valid: {choices(OPERATORS)}")
-    unknown = sorted(set(given) - set(d.params))
-    if unknown:
-        raise WorkloadError(f"{where}.{name}: parameter {unknown[0]!r} unknown; valid: {choices(d.params)}")
-    values = []
-    for key, p in d.params.items():
-        if key not in given:
-            values.append((key, p.default))
-            continue
-        try:
-            values.append((key, p.parse(given[key])))
-        except ValueError as e:
-            raise WorkloadError(f"{where}.{name}.{key}: {given[key]!r} is not valid; allowed: {e}") from None
-    call = OperatorCall(name, tuple(values), frozenset(given))
+    values = parse_params(d.params, given, f"{where}.{name}")
+    call = OperatorCall(name, tuple(values.items()), frozenset(given))
     if name == "quantize" and call.get("mode") == "dynamic":
         static_only(call, where)
     if name == "prune" and call.get("kind") == "unstructured" and "round_to" in given:
@@ -290,9 +226,6 @@ def parse_call(item: Any, where: str) -> OperatorCall:
     if d.kind == "training" and all(call.get(k) is None for k in ("epochs", "steps", "seconds")):
         raise WorkloadError(f"{where}.{name}: no training budget; give epochs, steps or seconds (a number >= 1)")
     return call
-
-
-STATIC_ONLY = ("format", "per_channel", "method", "samples")
 
 
 def static_only(call: OperatorCall, where: str) -> None:

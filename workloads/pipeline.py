@@ -33,12 +33,16 @@ class ExitHead:
 
 @dataclass(frozen=True)
 class Pipeline:
+    """The backbone is never changed in place: an operator that rewrites it makes a new model
+    (``replace(p, backbone=new)``), which is what lets `info` keep its analysis."""
     model_name: str
     task: str
     backbone: onnx.ModelProto
     exits: tuple[ExitHead, ...] = ()
     cuts: tuple[str, ...] = ()                 # partition boundaries, in topological order
     report: dict = field(default_factory=dict)  # what each operator measured, keyed by operator
+    # (the backbone analysed, its graph.analyze): made by `info` once, passed on by replace()
+    _analysis: tuple | None = field(default=None, compare=False, repr=False)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -57,14 +61,25 @@ class Pipeline:
         return replace(self, report={**self.report, key: value})
 
     def info(self) -> graph.GraphInfo:
-        return graph.analyze(self.backbone)
+        """`graph.analyze` of the backbone, made once per backbone model: pipelines derived
+        from this one (``dataclasses.replace``, `with_report`) reuse it while their backbone is
+        the very same model, and analyse a new one anew."""
+        memo = self._analysis
+        if memo is None or memo[0] is not self.backbone:
+            memo = (self.backbone, graph.analyze(self.backbone))
+            object.__setattr__(self, "_analysis", memo)
+        return memo[1]
 
     def segments(self) -> list[tuple[onnx.ModelProto, int, ExitHead | None]]:
         """``(model, part, exit head or None)`` per segment, in order."""
-        info = self.info()
-        order = {c.tensor: c.index for c in info.cuts}
-        bounds = sorted({*self.cuts, *(e.tensor for e in self.exits)}, key=lambda t: order[t])
-        models = graph.split(self.backbone, bounds) if bounds else [self.backbone]
+        bounds = [*self.cuts, *(e.tensor for e in self.exits)]
+        if not bounds:
+            models = [self.backbone]
+        else:
+            info = self.info()
+            order = {c.tensor: c.index for c in info.cuts}
+            bounds = sorted(set(bounds), key=lambda t: order[t])
+            models = graph.split(self.backbone, bounds, info)
         heads = {e.tensor: e for e in self.exits}
         out, part = [], 0
         for i, m in enumerate(models):

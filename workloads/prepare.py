@@ -188,8 +188,8 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
             names = [c.tensor for c in cuts]
             diff = None
             if prm["verify"]:
-                diff = graph.verify_split(p.backbone, graph.split(p.backbone, names), data["eval"]().sample(0),
-                                          atol=prm["atol"])
+                diff = graph.verify_split(p.backbone, graph.split(p.backbone, names, info),
+                                          data["eval"]().sample(0), atol=prm["atol"])
             p = replace(p, cuts=tuple(names)).with_report("partition", {
                 "cuts": [{"tensor": c.tensor, "dtype": c.dtype, "shape": list(c.shape), "bytes": c.bytes,
                           "flops_before": c.flops_before, "flops_after": c.flops_after,

@@ -2,10 +2,11 @@
 
 Three parts:
 
-* `QuantizeParams` + `quantize_model`: static (calibrated) or dynamic quantization of an
-  ONNX model. ORT's API works on files, so the model goes through a temporary folder:
-  ``quant_pre_process`` (symbolic + ONNX shape inference and ORT's basic graph optimisation,
-  e.g. BatchNorm folded into Conv) and then ``quantize_static`` / ``quantize_dynamic``.
+* `QuantizeParams` (declared in `quantize_params`) + `quantize_model`: static (calibrated)
+  or dynamic quantization of an ONNX model. ORT's API works on files, so the model goes
+  through a temporary folder: ``quant_pre_process`` (symbolic + ONNX shape inference and
+  ORT's basic graph optimisation, e.g. BatchNorm folded into Conv) and then
+  ``quantize_static`` / ``quantize_dynamic``.
 * `int8_report`: what ONNX Runtime will really execute. Q/DQ nodes in a file prove nothing:
   a QDQ model only runs int8 kernels if ORT's graph optimiser fuses each
   ``DQ -> Conv -> Q`` group into ``QLinearConv`` (``QGemm``, ``QLinearMatMul``, ...). The
@@ -40,7 +41,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,11 @@ import numpy as np
 import onnx
 
 from .data import Dataset
+from .graph import node_macs, probe_shapes
 from .runtime import session
 from .errors import WorkloadError, choices
+from .quantize_params import FORMATS, INT_TYPES, METHODS, MODES, QuantizeParams  # noqa: F401 - re-exported
 
-MODES = ("static", "dynamic")
-FORMATS = ("qdq", "qoperator")
-METHODS = ("minmax", "entropy", "percentile")
-INT_TYPES = ("int8", "uint8")
 _TWO_GB = 2 ** 31
 METADATA_KEY = "workloads.quantize"   # model metadata: the parameters used, as JSON
 
@@ -76,125 +75,6 @@ def _is_int8_kernel(op_type: str) -> bool:
     """Int8 compute kernels and int8 element-wise/pooling kernels (QLinearAdd, QLinearSigmoid...)."""
     return (op_type in INT8_COMPUTE or op_type.startswith("QLinear") or "Integer" in op_type
             or op_type == "QEmbedLayerNormalization")
-
-
-# ---- parameters ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class QuantizeParams:
-    """How to quantize; `from_mapping` builds one from an experiment file's entry.
-
-    ``activation_type``/``weight_type`` of ``None`` mean uint8 activations and int8 weights
-    (U8S8), the pair ORT's x86 int8 kernels (MLAS) compute natively. ORT's documentation
-    names S8S8 QDQ as a first choice, but on x86-64 (ORT 1.32, AVX2 without VNNI, resnet18)
-    S8S8 QDQ left 11 of 20 convolutions in float (those reading a MaxPool/Add output, which
-    stay float too), 57 % of the MACs in int8 and 1.8x the latency of U8S8, which fuses
-    completely; ORT warns that S8S8 QOperator is slow on x86-64 as well.
-    Dynamic quantization quantizes activations to uint8 at run time
-    (``DynamicQuantizeLinear``) and weights to int8 by default. ``format``, ``method`` and
-    ``activation_type`` apply to static quantization only; dynamic ignores them (so the
-    defaults of an operator call need not be unset).
-    ``reduce_range`` (7-bit weights) avoids the int16 saturation of U8S8 ``VPMADDUBSW`` on
-    AVX2/AVX-512 CPUs without VNNI; try it if accuracy drops there.
-    """
-    mode: str = "static"
-    format: str = "qdq"
-    per_channel: bool | str = "auto"          # "auto": per-channel when the model has Conv
-    method: str = "minmax"
-    samples: int = 128
-    activation_type: str | None = None
-    weight_type: str | None = None
-    reduce_range: bool = False
-    op_types: tuple[str, ...] | None = None    # None: every op type ORT can quantize
-    exclude_nodes: tuple[str, ...] | None = None
-
-    def __post_init__(self):
-        for key, value in _validate(self.__dict__, "quantize").items():
-            object.__setattr__(self, key, value)
-
-    @classmethod
-    def from_mapping(cls, d: dict | None, where: str) -> "QuantizeParams":
-        """Validated parameters from a user mapping (an experiment file's ``quantize:``
-        entry); ``where`` (e.g. ``strategies[3].operators[0].quantize``) prefixes errors.
-        Sequences given as tuples (an `OperatorCall`'s values) are accepted as lists."""
-        d = {} if d is None else d
-        if not isinstance(d, dict):
-            raise WorkloadError(f"{where}: parameters must be a mapping, e.g. {{mode: static, method: minmax}}")
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(valid), key=str)
-        if unknown:
-            raise WorkloadError(f"{where}: parameter {unknown[0]!r} unknown; valid: {choices(valid)}")
-        values = {f.name: d.get(f.name, f.default) for f in fields(cls)}
-        return cls(**_validate(values, where))
-
-    @property
-    def activation_qtype(self) -> str:
-        """The activation type used: the explicit one or the recommended default."""
-        return self.activation_type or "uint8"
-
-    @property
-    def weight_qtype(self) -> str:
-        return self.weight_type or "int8"
-
-    def resolved_per_channel(self, model: onnx.ModelProto) -> bool:
-        """``per_channel``, with ``auto`` resolved: True for models with convolutions."""
-        if self.per_channel == "auto":
-            return any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node)
-        return bool(self.per_channel)
-
-    def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-
-def _validate(values: dict, where: str) -> dict:
-    """Checked and normalised field values; raises a one-line `WorkloadError` naming the field."""
-    out = dict(values)
-
-    def bad(key, allowed):
-        raise WorkloadError(f"{where}.{key}: {values[key]!r} is not valid; allowed: {allowed}")
-
-    def word(key, words, optional=False):
-        v = values[key]
-        if optional and v is None:
-            return
-        if not (isinstance(v, str) and v in words):
-            bad(key, " | ".join(words))
-
-    word("mode", MODES)
-    word("format", FORMATS)
-    word("method", METHODS)
-    word("activation_type", INT_TYPES, optional=True)
-    word("weight_type", INT_TYPES, optional=True)
-    if not (isinstance(values["per_channel"], bool) or values["per_channel"] == "auto"):
-        bad("per_channel", "true | false | auto")
-    if not isinstance(values["reduce_range"], bool):
-        bad("reduce_range", "true | false")
-    s = values["samples"]
-    if not (isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 1_000_000):
-        bad("samples", "a whole number of calibration samples, 1 or more")
-    for key in ("op_types", "exclude_nodes"):
-        v = values[key]
-        if v is None:
-            continue
-        if not (isinstance(v, (list, tuple)) and v and all(isinstance(x, str) and x for x in v)):
-            bad(key, "a non-empty list of names")
-        out[key] = tuple(v)
-    if out["op_types"]:
-        known = _quantizable_op_types(out["mode"])
-        for op in out["op_types"]:
-            if op not in known:
-                raise WorkloadError(f"{where}.op_types: {op!r} cannot be quantized in {out['mode']} "
-                                    f"mode; allowed: {choices(sorted(known))}")
-    return out
-
-
-def _quantizable_op_types(mode: str) -> set[str]:
-    from onnxruntime.quantization import registry
-
-    if mode == "dynamic":
-        return set(registry.IntegerOpsRegistry)
-    # what quantize_static itself quantizes by default, in either format
-    return set(registry.QDQRegistry) | set(registry.QLinearOpsRegistry)
 
 
 # ---- quantization -------------------------------------------------------------------------
@@ -476,42 +356,23 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
 
 
 def _compute_macs(model: onnx.ModelProto) -> dict[tuple[str, int], int] | None:
-    """Multiply-accumulates per compute node, keyed ``(op_type, node index)``, from one run of
-    the optimised model (unoptimised, dummy zero inputs, symbolic dims = 1) that also outputs
-    every compute node's input and output tensors. None when the probe fails."""
+    """Multiply-accumulates per compute node, keyed ``(op_type, node index)``, as
+    `graph.node_macs` counts them from the shapes of one run of the optimised model
+    (`graph.probe_shapes`: unoptimised, zero inputs, symbolic dims = 1). None when the probe
+    fails or leaves a shape unknown."""
     compute = [(i, n) for i, n in enumerate(model.graph.node)
                if n.op_type in INT8_COMPUTE or n.op_type in FLOAT_COMPUTE]
     if not compute:
         return {}
     inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    wanted = []
-    for _, n in compute:
-        for name in list(n.input) + [n.output[0]]:
-            if name and name not in inits and name not in wanted:
-                wanted.append(name)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    for name in wanted:
-        if name not in have:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    feeds = {}
-    for name, dims, dtype in _model_inputs(model):
-        if dtype not in _NP.values() or dims is None:
-            return None
-        feeds[name] = np.zeros([1 if d is None else d for d in dims], dtype=dtype)
-    try:
-        sess = session(probe, optimization="disable")
-        values = sess.run(wanted, feeds)
-    except Exception:
-        return None
-    shapes = {name: tuple(v.shape) for name, v in zip(wanted, values)} | inits
+    wanted = [t for _, n in compute for t in (*n.input, n.output[0]) if t and t not in inits]
+    shapes = {t: dims for t, (_, dims) in probe_shapes(model, wanted).items()} | inits
     out = {}
     for i, n in compute:
-        try:
-            out[(n.op_type, i)] = _node_macs(n, shapes)
-        except (KeyError, IndexError, ValueError):
+        macs = node_macs(n, shapes.get)
+        if macs is None:
             return None
+        out[(n.op_type, i)] = macs
     return out
 
 
@@ -520,35 +381,6 @@ def _attr(node, name, default=0):
         if a.name == name:
             return onnx.helper.get_attribute_value(a)
     return default
-
-
-def _node_macs(n, shapes) -> int:
-    op, ins = n.op_type, list(n.input)
-    out = shapes[n.output[0]]
-    if op in ("Conv", "FusedConv", "NhwcFusedConv", "ConvInteger", "QLinearConv"):
-        w = shapes[ins[3] if op == "QLinearConv" else ins[1]]       # (Cout, Cin/g, kh, kw)
-        return int(np.prod(out)) * int(np.prod(w[1:]))
-    if op in ("ConvTranspose", "QLinearConvTranspose"):
-        x = shapes[ins[0]]
-        w = shapes[ins[3] if op == "QLinearConvTranspose" else ins[1]]  # (Cin, Cout/g, kh, kw)
-        return int(np.prod(x)) * int(np.prod(w[1:]))
-    if op in ("Gemm", "FusedGemm", "QGemm"):
-        a = shapes[ins[0]]
-        return int(np.prod(out)) * int(a[0] if _attr(n, "transA") else a[1])
-    if op in ("MatMul", "MatMulInteger", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"):
-        a = shapes[ins[0]]
-        return int(np.prod(out)) * int(a[-1])
-    if op == "FusedMatMul":
-        a = shapes[ins[0]]
-        return int(np.prod(out)) * int(a[-2] if _attr(n, "transA") and len(a) > 1 else a[-1])
-    if op in ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"):
-        x, w, r = shapes[ins[0]], shapes[ins[1]], shapes[ins[2]]   # X (seq, batch, in)
-        return int(x[0]) * int(x[1]) * (int(np.prod(w)) + int(np.prod(r)))
-    if op in ("Attention", "QAttention", "MultiHeadAttention"):
-        x = shapes[ins[0]]                                          # projections only
-        w = shapes[ins[3] if op == "QAttention" else ins[1]]
-        return int(np.prod(x[:-1])) * int(np.prod(w))
-    raise KeyError(op)
 
 
 # ---- latency and CPU ----------------------------------------------------------------------------

@@ -587,6 +587,17 @@ def test_qoperator_model_with_contrib_ops(float_cnn, tmp_path):
     assert verify_split(q, parts, X16) == 0.0
 
 
+def test_a_part_ending_in_a_contrib_op_gets_its_output_measured(float_cnn, tmp_path):
+    """A graph output that no shape inference types is measured by the probe run like any other
+    tensor, so the node writing it is counted at its real size."""
+    q = quantized(float_cnn, tmp_path / "q.onnx", "qoperator")
+    pool = next(n for n in q.graph.node if n.op_type == "QLinearGlobalAveragePool")
+    whole = analyze(q)
+    first = split(q, [pool.output[0]], whole)[0]
+    assert first.graph.output[0].name == pool.output[0]
+    assert analyze(first).node_flops[pool.name] == whole.node_flops[pool.name] == 8   # (1, 8, 1, 1)
+
+
 def test_resnet18_cuts_are_the_block_outputs():
     import torch
     import torchvision

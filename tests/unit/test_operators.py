@@ -1,4 +1,7 @@
 """Operator chains as written in experiment files: names, parameters, order, placement."""
+import subprocess
+import sys
+
 import pytest
 
 from workloads.errors import WorkloadError
@@ -40,6 +43,8 @@ def test_unknown_parameter_lists_valid_ones():
 @pytest.mark.parametrize("item, text", [
     ({"quantize": {"method": "kl"}}, "quantize.method: 'kl' is not valid; allowed: minmax | entropy | percentile"),
     ({"quantize": {"samples": 0}}, "quantize.samples: 0 is not valid; allowed: a whole number in 1..100000"),
+    ({"quantize": {"per_channel": "yes"}}, "quantize.per_channel: 'yes' is not valid; allowed: true | false | auto"),
+    ({"partition": {"atol": 1}}, "partition.atol: 1 is not valid; allowed: a number in (0, 1)"),
     ({"early_exit": {"threshold": 1.5}}, "early_exit.threshold: 1.5 is not valid; allowed: a confidence in (0, 1]"),
     ({"partition": {"cut": 1.2}}, "partition.cut: 1.2 is not valid; allowed: auto, a tensor name, or a FLOPs"),
 ])
@@ -82,3 +87,39 @@ def test_static_only_quantize_parameters_are_refused_with_dynamic_mode():
         f"{W}[0].quantize.method: applies to static quantization only (mode: dynamic quantizes activations at "
         "run time); remove it or use mode: static")
     parse_chain([{"quantize": {"mode": "dynamic", "reduce_range": True}}], W)     # applies to both
+
+
+def test_the_quantize_operator_takes_the_quantizers_own_parameters(tmp_path):
+    """One declaration: a value the quantizer refuses gets the same one line from an experiment file."""
+    from testbed.experiment import ExperimentError, load_experiment
+    from workloads.quantize_params import FIELDS, MAX_SAMPLES, QuantizeParams
+
+    params = OPERATORS["quantize"].params
+    assert all(params[k] is FIELDS[k] for k in params if k != "mode")
+    assert params["mode"].parse("auto") == "auto" and all(params["mode"].parse(m) == m for m in ("static", "dynamic"))
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: t\nmodels: [fmnist_cnn]\nstrategies:\n  - name: q\n    operators:\n"
+                    f"      - quantize: {{samples: {MAX_SAMPLES + 1}}}\n    placement: edge\n")
+    with pytest.raises(ExperimentError) as file_error:
+        load_experiment(path, cores=2, memory_bytes=24 << 30)
+    with pytest.raises(WorkloadError) as direct:
+        QuantizeParams.from_mapping({"samples": MAX_SAMPLES + 1}, "strategies[0].operators[0].quantize")
+    assert str(file_error.value) == f"{path}:6: {direct.value}"
+    assert str(direct.value).endswith(f"samples: {MAX_SAMPLES + 1} is not valid; allowed: a whole number in "
+                                      f"1..{MAX_SAMPLES}")
+    QuantizeParams(samples=MAX_SAMPLES)
+    parse_chain([{"quantize": {"samples": MAX_SAMPLES}}], W)
+
+
+def test_default_quantize_call_is_unchanged():
+    """Every quantize artifact's cache key holds the call with its defaults: a new operator
+    parameter, or a changed default, would rebuild them all."""
+    assert parse_chain(["quantize"], W)[0].as_dict() == {"quantize": {
+        "mode": "auto", "format": "qdq", "per_channel": "auto", "method": "minmax", "samples": 128,
+        "reduce_range": False}}
+
+
+def test_parsing_an_experiments_operators_imports_neither_numpy_nor_onnx():
+    code = "import sys, workloads.operators; print('numpy' in sys.modules, 'onnx' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["False", "False"]

@@ -89,6 +89,16 @@ def test_skipping_blocks_removes_their_work_and_keeps_the_rest_exact(net, model)
     assert np.abs(out - full).max() > 1e-3          # and it is not the unskipped model
 
 
+def test_a_backbone_is_analysed_once_and_a_new_backbone_anew(model):
+    p = Pipeline("toy", "classification", model)
+    info = p.info()
+    assert replace(p, cuts=(info.cuts[3].tensor,)).with_report("x", {}).info() is info
+    q = skip_blocks(p, ["layer1/layer1.2"])
+    assert q.info() is not info and q.info() is q.with_report("y", {}).info()
+    assert q.info().total_flops == q.report["early_exit"]["flops_after"] < info.total_flops
+    assert q.info() == graph.analyze(q.backbone) and info == graph.analyze(model)
+
+
 def test_skipping_an_unknown_block_lists_the_valid_ones(model):
     with pytest.raises(WorkloadError, match=r"block 'layer9' not skippable; valid: layer1/layer1.0, layer1/layer1.1"):
         skip_blocks(Pipeline("toy", "classification", model), ["layer9"])

@@ -13,11 +13,12 @@ import numpy as np
 import onnx
 import pytest
 
+from workloads import graph
 from workloads.data import Dataset
 from workloads.errors import WorkloadError
 from workloads.metrics import agreement
-from workloads.quantize import (METADATA_KEY, Int8Report, LatencyStats, QuantizeParams, cpu_features,
-                                int8_report, measure_latency, quantize_model)
+from workloads.quantize import (FLOAT_COMPUTE, INT8_COMPUTE, METADATA_KEY, Int8Report, LatencyStats, QuantizeParams,
+                                cpu_features, int8_report, measure_latency, quantize_model)
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -126,9 +127,9 @@ def test_defaults_and_mapping():
     ({"bits": 4}, f"{WHERE}: parameter 'bits' unknown; valid: mode, format, per_channel, method, samples, "
                   "activation_type, weight_type, reduce_range, op_types, exclude_nodes"),
     ({"method": "kl"}, f"{WHERE}.method: 'kl' is not valid; allowed: minmax | entropy | percentile"),
-    ({"samples": 0}, f"{WHERE}.samples: 0 is not valid; allowed: a whole number of calibration samples, 1 or more"),
-    ({"samples": True}, f"{WHERE}.samples: True is not valid; allowed: a whole number of calibration samples, "
-                        "1 or more"),
+    ({"samples": 0}, f"{WHERE}.samples: 0 is not valid; allowed: a whole number in 1..100000"),
+    ({"samples": True}, f"{WHERE}.samples: True is not valid; allowed: a whole number in 1..100000"),
+    ({"samples": 100_001}, f"{WHERE}.samples: 100001 is not valid; allowed: a whole number in 1..100000"),
     ({"mode": "qat"}, f"{WHERE}.mode: 'qat' is not valid; allowed: static | dynamic"),
     ({"format": "QDQ"}, f"{WHERE}.format: 'QDQ' is not valid; allowed: qdq | qoperator"),
     ({"per_channel": "yes"}, f"{WHERE}.per_channel: 'yes' is not valid; allowed: true | false | auto"),
@@ -217,6 +218,9 @@ def test_partial_quantization_is_reported(conv):
 def test_float_model_fails_check(conv):
     r = int8_report(conv["model"])
     assert r.int8_ops == {} and r.int8_fraction == 0.0 and r.float_macs == CONV_MACS
+    # the same count as the partitioning analysis of the unoptimised model (2 FLOPs a MAC)
+    flops = graph.analyze(conv["model"]).node_flops
+    assert sum(flops[n.name] for n in conv["model"].graph.node if n.op_type in ("Conv", "Gemm")) == 2 * CONV_MACS
     assert r.float_ops == {"FusedConv": 2, "Gemm": 1}     # Conv+ReLU fused, BatchNorm folded
     with pytest.raises(WorkloadError) as e:
         r.check("strategies[0]")
@@ -293,6 +297,10 @@ def test_no_torch_import():
     code = "import sys, workloads.quantize, workloads.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_compute_kernel_the_report_names_has_a_mac_count():
+    assert INT8_COMPUTE | FLOAT_COMPUTE <= graph.MAC_OPS
 
 
 def test_report_serialises():
