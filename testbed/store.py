@@ -4,7 +4,7 @@ Everything a run measures goes here, one transaction per cell, so the file is al
 consistent: a crash (or Ctrl-C, or ``kill -9``) mid-run loses at most the cell being written,
 never leaves half of one, and a resumed run sees exactly the cells that finished. The file is
 in WAL mode, so ``sqlite3 results.sqlite`` (or any SQLite client) can read it while a run is
-still writing; ``testbed export`` turns it into CSV or Parquet files that stand alone.
+still writing; ``testbed results export`` turns it into CSV or Parquet files that stand alone.
 
 Schema
 ------
