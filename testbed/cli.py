@@ -455,6 +455,7 @@ def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> Non
     """Write FOLDER/report/index.html: figures, statistics and recommendations; works offline."""
     from testbed.recommend import headlines
     from testbed.report import write_report
+    from testbed.summary import axis_names, point_labels
 
     written = write_report(folder, out, tolerance)
     if as_json:
@@ -462,8 +463,11 @@ def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> Non
     else:
         click.echo(f"report: {written.index} ({len(written.figures)} figures, {len(written.tables)} table files "
                    f"in {written.index.parent / 'tables'})")
-        for r in headlines(written.recommendations):
-            click.echo(f"  {r['model']} at {r['point_label']}: {r['text']}")
+        lines = headlines(written.recommendations)
+        names = axis_names(a for r in lines for a in r["point"])     # the summary's short labels: EC 5Mbit
+        for r in lines:
+            where = ", ".join(point_labels(r["point"], names))
+            click.echo(f"  {r['model']}" + (f" at {where}" if where else "") + f": {r['text']}")
     if written.note:
         click.echo(f"note: {written.note}", err=True)
 

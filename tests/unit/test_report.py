@@ -271,6 +271,9 @@ def test_cli_report_prints_where_it_wrote_and_the_recommendations(tmp_path):
     assert str(tmp_path / "rep" / "index.html") in r.output
     assert "lowest latency within 1 % accuracy loss: edge-q" in r.output
     assert (tmp_path / "rep" / "figures" / "cnn-latency.png").is_file()
+    # each headline names its point as the summary table does (ME 5Mbit, EC 50Mbit), not as a path
+    heads = [line for line in r.output.splitlines() if line.startswith("  cnn at ")]
+    assert heads and all(" ME " in h and " EC " in h and "links." not in h for h in heads), r.output
 
 
 def test_cli_report_json_has_paths_and_recommendations(tmp_path):
