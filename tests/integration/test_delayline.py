@@ -247,7 +247,8 @@ def test_jitter_bounds_without_reordering(topo, daemon_factory):
     r = ping_rtt(topo.a, B_IP, count=60, interval=0.02)
     print(f"\n20 ms +- 5 ms jitter: RTT min {r['min']:.3f} avg {r['avg']:.3f} max {r['max']:.3f} mdev {r['mdev']:.3f}")
     assert r["received"] == 60
-    assert r["min"] >= 15 - 0.05 and r["max"] <= 25 + 1.5
+    # on failure, the line's own counters tell a late delay line from a packet delayed elsewhere
+    assert r["min"] >= 15 - 0.05 and r["max"] <= 25 + 1.5, (r, d.call({"op": "stats"})["stats"])
     assert r["mdev"] > 1.0  # uniform on +-5 ms has sd 2.9 ms
     assert abs(r["avg"] - 20) < 2.5
 
