@@ -8,7 +8,7 @@ root and no network: `workloads.prepare` does the building and caches it by cont
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 
 from workloads.errors import WorkloadError
 
@@ -50,13 +50,17 @@ def prepare_all(needs: Iterable[ArtifactNeed], *, cache=None,
     return built
 
 
-def host_work(exp: Experiment, built: Mapping[ArtifactNeed, object]) -> dict[str, list[tuple[str, list[str]]]]:
+def calibration_work(exp: Experiment, progress: Callable[[str], None] = lambda message: None
+                     ) -> dict[str, list[tuple[str, list[str]]]]:
     """host -> [(label, compute-probe arguments)] for every part ``exp``'s strategies place on
-    that host (:meth:`Experiment.parts_by_host`); a later part names the parts ahead of it
-    (``--after``) so that the probe feeds it what they compute. ``built`` holds the artifacts
-    (:func:`prepare_all`)."""
+    that host (:meth:`Experiment.parts_by_host`, worked out once), their artifacts prepared
+    first (cached; the first that cannot be built is the error). A later part names the parts
+    ahead of it (``--after``) so that the probe feeds it what they compute."""
+    by_host = exp.parts_by_host()
+    needs = list(dict.fromkeys(need for parts in by_host.values() for need, _, _ in parts))
+    built = prepare_all(needs, progress=progress)
     work: dict[str, list[tuple[str, list[str]]]] = {}
-    for host, parts in exp.parts_by_host().items():
+    for host, parts in by_host.items():
         for need, i, strategy in parts:
             folder = built[need].path
             args = ["--onnx", str(folder / f"seg{i}.onnx")]
@@ -65,9 +69,3 @@ def host_work(exp: Experiment, built: Mapping[ArtifactNeed, object]) -> dict[str
             label = f"{need.model.name} [{strategy}]" + (f" part {i + 1}/{need.parts}" if need.parts > 1 else "")
             work.setdefault(host, []).append((label, args))
     return work
-
-
-def calibration_work(exp: Experiment, progress: Callable[[str], None] = lambda message: None):
-    """:func:`host_work` of ``exp`` with its artifacts prepared first (cached)."""
-    needs = list(dict.fromkeys(need for parts in exp.parts_by_host().values() for need, _, _ in parts))
-    return host_work(exp, prepare_all(needs, progress=progress))
