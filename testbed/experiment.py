@@ -27,6 +27,7 @@ The format
       - {name: me-partition, operators: [{partition: {cut: auto}}], placement: [mobile, edge]}
     source: mobile                  # where inputs are produced: a host, or client
     requests: {warmup: 3, repeat: 30, inputs: 10, timeout: 120s}
+    load: {scenario: single-stream} # or server / multi-stream / offline: many requests in flight
     codec: binary                   # or json-base64
     serving: {connection: persistent, threads: auto, pace: true}   # or per-request; threads: N or {host: N}
     sweep:                          # optional: every combination of values is one point
@@ -34,7 +35,7 @@ The format
       links.edge-cloud.bandwidth:  [1Mbit, 10Mbit]
 
 Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``strategies``,
-``source``, ``requests``, ``codec``, ``serving``, ``sweep``; nothing else.
+``source``, ``requests``, ``load``, ``codec``, ``serving``, ``sweep``; nothing else.
 
 - ``hosts`` / ``links``: the same keys and units as a topology file (see
   :mod:`topologies.loader`); they change hosts and links the topology has, and cannot add
@@ -64,6 +65,25 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   and at most as many as that data has (`testbed run` says so in one line; default 10);
   ``timeout`` per request, a duration with a unit (``us``, ``ms``, ``s``), above 0 and at
   most 3600s (default 120s).
+- ``load``: how requests arrive, MLPerf LoadGen's scenarios (``workloads.loadgen``).
+  ``scenario: single-stream`` (default) sends one request at a time from ``source`` and the
+  next when the answer is back. ``server`` is an open loop: Poisson arrivals at ``qps``
+  requests per second in all (above 0, at most 100000), each source sending ``qps / N``,
+  seeded by ``seed`` (0 to 2^32-1, default 0: the same seed, the same arrival times).
+  ``multi-stream`` is a closed loop: ``concurrency`` requests outstanding in all (1 to 4096,
+  at least one per source), each sent as soon as an answer is back. ``offline`` makes every
+  request due at once, ``concurrency`` (default 64) of them in flight: its figure is
+  throughput. ``sources``: the hosts requests start from, a list of hosts or a count N (the
+  topology's first N hosts as written: ``mobile1..mobileN`` in ``star:mobiles=N``); it
+  replaces ``source`` (the two are refused together). ``duration`` (server and
+  multi-stream): measure for that long instead of ``requests.repeat`` requests (the two are
+  refused together). ``slo``: latency targets, ``{p50|p90|p99|p99.9: duration}``. Every
+  request's latency counts from the time its scenario scheduled it, not from when the
+  generator got to send it (no coordinated omission), and every host queues the requests it
+  gets in arrival order, computing one at a time: the wait is the request's ``queue_ms``.
+  A scenario takes only its own keys (``server``: qps, sources, duration, seed, slo;
+  ``multi-stream``: concurrency, sources, duration, slo; ``offline``: concurrency, sources);
+  ``load.qps``, ``load.concurrency`` and ``load.sources`` are sweep axes like any other path.
 - ``codec``: the wire format, ``binary`` (default: length-prefixed raw tensors) or
   ``json-base64`` (the studies' transport, to compare with).
 - ``serving``: ``connection`` to the next hop, ``persistent`` (default: opened once and
@@ -136,7 +156,7 @@ from workloads.models import check_weights, get_model
 from workloads.operators import OperatorCall, check_placement, parse_chain
 from workloads.wire import CODECS, CONNECTIONS
 
-TOP_KEYS = ("name", "topology", "hosts", "links", "models", "strategies", "source", "requests", "codec",
+TOP_KEYS = ("name", "topology", "hosts", "links", "models", "strategies", "source", "requests", "load", "codec",
             "serving", "sweep")
 REQUIRED = ("name", "models", "strategies")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -154,6 +174,17 @@ STRATEGY_KEYS = ("name", "operators", "placement")
 REQUEST_COUNTS = {"warmup": (0, 10_000, 3), "repeat": (1, 1_000_000, 30), "inputs": (1, 100_000, 10)}
 REQUEST_KEYS = (*REQUEST_COUNTS, "timeout")
 TIMEOUT_DEFAULT_MS, TIMEOUT_MAX_MS = 120_000.0, 3_600_000.0
+# load: LoadGen's scenario names; single-stream is one request at a time from one source
+SCENARIOS = ("single-stream", "server", "multi-stream", "offline")
+LOAD_KEYS = ("scenario", "qps", "concurrency", "sources", "duration", "seed", "slo")
+# which keys each scenario takes besides scenario (the rest are refused, never ignored)
+SCENARIO_KEYS = {"single-stream": (), "server": ("qps", "sources", "duration", "seed", "slo"),
+                 "multi-stream": ("concurrency", "sources", "duration", "slo"),
+                 "offline": ("concurrency", "sources")}
+MAX_QPS, MAX_CONCURRENCY = 100_000.0, 4096
+OFFLINE_CONCURRENCY = 64      # offline: requests in flight at once when concurrency is not set
+DURATION_MAX_MS = 3_600_000.0
+SLO_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
 MAX_POINTS = 10_000  # a bigger grid is a typo more often than a plan, and each point is validated
 
 _SYNTAX_ALLOWED = "valid YAML: a mapping with name, topology, models and strategies"
@@ -219,6 +250,53 @@ class Requests:
 
 
 @dataclass(frozen=True)
+class Load:
+    """How requests arrive (MLPerf LoadGen's scenarios): ``single-stream`` (one request at a
+    time from one source, the next when the answer is back: the default), ``server`` (open
+    loop: Poisson arrivals at ``qps`` requests/s in all, each source sending ``qps / sources``),
+    ``multi-stream`` (closed loop: ``concurrency`` requests outstanding in all, spread over the
+    sources) and ``offline`` (every request due at once, ``concurrency`` of them in flight).
+    ``sources``: the hosts requests start from (empty: the experiment's ``source``);
+    ``duration_ms``: measure for this long instead of ``requests.repeat`` requests; ``seed``:
+    the arrival times; ``slo``: latency targets ``((percentile, ms), ...)``."""
+
+    scenario: str = SCENARIOS[0]
+    qps: float | None = None
+    concurrency: int | None = None
+    sources: tuple[str, ...] = ()
+    duration_ms: float | None = None
+    seed: int = 0
+    slo: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def concurrent(self) -> bool:
+        """More than one request may be in flight (every scenario but single-stream)."""
+        return self.scenario != SCENARIOS[0]
+
+    def in_flight(self) -> int | None:
+        """The cap on requests in flight over all sources (None: open loop, no cap)."""
+        if self.scenario == "offline":
+            return self.concurrency or OFFLINE_CONCURRENCY
+        return self.concurrency if self.scenario == "multi-stream" else None
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"scenario": self.scenario}
+        if self.qps is not None:
+            out["qps"] = self.qps
+        if self.concurrency is not None:
+            out["concurrency"] = self.concurrency
+        if self.sources:
+            out["sources"] = list(self.sources)
+        if self.duration_ms is not None:
+            out["duration"] = format_duration_ms(self.duration_ms)
+        if self.scenario == "server":
+            out["seed"] = self.seed
+        if self.slo:
+            out["slo"] = {k: format_duration_ms(v) for k, v in self.slo}
+        return out
+
+
+@dataclass(frozen=True)
 class Serving:
     """How host servers run: the connection to the next hop (kept open, or one per request as
     in the studies) and ONNX Runtime's intra-op threads per host (None: the host's core budget,
@@ -281,10 +359,16 @@ class Experiment:
     requests: Requests
     codec: str
     serving: Serving = field(default_factory=Serving)
+    load: Load = field(default_factory=Load)
     sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     source_path: Path | None = field(default=None, compare=False)
     _raw: dict | None = field(default=None, compare=False, repr=False)          # after --set
     _context: _Context | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The hosts requests start from: ``load.sources``, else ``(source,)``."""
+        return self.load.sources or (self.source,)
 
     def strategy(self, name: str) -> Strategy:
         for s in self.strategies:
@@ -345,17 +429,23 @@ class Experiment:
     def to_dict(self) -> dict:
         """A normalised, JSON-serialisable form: every default written out, the topology
         inline with its overrides applied, operators with all their parameters."""
-        return {
+        out = {
             "name": self.name,
             "topology": self.topology.to_dict(),
             "models": [m.to_dict() for m in self.models],
             "strategies": [s.to_dict() for s in self.strategies],
             "source": self.source,
             "requests": self.requests.to_dict(),
+            "load": self.load.to_dict(),
             "codec": self.codec,
             "serving": self.serving.to_dict(),
             "sweep": {path: [_thaw(v) for v in values] for path, values in self.sweep},
         }
+        if self.load.sources:             # they replace source (the two are refused together)
+            del out["source"]
+        if self.load.duration_ms is not None:   # it replaces requests.repeat (likewise)
+            del out["requests"]["repeat"]
+        return out
 
 
 # ---- public entry points ------------------------------------------------------------------
@@ -603,6 +693,7 @@ class _Validator(DocumentReader):
             strategies=self.strategies(raw["strategies"], topology),
             source=self.source(raw.get("source"), topology),
             requests=self.requests(raw.get("requests")),
+            load=self.load(raw, topology),
             codec=self.codec(raw.get("codec", DEFAULT_CODEC)),
             serving=self.serving(raw.get("serving"), topology),
             sweep=self.sweep(raw.get("sweep")),
@@ -782,6 +873,87 @@ class _Validator(DocumentReader):
             if not 0 < timeout <= TIMEOUT_MAX_MS:
                 self.fail("requests.timeout", f"{format_duration_ms(timeout)} is out of range", allowed)
         return Requests(timeout_ms=timeout, **counts)
+
+    def load(self, raw: dict, spec: TopologySpec) -> Load:
+        example = "{scenario: server, qps: 20, sources: [mobile1, mobile2], duration: 10s, slo: {p99: 100ms}}"
+        body = self.mapping(raw.get("load"), "load", LOAD_KEYS, example)
+        scenario = body.get("scenario", SCENARIOS[0])
+        if scenario not in SCENARIOS:
+            shown = f"'{scenario}'" if isinstance(scenario, str) else kind_of(scenario)
+            self.fail("load.scenario", f"{shown} is not a scenario", " | ".join(SCENARIOS))
+        takes = SCENARIO_KEYS[scenario]
+        for key in body:
+            if key != "scenario" and key not in takes:
+                self.fail(f"load.{key}", f"the {scenario} scenario does not take {key}",
+                          f"for {scenario}: {', '.join(takes) or 'nothing besides scenario'}")
+        qps = body.get("qps")
+        if scenario == "server":
+            if qps is None:
+                self.fail("load", "the server scenario needs qps", "e.g. {scenario: server, qps: 20}")
+            if isinstance(qps, bool) or not isinstance(qps, (int, float)) or not 0 < qps <= MAX_QPS:
+                self.fail("load.qps", f"{qps!r} is not a request rate", f"requests per second above 0, at most {MAX_QPS:g}")
+            qps = float(qps)
+        concurrency = body.get("concurrency")
+        if scenario == "multi-stream" and concurrency is None:
+            self.fail("load", "the multi-stream scenario needs concurrency", "e.g. {scenario: multi-stream, concurrency: 4}")
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                        or not 1 <= concurrency <= MAX_CONCURRENCY):
+            self.fail("load.concurrency", f"{concurrency!r} is not a request count", f"a whole number 1 to {MAX_CONCURRENCY}")
+        sources = self.load_sources(body.get("sources"), spec, raw)
+        if concurrency is not None and concurrency < len(sources):
+            self.fail("load.concurrency", f"{concurrency} requests in flight cannot keep {len(sources)} sources busy",
+                      f"at least one per source: {len(sources)} or more")
+        duration = None
+        if "duration" in body:
+            allowed = f"a duration above 0 and at most {format_duration_ms(DURATION_MAX_MS)}, e.g. 10s"
+            try:
+                duration = parse_duration_ms(body["duration"])
+            except TopologyError as e:
+                self.fail("load.duration", e.problem, allowed)
+            if not 0 < duration <= DURATION_MAX_MS:
+                self.fail("load.duration", f"{format_duration_ms(duration)} is out of range", allowed)
+            if isinstance(raw.get("requests"), dict) and "repeat" in raw["requests"]:
+                self.fail("load.duration", "set with requests.repeat: a cell measures either a number of requests "
+                          "or a duration", "one of load.duration and requests.repeat")
+        seed = body.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+            self.fail("load.seed", f"{seed!r} is not a seed", "a whole number 0 to 4294967295")
+        slo: list[tuple[str, float]] = []
+        targets = self.mapping(body.get("slo"), "load.slo", tuple(SLO_PERCENTILES), "{p99: 100ms}")
+        for key in SLO_PERCENTILES:
+            if key in targets:
+                allowed = "a duration above 0, e.g. 100ms"
+                try:
+                    ms = parse_duration_ms(targets[key])
+                except TopologyError as e:
+                    self.fail(f"load.slo.{key}", e.problem, allowed)
+                if ms <= 0:
+                    self.fail(f"load.slo.{key}", f"{format_duration_ms(ms)} is not above 0", allowed)
+                slo.append((key, ms))
+        if "slo" in body and not slo:
+            self.fail("load.slo", "no target", "e.g. {p99: 100ms}")
+        return Load(scenario, qps, concurrency, sources, duration, seed, tuple(slo))
+
+    def load_sources(self, value: object, spec: TopologySpec, raw: dict) -> tuple[str, ...]:
+        """``load.sources``: hosts, or a count N (the topology's first N hosts as written)."""
+        if value is None:
+            return ()
+        allowed = f"a list of hosts of topology {spec.name} ({name_list(spec.host_names)}) or a count 1 to {len(spec.hosts)}"
+        if raw.get("source") is not None:
+            self.fail("load.sources", "set with source: requests start either at source or at load.sources",
+                      "one of source and load.sources")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 1 <= value <= len(spec.hosts):
+                self.fail("load.sources", f"{value} is out of range", allowed)
+            return tuple(spec.host_names[:value])
+        hosts = self.nonempty_list(value, "load.sources", allowed)
+        for k, host in enumerate(hosts):
+            if not isinstance(host, str) or host not in spec.host_names:
+                shown = f"unknown host '{host}'" if isinstance(host, str) else f"expected a host name, got {kind_of(host)}"
+                self.fail(f"load.sources[{k}]", shown, allowed)
+            if host in hosts[:k]:
+                self.fail(f"load.sources[{k}]", f"host '{host}' appears twice", "each host once")
+        return tuple(hosts)
 
     def codec(self, value: object) -> str:
         if not isinstance(value, str) or value not in CODECS:

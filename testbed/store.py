@@ -89,6 +89,7 @@ class CellRecord:
     ended: float
     network: dict = field(default_factory=dict)
     hosts: dict = field(default_factory=dict)
+    load: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ class RequestRow:
     output_match: bool | None = None
     output_max_diff: float | None = None
     error: str | None = None
+    source: str | None = None
+    due_ms: float | None = None
+    queue_ms: float | None = None
+    late_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,8 @@ CELLS = Table("cells", "One row per cell: one sweep point x one model x one stra
     Column("errors", INTEGER, "its request rows with status `error`"),
     Column("network_json", JSON, "the links as applied and read back"),
     Column("hosts_json", JSON, "the hosts' limits as applied"),
+    Column("load_json", JSON, "a load scenario's figures: scenario, target and achieved QPS, throughput, "
+                              "the generators' lateness (NULL for single-stream)"),
 ), indexes=(("cells_run", "run_id"),))
 
 REQUESTS = Table("requests", "One row per measured request (warm-up requests are not stored). "
@@ -325,6 +332,11 @@ REQUESTS = Table("requests", "One row per measured request (warm-up requests are
     Column("output_match", BOOLEAN, "the output agrees with the reference"),
     Column("output_max_diff", REAL, "the largest absolute difference to the reference"),
     Column("error", TEXT, "why, when not ok"),
+    Column("source", TEXT, "the host it started from (load scenarios; NULL: the cell's source)"),
+    Column("due_ms", REAL, "when a load scenario scheduled it, ms after the cell's start; `e2e_ms` counts "
+                           "from there (NULL: single-stream, which counts from the send)"),
+    Column("queue_ms", REAL, "waiting in the hosts' queues: arrival to start of compute, summed over hosts"),
+    Column("late_ms", REAL, "how late the load generator sent it after `due_ms` (part of `e2e_ms`)"),
 ), primary_key=("cell", "seq"), indexes=(("requests_cell", "cell"),))
 
 HOPS = Table("hops", "Where one request's time went, step by step. A link with `src = dst` joins two "
@@ -361,9 +373,24 @@ def _no_change(conn: sqlite3.Connection) -> None:
     """A step whose only change is the version bookkeeping (done for every step)."""
 
 
+def _add_columns(table: Table, names: tuple[str, ...]) -> Callable[[sqlite3.Connection], None]:
+    """A step that adds ``table``'s columns ``names`` (NULL in the rows already stored)."""
+    def apply(conn: sqlite3.Connection) -> None:
+        for c in table.columns:
+            if c.name in names:
+                conn.execute(f"ALTER TABLE {table.name} ADD COLUMN {c.name} {c.type.sql}")
+    return apply
+
+
+def _load_columns(conn: sqlite3.Connection) -> None:
+    _add_columns(CELLS, ("load_json",))(conn)
+    _add_columns(REQUESTS, ("source", "due_ms", "queue_ms", "late_ms"))(conn)
+
+
 # Append a step for each change of the schema; never edit one that has shipped.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "the version is kept in PRAGMA user_version (and still in meta)", _no_change),
+    Migration(3, "load scenarios: cells.load_json; requests.source, due_ms, queue_ms, late_ms", _load_columns),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _CELL_ORDER = "ORDER BY started, cell"

@@ -383,9 +383,12 @@ class Client:
                     raise ConnectionError(f"first hop {self.target[0]}:{self.target[1]} did not answer a ping: {e}") from None
                 time.sleep(0.05)
 
-    def request(self, rid: int, tensors: dict[str, np.ndarray]) -> dict:
-        """One request; a dict with status, trace, output or error (never raises for I/O)."""
+    def request(self, rid: int, tensors: dict[str, np.ndarray], due: int | None = None) -> dict:
+        """One request; a dict with status, trace, output or error (never raises for I/O).
+        ``due``: the stamp a load scenario scheduled it for (its latency counts from there)."""
         rec = tr.client_record(self.host)
+        if due is not None:
+            rec["due"] = due
         deadline = time.monotonic() + self.timeout_s
         try:
             if self.sock is None:

@@ -284,7 +284,7 @@ def test_set_creates_mappings_and_widens_short_forms(tmp_path):
 
 @pytest.mark.parametrize("sets, message", [
     ([("colour", "red")], "--set: colour: unknown path; allowed: a path starting with a top-level key: name, topology, "
-                          "hosts, links, models, strategies, source, requests, codec, serving, sweep"),
+                          "hosts, links, models, strategies, source, requests, load, codec, serving, sweep"),
     ([("requests.repeat", "0")], "--set: requests.repeat: 0 is out of range; allowed: a whole number 1 to 1000000"),
     ([("links.edge-cloud.bandwidth", "1Mbs")], "--set: links.edge-cloud.bandwidth: unknown unit 'Mbs'; "
                                                "allowed: bit, kbit, Mbit, Gbit, Tbit (or bps, kbps, Mbps, Gbps, Tbps)"),
@@ -309,7 +309,7 @@ def test_set_errors_name_the_set(tmp_path, sets, message):
 
 ERRORS = [
     ("unknown_top_level_key", BASE + "colour: red\n",
-     "5: colour: unknown key; allowed: name, topology, hosts, links, models, strategies, source, requests, codec, "
+     "5: colour: unknown key; allowed: name, topology, hosts, links, models, strategies, source, requests, load, codec, "
      "serving, sweep"),
     ("name_wrong_type", "name: [a]\nmodels: [efficientnet_lite0]\nstrategies: [{name: e, placement: edge}]\n",
      "1: name: expected a string, got a list; allowed: 1 to 64 letters, digits, '_', '.' or '-', "
@@ -432,7 +432,7 @@ ERRORS = [
      "a mapping with name, topology, models and strategies"),
     ("not_a_mapping", "- a\n- b\n",
      "1: expected a mapping, got a list; allowed: a mapping with the keys name, topology, hosts, links, models, "
-     "strategies, source, requests, codec, serving, sweep"),
+     "strategies, source, requests, load, codec, serving, sweep"),
     ("empty_file", "",
      ": the file is empty; allowed: valid YAML: a mapping with name, topology, models and strategies"),
     ("duplicate_key", BASE + "name: u\n", "5: name: duplicate key (first at line 1); allowed: each key once"),

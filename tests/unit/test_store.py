@@ -20,7 +20,7 @@ from testbed.store import (SCHEMA_VERSION, STORE_FILE, CellRecord, HopRow, Reque
 ROOT = Path(__file__).resolve().parents[2]
 REQUEST_HEADER = ["cell", "model", "strategy", "placement", "status", "e2e_ms", "compute_ms", "transmission_ms",
                   "bytes_sent", "seq", "input_index", "serialization_ms", "overhead_ms", "exit_segment",
-                  "output_match", "output_max_diff", "error", "point"]
+                  "output_match", "output_max_diff", "error", "source", "due_ms", "queue_ms", "late_ms", "point"]
 HOP_HEADER = ["cell", "model", "strategy", "placement", "seq", "idx", "kind", "src", "dst", "direction", "part",
               "bytes", "ms", "decode_ms", "encode_ms"]
 
@@ -90,7 +90,7 @@ def test_new_store_is_wal_with_schema_version_and_pragmas(tmp_path):
     cols = [r[1] for r in raw.execute("PRAGMA table_info(requests)")]
     assert cols == ["cell", "seq", "input_index", "status", "e2e_ms", "compute_ms", "transmission_ms",
                     "serialization_ms", "overhead_ms", "bytes_sent", "exit_segment", "output_match",
-                    "output_max_diff", "error"]
+                    "output_max_diff", "error", "source", "due_ms", "queue_ms", "late_ms"]
     raw.close()
     with ResultStore.in_folder(tmp_path / "a" / "b", create=False) as s:    # reopening is fine
         assert s.cells() == [] and s.runs() == []
@@ -201,10 +201,12 @@ def test_a_version_1_store_is_upgraded_in_place_and_keeps_all_its_data(tmp_path)
         assert s.requests("a") == [
             {"cell": "a", "seq": 0, "input_index": 0, "status": "ok", "e2e_ms": 10.5, "compute_ms": 6.0,
              "transmission_ms": 3.0, "serialization_ms": 0.5, "overhead_ms": 1.0, "bytes_sent": 1028,
-             "exit_segment": None, "output_match": True, "output_max_diff": 1e-6, "error": None},
+             "exit_segment": None, "output_match": True, "output_max_diff": 1e-6, "error": None,
+             "source": None, "due_ms": None, "queue_ms": None, "late_ms": None},
             {"cell": "a", "seq": 1, "input_index": 1, "status": "timeout", "e2e_ms": None, "compute_ms": None,
              "transmission_ms": None, "serialization_ms": None, "overhead_ms": None, "bytes_sent": None,
-             "exit_segment": None, "output_match": None, "output_max_diff": None, "error": "no answer in 120 s"}]
+             "exit_segment": None, "output_match": None, "output_max_diff": None, "error": "no answer in 120 s",
+             "source": None, "due_ms": None, "queue_ms": None, "late_ms": None}]
         assert [(h["idx"], h["kind"], h["bytes"], h["encode_ms"]) for h in s.hops("a")] == [
             (0, "compute", None, None), (1, "link", 1028, 0.2)]
         s.write_cell(cell_record("c", run_id="r1"), request_rows(1), hop_rows(range(1)))   # and it takes writes
@@ -219,8 +221,8 @@ def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     import testbed.store as store_module
 
     def add_a_column_then_fail(conn):
-        conn.execute("ALTER TABLE requests ADD COLUMN queue_ms REAL")
-        conn.execute("UPDATE requests SET queue_ms = 1.0")
+        conn.execute("ALTER TABLE requests ADD COLUMN later_ms REAL")
+        conn.execute("UPDATE requests SET later_ms = 1.0")
         conn.execute("SELECT no_such_column FROM requests")
 
     folder = v1_store(tmp_path / "old")
@@ -378,7 +380,7 @@ def test_round_trip(store):
     assert reqs[0] == {"cell": c.cell, "seq": 0, "input_index": 0, "status": "ok", "e2e_ms": 10.0,
                        "compute_ms": 6.0, "transmission_ms": 3.0, "serialization_ms": 0.5, "overhead_ms": 0.5,
                        "bytes_sent": 1000, "exit_segment": None, "output_match": True, "output_max_diff": 1e-6,
-                       "error": None}
+                       "error": None, "source": None, "due_ms": None, "queue_ms": None, "late_ms": None}
     assert reqs[3]["e2e_ms"] is None and reqs[3]["error"] == "no answer in 120 s"
     assert reqs[4]["output_match"] is False
     assert store.requests() == reqs and store.requests("other") == []
