@@ -374,12 +374,59 @@ def print_run_summary(name: str, rows: list[dict], out: str) -> None:
         console.print(t)
         for n in notes:
             console.print(n)
+    loaded = [r for r in rows if r.get("load")]
+    if loaded:
+        _print_load(loaded, names)
     console.print()
     for line in (_legend(names), "quality: metric (change from the untransformed model, in points of %)",
                  "placement: left out, the terminal is too narrow" if narrow else "",
                  f"per host and per link, bytes, exits: testbed results show {out} --detail"):
         if line:
             console.print(f"[dim]{line}[/]")
+
+
+def _qps(v) -> str:
+    return "-" if v is None else f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+
+def _slo_text(slo: dict) -> str:
+    """'p99 ✓' / 'p99 ✗ 130ms': each target met or not (with what was measured when not)."""
+    out = []
+    for k, s in slo.items():
+        if s["met"]:
+            out.append(f"{k} [green]met[/]")
+        else:
+            got = "no answer" if s["measured_ms"] is None else f"{_ms(s['measured_ms'])}"
+            out.append(f"{k} [red]missed[/] ({got})")
+    return "\n".join(out) or "-"
+
+
+def _print_load(rows: list[dict], names: dict[str, str]) -> None:
+    """Under load: per cell, the offered and answered rates and the latency tail, counting
+    requests that got no answer as slower than all others (``testbed.load``)."""
+    for model, points in _by_model_and_point(rows).items():
+        t = Table(title=f"\n[bold]{model}[/] under load", title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, padding=(0, 1), collapse_padding=True, pad_edge=False)
+        columns = (["point"] if names else []) + ["strategy", "scenario", "offered\nreq/s", "answered\nreq/s",
+                                                   "p50", "p99", "p99.9", "queue\n%", "late\np99", "SLO"]
+        for c in columns:
+            t.add_column(c, justify="left" if c in ("point", "strategy", "scenario", "SLO") else "right",
+                         overflow="fold")
+        for group in points.values():
+            for i, (r, point) in enumerate(zip(group, _point_cells(group, names))):
+                f = r["load"]
+                lat = f["latency_ms"]
+                scenario = f["scenario"] + (f" {_qps(f['target_qps'])}/s" if f.get("target_qps") else
+                                            f" ×{f['concurrency']}" if f.get("concurrency") else "")
+                cells = ([point] if names else []) + [
+                    r["strategy"], scenario, _qps(f.get("offered_qps")), _qps(f.get("throughput_rps")),
+                    _ms(lat.get("p50")), _ms(lat.get("p99")), _ms(lat.get("p99.9")),
+                    "-" if f.get("queue_share") is None else f"{f['queue_share'] * 100:.0f}",
+                    _ms(f.get("late_p99_ms")), _slo_text(f.get("slo") or {})]
+                t.add_row(*cells, end_section=i == len(group) - 1)
+        console.print(t)
+    console.print("[dim]under load: latency from each request's scheduled time, ms; a request without an "
+                  "answer counts as slower than every answer (-: the percentile has no answer)[/]")
 
 
 def print_run_detail(name: str, rows: list[dict], out: str) -> None:

@@ -81,6 +81,11 @@ def cell_key(exp: Experiment, point: dict, model: ModelRef, strategy: Strategy) 
     defn = {"point": point, "model": model.to_dict(), "strategy": strategy.to_dict(),
             "topology": exp.topology.to_dict(), "requests": exp.requests.to_dict(), "codec": exp.codec,
             "source": exp.source, "serving": exp.serving.to_dict()}
+    if exp.load.concurrent:     # (single-stream cells keep the keys they had before load scenarios)
+        defn["load"] = exp.load.to_dict()
+        defn["source"] = list(exp.sources)
+        if exp.load.duration_ms is not None:
+            defn["requests"] = {k: v for k, v in defn["requests"].items() if k != "repeat"}
     digest = hashlib.sha256(json.dumps(defn, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{model.name}/{strategy.name}/{digest}"
 
@@ -328,7 +333,7 @@ def failed_record(run_id: str | None, exp: Experiment, key: str, point: dict, mo
     now = time.time()
     return CellRecord(
         cell=key, run_id=run_id or "", model=model.name, weights=model.weights, strategy=strategy.name,
-        operators=[o.as_dict() for o in strategy.operators], placement=strategy.placement, source=exp.source,
+        operators=[o.as_dict() for o in strategy.operators], placement=strategy.placement, source=",".join(exp.sources),
         codec=exp.codec, connection=exp.serving.connection, point=point, artifact=None, metric=None,
         metric_value=None, baseline_value=None, status="failed", error=error, started=now, ended=now)
 
@@ -347,6 +352,7 @@ class CellExecution:
         self.compute_samples: dict[str, list[tuple[float, float]]] = {}   # host -> (compute ms, CPU ms)
         self.error: str | None = None
         self.interrupt: BaseException | None = None
+        self.load: dict | None = None       # a load scenario's figures (testbed.load.figures)
 
     def run(self) -> CellOutcome:
         started = time.time()
@@ -359,7 +365,10 @@ class CellExecution:
                 t0 = time.monotonic()
                 self._start_servers()
                 timings["deploy_s"].append(time.monotonic() - t0)
-                self._run_client()
+                if self.exp.load.concurrent:
+                    self._run_load()
+                else:
+                    self._run_client()
             except RunError as e:
                 self.error = str(e)
                 if not self.requests:
@@ -458,24 +467,36 @@ class CellExecution:
                 for h, p in self.servers.items() if p.poll() is not None]
 
     # -- the client ---------------------------------------------------------------------------
+    def _source_host(self, source: str) -> str:
+        """The host a source runs on (``client``: the placement's first host)."""
+        first = self.cell.strategy.placement[0]
+        return first if source == "client" and "client" not in self.exp.topology.host_names else source
+
+    def _start_source(self, name: str, host: str, argv: list[str], **kw) -> subprocess.Popen:
+        """Start a client or load generator on ``host`` (in its namespace, outside its cgroup:
+        the harness is not charged to the host), its stderr in the logs as ``name``."""
+        log = self._log_path(f"client-{host}")
+        with log.open("a") as f:
+            f.write(f"--- cell {self.cell.key}\n")
+            start = f.tell()
+        self.logs[name] = (log, start)
+        with log.open("a") as f:
+            return self.net.popen(host, argv, limited=False, stdout=subprocess.PIPE, stderr=f, text=True,
+                                  start_new_session=True, **kw)
+
+    def _target(self, host: str) -> str:
+        first = self.cell.strategy.placement[0]
+        return f"{entry_address(self.net, self.exp.topology, host, first)}:{PORT}"
+
     def _run_client(self) -> None:
-        exp, net, cell = self.exp, self.net, self.cell
-        first = cell.strategy.placement[0]
-        source = first if exp.source == "client" and "client" not in exp.topology.host_names else exp.source
+        exp, cell = self.exp, self.cell
+        source = self._source_host(exp.source)
         r = exp.requests
-        argv = [sys.executable, "-m", "workloads.serving", "client",
-                "--target", f"{entry_address(net, exp.topology, source, first)}:{PORT}",
+        argv = [sys.executable, "-m", "workloads.serving", "client", "--target", self._target(source),
                 "--inputs", str(self.runner.request_inputs(cell.model)), "--host", source,
                 "--warmup", str(r.warmup), "--repeat", str(r.repeat), "--timeout", f"{r.timeout_ms / 1000:g}",
                 "--codec", exp.codec, "--connection", exp.serving.connection]
-        log = self._log_path(f"client-{source}")
-        with log.open("a") as f:
-            f.write(f"--- cell {cell.key}\n")
-            start = f.tell()
-        self.logs["client"] = (log, start)
-        with log.open("a") as f:
-            client = net.popen(source, argv, limited=False, stdout=subprocess.PIPE, stderr=f, text=True,
-                               start_new_session=True)
+        client = self._start_source("client", source, argv)
         # the client gives up on each request after the timeout; this only guards against a hang
         budget = (r.warmup + r.repeat) * (r.timeout_ms / 1000 + 1) + 60
         deadline = time.monotonic() + budget
@@ -507,6 +528,110 @@ class CellExecution:
                    if client.returncode not in (None, 0) else f"client did not finish within {budget:g}s")
             raise RunError(f"{len(self.requests)} of {r.repeat} requests measured; {why}")
 
+    def _load_argv(self, i: int, host: str) -> list[str]:
+        exp, load, r = self.exp, self.exp.load, self.exp.requests
+        argv = [sys.executable, "-m", "workloads.loadgen", "--target", self._target(host),
+                "--inputs", str(self.runner.request_inputs(self.cell.model)), "--host", host,
+                "--scenario", load.scenario, "--stream", str(i), "--streams", str(len(exp.sources)),
+                "--warmup", str(r.warmup), "--timeout", f"{r.timeout_ms / 1000:g}", "--codec", exp.codec,
+                "--connection", exp.serving.connection, "--wait-start"]
+        if load.scenario == "server":
+            argv += ["--qps", repr(load.qps), "--seed", str(load.seed)]
+        else:
+            argv += ["--concurrency", str(load.in_flight())]
+        if load.duration_ms is not None:
+            argv += ["--duration", repr(load.duration_ms / 1000)]
+        else:
+            argv += ["--requests", str(r.repeat)]
+        return argv
+
+    def _load_budget_s(self) -> float:
+        """How long the generators may take at most (a guard against a hang, not a limit)."""
+        load, r = self.exp.load, self.exp.requests
+        timeout_s = r.timeout_ms / 1000
+        if load.duration_ms is not None:
+            return load.duration_ms / 1000 + timeout_s + 60
+        if load.scenario == "server":
+            return 3 * r.repeat / load.qps + timeout_s + 60
+        return r.repeat / (load.in_flight() or 1) * (timeout_s + 1) + 60
+
+    def _run_load(self) -> None:
+        """A load scenario: one generator per source (workloads.loadgen), warmed up, then all
+        started on one shared stamp; their lines are read as they come."""
+        exp = self.exp
+        hosts = [self._source_host(s) for s in exp.sources]
+        gens = {f"loadgen-{h}": self._start_source(f"loadgen-{h}", h, self._load_argv(i, h), stdin=subprocess.PIPE)
+                for i, h in enumerate(hosts)}
+        done: dict[str, dict] = {}
+        try:
+            warm_s = 30 + exp.requests.warmup * (exp.requests.timeout_ms / 1000 + 1)
+            for name, p in gens.items():
+                hello = self._read_lines(name, p, time.monotonic() + warm_s, until="hello")
+                if hello is None:
+                    raise RunError(f"load generator on {name.removeprefix('loadgen-')} did not warm up: "
+                                   f"{self._source_failure(name, p, warm_s)}")
+            t0 = time.monotonic_ns() + 100_000_000      # every generator's schedule starts here
+            for p in gens.values():
+                p.stdin.write(f"start {t0}\n")
+                p.stdin.flush()
+            deadline = time.monotonic() + self._load_budget_s()
+            streams = {p.stdout: name for name, p in gens.items()}
+            while streams and time.monotonic() < deadline:
+                ready, _, _ = select.select(list(streams), [], [], 0.5)
+                for out in ready:
+                    line = out.readline()
+                    name = streams[out]
+                    if not line:
+                        del streams[out]
+                        continue
+                    msg = json.loads(line)
+                    if msg.get("done"):
+                        done[name] = msg
+                        del streams[out]
+                    elif "seq" in msg:
+                        self._add_request(msg)
+                        self.runner.events.request_done(msg["status"])
+        finally:
+            terminate(gens.values(), grace_s=3.0)
+            for p in gens.values():
+                p.stdout.close()
+                if p.stdin:
+                    try:
+                        p.stdin.close()
+                    except OSError:
+                        pass
+            from .load import figures
+
+            self.load = figures(exp.load, self.requests, list(done.values()))
+        missing = [n for n in gens if n not in done]
+        if missing:
+            why = "; ".join(self._source_failure(n, gens[n], self._load_budget_s()) for n in missing)
+            raise RunError(f"{len(self.requests)} requests measured; {why}")
+
+    def _read_lines(self, name: str, p: subprocess.Popen, deadline: float, until: str) -> dict | None:
+        """Read ``p``'s lines until one has key ``until``; None if it ends or the deadline passes."""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 0.5)
+            if not ready:
+                if p.poll() is not None:
+                    return None
+                continue
+            line = p.stdout.readline()
+            if not line:
+                return None
+            msg = json.loads(line)
+            if msg.get(until):
+                return msg
+        return None
+
+    def _source_failure(self, name: str, p: subprocess.Popen, budget_s: float) -> str:
+        dead = self._dead_servers()
+        if dead:
+            return f"servers exited: {'; '.join(dead)}"
+        if p.poll() is not None and p.returncode != 0:
+            return f"{name} exited ({_exit_text(p.returncode)}){self._log_tail(name)}"
+        return f"{name} did not finish within {budget_s:g}s"
+
     def _add_request(self, msg: dict) -> None:
         b = breakdown(msg.get("trace") or [])
         ok = msg["status"] == "ok"
@@ -516,7 +641,9 @@ class CellExecution:
             transmission_ms=b.transmission_ms if ok else None,
             serialization_ms=b.serialization_ms if ok else None, overhead_ms=b.overhead_ms if ok else None,
             bytes_sent=b.bytes_sent if ok else None, exit_segment=b.exit_segment,
-            output_match=msg.get("match"), output_max_diff=msg.get("max_diff"), error=msg.get("error")))
+            output_match=msg.get("match"), output_max_diff=msg.get("max_diff"), error=msg.get("error"),
+            source=msg.get("source"), due_ms=msg.get("due_ms"), queue_ms=b.queue_ms if ok else None,
+            late_ms=b.late_ms if "due_ms" in msg else None))
         if ok:
             for idx, h in enumerate(b.hops):
                 self.hops.append(HopRow(seq=msg["seq"], idx=idx, **h))
@@ -530,8 +657,13 @@ class CellExecution:
             f"{h} (memory limit {self.exp.topology.host(h).memory_bytes} B)" for h in hosts)
         self.requests = [replace(r, status="oom", error=note) if r.status == "error" else r for r in self.requests]
         measured = {r.seq for r in self.requests}
+        if self.exp.load.duration_ms is not None:
+            return self._oom_noted(note)     # a duration has no list of requests that were due
         self.requests += [RequestRow(seq=s, input_index=s % self.exp.requests.inputs, status="oom", error=note)
                           for s in range(self.exp.requests.repeat) if s not in measured]
+        self._oom_noted(note)
+
+    def _oom_noted(self, note: str) -> None:
         self.error = f"{note}; {self.error}" if self.error else note
 
     def _record(self, status: str, started: float) -> CellRecord:
@@ -544,11 +676,11 @@ class CellExecution:
         return CellRecord(
             cell=cell.key, run_id=self.runner.run_id or "", model=cell.model.name, weights=cell.model.weights,
             strategy=cell.strategy.name, operators=[c.as_dict() for c in cell.strategy.operators],
-            placement=cell.strategy.placement, source=self.exp.source, codec=self.exp.codec,
+            placement=cell.strategy.placement, source=",".join(self.exp.sources), codec=self.exp.codec,
             connection=self.exp.serving.connection, point=cell.point, artifact=str(cell.artifact),
             metric=q.get("metric"), metric_value=q.get("value"), baseline_value=q.get("baseline"),
             status=status, error=self.error, started=started, ended=time.time(),
-            network=self.network, hosts=self.hosts)
+            network=self.network, hosts=self.hosts, load=self.load)
 
 
 def _exit_text(code: int | None) -> str:

@@ -50,7 +50,9 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
     - ``match``: fraction of checked answers equal (argmax) to the reference model's;
     - ``counts``: requests per status; and the cell's metric, value and baseline;
     - ``host_flags``: one line per host whose per-request compute fell outside the tolerance of
-      what its CPU share promises (the runner's ``hosts[h].compute``), saying by how much.
+      what its CPU share promises (the runner's ``hosts[h].compute``), saying by how much;
+    - ``load``: a load scenario's figures (``testbed.load.figures``: offered and achieved
+      rate, latency percentiles counting failures, queue share, SLO), None for single-stream.
     """
     by_cell_req: dict[str, list[dict]] = defaultdict(list)
     for r in requests:
@@ -93,6 +95,7 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             "match": (sum(checked) / len(checked)) if checked else None,
             "metric": c["metric"], "value": c["metric_value"], "baseline": c["baseline_value"],
             "host_flags": host_flags(c.get("hosts")),
+            "load": c.get("load"),
         })
     return rows
 
