@@ -369,12 +369,14 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
         return
     _require_emulation(capabilities())
     status, code = "failed", 0
-    with output.run_progress(cells * exp.requests.repeat, cells) as bar:
+    # requests per cell, when known ahead (not for a duration, nor a search's runs)
+    per_cell = exp.requests.repeat if exp.load.duration_ms is None and not exp.load.searching else 0
+    with output.run_progress(cells * per_cell or None, None if exp.load.searching else cells) as bar:
         events = Events(stage=bar.describe,
                         cell_start=lambda c, total: bar.describe(f"{c.model.name} / {c.strategy.name}"),
                         request_done=lambda st: bar.advance(),
-                        cell_done=lambda o: bar.finish_cell(exp.requests.repeat - len(o.requests)),
-                        cells_skipped=lambda n: bar.finish_cell(n * exp.requests.repeat, n))
+                        cell_done=lambda o: bar.finish_cell(per_cell - len(o.requests)),
+                        cells_skipped=lambda n: bar.finish_cell(n * per_cell, n))
         try:
             status, _ = run_experiment(exp, folder, events=events, executor=executor, address=address)
         except (KeyboardInterrupt, _Terminated) as e:

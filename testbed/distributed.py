@@ -123,6 +123,9 @@ def _failed(runner: Runner, point: dict, model, strategy, error: str) -> CellOut
 def run_on_ray(runner: Runner, address: str | None) -> str:
     """Run ``runner``'s cells not already done on the cluster; store each as it comes back."""
     exp, store, events = runner.exp, runner.store, runner.events
+    if any(e.load.searching for _, e in exp.points()):
+        raise RunError("--executor ray does not search for the highest rate meeting load.slo (each rate tried "
+                       "depends on the one before): give load.qps, or sweep it (sweep: {load.qps: [...]})")
     done = {k for k, v in store.cell_status().items() if v == "done"}
     cells = [(cell_key(e, point, model, s), point, model, s)
              for point, e in exp.points() for model in e.models for s in e.strategies]

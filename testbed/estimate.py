@@ -85,7 +85,8 @@ def request_ms(exp: Experiment, model: ModelRef, strategy: Strategy, manifest: d
     divided by the host's CPU share when below one core), each cut tensor to the next host,
     and the answer back (``answer_bytes``: `_answer_bytes` of the artifact)."""
     topo, hosts = exp.topology, strategy.placement
-    source = hosts[0] if exp.source == "client" and "client" not in topo.host_names else exp.source
+    source = exp.sources[0]         # under load from several sources: as seen from the first
+    source = hosts[0] if source == "client" and "client" not in topo.host_names else source
     cuts = [c["bytes"] for c in (manifest.get("report", {}).get("partition", {}).get("cuts") or [])]
     ms = (hop_ms(topo, source, hosts[0], _input_bytes(model))
           + hop_ms(topo, hosts[-1], source, answer_bytes))
@@ -95,6 +96,22 @@ def request_ms(exp: Experiment, model: ModelRef, strategy: Strategy, manifest: d
         if i + 1 < len(hosts):
             ms += hop_ms(topo, host, hosts[i + 1], cuts[i] if i < len(cuts) else 0)
     return ms + OVERHEAD_MS * (len(hosts) + 1)
+
+
+def _measuring_s(exp: Experiment, ms: float) -> float:
+    """Seconds a cell spends sending requests, one taking ``ms`` alone: one at a time for
+    single-stream; under load, the scenario's duration, or its requests at the offered rate
+    (server) or ``concurrency`` at a time (the rest: a bound from below, as queueing is left
+    out). Warm-up requests go one at a time."""
+    load, r = exp.load, exp.requests
+    warm = r.warmup * ms / 1000
+    if not load.concurrent:
+        return warm + r.repeat * ms / 1000
+    if load.duration_ms is not None:
+        return warm + load.duration_ms / 1000 + ms / 1000
+    if load.scenario == "server":
+        return warm + r.repeat / load.qps + ms / 1000
+    return warm + r.repeat * ms / 1000 / (load.in_flight() or 1)
 
 
 def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEstimate], float, int]:
@@ -118,8 +135,7 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
                 key = cell_key(e, point, model, s)
                 m, answer = manifests[k]
                 ms = request_ms(e, model, s, m, answer) if m is not None else None
-                n = e.requests.warmup + e.requests.repeat
-                secs = DEPLOY_S + n * ms / 1000 if ms is not None else None
+                secs = DEPLOY_S + _measuring_s(e, ms) if ms is not None and not e.load.searching else None
                 is_done = key in done
                 cells.append(CellEstimate(key, point, model.name, s.name, s.placement, is_done, ms, secs))
                 if not is_done:

@@ -70,6 +70,12 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   next when the answer is back. ``server`` is an open loop: Poisson arrivals at ``qps``
   requests per second in all (above 0, at most 100000), each source sending ``qps / N``,
   seeded by ``seed`` (0 to 2^32-1, default 0: the same seed, the same arrival times).
+  Without ``qps`` but with ``slo``, each cell *searches* for the highest rate that meets
+  every target, as LoadGen's server mode does: short runs (``duration``, or
+  ``requests.repeat`` requests each) at rates doubled or halved from 1000 / the tightest
+  target in ms until one meets and one misses, then bisected to within 5% (12 runs at most);
+  each run is stored as a cell of its own at the point ``load.qps=<rate>``, and the summary
+  names the answer per strategy with the rate above it that missed.
   ``multi-stream`` is a closed loop: ``concurrency`` requests outstanding in all (1 to 4096,
   at least one per source), each sent as soon as an answer is back. ``offline`` makes every
   request due at once, ``concurrency`` (default 64) of them in flight: its figure is
@@ -267,6 +273,12 @@ class Load:
     duration_ms: float | None = None
     seed: int = 0
     slo: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def searching(self) -> bool:
+        """A server scenario with targets and no rate: each cell searches for the highest
+        rate that meets them (testbed.load.search_rate), one short run per rate tried."""
+        return self.scenario == "server" and self.qps is None
 
     @property
     def concurrent(self) -> bool:
@@ -887,9 +899,10 @@ class _Validator(DocumentReader):
                 self.fail(f"load.{key}", f"the {scenario} scenario does not take {key}",
                           f"for {scenario}: {', '.join(takes) or 'nothing besides scenario'}")
         qps = body.get("qps")
-        if scenario == "server":
-            if qps is None:
-                self.fail("load", "the server scenario needs qps", "e.g. {scenario: server, qps: 20}")
+        if scenario == "server" and qps is None and not body.get("slo"):
+            self.fail("load", "the server scenario needs qps, or slo to search for the highest qps that meets it",
+                      "e.g. {scenario: server, qps: 20} or {scenario: server, slo: {p99: 100ms}}")
+        if scenario == "server" and qps is not None:
             if isinstance(qps, bool) or not isinstance(qps, (int, float)) or not 0 < qps <= MAX_QPS:
                 self.fail("load.qps", f"{qps!r} is not a request rate", f"requests per second above 0, at most {MAX_QPS:g}")
             qps = float(qps)

@@ -10,11 +10,12 @@ An SLO is met only when its percentile is a number within the target.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from .experiment import SLO_PERCENTILES, Load
+from .experiment import MAX_QPS, SLO_PERCENTILES, Load
 from .store import RequestRow
 
 PERCENTILES = SLO_PERCENTILES        # p50, p90, p99, p99.9
@@ -52,10 +53,43 @@ def figures(load: Load, requests: Sequence[RequestRow], generators: Sequence[dic
         "late_p50_ms": _pct([r.late_ms for r in requests], 50), "late_p99_ms": _pct([r.late_ms for r in requests], 99),
         "workers": sum(g.get("workers", 0) for g in generators),
     }
-    out["slo"] = {k: {"target_ms": ms, "measured_ms": out["latency_ms"][k],
-                      "met": out["latency_ms"][k] is not None and out["latency_ms"][k] <= ms}
-                  for k, ms in load.slo}
+    lat = [r.e2e_ms if r.seq in answered else None for r in requests]
+    out["slo"] = {k: slo_verdict(lat, PERCENTILES[k], ms) for k, ms in load.slo}
     return out
+
+
+def percentile_ci(latencies: Sequence[float | None], q: float, confidence: float = 0.95) -> tuple:
+    """A distribution-free interval for the ``q``-th percentile (0-100) of the process the
+    latencies were drawn from: the order statistics whose ranks a binomial(n, q/100) puts
+    ``confidence`` between. ``None`` at an end that lands on a request without an answer, or
+    (upper end) beyond the sample: too few requests to bound that percentile from above; a
+    lower rank below the sample is its smallest value."""
+    from scipy.stats import binom
+
+    n = len(latencies)
+    if n == 0:
+        return None, None
+    ranked = sorted(latencies, key=lambda v: math.inf if v is None else v)
+    p, tail = q / 100, (1 - confidence) / 2
+    lo_rank = max(1, int(binom.ppf(tail, n, p)))
+    hi_rank = int(binom.ppf(1 - tail, n, p)) + 1
+    hi = ranked[hi_rank - 1] if hi_rank <= n else None
+    return _num(ranked[lo_rank - 1]), _num(hi)
+
+
+def _num(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def slo_verdict(latencies: Sequence[float | None], q: float, target_ms: float) -> dict:
+    """One latency target judged on a cell: the percentile measured, its 95% interval, and
+    ``met`` (the percentile within the target) with ``sure`` (the whole interval on the same
+    side of the target: another run of the same length would most likely judge alike)."""
+    measured = tail_percentile(latencies, q)
+    lo, hi = percentile_ci(latencies, q)
+    met = measured is not None and measured <= target_ms
+    sure = (hi is not None and hi <= target_ms) if met else (lo is None or lo > target_ms)
+    return {"target_ms": target_ms, "measured_ms": measured, "ci_ms": [lo, hi], "met": met, "sure": sure}
 
 
 def _rate(count: int, window_ms: float) -> float | None:
@@ -71,3 +105,71 @@ def _share(part: Sequence[float | None], whole: Sequence[float | None]) -> float
 def _pct(values: Sequence[float | None], q: float) -> float | None:
     got = [v for v in values if v is not None]
     return float(np.percentile(got, q)) if got else None
+
+
+# ---- the highest rate that meets the targets ------------------------------------------------
+
+SEARCH_PRECISION = 0.05     # bisect until the bracket's ends are within 5% of each other
+SEARCH_STEPS = 12           # short runs per search at most
+SEARCH_MIN_QPS = 0.1
+
+
+@dataclass(frozen=True)
+class Search:
+    """A search's outcome: ``best`` is the highest rate measured that met every target (None:
+    even ``SEARCH_MIN_QPS`` missed), ``above`` the lowest rate above it that missed (None: the
+    search stopped at ``MAX_QPS`` or ran out of steps while still meeting), and ``steps`` the
+    rates measured in order with their verdicts."""
+
+    best: float | None
+    above: float | None
+    steps: tuple[tuple[float, bool], ...]
+
+
+def start_rate(load: Load) -> float:
+    """Where a search starts: one request per tightest target (100 ms: 10 req/s)."""
+    return min(MAX_QPS, max(SEARCH_MIN_QPS, 1000.0 / min(ms for _, ms in load.slo)))
+
+
+def search_rate(meets: Callable[[float], bool], start: float, *, precision: float = SEARCH_PRECISION,
+                max_steps: int = SEARCH_STEPS) -> Search:
+    """LoadGen's way to the highest rate meeting a latency target: from ``start``, double
+    while the rate meets it (halve while it misses) to bracket the answer, then bisect the
+    bracket (geometric middle) until its ends are within ``precision``, with at most
+    ``max_steps`` calls of ``meets(rate)`` (one short run each). Assumes a rate that meets the
+    target is not above one that misses it; noise that breaks this only narrows the bracket
+    on the side the last run fell."""
+    steps: list[tuple[float, bool]] = []
+
+    def run(q: float) -> bool:
+        ok = meets(q)
+        steps.append((q, ok))
+        return ok
+
+    q = min(max(start, SEARCH_MIN_QPS), MAX_QPS)
+    lo = hi = None
+    if run(q):
+        lo = q
+        while hi is None and len(steps) < max_steps and lo < MAX_QPS:
+            q = min(2 * lo, MAX_QPS)
+            if run(q):
+                lo = q
+            else:
+                hi = q
+    else:
+        hi = q
+        while lo is None and len(steps) < max_steps and hi > SEARCH_MIN_QPS:
+            q = max(hi / 2, SEARCH_MIN_QPS)
+            if run(q):
+                lo = q
+            else:
+                hi = q
+    while lo is not None and hi is not None and hi / lo > 1 + precision and len(steps) < max_steps:
+        q = float(f"{math.sqrt(lo * hi):.3g}")     # a rate that reads well in labels ...
+        if not lo < q < hi:
+            q = math.sqrt(lo * hi)                  # ... unless rounding leaves the bracket
+        if run(q):
+            lo = q
+        else:
+            hi = q
+    return Search(lo, hi, tuple(steps))

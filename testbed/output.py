@@ -484,15 +484,19 @@ def print_run_detail(name: str, rows: list[dict], out: str) -> None:
 
 
 class _RunBar(_Bar):
-    def __init__(self, progress, task, cells: int):
+    def __init__(self, progress, task, cells: int | None):
         super().__init__(progress, task)
         self._cells, self._done = cells, 0
-        self._p.update(self._t, cells=f"0/{cells}")
+        self._p.update(self._t, cells=self._count())
+
+    def _count(self) -> str:
+        """Cells done, of how many (unknown ahead for a search: as many as its rates tried)."""
+        return f"{self._done}/{self._cells}" if self._cells is not None else str(self._done)
 
     def finish_cell(self, unmeasured: int, cells: int = 1) -> None:
         """``cells`` ended (or were skipped): count the requests they will not send as done."""
         self._done += cells
-        self._p.update(self._t, cells=f"{self._done}/{self._cells}")
+        self._p.update(self._t, cells=self._count())
         if unmeasured > 0:
             self._p.advance(self._t, unmeasured)
 
@@ -501,7 +505,7 @@ class run_progress(progress):  # noqa: N801
     """Progress of `testbed run`: one step per measured request; cells done of all, the
     current cell or stage, and the time left at the pace so far."""
 
-    def __init__(self, total: int, cells: int):
+    def __init__(self, total: int | None, cells: int | None):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 

@@ -273,16 +273,51 @@ class Runner:
                 net = self._network_for(net, exp, cells[0].point, caps)
                 network = net.applied()
                 for c in todo:
-                    self.events.cell_start(c, total)
-                    outcome = CellExecution(self, exp, net, c, network, cores).run()
-                    self.store.write_cell(outcome.record, outcome.requests, outcome.hops)
-                    self.events.cell_done(outcome)
-                    if outcome.interrupt is not None:
-                        raise outcome.interrupt
+                    if exp.load.searching:
+                        self._search(exp, net, c, network, cores, done, total)
+                    else:
+                        self._measure(exp, net, c, network, cores, total)
         finally:
             if net is not None:
                 net.stop()
         return "done"
+
+    def _measure(self, exp: Experiment, net, c: CellPlan, network: dict, cores: float, total: int) -> CellOutcome:
+        """Deploy and measure one cell, store it; an interrupt is re-raised once it is stored."""
+        self.events.cell_start(c, total)
+        outcome = CellExecution(self, exp, net, c, network, cores).run()
+        self.store.write_cell(outcome.record, outcome.requests, outcome.hops)
+        self.events.cell_done(outcome)
+        if outcome.interrupt is not None:
+            raise outcome.interrupt
+        return outcome
+
+    def _search(self, exp: Experiment, net, c: CellPlan, network: dict, cores: float, done: set[str],
+                total: int) -> None:
+        """The highest rate that meets ``load.slo`` for one cell (testbed.load.search_rate):
+        each rate tried is a cell of its own at the point ``load.qps=<rate>``; one already
+        done (a resumed run) is read back, not measured again."""
+        from .load import search_rate, start_rate
+
+        stored: dict[str, dict] = {}
+        if done:
+            stored = {r["cell"]: r.get("load") or {} for r in self.store.cells() if r["cell"] in done}
+
+        def meets(q: float) -> bool:
+            point = {**c.point, "load.qps": q}
+            at = exp.at({"load.qps": q})
+            key = cell_key(at, point, c.model, c.strategy)
+            if key in stored:
+                figures = stored[key]
+            else:
+                figures = self._measure(at, net, replace(c, key=key, point=point), network, cores, total).record.load
+            return bool(figures) and all(v["met"] for v in figures.get("slo", {}).values())
+
+        found = search_rate(meets, start_rate(exp.load))
+        targets = ", ".join(f"{k} ≤ {v:g} ms" for k, v in exp.load.slo)
+        answer = (f"{found.best:.3g} req/s" if found.best is not None else "no rate tried") + \
+            (f" (missed at {found.above:.3g})" if found.above is not None else " (the search did not find its limit)")
+        self.events.stage(f"{c.model.name} / {c.strategy.name}: the highest rate meeting {targets}: {answer}")
 
     def run_cell(self, point: dict, model: ModelRef, strategy: Strategy, caps: dict | None = None) -> CellOutcome:
         """Prepare, deploy and measure one cell on a network of its own (the Ray executor's

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from testbed.experiment import ExperimentError, Load, load_experiment
-from testbed.load import figures, tail_percentile
+from testbed.load import SEARCH_MIN_QPS, figures, percentile_ci, search_rate, slo_verdict, start_rate, tail_percentile
 from testbed.runner import cell_key
 from testbed.store import RequestRow
 from tests.unit.test_experiment import fake_models  # noqa: F401  (autouse: tiny registry entries)
@@ -88,7 +88,7 @@ def test_a_single_stream_cell_keeps_the_key_it_had_before_load_scenarios(tmp_pat
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("load: {scenario: server}\n", "load: the server scenario needs qps"),
+    ("load: {scenario: server}\n", "load: the server scenario needs qps, or slo"),
     ("load: {scenario: server, qps: 0}\n", "load.qps: 0 is not a request rate"),
     ("load: {scenario: server, qps: 10, concurrency: 2}\n", "load.concurrency: the server scenario does not take concurrency"),
     ("load: {scenario: multi-stream}\n", "load: the multi-stream scenario needs concurrency"),
@@ -174,7 +174,10 @@ def test_figures_rates_queue_share_and_slo():
     assert f["throughput_rps"] == pytest.approx(19 / ((1800 + 28) / 1000))   # answers by the last one's end
     assert f["latency_ms"]["p50"] == 19.0 and f["latency_ms"]["p99"] is None
     assert f["queue_share"] == pytest.approx(5 * 19 / sum(10.0 + k for k in range(19)))
-    assert f["slo"]["p50"]["met"] is True and f["slo"]["p99"] == {"target_ms": 20.0, "measured_ms": None, "met": False}
+    assert f["slo"]["p50"]["met"] is True
+    # the 99th percentile lands on the timeout; even its interval's low end (the 19th of 20) misses
+    assert f["slo"]["p99"] == {"target_ms": 20.0, "measured_ms": None, "ci_ms": [28.0, None], "met": False,
+                               "sure": True}
     assert f["workers"] == 5 and f["sources"] == 2
 
 
@@ -236,3 +239,47 @@ def test_a_stream_sends_only_its_share_with_its_own_sequence_numbers(one_part_se
     _, *reqs, done = _generate(port, inputs, "--scenario", "server", "--qps", "100", "--requests", "10",
                                "--stream", "1", "--streams", "3")
     assert sorted(r["seq"] for r in reqs) == [1, 4, 7] and done["sent"] == 3
+
+
+def test_the_percentile_interval_covers_the_true_percentile_about_95_times_in_100():
+    rng = np.random.default_rng(0)
+    true_p90 = -np.log(0.1) * 10        # exponential with mean 10
+    covered = 0
+    for _ in range(400):
+        lo, hi = percentile_ci(list(rng.exponential(10, size=200)), 90)
+        covered += lo <= true_p90 <= hi
+    assert 0.92 <= covered / 400 <= 0.99
+
+
+def test_a_verdict_is_unsure_when_the_interval_straddles_the_target():
+    lat = [float(v) for v in range(1, 201)]         # p50 = 100
+    assert slo_verdict(lat, 50, 101.0)["met"] and not slo_verdict(lat, 50, 101.0)["sure"]
+    assert slo_verdict(lat, 50, 150.0)["sure"] and slo_verdict(lat, 50, 60.0) == {
+        "target_ms": 60.0, "measured_ms": 100.0, "ci_ms": slo_verdict(lat, 50, 60.0)["ci_ms"], "met": False, "sure": True}
+    assert slo_verdict(lat[:20], 99, 1000.0)["sure"] is False      # 20 requests cannot bound a p99 from above
+
+
+# ---- the search for the highest rate that meets the targets ----------------------------------
+
+@pytest.mark.parametrize("capacity", [0.7, 3.3, 37.3, 512.0])
+def test_the_search_brackets_the_capacity_within_its_precision(capacity):
+    r = search_rate(lambda q: q <= capacity, 10.0)
+    assert r.best is not None and r.above is not None
+    assert r.best <= capacity < r.above and r.above / r.best <= 1.05
+    assert len(r.steps) <= 12 and [ok for q, ok in r.steps] == [q <= capacity for q, _ in r.steps]
+
+
+def test_a_search_where_nothing_meets_the_target_says_so():
+    r = search_rate(lambda q: False, 10.0)
+    assert r.best is None and r.above == SEARCH_MIN_QPS
+
+
+def test_a_search_that_never_misses_stops_at_its_step_budget():
+    r = search_rate(lambda q: True, 10.0)
+    assert r.above is None and r.best == 10.0 * 2 ** 11 and len(r.steps) == 12
+
+
+def test_searching_starts_at_one_request_per_tightest_target(tmp_path):
+    exp = exp_with(tmp_path, "load: {scenario: server, slo: {p50: 20ms, p99: 250ms}, duration: 2s}\n")
+    assert exp.load.searching and exp.load.qps is None and start_rate(exp.load) == 50.0
+    assert not exp_with(tmp_path, "load: {scenario: server, qps: 5, slo: {p99: 1s}}\n").load.searching
