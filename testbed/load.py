@@ -173,3 +173,38 @@ def search_rate(meets: Callable[[float], bool], start: float, *, precision: floa
         else:
             hi = q
     return Search(lo, hi, tuple(steps))
+
+
+def capacities(rows: Sequence[dict]) -> list[dict]:
+    """The highest rate meeting the latency targets, per model, strategy and sweep point (the
+    point without ``load.qps``), from the summary rows (``testbed.summary.summarize``) of
+    server-scenario cells with targets: a search's runs, or a sweep over ``load.qps``.
+    ``best``: the highest rate that met every target (None: none did); ``above``: the lowest
+    rate above it that missed one (None: none did: the limit is higher); ``sure``: every
+    verdict at those two rates is sure (``slo_verdict``); ``targets``: {percentile: ms}."""
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        f = r.get("load") or {}
+        if f.get("scenario") != "server" or not f.get("slo") or f.get("target_qps") is None:
+            continue
+        point = {k: v for k, v in r["point"].items() if k != "load.qps"}
+        key = (r["model"], r["strategy"], json_key(point))
+        g = groups.setdefault(key, {"model": r["model"], "strategy": r["strategy"], "point": point,
+                                    "targets": {k: v["target_ms"] for k, v in f["slo"].items()}, "runs": []})
+        met = r["status"] == "done" and all(v["met"] for v in f["slo"].values())
+        sure = all(v.get("sure", False) for v in f["slo"].values())
+        g["runs"].append((f["target_qps"], met, sure))
+    out = []
+    for g in groups.values():
+        runs = sorted(g.pop("runs"))
+        best = max((q for q, met, _ in runs if met), default=None)
+        above = min((q for q, met, _ in runs if not met and (best is None or q > best)), default=None)
+        sure = all(s for q, _, s in runs if q in (best, above))
+        out.append({**g, "best": best, "above": above, "sure": sure, "rates": len(runs)})
+    return out
+
+
+def json_key(point: dict) -> str:
+    import json
+
+    return json.dumps(point, sort_keys=True, default=str)

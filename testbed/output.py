@@ -425,8 +425,29 @@ def _print_load(rows: list[dict], names: dict[str, str]) -> None:
                     _ms(f.get("late_p99_ms")), _slo_text(f.get("slo") or {})]
                 t.add_row(*cells, end_section=i == len(group) - 1)
         console.print(t)
+    _print_capacities(rows, names)
     console.print("[dim]under load: latency from each request's scheduled time, ms; a request without an "
                   "answer counts as slower than every answer (-: the percentile has no answer)[/]")
+
+
+def _print_capacities(rows: list[dict], names: dict[str, str]) -> None:
+    """The highest rate meeting the targets, per strategy (from the rates tried: a search, or
+    a sweep over load.qps)."""
+    from testbed.load import capacities
+    from testbed.summary import point_labels
+
+    found = capacities(rows)
+    if not found:
+        return
+    console.print()
+    for c in found:
+        targets = ", ".join(f"{k} ≤ {v:g} ms" for k, v in c["targets"].items())
+        at = ", ".join(point_labels(c["point"], names))
+        best = f"[bold]{_qps(c['best'])} req/s[/]" if c["best"] is not None else "[red]no rate tried[/]"
+        above = f", missed at {_qps(c['above'])}" if c["above"] is not None else ", the highest rate tried"
+        unsure = "" if c["sure"] else " [yellow](close to the target: another run may judge otherwise)[/]"
+        console.print(f"{c['model']} / {c['strategy']}{f' at {at}' if at else ''}: {targets} up to {best}"
+                      f"{above} ({c['rates']} rates tried){unsure}")
 
 
 def print_run_detail(name: str, rows: list[dict], out: str) -> None:

@@ -90,7 +90,7 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             "transmission": {k: _median([per.get(s, 0.0) for s in ok_seqs]) for k, per in links.items()},
             "shares": ({"compute": comp / total, "transmission": trans / total,
                         "other": max(0.0, 1 - (comp + trans) / total)} if total > 0 else None),
-            "bytes": _median([r["bytes_sent"] for r in ok]),
+            "bytes": _median([r["bytes_sent"] for r in ok if r["bytes_sent"] is not None]),
             "exit_rate": (sum(1 for r in ok if r["exit_segment"] is not None) / len(ok)) if ok else None,
             "match": (sum(checked) / len(checked)) if checked else None,
             "metric": c["metric"], "value": c["metric_value"], "baseline": c["baseline_value"],

@@ -274,3 +274,50 @@ def test_summary_and_detail_of_cells_without_answers_or_metric(tmp_path):
     assert ["!", "cloud:", "interrupted"] in rows
     detail = show(tmp_path, "--detail")
     assert "! cloud: interrupted" in detail and "0 ok" in detail
+
+
+# --- under load -----------------------------------------------------------------------------------
+
+def build_load_store(folder: Path) -> Path:
+    """A search's runs for two strategies: `edge` meets p99 <= 100 ms up to 20 req/s (missed at
+    25), `edge-int8` at every rate tried; figures as testbed.load.figures makes them."""
+    from testbed.experiment import Load
+    from testbed.load import figures
+
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "load-study", {"name": "load-study"}, {"cores": 2})
+        for strategy, limit in (("edge", 20.0), ("edge-int8", 1000.0)):
+            for q in (10.0, 20.0, 25.0, 40.0):
+                slow = q > limit
+                rows = [RequestRow(seq=i, input_index=0, status="ok", e2e_ms=(150.0 if slow else 40.0) + i % 7,
+                                   compute_ms=10.0, transmission_ms=5.0, serialization_ms=1.0, overhead_ms=1.0,
+                                   queue_ms=20.0, late_ms=0.1, due_ms=1000.0 * i / q, source="mobile1")
+                        for i in range(1000)]     # enough for a sure verdict on a p99
+                load = figures(Load("server", q, None, ("mobile1",), None, 0, (("p99", 100.0),)), rows, [{"workers": 2}])
+                store.write_cell(
+                    CellRecord(cell=f"m/{strategy}/{q}", run_id="r1", model="m", weights="pretrained",
+                               strategy=strategy, operators=[], placement=("edge",), source="mobile1", codec="binary",
+                               connection="persistent", point={"load.qps": q}, artifact=None, metric=None,
+                               metric_value=None, baseline_value=None, status="done", error=None,
+                               started=1.7e9 + len(store.cells()), ended=1.7e9 + 5, load=load), rows, [])
+        store.end_run("r1", "done")
+    return folder
+
+
+def test_capacities_name_the_highest_rate_meeting_the_target_and_the_one_above(tmp_path):
+    from testbed.load import capacities
+
+    folder = build_load_store(tmp_path / "load")
+    with ResultStore.in_folder(folder, create=False) as s:
+        rows = summarize(s.cells(), s.requests(), s.hops())
+    got = {c["strategy"]: (c["best"], c["above"], c["rates"], c["sure"]) for c in capacities(rows)}
+    assert got == {"edge": (20.0, 25.0, 4, True), "edge-int8": (40.0, None, 4, True)}
+
+
+def test_the_summary_under_load_shows_rates_tails_and_the_slo_answer(tmp_path):
+    text = show(build_load_store(tmp_path / "load"))
+    assert "m under load" in text
+    assert "m / edge: p99 ≤ 100 ms up to 20 req/s, missed at 25 (4 rates tried)\n" in text
+    assert "m / edge-int8: p99 ≤ 100 ms up to 40 req/s, the highest rate tried (4 rates tried)\n" in text
+    line = next(l for l in text.splitlines() if l.strip().startswith("qps 25") and "server 25/s" in l)
+    assert "missed" in line and "155" in line        # p99 of the slow run, and its verdict
