@@ -318,7 +318,11 @@ def test_breakdown_arithmetic_on_a_known_trace():
     assert b.transmission_ms == 10 + 22 + 3 + 3
     # encode: 2-1, 29-28, 57-56, 63-62; decode: 1 each
     assert b.serialization_ms == 4 + 4
-    assert b.overhead_ms == 67 - 15 - 38 - 8
+    # edge began computing 1 ms after it decoded the frame (14 - 13), cloud at once: queue waits
+    assert b.queue_ms == 1 and b.late_ms == 0
+    assert [(h["kind"], h["src"], h["ms"]) for h in b.hops if h["kind"] != "link"] == [
+        ("queue", "edge", 1), ("compute", "edge", 10), ("queue", "cloud", 0), ("compute", "cloud", 5)]
+    assert b.overhead_ms == 67 - 15 - 38 - 8 - 1
     assert b.bytes_sent == 1700
     local = breakdown([_rec("edge", "client", start=0, enc0=0),
                        _rec("edge", "request", part=0, sent=ms, recv0=ms, recv1=2 * ms, dec1=2 * ms, bytes=10,
@@ -339,6 +343,35 @@ def test_breakdown_arithmetic_on_a_known_trace():
     assert stalled.overhead_ms == 33 - 10 - 15 - 7
     incomplete = breakdown([_rec("mobile", "client", start=0, enc0=0)])
     assert incomplete.e2e_ms is None and incomplete.hops == []
+
+
+def test_breakdown_of_a_scheduled_request_that_queued_counts_from_when_it_was_due():
+    """A load scenario scheduled the request at 0 and the client began it at 3 ms (late); the
+    server had 2 requests ahead and computed 10 ms after it decoded the frame."""
+    from workloads.trace import client_record
+
+    ms = 1_000_000
+    trace = [
+        _rec("mobile", "client", due=0, start=3 * ms, enc0=4 * ms),
+        _rec("edge", "request", part=0, sent=5 * ms, recv0=6 * ms, recv1=8 * ms, dec1=9 * ms, bytes=1000,
+             queued=2, comp0=19 * ms, comp1=25 * ms, enc0=26 * ms, exit=None),
+        _rec("mobile", "response", sent=27 * ms, recv0=28 * ms, recv1=30 * ms, dec1=31 * ms, bytes=100),
+    ]
+    b = breakdown(trace)
+    assert b.e2e_ms == 31                                  # from due, not from start (28 ms)
+    assert b.late_ms == 3 and b.queue_ms == 10 and b.compute_ms == 6
+    assert b.transmission_ms == 3 + 3                       # 8-5, 30-27
+    assert b.serialization_ms == (1 + 1) + (1 + 1)          # encode 5-4, 27-26; decode 9-8, 31-30
+    assert b.overhead_ms == 31 - 6 - 6 - 4 - 10 - 3 == 2    # 3 -> 4 at the client, 25 -> 26 at edge
+    assert [(h["kind"], h["src"], h["dst"], h["direction"], h["part"], h["ms"]) for h in b.hops] == [
+        ("link", "mobile", "edge", "request", None, 3), ("queue", "edge", "edge", "request", 0, 10),
+        ("compute", "edge", "edge", "request", 0, 6), ("link", "edge", "mobile", "response", None, 3)]
+    assert b.hops[1]["bytes"] is None and b.hops[1]["decode_ms"] is None and b.hops[1]["encode_ms"] is None
+    # without due: from start, nothing late
+    unscheduled = breakdown([{k: v for k, v in trace[0].items() if k != "due"}] + trace[1:])
+    assert unscheduled.e2e_ms == 28 and unscheduled.late_ms == 0 and unscheduled.overhead_ms == 2
+    assert "due" not in client_record("mobile") and client_record("mobile", due=123)["due"] == 123
+    assert _documented(trace)
 
 
 def test_a_record_holds_the_frames_stamps_and_its_size_does_not_depend_on_the_stall():
