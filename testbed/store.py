@@ -56,7 +56,7 @@ STORE_FILE = "results.sqlite"
 RUN_STATUSES = ("running", "done", "interrupted", "failed")
 CELL_STATUSES = ("done", "interrupted", "failed")
 REQUEST_STATUSES = ("ok", "timeout", "oom", "error")
-HOP_KINDS = ("compute", "link")
+HOP_KINDS = ("compute", "link", "queue")
 HOP_DIRECTIONS = ("request", "response")
 EXPORT_FORMATS = ("csv", "parquet")
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -345,7 +345,9 @@ HOPS = Table("hops", "Where one request's time went, step by step. A link with `
     Column("seq", INTEGER, "the request", required=True),
     Column("idx", INTEGER, "0, 1, ... along the path", required=True),
     Column("kind", TEXT, "`compute`: a host ran part `part` of the model; `link`: `bytes` crossed from "
-                         "`src` to `dst`", allowed=HOP_KINDS),
+                         "`src` to `dst`; `queue`: the request waited on `src` (= `dst`, direction "
+                         "`request`) for the compute of requests ahead of it, before its `compute` hop",
+           allowed=HOP_KINDS),
     Column("src", TEXT, "host", required=True),
     Column("dst", TEXT, "host (equal to `src` for compute)", required=True),
     Column("direction", TEXT, "compute hops are `request`", allowed=HOP_DIRECTIONS),

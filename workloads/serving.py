@@ -13,13 +13,19 @@ inside a host's network namespace (and, for servers, its cgroup):
 
 **Server.** Loads the segments of one part of an artifact once (intra-op threads = the host's
 core budget), listens only on the given emulated addresses, and for each request frame: runs
-its part (one inference at a time, whatever the number of connections; with ``--pace CORES``
-each inference takes its CPU time / CORES, :mod:`workloads.pacing`), answers when the
-part ends the model or an exit head fires, and otherwise forwards the tensors the next part
-needs to ``--next`` over a connection it keeps open (``per-request`` opens one per request,
-as the studies did), then relays the answer back. A ``ping`` is answered with ``pong`` and the
-server's state (health check). SIGTERM or SIGINT stops it cleanly. When it is ready it prints
-one JSON line on stdout (``{"ready": true, ...}``); its log goes to stderr.
+its part, answers when the part ends the model or an exit head fires, and otherwise forwards
+the tensors the next part needs to ``--next`` over a connection it keeps open
+(``per-request`` opens one per request, as the studies did), then relays the answer back.
+Each connection has a thread of its own, but inferences go through one FIFO queue and one
+compute thread: one inference at a time, in arrival order; the host's ORT intra-op threads
+are its parallelism (with ``--pace CORES`` each inference takes its CPU time / CORES,
+:mod:`workloads.pacing`). So under load a request waits honestly for those ahead of it (its
+record's ``queued`` and ``comp0 - dec1``, :mod:`workloads.trace`) while other requests'
+transfers and forwarding go on in their own threads. A ``ping`` is answered at once with
+``pong`` and the server's state (health check; ``queued``: the requests waiting or computing
+now). SIGTERM or SIGINT stops it promptly and cleanly, without computing the requests still
+queued (each gets an error answer, or its connection closes as the process exits). When it is
+ready it prints one JSON line on stdout (``{"ready": true, ...}``); its log goes to stderr.
 
 **Trace.** Every process that receives a frame appends a record to the message's
 ``meta.trace`` and the answer carries the list home: :mod:`workloads.trace` defines the record
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import signal
 import socket
 import sys
@@ -53,6 +60,7 @@ from .wire import CONNECTIONS
 
 PORT = 7070
 LOG_LINES = 20
+BACKLOG = max(socket.SOMAXCONN, 1024)   # connections not yet accepted; many clients connect at once
 
 
 def _now() -> int:
@@ -125,6 +133,16 @@ class ServerConfig:
                    pace=a.pace)
 
 
+@dataclass
+class _Job:
+    """One request's inference, handed from its connection thread to the compute thread."""
+    tensors: dict
+    rec: dict                   # the request record: the compute thread stamps comp0/comp1/cpu/paced
+    done: threading.Event = field(default_factory=threading.Event)
+    result: object = None       # the runner's result, when the inference ran
+    error: str | None = None    # why it did not
+
+
 class Server:
     """One part of an artifact, served on a host (see the module docstring)."""
 
@@ -151,7 +169,9 @@ class Server:
         if (cfg.part < last) != (cfg.next_hop is not None):
             raise ValueError(f"part {cfg.part} of {last + 1}: --next is needed exactly when a later part exists")
         self.needs = next(s for s in self.runner.segments if s.part == cfg.part).inputs
-        self.compute_lock = threading.Lock()
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()     # FIFO; None ends the compute thread
+        self.pending = 0            # jobs queued or computing (the next one's ``queued``)
+        self.pending_lock = threading.Lock()
         self.stopping = threading.Event()
         self.served = 0
         self.listeners: list[socket.socket] = []
@@ -162,7 +182,7 @@ class Server:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(addr)
-            s.listen(16)
+            s.listen(BACKLOG)
             s.settimeout(0.2)
             self.listeners.append(s)
 
@@ -171,20 +191,78 @@ class Server:
                 "listen": [f"{a}:{p}" for a, p in self.cfg.listen], "threads": self.cfg.threads,
                 "sessions": len(self.runner.sessions), "pool_threads": self.pool_threads,
                 "pace": self.cfg.pace, "pace_factor": self.pacer.factor,
-                "load_ms": round(self.load_ms, 2), "rss_bytes": _rss_bytes()}
+                "load_ms": round(self.load_ms, 2), "rss_bytes": _rss_bytes(), "queued": self.pending}
 
     def serve_forever(self) -> None:
         threads = [threading.Thread(target=self._accept_loop, args=(s,), daemon=True) for s in self.listeners]
+        threads.append(threading.Thread(target=self._compute_loop, daemon=True))
         for t in threads:
             t.start()
         while not self.stopping.wait(0.2):
             pass
         for s in self.listeners:
             _close(s)
+        self._fail_queued()
         _log(f"{self.cfg.host}: stopped after {self.served} requests")
 
     def stop(self, *_args) -> None:
         self.stopping.set()
+
+    def _fail_queued(self) -> None:
+        """Answer every job still queued with an error and end the compute thread after the
+        inference it is running (a daemon thread: exiting does not wait for it). Under
+        ``pending_lock``, so that no job joins the queue behind the end."""
+        left = []
+        with self.pending_lock:
+            while True:
+                try:
+                    left.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            self.jobs.put(None)
+        for job in left:
+            if job is not None:
+                self._finish(job, f"{self.cfg.host}: server stopping")
+
+    # -- the compute thread: one inference at a time, in arrival order ------------------------
+    def _compute(self, tensors: dict, rec: dict) -> _Job:
+        """Queue an inference and wait for it; ``rec`` gets ``queued`` (the jobs ahead)."""
+        job = _Job(tensors, rec)
+        with self.pending_lock:         # one order for ``queued`` and the queue
+            if self.stopping.is_set():
+                job.error = f"{self.cfg.host}: server stopping"
+                return job
+            rec["queued"] = self.pending
+            self.pending += 1
+            self.jobs.put(job)
+        job.done.wait()
+        return job
+
+    def _compute_loop(self) -> None:
+        """The only thread that runs inferences: Pacer reads this thread's CPU time (and the
+        ORT pool's), so it must be the one calling the runner."""
+        while (job := self.jobs.get()) is not None:
+            if self.stopping.is_set():
+                self._finish(job, f"{self.cfg.host}: server stopping")
+                continue
+            rec = job.rec
+            try:
+                rec["comp0"] = _now()
+                job.result = self.pacer.run(self.runner.run_part, self.cfg.part, job.tensors)
+                rec["comp1"] = _now()
+                cpu, _, paced = self.pacer.last
+                rec["cpu"], rec["paced"] = tr.fixed_ns(cpu), tr.fixed_ns(paced)
+            except Exception as e:  # noqa: BLE001 - ORT rejects bad shapes/dtypes at run time
+                self._finish(job, f"{self.cfg.host}: inference failed: {str(e).splitlines()[0]}")
+            else:
+                self.served += 1
+                self._finish(job, None)
+
+    def _finish(self, job: _Job, error: str | None) -> None:
+        job.error = error
+        with self.pending_lock:
+            self.pending -= 1
+        job.done.set()
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while not self.stopping.is_set():
@@ -244,18 +322,12 @@ class Server:
         if missing:
             self._reply_error(conn, msg.id, f"{cfg.host}: request lacks tensors {missing}", trace + [rec])
             return True
-        try:
-            with self.compute_lock:
-                rec["comp0"] = _now()
-                res = self.pacer.run(self.runner.run_part, cfg.part, msg.tensors)
-                rec["comp1"] = _now()
-                cpu, _, paced = self.pacer.last
-                rec["cpu"], rec["paced"] = tr.fixed_ns(cpu), tr.fixed_ns(paced)
-        except Exception as e:  # noqa: BLE001 - ORT rejects bad shapes/dtypes at run time
-            self._reply_error(conn, msg.id, f"{cfg.host}: inference failed: {str(e).splitlines()[0]}", trace + [rec])
+        job = self._compute(msg.tensors, rec)
+        if job.error is not None:
+            self._reply_error(conn, msg.id, job.error, trace + [rec])
             return True
+        res = job.result
         rec["exit"] = res.exited_at
-        self.served += 1
         if res.done:
             rec["enc0"] = _now()
             send_message(conn, Message("response", msg.id, res.tensors,

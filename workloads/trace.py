@@ -14,13 +14,18 @@ clock, since every emulated host is a process on this machine. Fields that depen
 something took, rather than on when it happened, are 13-digit strings of ns (:func:`fixed_ns`),
 so that a frame's size never depends on them. A record holds only the fields its process
 measured: ``conn0``/``conn1`` only when a connection was opened for the request, the compute
-fields only on a server that ran its part.
+fields only on a server that ran its part, ``due`` only when a load scenario scheduled the
+request.
+
+A server computes one request at a time, in arrival order (:mod:`workloads.serving`), so a
+request that arrives while others wait or compute there waits its turn: ``queued`` counts the
+requests ahead of it, and ``comp0 - dec1`` (frame decoded to compute started) is its queue wait.
 
 :data:`FIELDS` and :data:`STAGES` are the schema (name, meaning, unit), :func:`markdown` renders
 them. To add a field: add it to :data:`FIELDS`, then stamp it where it is measured (in
 :func:`record` when it comes with every received frame). :func:`breakdown` turns a trace into
-compute per host, transmission per link direction and serialisation; nothing is inferred from
-end-to-end time.
+compute and queue wait per host, transmission per link direction, serialisation and the
+lateness of a scheduled send; nothing is inferred from end-to-end time.
 """
 from __future__ import annotations
 
@@ -50,6 +55,8 @@ FIELDS: tuple[Field, ...] = (
     Field("stage", "which frame the record is about: " + ", ".join(STAGES), "name"),
     Field("part", "the part of the model this server runs (request records)", "index"),
     Field("start", "the client's stamp before anything else for this request (client record)", "ns"),
+    Field("due", "the time a load scenario scheduled the request (client record); end-to-end latency is "
+                 "measured from it, so a late send counts", "ns"),
     Field("sent", "the sender's stamp just before the frame's first byte (from the frame prefix)", "ns"),
     Field("recv0", "the frame's first bytes read", "ns"),
     Field("recv1", "the frame's last byte read", "ns"),
@@ -57,6 +64,8 @@ FIELDS: tuple[Field, ...] = (
     Field("bytes", "the frame's size on the wire: prefix + header + payload", "bytes"),
     Field("stall", "the receiver's CPU-quota stall on the frame's last bytes "
                    "(workloads.pacing.QuotaStalls)", "ns, 13 digits"),
+    Field("queued", "the requests waiting or computing on this server when this one joined its compute "
+                    "queue: requests ahead at arrival (request records)", "count"),
     Field("comp0", "inference started (paced when the server paces, workloads.pacing)", "ns"),
     Field("comp1", "inference ended", "ns"),
     Field("cpu", "the CPU time the server's compute threads spent in the inference", "ns, 13 digits"),
@@ -76,9 +85,13 @@ def fixed_ns(ns: int) -> str:
     return f"{ns:013d}"
 
 
-def client_record(host: str) -> dict:
-    """The record a client starts a request's trace with."""
-    return {"host": host, "stage": "client", "start": now()}
+def client_record(host: str, due: int | None = None) -> dict:
+    """The record a client starts a request's trace with; ``due``: the stamp at which a load
+    scenario scheduled the request (end-to-end latency counts from it, see :func:`breakdown`)."""
+    rec = {"host": host, "stage": "client", "start": now()}
+    if due is not None:
+        rec["due"] = due
+    return rec
 
 
 def record(host: str, stage: str, msg: Message, part: int | None = None) -> dict:
@@ -109,6 +122,8 @@ class Breakdown:
     compute_ms: float
     transmission_ms: float
     serialization_ms: float
+    queue_ms: float         # waiting for the compute of requests ahead, summed over the servers
+    late_ms: float          # the client began this long after the request was due (0 when not scheduled)
     overhead_ms: float | None
     bytes_sent: int
     exit_segment: int | None
@@ -130,10 +145,13 @@ def breakdown(trace: list[dict]) -> Breakdown:
     host's work, done under its CPU quota, and counts as serialisation. Serialisation: ``sent -
     enc0`` at the sender plus ``dec1 - recv1`` at the receiver, plus the receiver's quota stall
     on the frame's last bytes (``stall``: the host's CPU quota had run out when they arrived,
-    :class:`workloads.pacing.QuotaStalls`), which is taken out of the link's time. Overhead:
-    end-to-end minus the rest."""
+    :class:`workloads.pacing.QuotaStalls`), which is taken out of the link's time. Queue: on each
+    server, ``comp0 - dec1`` (a ``queue`` hop before its ``compute`` hop). End-to-end: from
+    ``due`` when the client record has it (a send that began late counts: ``late_ms`` is
+    ``start - due``), else from ``start``, to the answer decoded. Overhead: end-to-end minus the
+    rest."""
     hops: list[dict] = []
-    compute = transmission = serialization = 0.0
+    compute = transmission = serialization = queue = 0.0
     nbytes = 0
     exit_segment = None
     for prev, rec in zip(trace, trace[1:]):
@@ -154,15 +172,19 @@ def breakdown(trace: list[dict]) -> Breakdown:
         serialization += dec + (enc or 0.0)
         nbytes += rec["bytes"]
         if "comp1" in rec:
-            c = _ms(rec["comp0"], rec["comp1"])
-            hops.append({"kind": "compute", "src": rec["host"], "dst": rec["host"], "direction": "request",
-                         "part": rec.get("part"), "bytes": None, "ms": c, "decode_ms": None, "encode_ms": None})
+            q, c = _ms(rec["dec1"], rec["comp0"]), _ms(rec["comp0"], rec["comp1"])
+            for kind, ms in (("queue", q), ("compute", c)):
+                hops.append({"kind": kind, "src": rec["host"], "dst": rec["host"], "direction": "request",
+                             "part": rec.get("part"), "bytes": None, "ms": ms, "decode_ms": None, "encode_ms": None})
+            queue += q
             compute += c
         if rec.get("exit") is not None:
             exit_segment = rec["exit"]
     last = trace[-1] if trace else {}
     complete = len(trace) >= 2 and trace[0].get("stage") == "client" and last.get("stage") == "response" \
         and "dec1" in last and len(hops) > 0
-    e2e = _ms(trace[0]["start"], last["dec1"]) if complete else None
-    overhead = e2e - compute - transmission - serialization if e2e is not None else None
-    return Breakdown(e2e, compute, transmission, serialization, overhead, nbytes, exit_segment, hops)
+    first = trace[0] if trace else {}
+    late = _ms(first["due"], first["start"]) if "due" in first else 0.0
+    e2e = _ms(first.get("due", first.get("start")), last["dec1"]) if complete else None
+    overhead = e2e - compute - transmission - serialization - queue - late if e2e is not None else None
+    return Breakdown(e2e, compute, transmission, serialization, queue, late, overhead, nbytes, exit_segment, hops)

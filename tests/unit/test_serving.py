@@ -257,6 +257,105 @@ def test_sigterm_stops_the_server_cleanly(tmp_path):
     assert "stopped after 0 requests" in s.logged()
 
 
+WIDE = 20_000      # a tiny artifact this wide computes ~0.1 ms; paced to 1/200 of a core: ~20 ms
+
+
+def _at_once(port: int, inputs: list[np.ndarray], timeout_s: float = 30) -> list[dict]:
+    """One request per input, each from its own client and connection, all sent at the same
+    moment (the connections are opened and pinged first); the answers in input order."""
+    clients = [Client(("127.0.0.1", port), f"client{i}", timeout_s=timeout_s) for i in range(len(inputs))]
+    for c in clients:
+        c.ping(5)
+    go = threading.Barrier(len(inputs))
+    out: list[dict | None] = [None] * len(inputs)
+
+    def send(i: int) -> None:
+        go.wait()
+        out[i] = clients[i].request(i + 1, {"X": inputs[i]})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s + 5)
+    for c in clients:
+        c.close()
+    assert all(r is not None for r in out), "a client never got its answer"
+    return out
+
+
+def test_concurrent_requests_compute_one_at_a_time_in_arrival_order_and_the_trace_shows_the_wait(tmp_path, servers):
+    k = 6
+    art, ref, _ = tiny_artifact(tmp_path / "a", parts=1, width=WIDE)
+    port, _ = servers.start(art, 0, "edge", None, "--threads", "1", "--pace", "0.005")
+    rng = np.random.default_rng(2)
+    inputs = [rng.standard_normal((1, WIDE)).astype(np.float32) for _ in range(k)]
+    warm = Client(("127.0.0.1", port), "mobile")
+    assert warm.request(99, {"X": inputs[0]})["status"] == "ok"        # the first inference is slower
+    warm.close()
+    answers = _at_once(port, inputs)
+    for x, r in zip(inputs, answers):       # each client got its own answer
+        assert r["status"] == "ok", r
+        np.testing.assert_allclose(r["output"], ref(x), rtol=1e-4, atol=1e-2)   # sums of 20k products
+        assert _documented(r["trace"])
+    recs = sorted((r["trace"][1] for r in answers), key=lambda rec: rec["comp0"])
+    assert all(rec["host"] == "edge" and rec["stage"] == "request" for rec in recs)
+    # one inference at a time: each starts after the one before it ended, and without idling
+    for before, after in zip(recs, recs[1:]):
+        assert after["comp0"] >= before["comp1"]
+        assert after["comp0"] - before["comp1"] < 50e6
+    # in arrival order: computed in the order the frames were decoded, and queued behind each other
+    assert [rec["dec1"] for rec in recs] == sorted(rec["dec1"] for rec in recs)
+    assert [rec["queued"] for rec in recs] == list(range(k)), recs       # all came in while the first computed
+    compute = [(rec["comp1"] - rec["comp0"]) / 1e6 for rec in recs]
+    wait = [(rec["comp0"] - rec["dec1"]) / 1e6 for rec in recs]
+    assert min(compute) > 5            # paced: long enough for the others to queue
+    for rec in recs:                   # ... by the CPU time of the thread that ran the inference
+        cpu, paced = int(rec["cpu"]), int(rec["paced"])
+        assert cpu > 10_000 and paced > 0 and rec["comp1"] - rec["comp0"] >= 0.95 * 200 * cpu
+    spread = (recs[-1]["dec1"] - recs[0]["dec1"]) / 1e6     # the last arrived this long after the first
+    for i in range(1, k):
+        # waited at least for the compute of every request ahead of it (less how late it came)
+        assert wait[i] >= sum(compute[:i]) - spread - 0.5, (i, wait, compute, spread)
+        assert wait[i] >= compute[i - 1] - spread - 0.5
+    for r in answers:
+        b = breakdown(r["trace"])
+        rec = r["trace"][1]
+        assert b.queue_ms == (rec["comp0"] - rec["dec1"]) / 1e6 and b.late_ms == 0
+        assert [h["kind"] for h in b.hops] == ["link", "queue", "compute", "link"]
+        assert b.overhead_ms >= 0       # the wait is counted once
+    # the server answered pings meanwhile and says nothing is queued now
+    c = Client(("127.0.0.1", port), "mobile")
+    assert c.ping(5)["queued"] == 0
+    c.close()
+
+
+def test_sigterm_stops_the_server_promptly_with_requests_queued(tmp_path, servers):
+    k = 6
+    art, _, _ = tiny_artifact(tmp_path / "a", parts=1, width=WIDE)
+    port, _ = servers.start(art, 0, "edge", None, "--threads", "1", "--pace", "0.0002")    # ~0.5 s each
+    p = servers.procs[-1]
+    answers: list = []
+    sender = threading.Thread(target=lambda: answers.extend(
+        _at_once(port, [np.ones((1, WIDE), np.float32)] * k, timeout_s=20)))
+    sender.start()
+    probe = Client(("127.0.0.1", port), "mobile")
+    deadline = time.monotonic() + 10
+    while probe.ping(5)["queued"] < k and time.monotonic() < deadline:     # pings are not queued
+        time.sleep(0.01)
+    assert probe.ping(5)["queued"] == k, "the requests did not queue up"
+    probe.close()
+    t0 = time.monotonic()
+    p.terminate()
+    assert p.wait(timeout=5) == 0
+    assert time.monotonic() - t0 < 2            # not after the queue's ~3 s of compute
+    sender.join(5)          # the queued requests were failed or their connections closed: no client waits
+    assert not sender.is_alive() and len(answers) == k
+    assert all(r["status"] in ("ok", "error") for r in answers), answers
+    done = sum(r["status"] == "ok" for r in answers)
+    assert done <= 1 and f"stopped after {done} requests" in servers.logged()
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_the_ready_line_reads_back_the_threads_onnx_runtime_really_started(tmp_path, servers, threads):
     art, _, _ = tiny_artifact(tmp_path / "a", parts=1)
@@ -318,7 +417,11 @@ def test_breakdown_arithmetic_on_a_known_trace():
     assert b.transmission_ms == 10 + 22 + 3 + 3
     # encode: 2-1, 29-28, 57-56, 63-62; decode: 1 each
     assert b.serialization_ms == 4 + 4
-    assert b.overhead_ms == 67 - 15 - 38 - 8
+    # edge began computing 1 ms after it decoded the frame (14 - 13), cloud at once: queue waits
+    assert b.queue_ms == 1 and b.late_ms == 0
+    assert [(h["kind"], h["src"], h["ms"]) for h in b.hops if h["kind"] != "link"] == [
+        ("queue", "edge", 1), ("compute", "edge", 10), ("queue", "cloud", 0), ("compute", "cloud", 5)]
+    assert b.overhead_ms == 67 - 15 - 38 - 8 - 1
     assert b.bytes_sent == 1700
     local = breakdown([_rec("edge", "client", start=0, enc0=0),
                        _rec("edge", "request", part=0, sent=ms, recv0=ms, recv1=2 * ms, dec1=2 * ms, bytes=10,
@@ -339,6 +442,35 @@ def test_breakdown_arithmetic_on_a_known_trace():
     assert stalled.overhead_ms == 33 - 10 - 15 - 7
     incomplete = breakdown([_rec("mobile", "client", start=0, enc0=0)])
     assert incomplete.e2e_ms is None and incomplete.hops == []
+
+
+def test_breakdown_of_a_scheduled_request_that_queued_counts_from_when_it_was_due():
+    """A load scenario scheduled the request at 0 and the client began it at 3 ms (late); the
+    server had 2 requests ahead and computed 10 ms after it decoded the frame."""
+    from workloads.trace import client_record
+
+    ms = 1_000_000
+    trace = [
+        _rec("mobile", "client", due=0, start=3 * ms, enc0=4 * ms),
+        _rec("edge", "request", part=0, sent=5 * ms, recv0=6 * ms, recv1=8 * ms, dec1=9 * ms, bytes=1000,
+             queued=2, comp0=19 * ms, comp1=25 * ms, enc0=26 * ms, exit=None),
+        _rec("mobile", "response", sent=27 * ms, recv0=28 * ms, recv1=30 * ms, dec1=31 * ms, bytes=100),
+    ]
+    b = breakdown(trace)
+    assert b.e2e_ms == 31                                  # from due, not from start (28 ms)
+    assert b.late_ms == 3 and b.queue_ms == 10 and b.compute_ms == 6
+    assert b.transmission_ms == 3 + 3                       # 8-5, 30-27
+    assert b.serialization_ms == (1 + 1) + (1 + 1)          # encode 5-4, 27-26; decode 9-8, 31-30
+    assert b.overhead_ms == 31 - 6 - 6 - 4 - 10 - 3 == 2    # 3 -> 4 at the client, 25 -> 26 at edge
+    assert [(h["kind"], h["src"], h["dst"], h["direction"], h["part"], h["ms"]) for h in b.hops] == [
+        ("link", "mobile", "edge", "request", None, 3), ("queue", "edge", "edge", "request", 0, 10),
+        ("compute", "edge", "edge", "request", 0, 6), ("link", "edge", "mobile", "response", None, 3)]
+    assert b.hops[1]["bytes"] is None and b.hops[1]["decode_ms"] is None and b.hops[1]["encode_ms"] is None
+    # without due: from start, nothing late
+    unscheduled = breakdown([{k: v for k, v in trace[0].items() if k != "due"}] + trace[1:])
+    assert unscheduled.e2e_ms == 28 and unscheduled.late_ms == 0 and unscheduled.overhead_ms == 2
+    assert "due" not in client_record("mobile") and client_record("mobile", due=123)["due"] == 123
+    assert _documented(trace)
 
 
 def test_a_record_holds_the_frames_stamps_and_its_size_does_not_depend_on_the_stall():
