@@ -38,8 +38,8 @@ from .summary import host_flags, summarize
 
 MAX_FACETS = 6          # sweep points drawn side by side; beyond, one panel of per-point medians
 DPI = 100
-PARTS = ("compute_ms", "transmission_ms", "serialization_ms", "overhead_ms")
-PART_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#8c8c8c")
+PARTS = ("compute_ms", "transmission_ms", "serialization_ms", "queue_ms", "late_ms", "overhead_ms")
+PART_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#8c8c8c")
 TEMPLATES = Path(__file__).parent / "templates"
 # the last part of a sweep path -> the topology parser of its unit
 _AXIS_PARSERS = {"bandwidth": parse_rate, "delay": parse_duration_ms, "jitter": parse_duration_ms,
@@ -196,7 +196,9 @@ def _parts_figure(model: str, facets: list[_Facet]) -> tuple[Figure, str]:
         labels = list(f.requests)
         bottom = np.zeros(len(labels))
         for part, color in zip(PARTS, PART_COLORS):
-            heights = np.array([_median(r[part] for r in f.requests[s]) for s in labels])
+            heights = np.array([_median(r.get(part) for r in f.requests[s]) for s in labels])
+            if part in ("queue_ms", "late_ms") and not heights.any():
+                continue        # nothing waited (one request at a time): no empty legend entry
             ax.bar(range(len(labels)), heights, bottom=bottom, color=color, label=part.removesuffix("_ms"))
             bottom += heights
         ax.set_xticks(range(len(labels)), [_tick_label(s, f.cells[s]) for s in labels], rotation=30, fontsize=8)
@@ -204,8 +206,9 @@ def _parts_figure(model: str, facets: list[_Facet]) -> tuple[Figure, str]:
         ax.set_ylabel("median ms per request")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{model}: where the time goes")
-    return fig, ("Median compute, transmission, serialization and harness overhead per request (each part's "
-                 "own median, so a bar need not equal the median end-to-end latency).")
+    return fig, ("Median compute, transmission, serialization, queueing (under load: waiting at a host, and "
+                 "sent late by the load generator) and harness overhead per request (each part's own median, so "
+                 "a bar need not equal the median end-to-end latency).")
 
 
 def _quality_figure(model: str, facets: list[_Facet]) -> tuple[Figure, str]:

@@ -458,9 +458,7 @@ class Client:
     def request(self, rid: int, tensors: dict[str, np.ndarray], due: int | None = None) -> dict:
         """One request; a dict with status, trace, output or error (never raises for I/O).
         ``due``: the stamp a load scenario scheduled it for (its latency counts from there)."""
-        rec = tr.client_record(self.host)
-        if due is not None:
-            rec["due"] = due
+        rec = tr.client_record(self.host, due)
         deadline = time.monotonic() + self.timeout_s
         try:
             if self.sock is None:

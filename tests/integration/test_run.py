@@ -132,7 +132,8 @@ def test_run_measures_every_hop_and_transmission_follows_the_links(study, tmp_pa
     assert len(reqs) == 20 and all(r["status"] == "ok" for r in reqs)
     assert all(r["output_match"] == 1 and r["output_max_diff"] < 1e-4 for r in reqs)   # same model, split
     for r in reqs:
-        parts = r["compute_ms"] + r["transmission_ms"] + r["serialization_ms"] + r["overhead_ms"]
+        parts = r["compute_ms"] + r["transmission_ms"] + r["serialization_ms"] + r["queue_ms"] + r["overhead_ms"]
+        assert r["late_ms"] is None and r["due_ms"] is None      # one request at a time: nothing scheduled
         assert abs(parts - r["e2e_ms"]) < 1e-6 and r["overhead_ms"] >= 0
     hops = _rows(db, "SELECT h.*, c.strategy FROM hops h JOIN cells c USING (cell)")
 
