@@ -146,12 +146,12 @@ def search_rate(meets: Callable[[float], bool], start: float, *, precision: floa
         steps.append((q, ok))
         return ok
 
-    q = min(max(start, SEARCH_MIN_QPS), MAX_QPS)
+    q = _nice(min(max(start, SEARCH_MIN_QPS), MAX_QPS))
     lo = hi = None
     if run(q):
         lo = q
         while hi is None and len(steps) < max_steps and lo < MAX_QPS:
-            q = min(2 * lo, MAX_QPS)
+            q = _nice(min(2 * lo, MAX_QPS))
             if run(q):
                 lo = q
             else:
@@ -159,13 +159,13 @@ def search_rate(meets: Callable[[float], bool], start: float, *, precision: floa
     else:
         hi = q
         while lo is None and len(steps) < max_steps and hi > SEARCH_MIN_QPS:
-            q = max(hi / 2, SEARCH_MIN_QPS)
+            q = _nice(max(hi / 2, SEARCH_MIN_QPS))
             if run(q):
                 lo = q
             else:
                 hi = q
     while lo is not None and hi is not None and hi / lo > 1 + precision and len(steps) < max_steps:
-        q = float(f"{math.sqrt(lo * hi):.3g}")     # a rate that reads well in labels ...
+        q = _nice(math.sqrt(lo * hi))              # a rate that reads well in labels ...
         if not lo < q < hi:
             q = math.sqrt(lo * hi)                  # ... unless rounding leaves the bracket
         if run(q):
@@ -173,6 +173,11 @@ def search_rate(meets: Callable[[float], bool], start: float, *, precision: floa
         else:
             hi = q
     return Search(lo, hi, tuple(steps))
+
+
+def _nice(q: float) -> float:
+    """``q`` to 3 significant digits (33.3, not 33.333333: rates are labels of points)."""
+    return float(f"{q:.3g}")
 
 
 def capacities(rows: Sequence[dict]) -> list[dict]:

@@ -412,7 +412,8 @@ def _print_load(rows: list[dict], names: dict[str, str]) -> None:
         for c in columns:
             t.add_column(c, justify="left" if c in ("point", "strategy", "scenario", "SLO") else "right",
                          overflow="fold")
-        for group in points.values():
+        # in rising rate, so that a search's runs (tried in another order) read as a curve
+        for group in sorted(points.values(), key=lambda g: g[0]["load"].get("target_qps") or 0):
             for i, (r, point) in enumerate(zip(group, _point_cells(group, names))):
                 f = r["load"]
                 lat = f["latency_ms"]
