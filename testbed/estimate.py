@@ -87,6 +87,8 @@ def request_ms(exp: Experiment, model: ModelRef, strategy: Strategy, manifest: d
     topo, hosts = exp.topology, strategy.placement
     source = exp.sources[0]         # under load from several sources: as seen from the first
     source = hosts[0] if source == "client" and "client" not in topo.host_names else source
+    if exp.per_source(strategy):
+        hosts = (source, *hosts[1:])
     cuts = [c["bytes"] for c in (manifest.get("report", {}).get("partition", {}).get("cuts") or [])]
     ms = (hop_ms(topo, source, hosts[0], _input_bytes(model))
           + hop_ms(topo, hosts[-1], source, answer_bytes))

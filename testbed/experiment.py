@@ -171,6 +171,7 @@ STRATEGY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,47}$")
 STRATEGY_NAME_ALLOWED = "1 to 48 lowercase letters, digits, '_', '.' or '-', starting with a letter or digit"
 DEFAULT_TOPOLOGY = "three_tier"
 CLIENT = "client"
+SOURCE = "source"    # in a placement, first: each request's source host runs part 0
 DEFAULT_CODEC = next(iter(CODECS))
 SERVING_KEYS = ("connection", "threads", "pace")
 MAX_THREADS = 256
@@ -382,6 +383,16 @@ class Experiment:
         """The hosts requests start from: ``load.sources``, else ``(source,)``."""
         return self.load.sources or (self.source,)
 
+    def per_source(self, strategy: Strategy) -> bool:
+        """The strategy's first part runs on each source host (``source`` first in its placement)."""
+        return strategy.placement[0] == SOURCE and SOURCE not in self.topology.host_names
+
+    def deployment(self, strategy: Strategy) -> list[tuple[str, int]]:
+        """(host, part) of every server a cell of ``strategy`` starts, in part order: with
+        ``source`` first in the placement, part 0 on each source host."""
+        out = [(h, 0) for h in self.sources] if self.per_source(strategy) else [(strategy.placement[0], 0)]
+        return out + [(h, i) for i, h in enumerate(strategy.placement) if i]
+
     def strategy(self, name: str) -> Strategy:
         for s in self.strategies:
             if s.name == name:
@@ -434,7 +445,7 @@ class Experiment:
             for model in exp.models:
                 for s in exp.strategies:
                     need = ArtifactNeed(model, s.operators, s.parts)
-                    for i, host in enumerate(s.placement):
+                    for host, i in exp.deployment(s):
                         out.setdefault(host, {}).setdefault((need, i), s.name)
         return {h: [(need, i, name) for (need, i), name in parts.items()] for h, parts in out.items()}
 
@@ -698,14 +709,20 @@ class _Validator(DocumentReader):
         if not NAME.match(name):
             self.fail("name", f"'{name}' is not a usable name", NAME_ALLOWED)
         topology = self.overrides(raw, self.topology(raw.get("topology", DEFAULT_TOPOLOGY)))
+        models = self.models(raw["models"])
+        strategies = self.strategies(raw["strategies"], topology)
+        source = self.source(raw.get("source"), topology)
+        requests = self.requests(raw.get("requests"))
+        load = self.load(raw, topology)
+        self.source_placements(strategies, load.sources or (source,), topology)
         return Experiment(
             name=name,
             topology=topology,
-            models=self.models(raw["models"]),
-            strategies=self.strategies(raw["strategies"], topology),
-            source=self.source(raw.get("source"), topology),
-            requests=self.requests(raw.get("requests")),
-            load=self.load(raw, topology),
+            models=models,
+            strategies=strategies,
+            source=source,
+            requests=requests,
+            load=load,
             codec=self.codec(raw.get("codec", DEFAULT_CODEC)),
             serving=self.serving(raw.get("serving"), topology),
             sweep=self.sweep(raw.get("sweep")),
@@ -844,17 +861,46 @@ class _Validator(DocumentReader):
         else:
             hosts = self.nonempty_list(value, path, _PLACEMENT_ALLOWED)
             paths = [f"{path}[{k}]" for k in range(len(hosts))]
+        each_source = SOURCE not in spec.host_names     # the keyword, unless a host has that name
         for k, (host, where) in enumerate(zip(hosts, paths)):
             if not isinstance(host, str):
                 self.fail(where, f"expected a host name, got {kind_of(host)}", hosts_allowed)
+            if host == SOURCE and each_source:
+                if k:
+                    self.fail(where, f"'{SOURCE}' (each request's source host) can only come first",
+                              f"e.g. [{SOURCE}, edge]: part 0 on every source host, part 1 on edge")
+                continue
             if host not in spec.host_names:
-                self.fail(where, f"unknown host '{host}'", hosts_allowed)
+                self.fail(where, f"unknown host '{host}'", f"{hosts_allowed}, or {SOURCE} first (each request's "
+                                                           "source host)")
             if host in hosts[:k]:
                 self.fail(where, f"host '{host}' appears twice", "each host once (one part per host)")
+            if k and hosts[k - 1] == SOURCE and each_source:
+                continue                  # checked against every source once they are known
             if k and host not in spec.neighbours(hosts[k - 1]):
                 self.fail(where, f"{hosts[k - 1]} and {host} are not linked in topology {spec.name}",
                           f"hosts linked to {hosts[k - 1]}: {name_list(spec.neighbours(hosts[k - 1]))}")
         return tuple(hosts)
+
+    def source_placements(self, strategies: tuple[Strategy, ...], sources: tuple[str, ...],
+                          spec: TopologySpec) -> None:
+        """A placement starting with ``source`` runs its first part on every source host: each
+        must be a host, not among the placement's other hosts, and linked to the next one."""
+        if SOURCE in spec.host_names:
+            return
+        for i, s in enumerate(strategies):
+            if s.placement[0] != SOURCE:
+                continue
+            path = f"strategies[{i}].placement"
+            for host in sources:
+                if host == CLIENT and CLIENT not in spec.host_names:
+                    self.fail(path, f"'{SOURCE}' runs part 0 on the source host, but the source is {CLIENT} "
+                                    "(no host)", "a source host (source: mobile, or load.sources)")
+                if host in s.placement[1:]:
+                    self.fail(path, f"the source {host} is also one of its hosts", "hosts other than the sources")
+                if len(s.placement) > 1 and s.placement[1] not in spec.neighbours(host):
+                    self.fail(path, f"the source {host} and {s.placement[1]} are not linked in topology {spec.name}",
+                              f"hosts linked to {host}: {name_list(spec.neighbours(host))}")
 
     def source(self, value: object, spec: TopologySpec) -> str:
         if value is None:

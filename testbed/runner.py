@@ -391,7 +391,7 @@ class CellExecution:
 
     def run(self) -> CellOutcome:
         started = time.time()
-        placement = self.cell.strategy.placement
+        placement = [h for h, _ in self.exp.deployment(self.cell.strategy)]
         oom_before = {h: self.net.oom_kills(h) for h in placement}
         status = "done"       # ran to the end, whatever happened to each request
         timings = self.runner.timings
@@ -428,10 +428,12 @@ class CellExecution:
         return folder / f"{host}.log"
 
     def _start_servers(self) -> None:
+        """One server per deployed part (testbed.experiment.Experiment.deployment: with
+        ``source`` first in the placement, part 0 on every source host), last part first."""
         exp, net, cell = self.exp, self.net, self.cell
         placement = cell.strategy.placement
-        for i in reversed(range(len(placement))):
-            host = placement[i]
+        deployed = exp.deployment(cell.strategy)
+        for host, i in reversed(deployed):
             last = i + 1 == len(placement)
             next_hop = None if last else (entry_address(net, exp.topology, host, placement[i + 1]), PORT)
             cfg = ServerConfig(str(cell.artifact), i, host, [(addr, PORT) for addr in net.addresses(host)],
@@ -448,7 +450,7 @@ class CellExecution:
                 # a session of its own: a terminal's Ctrl-C reaches the runner, which stops it by PID
                 self.servers[host] = net.popen(host, argv, stdout=subprocess.PIPE, stderr=f, text=True,
                                                start_new_session=True)
-        for host in reversed(placement):
+        for host, _ in reversed(deployed):
             ready = self._wait_ready(host)
             check_threads(host, ready)
             check_pace(host, ready, host_pace(exp, host))
@@ -507,6 +509,10 @@ class CellExecution:
         first = self.cell.strategy.placement[0]
         return first if source == "client" and "client" not in self.exp.topology.host_names else source
 
+    def _first_host(self, source_host: str) -> str:
+        """Where requests from ``source_host`` enter: itself when each source runs part 0."""
+        return source_host if self.exp.per_source(self.cell.strategy) else self.cell.strategy.placement[0]
+
     def _start_source(self, name: str, host: str, argv: list[str], **kw) -> subprocess.Popen:
         """Start a client or load generator on ``host`` (in its namespace, outside its cgroup:
         the harness is not charged to the host), its stderr in the logs as ``name``."""
@@ -520,7 +526,7 @@ class CellExecution:
                                   start_new_session=True, **kw)
 
     def _target(self, host: str) -> str:
-        first = self.cell.strategy.placement[0]
+        first = self._first_host(host)
         return f"{entry_address(self.net, self.exp.topology, host, first)}:{PORT}"
 
     def _run_client(self) -> None:

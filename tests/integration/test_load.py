@@ -24,7 +24,7 @@ topology:
     mobile2-edge: {{bandwidth: 1Gbit}}
 models: [{{name: wide.onnx, data: data.npz}}]
 strategies:
-  - {{name: edge, placement: edge}}
+{strategies}
 requests: {{warmup: 1, repeat: {repeat}, inputs: 3, timeout: 20s}}
 load: {load}
 """
@@ -37,15 +37,18 @@ def study(tmp_path_factory):
     return folder
 
 
-def _run(study, tmp_path, load: str, repeat: int) -> tuple[dict, list[dict], dict]:
+EDGE = "  - {name: edge, placement: edge}"
+
+
+def _run(study, tmp_path, load: str, repeat: int, strategies: str = EDGE) -> tuple[dict, list[dict], dict]:
     exp = study / f"load-{abs(hash(load))}.yaml"
-    exp.write_text(EXPERIMENT.format(load=load, repeat=repeat))
+    exp.write_text(EXPERIMENT.format(load=load, repeat=repeat, strategies=strategies))
     out = tmp_path / "out"
     p = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out), "--json"], cwd=REPO, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     db = out / "results.sqlite"
-    [cell] = _rows(db, "SELECT * FROM cells")
+    cell = _rows(db, "SELECT * FROM cells")[-1]
     return cell, _rows(db, "SELECT * FROM requests ORDER BY seq"), json.loads(p.stdout)
 
 
@@ -90,3 +93,20 @@ def test_a_closed_loop_queues_at_the_one_server_and_the_wait_is_its_own_column(s
     hops = _rows(tmp_path / "out" / "results.sqlite", "SELECT * FROM hops WHERE seq = 0 ORDER BY idx")
     kinds = [h["kind"] for h in hops]
     assert kinds.index("queue") == kinds.index("compute") - 1
+
+
+def test_source_first_in_the_placement_runs_part_0_on_each_source_host(study, tmp_path):
+    split = "  - {name: me, operators: [{partition: {cut: auto}}], placement: [source, edge]}"
+    cell, reqs, _ = _run(study, tmp_path, "{scenario: multi-stream, concurrency: 2, sources: [mobile1, mobile2]}",
+                         repeat=20, strategies=split)
+    assert cell["status"] == "done" and cell["placement"] == "source>edge"
+    assert all(r["status"] == "ok" and r["output_match"] for r in reqs)
+    hosts = json.loads(cell["hosts_json"])
+    assert {h: v["part"] for h, v in hosts.items()} == {"mobile1": 0, "mobile2": 0, "edge": 1}
+    hops = _rows(tmp_path / "out" / "results.sqlite", "SELECT * FROM hops WHERE kind = 'compute'")
+    by_seq: dict[int, list] = {}
+    for h in hops:
+        by_seq.setdefault(h["seq"], []).append((h["src"], h["part"]))
+    for seq, computed in by_seq.items():       # each request's part 0 ran on its own source
+        source = "mobile1" if seq % 2 == 0 else "mobile2"
+        assert sorted(computed) == sorted([(source, 0), ("edge", 1)])

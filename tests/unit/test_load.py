@@ -284,3 +284,38 @@ def test_searching_starts_at_one_request_per_tightest_target(tmp_path):
     exp = exp_with(tmp_path, "load: {scenario: server, slo: {p50: 20ms, p99: 250ms}, duration: 2s}\n")
     assert exp.load.searching and exp.load.qps is None and start_rate(exp.load) == 50.0
     assert not exp_with(tmp_path, "load: {scenario: server, qps: 5, slo: {p99: 1s}}\n").load.searching
+
+
+# ---- `source` first in a placement: part 0 on every source host -------------------------------
+
+SPLIT = "  - {name: me, operators: [{partition: {cut: auto}}], placement: [source, edge]}\n"
+
+
+def test_source_first_in_a_placement_deploys_part_0_on_every_source(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(BASE + SPLIT + "load: {scenario: server, qps: 5, sources: 3}\n")
+    exp = load_experiment(path, (), **BUDGET)
+    me = exp.strategy("me")
+    assert me.placement == ("source", "edge") and exp.per_source(me)
+    assert exp.deployment(me) == [("mobile1", 0), ("mobile2", 0), ("mobile3", 0), ("edge", 1)]
+    assert exp.deployment(exp.strategy("edge")) == [("edge", 0)]
+    assert {h: [i for _, i, _ in parts] for h, parts in exp.parts_by_host().items()} == {
+        "edge": [0, 1], "mobile1": [0], "mobile2": [0], "mobile3": [0]}
+    single = load_experiment(path, (("load", "{scenario: single-stream}"), ("source", "mobile2")), **BUDGET)
+    assert single.deployment(single.strategy("me")) == [("mobile2", 0), ("edge", 1)]
+
+
+@pytest.mark.parametrize("strategy, extra, message", [
+    ("[edge, source]", "", "strategies[1].placement[1]: 'source' (each request's source host) can only come first"),
+    ("[source, cloud]", "", "strategies[1].placement: the source mobile1 and cloud are not linked"),
+    ("[source, edge]", "source: edge\n", "strategies[1].placement: the source edge is also one of its hosts"),
+    ("[source, edge]", "source: client\n", "strategies[1].placement: 'source' runs part 0 on the source host, but "
+                                          "the source is client"),
+])
+def test_source_in_a_placement_is_checked_against_every_source(tmp_path, strategy, extra, message):
+    path = tmp_path / "exp.yaml"
+    path.write_text(BASE + f"  - {{name: me, operators: [{{partition: {{cut: auto}}}}], placement: {strategy}}}\n"
+                    + extra)
+    with pytest.raises(ExperimentError) as info:
+        load_experiment(path, (), **BUDGET)
+    assert message in str(info.value) and "\n" not in str(info.value)
