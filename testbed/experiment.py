@@ -871,8 +871,8 @@ class _Validator(DocumentReader):
                               f"e.g. [{SOURCE}, edge]: part 0 on every source host, part 1 on edge")
                 continue
             if host not in spec.host_names:
-                self.fail(where, f"unknown host '{host}'", f"{hosts_allowed}, or {SOURCE} first (each request's "
-                                                           "source host)")
+                self.fail(where, f"unknown host '{host}'", hosts_allowed + (
+                    f", or {SOURCE} (each request's source host)" if k == 0 and each_source else ""))
             if host in hosts[:k]:
                 self.fail(where, f"host '{host}' appears twice", "each host once (one part per host)")
             if k and hosts[k - 1] == SOURCE and each_source:
