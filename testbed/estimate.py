@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .experiment import Experiment, ModelRef, Strategy
+from .load import SEARCH_STEPS, start_rate
 from .runner import cell_key
 
 # the runner's fixed costs on the 2-core reference VM (benchmarks/results/sweep.md)
@@ -35,6 +36,7 @@ class CellEstimate:
     done: bool                       # already stored as done in the output folder (skipped)
     request_ms: float | None         # one request, end to end; None: artifact not prepared
     seconds: float | None            # the whole cell (deploy + warm-up + measured requests)
+    search: bool = False             # a search for a rate: ``seconds`` is its most (every run it may try)
 
 
 def _direction(topology, a: str, b: str):
@@ -137,9 +139,15 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
                 key = cell_key(e, point, model, s)
                 m, answer = manifests[k]
                 ms = request_ms(e, model, s, m, answer) if m is not None else None
-                secs = DEPLOY_S + _measuring_s(e, ms) if ms is not None and not e.load.searching else None
+                secs = None
+                if ms is not None and e.load.searching:       # at most SEARCH_STEPS runs, each a cell
+                    start = e.at({"load.qps": start_rate(e.load)})
+                    secs = SEARCH_STEPS * (DEPLOY_S + _measuring_s(start, ms))
+                elif ms is not None:
+                    secs = DEPLOY_S + _measuring_s(e, ms)
                 is_done = key in done
-                cells.append(CellEstimate(key, point, model.name, s.name, s.placement, is_done, ms, secs))
+                cells.append(CellEstimate(key, point, model.name, s.name, s.placement, is_done, ms, secs,
+                                          e.load.searching))
                 if not is_done:
                     todo = True
                     if secs is None:

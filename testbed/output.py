@@ -563,5 +563,8 @@ def print_dry_run(name: str, cells: list, total_s: float, unknown: int) -> None:
     todo = sum(not c.done for c in cells)
     note = (f"; {unknown} cells have no estimate (artifact not prepared: run testbed prepare first)"
             if unknown else "")
+    if any(c.search for c in cells):
+        note += ("; a search for the highest rate meeting load.slo is counted at its most, every run it may try "
+                 "(most end sooner)")
     console.print(f"to run: {todo} of {len(cells)} cells, about {_duration(total_s)} (networks and deployment "
                   f"included; preparing artifacts not included){note}")
