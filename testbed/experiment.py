@@ -51,7 +51,10 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   written as names or one-key mappings of parameters (``workloads.operators``: partition,
   quantize, early_exit; qat, prune, distill). ``placement`` is a host or a list of hosts,
   each host once, consecutive hosts joined by a link of the topology; two or more hosts need
-  a partition into as many parts (``cut: auto`` fits any count).
+  a partition into as many parts (``cut: auto`` fits any count). ``source`` as the first
+  host (unless a host has that name) runs part 0 on each request's source host: with many
+  sources (``load.sources``) every one of them computes its own part 0, as phones would, and
+  each must be linked to the next host.
 - ``source``: where requests start. A host name: the input is produced on that host, travels
   over the emulated links to the strategy's first host, and the answer travels back, so every
   strategy pays for moving the data from where it is produced. ``client``: the request loop
