@@ -926,14 +926,19 @@ class _Validator(DocumentReader):
             counts[key] = n
         timeout = TIMEOUT_DEFAULT_MS
         if "timeout" in body:
-            allowed = f"a duration above 0 and at most {format_duration_ms(TIMEOUT_MAX_MS)}, e.g. 120s"
-            try:
-                timeout = parse_duration_ms(body["timeout"])
-            except TopologyError as e:
-                self.fail("requests.timeout", e.problem, allowed)
-            if not 0 < timeout <= TIMEOUT_MAX_MS:
-                self.fail("requests.timeout", f"{format_duration_ms(timeout)} is out of range", allowed)
+            timeout = self.duration_ms(body["timeout"], "requests.timeout", TIMEOUT_MAX_MS, "120s")
         return Requests(timeout_ms=timeout, **counts)
+
+    def duration_ms(self, value: object, path: str, max_ms: float, example: str) -> float:
+        """A duration with a unit, above 0 and at most ``max_ms``, in ms."""
+        allowed = f"a duration above 0 and at most {format_duration_ms(max_ms)}, e.g. {example}"
+        try:
+            ms = parse_duration_ms(value)
+        except TopologyError as e:
+            self.fail(path, e.problem, allowed)
+        if not 0 < ms <= max_ms:
+            self.fail(path, f"{format_duration_ms(ms)} is out of range", allowed)
+        return ms
 
     def load(self, raw: dict, spec: TopologySpec) -> Load:
         example = "{scenario: server, qps: 20, sources: [mobile1, mobile2], duration: 10s, slo: {p99: 100ms}}"
@@ -967,13 +972,7 @@ class _Validator(DocumentReader):
                       f"at least one per source: {len(sources)} or more")
         duration = None
         if "duration" in body:
-            allowed = f"a duration above 0 and at most {format_duration_ms(DURATION_MAX_MS)}, e.g. 10s"
-            try:
-                duration = parse_duration_ms(body["duration"])
-            except TopologyError as e:
-                self.fail("load.duration", e.problem, allowed)
-            if not 0 < duration <= DURATION_MAX_MS:
-                self.fail("load.duration", f"{format_duration_ms(duration)} is out of range", allowed)
+            duration = self.duration_ms(body["duration"], "load.duration", DURATION_MAX_MS, "10s")
             if isinstance(raw.get("requests"), dict) and "repeat" in raw["requests"]:
                 self.fail("load.duration", "set with requests.repeat: a cell measures either a number of requests "
                           "or a duration", "one of load.duration and requests.repeat")
@@ -984,14 +983,7 @@ class _Validator(DocumentReader):
         targets = self.mapping(body.get("slo"), "load.slo", tuple(SLO_PERCENTILES), "{p99: 100ms}")
         for key in SLO_PERCENTILES:
             if key in targets:
-                allowed = "a duration above 0, e.g. 100ms"
-                try:
-                    ms = parse_duration_ms(targets[key])
-                except TopologyError as e:
-                    self.fail(f"load.slo.{key}", e.problem, allowed)
-                if ms <= 0:
-                    self.fail(f"load.slo.{key}", f"{format_duration_ms(ms)} is not above 0", allowed)
-                slo.append((key, ms))
+                slo.append((key, self.duration_ms(targets[key], f"load.slo.{key}", TIMEOUT_MAX_MS, "100ms")))
         if "slo" in body and not slo:
             self.fail("load.slo", "no target", "e.g. {p99: 100ms}")
         return Load(scenario, qps, concurrency, sources, duration, seed, tuple(slo))

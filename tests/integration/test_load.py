@@ -110,3 +110,26 @@ def test_source_first_in_the_placement_runs_part_0_on_each_source_host(study, tm
     for seq, computed in by_seq.items():       # each request's part 0 ran on its own source
         source = "mobile1" if seq % 2 == 0 else "mobile2"
         assert sorted(computed) == sorted([(source, 0), ("edge", 1)])
+
+
+def test_a_search_converges_on_the_highest_rate_meeting_the_target(study, tmp_path):
+    """The edge computes one ~7 ms inference at a time: a p90 of 40 ms holds at low rates and
+    breaks well before its ~140 req/s ceiling. The search brackets that rate within 5%, every
+    rate it tried is a cell, and the summary names the answer."""
+    exp = study / "search.yaml"
+    exp.write_text(EXPERIMENT.format(load="{scenario: server, sources: [mobile1, mobile2], duration: 2s, "
+                                          "slo: {p90: 40ms}}", repeat=1, strategies=EDGE)
+                   .replace("repeat: 1, ", ""))
+    out = tmp_path / "out"
+    p = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out)], cwd=REPO, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cells = _rows(out / "results.sqlite", "SELECT * FROM cells")
+    runs = sorted((json.loads(c["point_json"])["load.qps"], json.loads(c["load_json"])) for c in cells)
+    assert 3 <= len(runs) <= 12 and all(c["status"] == "done" for c in cells)
+    met = [q for q, f in runs if f["slo"]["p90"]["met"]]
+    missed = [q for q, f in runs if not f["slo"]["p90"]["met"]]
+    assert met and missed
+    best, above = max(met), min(q for q in missed if q > max(met))
+    assert above / best <= 1.05 or len(runs) == 12
+    assert f"edge: p90 ≤ 40 ms up to {best:.3g} req/s, missed at {above:.3g}" in p.stdout.replace("\n", " ")
