@@ -644,10 +644,20 @@ class CellExecution:
             from .load import figures
 
             self.load = figures(exp.load, self.requests, list(done.values()))
+            self.load["host_cpus"] = self._deployed_cpus()
+            self.load["machine_cores"] = self.cores
         missing = [n for n in gens if n not in done]
         if missing:
             why = "; ".join(self._source_failure(n, gens[n], self._load_budget_s()) for n in missing)
             raise RunError(f"{len(self.requests)} requests measured; {why}")
+
+    def _deployed_cpus(self) -> float | None:
+        """The cores the cell's computing hosts may use together (None: one is unlimited):
+        above the machine's, they compete for it under load and compute slower than their
+        limits promise, a limit of this machine, not of the deployment."""
+        hosts = {h for h, _ in self.exp.deployment(self.cell.strategy)}
+        cpus = [self.exp.topology.host(h).cpus for h in hosts]
+        return None if None in cpus else round(sum(cpus), 3)
 
     def _read_lines(self, name: str, p: subprocess.Popen, deadline: float, until: str) -> dict | None:
         """Read ``p``'s lines until one has key ``until``; None if it ends or the deadline passes."""

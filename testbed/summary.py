@@ -23,6 +23,16 @@ def _p90(values: list[float]) -> float | None:
     return float(np.percentile(values, 90)) if values else None
 
 
+def load_flags(load: dict | None) -> list[str]:
+    """Under load, a cell whose computing hosts may use more cores together than the machine has."""
+    f = load or {}
+    cpus, cores = f.get("host_cpus"), f.get("machine_cores")
+    if cpus is not None and cores and cpus > cores:
+        return [f"its hosts may use {cpus:g} cores together, the machine has {cores:g}: under load they may "
+                "compute slower than promised (see compute.slowdown)"]
+    return []
+
+
 def host_flags(hosts: dict | None) -> list[str]:
     """'host: why' for every host of a cell whose compute per request missed its share's promise."""
     out = []
@@ -94,7 +104,7 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             "exit_rate": (sum(1 for r in ok if r["exit_segment"] is not None) / len(ok)) if ok else None,
             "match": (sum(checked) / len(checked)) if checked else None,
             "metric": c["metric"], "value": c["metric_value"], "baseline": c["baseline_value"],
-            "host_flags": host_flags(c.get("hosts")),
+            "host_flags": host_flags(c.get("hosts")) + load_flags(c.get("load")),
             "load": c.get("load"),
         })
     return rows

@@ -321,3 +321,13 @@ def test_the_summary_under_load_shows_rates_tails_and_the_slo_answer(tmp_path):
     assert "m / edge-int8: p99 ≤ 100 ms up to 40 req/s, the highest rate tried (4 rates tried)\n" in text
     line = next(l for l in text.splitlines() if l.strip().startswith("qps 25") and "server 25/s" in l)
     assert "missed" in line and "156.0" in line        # p99 of the slow run, and its verdict
+
+
+def test_a_load_cell_whose_hosts_may_use_more_cores_than_the_machine_has_is_noted():
+    from testbed.summary import load_flags
+
+    assert load_flags({"host_cpus": 2.5, "machine_cores": 2}) == [
+        "its hosts may use 2.5 cores together, the machine has 2: under load they may compute slower than "
+        "promised (see compute.slowdown)"]
+    assert load_flags({"host_cpus": 1.5, "machine_cores": 2}) == []
+    assert load_flags({"host_cpus": None, "machine_cores": 2}) == [] and load_flags(None) == []
