@@ -254,7 +254,7 @@ def _capacity_statements(base: dict, targets: str, caps: list[dict]) -> list[dic
     if start > top["best"]:
         return out      # no rate at which top is known to meet while all others are known to miss
     missed = ", ".join(f"{c['strategy']} missed at {qps_text(c['above'])}" for c in others)
-    upto = (f"up to {qps_text(top['best'])} req/s; it missed at {qps_text(top['above'])}" if top["above"] is not None
+    upto = (f"up to {qps_text(top['best'])} req/s, missed at {qps_text(top['above'])}" if top["above"] is not None
             else f"up to at least {qps_text(top['best'])} req/s, the highest rate tried")
     text = f"at ≥ {qps_text(start)} req/s {top['strategy']} is the only strategy within {targets} ({upto}; {missed})"
     if not all(c["sure"] for c in ranked):
