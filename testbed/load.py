@@ -10,7 +10,7 @@ An SLO is met only when its percentile is a number within the target.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,8 +196,7 @@ def capacities(rows: Sequence[dict]) -> list[dict]:
         key = (r["model"], r["strategy"], json_key(point))
         g = groups.setdefault(key, {"model": r["model"], "strategy": r["strategy"], "point": point,
                                     "targets": {k: v["target_ms"] for k, v in f["slo"].items()}, "runs": []})
-        met = r["status"] == "done" and all(v["met"] for v in f["slo"].values())
-        sure = all(v.get("sure", False) for v in f["slo"].values())
+        met, sure = bool(met_all(r)), sure_all(r)
         g["runs"].append((f["target_qps"], met, sure))
     out = []
     for g in groups.values():
@@ -213,3 +212,134 @@ def json_key(point: dict) -> str:
     import json
 
     return json.dumps(point, sort_keys=True, default=str)
+
+
+def met_all(row: dict) -> bool | None:
+    """Whether a summary row's cell met every latency target (a cell that did not finish met
+    none); None without targets."""
+    slo = (row.get("load") or {}).get("slo") or {}
+    return (row["status"] == "done" and all(v["met"] for v in slo.values())) if slo else None
+
+
+def sure_all(row: dict) -> bool:
+    """Whether every latency verdict of a summary row's cell is sure (``slo_verdict``)."""
+    return all(v.get("sure", False) for v in ((row.get("load") or {}).get("slo") or {}).values())
+
+
+# ---- curves: a strategy's cells in rising load, and what they say ---------------------------
+# Shared by the report (figures, tables), the recommendations and the terminal: the logic here,
+# the rendering there.
+
+LEVEL_AXES = ("load.qps", "load.concurrency")   # the load offered: the x of a curve, not a point
+UNSURE = "close to the target: another run may judge otherwise"
+
+
+def level(f: dict) -> float | None:
+    """The load a cell was offered, to order and draw by: a server cell's target rate, a
+    closed loop's requests in flight (multi-stream, offline)."""
+    v = f.get("target_qps") if f.get("scenario") == "server" else f.get("concurrency")
+    return None if v is None else float(v)
+
+
+def level_text(scenario: str, v: float | None) -> str:
+    """'20 req/s' (server) or '8 in flight' (a closed loop)."""
+    if v is None:
+        return "-"
+    return f"{qps_text(v)} req/s" if scenario == "server" else f"{v:g} in flight"
+
+
+def level_axis(scenario: str) -> str:
+    """What a curve's x is, for an axis label."""
+    return ("offered load: target rate (req/s)" if scenario == "server"
+            else "offered load: requests in flight (concurrency)")
+
+
+def qps_text(v: float | None) -> str:
+    """A rate as it reads in a sentence or a table: 3 significant digits below 100."""
+    return "-" if v is None else f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+
+def targets_text(targets: Mapping[str, float]) -> str:
+    """'p99 ≤ 100 ms, p50 ≤ 20 ms'."""
+    return ", ".join(f"{k} ≤ {v:g} ms" for k, v in targets.items())
+
+
+def reach_text(c: dict, unsure: bool = False) -> str:
+    """How far a strategy met its targets, from one of :func:`capacities`: 'up to 20 req/s,
+    missed at 25 (4 rates tried)'; said plainly when only one rate was tried (its limit is
+    then not known) or when every rate tried missed. ``unsure``: say so in the parentheses
+    when a verdict at those rates was close to the target."""
+    note = f"; {UNSURE}" if unsure and not c["sure"] else ""
+    if c["rates"] == 1:
+        met = c["best"] is not None
+        return (f"{'met' if met else 'missed'} at {qps_text(c['best'] if met else c['above'])} req/s, the only rate "
+                f"tried" + (f" ({note[2:]})" if note else ""))
+    if c["best"] is None:
+        return f"missed at every rate tried (from {qps_text(c['above'])} req/s, {c['rates']} rates{note})"
+    above = f", missed at {qps_text(c['above'])}" if c["above"] is not None else ", the highest rate tried"
+    return f"up to {qps_text(c['best'])} req/s{above} ({c['rates']} rates tried{note})"
+
+
+def curves(rows: Sequence[dict]) -> list[dict]:
+    """The done cells under load as curves, per model, scenario and point without its load
+    level (``LEVEL_AXES``; ``load.sources`` stays in the point: it changes who sends, not how
+    much is offered), in stored order: ``{"model", "scenario", "point", "targets": {percentile:
+    ms}, "strategies": {strategy: [(level, row), ...] in rising level}}``. ``rows``: summary
+    rows (``testbed.summary.summarize``) or the store's cells (both carry ``load``)."""
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        f = r.get("load") or {}
+        if r["status"] != "done" or level(f) is None:
+            continue
+        point = {k: v for k, v in r["point"].items() if k not in LEVEL_AXES}
+        g = groups.setdefault((r["model"], f["scenario"], json_key(point)), {
+            "model": r["model"], "scenario": f["scenario"], "point": point, "targets": {}, "strategies": {}})
+        g["targets"].update({k: v["target_ms"] for k, v in (f.get("slo") or {}).items()})
+        g["strategies"].setdefault(r["strategy"], []).append((level(f), r))
+    for g in groups.values():
+        for cells in g["strategies"].values():
+            cells.sort(key=lambda c: c[0])
+    return list(groups.values())
+
+
+def _tail_rank(row: dict) -> tuple:
+    """Lower p99 first, then lower p50; a percentile without an answer after every number."""
+    lat = row["load"]["latency_ms"]
+    return tuple((lat.get(k) is None, lat.get(k) or 0.0) for k in ("p99", "p50")) + (row["strategy"],)
+
+
+def level_winners(curve: dict) -> list[dict]:
+    """Per load level of a curve (:func:`curves`), rising: ``winner``, the strategy with the
+    lowest p99 among those that met every target (the lowest p99 of all when none did or
+    there are no targets: ``met`` says which, None without targets), its ``p99_ms`` and
+    ``p50_ms`` (None: beyond the answers), ``sure`` (its verdicts; None without targets),
+    ``tied`` (others of the same p99 and p50: the winner is then first by name), ``meeting``
+    (the strategies that met every target) and ``measured`` (all at that level)."""
+    by_level: dict[float, list[dict]] = {}
+    for cells in curve["strategies"].values():
+        for x, r in cells:
+            by_level.setdefault(x, []).append(r)
+    out = []
+    for x in sorted(by_level):
+        here = by_level[x]
+        meeting = [r for r in here if met_all(r)]
+        pool = meeting or here
+        w = min(pool, key=_tail_rank)
+        lat = w["load"]["latency_ms"]
+        out.append({"model": curve["model"], "scenario": curve["scenario"], "point": curve["point"], "level": x,
+                    "winner": w["strategy"], "p99_ms": lat.get("p99"), "p50_ms": lat.get("p50"), "met": met_all(w),
+                    "sure": sure_all(w) if w["load"].get("slo") else None,
+                    "tied": [r["strategy"] for r in pool if r is not w and _tail_rank(r)[:2] == _tail_rank(w)[:2]],
+                    "meeting": [r["strategy"] for r in meeting], "measured": [r["strategy"] for r in here]})
+    return out
+
+
+def saturation(curve: dict) -> dict[str, tuple[float, float]]:
+    """Strategy -> (the highest answered rate measured in req/s, the lowest level it was
+    measured at): where its throughput saturates, or the most it was asked for when it never did."""
+    out = {}
+    for s, cells in curve["strategies"].items():
+        got = [(r["load"]["throughput_rps"], x) for x, r in cells if r["load"].get("throughput_rps") is not None]
+        if got:
+            out[s] = max(got, key=lambda g: (g[0], -g[1]))
+    return out

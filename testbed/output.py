@@ -385,10 +385,6 @@ def print_run_summary(name: str, rows: list[dict], out: str) -> None:
             console.print(f"[dim]{line}[/]")
 
 
-def _qps(v) -> str:
-    return "-" if v is None else f"{v:.3g}" if v < 100 else f"{v:.0f}"
-
-
 def _slo_text(slo: dict) -> str:
     """'p99 ✓' / 'p99 ✗ 130ms': each target met or not (with what was measured when not)."""
     out = []
@@ -404,6 +400,8 @@ def _slo_text(slo: dict) -> str:
 def _print_load(rows: list[dict], names: dict[str, str]) -> None:
     """Under load: per cell, the offered and answered rates and the latency tail, counting
     requests that got no answer as slower than all others (``testbed.load``)."""
+    from testbed.load import qps_text
+
     for model, points in _by_model_and_point(rows).items():
         t = Table(title=f"\n[bold]{model}[/] under load", title_justify="left", box=box.SIMPLE_HEAD,
                   show_edge=False, padding=(0, 1), collapse_padding=True, pad_edge=False)
@@ -417,10 +415,10 @@ def _print_load(rows: list[dict], names: dict[str, str]) -> None:
             for i, (r, point) in enumerate(zip(group, _point_cells(group, names))):
                 f = r["load"]
                 lat = f["latency_ms"]
-                scenario = f["scenario"] + (f" {_qps(f['target_qps'])}/s" if f.get("target_qps") else
+                scenario = f["scenario"] + (f" {qps_text(f['target_qps'])}/s" if f.get("target_qps") else
                                             f" ×{f['concurrency']}" if f.get("concurrency") else "")
                 cells = ([point] if names else []) + [
-                    r["strategy"], scenario, _qps(f.get("offered_qps")), _qps(f.get("throughput_rps")),
+                    r["strategy"], scenario, qps_text(f.get("offered_qps")), qps_text(f.get("throughput_rps")),
                     _ms(lat.get("p50")), _ms(lat.get("p99")), _ms(lat.get("p99.9")),
                     "-" if f.get("queue_share") is None else f"{f['queue_share'] * 100:.0f}",
                     _ms(f.get("late_p99_ms")), _slo_text(f.get("slo") or {})]
@@ -434,7 +432,7 @@ def _print_load(rows: list[dict], names: dict[str, str]) -> None:
 def _print_capacities(rows: list[dict], names: dict[str, str]) -> None:
     """The highest rate meeting the targets, per strategy (from the rates tried: a search, or
     a sweep over load.qps)."""
-    from testbed.load import capacities
+    from testbed.load import UNSURE, capacities, reach_text, targets_text
     from testbed.summary import point_labels
 
     found = capacities(rows)
@@ -442,13 +440,10 @@ def _print_capacities(rows: list[dict], names: dict[str, str]) -> None:
         return
     console.print()
     for c in found:
-        targets = ", ".join(f"{k} ≤ {v:g} ms" for k, v in c["targets"].items())
         at = ", ".join(point_labels(c["point"], names))
-        best = f"[bold]{_qps(c['best'])} req/s[/]" if c["best"] is not None else "[red]no rate tried[/]"
-        above = f", missed at {_qps(c['above'])}" if c["above"] is not None else ", the highest rate tried"
-        unsure = "" if c["sure"] else " [yellow](close to the target: another run may judge otherwise)[/]"
-        console.print(f"{c['model']} / {c['strategy']}{f' at {at}' if at else ''}: {targets} up to {best}"
-                      f"{above} ({c['rates']} rates tried){unsure}")
+        unsure = "" if c["sure"] else f" [yellow]({UNSURE})[/]"
+        console.print(f"{c['model']} / {c['strategy']}{f' at {at}' if at else ''}: {targets_text(c['targets'])} "
+                      f"{reach_text(c)}{unsure}")
 
 
 def print_run_detail(name: str, rows: list[dict], out: str) -> None:

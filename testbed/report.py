@@ -6,6 +6,13 @@ as ``figures/*.png``, and every table as ``tables/*.csv`` and ``tables/*.tex``. 
 loads nothing from anywhere: no CDN, scripts or web fonts. Re-running replaces the report:
 PNG, CSV and TeX files of an earlier one in ``figures/`` and ``tables/`` are removed first.
 
+Cells measured under load (``load.scenario`` other than single-stream) add, per model: latency
+(p50, p99) and throughput against the offered load, with the latency targets; the winner at
+each load level and each strategy's highest rate within the targets and highest answered
+rate (``tables/load_winners.*``, ``tables/load_strategies.*``); and statements across the
+levels among the recommendations (``testbed.recommend.load_recommendations``). A store
+without such cells gets none of this.
+
 A store without a single done cell still gets a report (runs, failed cells, and a note that
 there is nothing to compare); ``Report.note`` says so.
 """
@@ -31,6 +38,8 @@ from topologies import TopologyError, format_size, parse_duration_ms, parse_frac
 from topologies.errors import TestbedError
 
 from .experiment import point_label
+from .load import (LEVEL_AXES, capacities, curves, json_key, level_axis, level_text, level_winners, qps_text,
+                   reach_text, saturation, targets_text)
 from .recommend import TOLERANCE, recommend
 from .stats import StudyGroup, study_groups, study_statistics, wilcoxon_paired
 from .store import CELL_STATUSES, ResultStore
@@ -290,6 +299,173 @@ def _line_figure(model: str, groups: list[StudyGroup], latencies: dict[str, list
     return fig, f"Each strategy's p50 end-to-end latency at each value of {axis} (log scales for positive values)."
 
 
+# --- under load -----------------------------------------------------------------------------
+
+BEYOND_Y = 0.97         # where a percentile without an answer is drawn: at the top edge, in axes fraction
+
+
+def _curve_title(curve: dict) -> str:
+    return curve["scenario"] + (f"\n{point_label(curve['point'])}" if curve["point"] else "")
+
+
+def _spread_scale(ax, values: list[float], axis: str = "y") -> None:
+    """A log scale where the values span a decade or more (latency past saturation does), else linear."""
+    if values and min(values) > 0 and max(values) / min(values) >= 10:
+        _log_if_positive(ax, values, axis)
+
+
+def _strategy_handles(shown: list[dict], colors: dict[str, str]) -> list:
+    """One legend entry per strategy of the panels, in their order: a figure legend beside
+    them, since every panel has the same strategies (or a few less)."""
+    from matplotlib.lines import Line2D
+
+    names = dict.fromkeys(s for curve in shown for s in curve["strategies"])
+    return [Line2D([], [], color=colors.get(s, "#333333"), marker="o", markersize=4, label=s) for s in names]
+
+
+def _load_latency_figure(model: str, shown: list[dict], colors: dict[str, str]) -> tuple[Figure, str]:
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import offset_copy
+
+    fig, axes = _panels(len(shown), 5.5)
+    beyond_any = False
+    for ax, curve in zip(axes, shown):
+        xs, ys = [], []
+        names = list(curve["strategies"])
+        for i, (s, cells) in enumerate(curve["strategies"].items()):
+            color = colors.get(s, "#333333")
+            # marks at the top edge side by side, so that strategies at the same load do not hide each other
+            top = offset_copy(ax.get_xaxis_transform(), fig=fig, x=7 * (i - (len(names) - 1) / 2), units="points")
+            for pct, style, marker in (("p99", "-", "^"), ("p50", "--", "v")):
+                pts = [(x, r["load"]["latency_ms"].get(pct)) for x, r in cells]
+                got = [(x, y) for x, y in pts if y is not None]
+                ax.plot([x for x, _ in got], [y for _, y in got], style, marker="o", markersize=4, color=color,
+                        label=f"{s} {pct}")
+                missing = [x for x, y in pts if y is None]
+                if missing:     # beyond the answers: no value to draw, a mark at the top edge instead
+                    beyond_any = True
+                    ax.plot(missing, [BEYOND_Y if pct == "p99" else BEYOND_Y - 0.06] * len(missing),
+                            linestyle="none", marker=marker, markersize=8, color=color,
+                            markerfacecolor=color if pct == "p99" else "none", transform=top, clip_on=False,
+                            label=f"{s} {pct}: no answer")
+                xs += [x for x, _ in pts]
+                ys += [y for _, y in got]
+        for k, ms in curve["targets"].items():
+            ax.axhline(ms, color="#444444", linestyle=":", linewidth=1.2, label=f"{k} target")
+            ax.annotate(f"{k} target {ms:g} ms", xy=(0.01, ms), xycoords=("axes fraction", "data"), xytext=(0, 2),
+                        textcoords="offset points", fontsize=8, color="#444444",
+                        bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.7})
+            ys.append(ms)
+        _spread_scale(ax, xs, "x")
+        _spread_scale(ax, ys)
+        if ys:      # room above the highest value for the top-edge marks
+            ax.set_ylim(top=max(ys) * (2.5 if ax.get_yscale() == "log" else 1.3))
+            if ax.get_yscale() != "log":
+                ax.set_ylim(bottom=0)
+        ax.set_title(_curve_title(curve), fontsize=9)
+        ax.set_xlabel(level_axis(curve["scenario"]))
+        ax.set_ylabel("latency (ms)")
+    handles = _strategy_handles(shown, colors) + [
+        Line2D([], [], color="#333333", linestyle="-", label="p99"),
+        Line2D([], [], color="#333333", linestyle="--", label="p50")]
+    if beyond_any:
+        handles += [Line2D([], [], linestyle="none", marker="^", color="#333333", label="p99: no answer"),
+                    Line2D([], [], linestyle="none", marker="v", color="#333333", markerfacecolor="none",
+                           label="p50: no answer")]
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle(f"{model}: latency against offered load")
+    caption = ("p99 (solid) and p50 (dashed) latency, from each request's scheduled time, against the offered "
+               "load: the target rate of a server scenario, the requests in flight of a closed loop (multi-stream, "
+               "offline); one color per strategy, dotted lines at the latency targets; log scales where the values "
+               "span a decade or more. A request without an answer counts as slower than every answer.")
+    if beyond_any:
+        caption += (" A triangle at the top edge (filled, pointing up: p99; hollow, pointing down: p50) marks a "
+                    "percentile that falls on a request without an answer (beyond the timeout): it has no value "
+                    "to draw.")
+    return fig, caption
+
+
+def _load_throughput_figure(model: str, shown: list[dict], colors: dict[str, str]) -> tuple[Figure, str]:
+    from matplotlib.lines import Line2D
+
+    fig, axes = _panels(len(shown), 5.5)
+    named, diagonal = [], False
+    for ax, curve in zip(axes, shown):
+        peaks, hi = saturation(curve), 0.0
+        for s, cells in curve["strategies"].items():
+            pts = [(x, r["load"]["throughput_rps"]) for x, r in cells if r["load"].get("throughput_rps") is not None]
+            ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", color=colors.get(s, "#333333"), label=s)
+            if s in peaks:
+                ax.plot(peaks[s][1], peaks[s][0], marker="*", markersize=14, color=colors.get(s, "#333333"),
+                        linestyle="none", label=f"{s}: most answered")
+            hi = max([hi] + [v for p in pts for v in p])
+        if curve["scenario"] == "server" and hi > 0:
+            ax.plot([0, hi], [0, hi], ":", color="#888888", label="answered = offered", zorder=0)
+            diagonal = True
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.set_title(_curve_title(curve), fontsize=9)
+        ax.set_xlabel(level_axis(curve["scenario"]))
+        ax.set_ylabel("answered (req/s)")
+        peak = ", ".join(f"{s} {qps_text(rps)} req/s (at {level_text(curve['scenario'], at)})"
+                         for s, (rps, at) in sorted(peaks.items(), key=lambda kv: -kv[1][0]))
+        named.append((f"{_curve_title(curve).replace(chr(10), ', ')}: " if len(shown) > 1 else "") + peak)
+    handles = _strategy_handles(shown, colors) + [
+        Line2D([], [], linestyle="none", marker="*", markersize=10, color="#333333", label="most answered")]
+    if diagonal:
+        handles.append(Line2D([], [], linestyle=":", color="#888888", label="answered = offered"))
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle(f"{model}: throughput against offered load")
+    return fig, ("Answered requests per second (up to each cell's last answer) against the offered load"
+                 + ("; the dotted diagonal is answered = offered, so saturation shows where a curve bends away "
+                    "below it" if diagonal else "; a closed loop offers what it gets back: saturation shows where "
+                    "a curve flattens")
+                 + "; a star marks each strategy's highest answered rate: " + "; ".join(named) + ".")
+
+
+def _load_figures(model: str, curves_: list[dict], colors: dict[str, str]) -> list[tuple[str, Figure, str]]:
+    """(kind, figure, caption) of one model's cells under load: latency and throughput against
+    the offered load, a panel per scenario and point (the first MAX_FACETS)."""
+    if not curves_:
+        return []
+    shown = curves_[:MAX_FACETS]
+    more = (f" Only the first {MAX_FACETS} of {len(curves_)} scenarios and points are drawn; "
+            "tables/load_winners.csv has all.") if len(curves_) > MAX_FACETS else ""
+    out = []
+    for kind, draw in (("load-latency", _load_latency_figure), ("load-throughput", _load_throughput_figure)):
+        fig, caption = draw(model, shown, colors)
+        out.append((kind, fig, caption + more))
+    return out
+
+
+def load_tables(curves_: list[dict], caps: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The rows of the two tables under load: per curve and level, the winner (lowest p99
+    within every target: ``testbed.load.level_winners``); per curve and strategy, its highest
+    answered rate and (server, with targets) the highest rate meeting them
+    (``testbed.load.capacities``)."""
+    winners_, strategies = [], []
+    for curve in curves_:
+        where = {"model": curve["model"], "point": point_label(curve["point"]), "scenario": curve["scenario"]}
+        unit = level_text(curve["scenario"], 1.0).split(" ", 1)[1]
+        for w in level_winners(curve):
+            winners_.append({**where, "offered": w["level"], "unit": unit, "winner": w["winner"],
+                             "tied": ", ".join(w["tied"]), "p99_ms": w["p99_ms"], "p50_ms": w["p50_ms"],
+                             "met": w["met"], "sure": w["sure"], "meeting": ", ".join(w["meeting"]),
+                             "measured": ", ".join(w["measured"])})
+        peaks = saturation(curve)
+        for s, cells in curve["strategies"].items():
+            cap = next((c for c in caps if curve["scenario"] == "server" and (c["model"], c["strategy"]) ==
+                        (curve["model"], s) and json_key(c["point"]) == json_key(curve["point"])), None)
+            rps, at = peaks.get(s, (None, None))
+            strategies.append({**where, "strategy": s, "levels": len(cells), "max_answered_rps": rps,
+                               "at_offered": at, "unit": unit,
+                               "targets": targets_text(cap["targets"]) if cap else None,
+                               "best_qps": cap["best"] if cap else None, "above_qps": cap["above"] if cap else None,
+                               "rates": cap["rates"] if cap else None, "sure": cap["sure"] if cap else None,
+                               "reach": reach_text(cap) if cap else None})
+    return winners_, strategies
+
+
 def _colors(groups: list[StudyGroup]) -> dict[str, str]:
     labels = list(dict.fromkeys(label for g in groups for label in g.labels))
     palette = [f"C{i}" for i in range(10)] + ["#a6761d", "#666666", "#e7298a", "#1b9e77", "#7570b3"]
@@ -311,7 +487,9 @@ def _figures(model: str, groups: list[StudyGroup], ok: dict[str, list[dict]],
     bandwidths = [a for a in axes if a.endswith(".bandwidth")]
     if len(bandwidths) == 2:
         drawn.append(("winners", *_heatmap_figure(model, winners(groups, latencies), *bandwidths, colors)))
-    elif len(axes) == 1 and all(axis_number(axes[0], g.point[axes[0]]) is not None for g in groups):
+    elif len(axes) == 1 and all(axis_number(axes[0], g.point[axes[0]]) is not None for g in groups) and not (
+            axes[0] in LEVEL_AXES and any(c.get("load") for g in groups for c in g.cells)):
+        # (a load level as the only axis: the load figures draw it, with the tail and the targets)
         drawn.append(("sweep", *_line_figure(model, groups, latencies, axes[0], colors)))
     return drawn
 
@@ -451,12 +629,16 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
     counts = {s: sum(1 for c in cells if c["status"] == s) for s in CELL_STATUSES}
     note = None if groups else (f"no cell of this store is done ({len(cells)} cells in all): there is nothing "
                                 "to compare")
+    # under load: the models as the groups name them ('model (weights)' where a model has several)
+    model_of = {c["cell"]: g.model for g in groups for c in g.cells}
+    named = [{**c, "model": model_of.get(c["cell"], c["model"])} for c in cells]
+    load_curves = curves(named)
+    load_winner_rows, load_strategy_rows = load_tables(load_curves, capacities(named))
     figures, models, used = [], [], set()
-    for model in dict.fromkeys(g.model for g in groups):
-        mine = [g for g in groups if g.model == model]
-        slug = _slug(model, used)
+
+    def save(slug: str, drawn: list[tuple[str, Figure, str]]) -> list[dict]:
         shown = []
-        for kind, fig, caption in _figures(model, mine, ok, latencies):
+        for kind, fig, caption in drawn:
             path = out / "figures" / f"{slug}-{kind}.png"
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=DPI)
@@ -464,10 +646,24 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
             figures.append(path)
             shown.append({"src": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
                           "href": f"figures/{path.name}", "caption": caption})
-        models.append({"name": model, "figures": shown,
+        return shown
+
+    for model in dict.fromkeys(g.model for g in groups):
+        mine = [g for g in groups if g.model == model]
+        slug = _slug(model, used)
+        shown = save(slug, _figures(model, mine, ok, latencies))
+        mine_curves = [cv for cv in load_curves if cv["model"] == model]
+        load = None if not mine_curves else {
+            "recommendations": [r for r in recs if r["model"] == model and r["kind"].startswith("load_")],
+            "figures": save(slug, _load_figures(model, mine_curves, _colors(mine))),
+            "winners": [w for w in load_winner_rows if w["model"] == model],
+            "strategies": [r for r in load_strategy_rows if r["model"] == model]}
+        models.append({"name": model, "figures": shown, "load": load,
                        "metric": next((c["metric"] for g in mine for c in g.cells if c["metric"]), None),
                        "recommendations": [(point_label(g.point), [r for r in recs if r["model"] == model
-                                                                   and r["point"] == g.point]) for g in mine],
+                                                                   and r["point"] == g.point
+                                                                   and not r["kind"].startswith("load_")])
+                                           for g in mine],
                        "statistics": [s for g, s in studied if g.model == model],
                        "quality": [q for q in quality if q["model"] == model]})
     sweep_axes = list(dict.fromkeys(a for c in cells for a in c["point"]))
@@ -485,8 +681,12 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
                              ["model", "strategy", "metric", "value", "baseline", "n", "nonzero", "statistic", "p",
                               "median_difference", "significant", "warning"])
               + _write_table(out / "tables", "recommendations", recs,
-                             ["model", "point_label", "kind", "strategy", "placement", "p50_ms", "loss", "text"])
+                             ["model", "point_label", *(["scenario"] if load_curves else []), "kind", "strategy",
+                              "placement", "p50_ms", "loss", "text"])
               + _write_table(out / "tables", "winners", winner_rows, ["model", *sweep_axes, "winner", "p50_ms"]))
+    if load_curves:
+        tables += (_write_table(out / "tables", "load_winners", load_winner_rows, list(load_winner_rows[0]))
+                   + _write_table(out / "tables", "load_strategies", load_strategy_rows, list(load_strategy_rows[0])))
     experiments = sorted({r["experiment"] for r in runs})
     html = _environment().get_template("report.html.j2").render(
         title=f"Testbed report: {', '.join(experiments) or 'results'}", generated=_when(datetime.now().timestamp()),
