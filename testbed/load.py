@@ -46,7 +46,9 @@ def figures(load: Load, requests: Sequence[RequestRow], generators: Sequence[dic
         "target_qps": load.qps, "concurrency": load.in_flight(),
         # offered: requests sent per second of the window; a closed loop offers what it gets back
         "offered_qps": _rate(n, window_ms) if load.scenario != "offline" else None,
-        "throughput_rps": _rate(len(ok), max(ends)) if ends else 0.0,
+        # answers per second over the whole cell: until the last answer, and at least the
+        # window requests were offered in (a cell whose late requests all failed is not fast)
+        "throughput_rps": _rate(len(ok), max(ends + [window_ms])) if ends else 0.0,
         "latency_ms": {k: tail_percentile([r.e2e_ms if r.seq in answered else None for r in requests], q)
                        for k, q in PERCENTILES.items()},
         "queue_share": _share([r.queue_ms for r in ok], [r.e2e_ms for r in ok]),

@@ -315,7 +315,7 @@ class Runner:
 
         found = search_rate(meets, start_rate(exp.load))
         targets = ", ".join(f"{k} ≤ {v:g} ms" for k, v in exp.load.slo)
-        answer = (f"{found.best:.3g} req/s" if found.best is not None else "no rate tried") + \
+        answer = (f"{found.best:.3g} req/s" if found.best is not None else "none of the rates tried") + \
             (f" (missed at {found.above:.3g})" if found.above is not None else " (the search did not find its limit)")
         self.events.stage(f"{c.model.name} / {c.strategy.name}: the highest rate meeting {targets}: {answer}")
 

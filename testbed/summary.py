@@ -86,8 +86,8 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             elif h["src"] != h["dst"]:
                 links[f"{h['src']}>{h['dst']}"][h["seq"]] += h["ms"]
         total = sum(e2e)
-        comp = sum(r["compute_ms"] for r in ok)
-        trans = sum(r["transmission_ms"] for r in ok)
+        comp = sum(r["compute_ms"] or 0.0 for r in ok)
+        trans = sum(r["transmission_ms"] or 0.0 for r in ok)
         checked = [r["output_match"] for r in ok if r["output_match"] is not None]
         rows.append({
             "cell": c["cell"], "model": c["model"], "strategy": c["strategy"], "placement": c["placement"],
