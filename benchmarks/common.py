@@ -1,9 +1,11 @@
-"""What the benchmark drivers share: the SIGTERM handler, a log line, and the null model
+"""What the benchmark drivers share: the SIGTERM handler, a log line, the machine's state
+(load average, other testbed runs), a process's CPU time, and the null model
 served on loopback (an ONNX Identity or ReduceSum, :func:`null_artifact`, run by real
 ``workloads.serving serve`` processes, :class:`Procs`)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -12,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from emulation import signals
+from emulation import registry, signals
 from emulation.process import terminate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +30,26 @@ def sigterm_as_interrupt() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signals.install(on_term, signal.SIGTERM)
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of one process, in seconds; None once it is gone."""
+    f = registry.proc_stat_fields(pid)
+    return None if f is None else (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def other_runs() -> list[str]:
+    """Live testbed runs of other processes (their traffic competes for the same cores)."""
+    out = []
+    for r in registry.load_records():
+        if registry.owner_alive(r) and (r.get("owner") or {}).get("pid") != os.getpid():
+            out.append(r["run_id"])
+    return out
+
+
+def machine_state() -> dict:
+    """The load average and the other live testbed runs, now."""
+    return {"loadavg": list(os.getloadavg()), "other_testbed_runs": other_runs(), "time": time.time()}
 
 
 def log(msg: str) -> None:
