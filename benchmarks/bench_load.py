@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +47,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import (PY, Procs, log, machine_state, null_artifact, proc_cpu_s,  # noqa: E402
-                               sigterm_as_interrupt)
+from benchmarks.common import (PY, Procs, errors_markdown, log, machine_state, null_artifact,  # noqa: E402
+                               proc_cpu_s, run_sections, sigterm_as_interrupt, write_results)
 
 RESULTS = REPO / "benchmarks" / "results"
 STEM = "load-generator"
@@ -502,8 +501,7 @@ def markdown(res: dict) -> str:
                      f"{_f(r['e2e_ms']['p50'])} | {_f(r['e2e_ms']['p99'])} | {_f(r.get('generator_cores'), '.2f')} | "
                      f"{_f(r.get('server_cores'), '.2f')} | {_f(r.get('other_cores'), '.2f')} |")
         L.append("")
-    if res["errors"]:
-        L += ["## Errors", ""] + [f"- {k}: {v.strip().splitlines()[-1]}" for k, v in res["errors"].items()] + [""]
+    L += errors_markdown(res["errors"])
     return "\n".join(L)
 
 
@@ -522,26 +520,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         bench = Bench(Path(tmp), args.seed)
         try:
-            for sec in sections:
-                log(f"== {sec}")
-                try:
-                    res[sec] = globals()[sec](args.quick, bench)
-                except KeyboardInterrupt:
-                    raise
-                except Exception:  # noqa: BLE001 - one broken section must not lose the others
-                    res["errors"][sec] = traceback.format_exc()
-                    log(f"section {sec} failed:\n{res['errors'][sec]}")
+            run_sections(res, sections, lambda sec: globals()[sec](args.quick, bench))
         finally:
             bench.close()
     res["state_end"] = machine_state()
     res["seconds"] = time.monotonic() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # a partial run (--only) writes beside the full run's files, never over them
     stem = STEM if not args.only else STEM + "-" + "-".join(sections)
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
-    md = markdown(res)
-    (out / f"{stem}.md").write_text(md + "\n")
-    print(md)
+    write_results(Path(args.out), stem, res, markdown(res))
     return 1 if res["errors"] else 0
 
 

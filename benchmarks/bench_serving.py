@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import PY, Procs, log, null_artifact, sigterm_as_interrupt  # noqa: E402
+from benchmarks.common import (PY, Procs, errors_markdown, log, null_artifact, run_sections,  # noqa: E402
+                               sigterm_as_interrupt, write_results)
 from workloads.serving import Client, save_inputs  # noqa: E402
 from workloads.trace import breakdown  # noqa: E402
 
@@ -428,8 +428,7 @@ def markdown(res: dict) -> str:
             lines.append(f"| {s} | {a['e2e_p50']:.1f} | {b['e2e_p50']:.1f} | {share:.0%} | {a['bytes']:.0f} | "
                          f"{b['bytes']:.0f} | {a['serialization_p50']:.2f} | {b['serialization_p50']:.2f} |")
         lines.append("")
-    if res["errors"]:
-        lines += ["## Errors", ""] + [f"- {k}: {v.strip().splitlines()[-1]}" for k, v in res["errors"].items()] + [""]
+    lines += errors_markdown(res["errors"])
     return "\n".join(lines)
 
 
@@ -453,24 +452,11 @@ def main() -> int:
                             f"VNNI {'yes' if feats.get('vnni') else 'no'}"}
     sections = args.only or ["overhead", "compute", "transmission", "small", "transport"]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        for sec in sections:
-            log(f"== {sec}")
-            try:
-                res[sec] = globals()[sec](args.quick, Path(tmp))
-            except KeyboardInterrupt:
-                raise
-            except Exception:  # noqa: BLE001 - one broken section must not lose the others
-                res["errors"][sec] = traceback.format_exc()
-                log(f"section {sec} failed:\n{res['errors'][sec]}")
+        run_sections(res, sections, lambda sec: globals()[sec](args.quick, Path(tmp)))
     res["seconds"] = time.monotonic() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     # a partial run (--only) writes beside the full run's files, never over them
     stem = "serving" if not args.only else "serving-" + "-".join(sections)
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
-    md = markdown(res)
-    (out / f"{stem}.md").write_text(md + "\n")
-    print(md)
+    write_results(Path(args.out), stem, res, markdown(res))
     return 1 if res["errors"] else 0
 
 

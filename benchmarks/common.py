@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from emulation import registry, signals
@@ -54,6 +56,35 @@ def machine_state() -> dict:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_sections(res: dict, sections: Iterable[str], run: Callable[[str], object]) -> None:
+    """``res[sec] = run(sec)`` for each section in turn; one that raises (an interrupt aside)
+    leaves its traceback in ``res["errors"][sec]`` and the others still run."""
+    for sec in sections:
+        log(f"== {sec}")
+        try:
+            res[sec] = run(sec)
+        except KeyboardInterrupt:
+            raise
+        except Exception:  # noqa: BLE001 - one broken section must not lose the others
+            res.setdefault("errors", {})[sec] = traceback.format_exc()
+            log(f"section {sec} failed:\n{res['errors'][sec]}")
+
+
+def errors_markdown(errors: dict[str, str]) -> list[str]:
+    """The report's lines for the sections that failed: the last line of each traceback."""
+    if not errors:
+        return []
+    return ["## Errors", ""] + [f"- {k}: {v.strip().splitlines()[-1]}" for k, v in errors.items()] + [""]
+
+
+def write_results(out: Path, stem: str, res: dict, md: str) -> None:
+    """``stem.json`` (every number) and ``stem.md`` (the report) in ``out``; prints the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
+    (out / f"{stem}.md").write_text(md + "\n")
+    print(md)
 
 
 def free_port() -> int:
