@@ -145,6 +145,18 @@ def harness_capacity(rows: list[dict]) -> float | None:
     return max(ok) if ok else None
 
 
+def capacity_every_rate_below(rows: list[dict]) -> float | None:
+    """The highest target rate up to which every row holds (:func:`meets_capacity`): the
+    conservative reading when a lower rate missed and a higher one held (None: the lowest
+    missed)."""
+    best = None
+    for r in sorted(rows, key=lambda r: r["target_qps"]):
+        if not meets_capacity(r):
+            break
+        best = r["target_qps"]
+    return best
+
+
 def why_missed(row: dict, max_workers: int) -> list[str]:
     """What a row's own numbers say about why it missed the capacity criterion."""
     out = []
@@ -485,8 +497,11 @@ def markdown(res: dict) -> str:
                      f"{_f(r['e2e_ms']['p50'])} | {_f(r['e2e_ms']['p99'])} | {r['workers']} | "
                      f"{_f(r.get('generator_cores'), '.2f')} | {_f(r.get('server_cores'), '.2f')} | "
                      f"{_f(r.get('other_cores'), '.2f')} | {_v(r['meets'])} |")
+        every = capacity_every_rate_below(c["rows"])
         L += ["", f"**Harness capacity on this machine: {f'{cap:g} req/s' if cap else 'none of the rates'}** "
-                  "(the highest rate that holds)."]
+                  "(the highest rate that holds)" + ("." if every == cap else
+                  f"; every rate holds up to {f'{every:g} req/s' if every else 'none of them'} (a lower rate "
+                  "missed where a higher one held: the verdict is at the edge of its goal there).")]
         missed = [r for r in c["rows"] if not r["meets"]]
         if missed:
             L += ["", "Why rows missed (from their own numbers):", ""]
@@ -511,7 +526,14 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", choices=SECTIONS)
     ap.add_argument("--seed", type=int, default=0, help="the arrival schedule's seed (default 0)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--render", metavar="JSON", help="write the markdown of a saved run's JSON again (no run)")
     args = ap.parse_args()
+    if args.render:
+        src = Path(args.render)
+        md = markdown(json.loads(src.read_text()))
+        src.with_suffix(".md").write_text(md + "\n")
+        print(md)
+        return 0
     sigterm_as_interrupt()
     started, t0 = time.time(), time.monotonic()
     res: dict = {"started": started, "quick": args.quick, "seed": args.seed, "machine": machine(),

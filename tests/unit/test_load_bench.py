@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.bench_load import (CAPACITY_RATIO, LATE_GOAL_MS, harness_capacity, ks_exponential, meets_capacity,
-                                   rate_of, send_figures, why_missed)
+from benchmarks.bench_load import (CAPACITY_RATIO, LATE_GOAL_MS, capacity_every_rate_below, harness_capacity,
+                                   ks_exponential, meets_capacity, rate_of, send_figures, why_missed)
 
 MS = 1_000_000      # ns
 
@@ -61,7 +61,11 @@ def test_the_capacity_is_the_highest_rate_meeting_rate_and_lateness():
     rows = [_row(1000, 0.99, 0.3), _row(2000, CAPACITY_RATIO, LATE_GOAL_MS), _row(4000, 0.99, 1.2),
             _row(8000, 0.90, 0.5)]
     assert [meets_capacity(r) for r in rows] == [True, True, False, False]
-    assert harness_capacity(rows) == 2000
+    assert harness_capacity(rows) == 2000 and capacity_every_rate_below(rows) == 2000
+    # a lower rate that misses (lateness at the edge) while a higher one holds
+    edge = [_row(500, 1.0, 0.4), _row(1000, 1.0, 1.04), _row(2000, 1.0, 0.95), _row(4000, 0.7, 900.0)]
+    assert harness_capacity(edge) == 2000 and capacity_every_rate_below(edge) == 500
+    assert capacity_every_rate_below(edge[1:]) is None
     assert not meets_capacity(_row(1000, 1.0, 0.1, failed=1))
     assert harness_capacity([_row(1000, 0.5, 9.0)]) is None
 
