@@ -522,7 +522,7 @@ def markdown(res: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer requests per rate, shorter runs (about 1 minute)")
+    ap.add_argument("--quick", action="store_true", help="fewer requests per rate, shorter runs (1-2 minutes)")
     ap.add_argument("--only", nargs="+", choices=SECTIONS)
     ap.add_argument("--seed", type=int, default=0, help="the arrival schedule's seed (default 0)")
     ap.add_argument("--out", default=str(RESULTS))
