@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import sigterm_as_interrupt  # noqa: E402
+from benchmarks.common import machine_state, proc_cpu_s, sigterm_as_interrupt  # noqa: E402
 from emulation import calibrate, registry  # noqa: E402
 from emulation.calibrate import measure_cpus, measure_rtt_ms  # noqa: E402
 from emulation.network import EmulatedNetwork  # noqa: E402
@@ -107,21 +107,6 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "**FAIL**")
 
 
-def proc_cpu_s(pid: int) -> float | None:
-    """utime + stime of one process, in seconds (for the delay line's CPU cost)."""
-    f = registry.proc_stat_fields(pid)
-    return None if f is None else (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def other_runs() -> list[str]:
-    """Live testbed runs of other processes (their traffic competes for the same 2 cores)."""
-    out = []
-    for r in registry.load_records():
-        if registry.owner_alive(r) and (r.get("owner") or {}).get("pid") != os.getpid():
-            out.append(r["run_id"])
-    return out
-
-
 def code_version() -> dict:
     """Which code ran: HEAD plus a digest of the (possibly uncommitted) emulation/topologies files."""
     import hashlib
@@ -139,10 +124,6 @@ def code_version() -> dict:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     out["sources_sha256"] = h.hexdigest()[:16]
     return out
-
-
-def machine_state() -> dict:
-    return {"loadavg": list(os.getloadavg()), "other_testbed_runs": other_runs(), "time": time.time()}
 
 
 def iperf_goodput(net, src: str, dst: str, t: float, omit: int = 1, extra: list[str] | None = None) -> dict:

@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -51,88 +50,16 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import sigterm_as_interrupt  # noqa: E402
-from emulation.process import terminate  # noqa: E402
+from benchmarks.common import (PY, Procs, errors_markdown, log, null_artifact, run_sections,  # noqa: E402
+                               sigterm_as_interrupt, write_results)
 from workloads.serving import Client, save_inputs  # noqa: E402
 from workloads.trace import breakdown  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-PY = sys.executable
 OVERHEAD_TARGET_MS = 0.3
 COMPUTE_TARGET = 1.03
 TRANSMISSION_TARGET = 1.10
 SMALL_TARGET = 0.10  # |transmission / ideal - 1|, from 1 kB up (issue 13, item 4)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ---- null artifacts -----------------------------------------------------------------------
-
-def null_artifact(folder: Path, op: str, parts: int = 1) -> Path:
-    """``parts`` segments of X[1, n] float32 -> Identity ... (``op`` = identity), or one
-    segment X -> ReduceSum -> Y[1, 1] (``op`` = sink)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    folder.mkdir(parents=True, exist_ok=True)
-    segments = []
-    names = ["X"] + [f"H{i}" for i in range(1, parts)] + ["Y"]
-    for i in range(parts):
-        src, dst = names[i], names[i + 1]
-        if op == "identity":
-            nodes = [helper.make_node("Identity", [src], [dst])]
-            out_shape = [1, "n"]
-            inits = []
-        else:
-            nodes = [helper.make_node("ReduceSum", [src, "axes"], [dst], keepdims=1)]
-            inits = [helper.make_tensor("axes", TensorProto.INT64, [1], [1])]
-            out_shape = [1, 1]
-        g = helper.make_graph(nodes, f"null{i}", [helper.make_tensor_value_info(src, TensorProto.FLOAT, [1, "n"])],
-                              [helper.make_tensor_value_info(dst, TensorProto.FLOAT, out_shape)], inits)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-        m.ir_version = 8
-        onnx.save(m, str(folder / f"seg{i}.onnx"))
-        segments.append({"file": f"seg{i}.onnx", "part": i, "inputs": [src], "outputs": [dst]})
-    (folder / "artifact.json").write_text(json.dumps({"model": f"null-{op}", "parts": parts, "inputs": ["X"],
-                                                      "outputs": ["Y"], "segments": segments}))
-    return folder
-
-
-class Procs:
-    def __init__(self):
-        self.procs: list[subprocess.Popen] = []
-        self.log = tempfile.TemporaryFile("w+")
-
-    def server(self, artifact: Path, part: int, nxt: int | None = None, threads: int = 1) -> int:
-        port = _free_port()
-        argv = [PY, "-m", "workloads.serving", "serve", "--artifact", str(artifact), "--part", str(part),
-                "--host", f"h{part}", "--listen", f"127.0.0.1:{port}", "--threads", str(threads)]
-        if nxt is not None:
-            argv += ["--next", f"127.0.0.1:{nxt}"]
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=REPO)
-        self.procs.append(p)
-        if not p.stdout.readline():
-            self.log.seek(0)
-            raise RuntimeError(f"server did not start: {self.log.read()[-2000:]}")
-        return port
-
-    def chain(self, artifact: Path, parts: int) -> int:
-        nxt = None
-        for part in reversed(range(parts)):
-            nxt = self.server(artifact, part, nxt)
-        return nxt
-
-    def close(self):
-        terminate(self.procs)
-        self.procs.clear()
 
 
 ECHO = r"""
@@ -501,8 +428,7 @@ def markdown(res: dict) -> str:
             lines.append(f"| {s} | {a['e2e_p50']:.1f} | {b['e2e_p50']:.1f} | {share:.0%} | {a['bytes']:.0f} | "
                          f"{b['bytes']:.0f} | {a['serialization_p50']:.2f} | {b['serialization_p50']:.2f} |")
         lines.append("")
-    if res["errors"]:
-        lines += ["## Errors", ""] + [f"- {k}: {v.strip().splitlines()[-1]}" for k, v in res["errors"].items()] + [""]
+    lines += errors_markdown(res["errors"])
     return "\n".join(lines)
 
 
@@ -526,24 +452,11 @@ def main() -> int:
                             f"VNNI {'yes' if feats.get('vnni') else 'no'}"}
     sections = args.only or ["overhead", "compute", "transmission", "small", "transport"]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        for sec in sections:
-            log(f"== {sec}")
-            try:
-                res[sec] = globals()[sec](args.quick, Path(tmp))
-            except KeyboardInterrupt:
-                raise
-            except Exception:  # noqa: BLE001 - one broken section must not lose the others
-                res["errors"][sec] = traceback.format_exc()
-                log(f"section {sec} failed:\n{res['errors'][sec]}")
+        run_sections(res, sections, lambda sec: globals()[sec](args.quick, Path(tmp)))
     res["seconds"] = time.monotonic() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     # a partial run (--only) writes beside the full run's files, never over them
     stem = "serving" if not args.only else "serving-" + "-".join(sections)
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
-    md = markdown(res)
-    (out / f"{stem}.md").write_text(md + "\n")
-    print(md)
+    write_results(Path(args.out), stem, res, markdown(res))
     return 1 if res["errors"] else 0
 
 
