@@ -18,7 +18,7 @@ charged to the host); generator ``I`` of ``K`` does its share:
 
 Each request is sent on a connection of its own while it is in flight (a pool of
 :class:`workloads.serving.Client`, one per worker thread; an open loop starts another worker
-when none is idle, up to :data:`MAX_WORKERS`), so the servers see as many concurrent
+when none is idle, up to :data:`MAX_WORKERS`; :data:`PRESTART` are opened before the start), so the servers see as many concurrent
 connections as there are requests in flight, and queue them (FIFO).
 
 **No coordinated omission.** Every request's trace carries ``due``, the time its scenario
@@ -56,6 +56,7 @@ from .wire import CODECS, CONNECTIONS
 
 SCENARIOS = ("server", "multi-stream", "offline")
 MAX_WORKERS = 512          # connections one generator keeps in flight at most (open loop)
+PRESTART = 4               # connections an open loop opens before the start
 SWITCH_INTERVAL_S = 1e-4   # see Generator.run
 CHUNK = 4096               # arrivals drawn at a time (a duration's schedule is drawn until it ends)
 
@@ -140,6 +141,7 @@ class Generator:
         self.late_ns: list[int] = []
         self.sent = 0
         self.t0 = 0
+        self.times: np.ndarray = np.zeros(0)      # the open loop's schedule (warm draws it)
 
     # -- connections ----------------------------------------------------------------------
     def _client(self) -> Client:
@@ -148,18 +150,27 @@ class Generator:
         return c
 
     def warm(self) -> dict:
-        """Ping the first hop, send the warm-up requests one at a time, and open the
-        connections a closed loop keeps in flight; returns the first hop's pong."""
+        """Everything that can be done before the start, so that the first requests are not
+        late for it: ping the first hop, send the warm-up requests one at a time, open the
+        connections a closed loop keeps in flight (an open loop: ``PRESTART`` of them), draw
+        the arrival schedule, sharpen the timers. Returns the first hop's pong."""
         first = self._client()
         pong = first.ping(wait_s=min(self.cfg.timeout_s, 30.0))
         for w in range(self.cfg.warmup):
             first.request(1_000_000_000 + w, self.samples[w % len(self.samples)])
         self.pool.put(first)
-        if self.cfg.scenario != "server":
-            for _ in range(self.cfg.my_concurrency - 1):
-                c = self._client()
-                c.ping(wait_s=min(self.cfg.timeout_s, 30.0))
-                self.pool.put(c)
+        more = self.cfg.my_concurrency - 1 if self.cfg.scenario != "server" else PRESTART - 1
+        for _ in range(more):
+            c = self._client()
+            c.ping(wait_s=min(self.cfg.timeout_s, 30.0))
+            self.pool.put(c)
+        if self.cfg.scenario == "server":
+            self.times = arrivals(self.cfg.qps, seed=self.cfg.seed, stream=self.cfg.stream, streams=self.cfg.streams,
+                                  count=self.cfg.my_count, duration_s=self.cfg.duration_s)
+        pacing.sharp_timers()
+        # a woken worker waits for the GIL up to the switch interval (5 ms by default) while
+        # others encode or check answers: that wait would be the generator's lateness
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         return pong
 
     def close(self) -> None:
@@ -190,10 +201,6 @@ class Generator:
         """Run the scenario from ``t0_ns`` (a monotonic stamp, now or soon); returns the
         generator's figures (also printed as the ``done`` line)."""
         self.t0 = t0_ns
-        pacing.sharp_timers()
-        # a woken worker waits for the GIL up to the switch interval (5 ms by default) while
-        # others encode or check answers: that wait would be the generator's lateness
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         cfg = self.cfg
         if cfg.scenario == "server":
             workers = self._open_loop()
@@ -237,15 +244,11 @@ class Generator:
         """server: a dispatcher sleeps until each arrival and hands it to an idle worker,
         starting one more when none is idle (up to MAX_WORKERS; beyond that requests wait
         for a worker, and their lateness shows it)."""
-        cfg = self.cfg
-        times = arrivals(cfg.qps, seed=cfg.seed, stream=cfg.stream, streams=cfg.streams, count=cfg.my_count,
-                         duration_s=cfg.duration_s)
         jobs: queue.Queue[tuple[int, int] | None] = queue.Queue()
         idle = threading.Semaphore(0)
         threads: list[threading.Thread] = []
 
-        def work() -> None:
-            client = self.pool.get() if not self.pool.empty() else self._client()
+        def work(client: Client) -> None:
             while True:
                 job = jobs.get()
                 if job is None:
@@ -253,12 +256,19 @@ class Generator:
                 self._send(client, *job)
                 idle.release()
 
-        for k, at in enumerate(times):
+        def start_worker() -> None:
+            client = self.pool.get() if not self.pool.empty() else self._client()
+            threads.append(threading.Thread(target=work, args=(client,), daemon=True))
+            threads[-1].start()
+
+        while not self.pool.empty():            # the connections warm() opened, idle from the start
+            start_worker()
+            idle.release()
+        for k, at in enumerate(self.times):
             due = self.t0 + int(at * 1e9)
             _sleep_until(due)
             if not idle.acquire(blocking=False) and len(threads) < MAX_WORKERS:
-                threads.append(threading.Thread(target=work, daemon=True))
-                threads[-1].start()
+                start_worker()
             jobs.put((k, due))
         for _ in threads:
             jobs.put(None)
