@@ -38,7 +38,7 @@ from testbed.store import ResultStore  # noqa: E402
 from testbed.summary import summarize  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-RATES = (5, 10, 20, 30, 40, 60, 80)
+RATES = (5, 10, 20, 40, 60, 80, 120, 160)
 QUICK_RATES = (5, 20, 40, 80)
 TARGET_MS = 300.0
 EXPERIMENT = """\
