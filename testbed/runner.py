@@ -16,16 +16,18 @@ the servers are stopped (SIGTERM, by PID) and the hosts' OOM counters read.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import platform
 import select
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -773,12 +775,52 @@ def cells_done(folder: Path | str, experiment: str, resume: bool) -> set[str]:
     return {k for k, v in status.items() if v == "done"}
 
 
+LOCK_FILE = ".testbed-run.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path | str) -> Iterator[None]:
+    """Hold ``folder`` for one run: an exclusive flock on its lock file, released when the
+    run ends (the kernel releases it when the process dies, so a crash never leaves it held).
+    A second run into the same folder is refused in one line, before it touches anything:
+    two runs measuring side by side would share the cores and distort each other's cells."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunError(f"{folder} is in use by another testbed run ({holder}): wait for it to end, "
+                           "or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
 def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, cache=None,
                    reuse_network: bool = True, executor: str = "local",
                    address: str | None = None) -> tuple[str, Runner]:
-    """Run ``exp`` into ``out`` (its store is created or resumed). Returns (status, runner).
-    ``executor``: ``local`` (this machine, one cell after another) or ``ray`` (cells on the
-    nodes of the Ray cluster at ``address``, or of a local one started for the run)."""
+    """Run ``exp`` into ``out`` (its store is created or resumed; the folder is locked for the
+    run, :func:`folder_lock`). Returns (status, runner). ``executor``: ``local`` (this
+    machine, one cell after another) or ``ray`` (cells on the nodes of the Ray cluster at
+    ``address``, or of a local one started for the run)."""
+    with folder_lock(out):
+        return _run_experiment(exp, out, events=events, cache=cache, reuse_network=reuse_network,
+                               executor=executor, address=address)
+
+
+def _run_experiment(exp: Experiment, out: Path, *, events: Events | None, cache, reuse_network: bool,
+                    executor: str, address: str | None) -> tuple[str, Runner]:
     from emulation import registry
 
     store = ResultStore.in_folder(out)

@@ -523,8 +523,10 @@ def _parse_header(raw: bytearray, codec: str, payload_len: int,
         if len(shape) > limits.max_dims:
             raise CodecError(f"{_where(i, name)}: shape has {len(shape)} dims; limit is {limits.max_dims}")
         for d, dim in enumerate(shape):
-            if type(dim) is not int or dim < 0:
-                raise CodecError(f"{_where(i, name)}: shape[{d}] is {_short(dim)}; allowed: an integer >= 0")
+            # a dim above the payload limit holds nothing a frame may carry (only beside a 0, and
+            # numpy refuses such shapes: [0, 2**64] would pass the size check as 0 B)
+            if type(dim) is not int or not 0 <= dim <= limit:
+                raise CodecError(f"{_where(i, name)}: shape[{d}] is {_short(dim)}; allowed: an integer 0..{limit}")
         nbytes = math.prod(shape) * wire.itemsize
         if nbytes > limit:
             raise CodecError(f"{_where(i, name)}: shape {_short(shape)} of {dtype} holds {_num(nbytes)} B; "

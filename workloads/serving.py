@@ -16,9 +16,9 @@ core budget), listens only on the given emulated addresses, and for each request
 its part, answers when the part ends the model or an exit head fires, and otherwise forwards
 the tensors the next part needs to ``--next`` over a connection it keeps open
 (``per-request`` opens one per request, as the studies did), then relays the answer back.
-Each connection has a thread of its own, but inferences go through one FIFO queue and one
-compute thread: one inference at a time, in arrival order; the host's ORT intra-op threads
-are its parallelism (with ``--pace CORES`` each inference takes its CPU time / CORES,
+Each connection has a thread of its own, but inferences take turns at one compute slot
+(:class:`_Turns`, a FIFO): one inference at a time, in arrival order, run by the thread
+whose turn it is; the host's ORT intra-op threads are its parallelism (with ``--pace CORES`` each inference takes its CPU time / CORES,
 :mod:`workloads.pacing`). So under load a request waits honestly for those ahead of it (its
 record's ``queued`` and ``comp0 - dec1``, :mod:`workloads.trace`) while other requests'
 transfers and forwarding go on in their own threads. A ``ping`` is answered at once with
@@ -42,12 +42,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import signal
 import socket
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,12 +135,63 @@ class ServerConfig:
 
 @dataclass
 class _Job:
-    """One request's inference, handed from its connection thread to the compute thread."""
-    tensors: dict
-    rec: dict                   # the request record: the compute thread stamps comp0/comp1/cpu/paced
-    done: threading.Event = field(default_factory=threading.Event)
+    """One request's inference: its result, or why there is none."""
     result: object = None       # the runner's result, when the inference ran
     error: str | None = None    # why it did not
+
+
+class _Turns:
+    """Turns at the host's one compute slot, given in arrival order (a FIFO hand-over lock).
+
+    The connection thread whose turn it is runs the inference itself: an idle server computes
+    at once, with no hand-off to another thread (a compute thread cost ~90 µs per hop in
+    harness overhead), and under load each waiter is woken by the one before it, in order.
+    Pacer reads the CPU time of the thread that calls it, which is then always the one
+    computing."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: deque[list] = deque()     # [event, admitted] per waiter, oldest first
+        self.busy = False
+        self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """Requests computing or waiting now."""
+        return int(self.busy) + len(self.waiting)
+
+    def take(self) -> int | None:
+        """Wait for this thread's turn; returns how many were ahead when it arrived (None: the
+        server is stopping and it gets no turn)."""
+        with self.lock:
+            if self.closed:
+                return None
+            if not self.busy:
+                self.busy = True
+                return 0
+            ahead = self.pending
+            waiter = [threading.Event(), False]
+            self.waiting.append(waiter)
+        waiter[0].wait()
+        return ahead if waiter[1] else None
+
+    def give(self) -> None:
+        """End this turn: the next waiter's begins (the slot stays busy), else it is free."""
+        with self.lock:
+            if self.waiting and not self.closed:
+                waiter = self.waiting.popleft()
+                waiter[1] = True
+                waiter[0].set()
+            else:
+                self.busy = False
+
+    def close(self) -> None:
+        """Stopping: no more turns; every waiter returns without one."""
+        with self.lock:
+            self.closed = True
+            left, self.waiting = list(self.waiting), deque()
+        for waiter in left:
+            waiter[0].set()
 
 
 class Server:
@@ -169,9 +220,7 @@ class Server:
         if (cfg.part < last) != (cfg.next_hop is not None):
             raise ValueError(f"part {cfg.part} of {last + 1}: --next is needed exactly when a later part exists")
         self.needs = next(s for s in self.runner.segments if s.part == cfg.part).inputs
-        self.jobs: queue.Queue[_Job | None] = queue.Queue()     # FIFO; None ends the compute thread
-        self.pending = 0            # jobs queued or computing (the next one's ``queued``)
-        self.pending_lock = threading.Lock()
+        self.turns = _Turns()       # one inference at a time, in arrival order
         self.stopping = threading.Event()
         self.served = 0
         self.listeners: list[socket.socket] = []
@@ -191,78 +240,44 @@ class Server:
                 "listen": [f"{a}:{p}" for a, p in self.cfg.listen], "threads": self.cfg.threads,
                 "sessions": len(self.runner.sessions), "pool_threads": self.pool_threads,
                 "pace": self.cfg.pace, "pace_factor": self.pacer.factor,
-                "load_ms": round(self.load_ms, 2), "rss_bytes": _rss_bytes(), "queued": self.pending}
+                "load_ms": round(self.load_ms, 2), "rss_bytes": _rss_bytes(), "queued": self.turns.pending}
 
     def serve_forever(self) -> None:
         threads = [threading.Thread(target=self._accept_loop, args=(s,), daemon=True) for s in self.listeners]
-        threads.append(threading.Thread(target=self._compute_loop, daemon=True))
         for t in threads:
             t.start()
         while not self.stopping.wait(0.2):
             pass
         for s in self.listeners:
             _close(s)
-        self._fail_queued()
+        self.turns.close()      # the requests still waiting get an error answer, not an inference
         _log(f"{self.cfg.host}: stopped after {self.served} requests")
 
     def stop(self, *_args) -> None:
         self.stopping.set()
 
-    def _fail_queued(self) -> None:
-        """Answer every job still queued with an error and end the compute thread after the
-        inference it is running (a daemon thread: exiting does not wait for it). Under
-        ``pending_lock``, so that no job joins the queue behind the end."""
-        left = []
-        with self.pending_lock:
-            while True:
-                try:
-                    left.append(self.jobs.get_nowait())
-                except queue.Empty:
-                    break
-            self.jobs.put(None)
-        for job in left:
-            if job is not None:
-                self._finish(job, f"{self.cfg.host}: server stopping")
-
-    # -- the compute thread: one inference at a time, in arrival order ------------------------
+    # -- compute: one inference at a time, in arrival order ------------------------------------
     def _compute(self, tensors: dict, rec: dict) -> _Job:
-        """Queue an inference and wait for it; ``rec`` gets ``queued`` (the jobs ahead)."""
-        job = _Job(tensors, rec)
-        with self.pending_lock:         # one order for ``queued`` and the queue
+        """Wait for the compute slot (``rec`` gets ``queued``: the requests ahead at arrival),
+        run the inference in this thread, stamp ``rec``, and hand the slot to the next."""
+        ahead = self.turns.take()
+        if ahead is None:
+            return _Job(error=f"{self.cfg.host}: server stopping")
+        rec["queued"] = ahead
+        try:
             if self.stopping.is_set():
-                job.error = f"{self.cfg.host}: server stopping"
-                return job
-            rec["queued"] = self.pending
-            self.pending += 1
-            self.jobs.put(job)
-        job.done.wait()
-        return job
-
-    def _compute_loop(self) -> None:
-        """The only thread that runs inferences: Pacer reads this thread's CPU time (and the
-        ORT pool's), so it must be the one calling the runner."""
-        while (job := self.jobs.get()) is not None:
-            if self.stopping.is_set():
-                self._finish(job, f"{self.cfg.host}: server stopping")
-                continue
-            rec = job.rec
-            try:
-                rec["comp0"] = _now()
-                job.result = self.pacer.run(self.runner.run_part, self.cfg.part, job.tensors)
-                rec["comp1"] = _now()
-                cpu, _, paced = self.pacer.last
-                rec["cpu"], rec["paced"] = tr.fixed_ns(cpu), tr.fixed_ns(paced)
-            except Exception as e:  # noqa: BLE001 - ORT rejects bad shapes/dtypes at run time
-                self._finish(job, f"{self.cfg.host}: inference failed: {str(e).splitlines()[0]}")
-            else:
-                self.served += 1
-                self._finish(job, None)
-
-    def _finish(self, job: _Job, error: str | None) -> None:
-        job.error = error
-        with self.pending_lock:
-            self.pending -= 1
-        job.done.set()
+                return _Job(error=f"{self.cfg.host}: server stopping")
+            rec["comp0"] = _now()
+            result = self.pacer.run(self.runner.run_part, self.cfg.part, tensors)
+            rec["comp1"] = _now()
+            cpu, _, paced = self.pacer.last
+            rec["cpu"], rec["paced"] = tr.fixed_ns(cpu), tr.fixed_ns(paced)
+            self.served += 1
+            return _Job(result=result)
+        except Exception as e:  # noqa: BLE001 - ORT rejects bad shapes/dtypes at run time
+            return _Job(error=f"{self.cfg.host}: inference failed: {str(e).splitlines()[0]}")
+        finally:
+            self.turns.give()
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while not self.stopping.is_set():
@@ -300,6 +315,9 @@ class Server:
                     return
         except OSError as e:   # the upstream side went away mid-frame or mid-answer
             _log(f"{self.cfg.host}: connection from {peer[0]} ended: {e}")
+        except Exception as e:  # noqa: BLE001 - a bug must cost one connection, never the thread silently
+            _log(f"{self.cfg.host}: connection from {peer[0]} closed after an internal error: "
+                 f"{type(e).__name__}: {e}")
         finally:
             _close(conn)
             _close(down[0])
@@ -307,8 +325,16 @@ class Server:
     def _reply_error(self, conn: socket.socket, rid: int, text: str, trace: list) -> None:
         try:
             send_message(conn, Message("error", rid, meta={"error": text, "trace": trace}), self.cfg.codec)
-        except OSError:
+        except (OSError, CodecError):
             pass
+
+    def _answer(self, conn: socket.socket, msg: Message) -> None:
+        """Send an answer upstream; one that cannot be framed (e.g. its trace makes the header
+        exceed the limit) goes back as an error frame saying so, without the trace."""
+        try:
+            send_message(conn, msg, self.cfg.codec, self.cfg.limits)
+        except CodecError as e:
+            self._reply_error(conn, msg.id, f"{self.cfg.host}: the answer cannot be sent: {e}", [])
 
     def _request(self, conn: socket.socket, msg: Message, down: list) -> bool:
         """Handle one request; False when the upstream connection must be closed."""
@@ -330,8 +356,7 @@ class Server:
         rec["exit"] = res.exited_at
         if res.done:
             rec["enc0"] = _now()
-            send_message(conn, Message("response", msg.id, res.tensors,
-                                       {"trace": trace + [rec], "exit": res.exited_at}), cfg.codec, cfg.limits)
+            self._answer(conn, Message("response", msg.id, res.tensors, {"trace": trace + [rec], "exit": res.exited_at}))
             return True
         answer = self._forward(msg.id, res.tensors, trace, rec, down)
         meta = dict(answer.meta)
@@ -339,7 +364,7 @@ class Server:
             rrec = tr.record(cfg.host, "response", answer)
             meta["trace"] = list(meta.get("trace", [])) + [rrec]
             rrec["enc0"] = _now()
-        send_message(conn, Message(answer.kind, msg.id, answer.tensors, meta), cfg.codec, cfg.limits)
+        self._answer(conn, Message(answer.kind, msg.id, answer.tensors, meta))
         return True
 
     def _forward(self, rid: int, tensors: dict, trace: list, rec: dict, down: list) -> Message:

@@ -147,3 +147,32 @@ def test_summary_medians_shares_and_counts():
     assert (row["metric"], row["value"], row["baseline"]) == ("accuracy", 0.9, 0.91)
     empty = summarize([{**cells[0], "cell": "c2"}], [], [])[0]
     assert empty["e2e_p50"] is None and empty["shares"] is None and empty["counts"]["ok"] == 0
+
+
+def test_a_second_run_into_the_same_folder_is_refused_in_one_line_before_it_touches_anything(tmp_path):
+    """Issue 19: a second `testbed run E --out X --resume` started while the first was measuring
+    was not refused, and measured the same cell side by side on the shared cores."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from testbed.runner import folder_lock, run_experiment
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom testbed.runner import folder_lock\n"
+                               "with folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError) as info:
+            run_experiment(load(), tmp_path)
+        msg = str(info.value)
+        assert msg == (f"{tmp_path} is in use by another testbed run (pid {holder.pid}): wait for it to end, "
+                       "or choose another --out")
+        assert not (tmp_path / "results.sqlite").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    with folder_lock(tmp_path):      # the kernel let go of it when its holder died
+        pass

@@ -510,3 +510,59 @@ def test_frame_limits_have_no_command_line_and_are_refused():
     cfg = ServerConfig("a.onnx", 0, "cloud", [("127.0.0.1", 1)], limits=Limits(max_tensors=2))
     with pytest.raises(ValueError, match="no option for frame limits"):
         cfg.to_argv()
+
+
+def _raw_frame(header: dict, payload: bytes = b"") -> bytes:
+    """A binary frame built by hand (the codec's own encoder refuses what these tests send)."""
+    from workloads.codec import _codec_id, _pack_prefix
+
+    raw = json.dumps(header).encode()
+    return _pack_prefix(_codec_id("binary"), len(raw), len(payload), 0) + raw + payload
+
+
+@pytest.mark.parametrize("shape", [[0, 2 ** 64], [0, 10 ** 30], [2 ** 40, 0, 2 ** 40]])
+def test_a_shape_of_zero_bytes_with_a_huge_dimension_is_an_error_frame_not_a_dead_thread(tmp_path, servers, shape):
+    """Issue 19: such shapes passed the size check as 0 B and numpy's zeros() then raised
+    ValueError in the connection's thread, which died without an answer."""
+    art, _, _ = tiny_artifact(tmp_path / "a", parts=1)
+    port, _ = servers.start(art, 0, "edge")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(_raw_frame({"kind": "request", "id": 7, "meta": {},
+                                 "tensors": [{"name": "X", "dtype": "float32", "shape": shape}]}))
+        msg = read_message(sock)
+    assert msg.kind == "error" and f"shape[{shape.index(max(shape))}]" in msg.meta["error"]
+    c = Client(("127.0.0.1", port), "mobile")
+    assert c.request(1, {"X": np.ones((1, 4), np.float32)})["status"] == "ok"
+    c.close()
+    assert "Traceback" not in servers.logged() and "Exception in thread" not in servers.logged()
+
+
+def test_an_answer_whose_trace_outgrows_the_header_limit_is_an_error_answer(tmp_path, servers):
+    """Issue 19: a request whose trace fills the header to just under 1 MiB was computed, and
+    the reply (its trace one record longer) raised CodecError where only OSError was caught."""
+    art, _, _ = tiny_artifact(tmp_path / "a", parts=1)
+    port, _ = servers.start(art, 0, "edge")
+    from workloads.codec import encode
+
+    entry = {"host": "x" * 200, "stage": "client"}
+    x = np.ones((1, 4), np.float32)
+
+    def header(n: int) -> int:
+        roomy = Limits(max_header_bytes=4 << 20)          # to measure, not to send
+        return len(encode(Message("request", 3, {"X": x}, {"trace": [entry] * n}), limits=roomy).header)
+
+    # the longest trace whose request still fits: the server's record (a few hundred bytes)
+    # then takes the answer's header over the limit
+    n = (Limits().max_header_bytes - 1000) // (header(2) - header(1))
+    while header(n) > Limits().max_header_bytes:
+        n -= 1
+    while header(n + 1) <= Limits().max_header_bytes:
+        n += 1
+    filler = [entry] * n
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        send_message(sock, Message("request", 3, {"X": x}, {"trace": filler}))
+        msg = read_message(sock)
+        assert msg.kind == "error" and msg.id == 3 and "the answer cannot be sent" in msg.meta["error"]
+        send_message(sock, Message("request", 4, {"X": x}, {"trace": []}))     # the connection goes on
+        assert read_message(sock).kind == "response"
+    assert "Traceback" not in servers.logged() and "Exception in thread" not in servers.logged()
