@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import os
 import re
@@ -564,25 +565,54 @@ def _slug(name: str, used: set[str]) -> str:
     return slug
 
 
-def _clear(folder: Path, suffixes: tuple[str, ...]) -> None:
-    for p in folder.iterdir():
-        if p.is_file() and p.suffix in suffixes:
-            p.unlink()
+OWNED = ".testbed-report.json"      # in a report folder: the files the last report wrote there
+
+
+def _take_folder(out: Path) -> None:
+    """Make ``out`` ready for a report without touching a file the testbed did not write: a
+    folder of an earlier report loses exactly the files that report wrote (its :data:`OWNED`
+    list), an empty or missing one is used as it is, and any other is refused in one line."""
+    owned = out / OWNED
+    if owned.is_file():
+        try:
+            written = json.loads(owned.read_text(encoding="utf-8"))["files"]
+        except (ValueError, KeyError, TypeError):
+            raise ReportError(f"{owned} is not a report's list of files: remove it (and the report it "
+                              "belongs to), or choose another --out") from None
+        for rel in written:
+            p = out / rel
+            if isinstance(rel, str) and ".." not in Path(rel).parts and p.is_file():
+                p.unlink()
+        return
+    if out.exists():
+        theirs = next(iter(sorted(p for p in out.rglob("*") if not p.is_dir())), None)
+        if theirs is not None:
+            raise ReportError(f"{out} holds files the testbed did not write (e.g. {theirs.relative_to(out)}): "
+                              "choose an empty or new --out (a report writes only into a folder it owns)")
+
+
+def _own(out: Path, report: Report) -> None:
+    """Record what this report wrote, so that the next one replaces exactly these."""
+    files = [report.index, *report.figures, *report.tables]
+    (out / OWNED).write_text(json.dumps({"files": sorted(str(p.relative_to(out)) for p in files)}, indent=1),
+                             encoding="utf-8")
 
 
 def write_report(folder: str | Path, out: str | Path | None = None, tolerance: float = TOLERANCE) -> Report:
     """Write the report of the store in ``folder`` into ``out`` (default ``folder/report``)
-    and return what was written. Raises StoreError when ``folder`` holds no readable store,
-    ReportError when the report cannot be written."""
+    and return what was written. ``out`` must be missing, empty, or an earlier report's folder
+    (whose files are replaced: nothing else in it is touched). Raises StoreError when
+    ``folder`` holds no readable store, ReportError when the report cannot be written."""
     with ResultStore.in_folder(folder, create=False) as store:
         cells, requests, runs = store.cells(), store.requests(), store.runs()
     out = Path(folder) / "report" if out is None else Path(out)
     try:
+        _take_folder(out)
         for sub in ("figures", "tables"):
             (out / sub).mkdir(parents=True, exist_ok=True)
-        _clear(out / "figures", (".png",))
-        _clear(out / "tables", (".csv", ".tex"))
-        return _write(out, cells, requests, runs, tolerance)
+        report = _write(out, cells, requests, runs, tolerance)
+        _own(out, report)
+        return report
     except OSError as e:
         raise ReportError(f"cannot write the report to {out}: {e.strerror or e}: "
                           "check its permissions or choose another --out") from None

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from testbed.cli import cli
-from testbed.report import MAX_FACETS, _facets, axis_number, pareto_front, write_report
+from testbed.report import MAX_FACETS, OWNED, ReportError, _facets, axis_number, pareto_front, write_report
 from testbed.stats import study_groups
 from testbed.store import CellRecord, RequestRow, ResultStore, StoreError
 
@@ -230,18 +230,43 @@ def test_store_without_done_cells_still_gets_a_report_with_a_note(tmp_path):
     assert report.figures == [] and "deploy failed" in report.index.read_text()
 
 
-def test_rerunning_removes_figures_and_tables_of_an_earlier_report_only(tmp_path):
+def test_rerunning_replaces_exactly_what_the_earlier_report_wrote(tmp_path):
     folder = tmp_path / "out"
     with ResultStore.in_folder(folder) as store:
         store.begin_run("r1", "again", {}, {})
-    (folder / "report" / "figures").mkdir(parents=True)
-    stale = [folder / "report" / "figures" / "gone-latency.png", folder / "report" / "tables" / "gone.tex"]
-    kept = folder / "report" / "figures" / "notes.txt"
-    for p in stale + [kept]:
+    first = write_report(folder)
+    stale = folder / "report" / "figures" / "gone-latency.png"     # as if the first report had drawn it
+    stale.write_bytes(b"old")
+    owned = json.loads((folder / "report" / OWNED).read_text())
+    owned["files"].append("figures/gone-latency.png")
+    (folder / "report" / OWNED).write_text(json.dumps(owned))
+    mine = [folder / "report" / "figures" / "notes.txt", folder / "report" / "tables" / "my.csv"]
+    for p in mine:
+        p.write_bytes(b"the user's")
+    again = write_report(folder)
+    assert not stale.exists() and all(p.read_bytes() == b"the user's" for p in mine)
+    assert again.index == first.index and again.index.exists()
+
+
+def test_a_folder_the_report_does_not_own_is_refused_and_left_alone(tmp_path):
+    """Issue 19: `testbed report R --out D` removed D/figures/*.png and D/tables/*.csv|*.tex
+    that it had not written."""
+    folder = tmp_path / "out"
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "again", {}, {})
+    theirs = tmp_path / "paper"
+    files = [theirs / "figures" / "fig1.png", theirs / "tables" / "t1.csv", theirs / "tables" / "t2.tex"]
+    for p in files:
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(b"old")
-    write_report(folder)
-    assert not any(p.exists() for p in stale) and kept.exists()
+        p.write_bytes(b"the user's")
+    with pytest.raises(ReportError) as info:
+        write_report(folder, theirs)
+    assert str(info.value) == (f"{theirs} holds files the testbed did not write (e.g. figures/fig1.png): choose an "
+                               "empty or new --out (a report writes only into a folder it owns)")
+    assert all(p.read_bytes() == b"the user's" for p in files) and not (theirs / "index.html").exists()
+    write_report(folder, tmp_path / "empty")          # a new folder, or an empty one, is fine
+    (tmp_path / "bare").mkdir()
+    write_report(folder, tmp_path / "bare")
 
 
 def test_missing_store_is_a_store_error(tmp_path):
