@@ -8,14 +8,17 @@ preparation never leaves a half-written entry. Readers see an entry whole or not
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 COMPLETE = "complete.json"     # written last; an entry without it is not an entry
+LOCKS = ".locks"               # under the root: one lock file per entry ever built
 
 
 def default_root() -> Path:
@@ -69,18 +72,50 @@ class Cache:
         try:
             yield tmp
             (tmp / COMPLETE).write_text(json.dumps(description or {}, indent=1, default=str))
-            if final.exists():         # a stale, incomplete entry (complete ones are not rebuilt)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            self._publish(tmp, final)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    @staticmethod
+    def _publish(tmp: Path, final: Path) -> None:
+        """Rename ``tmp`` into place, never deleting a complete entry that someone may be
+        reading: if another process published the same key first, its entry stays (the key
+        says the content is the same) and ``tmp`` is dropped; a stale, incomplete one is first
+        renamed aside, then removed."""
+        if (final / COMPLETE).is_file():
+            return
+        if final.exists():
+            aside = final.with_name(f".{final.name}.stale.{os.getpid()}")
+            os.replace(final, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError as e:            # published by another process between the check and here
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (final / COMPLETE).is_file():
+                raise
+
+    @contextlib.contextmanager
+    def _key_lock(self, kind: str, key: str) -> Iterator[None]:
+        """One builder per entry across processes (an flock beside it): a second `testbed
+        prepare` of the same entry waits for the first and then finds it built."""
+        import fcntl
+
+        folder = self.root / LOCKS / kind       # apart from the entries: a lock file is never removed
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{key}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
     def get_or_build(self, kind: str, key: str, build, description: dict | None = None) -> Path:
-        """The entry, built by ``build(folder)`` first when absent."""
+        """The entry, built by ``build(folder)`` first when absent (by one process at a time)."""
         found = self.get(kind, key)
         if found is not None:
             return found
-        with self.building(kind, key, description) as tmp:
-            build(tmp)
+        with self._key_lock(kind, key):
+            found = self.get(kind, key)     # built by another process while this one waited
+            if found is not None:
+                return found
+            with self.building(kind, key, description) as tmp:
+                build(tmp)
         return self.path(kind, key)
