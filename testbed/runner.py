@@ -470,20 +470,17 @@ class CellExecution:
     def _wait_ready(self, host: str) -> dict:
         p = self.servers[host]
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([p.stdout], [], [], 0.2)
-            if r:
-                line = p.stdout.readline()
-                if line:
-                    try:
-                        msg = json.loads(line)
-                    except ValueError:
-                        continue
-                    if msg.get("ready"):
-                        return msg
-            if p.poll() is not None:
-                raise RunError(f"server on {host} exited ({_exit_text(p.returncode)}) before it was ready"
-                               f"{self._log_tail(host)}")
+        ready = _read_until(p, deadline, "ready")
+        if ready is not None:
+            return ready
+        if p.poll() is None and time.monotonic() < deadline:     # its output ended: it is exiting
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        if p.poll() is not None:
+            raise RunError(f"server on {host} exited ({_exit_text(p.returncode)}) before it was ready"
+                           f"{self._log_tail(host)}")
         raise RunError(f"server on {host} was not ready within {READY_TIMEOUT_S:g}s{self._log_tail(host)}")
 
     def _log_tail(self, host: str) -> str:
@@ -609,7 +606,7 @@ class CellExecution:
         try:
             warm_s = 30 + exp.requests.warmup * (exp.requests.timeout_ms / 1000 + 1)
             for name, p in gens.items():
-                hello = self._read_lines(name, p, time.monotonic() + warm_s, until="hello")
+                hello = _read_until(p, time.monotonic() + warm_s, "hello")
                 if hello is None:
                     raise RunError(f"load generator on {name.removeprefix('loadgen-')} did not warm up: "
                                    f"{self._source_failure(name, p, warm_s)}")
@@ -660,22 +657,6 @@ class CellExecution:
         hosts = {h for h, _ in self.exp.deployment(self.cell.strategy)}
         cpus = [self.exp.topology.host(h).cpus for h in hosts]
         return None if None in cpus else round(sum(cpus), 3)
-
-    def _read_lines(self, name: str, p: subprocess.Popen, deadline: float, until: str) -> dict | None:
-        """Read ``p``'s lines until one has key ``until``; None if it ends or the deadline passes."""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([p.stdout], [], [], 0.5)
-            if not ready:
-                if p.poll() is not None:
-                    return None
-                continue
-            line = p.stdout.readline()
-            if not line:
-                return None
-            msg = json.loads(line)
-            if msg.get(until):
-                return msg
-        return None
 
     def _source_failure(self, name: str, p: subprocess.Popen, budget_s: float) -> str:
         dead = self._dead_servers()
@@ -734,6 +715,27 @@ class CellExecution:
             metric=q.get("metric"), metric_value=q.get("value"), baseline_value=q.get("baseline"),
             status=status, error=self.error, started=started, ended=time.time(),
             network=self.network, hosts=self.hosts, load=self.load)
+
+
+def _read_until(p: subprocess.Popen, deadline: float, key: str) -> dict | None:
+    """Read ``p``'s JSON lines (other lines are skipped) until one has ``key`` set; None when
+    its output ends, it exits, or the deadline passes first."""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([p.stdout], [], [], 0.2)
+        if not ready:
+            if p.poll() is not None:
+                return None
+            continue
+        line = p.stdout.readline()
+        if not line:
+            return None
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(msg, dict) and msg.get(key):
+            return msg
+    return None
 
 
 def _exit_text(code: int | None) -> str:
