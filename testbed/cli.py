@@ -335,11 +335,14 @@ MAX_CELLS = 1000
                    "one cell per node at a time.")
 @click.option("--address", default=None, metavar="ADDR",
               help="Ray cluster to use (host:port of its head); without it --executor ray starts a local one.")
+@click.option("--insecure-ray", is_flag=True,
+              help="Use a Ray cluster at --address that has no token authentication (refused without this: anyone "
+                   "who reaches it can run code as root on its nodes).")
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
               help="Override a value of the experiment file, e.g. links.edge-cloud.bandwidth=10Mbit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells: int, executor: str,
-        address: str | None, sets: tuple[str, ...], as_json: bool) -> None:
+        address: str | None, insecure_ray: bool, sets: tuple[str, ...], as_json: bool) -> None:
     """Run EXPERIMENT: prepare, bring the network up, deploy, measure every cell, store, clean up.
 
     Every combination of the sweep axes x model x strategy is one cell. Between sweep points
@@ -355,6 +358,8 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
     exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=machine_memory_bytes())
     if address and executor != "ray":
         raise click.ClickException("--address names a Ray cluster: add --executor ray")
+    if insecure_ray and not address:
+        raise click.ClickException("--insecure-ray is about a cluster at --address (a local one always uses a token)")
     if resume and not out:
         raise click.ClickException("--resume needs --out DIR: the folder of the run to finish")
     folder = Path(out) if out else default_out(exp)
@@ -378,7 +383,8 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
                         cell_done=lambda o: bar.finish_cell(per_cell - len(o.requests)),
                         cells_skipped=lambda n: bar.finish_cell(n * per_cell, n))
         try:
-            status, _ = run_experiment(exp, folder, events=events, executor=executor, address=address)
+            status, _ = run_experiment(exp, folder, events=events, executor=executor, address=address,
+                                       insecure_ray=insecure_ray)
         except (KeyboardInterrupt, _Terminated) as e:
             status = "interrupted"
             code = e.code if isinstance(e, _Terminated) else 130

@@ -71,28 +71,144 @@ def _remote_cell(exp, point: dict, model, strategy, out: str, attempts_dir: str)
     return {"record": outcome.record, "requests": outcome.requests, "hops": outcome.hops}
 
 
-def _init_on_loopback(ray) -> None:
-    """Start a one-node local cluster that listens on loopback only.
+@contextlib.contextmanager
+def _loopback_stays_loopback():
+    """While ``ray.init`` runs: a loopback address stays loopback.
 
-    Ray replaces a loopback node address with the machine's reachable one, and its servers
-    then listen on every interface. For a cluster that lives and dies with one run there is
-    nobody to reach it from outside, so the replacement is skipped while ray.init runs (Ray is
-    pinned; the node address is read back below, and a test checks every socket the cluster
-    listens on)."""
-    from ray._private import services
+    Ray replaces a loopback node or head address with the machine's reachable one (its servers
+    then listen on every interface, and a driver looks for a loopback head elsewhere). The
+    testbed skips that replacement for the local cluster it starts and for a head given as
+    127.0.0.1. This patches a private Ray function: Ray is pinned, and
+    tests/unit/test_distributed.py fails loudly when the pinned version stops calling it
+    (``services.resolve_ip_for_localhost``) the way this relies on."""
+    try:
+        from ray._private import services
 
-    resolve = services.resolve_ip_for_localhost
+        resolve = services.resolve_ip_for_localhost
+    except (ImportError, AttributeError):
+        raise RunError("this Ray has no ray._private.services.resolve_ip_for_localhost (the testbed keeps a "
+                       "local cluster on loopback through it): install the pinned ray (bash scripts/setup.sh)") from None
     services.resolve_ip_for_localhost = lambda host: host
     try:
-        ray.init(resources={CELL_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=128 << 20, configure_logging=False, _node_ip_address="127.0.0.1")
+        yield
     finally:
         services.resolve_ip_for_localhost = resolve
+
+
+def _init_on_loopback(ray) -> None:
+    """Start a one-node local cluster that listens on loopback only, with token authentication
+    (a per-process token, :func:`_local_token`): on a machine shared with other users, anyone
+    who could reach the cluster could otherwise run code as root through it."""
+    with _loopback_stays_loopback():
+        ray.init(resources={CELL_RESOURCE: 1}, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=128 << 20, configure_logging=False, _node_ip_address="127.0.0.1")
     got = {n.get("NodeManagerAddress") for n in ray.nodes()}
     if got != {"127.0.0.1"}:
         ray.shutdown()
         raise RunError(f"the local Ray cluster would not stay on loopback (node address {', '.join(map(str, got))}); "
                        "use the pinned ray version, or start a cluster yourself and pass --address")
+
+
+# ----------------------------------------------------------------------------------------------
+# Token authentication (Ray >= 2.52). Verified on the pinned 2.60: a local ray.init() cluster
+# turns it on by default (writing a token to ~/.ray/auth_token when there is none), but
+# `ray start --head` turns it on only with RAY_AUTH_MODE=token in its environment or a token
+# already in ~/.ray/auth_token; otherwise anyone who reaches the head can run code as root on
+# every node. A driver holding a token connects to an open cluster just as well, so a driver
+# cannot tell from its own connection: the cluster is probed by a client that has no token.
+
+AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+PROBE_TIMEOUT_S = 30.0
+_PROBE = """
+import json, sys
+try:
+    from ray._raylet import GcsClient
+    GcsClient(address=sys.argv[1]).internal_kv_get(b"testbed-probe", None, timeout=10)
+    print(json.dumps({"auth": "open"}))
+except Exception as e:
+    kind = "token" if type(e).__name__ == "AuthenticationError" else "error"
+    print(json.dumps({"auth": kind, "why": (str(e).strip().splitlines() or [type(e).__name__])[0][:200]}))
+"""
+
+
+def probe_auth(address: str, token: bool) -> tuple[str, str]:
+    """How the cluster whose head (GCS) is at ``address`` answers a client: ``("open", "")`` when
+    it serves one with no token, ``("token", why)`` when it refuses it for its token, ``("error",
+    why)`` when it cannot be reached. ``token``: the client sends this process's token
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); otherwise none. Runs in a child
+    process: Ray reads its authentication settings once per process."""
+    import json
+    import subprocess
+
+    env = dict(os.environ)
+    if token:
+        env[AUTH_MODE] = "token"
+    else:
+        env[AUTH_MODE] = "disabled"
+        env.pop(AUTH_TOKEN, None)
+        env.pop(AUTH_TOKEN_PATH, None)
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, address], env=env, capture_output=True, text=True,
+                              timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        last = (done.stdout.strip().splitlines() or ["{}"])[-1]
+        got = json.loads(last)
+        return got["auth"], got.get("why", "")
+    except subprocess.TimeoutExpired:
+        return "error", f"no answer within {PROBE_TIMEOUT_S:.0f} s"
+    except (ValueError, KeyError):
+        return "error", "the probe printed no answer"
+
+
+def _local_token() -> None:
+    """Token authentication for the local cluster, without writing ~/.ray/auth_token: a random
+    token for this process (kept in its environment for its life: Ray's workers inherit it, and
+    Ray caches the token it read first), unless the user gave one."""
+    import secrets
+
+    mode = os.environ.get(AUTH_MODE)
+    if mode is not None and mode.lower() != "token":
+        raise RunError(f"{AUTH_MODE}={mode}: the local Ray cluster always uses token authentication (any user of "
+                       f"this machine could otherwise run code as root through it); unset {AUTH_MODE}")
+    if not os.environ.get(AUTH_TOKEN) and not os.environ.get(AUTH_TOKEN_PATH):
+        os.environ[AUTH_TOKEN] = secrets.token_hex(32)
+    os.environ[AUTH_MODE] = "token"
+
+
+def check_cluster(address: str | None, insecure: bool = False) -> None:
+    """Before a run on Ray: refuse, in one line, a cluster that would run anyone's code (no token
+    authentication) unless ``insecure``, and a driver that lacks the token of a cluster that
+    needs one. Without ``address`` (a local cluster): its settings are checked here and its
+    authentication is read back once it runs (:func:`_connect`)."""
+    if address is None:
+        _local_token()
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RunError(f"--address {address}: give the Ray head's HOST:PORT (the GCS port, e.g. 10.0.0.1:6379)")
+    import socket
+
+    try:                    # a head that is not there: at once (Ray's client retries for a minute)
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5.0).close()
+    except OSError as e:
+        raise RunError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
+    auth, why = probe_auth(address, token=False)
+    if auth == "error":
+        raise RunError(f"cannot reach the Ray cluster at {address}: {why}")
+    if auth == "open":
+        if insecure:
+            return
+        raise RunError(f"the Ray cluster at {address} has no token authentication: anyone who can reach it can run "
+                       f"code as root on its nodes. Start every node with {AUTH_MODE}=token and the cluster's token "
+                       "(docs/running.md, 'Many machines'), or pass --insecure-ray on a network only you can reach")
+    if os.environ.get(AUTH_MODE, "").lower() != "token":
+        raise RunError(f"the Ray cluster at {address} needs its token: run the driver with {AUTH_MODE}=token and the "
+                       f"token in {AUTH_TOKEN}, {AUTH_TOKEN_PATH} or ~/.ray/auth_token")
+    auth, why = probe_auth(address, token=True)
+    if auth == "token":
+        raise RunError(f"the Ray cluster at {address} refused this driver's token ({AUTH_TOKEN}, {AUTH_TOKEN_PATH} or "
+                       f"~/.ray/auth_token): use the token its head was started with")
+    if auth == "error":
+        raise RunError(f"cannot reach the Ray cluster at {address}: {why}")
 
 
 def _connect(address: str | None):
@@ -104,14 +220,34 @@ def _connect(address: str | None):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         if address:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
+            host = address.rpartition(":")[0].strip("[]")
+            with (_loopback_stays_loopback() if _is_loopback(host) else contextlib.nullcontext()):
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
             return False
+        _local_token()
         _init_on_loopback(ray)
-        return True
+    except RunError:
+        raise
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ...: one line
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise RunError(f"cannot start or reach {where}: {first[:200]}") from None
+    # read back: the local cluster refuses a client without its token
+    auth, why = probe_auth(ray.get_runtime_context().gcs_address, token=False)
+    if auth != "token":
+        ray.shutdown()
+        raise RunError(f"the local Ray cluster did not turn token authentication on (a client without a token got: "
+                       f"{auth} {why}".rstrip() + "): use the pinned ray version (bash scripts/setup.sh)")
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _failed(runner: Runner, point: dict, model, strategy, error: str) -> CellOutcome:

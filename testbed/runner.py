@@ -811,11 +811,16 @@ def folder_lock(folder: Path | str) -> Iterator[None]:
 
 def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, cache=None,
                    reuse_network: bool = True, executor: str = "local",
-                   address: str | None = None) -> tuple[str, Runner]:
+                   address: str | None = None, insecure_ray: bool = False) -> tuple[str, Runner]:
     """Run ``exp`` into ``out`` (its store is created or resumed; the folder is locked for the
     run, :func:`folder_lock`). Returns (status, runner). ``executor``: ``local`` (this
     machine, one cell after another) or ``ray`` (cells on the nodes of the Ray cluster at
-    ``address``, or of a local one started for the run)."""
+    ``address``, or of a local one started for the run). A cluster without token
+    authentication is refused before anything is written unless ``insecure_ray``."""
+    if executor == "ray":
+        from .distributed import check_cluster
+
+        check_cluster(address, insecure_ray)
     with folder_lock(out):
         return _run_experiment(exp, out, events=events, cache=cache, reuse_network=reuse_network,
                                executor=executor, address=address)

@@ -45,8 +45,11 @@ def test_ray_and_local_executors_store_the_same_rows(study, tmp_path):  # noqa: 
     env = _env(tmp_path)
     local = _run(exp, tmp_path / "local", env)
     assert local.returncode == 0, local.stderr[-2000:]
-    ray = _run(exp, tmp_path / "ray", env, "--executor", "ray")
+    home = tmp_path / "home"
+    home.mkdir()
+    ray = _run(exp, tmp_path / "ray", {**env, "HOME": str(home)}, "--executor", "ray")
     assert ray.returncode == 0, ray.stderr[-3000:]
+    assert not (home / ".ray").exists()      # its token lives in the run's environment, not in ~/.ray
     a, b = tmp_path / "local" / "results.sqlite", tmp_path / "ray" / "results.sqlite"
     for table, cols, order in (("cells", CELL_COLUMNS, "cell"), ("requests", REQUEST_COLUMNS, "cell, seq"),
                                ("hops", HOP_COLUMNS, "cell, seq, idx")):
@@ -136,4 +139,86 @@ def test_ctrl_c_on_the_driver_stores_the_running_cell_as_interrupted_with_its_re
     assert len(running) == 1 and 0 < running[0]["ok"] < 400, cells
     assert len(_rows(out / "results.sqlite", f"SELECT seq FROM requests WHERE cell = '{running[0]['cell']}'")) \
         == running[0]["ok"]
+    assert find_leftovers() == []
+
+
+# A cluster the user started: a head process of its own on loopback (a real Ray cluster with one
+# node offering testbed_cell), with or without token authentication, and a driver given --address.
+HEAD = """
+import json, sys
+import ray
+from testbed import distributed
+distributed._init_on_loopback(ray)
+print(json.dumps({"gcs": ray.get_runtime_context().gcs_address}), flush=True)
+sys.stdin.read()            # until the test closes stdin
+ray.shutdown()
+"""
+TOKEN = "5e" * 32
+
+
+def _start_head(tmp_path, auth: dict) -> tuple[subprocess.Popen, str]:
+    import json
+
+    env = {k: v for k, v in _env(tmp_path).items() if not k.startswith("RAY_AUTH")}
+    env.update({"HOME": str(tmp_path / "home"), **auth})
+    head = subprocess.Popen([str(REPO / ".venv/bin/python"), "-c", HEAD], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = head.stdout.readline()
+    assert line, "the head did not start"
+    return head, json.loads(line)["gcs"]
+
+
+def _stop_head(head: subprocess.Popen) -> None:
+    head.stdin.close()
+    head.wait(timeout=120)
+
+
+def _driver(exp, out, tmp_path, address: str, auth: dict, *extra) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**_env(tmp_path), "HOME": str(tmp_path / "home")}
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(k, None)
+    t = time.monotonic()
+    done = _run(exp, out, {**env, **auth}, "--executor", "ray", "--address", address, *extra)
+    return done, time.monotonic() - t
+
+
+def _refused(done: subprocess.CompletedProcess, took: float, out: Path, words: str) -> None:
+    assert done.returncode != 0 and words in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and took < 30
+    assert not (out / "results.sqlite").exists()          # refused before anything was written
+
+
+def test_a_cluster_without_token_authentication_is_refused_unless_the_user_says_insecure(study, tmp_path):  # noqa: F811
+    exp = _write(study, "open.yaml", repeat=3)
+    (tmp_path / "home").mkdir()
+    head, gcs = _start_head(tmp_path, {"RAY_AUTH_MODE": "disabled"})
+    try:
+        done, took = _driver(exp, tmp_path / "refused", tmp_path, gcs, {})
+        _refused(done, took, tmp_path / "refused", "has no token authentication")
+        done, _ = _driver(exp, tmp_path / "out", tmp_path, gcs, {}, "--insecure-ray")
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        _stop_head(head)
+    cells = _rows(tmp_path / "out" / "results.sqlite", "SELECT status FROM cells")
+    assert len(cells) == 4 and all(c["status"] == "done" for c in cells)
+    assert find_leftovers() == []
+
+
+def test_a_token_cluster_runs_cells_only_for_a_driver_with_its_token(study, tmp_path):  # noqa: F811
+    exp = _write(study, "token.yaml", repeat=3)
+    (tmp_path / "home").mkdir()
+    head, gcs = _start_head(tmp_path, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN})
+    try:
+        done, took = _driver(exp, tmp_path / "none", tmp_path, gcs, {})
+        _refused(done, took, tmp_path / "none", "needs its token")
+        done, took = _driver(exp, tmp_path / "wrong", tmp_path, gcs, {"RAY_AUTH_MODE": "token",
+                                                                      "RAY_AUTH_TOKEN": "a7" * 32})
+        _refused(done, took, tmp_path / "wrong", "refused this driver's token")
+        done, _ = _driver(exp, tmp_path / "out", tmp_path, gcs, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN})
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        _stop_head(head)
+    cells = _rows(tmp_path / "out" / "results.sqlite", "SELECT status FROM cells")
+    assert len(cells) == 4 and all(c["status"] == "done" for c in cells)
+    assert not (tmp_path / "home" / ".ray" / "auth_token").exists()     # nobody wrote a token file
     assert find_leftovers() == []
