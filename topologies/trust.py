@@ -90,15 +90,16 @@ def _owner_problem(path: Path, st: os.stat_result, what: str) -> str | None:
     return f"{what} {path} is owned by {_user(st.st_uid)}, not by {_you()}"
 
 
-def check_folder(folder: Path | str, *, what: str = "folder", allowed: str | None = None) -> None:
+def check_folder(folder: Path | str, *, what: str = "folder", hint: str | None = None) -> None:
     """Refuse ``folder`` (followed if a link) unless it is a folder owned by root or the
-    invoking user and writable by no one else (no sticky exception)."""
+    invoking user and writable by no one else (no sticky exception). ``what`` names it in the
+    error; ``hint`` is added to what is allowed (e.g. another place to use instead)."""
     folder = Path(folder)
+    fix = f"a {what} owned by {_you()} and writable only by its owner" + (f", {hint}" if hint else "")
     try:
         st = folder.stat()
     except OSError as e:
-        raise UntrustedError(f"cannot check {what} {folder}: {e.strerror}", allowed or "a readable folder") from None
-    fix = allowed or f"a {what} owned by {_you()} and writable only by its owner"
+        raise UntrustedError(f"cannot check {what} {folder}: {e.strerror}", fix) from None
     if not stat.S_ISDIR(st.st_mode):
         raise UntrustedError(f"{what} {folder} is not a folder", fix)
     problem = _owner_problem(folder, st, what)
