@@ -6,7 +6,9 @@ starting and stopping a cell's servers: measured by ``benchmarks/bench_sweep.py`
 
 It is an estimate for planning (minutes or hours?), not a prediction: CPU contention,
 ONNX Runtime's threads and the delay line's scheduling are not modelled, and a cell whose
-artifact is not prepared yet has no compute estimate (``testbed prepare`` first).
+artifact is not prepared yet has no compute estimate (``testbed prepare`` first). Nor has a
+cell of a model from a Python factory: its artifacts are keyed by the module the factory
+makes, and a dry run imports and calls no user code (the experiment loader only checks it).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from workloads.user import is_factory_ref
 
 from .experiment import Experiment, ModelRef, Strategy
 from .load import SEARCH_STEPS, start_rate
@@ -24,6 +28,10 @@ BRING_UP_S = 0.7          # a three-host network: namespaces, links, qdiscs, cgr
 RECONFIGURE_S = 0.05      # the next sweep point's link/host changes, read back
 DEPLOY_S = 0.6            # a cell's servers started (ORT sessions loaded) and stopped
 OVERHEAD_MS = 0.4         # client, codec and server per request and hop (bench_serving)
+
+
+NOT_PREPARED = "not prepared"     # the artifact is not in the cache: `testbed prepare` first
+FACTORY = "factory"               # a model from a Python factory: --dry-run runs no user code
 
 
 @dataclass
@@ -37,6 +45,7 @@ class CellEstimate:
     request_ms: float | None         # one request, end to end; None: artifact not prepared
     seconds: float | None            # the whole cell (deploy + warm-up + measured requests)
     search: bool = False             # a search for a rate: ``seconds`` is its most (every run it may try)
+    no_estimate: str | None = None   # why request_ms is None: NOT_PREPARED or FACTORY
 
 
 def _direction(topology, a: str, b: str):
@@ -131,7 +140,12 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
         for model in e.models:
             for s in e.strategies:
                 k = (model, s.operators, s.parts)
-                if k not in manifests:       # read once per artifact, not per cell
+                if k in manifests:           # read once per artifact, not per cell
+                    pass
+                elif is_factory_ref(model.name):
+                    # finding its artifact needs the module the factory makes: no user code runs here
+                    manifests[k] = (None, None)
+                else:
                     folder = cached_artifact(model.name, s.operators, parts=s.parts, weights=model.weights,
                                              data=model.data, cache=cache)
                     m = load_manifest(folder) if folder is not None else None
@@ -139,6 +153,7 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
                 key = cell_key(e, point, model, s)
                 m, answer = manifests[k]
                 ms = request_ms(e, model, s, m, answer) if m is not None else None
+                why = None if m is not None else FACTORY if is_factory_ref(model.name) else NOT_PREPARED
                 secs = None
                 if ms is not None and e.load.searching:       # at most SEARCH_STEPS runs, each a cell
                     start = e.at({"load.qps": start_rate(e.load)})
@@ -147,7 +162,7 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
                     secs = DEPLOY_S + _measuring_s(e, ms)
                 is_done = key in done
                 cells.append(CellEstimate(key, point, model.name, s.name, s.placement, is_done, ms, secs,
-                                          e.load.searching))
+                                          e.load.searching, why))
                 if not is_done:
                     todo = True
                     if secs is None:

@@ -41,7 +41,9 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   :mod:`topologies.loader`); they change hosts and links the topology has, and cannot add
   or remove any (write a topology file for that). A link may be named either way round.
 - ``models``: an entry is a model name (see ``workloads.models``: a built-in name, an
-  ``.onnx`` path relative to this file's folder, or ``package.module:factory``) or a mapping
+  ``.onnx`` path relative to this file's folder, or a factory, ``path/to/file.py:factory``
+  relative to this file's folder or ``package.module:factory``: trusted code, checked here
+  by ``workloads.user.check_factory`` but neither imported nor called) or a mapping
   ``{name: NAME, weights: pretrained|random, data: PATH}``. ``weights`` defaults to the first
   the model offers (``pretrained`` for the built-ins) and must be one it offers; ``data`` is
   an existing file or folder relative to this file's folder (default: the model's own data).
@@ -161,7 +163,7 @@ from topologies.fields import DIRECTIONS
 from topologies.reader import DocumentReader, line_of, read_text
 from topologies.units import format_duration_ms, parse_duration_ms
 from workloads.errors import WorkloadError
-from workloads.models import check_weights, get_model
+from workloads.models import check_offered, get_model
 from workloads.operators import OperatorCall, check_placement, parse_chain
 from workloads.wire import CODECS, CONNECTIONS
 
@@ -785,6 +787,8 @@ class _Validator(DocumentReader):
             self.fail(path, e.problem, e.allowed)
 
     def models(self, value: object) -> tuple[ModelRef, ...]:
+        from workloads.user import USER_WEIGHTS, check_factory, is_factory_file, is_factory_ref  # numpy: lazily
+
         refs: list[ModelRef] = []
         for i, item in enumerate(self.nonempty_list(value, "models", _MODELS_ALLOWED)):
             path = f"models[{i}]"
@@ -798,19 +802,24 @@ class _Validator(DocumentReader):
             else:
                 self.fail(path, f"expected a model name or a mapping, got {kind_of(item)}", _MODELS_ALLOWED)
             name = self.string(name, name_path, "a model name")
-            if name.endswith(".onnx") and not Path(name).is_absolute():
+            if (name.endswith(".onnx") or is_factory_file(name)) and not Path(name).is_absolute():
                 name = str(self.ctx.base_dir / name)
             try:
-                entry = get_model(name)
+                if is_factory_ref(name):     # trusted code: checked here, imported and called only to prepare
+                    check_factory(name)
+                    label, offered = name, USER_WEIGHTS
+                else:
+                    entry = get_model(name)
+                    label, offered = entry.name, entry.weights
             except WorkloadError as e:
                 self.fail(name_path, str(e))
             weights = item.get("weights")
             if weights is None:
-                weights = entry.weights[0] if entry.weights else "pretrained"
+                weights = offered[0] if offered else "pretrained"
             else:
-                weights = self.string(weights, f"{path}.weights", " | ".join(entry.weights))
+                weights = self.string(weights, f"{path}.weights", " | ".join(offered))
                 try:
-                    check_weights(entry, weights)
+                    check_offered(label, offered, weights)
                 except WorkloadError as e:
                     self.fail(f"{path}.weights", str(e))
             data = item.get("data")

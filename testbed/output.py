@@ -545,6 +545,7 @@ def _duration(s: float) -> str:
 
 
 def print_dry_run(name: str, cells: list, total_s: float, unknown: int) -> None:
+    from testbed.estimate import FACTORY
     from testbed.experiment import point_label
 
     t = Table(title=f"{name}: {len(cells)} cells (dry run: nothing is run)")
@@ -556,8 +557,13 @@ def print_dry_run(name: str, cells: list, total_s: float, unknown: int) -> None:
                   "?" if c.seconds is None else _duration(c.seconds), "done (kept)" if c.done else "to run")
     console.print(t)
     todo = sum(not c.done for c in cells)
-    note = (f"; {unknown} cells have no estimate (artifact not prepared: run testbed prepare first)"
-            if unknown else "")
+    factory = sum(not c.done and c.no_estimate == FACTORY for c in cells)
+    note = ""
+    if unknown - factory:
+        note += f"; {unknown - factory} cells have no estimate (artifact not prepared: run testbed prepare first)"
+    if factory:
+        note += (f"; {factory} cells of models from a Python factory have no estimate (a dry run imports and "
+                 "calls no factory)")
     if any(c.search for c in cells):
         note += ("; a search for the highest rate meeting load.slo is counted at its most, every run it may try "
                  "(most end sooner)")

@@ -26,7 +26,7 @@ class TestbedError(Exception):
 
     It lives here, in the bottom layer (stdlib only), so that every package can derive its
     own error from it without a cycle: `emulation` and `testbed` already read `topologies`,
-    and `workloads` reads only this module of it. The CLI has one handler for all of them
+    and `workloads` reads only this module of it and :mod:`topologies.trust` (stdlib only too). The CLI has one handler for all of them
     (:mod:`testbed.cli`). Programming errors are not ``TestbedError``: they reach the CLI's
     last line of defence as an internal error (exit 3)."""
 

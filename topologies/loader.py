@@ -44,7 +44,11 @@ line, the field path and what is allowed (see :class:`topologies.TopologyError`)
 
 Python topology files define ``topology(cores, memory_bytes)`` (or ``topology()``) and
 return a :class:`~topologies.TopologySpec` or a dict in the shape above; ``file.py:func``
-names another function.
+names another function. A Python file is trusted code: loading it runs it, with the
+testbed's rights (root), under ``testbed run --dry-run`` too (it must run to say what the
+topology is). So it is refused, and not run, unless the file and every folder above it
+pass :func:`topologies.trust.read_code` (owned by root or the invoking user, writable by no
+one else; a sticky folder such as ``/tmp`` may be), and what runs is the bytes checked.
 """
 from __future__ import annotations
 
@@ -63,6 +67,7 @@ from .errors import TopologyError, kind_of
 from .fields import DIRECTION_FIELDS, DIRECTIONS, HOST_FIELDS, LINK_KEYS, TOP_KEYS
 from .reader import DocumentReader, read_text
 from .spec import DirectionSpec, HostSpec, LinkSpec, TopologySpec
+from .trust import UntrustedError, read_code
 
 YAML_SUFFIXES = (".yaml", ".yml")
 PYTHON_ALLOWED = "a function returning a TopologySpec or a dict in the YAML shape"
@@ -151,16 +156,20 @@ def _error_line(tb, path: Path) -> int | None:
 
 
 def _load_python(path: Path, func_name: str, source: str, cores: float, memory_bytes: int) -> TopologySpec:
-    resolved = path.resolve()
+    try:
+        resolved, code = read_code(path)     # refused unless only root or the user can change it
+    except UntrustedError as e:
+        raise TopologyError(e.problem, e.allowed, source=source) from None
     module_name = f"_testbed_topology_{abs(hash(str(resolved)))}"
     module_spec = importlib.util.spec_from_file_location(module_name, resolved)
-    if module_spec is None or module_spec.loader is None:
+    if module_spec is None:
         raise TopologyError("cannot be imported", "a Python file", source=source)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # dataclasses defined in the file look their module up here
     try:
         try:
-            module_spec.loader.exec_module(module)
+            # the bytes that were checked, not the file again (nor a cached .pyc beside it)
+            exec(compile(code, str(resolved), "exec", dont_inherit=True), module.__dict__)  # noqa: S102
         except SyntaxError as e:
             raise TopologyError(f"Python syntax error: {e.msg}", "a valid Python file", source=source,
                                 line=e.lineno) from None

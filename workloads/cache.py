@@ -4,6 +4,13 @@ An entry is a folder named by the SHA-256 of everything that determines its cont
 weights, operator chain, parameters, library versions). It is built in a temporary folder
 beside the cache and renamed into place only when complete, so a failed or interrupted
 preparation never leaves a half-written entry. Readers see an entry whole or not at all.
+
+What the cache holds is loaded as it is found (models, trained weights, checkpoints), so it
+must be as trusted as the testbed: on every use, the root, each folder of the cache used and
+each entry found must be owned by root or the invoking user and writable by no one else
+(`topologies.trust.check_folder`), else one line refuses it. The cache's own folders are
+created 0o755 whatever the umask, and an entry's files and folders lose their group and
+other write bits before it is published.
 """
 from __future__ import annotations
 
@@ -13,12 +20,19 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from topologies.trust import UntrustedError, check_folder
+
+from .errors import WorkloadError
+
 COMPLETE = "complete.json"     # written last; an entry without it is not an entry
 LOCKS = ".locks"               # under the root: one lock file per entry ever built
+FOLDER_MODE = 0o755            # the cache's own folders (the umask may only narrow it)
+_HINT = "or set TESTBED_CACHE to a folder of your own"
 
 
 def default_root() -> Path:
@@ -48,17 +62,66 @@ def content_key(kind: str, **parts) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def make_folders(path: Path) -> None:
+    """``path`` and every missing folder above it, each created with mode `FOLDER_MODE`."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, FOLDER_MODE)
+
+
+def _close_writes(top: Path) -> None:
+    """No group or other write bit on ``top`` or anything in it (a build's files got the umask's)."""
+    for folder, dirs, files in os.walk(top):
+        for name in (".", *dirs, *files):
+            p = os.path.join(folder, name)
+            mode = os.lstat(p).st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o022:
+                os.chmod(p, stat.S_IMODE(mode) & ~0o022)
+
+
 class Cache:
+    """The cache under ``root`` (default `default_root`). Nothing is touched until it is used;
+    each use checks what it reads (see the module docstring)."""
+
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_root()
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    @staticmethod
+    def _check(folder: Path, what: str) -> Path:
+        try:
+            check_folder(folder, what=what, hint=_HINT)
+        except UntrustedError as e:
+            raise WorkloadError(str(e)) from None
+        return folder
+
+    def folder(self, *parts: str) -> Path:
+        """The cache's folder ``root/parts...`` (``checkpoints``, ``datasets``, an entry kind),
+        created `FOLDER_MODE` when missing; it and each folder above it up to the root are
+        checked."""
+        make_folders(self.root)
+        folder = self._check(self.root, "cache folder")
+        for part in parts:
+            folder = folder / part
+            make_folders(folder)
+            self._check(folder, "cache folder")
+        return folder
+
     def get(self, kind: str, key: str) -> Path | None:
-        """The entry's folder when it is complete, else None."""
+        """The entry's folder when it is complete (and it, its kind's folder and the root pass
+        the check), else None; nothing is created."""
         p = self.path(kind, key)
-        return p if (p / COMPLETE).is_file() else None
+        if not (p / COMPLETE).is_file():
+            return None
+        for folder, what in ((self.root, "cache folder"), (p.parent, "cache folder"), (p, "cache entry")):
+            self._check(folder, what)
+        return p
 
     @contextlib.contextmanager
     def building(self, kind: str, key: str, description: dict | None = None):
@@ -66,12 +129,12 @@ class Cache:
 
         On an exception the temporary folder is removed and nothing is published.
         """
-        final = self.path(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        final = self.folder(kind) / key
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))     # 0o700
         try:
             yield tmp
             (tmp / COMPLETE).write_text(json.dumps(description or {}, indent=1, default=str))
+            _close_writes(tmp)
             self._publish(tmp, final)
         finally:
             if tmp.exists():
@@ -101,9 +164,8 @@ class Cache:
         prepare` of the same entry waits for the first and then finds it built."""
         import fcntl
 
-        folder = self.root / LOCKS / kind       # apart from the entries: a lock file is never removed
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"{key}.lock", "a") as f:
+        folder = self.folder(LOCKS, kind)      # apart from the entries: a lock file is never removed
+        with open(folder / f"{key}.lock", "a", opener=lambda p, flags: os.open(p, flags, 0o644)) as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
 

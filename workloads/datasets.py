@@ -231,9 +231,9 @@ SENTIMENT_CLASSES = ("negative", "positive")
 
 
 def vader_folder() -> Path:
-    """Where the sdist is kept: ``Cache().root / "datasets"``."""
+    """Where the sdist is kept: the cache's ``datasets`` folder (created and checked)."""
     from .cache import Cache
-    return Cache().root / "datasets"
+    return Cache().folder("datasets")
 
 
 def _download_command(folder: Path) -> list[str]:

@@ -99,8 +99,13 @@ def get_model(name: str) -> ModelEntry:
 
 
 def check_weights(entry: ModelEntry, weights: str) -> None:
-    if weights not in entry.weights:
-        raise WorkloadError(f"model {entry.name}: weights {weights!r} unknown; allowed: {choices(entry.weights)}")
+    check_offered(entry.name, entry.weights, weights)
+
+
+def check_offered(name: str, offered: tuple[str, ...], weights: str) -> None:
+    """``weights`` must be one of ``offered`` (model ``name``'s weights choices)."""
+    if weights not in offered:
+        raise WorkloadError(f"model {name}: weights {weights!r} unknown; allowed: {choices(offered)}")
 
 
 def default_cache_dir() -> Path:

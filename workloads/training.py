@@ -25,6 +25,7 @@ seconds stops wherever the clock says. torch is imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -148,10 +149,14 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
 
     ``checkpoint``: a file where the run's whole state (weights, optimizer, schedule, shuffle
     order and random state, history, position in the epoch) is saved at the end of every epoch
-    and at least every ``checkpoint_every_s`` seconds, written atomically. When the file
-    exists at the start, training resumes from it (same module structure, data and settings
-    required) instead of restarting, and ends as an uninterrupted run with the same seed
-    would; it is removed when training completes.
+    and at least every ``checkpoint_every_s`` seconds, written atomically, as tensors and plain
+    data only (``torch.load(weights_only=True)`` reads it), with the run's fingerprint in
+    ``<checkpoint>.json`` beside it. When the file exists at the start, its fingerprint is
+    checked first (another run's is an error), then training resumes from it (same module
+    structure, data and settings required) instead of restarting, and ends as an
+    uninterrupted run with the same seed would; a checkpoint that is not in that format (an
+    old pickle, or anything that would run code) is discarded, never loaded. Both files are
+    removed when training completes.
 
     Returns ``{"loss": [mean loss per epoch], "val": [metric per epoch], "val_metric": name,
     "steps", "epochs" (completed epochs, a float), "samples", "seconds", "stopped_by"}``; the
@@ -201,16 +206,14 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
     # taken before training: state that changes shape as it trains (a per-channel observer's
     # min/max start empty) must not make a run's own checkpoint look like another run's
     fingerprint = _fingerprint(module, n, batch_size, seed)
-    if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
-        if saved.get("fingerprint") != fingerprint:
-            raise WorkloadError(f"training: checkpoint {ckpt} belongs to another run (model, data or settings "
-                                "differ); delete it to start over")
+    saved = _load_checkpoint(ckpt, fingerprint, progress) if ckpt is not None else None
+    if saved is not None:
         module.load_state_dict(saved["module"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         history, epoch, start_batch = saved["history"], saved["epoch"], saved["batch"]
-        order, losses, seen = saved["order"], saved["losses"], saved["seen"]
+        order = None if saved["order"] is None else saved["order"].numpy()
+        losses, seen = saved["losses"], saved["seen"]
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
         t0 -= saved["elapsed"]
@@ -221,12 +224,16 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
     def save(batch: int) -> None:
         if ckpt is None:
             return
+        _write_fingerprint(ckpt, fingerprint)      # first: a checkpoint never exists without it
         tmp = ckpt.with_name(ckpt.name + ".tmp")
-        torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
-                    "epoch": epoch, "batch": batch, "order": order, "losses": losses, "seen": seen,
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                    "elapsed": time.monotonic() - t0}, tmp)
+        # tensors and plain data only (the shuffle order as a tensor, not a numpy array), which
+        # torch.load(weights_only=True) reads back without running any pickled code
+        with open(tmp, "wb", opener=_private) as f:
+            torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
+                        "epoch": epoch, "batch": batch, "order": None if order is None else torch.from_numpy(order),
+                        "losses": losses, "seen": seen, "rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(), "elapsed": time.monotonic() - t0}, f)
         os.replace(tmp, ckpt)
 
     last_save = last_note = time.monotonic()
@@ -290,7 +297,69 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
     history["seconds"] = round(time.monotonic() - t0, 2)
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)
+        _fingerprint_path(ckpt).unlink(missing_ok=True)
     return history
+
+
+def _private(path: str, flags: int) -> int:
+    """Open for writing with mode 0o644 (the umask may only narrow it): a checkpoint is read
+    back as trusted state, so no one but its owner may change it."""
+    return os.open(path, flags, 0o644)
+
+
+def _fingerprint_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name + ".json")
+
+
+def _write_fingerprint(ckpt: Path, fingerprint: list) -> None:
+    """``<checkpoint>.json``: the run's fingerprint, readable without loading the checkpoint.
+    Written once per run (it does not change while the run saves), atomically."""
+    path = _fingerprint_path(ckpt)
+    text = json.dumps({"fingerprint": fingerprint})
+    with contextlib.suppress(OSError):
+        if path.read_text() == text:
+            return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", opener=_private) as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(ckpt: Path, fingerprint: list, progress) -> dict | None:
+    """The state saved at ``ckpt`` by a run with this ``fingerprint``, or None to start over.
+
+    The fingerprint is read from ``<checkpoint>.json`` *before* the checkpoint is loaded: one
+    of another run is an error (delete it). The checkpoint itself is loaded with
+    ``weights_only=True``, which runs no pickled code; one without a fingerprint file (written
+    before checkpoints were kept in this format: a full pickle) or that cannot be loaded that
+    way is discarded, never loaded otherwise, and training starts over."""
+    import torch
+
+    if not ckpt.exists():
+        return None
+
+    def discard(why: str) -> None:
+        ckpt.unlink(missing_ok=True)
+        if progress:
+            progress(f"checkpoint {ckpt} discarded ({why}); training starts over")
+
+    try:
+        written = json.loads(_fingerprint_path(ckpt).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        discard("no readable fingerprint file beside it: an old checkpoint, kept as a pickle")
+        return None
+    if written != json.loads(json.dumps(fingerprint)):
+        raise WorkloadError(f"training: checkpoint {ckpt} belongs to another run (model, data or settings "
+                            "differ); delete it to start over")
+    try:
+        saved = torch.load(ckpt, weights_only=True, map_location="cpu")
+    except Exception as e:                  # UnpicklingError (code in it), a corrupt file: one line
+        discard(f"not loadable as plain tensors and data: {type(e).__name__}: {' '.join(str(e).split())[:120]}")
+        return None
+    if not isinstance(saved, dict) or saved.get("fingerprint") != fingerprint:
+        discard("its content does not match its fingerprint file")
+        return None
+    return saved
 
 
 def _fingerprint(module, n: int, batch_size: int, seed: int) -> list:

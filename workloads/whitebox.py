@@ -474,7 +474,6 @@ def trained_model(entry: ModelEntry, calls: tuple[OperatorCall, ...], ctx: Build
     cache: Cache = ctx.cache
     key = content_key("trained", base=base.parent.name, calls=[c.as_dict() for c in calls], seed=ctx.seed,
                       data=data_digest, libs=library_versions(), version=VERSION)
-    checkpoint_dir = cache.root / "checkpoints"
 
     def build(folder: Path) -> None:
         import onnx
@@ -486,10 +485,9 @@ def trained_model(entry: ModelEntry, calls: tuple[OperatorCall, ...], ctx: Build
         for i, call in enumerate(calls):
             if call.name not in APPLY:
                 raise WorkloadError(f"{entry.name}: operator {call.name} is not built yet")
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
             t_call = time.monotonic()
             module, reports[call.name] = APPLY[call.name](module, entry, call, train, ctx,
-                                                          checkpoint_dir / f"{key}-{i}.pt")
+                                                          cache.folder("checkpoints") / f"{key}-{i}.pt")
             reports[call.name]["seconds"] = round(time.monotonic() - t_call, 2)
             reports[call.name]["seed"] = ctx.seed
         path = folder / TRAINED_FILE

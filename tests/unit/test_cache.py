@@ -90,3 +90,93 @@ def test_a_published_entry_is_never_removed_by_a_later_publisher(tmp_path):
         (tmp / "v").write_text("second")
     assert first.stat().st_ino == inode and (first / "v").read_text() == "first"
     assert sorted(p.name for p in first.parent.iterdir()) == ["k4"]
+
+
+# ---- issue 19: the cache is trusted, so only root or its user may change it ----------------
+
+as_root = pytest.mark.skipif(__import__("os").geteuid() != 0, reason="chown to another user needs root")
+
+
+def _built(cache, key="k"):
+    return cache.get_or_build("artifacts", key, lambda f: (f / "model.onnx").write_bytes(b"x"))
+
+
+@pytest.mark.parametrize("where", ["root", "kind", "entry"])
+def test_a_cache_folder_others_may_write_is_refused_in_one_line(tmp_path, where):
+    from workloads.errors import WorkloadError
+
+    cache = Cache(tmp_path / "cache")
+    entry = _built(cache)
+    folder = {"root": cache.root, "kind": entry.parent, "entry": entry}[where]
+    folder.chmod(0o777)
+    with pytest.raises(WorkloadError) as e:
+        cache.get("artifacts", "k")
+    what = "cache entry" if where == "entry" else "cache folder"
+    assert str(e.value).startswith(f"{what} {folder} is writable by its group and by others (mode 0777; chmod go-w "
+                                   f"{folder}); allowed: a {what} owned by root or you (")
+    assert str(e.value).endswith(") and writable only by its owner, or set TESTBED_CACHE to a folder of your own")
+    with pytest.raises(WorkloadError, match="writable by its group and by others"):
+        _built(cache, "k" if where == "entry" else "other")       # building into it, or using it, too
+    folder.chmod(0o755)
+    assert cache.get("artifacts", "k") == entry
+
+
+@as_root
+def test_a_cache_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    import os
+
+    from workloads.errors import WorkloadError
+
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    cache = Cache(tmp_path / "cache")
+    entry = _built(cache)
+    os.chown(entry, 12345, 12345)
+    with pytest.raises(WorkloadError, match=rf"^cache entry {entry} is owned by uid 12345, not by root or you"):
+        cache.get("artifacts", "k")
+    os.chown(cache.root, 12345, 12345)
+    with pytest.raises(WorkloadError, match=rf"^cache folder {cache.root} is owned by uid 12345"):
+        cache.folder("checkpoints")
+    monkeypatch.setenv("SUDO_UID", "12345")        # theirs, when they ran the testbed with sudo
+    assert cache.get("artifacts", "k") == entry
+
+
+def test_the_caches_folders_and_entries_are_closed_to_others_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    cache = Cache(tmp_path / "a" / "b" / "cache")
+    old = os.umask(0)                              # the loosest umask: a plain mkdir would be 0777
+    try:
+        entry = cache.get_or_build("artifacts", "k", lambda f: ((f / "sub").mkdir(), (f / "sub" / "x").write_text(
+            "1"), (f / "model.onnx").write_bytes(b"x")))
+        checkpoints = cache.folder("checkpoints")
+    finally:
+        os.umask(old)
+    made = [tmp_path / "a", tmp_path / "a" / "b", cache.root, entry.parent, checkpoints, cache.root / ".locks",
+            cache.root / ".locks" / "artifacts"]
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in made} == {str(p): "0o755" for p in made}
+    inside = [entry, *entry.rglob("*"), *(cache.root / ".locks").rglob("*.lock")]
+    assert len(inside) == 6 and not [p for p in inside if p.stat().st_mode & 0o022]
+
+
+def test_testbed_refuses_a_cache_that_others_may_write_in_one_line(tmp_path):
+    """TESTBED_CACHE pointing at a folder everyone may write: `testbed models cuts` (which
+    exports into the cache) stops in one line instead of using it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.unit.test_user_models import _tiny_onnx
+
+    model = _tiny_onnx(tmp_path / "net.onnx")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "testbed.cli", "models", "cuts", str(model)], cwd=tmp_path,
+                          env={**os.environ, "TESTBED_CACHE": str(shared), "PYTHONPATH": str(repo)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.startswith(f"Error: cache folder {shared} is writable by its group "
+                                                           "and by others (mode 0777")
+    assert len(done.stderr.strip().splitlines()) == 1 and list(shared.iterdir()) == []

@@ -149,7 +149,7 @@ def test_factory_entries(factories):
 @pytest.mark.parametrize("fn, message", [
     ("no_shape", r"no example input shape; return \(module, example_input_shape\) from the factory, "
                  r"or set module.example_input_shape, e.g. \(1, 3, 224, 224\)"),
-    ("not_a_module", "the factory returned str, not a torch.nn.Module"),
+    ("not_a_module", r"the factory not_a_module returned str \('hello'\), not a torch.nn.Module"),
     ("batch_of_two", r"example input shape \(2, 4\) must start with the batch axis 1"),
     ("crashes", r"the factory failed \(RuntimeError: weights file missing\)"),
     ("not_callable", "not_callable is not callable"),
@@ -162,8 +162,9 @@ def test_bad_factories(factories, fn, message):
 
 
 @pytest.mark.parametrize("ref, message", [
-    ("no_such_module_xyz:make", r"cannot import no_such_module_xyz \(ModuleNotFoundError: .*\); make it importable"),
-    ("a:b:c", "not a model reference; expected a path ending in .onnx or package.module:factory"),
+    ("no_such_module_xyz:make", r"cannot find module no_such_module_xyz on the Python path; make it importable"),
+    ("a:b:c", "not a model reference; expected a path ending in .onnx, path/to/file.py:factory or "
+              "package.module:factory"),
     (":make", "not a model reference"),
     ("pkg.mod:", "not a model reference"),
     ("some file:make", "not a model reference"),

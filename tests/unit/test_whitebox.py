@@ -125,8 +125,13 @@ def test_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_run(t
     ckpt = tmp_path / "run.pt"
     _, stopped = run(ckpt, stop_at=17)                        # mid-epoch 2 (13 steps per epoch)
     assert stopped is None and ckpt.exists()
+    # issue 19: tensors and plain data, which load without unpickling any code; the fingerprint beside it
+    saved = torch.load(ckpt, weights_only=True)
+    assert (saved["epoch"], saved["batch"]) == (1, 3) and saved["order"].shape == (400,)
+    assert (tmp_path / "run.pt.json").is_file()
+    assert oct(ckpt.stat().st_mode & 0o777) == "0o644"
     resumed, h_resumed = run(ckpt)
-    assert not ckpt.exists()                                  # removed once training completed
+    assert not ckpt.exists() and not (tmp_path / "run.pt.json").exists()   # removed once training completed
     assert h_resumed["steps"] == h_whole["steps"] == 26
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
@@ -135,6 +140,47 @@ def test_training_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_run(t
     run(ckpt, stop_at=3)
     with pytest.raises(WorkloadError, match="belongs to another run"):
         fit(_net(), data, input_names=["image"], epochs=2, batch_size=16, seed=0, checkpoint=ckpt)
+
+
+class _Payload:
+    """What a malicious pickle holds: unpickling it runs code (here: writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("fingerprint_file", [False, True])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_malicious_pickle_where_a_checkpoint_is_expected_is_discarded_not_run(tmp_path, fingerprint_file, legacy):
+    """Issue 19: checkpoints were loaded with torch.load(weights_only=False) before their
+    fingerprint was checked, so a pickle in the cache ran as root. Without a fingerprint file
+    (an old checkpoint) it is not even opened; with one that matches, weights_only refuses it."""
+    import json
+
+    from workloads.training import _fingerprint, fit
+
+    data = _data("train")
+    marker = tmp_path / "ran"
+    ckpt = tmp_path / "run.pt"
+    # torch.save's zip archive, or its legacy format (pickles one after the other)
+    torch.save({"fingerprint": None, "module": _Payload(marker)}, ckpt, _use_new_zipfile_serialization=not legacy)
+    torch.manual_seed(0)
+    m = _net()
+    if fingerprint_file:
+        (tmp_path / "run.pt.json").write_text(json.dumps({"fingerprint": _fingerprint(m, len(data), 32, 0)}))
+    notes = []
+    try:
+        h = fit(m, data, input_names=["image"], epochs=1, batch_size=32, seed=0, checkpoint=ckpt,
+                progress=notes.append)
+    finally:
+        assert not marker.exists()              # whatever else happened, the pickle's code did not run
+    assert h["steps"] == 13 and "resumed_at" not in h                       # trained from the start
+    assert any(n.startswith(f"checkpoint {ckpt} discarded (") and n.endswith("; training starts over")
+               for n in notes), notes
+    assert not ckpt.exists()
 
 
 def test_quantization_aware_training_resumes_from_its_checkpoint(tmp_path):
