@@ -285,16 +285,18 @@ class Server:
 
     def _files_for_connections(self) -> None:
         """Make room for max_connections open connections (two files each on a server with a
-        next hop): raise the soft limit on open files up to the hard one, or say why not."""
+        next hop): raise the limit on open files (the hard one too where this process may, as
+        root), or say why not."""
         need = self.cfg.max_connections * (2 if self.cfg.next_hop is not None else 1) + FILES_BESIDE_CONNECTIONS
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft == resource.RLIM_INFINITY or soft >= need:
             return
-        if hard != resource.RLIM_INFINITY and hard < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard if hard == resource.RLIM_INFINITY else max(hard, need)))
+        except (ValueError, OSError):
             raise ValueError(f"{self.cfg.host}: {self.cfg.max_connections} connections (serving.max_connections) need "
-                             f"{need} open files, but this process may open at most {hard} (ulimit -Hn): lower "
-                             "serving.max_connections or raise the limit")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+                             f"{need} open files, but this process may open at most {hard} (ulimit -Hn) and "
+                             "cannot raise that: lower serving.max_connections or raise the limit") from None
 
     # -- lifecycle ------------------------------------------------------------------------
     def bind(self) -> None:
