@@ -400,6 +400,10 @@ def test_the_connection_cap_gets_the_open_files_it_needs_or_says_why_not_in_one_
     p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--max-connections 0: expected a whole number >= 1" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+    argv[argv.index("--max-connections") + 1] = "8"
+    argv[argv.index("--timeout") + 1] = "0"                        # the stall timeout must be one
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--timeout 0.0: expected seconds above 0, at most a day" in p.stderr
 
 
 # ---- fuzz ---------------------------------------------------------------------------------------
