@@ -29,7 +29,7 @@ The format
     requests: {warmup: 3, repeat: 30, inputs: 10, timeout: 120s}
     load: {scenario: single-stream} # or server / multi-stream / offline: many requests in flight
     codec: binary                   # or json-base64
-    serving: {connection: persistent, threads: auto, pace: true}   # or per-request; threads: N or {host: N}
+    serving: {connection: persistent, threads: auto, pace: true, max_connections: auto}
     sweep:                          # optional: every combination of values is one point
       links.mobile-edge.bandwidth: [1Mbit, 10Mbit, 100Mbit]
       links.edge-cloud.bandwidth:  [1Mbit, 10Mbit]
@@ -106,7 +106,11 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   take its CPU time / cores (``workloads.pacing``: a slow host is slow on every
   request, not only once its quota is spent), ``false`` leaves the CPU quota alone to shape it
   (the studies' Docker ``--cpus``, whose 100 ms period lets short inferences run at full
-  speed: set ``hosts.<h>.cpu_period: 100ms`` as well to reproduce them).
+  speed: set ``hosts.<h>.cpu_period: 100ms`` as well to reproduce them); ``max_connections``:
+  the open connections each host server takes before it refuses more (an error frame, then
+  close; counted in the cell's ``hosts``), ``auto`` (default: twice what the cell's load may
+  hold open to one server, at least 1024; see :meth:`Experiment.connections_needed`) or a
+  whole number from that need up to 1048576.
 - ``sweep``: a mapping of a dotted path to a non-empty list of distinct values. Paths are
   those of ``--set`` (below) except ``name``, ``sweep``, and what makes a cell's model or
   strategy (``models``, ``models.<i>``, ``models.<i>.name``, ``strategies``,
@@ -165,7 +169,7 @@ from topologies.units import format_duration_ms, parse_duration_ms
 from workloads.errors import WorkloadError
 from workloads.models import check_offered, get_model
 from workloads.operators import OperatorCall, check_placement, parse_chain
-from workloads.wire import CODECS, CONNECTIONS
+from workloads.wire import CODECS, CONNECTIONS, GENERATOR_CONNECTIONS
 
 TOP_KEYS = ("name", "topology", "hosts", "links", "models", "strategies", "source", "requests", "load", "codec",
             "serving", "sweep")
@@ -178,8 +182,11 @@ DEFAULT_TOPOLOGY = "three_tier"
 CLIENT = "client"
 SOURCE = "source"    # in a placement, first: each request's source host runs part 0
 DEFAULT_CODEC = next(iter(CODECS))
-SERVING_KEYS = ("connection", "threads", "pace")
+SERVING_KEYS = ("connection", "threads", "pace", "max_connections")
 MAX_THREADS = 256
+# serving.max_connections: auto is twice the need (a per-request connection's server thread may
+# outlive its close for a moment beside the next one), at least AUTO_MIN_CONNECTIONS
+AUTO_MIN_CONNECTIONS, MAX_CONNECTIONS = 1024, 1 << 20
 MODEL_KEYS = ("name", "weights", "data")
 STRATEGY_KEYS = ("name", "operators", "placement")
 # requests key -> (lowest, highest, default)
@@ -323,6 +330,7 @@ class Serving:
     connection: str = CONNECTIONS[0]
     threads: int | tuple[tuple[str, int], ...] | None = None
     pace: bool = True
+    max_connections: int | None = None      # open connections per server (None: auto)
 
     def threads_for(self, host: str) -> int | None:
         if isinstance(self.threads, tuple):
@@ -331,7 +339,8 @@ class Serving:
 
     def to_dict(self) -> dict:
         threads = dict(self.threads) if isinstance(self.threads, tuple) else (self.threads or "auto")
-        return {"connection": self.connection, "threads": threads, "pace": self.pace}
+        return {"connection": self.connection, "threads": threads, "pace": self.pace,
+                "max_connections": self.max_connections or "auto"}
 
 
 class ArtifactNeed(NamedTuple):
@@ -387,6 +396,23 @@ class Experiment:
     def sources(self) -> tuple[str, ...]:
         """The hosts requests start from: ``load.sources``, else ``(source,)``."""
         return self.load.sources or (self.source,)
+
+    def connections_needed(self) -> tuple[int, str]:
+        """The most connections this experiment's requests may hold open to one server at once,
+        and why: one at a time (single-stream); the requests in flight (multi-stream,
+        offline: a connection each); as many as every source's generator may open (server,
+        an open loop). A server with a next hop opens as many to it as it has upstream."""
+        load = self.load
+        if not load.concurrent:
+            return 1, "one request at a time"
+        if load.scenario == "server":
+            n = len(self.sources)
+            return GENERATOR_CONNECTIONS * n, f"{n} source{'s' * (n > 1)} x {GENERATOR_CONNECTIONS} in the server scenario"
+        return load.in_flight(), f"{load.in_flight()} requests in flight ({load.scenario})"
+
+    def max_connections(self) -> int:
+        """``serving.max_connections`` for this experiment's servers (auto resolved)."""
+        return self.serving.max_connections or max(AUTO_MIN_CONNECTIONS, 2 * self.connections_needed()[0])
 
     def per_source(self, strategy: Strategy) -> bool:
         """The strategy's first part runs on each source host (``source`` first in its placement)."""
@@ -720,7 +746,7 @@ class _Validator(DocumentReader):
         requests = self.requests(raw.get("requests"))
         load = self.load(raw, topology)
         self.source_placements(strategies, load.sources or (source,), topology)
-        return Experiment(
+        exp = Experiment(
             name=name,
             topology=topology,
             models=models,
@@ -735,6 +761,13 @@ class _Validator(DocumentReader):
             _raw=raw,
             _context=self.ctx,
         )
+        cap = exp.serving.max_connections
+        need, why = exp.connections_needed()
+        if cap is not None and cap < need:
+            self.fail("serving.max_connections", f"{cap} is below the {need} connections this experiment's load "
+                      f"may hold open to one server ({why})",
+                      f"auto, or a whole number {need} to {MAX_CONNECTIONS}")
+        return exp
 
     def topology(self, ref: object) -> TopologySpec:
         allowed = (f"a built-in ({', '.join(BUILTINS)}), a .yaml/.yml/.py file relative to the experiment "
@@ -1025,7 +1058,8 @@ class _Validator(DocumentReader):
         return value  # type: ignore[return-value]
 
     def serving(self, value: object, spec: TopologySpec) -> Serving:
-        body = self.mapping(value, "serving", SERVING_KEYS, "{connection: persistent, threads: auto, pace: true}")
+        body = self.mapping(value, "serving", SERVING_KEYS,
+                            "{connection: persistent, threads: auto, pace: true, max_connections: auto}")
         connection = body.get("connection", CONNECTIONS[0])
         if connection not in CONNECTIONS:
             shown = f"'{connection}'" if isinstance(connection, str) else kind_of(connection)
@@ -1053,7 +1087,14 @@ class _Validator(DocumentReader):
         if not isinstance(pace, bool):
             self.fail("serving.pace", f"{pace!r} is not true or false",
                       "true (each inference takes its CPU time / the host's cores) or false (the CPU quota alone)")
-        return Serving(connection, chosen, pace)
+        cap = body.get("max_connections", "auto")
+        if cap == "auto" or cap is None:
+            cap = None
+        elif isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= MAX_CONNECTIONS:
+            self.fail("serving.max_connections", f"{cap!r} is not a connection count",
+                      f"auto (twice what the load may hold open, at least {AUTO_MIN_CONNECTIONS}), "
+                      f"or a whole number 1 to {MAX_CONNECTIONS}")
+        return Serving(connection, chosen, pace, cap)
 
     def sweep(self, value: object) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         if value is not None and not isinstance(value, dict):

@@ -42,6 +42,8 @@ from .experiment import Experiment, ModelRef, Strategy, point_label
 from .store import CellRecord, HopRow, RequestRow, ResultStore
 
 READY_TIMEOUT_S = 120.0      # loading a part (ORT session creation) on a throttled host
+# what a server counts and prints when it stops (workloads.serving), kept with its host
+SERVER_COUNTERS = ("served", "refused", "stalled", "bad_frames", "internal_errors", "uncaught")
 
 
 class RunError(TestbedError):
@@ -80,9 +82,12 @@ class Events:
 
 def cell_key(exp: Experiment, point: dict, model: ModelRef, strategy: Strategy) -> str:
     """A stable key: readable model/strategy plus a digest of everything that defines the cell."""
+    # the connection cap is left out: it never changes what a cell measures (a cap below what its
+    # load holds open is refused when the file is loaded), and keys stay those of earlier runs
+    serving = {k: v for k, v in exp.serving.to_dict().items() if k != "max_connections"}
     defn = {"point": point, "model": model.to_dict(), "strategy": strategy.to_dict(),
             "topology": exp.topology.to_dict(), "requests": exp.requests.to_dict(), "codec": exp.codec,
-            "source": exp.source, "serving": exp.serving.to_dict()}
+            "source": exp.source, "serving": serving}
     if exp.load.concurrent:     # (single-stream cells keep the keys they had before load scenarios)
         defn["load"] = exp.load.to_dict()
         defn["source"] = list(exp.sources)
@@ -125,6 +130,13 @@ def check_pace(host: str, ready: dict, asked: float | None) -> None:
     if ready.get("pace") != asked:
         raise RunError(f"server on {host}: asked to pace inferences to {asked} cores, but it reports "
                        f"{ready.get('pace')!r}: check that workloads.serving is this version")
+
+
+def check_connections(host: str, ready: dict, asked: int) -> None:
+    """serving.max_connections read back from the server's ready line; a mismatch is a RunError."""
+    if ready.get("max_connections") != asked:
+        raise RunError(f"server on {host}: asked to take {asked} connections at most, but it reports "
+                       f"{ready.get('max_connections')!r}: check that workloads.serving is this version")
 
 
 def judge_compute(samples: list[tuple[float, float]], cpus: float | None, threads: int) -> dict:
@@ -441,7 +453,7 @@ class CellExecution:
             cfg = ServerConfig(str(cell.artifact), i, host, [(addr, PORT) for addr in net.addresses(host)],
                                next_hop, threads=host_threads(exp, host, self.cores), codec=exp.codec,
                                connection=exp.serving.connection, timeout_s=exp.requests.timeout_ms / 1000,
-                               pace=host_pace(exp, host))
+                               pace=host_pace(exp, host), max_connections=exp.max_connections())
             argv = [sys.executable, "-m", "workloads.serving", *cfg.to_argv()]
             log = self._log_path(host)
             with log.open("a") as f:
@@ -456,6 +468,7 @@ class CellExecution:
             ready = self._wait_ready(host)
             check_threads(host, ready)
             check_pace(host, ready, host_pace(exp, host))
+            check_connections(host, ready, exp.max_connections())
             limits = exp.topology.host(host)
             held = net.cgroups[host].read_back()
             self.hosts[host] = {"part": ready["part"], "threads": ready["threads"],
@@ -465,7 +478,9 @@ class CellExecution:
                                 "memory_bytes": limits.memory_bytes,
                                 "cpu_period_us": held.period_us if held.cpus is not None else None,
                                 "cpu_period": "set" if limits.cpu_period_us is not None else "auto",
-                                "pace": ready.get("pace"), "pace_factor": ready.get("pace_factor")}
+                                "pace": ready.get("pace"), "pace_factor": ready.get("pace_factor"),
+                                "max_connections": ready["max_connections"], "payload_limit": ready["payload_limit"],
+                                "stall_timeout_s": ready["stall_timeout_s"]}
 
     def _wait_ready(self, host: str) -> dict:
         p = self.servers[host]
@@ -493,9 +508,14 @@ class CellExecution:
         return ("; last log lines: " + " | ".join(lines)) if lines else ""
 
     def _stop_servers(self) -> None:
+        """Stop the servers; each one's counters (connections refused beyond the cap, closed
+        stalled, bad frames, internal errors) go with its host (``hosts[h].server``)."""
         terminate(self.servers.values())
-        for p in self.servers.values():
+        for host, p in self.servers.items():
             if p.stdout:
+                stopped = _read_until(p, time.monotonic() + 1.0, "stopped") if host in self.hosts else None
+                if stopped is not None:
+                    self.hosts[host]["server"] = {k: stopped.get(k) for k in SERVER_COUNTERS}
                 p.stdout.close()
 
     def _dead_servers(self) -> list[str]:

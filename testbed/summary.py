@@ -34,12 +34,21 @@ def load_flags(load: dict | None) -> list[str]:
 
 
 def host_flags(hosts: dict | None) -> list[str]:
-    """'host: why' for every host of a cell whose compute per request missed its share's promise."""
+    """'host: why' for every host of a cell whose compute per request missed its share's
+    promise, and for every server that refused connections beyond its cap or lost one to an
+    internal error (its counters, ``hosts[h].server``)."""
     out = []
     for name, h in (hosts or {}).items():
         judged = (h or {}).get("compute") or {}
         if judged.get("within") is False:
             out.append(f"{name}: {judged.get('note')}")
+        server = (h or {}).get("server") or {}
+        if server.get("refused"):
+            out.append(f"{name}: refused {server['refused']} connections beyond serving.max_connections "
+                       f"({h.get('max_connections')})")
+        errors = (server.get("internal_errors") or 0) + (server.get("uncaught") or 0)
+        if errors:
+            out.append(f"{name}: {errors} connections ended by an internal error (a bug: see logs/{name}.log)")
     return out
 
 

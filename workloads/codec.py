@@ -50,9 +50,12 @@ Errors
 A frame that breaks the format or the limits raises :class:`CodecError`, whose text is one
 line saying what was wrong (and the limit, where one applies). The connection is then out
 of step and should be closed; nothing else needs cleaning up. :class:`ConnectionClosed` (a
-CodecError) means the peer closed cleanly between frames. Socket timeouts and other
-``OSError`` (e.g. ``ConnectionResetError``) propagate unchanged; a timeout in the middle of
-a frame leaves the connection out of step as well.
+CodecError) means the peer closed cleanly between frames. A socket timeout (``settimeout``,
+or the kernel's ``SO_RCVTIMEO`` / ``SO_SNDTIMEO``) is a ``TimeoutError``:
+:class:`IdleTimeout` when no byte of a frame had arrived yet (the connection is idle and in
+step: reading may go on), :class:`StallTimeout` when a frame stopped arriving, or a peer
+took no bytes of one being sent, for that long (out of step: close it). Other ``OSError``
+(e.g. ``ConnectionResetError``) propagate unchanged.
 
 Use
 ---
@@ -85,7 +88,7 @@ from .wire import CODECS
 
 __all__ = [
     "MAGIC", "VERSION", "PREFIX", "CODECS", "DTYPES", "KINDS",
-    "Limits", "CodecError", "ConnectionClosed", "Message", "Frame",
+    "Limits", "CodecError", "ConnectionClosed", "IdleTimeout", "StallTimeout", "Message", "Frame",
     "encode", "send_frame", "send_message", "read_message", "BufferedReceiver",
 ]
 
@@ -113,6 +116,16 @@ class CodecError(TestbedError):
 
 class ConnectionClosed(CodecError):
     """The peer closed the connection cleanly before a frame began (0 bytes read)."""
+
+
+class IdleTimeout(TimeoutError):
+    """The socket's receive timeout passed before any byte of a frame arrived: the connection
+    is idle and still in step."""
+
+
+class StallTimeout(TimeoutError):
+    """The socket's timeout passed in the middle of a frame (no bytes arrived, or the peer
+    took none of a frame being sent): the connection is out of step and should be closed."""
 
 
 @dataclass(frozen=True)
@@ -349,7 +362,11 @@ def _send_all(sock: socket.socket, buffers: list[memoryview]) -> None:
         return
     i = 0
     while i < len(views):
-        sent = sendmsg(views[i:i + _IOV_MAX])
+        try:
+            sent = sendmsg(views[i:i + _IOV_MAX])
+        except BlockingIOError:       # SO_SNDTIMEO passed (or a non-blocking socket is full)
+            raise StallTimeout(f"the peer took no bytes for the send timeout, "
+                               f"{sum(len(v) for v in views[i:])} B of the frame left") from None
         while sent:
             size = len(views[i])
             if sent >= size:
@@ -441,7 +458,11 @@ class _Spec:
 def _recv_exact(sock: socket.socket, view: memoryview, done: int, what: str) -> None:
     size = len(view)
     while done < size:
-        got = sock.recv_into(view[done:])
+        try:
+            got = sock.recv_into(view[done:])
+        except (TimeoutError, BlockingIOError):     # settimeout, or SO_RCVTIMEO on a blocking socket
+            raise StallTimeout(f"the frame stalled: no bytes for the receive timeout after {done} of "
+                               f"{size} B of the {what}") from None
         if not got:
             raise CodecError(f"truncated frame: the connection closed after {done} of {size} B of "
                              f"the {what}")
@@ -595,7 +616,9 @@ def read_message(sock: "socket.socket | BufferedReceiver", limits: Limits = Limi
 
     ``codec``, if given, is the only codec accepted. Raises :class:`ConnectionClosed` when the
     peer closed before a frame began, :class:`CodecError` for anything that breaks the format
-    or ``limits`` (the connection should then be closed); socket timeouts and other OSError
+    or ``limits`` (the connection should then be closed); the socket's receive timeout raises
+    :class:`IdleTimeout` before a frame began (nothing was consumed: call again to wait on)
+    and :class:`StallTimeout` in the middle of one (close the connection); other OSError
     propagate unchanged. Memory beyond ``limits`` is never allocated: the prefix is checked
     before the header is read, and the whole header before the payload is.
     """
@@ -604,7 +627,10 @@ def read_message(sock: "socket.socket | BufferedReceiver", limits: Limits = Limi
     throttled0 = stalls.throttled_ns() if stalls is not None else 0
     prefix = bytearray(PREFIX.size)
     view = memoryview(prefix)
-    got = sock.recv_into(view)
+    try:
+        got = sock.recv_into(view)
+    except (TimeoutError, BlockingIOError):     # settimeout, or SO_RCVTIMEO on a blocking socket
+        raise IdleTimeout("no frame began within the receive timeout") from None
     if not got:
         raise ConnectionClosed("the connection closed before a frame began")
     recv_start = time.monotonic_ns()

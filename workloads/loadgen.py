@@ -52,10 +52,10 @@ import numpy as np
 
 from . import pacing
 from .serving import Client, check_output, load_inputs, parse_address
-from .wire import CODECS, CONNECTIONS
+from .wire import CODECS, CONNECTIONS, GENERATOR_CONNECTIONS
 
 SCENARIOS = ("server", "multi-stream", "offline")
-MAX_WORKERS = 512          # connections one generator keeps in flight at most (open loop)
+MAX_WORKERS = GENERATOR_CONNECTIONS   # connections one generator keeps in flight at most (open loop)
 PRESTART = 4               # connections an open loop opens before the start
 SWITCH_INTERVAL_S = 1e-4   # see Generator.run
 CHUNK = 4096               # arrivals drawn at a time (a duration's schedule is drawn until it ends)

@@ -6,7 +6,7 @@ inside a host's network namespace (and, for servers, its cgroup):
     python -m workloads.serving serve  --artifact DIR --part K --host NAME --listen ADDR:PORT
                                        [--next ADDR:PORT] [--threads N] [--codec binary]
                                        [--connection persistent|per-request] [--timeout S]
-                                       [--pace CORES]
+                                       [--pace CORES] [--max-connections N]
     python -m workloads.serving client --target ADDR:PORT --inputs FILE.npz --host NAME
                                        [--warmup W] [--repeat R] [--timeout S] [--codec ...]
                                        [--connection ...]
@@ -25,7 +25,27 @@ transfers and forwarding go on in their own threads. A ``ping`` is answered at o
 ``pong`` and the server's state (health check; ``queued``: the requests waiting or computing
 now). SIGTERM or SIGINT stops it promptly and cleanly, without computing the requests still
 queued (each gets an error answer, or its connection closes as the process exits). When it is
-ready it prints one JSON line on stdout (``{"ready": true, ...}``); its log goes to stderr.
+ready it prints one JSON line on stdout (``{"ready": true, ...}``), and when it stops another
+with its counters (``{"stopped": true, ...}``); its log goes to stderr.
+
+**Bounds.** What a peer can make a server allocate and hold is bounded (docs/wire.md):
+
+- *frame limits per artifact*: a request's payload may be at most :data:`LIMIT_MARGIN` times
+  the largest its part legitimately gets (`ArtifactRunner.largest_request`: the declared
+  inputs at batch 1), an answer from the next hop likewise (`largest_answer`); the codec
+  checks them before it allocates anything (a json-base64 header may hold the base64 of that
+  much), and a frame above them gets an error frame naming the limit;
+- *a stall timeout*: the kernel's ``SO_RCVTIMEO`` / ``SO_SNDTIMEO`` of every upstream
+  connection are ``--timeout`` (the request timeout): a frame that stops arriving, or an
+  answer the peer stops taking, for that long closes the connection. A client has given up
+  on any request by then, so no legitimate request is cut short, however slow its link;
+  between frames a connection may idle as long as it likes (it lives for one cell);
+- *a connection cap*: beyond ``--max-connections`` open upstream connections a new one gets
+  an error frame and is closed; the refusals are counted.
+
+The counters (``refused``, ``stalled``, ``bad_frames``, ``internal_errors``: a connection
+closed by an unexpected exception, ``uncaught``: a thread that died) are in every ``pong``
+and in the line printed at the stop.
 
 **Trace.** Every process that receives a frame appends a record to the message's
 ``meta.trace`` and the answer carries the list home: :mod:`workloads.trace` defines the record
@@ -42,25 +62,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import pacing
 from . import trace as tr
-from .codec import (CODECS, BufferedReceiver, CodecError, ConnectionClosed, Limits, Message, read_message,
-                    send_message)
+from .codec import (CODECS, BufferedReceiver, CodecError, ConnectionClosed, IdleTimeout, Limits, Message,
+                    StallTimeout, read_message, send_message)
 from .wire import CONNECTIONS
 
 PORT = 7070
 LOG_LINES = 20
 BACKLOG = max(socket.SOMAXCONN, 1024)   # connections not yet accepted; many clients connect at once
+LIMIT_MARGIN = 2                 # a frame may carry up to this many times the largest legitimate payload
+DEFAULT_MAX_CONNECTIONS = 1024   # open upstream connections (the runner sets serving.max_connections)
+FILES_BESIDE_CONNECTIONS = 128   # listeners, logs, ONNX Runtime's own: open files a server needs anyway
 
 
 def _now() -> int:
@@ -106,8 +131,9 @@ class ServerConfig:
     codec: str = "binary"
     connection: str = "persistent"
     timeout_s: float = 120.0
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=Limits)   # the ceiling: a server takes less (its artifact's limits)
     pace: float | None = None       # pace each inference to this many cores (None: the quota alone)
+    max_connections: int = DEFAULT_MAX_CONNECTIONS   # open upstream connections; more are refused
 
     def to_argv(self) -> list[str]:
         """The ``serve`` command line (after ``python -m workloads.serving``) that starts a server
@@ -116,7 +142,7 @@ class ServerConfig:
             raise ValueError(f"{self.host}: serve has no option for frame limits: a server uses the defaults")
         argv = ["serve", "--artifact", str(self.artifact), "--part", str(self.part), "--host", self.host,
                 "--threads", str(self.threads), "--codec", self.codec, "--connection", self.connection,
-                "--timeout", repr(float(self.timeout_s))]
+                "--timeout", repr(float(self.timeout_s)), "--max-connections", str(self.max_connections)]
         for address, port in self.listen:
             argv += ["--listen", f"{address}:{port}"]
         if self.next_hop is not None:
@@ -130,7 +156,7 @@ class ServerConfig:
         """The config of a parsed ``serve`` command line (ValueError for a bad address)."""
         return cls(a.artifact, a.part, a.host, [parse_address(x) for x in a.listen],
                    parse_address(a.next) if a.next else None, a.threads, a.codec, a.connection, a.timeout,
-                   pace=a.pace)
+                   pace=a.pace, max_connections=a.max_connections)
 
 
 @dataclass
@@ -220,10 +246,57 @@ class Server:
         if (cfg.part < last) != (cfg.next_hop is not None):
             raise ValueError(f"part {cfg.part} of {last + 1}: --next is needed exactly when a later part exists")
         self.needs = next(s for s in self.runner.segments if s.part == cfg.part).inputs
+        if type(cfg.max_connections) is not int or cfg.max_connections < 1:
+            raise ValueError(f"{cfg.host}: --max-connections {cfg.max_connections!r}: expected a whole number >= 1")
+        if not 0 < cfg.timeout_s <= 3600 * 24:
+            raise ValueError(f"{cfg.host}: --timeout {cfg.timeout_s!r}: expected seconds above 0, at most a day")
+        self.request_limits, self.answer_limits, self.limits_note = self._frame_limits()
+        self._files_for_connections()
+        # the stall timeout of every upstream connection, as the kernel takes it (struct timeval)
+        self.stall_timeval = struct.pack("@ll", *divmod(max(1, round(cfg.timeout_s * 1e6)), 1_000_000))
         self.turns = _Turns()       # one inference at a time, in arrival order
         self.stopping = threading.Event()
         self.served = 0
         self.listeners: list[socket.socket] = []
+        self.lock = threading.Lock()    # the counters below
+        self.connections = 0            # upstream connections open now
+        self.refused = 0                # connections refused beyond max_connections
+        self.stalled = 0                # connections closed: a frame stopped arriving (or an answer being taken)
+        self.bad_frames = 0             # frames that broke the format or the limits (error frame, closed)
+        self.internal_errors = 0        # connections closed by an unexpected exception (a bug)
+        self.uncaught = 0               # threads that died of one (threading.excepthook)
+
+    def _frame_limits(self) -> tuple[Limits, Limits | None, str]:
+        """The limits on requests and (with a next hop) on its answers: LIMIT_MARGIN times the
+        largest legitimate payload, no more than ``cfg.limits``; and why a bound could not be
+        derived ('' when both were)."""
+        cfg, notes = self.cfg, []
+
+        def bounded(largest: tuple[int | None, str], what: str) -> Limits:
+            n, why = largest
+            if n is None:
+                notes.append(f"{what}: {why}, so the default limit applies")
+                return cfg.limits
+            return replace(cfg.limits, max_payload_bytes=min(cfg.limits.max_payload_bytes, LIMIT_MARGIN * n))
+
+        requests = bounded(self.runner.largest_request(cfg.part), "requests")
+        answers = bounded(self.runner.largest_answer(cfg.part), "answers") if cfg.next_hop is not None else None
+        return requests, answers, "; ".join(notes)
+
+    def _files_for_connections(self) -> None:
+        """Make room for max_connections open connections (two files each on a server with a
+        next hop): raise the limit on open files (the hard one too where this process may, as
+        root), or say why not."""
+        need = self.cfg.max_connections * (2 if self.cfg.next_hop is not None else 1) + FILES_BESIDE_CONNECTIONS
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft >= need:
+            return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard if hard == resource.RLIM_INFINITY else max(hard, need)))
+        except (ValueError, OSError):
+            raise ValueError(f"{self.cfg.host}: {self.cfg.max_connections} connections (serving.max_connections) need "
+                             f"{need} open files, but this process may open at most {hard} (ulimit -Hn) and "
+                             "cannot raise that: lower serving.max_connections or raise the limit") from None
 
     # -- lifecycle ------------------------------------------------------------------------
     def bind(self) -> None:
@@ -240,7 +313,27 @@ class Server:
                 "listen": [f"{a}:{p}" for a, p in self.cfg.listen], "threads": self.cfg.threads,
                 "sessions": len(self.runner.sessions), "pool_threads": self.pool_threads,
                 "pace": self.cfg.pace, "pace_factor": self.pacer.factor,
-                "load_ms": round(self.load_ms, 2), "rss_bytes": _rss_bytes(), "queued": self.turns.pending}
+                "load_ms": round(self.load_ms, 2), "rss_bytes": _rss_bytes(), "queued": self.turns.pending,
+                "payload_limit": self.request_limits.max_payload_bytes,
+                "answer_limit": self.answer_limits.max_payload_bytes if self.answer_limits else None,
+                "limits_note": self.limits_note, "stall_timeout_s": self.cfg.timeout_s,
+                "max_connections": self.cfg.max_connections, **self.counters()}
+
+    def counters(self) -> dict:
+        """Upstream connections open now, and what was refused or closed, and why."""
+        with self.lock:
+            return {"connections": self.connections, "refused": self.refused, "stalled": self.stalled,
+                    "bad_frames": self.bad_frames, "internal_errors": self.internal_errors,
+                    "uncaught": self.uncaught}
+
+    def _count(self, name: str) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def uncaught_exception(self, args: threading.ExceptHookArgs) -> None:
+        """threading.excepthook: a thread that died is counted (and logged as Python would)."""
+        self._count("uncaught")
+        threading.__excepthook__(args)
 
     def serve_forever(self) -> None:
         threads = [threading.Thread(target=self._accept_loop, args=(s,), daemon=True) for s in self.listeners]
@@ -251,7 +344,15 @@ class Server:
         for s in self.listeners:
             _close(s)
         self.turns.close()      # the requests still waiting get an error answer, not an inference
-        _log(f"{self.cfg.host}: stopped after {self.served} requests")
+        c = self.counters()
+        bounds = [f"{c['refused']} connections refused beyond serving.max_connections "
+                  f"({self.cfg.max_connections})" if c["refused"] else "",
+                  f"{c['stalled']} closed stalled" if c["stalled"] else "",
+                  f"{c['bad_frames']} bad frames" if c["bad_frames"] else "",
+                  f"{c['internal_errors'] + c['uncaught']} internal errors"
+                  if c["internal_errors"] + c["uncaught"] else ""]
+        _log(f"{self.cfg.host}: stopped after {self.served} requests"
+             + "".join(f"; {b}" for b in bounds if b))
 
     def stop(self, *_args) -> None:
         self.stopping.set()
@@ -285,11 +386,47 @@ class Server:
                 conn, peer = listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._connection, args=(conn, peer), daemon=True).start()
+            except OSError as e:
+                if self.stopping.is_set() or listener.fileno() < 0:
+                    return
+                _log(f"{self.cfg.host}: accept failed: {e}; listening on")   # e.g. out of files for a moment
+                time.sleep(0.05)
+                continue
+            with self.lock:
+                full = self.connections >= self.cfg.max_connections
+                if full:
+                    self.refused += 1
+                else:
+                    self.connections += 1
+                refused = self.refused
+            if full:
+                self._refuse(conn, peer, refused)
+                continue
+            try:
+                conn.settimeout(None)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self.stall_timeval)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, self.stall_timeval)
+                threading.Thread(target=self._connection, args=(conn, peer), daemon=True).start()
+            except (OSError, RuntimeError) as e:      # RuntimeError: no new thread could be started
+                _log(f"{self.cfg.host}: connection from {peer[0]} dropped: {e}")
+                _close(conn)
+                with self.lock:
+                    self.connections -= 1
+
+    def _refuse(self, conn: socket.socket, peer, refused: int) -> None:
+        """One connection too many: an error frame if it fits the socket's buffer, then close."""
+        cap = self.cfg.max_connections
+        text = (f"{self.cfg.host}: refused: {cap} connections are open, the most serving.max_connections "
+                "allows")
+        if refused & (refused - 1) == 0:        # the 1st, 2nd, 4th, ...: a flood is not spelled out
+            _log(f"{text}; {refused} refused so far (the last from {peer[0]})")
+        try:
+            conn.setblocking(False)
+            send_message(conn, Message("error", 0, meta={"error": text}), self.cfg.codec)
+        except (OSError, CodecError):
+            pass
+        _close(conn)
 
     # -- one upstream connection ------------------------------------------------------------
     def _connection(self, conn: socket.socket, peer) -> None:
@@ -298,10 +435,13 @@ class Server:
         try:
             while not self.stopping.is_set():
                 try:
-                    msg = read_message(reader, self.cfg.limits, self.cfg.codec)
+                    msg = read_message(reader, self.request_limits, self.cfg.codec)
+                except IdleTimeout:
+                    continue       # between frames a connection may idle as long as it likes
                 except ConnectionClosed:
                     return
                 except CodecError as e:
+                    self._count("bad_frames")
                     _log(f"{self.cfg.host}: bad frame from {peer[0]}: {e}; closing that connection")
                     self._reply_error(conn, 0, f"{self.cfg.host}: bad frame: {e}", [])
                     return
@@ -313,14 +453,20 @@ class Server:
                 else:
                     self._reply_error(conn, msg.id, f"{self.cfg.host}: unexpected {msg.kind!r} frame", [])
                     return
+        except StallTimeout as e:     # SO_RCVTIMEO / SO_SNDTIMEO passed mid-frame
+            self._count("stalled")
+            _log(f"{self.cfg.host}: connection from {peer[0]} closed: {e} ({self.cfg.timeout_s:g} s)")
         except OSError as e:   # the upstream side went away mid-frame or mid-answer
             _log(f"{self.cfg.host}: connection from {peer[0]} ended: {e}")
         except Exception as e:  # noqa: BLE001 - a bug must cost one connection, never the thread silently
+            self._count("internal_errors")
             _log(f"{self.cfg.host}: connection from {peer[0]} closed after an internal error: "
                  f"{type(e).__name__}: {e}")
         finally:
             _close(conn)
             _close(down[0])
+            with self.lock:
+                self.connections -= 1
 
     def _reply_error(self, conn: socket.socket, rid: int, text: str, trace: list) -> None:
         try:
@@ -380,7 +526,7 @@ class Server:
             down[0].settimeout(cfg.timeout_s)
             rec["enc0"] = _now()
             send_message(down[0], Message("request", rid, tensors, {"trace": trace + [rec]}), cfg.codec, cfg.limits)
-            answer = read_message(down[1], cfg.limits, cfg.codec)
+            answer = read_message(down[1], self.answer_limits, cfg.codec)
             if answer.id != rid:
                 raise CodecError(f"answer for request {answer.id}, expected {rid}")
         except (OSError, CodecError) as e:
@@ -551,6 +697,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--next")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--pace", type=float, default=None)
+    s.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
     c = sub.add_parser("client")
     c.add_argument("--target", required=True)
     c.add_argument("--inputs", required=True)
@@ -578,9 +725,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, server.stop)
     signal.signal(signal.SIGINT, server.stop)
+    threading.excepthook = server.uncaught_exception
     sys.stdout.write(json.dumps(server.ready_line()) + "\n")
     sys.stdout.flush()
     server.serve_forever()
+    sys.stdout.write(json.dumps({"stopped": True, "served": server.served, **server.counters()}) + "\n")
+    sys.stdout.flush()
     return 0
 
 

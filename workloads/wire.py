@@ -5,7 +5,10 @@ frame codec and the host servers.
   (:mod:`workloads.codec` documents the frame);
 - ``CONNECTIONS``: how a process reaches the next hop, one connection kept open
   (``persistent``) or a new TCP connection for every request (``per-request``, as the
-  studies' HTTP clients did; :mod:`workloads.serving`).
+  studies' HTTP clients did; :mod:`workloads.serving`);
+- ``GENERATOR_CONNECTIONS``: the most connections one load generator keeps open at once
+  (:mod:`workloads.loadgen`), which a server's connection cap (``serving.max_connections``)
+  must leave room for.
 
 The first name of each is the default. Standard library only (nothing at all), so that
 loading an experiment file does not import numpy.
@@ -14,3 +17,4 @@ from __future__ import annotations
 
 CODECS: dict[str, int] = {"binary": 0, "json-base64": 1}
 CONNECTIONS = ("persistent", "per-request")
+GENERATOR_CONNECTIONS = 512

@@ -168,6 +168,13 @@ def test_run_measures_every_hop_and_transmission_follows_the_links(study, tmp_pa
     assert (hosts["mobile"]["cpu_period_us"], hosts["mobile"]["cpu_period"], hosts["mobile"]["pace"]) == (4000, "auto", 0.5)
     assert (hosts["edge"]["cpu_period_us"], hosts["edge"]["pace"], hosts["edge"]["pace_factor"]) == (10_000, 1.0, None)
     assert hosts["cloud"]["cpu_period_us"] is None and hosts["cloud"]["pace"] is None
+    # each server's bounds as it reported them: frames up to twice its part's largest request (the
+    # 128 KiB input on part 0, a 256-byte cut after it), stalls cut at the request timeout, the
+    # connection cap (auto: 1024 for one request at a time); and its counters when it stopped
+    assert [hosts[h]["payload_limit"] for h in ("mobile", "edge", "cloud")] == [2 * 4 * FEATURES, 512, 512]
+    assert all(h["max_connections"] == 1024 and h["stall_timeout_s"] == 20.0 for h in hosts.values())
+    assert all(h["server"] == {"served": 6, "refused": 0, "stalled": 0, "bad_frames": 0, "internal_errors": 0,
+                               "uncaught": 0} for h in hosts.values()), hosts
     # the summary agrees with the store
     s_cloud = next(c for c in summary["cells"] if c["strategy"] == "cloud")
     assert s_cloud["counts"]["ok"] == 5 and s_cloud["e2e_p50"] == pytest.approx(

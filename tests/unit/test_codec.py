@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import struct
 import threading
 import time
 import tracemalloc
@@ -15,9 +16,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from workloads.codec import (CODECS, DTYPES, KINDS, MAGIC, PREFIX, VERSION, CodecError,
-                             ConnectionClosed, Frame, Limits, Message, encode, read_message,
-                             send_frame, send_message)
+from workloads.codec import (CODECS, DTYPES, KINDS, MAGIC, PREFIX, VERSION, BufferedReceiver, CodecError,
+                             ConnectionClosed, Frame, IdleTimeout, Limits, Message, StallTimeout, encode,
+                             read_message, send_frame, send_message)
 
 FUZZ = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 SMALL = Limits(max_header_bytes=8192, max_payload_bytes=1 << 16, max_tensors=8, max_dims=5, max_name=16)
@@ -456,6 +457,49 @@ def test_connection_closed_only_at_a_frame_boundary() -> None:
     with pytest.raises(CodecError, match="truncated") as info:
         feed(b"T")
     assert type(info.value) is CodecError
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["settimeout", "SO_RCVTIMEO"])
+def test_a_receive_timeout_is_idle_before_a_frame_and_a_stall_inside_one(kernel: bool) -> None:
+    """Issue 19: a server must tell an idle connection (wait on) from a frame that stopped
+    arriving (close it), with the socket's own timeout or the kernel's on a blocking socket;
+    both stay TimeoutErrors, as a client treats them."""
+    a, b = socket.socketpair()
+    with a, b:
+        if kernel:
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 50_000))
+        else:
+            a.settimeout(0.05)
+        reader = BufferedReceiver(a)
+        with pytest.raises(IdleTimeout):
+            read_message(reader)
+        frame = raw_frame(H([T()]), bytes(8))
+        b.sendall(frame)                                  # nothing was consumed: the next read gets it whole
+        assert read_message(reader).tensors["x"].tolist() == [0.0, 0.0]
+        for cut in (10, PREFIX.size + 5, len(frame) - 4):  # in the prefix, the header, the payload
+            b.sendall(frame[:cut])
+            with pytest.raises(StallTimeout, match="the frame stalled: no bytes for the receive timeout after "):
+                read_message(reader)
+            b.sendall(frame[cut:])                         # out of step: drain the rest, as a new connection
+            _drain(a, len(frame) - cut)
+            reader = BufferedReceiver(a)
+    assert issubclass(StallTimeout, TimeoutError) and issubclass(IdleTimeout, TimeoutError)
+
+
+def _drain(sock: socket.socket, n: int) -> None:
+    while n:
+        n -= len(sock.recv(n))
+
+
+def test_a_send_that_makes_no_progress_for_the_send_timeout_is_a_stall() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", 0, 50_000))
+        big = np.zeros(1 << 22, np.uint8)                 # more than both socket buffers hold
+        t0 = time.monotonic()
+        with pytest.raises(StallTimeout, match=r"the peer took no bytes for the send timeout, \d+ B of the frame left"):
+            send_message(a, Message("request", 1, {"x": big}))
+        assert time.monotonic() - t0 < 2
 
 
 def test_timeouts_and_os_errors_propagate_unchanged() -> None:

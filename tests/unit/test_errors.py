@@ -20,8 +20,10 @@ from tests.unit.test_store import cell_record, hop_rows, request_rows
 from topologies.errors import TestbedError
 
 # errors that are not the user's to read: wire-level internals and kernel replies, caught where
-# they arise (a NetlinkError is an OSError with the kernel's errno, like any other OSError)
-INTERNAL = {"emulation.nfqueue.NetlinkError", "emulation.calibrate._IperfStuck", "workloads.codec._DuplicateKey"}
+# they arise (a NetlinkError is an OSError with the kernel's errno, like any other OSError; the
+# codec's socket timeouts are TimeoutErrors, which a client reports as a request's timeout)
+INTERNAL = {"emulation.nfqueue.NetlinkError", "emulation.calibrate._IperfStuck", "workloads.codec._DuplicateKey",
+            "workloads.codec.IdleTimeout", "workloads.codec.StallTimeout"}
 
 
 def _exception_classes():

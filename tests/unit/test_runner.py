@@ -6,8 +6,8 @@ import pytest
 
 from emulation.plan import plan
 from testbed.experiment import ExperimentError, load_experiment_dict
-from testbed.runner import (RunError, cell_key, check_pace, check_threads, entry_address, host_pace,
-                            host_threads, judge_compute)
+from testbed.runner import (RunError, cell_key, check_connections, check_pace, check_threads, entry_address,
+                            host_pace, host_threads, judge_compute)
 from testbed.summary import host_flags, summarize
 
 BASE = {"name": "t", "topology": "three_tier", "models": ["fmnist_cnn"],
@@ -29,6 +29,8 @@ def test_cell_keys_are_stable_and_change_with_what_defines_the_cell():
     assert k != cell_key(load({"requests": {"repeat": 5}}), {}, m, s)
     assert k != cell_key(load({"serving": {"connection": "per-request"}}), {}, m, s)
     assert k != cell_key(exp, {}, m, exp.strategies[1])
+    # the connection cap measures nothing: cells keep their keys (and stored runs resume) whatever it is
+    assert k == cell_key(load({"serving": {"max_connections": 5000}}), {}, m, s)
 
 
 def test_threads_read_back_from_a_server_must_match_what_was_asked():
@@ -56,8 +58,13 @@ def test_threads_follow_the_core_budget_unless_set():
     ({"threads": 0}, "serving.threads: 0 is not a thread count"),
     ({"threads": {"fog": 2}}, "serving.threads.fog: unknown host 'fog'"),
     ({"threads": {"edge": "many"}}, "serving.threads.edge: 'many' is not a thread count"),
-    ({"pool": 3}, "serving.pool: unknown key; allowed: connection, threads, pace"),
+    ({"pool": 3}, "serving.pool: unknown key; allowed: connection, threads, pace, max_connections"),
     ({"pace": "yes"}, "serving.pace: 'yes' is not true or false; allowed: true"),
+    ({"max_connections": 0}, "serving.max_connections: 0 is not a connection count; allowed: auto (twice what"),
+    ({"max_connections": True}, "serving.max_connections: True is not a connection count"),
+    ({"max_connections": "many"}, "serving.max_connections: 'many' is not a connection count"),
+    ({"max_connections": 2 ** 21}, "serving.max_connections: 2097152 is not a connection count; allowed: auto "
+                                   "(twice what the load may hold open, at least 1024), or a whole number 1 to 1048576"),
 ])
 def test_serving_section_errors_are_one_line(serving, message):
     with pytest.raises(ExperimentError) as e:
@@ -98,9 +105,51 @@ def test_each_hosts_compute_is_judged_against_its_cpu_time_stretched_by_its_shar
 def test_serving_round_trips_through_to_dict():
     exp = load({"serving": {"connection": "per-request", "threads": {"edge": 2}, "pace": False}})
     again = load_experiment_dict(exp.to_dict(), cores=2, memory_bytes=32 << 30)
-    assert again.serving == exp.serving and again.serving.to_dict() == {"connection": "per-request",
-                                                                          "threads": {"edge": 2}, "pace": False}
+    assert again.serving == exp.serving and again.serving.to_dict() == {
+        "connection": "per-request", "threads": {"edge": 2}, "pace": False, "max_connections": "auto"}
     assert load().serving.pace is True  # pacing is the default
+    capped = load({"serving": {"max_connections": 64}})
+    assert load_experiment_dict(capped.to_dict(), cores=2, memory_bytes=32 << 30).serving.max_connections == 64
+
+
+def test_max_connections_auto_leaves_room_for_what_the_load_can_hold_open():
+    """Twice what the cell's load may hold open to one server (512 per source for an open
+    loop, the requests in flight for a closed one), at least 1024; a number is taken as set,
+    and refused in one line below the need, at every sweep point."""
+    assert load().connections_needed() == (1, "one request at a time") and load().max_connections() == 1024
+    star = {"topology": "star:mobiles=8", "strategies": [{"name": "edge", "placement": "edge"}]}
+    server = load({**star, "load": {"scenario": "server", "qps": 10, "sources": 8}})
+    assert server.connections_needed() == (4096, "8 sources x 512 in the server scenario")
+    assert server.max_connections() == 8192
+    closed = load({"load": {"scenario": "multi-stream", "concurrency": 3000}})
+    assert closed.connections_needed()[0] == 3000 and closed.max_connections() == 6000
+    assert load({"load": {"scenario": "offline"}}).connections_needed()[0] == 64
+    assert load({"serving": {"max_connections": 7}}).max_connections() == 7
+    with pytest.raises(ExperimentError) as e:
+        load({**star, "load": {"scenario": "server", "qps": 10, "sources": 8}, "serving": {"max_connections": 4000}})
+    assert str(e.value) == ("t.yaml: serving.max_connections: 4000 is below the 4096 connections this experiment's "
+                            "load may hold open to one server (8 sources x 512 in the server scenario); allowed: "
+                            "auto, or a whole number 4096 to 1048576")
+    with pytest.raises(ExperimentError, match=r"sweep.load.sources\[1\]: with this value, serving.max_connections: "
+                                              r"1000 is below the 1024 connections"):
+        load({**star, "load": {"scenario": "server", "qps": 10}, "serving": {"max_connections": 1000},
+              "sweep": {"load.sources": [1, 2]}})
+
+
+def test_the_connection_cap_is_read_back_from_each_server():
+    check_connections("edge", {"max_connections": 8192}, 8192)
+    with pytest.raises(RunError, match="server on edge: asked to take 8192 connections at most, but it reports 1024"):
+        check_connections("edge", {"max_connections": 1024}, 8192)
+
+
+def test_a_server_that_refused_connections_or_lost_one_to_a_bug_is_flagged():
+    hosts = {"edge": {"max_connections": 1024, "server": {"served": 9, "refused": 3, "stalled": 2, "bad_frames": 1,
+                                                          "internal_errors": 0, "uncaught": 0}},
+             "cloud": {"max_connections": 1024, "server": {"served": 9, "refused": 0, "internal_errors": 1,
+                                                           "uncaught": 1}},
+             "mobile": {"max_connections": 1024, "server": {"served": 9, "refused": 0, "stalled": 5}}}
+    assert host_flags(hosts) == ["edge: refused 3 connections beyond serving.max_connections (1024)",
+                                 "cloud: 2 connections ended by an internal error (a bug: see logs/cloud.log)"]
 
 
 def test_entry_address_is_the_address_on_the_arriving_link():

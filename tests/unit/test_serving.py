@@ -489,7 +489,7 @@ def test_a_record_holds_the_frames_stamps_and_its_size_does_not_depend_on_the_st
 
 FULL_CONFIG = ServerConfig("/cache/ab cd/artifact", 2, "edge", [("10.0.0.1", 7070), ("10.0.1.1", 7071)],
                            ("10.0.2.1", 7072), threads=3, codec="json-base64", connection="per-request",
-                           timeout_s=0.1234567891, pace=1 / 3)
+                           timeout_s=0.1234567891, pace=1 / 3, max_connections=12345)
 
 
 def test_the_full_config_sets_every_option_away_from_its_default():
