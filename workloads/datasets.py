@@ -34,6 +34,8 @@ from typing import Sequence
 import numpy as np
 
 from .data import SPLITS, Dataset
+from topologies.errors import name_list
+
 from .errors import WorkloadError, choices
 
 # ----------------------------------------------------------------------------------------------
@@ -506,7 +508,11 @@ def image_folder(path: Path | str, shape: tuple[int, int, int] = (3, 224, 224), 
             with Image.open(f) as img:
                 img = img.convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
                 a = np.asarray(img, np.float32) / np.float32(255.0)
-        except (UnidentifiedImageError, OSError) as e:
+        except Image.DecompressionBombError as e:      # PIL's guard against a small file of huge size
+            size = str(e).split(",")[0]
+            raise WorkloadError(f"{f}: too large to decode safely ({size}, which PIL refuses as a possible "
+                                "decompression bomb); resize it or remove it") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
             raise WorkloadError(f"{f}: not a readable image ({e}); remove or replace it") from None
         x[i] = a.transpose(2, 0, 1) if c == 3 else a[None]
     if mean is not None:
@@ -522,31 +528,45 @@ def image_folder(path: Path | str, shape: tuple[int, int, int] = (3, 224, 224), 
                    f"{len(files)} images from {root} ({what}), resized to {h}x{w}", {"path": str(root)})
 
 
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_csv(path: Path, label_column) -> tuple[np.ndarray, np.ndarray | None]:
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    """Errors name the file, line and column, never the values there (a user's data may be
+    large or private)."""
+    lines = [(n, ln) for n, ln in enumerate(path.read_text().splitlines(), 1)
+             if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise WorkloadError(f"{path}: empty CSV file")
     header = None
-    try:
-        [float(v) for v in lines[0].split(",")]
-    except ValueError:
-        header = [v.strip() for v in lines[0].split(",")]
+    if not all(_number(v) for v in lines[0][1].split(",")):
+        header = [v.strip() for v in lines[0][1].split(",")]
         lines = lines[1:]
+    if not lines:
+        raise WorkloadError(f"{path}: no rows of numbers under the header; one sample per line")
     rows = []
-    for n, ln in enumerate(lines, 2 if header else 1):
-        try:
-            rows.append([float(v) for v in ln.split(",")])
-        except ValueError:
-            raise WorkloadError(f"{path}: row {n}: not numeric: {ln[:60]!r}") from None
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise WorkloadError(f"{path}: rows have different numbers of columns ({choices(sorted(widths))})")
+    first, width = lines[0][0], len(lines[0][1].split(","))
+    for n, ln in lines:
+        values = ln.split(",")
+        if len(values) != width:
+            raise WorkloadError(f"{path}:{n}: {len(values)} columns, but line {first} has {width}; "
+                                "give every row the same columns")
+        bad = next((k for k, v in enumerate(values, 1) if not _number(v)), None)
+        if bad is not None:
+            raise WorkloadError(f"{path}:{n}: column {bad} is not a number; every value must be a number "
+                                "(only the first line may be a header)")
+        rows.append([float(v) for v in values])
     table = np.array(rows, np.float64)
     if label_column is None:
         return table.astype(np.float32), None
     if isinstance(label_column, str):
         if header is None or label_column not in header:
-            raise WorkloadError(f"{path}: no column {label_column!r}; columns: {choices(header or [])}")
+            raise WorkloadError(f"{path}: no column {label_column!r}; columns: {name_list(header or ['(none)'])}")
         col = header.index(label_column)
     else:
         col = int(label_column)

@@ -358,11 +358,58 @@ def test_array_files(tmp_path):
     unl = D.array_file(tmp_path / "e.csv", "inp")
     assert unl.labels is None and unl.inputs["inp"].shape == (2, 4)
     (tmp_path / "f.csv").write_text("1,2\n3,x\n")
-    with pytest.raises(WorkloadError, match="row 2: not numeric"):
+    with pytest.raises(WorkloadError, match=r"f\.csv:2: column 2 is not a number"):
         D.array_file(tmp_path / "f.csv", "inp")
     (tmp_path / "g.txt").write_text("1")
     with pytest.raises(WorkloadError, match=r"unsupported file type \.txt; use \.npz, \.npy or \.csv"):
         D.array_file(tmp_path / "g.txt", "inp")
+
+
+def test_csv_errors_name_the_file_line_and_column_never_the_values(tmp_path):
+    path = tmp_path / "private.csv"
+    path.write_text("f1,f2,label\n# a comment\n\n1,2,0\n3,patient-4711-secret,1\n")
+    with pytest.raises(WorkloadError) as e:
+        D.array_file(path, "inp", label_column=-1)
+    assert str(e.value) == (f"{path}:5: column 2 is not a number; every value must be a number (only the first "
+                            "line may be a header)")
+    path.write_text("1,2,0\n\n3,4\n")
+    with pytest.raises(WorkloadError) as e:
+        D.array_file(path, "inp", label_column=-1)
+    assert str(e.value) == f"{path}:3: 2 columns, but line 1 has 3; give every row the same columns"
+    path.write_text("f1,f2,label\n")                  # a header and nothing else: no traceback
+    with pytest.raises(WorkloadError) as e:
+        D.array_file(path, "inp", label_column=-1)
+    assert str(e.value) == f"{path}: no rows of numbers under the header; one sample per line"
+    path.write_text(",".join(f"pixel{i}" for i in range(784)) + "\n" + ",".join(["0"] * 784) + "\n")
+    with pytest.raises(WorkloadError) as e:          # a wide header is not copied out whole
+        D.array_file(path, "inp", label_column="label")
+    assert str(e.value).endswith("columns: pixel0, pixel1, pixel2, pixel3, pixel4, pixel5, pixel6, pixel7, ... "
+                                 "(784 in all)")
+
+
+def _huge_png(path, side: int):
+    """A valid 1-bit PNG of side x side pixels: a few kB on disk, far more pixels than PIL decodes."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(bytes((side + 7) // 8 + 1) * side, 9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_an_image_too_large_to_decode_is_one_line_naming_it(tmp_path):
+    _png(tmp_path / "cats" / "a.png", (1, 2, 3))
+    bomb = tmp_path / "cats" / "b.png"
+    _huge_png(bomb, 13_400)                           # 179.6 M pixels: above PIL's limit of 179.0 M
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(WorkloadError) as e:
+        D.image_folder(tmp_path)
+    assert str(e.value) == (f"{bomb}: too large to decode safely (Image size (179560000 pixels) exceeds limit of "
+                            "178956970 pixels, which PIL refuses as a possible decompression bomb); resize it or "
+                            "remove it")
 
 
 def test_check_against(tmp_path):
