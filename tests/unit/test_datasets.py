@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,28 +200,101 @@ def test_vader_from_a_fake_sdist(tmp_path):
     assert all(everything[t] == 1 for t in pos) and all(everything[t] == 0 for t in neg[1:])
 
 
-def test_vader_missing_sdist_says_what_to_run(tmp_path, monkeypatch):
+def test_vader_missing_from_a_given_folder_is_one_line(tmp_path):
     with pytest.raises(WorkloadError) as e:
-        D.vader_sentences("eval", folder=tmp_path, download=False)
-    assert str(tmp_path / D.VADER_SDIST) in str(e.value)
-    assert "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2" in str(e.value)
-    monkeypatch.setattr(D, "_download_command", lambda folder: [sys.executable, "-c", "raise SystemExit('no network')"])
-    with pytest.raises(WorkloadError, match=r"could not download the VADER sentences \(no network\); run `"):
         D.vader_sentences("eval", folder=tmp_path)
+    assert str(e.value) == f"{tmp_path / D.VADER_SDIST}: VADER sentences missing; put the vaderSentiment 3.3.2 sdist there"
 
 
 def test_vader_unreadable_sdist(tmp_path):
     (tmp_path / D.VADER_SDIST).write_bytes(b"not a tar")
-    with pytest.raises(WorkloadError, match="unreadable VADER sdist .*delete it to download it again"):
+    with pytest.raises(WorkloadError, match="unreadable VADER sdist .*replace the file"):
         D.vader_sentences("eval", folder=tmp_path)
+
+
+INSTALLED = Path(sys.prefix) / "share" / "testbed" / "vaderSentiment-3.3.2.tar.gz"     # .venv/share/testbed
+needs_installed_vader = pytest.mark.skipif(not INSTALLED.is_file(), reason=f"{INSTALLED} missing: scripts/setup.sh "
+                                           "installs it")
+
+
+@pytest.fixture()
+def own_cache(tmp_path, monkeypatch):
+    """An empty cache of the test's own, as many tests and users set it (TESTBED_CACHE)."""
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@needs_installed_vader
+def test_vader_is_found_where_setup_installs_it_whatever_the_cache(own_cache):
+    assert D.vader_sdist() == INSTALLED
+    assert len(D.vader_sentences("eval")[0]) == 3817
+    assert not own_cache.exists()                 # nothing fetched into the cache
+
+
+def test_vader_is_never_downloaded_at_run_time(own_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "vader_install_dir", lambda: tmp_path / "venv-share")     # setup has not run
+    with pytest.raises(WorkloadError) as e:
+        D.vader_sentences("eval")
+    line = str(e.value)
+    assert line == (f"the VADER sentences (minilm_sentiment's data) are in neither {tmp_path / 'venv-share'} nor "
+                    f"{own_cache / 'datasets'}: run `sudo bash scripts/setup.sh` (it fetches {D.VADER_SDIST} from "
+                    "PyPI once), or copy that file (`pip download --no-deps --no-binary :all: vaderSentiment==3.3.2` "
+                    f"on a machine with PyPI access) to {own_cache / 'datasets'}")
+    assert not own_cache.exists() and not (tmp_path / "venv-share").exists()
+
+
+@needs_installed_vader
+def test_vader_copied_into_the_cache_is_used_and_checked(own_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "vader_install_dir", lambda: tmp_path / "venv-share")
+    copy = own_cache / "datasets" / D.VADER_SDIST
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(INSTALLED.read_bytes())
+    assert D.vader_sdist() == copy
+    (tmp_path / "venv-share").mkdir()
+    (tmp_path / "venv-share" / D.VADER_SDIST).write_bytes(INSTALLED.read_bytes()[:-1] + b"x")   # first place first
+    with pytest.raises(WorkloadError, match=rf"venv-share/{D.VADER_SDIST}: not the vaderSentiment 3.3.2 sdist "
+                                            rf"\(SHA-256 [0-9a-f]{{16}}\.\.\., expected 5d7c06e027fc8b99\.\.\.\); "
+                                            r"delete it, then run `sudo bash scripts/setup.sh`"):
+        D.vader_sdist()
+
+
+def _fetch_command(code: str):
+    """A download command that runs ``code`` (in Python, ``folder`` set) instead of pip."""
+    return lambda folder: [sys.executable, "-c", f"folder = {str(folder)!r}\n{code}"]
+
+
+@needs_installed_vader
+def test_install_vader_keeps_a_good_file_without_fetching(tmp_path, monkeypatch):
+    (tmp_path / D.VADER_SDIST).write_bytes(INSTALLED.read_bytes())
+    monkeypatch.setattr(D, "_download_command", _fetch_command("raise SystemExit('fetched')"))
+    heard = []
+    assert D.install_vader(tmp_path, progress=heard.append) == tmp_path / D.VADER_SDIST
+    assert heard == []
+
+
+def test_install_vader_refuses_a_file_with_another_hash_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_download_command", _fetch_command(
+        f"open(folder + '/{D.VADER_SDIST}', 'wb').write(b'changed upstream')"))
+    heard = []
+    with pytest.raises(WorkloadError, match=r"not the vaderSentiment 3.3.2 sdist .*PyPI served another file: "
+                                            "nothing was installed"):
+        D.install_vader(tmp_path / "share", progress=heard.append)
+    assert heard == [f"fetching {D.VADER_SDIST} (the VADER sentences) from PyPI into {tmp_path / 'share'}"]
+    assert list((tmp_path / "share").iterdir()) == []          # no file, no temporary folder
+    monkeypatch.setattr(D, "_download_command", _fetch_command("raise SystemExit('no network')"))
+    (tmp_path / "share" / D.VADER_SDIST).write_bytes(b"a bad copy")
+    with pytest.raises(WorkloadError, match=r"could not download the VADER sentences \(no network\); check the "
+                                            "network"):
+        D.install_vader(tmp_path / "share")
+    assert [p.name for p in (tmp_path / "share").iterdir()] == [D.VADER_SDIST]    # only what was there
 
 
 @pytest.fixture(scope="module")
 def real_vader():
     try:
-        return D.vader_sdist()                      # the cache folder; downloads once when absent
+        return D.vader_sdist()                      # where scripts/setup.sh installs it (or a copy in the cache)
     except WorkloadError as e:
-        pytest.skip(f"the vaderSentiment 3.3.2 sdist is not cached and pip cannot fetch it from PyPI: {e}")
+        pytest.skip(f"the vaderSentiment 3.3.2 sdist is not installed: {e}")
 
 
 def test_real_vader_counts(real_vader):
