@@ -33,13 +33,13 @@ from pathlib import Path
 
 from emulation.errors import EmulationError
 from emulation.process import terminate
-from topologies.errors import TestbedError
+from topologies.errors import TestbedError, no_space, no_space_line, one_line
 from workloads.errors import WorkloadError
 from workloads.serving import LOG_LINES, PORT, ServerConfig
 from workloads.trace import breakdown
 
 from .experiment import Experiment, ModelRef, Strategy, point_label
-from .store import CellRecord, HopRow, RequestRow, ResultStore
+from .store import FULL_ADVICE, CellRecord, HopRow, RequestRow, ResultStore
 
 READY_TIMEOUT_S = 120.0      # loading a part (ORT session creation) on a throttled host
 
@@ -217,7 +217,14 @@ class Runner:
             folder.mkdir(parents=True, exist_ok=True)
             name = hashlib.sha256(json.dumps(model.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
             path = folder / f"{model.name.replace('/', '_').replace(':', '_')}-{name}.npz"
-            save_inputs(str(path), samples, refs)
+            tmp = path.with_name(f".{path.name}.tmp")
+            try:                                # whole or not at all (a full disk stops it midway)
+                with open(tmp, "wb") as f:
+                    save_inputs(f, samples, refs)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             self.inputs[model] = path
         return self.inputs[model]
 
@@ -816,9 +823,17 @@ def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, 
     run, :func:`folder_lock`). Returns (status, runner). ``executor``: ``local`` (this
     machine, one cell after another) or ``ray`` (cells on the nodes of the Ray cluster at
     ``address``, or of a local one started for the run)."""
-    with folder_lock(out):
-        return _run_experiment(exp, out, events=events, cache=cache, reuse_network=reuse_network,
-                               executor=executor, address=address)
+    try:
+        with folder_lock(out):
+            return _run_experiment(exp, out, events=events, cache=cache, reuse_network=reuse_network,
+                                   executor=executor, address=address)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        error = RunError(no_space_line(e.filename or out, FULL_ADVICE))    # a file the run writes in `out`
+        for note in getattr(e, "__notes__", ()):
+            error.add_note(note)
+        raise error from None
 
 
 def _run_experiment(exp: Experiment, out: Path, *, events: Events | None, cache, reuse_network: bool,
@@ -826,23 +841,27 @@ def _run_experiment(exp: Experiment, out: Path, *, events: Events | None, cache,
     from emulation import registry
 
     store = ResultStore.in_folder(out)
-    run_id = registry.new_run_id()
-    store.begin_run(run_id, exp.name, exp.to_dict(), machine_info())
-    runner = Runner(exp, out, store, events=events, cache=cache, run_id=run_id, reuse_network=reuse_network)
-    status = "failed"
     try:
-        if executor == "ray":
-            from .distributed import run_on_ray
+        run_id = registry.new_run_id()
+        store.begin_run(run_id, exp.name, exp.to_dict(), machine_info())
+        runner = Runner(exp, out, store, events=events, cache=cache, run_id=run_id, reuse_network=reuse_network)
+        try:
+            if executor == "ray":
+                from .distributed import run_on_ray
 
-            status = run_on_ray(runner, address)
-        else:
-            status = runner.run()
-        return status, runner
-    except (KeyboardInterrupt, SystemExit):
-        status = "interrupted"
-        raise
-    finally:
+                status = run_on_ray(runner, address)
+            else:
+                status = runner.run()
+        except BaseException as first:
+            interrupted = isinstance(first, (KeyboardInterrupt, SystemExit))
+            try:
+                store.end_run(run_id, "interrupted" if interrupted else "failed")
+            except Exception as second:  # noqa: BLE001 - never in place of what ended the run
+                first.add_note(f"and the run's end could not be stored: {one_line(second)}")
+            raise
         store.end_run(run_id, status)
+        return status, runner
+    finally:
         store.close()
 
 

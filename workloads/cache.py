@@ -17,6 +17,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from topologies.errors import no_space, no_space_line
+
+from .errors import WorkloadError
+
 COMPLETE = "complete.json"     # written last; an entry without it is not an entry
 LOCKS = ".locks"               # under the root: one lock file per entry ever built
 
@@ -48,6 +52,21 @@ def content_key(kind: str, **parts) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def _full_disk(e: OSError, entry: Path) -> str:
+    """The one line of ``e`` (a full disk) raised while building ``entry``: the file it names,
+    else the entry, unless TMPDIR is on another disk with less room (then it was that)."""
+    where, advice = e.filename or entry, "point TESTBED_CACHE elsewhere (nothing half-built was kept)"
+    if e.filename is None:
+        scratch = Path(tempfile.gettempdir())
+        try:
+            elsewhere = os.stat(scratch).st_dev != os.stat(entry.parent).st_dev
+            if elsewhere and shutil.disk_usage(scratch).free < shutil.disk_usage(entry.parent).free:
+                where, advice = scratch, "set TMPDIR to a folder with room (nothing half-built was kept)"
+        except OSError:
+            pass
+    return no_space_line(where, advice)
+
+
 class Cache:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_root()
@@ -64,7 +83,9 @@ class Cache:
     def building(self, kind: str, key: str, description: dict | None = None):
         """Yield a fresh temporary folder; on normal exit it becomes entry ``kind/key``.
 
-        On an exception the temporary folder is removed and nothing is published.
+        On an exception the temporary folder is removed and nothing is published; a full disk
+        is a `WorkloadError` naming the disk that filled up (the cache's, or TMPDIR's where a
+        builder keeps its own temporary files), entries built before it stay.
         """
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +94,10 @@ class Cache:
             yield tmp
             (tmp / COMPLETE).write_text(json.dumps(description or {}, indent=1, default=str))
             self._publish(tmp, final)
+        except OSError as e:
+            if not no_space(e):
+                raise
+            raise WorkloadError(_full_disk(e, final)) from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

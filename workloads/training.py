@@ -33,6 +33,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from topologies.errors import no_space, no_space_line
+
 from .data import Dataset
 from .errors import WorkloadError, choices
 
@@ -222,12 +224,21 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
         if ckpt is None:
             return
         tmp = ckpt.with_name(ckpt.name + ".tmp")
-        torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
-                    "epoch": epoch, "batch": batch, "order": order, "losses": losses, "seen": seen,
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                    "elapsed": time.monotonic() - t0}, tmp)
-        os.replace(tmp, ckpt)
+        try:
+            with open(tmp, "wb") as f:      # a Python file: a full disk is an OSError, not torch's RuntimeError
+                torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
+                            "epoch": epoch, "batch": batch, "order": order, "losses": losses, "seen": seen,
+                            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                            "elapsed": time.monotonic() - t0}, f)
+            os.replace(tmp, ckpt)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)     # the last complete checkpoint stays
+            if no_space(e):
+                raise WorkloadError("training: " + no_space_line(
+                    tmp, "move the cache (TESTBED_CACHE) elsewhere; training resumes from its last "
+                         "checkpoint when run again")) from None
+            raise
 
     last_save = last_note = time.monotonic()
     with torch_threads(threads):
