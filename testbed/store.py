@@ -456,6 +456,14 @@ FULL_ADVICE = ("choose another --out (what was stored before stays readable here
                 "--resume finishes the run once there is room)")
 
 
+def check_rows(cell: str, request: RequestRow, hops: Sequence[HopRow]) -> None:
+    """Raise the StoreError `ResultStore.write_cell` would raise for ``request`` and its
+    ``hops`` (a value a column cannot hold), before the cell is written."""
+    _request_row(cell, request)
+    for h in hops:
+        _hop_row(cell, h)
+
+
 # --- the store ------------------------------------------------------------------------------
 
 class ResultStore:
