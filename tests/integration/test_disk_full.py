@@ -6,10 +6,12 @@ the machine (1), not "internal error" (3); leave no temporary file behind; and k
 built or measured before (complete cache entries, the cells already in the store)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -35,17 +37,23 @@ def build():
 """
 
 
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A real tmpfs of `DISK_MB` MiB, unmounted after the test whatever happened in it."""
-    mount = tmp_path / "disk"
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str):
+    """A real tmpfs mounted at ``mount`` with ``options``, unmounted whatever happened in it."""
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0755", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
         if subprocess.run(["umount", str(mount)]).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], check=True)     # a file still open: detach it
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A tmpfs of `DISK_MB` MiB."""
+    with tmpfs(tmp_path / "disk", f"size={DISK_MB}m,mode=0755") as mount:
+        yield mount
 
 
 def fill(disk: Path) -> Path:
@@ -242,3 +250,27 @@ def test_testbed_run_into_a_full_disk_exits_1_with_one_line(small_disk, tmp_path
     assert p.returncode == 1, p.stderr[-3000:]
     assert _error_line(p).startswith(f"Error: no space left on device writing {small_disk / 'out'}"), p.stderr
     assert temporary_files(small_disk) == []
+
+
+def test_a_disk_out_of_inodes_that_no_step_names_still_ends_in_one_line(tmp_path):
+    """A full disk the commands do not name themselves (here: no inode left for the cache's lock
+    folder) reaches the CLI's handler: one line with exit 1, not an internal error."""
+    with tmpfs(tmp_path / "inodes", "size=4m,nr_inodes=16") as mount:
+        for i in range(64):                     # every inode taken
+            try:
+                (mount / f"f{i}").touch()
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+                break
+        else:
+            pytest.fail("the tmpfs never ran out of inodes")
+        (tmp_path / "diskmodel.py").write_text(MODEL)
+        exp = tmp_path / "plain.yaml"
+        exp.write_text("name: full\nmodels: ['diskmodel:build']\nstrategies:\n  - {name: edge, placement: edge}\n")
+        env = {**os.environ, "TESTBED_CACHE": str(mount / "cache"), "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+        p = _testbed("prepare", str(exp), env=env)
+        assert p.returncode == 1, p.stderr[-3000:]
+        line = _error_line(p)
+        assert line.startswith(f"Error: no space left on device writing {mount / 'cache'}"), line
+        assert line.endswith(f": free space on that disk or point TESTBED_CACHE ({mount / 'cache'}), the output "
+                             f"folder (--out) or TMPDIR ({tempfile.gettempdir()}) elsewhere"), line
