@@ -21,7 +21,7 @@ import click
 
 from emulation import signals
 from topologies import apply_overrides, load_topology
-from topologies.errors import TestbedError
+from topologies.errors import TestbedError, no_space, no_space_line, one_line
 
 from . import output
 
@@ -34,19 +34,38 @@ class _Failed(click.ClickException):
     """A testbed error as click shows it: ``Error: <its one line>``, and its exit code."""
 
     def __init__(self, error: TestbedError) -> None:
-        super().__init__(str(error))
+        super().__init__(one_line(error))
         self.exit_code = error.exit_code
+
+
+def _disk_full(e: OSError) -> TestbedError:
+    """A full disk that no step named itself: the machine's fault, not a bug (exit 1)."""
+    import tempfile
+
+    from workloads.cache import default_root
+
+    where = e.filename or "a file"
+    error = TestbedError(no_space_line(where, f"point TESTBED_CACHE ({default_root()}), the output folder "
+                                              f"(--out) or TMPDIR ({tempfile.gettempdir()}) elsewhere"))
+    for note in getattr(e, "__notes__", ()):
+        error.add_note(note)
+    return error
 
 
 class _Testbed(click.Group):
     """The command group, and the one handler of the testbed's errors: whichever command (or
-    sub-command) raises a :class:`TestbedError`, the user reads its one line, not a traceback."""
+    sub-command) raises a :class:`TestbedError`, the user reads its one line (with the notes
+    added to it), not a traceback; so does a full disk."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except TestbedError as e:
             raise _Failed(e) from None
+        except OSError as e:
+            if not no_space(e):
+                raise
+            raise _Failed(_disk_full(e)) from None
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
@@ -388,6 +407,8 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
         except (KeyboardInterrupt, _Terminated) as e:
             status = "interrupted"
             code = e.code if isinstance(e, _Terminated) else 130
+            for note in getattr(e, "__notes__", ()):       # e.g. the run's end could not be stored
+                click.echo(f"note: {note}", err=True)
     with ResultStore.in_folder(folder, create=False) as store:
         rows = summarize(store.cells(), store.requests(), store.hops())
     if as_json:
@@ -486,12 +507,12 @@ def main() -> None:
     except _Terminated as e:
         sys.exit(e.code)
     except TestbedError as e:  # raised outside a command (the group's own callback): the same one line
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {one_line(e)}", err=True)
         sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if os.environ.get("TESTBED_DEBUG"):
             raise
-        click.echo(f"Error: internal error: {type(e).__name__}: {e} "
+        click.echo(f"Error: internal error: {type(e).__name__}: {one_line(e)} "
                    "(set TESTBED_DEBUG=1 for the traceback; run `testbed clean` if a run was cut short)", err=True)
         sys.exit(3)
 

@@ -33,13 +33,13 @@ from pathlib import Path
 
 from emulation.errors import EmulationError
 from emulation.process import terminate
-from topologies.errors import TestbedError
+from topologies.errors import TestbedError, no_space, no_space_line, one_line
 from workloads.errors import WorkloadError
 from workloads.serving import LOG_LINES, PORT, ServerConfig
 from workloads.trace import breakdown
 
 from .experiment import Experiment, ModelRef, Strategy, point_label
-from .store import CellRecord, HopRow, RequestRow, ResultStore
+from .store import FULL_ADVICE, CellRecord, HopRow, RequestRow, ResultStore, StoreError, check_rows
 
 READY_TIMEOUT_S = 120.0      # loading a part (ORT session creation) on a throttled host
 # what a server counts and prints when it stops (workloads.serving), kept with its host
@@ -229,7 +229,14 @@ class Runner:
             folder.mkdir(parents=True, exist_ok=True)
             name = hashlib.sha256(json.dumps(model.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
             path = folder / f"{model.name.replace('/', '_').replace(':', '_')}-{name}.npz"
-            save_inputs(str(path), samples, refs)
+            tmp = path.with_name(f".{path.name}.tmp")
+            try:                                # whole or not at all (a full disk stops it midway)
+                with open(tmp, "wb") as f:
+                    save_inputs(f, samples, refs)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             self.inputs[model] = path
         return self.inputs[model]
 
@@ -571,12 +578,12 @@ class CellExecution:
                 line = client.stdout.readline()
                 if not line:
                     break
-                msg = json.loads(line)
+                msg = _message(line, f"client on {source}")
                 if msg.get("done"):
                     finished = True
                     break
                 if "seq" in msg:
-                    self._add_request(msg)
+                    self._add_request(msg, f"client on {source}")
                     self.runner.events.request_done(msg["status"])
         finally:
             terminate([client], grace_s=3.0)
@@ -644,12 +651,13 @@ class CellExecution:
                     if not line:
                         del streams[out]
                         continue
-                    msg = json.loads(line)
+                    who = f"load generator on {name.removeprefix('loadgen-')}"
+                    msg = _message(line, who)
                     if msg.get("done"):
                         done[name] = msg
                         del streams[out]
                     elif "seq" in msg:
-                        self._add_request(msg)
+                        self._add_request(msg, who)
                         self.runner.events.request_done(msg["status"])
         finally:
             terminate(gens.values(), grace_s=3.0)
@@ -686,10 +694,25 @@ class CellExecution:
             return f"{name} exited ({_exit_text(p.returncode)}){self._log_tail(name)}"
         return f"{name} did not finish within {budget_s:g}s"
 
-    def _add_request(self, msg: dict) -> None:
+    def _add_request(self, msg: dict, who: str) -> None:
+        """Add a request ``who`` (a client or load generator) reported; one it reported in a form
+        that cannot be stored is a RunError (the requests before it stay measured)."""
+        try:
+            request, hops, samples = self._rows(msg)
+            check_rows(self.cell.key, request, hops)
+        except (KeyError, TypeError, ValueError, AttributeError, StoreError) as e:
+            raise RunError(f"{who} reported request {str(msg.get('seq'))[:20]} in a form that cannot be stored "
+                           f"({type(e).__name__}: {one_line(e)[:200]}); the requests before it are kept") from None
+        self.requests.append(request)
+        self.hops += hops
+        for host, sample in samples:
+            self.compute_samples.setdefault(host, []).append(sample)
+
+    def _rows(self, msg: dict) -> tuple[RequestRow, list[HopRow], list[tuple[str, tuple[float, float]]]]:
+        """A reported request as its row, its hop rows and its (host, (compute ms, CPU ms)) samples."""
         b = breakdown(msg.get("trace") or [])
         ok = msg["status"] == "ok"
-        self.requests.append(RequestRow(
+        request = RequestRow(
             seq=msg["seq"], input_index=msg["input"], status=msg["status"],
             e2e_ms=b.e2e_ms if ok else None, compute_ms=b.compute_ms if ok else None,
             transmission_ms=b.transmission_ms if ok else None,
@@ -697,14 +720,13 @@ class CellExecution:
             bytes_sent=b.bytes_sent if ok else None, exit_segment=b.exit_segment,
             output_match=msg.get("match"), output_max_diff=msg.get("max_diff"), error=msg.get("error"),
             source=msg.get("source"), due_ms=msg.get("due_ms"), queue_ms=b.queue_ms if ok else None,
-            late_ms=b.late_ms if "due_ms" in msg else None))
+            late_ms=b.late_ms if "due_ms" in msg else None)
+        hops, samples = [], []
         if ok:
-            for idx, h in enumerate(b.hops):
-                self.hops.append(HopRow(seq=msg["seq"], idx=idx, **h))
-            for rec in msg.get("trace") or []:
-                if "comp1" in rec and rec.get("cpu") is not None:
-                    self.compute_samples.setdefault(rec["host"], []).append(
-                        ((rec["comp1"] - rec["comp0"]) / 1e6, int(rec["cpu"]) / 1e6))
+            hops = [HopRow(seq=msg["seq"], idx=idx, **h) for idx, h in enumerate(b.hops)]
+            samples = [(rec["host"], ((rec["comp1"] - rec["comp0"]) / 1e6, int(rec["cpu"]) / 1e6))
+                       for rec in msg.get("trace") or [] if "comp1" in rec and rec.get("cpu") is not None]
+        return request, hops, samples
 
     def _mark_oom(self, hosts: list[str]) -> None:
         note = "OOM-killed on " + ", ".join(
@@ -735,6 +757,20 @@ class CellExecution:
             metric=q.get("metric"), metric_value=q.get("value"), baseline_value=q.get("baseline"),
             status=status, error=self.error, started=started, ended=time.time(),
             network=self.network, hosts=self.hosts, load=self.load)
+
+
+def _message(line: str, who: str) -> dict:
+    """One JSON line ``who`` (a client or load generator) wrote, decoded; a garbled one (a
+    library printing on its stdout, a cut line) is a RunError naming ``who``."""
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        msg = None
+    if not isinstance(msg, dict):
+        text = line.strip()
+        raise RunError(f"{who} wrote a line that is not a JSON object ({len(text)} characters, starting "
+                       f"{text[:40]!r}); the requests before it are kept")
+    return msg
 
 
 def _read_until(p: subprocess.Popen, deadline: float, key: str) -> dict | None:
@@ -841,9 +877,17 @@ def run_experiment(exp: Experiment, out: Path, *, events: Events | None = None, 
         from .distributed import check_cluster
 
         check_cluster(address, insecure_ray)
-    with folder_lock(out):
-        return _run_experiment(exp, out, events=events, cache=cache, reuse_network=reuse_network,
-                               executor=executor, address=address)
+    try:
+        with folder_lock(out):
+            return _run_experiment(exp, out, events=events, cache=cache, reuse_network=reuse_network,
+                                   executor=executor, address=address)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        error = RunError(no_space_line(e.filename or out, FULL_ADVICE))    # a file the run writes in `out`
+        for note in getattr(e, "__notes__", ()):
+            error.add_note(note)
+        raise error from None
 
 
 def _run_experiment(exp: Experiment, out: Path, *, events: Events | None, cache, reuse_network: bool,
@@ -851,23 +895,27 @@ def _run_experiment(exp: Experiment, out: Path, *, events: Events | None, cache,
     from emulation import registry
 
     store = ResultStore.in_folder(out)
-    run_id = registry.new_run_id()
-    store.begin_run(run_id, exp.name, exp.to_dict(), machine_info())
-    runner = Runner(exp, out, store, events=events, cache=cache, run_id=run_id, reuse_network=reuse_network)
-    status = "failed"
     try:
-        if executor == "ray":
-            from .distributed import run_on_ray
+        run_id = registry.new_run_id()
+        store.begin_run(run_id, exp.name, exp.to_dict(), machine_info())
+        runner = Runner(exp, out, store, events=events, cache=cache, run_id=run_id, reuse_network=reuse_network)
+        try:
+            if executor == "ray":
+                from .distributed import run_on_ray
 
-            status = run_on_ray(runner, address)
-        else:
-            status = runner.run()
-        return status, runner
-    except (KeyboardInterrupt, SystemExit):
-        status = "interrupted"
-        raise
-    finally:
+                status = run_on_ray(runner, address)
+            else:
+                status = runner.run()
+        except BaseException as first:
+            interrupted = isinstance(first, (KeyboardInterrupt, SystemExit))
+            try:
+                store.end_run(run_id, "interrupted" if interrupted else "failed")
+            except Exception as second:  # noqa: BLE001 - never in place of what ended the run
+                first.add_note(f"and the run's end could not be stored: {one_line(second)}")
+            raise
         store.end_run(run_id, status)
+        return status, runner
+    finally:
         store.close()
 
 

@@ -49,7 +49,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from topologies.errors import TestbedError
+from topologies.errors import TestbedError, no_space, no_space_line
 
 STORE_FILE = "results.sqlite"
 
@@ -446,6 +446,24 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _disk_full(e: sqlite3.Error) -> bool:
+    """SQLITE_FULL (or one of its extended codes): the disk under the store is full."""
+    return (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL
+
+
+# what to do when the store's disk fills up, after "free space on that disk or"
+FULL_ADVICE = ("choose another --out (what was stored before stays readable here; "
+                "--resume finishes the run once there is room)")
+
+
+def check_rows(cell: str, request: RequestRow, hops: Sequence[HopRow]) -> None:
+    """Raise the StoreError `ResultStore.write_cell` would raise for ``request`` and its
+    ``hops`` (a value a column cannot hold), before the cell is written."""
+    _request_row(cell, request)
+    for h in hops:
+        _hop_row(cell, h)
+
+
 # --- the store ------------------------------------------------------------------------------
 
 class ResultStore:
@@ -493,6 +511,8 @@ class ResultStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             tables = self._tables()
         except sqlite3.DatabaseError as e:
+            if _disk_full(e):
+                raise StoreError(no_space_line(self.path, FULL_ADVICE)) from None
             raise StoreError(f"{self.path} is not a testbed result store ({_one_line(e)}): "
                              "move it away or choose another output folder") from None
         if str(mode).lower() != "wal":
@@ -505,16 +525,18 @@ class ResultStore:
             if not create:
                 raise StoreError(f"no results at {self.path} (the file is empty): "
                                  "run `testbed run` with this output folder first")
-            with self._tx():
-                if not self._tables():      # another process may have created it meanwhile
-                    conn.execute(_META)
-                    for t in TABLES:
-                        for stmt in t.ddl():
-                            conn.execute(stmt)
-                    _set_version(conn, SCHEMA_VERSION)
+            self._write("the result tables", self._create)
         version = self._version()
         if version < SCHEMA_VERSION:
             self._upgrade(version)
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        if not self._tables():      # another process may have created it meanwhile
+            conn.execute(_META)
+            for t in TABLES:
+                for stmt in t.ddl():
+                    conn.execute(stmt)
+            _set_version(conn, SCHEMA_VERSION)
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -588,6 +610,8 @@ class ResultStore:
             with self._tx() as conn:
                 fn(conn)
         except sqlite3.Error as e:
+            if _disk_full(e):
+                raise StoreError(no_space_line(f"{what} to {self.path}", FULL_ADVICE)) from None
             raise StoreError(f"could not write {what} to {self.path}: {_one_line(e)}") from None
 
     # --- writing ---
@@ -770,6 +794,8 @@ def export(folder: str | Path, fmt: str, dest: str | Path | None = None) -> list
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
+            if no_space(e):
+                raise StoreError(no_space_line(path, "export to a folder with room (--dest)")) from None
             raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
         written.append(path)
     return written

@@ -15,6 +15,7 @@ Callers may rely on:
 """
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 
 
@@ -32,6 +33,23 @@ class TestbedError(Exception):
 
     exit_code: int = 1
     __test__ = False          # pytest: a name starting with "Test" is not a test class
+
+
+def one_line(error: BaseException) -> str:
+    """What the user reads of ``error``: its message, then any notes added to it on the way
+    up (``add_note``: e.g. a second failure while cleaning up after it), as one line."""
+    text = str(error) or type(error).__name__
+    return " ".join("; ".join([text, *getattr(error, "__notes__", ())]).split())
+
+
+def no_space(error: BaseException) -> bool:
+    """True when ``error`` says a disk (or the user's quota on it) is full."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space_line(where: object, advice: str) -> str:
+    """The one line of a full disk: what, where, what to do."""
+    return f"no space left on device writing {where}: free space on that disk or {advice}"
 
 
 class LocatedError(TestbedError, ValueError):

@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from topologies.errors import no_space, no_space_line
 from topologies.trust import UntrustedError, check_folder
 
 from .errors import WorkloadError
@@ -81,6 +82,19 @@ def _close_writes(top: Path) -> None:
             mode = os.lstat(p).st_mode
             if not stat.S_ISLNK(mode) and mode & 0o022:
                 os.chmod(p, stat.S_IMODE(mode) & ~0o022)
+def _full_disk(e: OSError, entry: Path) -> str:
+    """The one line of ``e`` (a full disk) raised while building ``entry``: the file it names,
+    else the entry, unless TMPDIR is on another disk with less room (then it was that)."""
+    where, advice = e.filename or entry, "point TESTBED_CACHE elsewhere (nothing half-built was kept)"
+    if e.filename is None:
+        scratch = Path(tempfile.gettempdir())
+        try:
+            elsewhere = os.stat(scratch).st_dev != os.stat(entry.parent).st_dev
+            if elsewhere and shutil.disk_usage(scratch).free < shutil.disk_usage(entry.parent).free:
+                where, advice = scratch, "set TMPDIR to a folder with room (nothing half-built was kept)"
+        except OSError:
+            pass
+    return no_space_line(where, advice)
 
 
 class Cache:
@@ -127,7 +141,9 @@ class Cache:
     def building(self, kind: str, key: str, description: dict | None = None):
         """Yield a fresh temporary folder; on normal exit it becomes entry ``kind/key``.
 
-        On an exception the temporary folder is removed and nothing is published.
+        On an exception the temporary folder is removed and nothing is published; a full disk
+        is a `WorkloadError` naming the disk that filled up (the cache's, or TMPDIR's where a
+        builder keeps its own temporary files), entries built before it stay.
         """
         final = self.folder(kind) / key
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))     # 0o700
@@ -136,6 +152,10 @@ class Cache:
             (tmp / COMPLETE).write_text(json.dumps(description or {}, indent=1, default=str))
             _close_writes(tmp)
             self._publish(tmp, final)
+        except OSError as e:
+            if not no_space(e):
+                raise
+            raise WorkloadError(_full_disk(e, final)) from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

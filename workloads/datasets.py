@@ -12,7 +12,9 @@ Built-in sets (each returns a `workloads.data.Dataset`; ``split`` is one of `dat
 - `fashion_segmentation`: 64×64 composites of 2–4 Fashion-MNIST items with per-pixel labels
   that follow exactly from the composite (background 0, item class + 1 elsewhere).
 - `vader_sentences` / `sentiment_dataset`: the human-rated sentences of Hutto & Gilbert
-  (ICWSM 2014) shipped in the vaderSentiment 3.3.2 source distribution, as binary sentiment.
+  (ICWSM 2014) shipped in the vaderSentiment 3.3.2 source distribution, as binary sentiment;
+  `scripts/setup.sh` installs that file once (`install_vader`, into ``.venv/share/testbed``),
+  nothing downloads it at run time (`vader_sdist`).
 - `sample_photos`: unlabelled ImageNet-style crops of scikit-image's bundled colour photos,
   to judge an ImageNet model by agreement with its untransformed self.
 
@@ -34,6 +36,8 @@ from typing import Sequence
 import numpy as np
 
 from .data import SPLITS, Dataset
+from topologies.errors import name_list
+
 from .errors import WorkloadError, choices
 
 # ----------------------------------------------------------------------------------------------
@@ -224,16 +228,25 @@ def fashion_segmentation(split: str) -> Dataset:
 # VADER human-rated sentences
 
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
+VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"   # PyPI's file, pinned
 VADER_INNER = "additional_resources/hutto_ICWSM_2014.tar.gz"
 VADER_POSITIVE = 0.5             # mean rating above: positive; below -0.5: negative; between: dropped
 VADER_FRACTIONS = {"eval": 0.2, "calibration": 0.1}      # train: the rest
 SENTIMENT_CLASSES = ("negative", "positive")
+SETUP = "sudo bash scripts/setup.sh"
 
 
-def vader_folder() -> Path:
-    """Where the sdist is kept: the cache's ``datasets`` folder (created and checked)."""
+def vader_install_dir() -> Path:
+    """Where `scripts/setup.sh` installs the sdist: ``share/testbed`` of the Python
+    environment (``.venv/share/testbed``), whatever ``$TESTBED_CACHE`` says."""
+    return Path(sys.prefix) / "share" / "testbed"
+
+
+def vader_places() -> tuple[Path, Path]:
+    """Where `vader_sdist` looks, in order: `vader_install_dir`, then the cache's ``datasets``
+    folder (where a user may copy the file; its hash is checked, so the folder need not be)."""
     from .cache import Cache
-    return Cache().folder("datasets")
+    return vader_install_dir(), Cache().root / "datasets"
 
 
 def _download_command(folder: Path) -> list[str]:
@@ -241,30 +254,70 @@ def _download_command(folder: Path) -> list[str]:
             "vaderSentiment==3.3.2", "-d", str(folder)]
 
 
-def vader_sdist(folder: Path | str | None = None, download: bool = True) -> Path:
-    """The path of ``vaderSentiment-3.3.2.tar.gz`` in ``folder`` (default `vader_folder`),
-    fetched from PyPI with ``pip download`` first when absent and ``download`` is true."""
-    folder = Path(folder) if folder is not None else vader_folder()
-    path = folder / VADER_SDIST
-    if path.is_file():
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_sha(path: Path, what_to_do: str) -> Path:
+    got = _sha256(path)
+    if got != VADER_SHA256:
+        raise WorkloadError(f"{path}: not the vaderSentiment 3.3.2 sdist (SHA-256 {got[:16]}..., expected "
+                            f"{VADER_SHA256[:16]}...); {what_to_do}")
+    return path
+
+
+def vader_sdist(folder: Path | str | None = None) -> Path:
+    """The path of ``vaderSentiment-3.3.2.tar.gz``: in ``folder`` when given, else the first of
+    `vader_places` that holds it (checked against `VADER_SHA256`). Never downloads: a missing
+    file is one line saying to run `scripts/setup.sh` or where to copy the file."""
+    if folder is not None:
+        path = Path(folder) / VADER_SDIST
+        if not path.is_file():
+            raise WorkloadError(f"{path}: VADER sentences missing; put the vaderSentiment 3.3.2 sdist there")
         return path
-    command = _download_command(folder)
-    hint = f"run `{' '.join(command)}` on a machine with access to PyPI and copy the file to {folder}"
-    if not download:
-        raise WorkloadError(f"{path}: VADER sentences missing; {hint}")
+    places = vader_places()
+    for place in places:
+        path = place / VADER_SDIST
+        if path.is_file():
+            return _check_sha(path, f"delete it, then run `{SETUP}` (it fetches the right one)")
+    raise WorkloadError(
+        f"the VADER sentences (minilm_sentiment's data) are in neither {places[0]} nor {places[1]}: run "
+        f"`{SETUP}` (it fetches {VADER_SDIST} from PyPI once), or copy that file (`pip download --no-deps "
+        f"--no-binary :all: vaderSentiment==3.3.2` on a machine with PyPI access) to {places[1]}")
+
+
+def install_vader(folder: Path | str | None = None, progress=lambda message: None) -> Path:
+    """`scripts/setup.sh`'s step: ``VADER_SDIST`` in ``folder`` (default `vader_install_dir`),
+    fetched with ``pip download`` (the only download of the data sets; ``progress`` hears of
+    it) and checked against `VADER_SHA256` first when it is not there with that hash; the file
+    appears whole and checked, or not at all. Returns its path."""
     import tempfile
 
+    folder = Path(folder) if folder is not None else vader_install_dir()
+    path = folder / VADER_SDIST
+    if path.is_file() and _sha256(path) == VADER_SHA256:
+        return path
+    progress(f"fetching {VADER_SDIST} (the VADER sentences) from PyPI into {folder}")
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".download.", dir=folder) as tmp:   # whole file or none
+    with tempfile.TemporaryDirectory(prefix=".download.", dir=folder) as tmp:
+        command = _download_command(Path(tmp))
         try:
-            done = subprocess.run(_download_command(Path(tmp)), capture_output=True, text=True, timeout=600)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             failed = done.returncode != 0
             reason = (done.stderr.strip().splitlines() or ["pip failed"])[-1] if failed else ""
         except (OSError, subprocess.TimeoutExpired) as e:
             failed, reason = True, str(e)
         fetched = Path(tmp) / VADER_SDIST
         if failed or not fetched.is_file():
-            raise WorkloadError(f"{path}: could not download the VADER sentences ({reason or 'no file'}); {hint}")
+            raise WorkloadError(f"{path}: could not download the VADER sentences ({reason or 'no file'}); "
+                                f"check the network (PyPI), or copy {VADER_SDIST} there")
+        _check_sha(fetched, "PyPI served another file: nothing was installed")
         os.replace(fetched, path)
     return path
 
@@ -276,7 +329,7 @@ def _read_sdist_cached(path: str, mtime: float) -> tuple[tuple[str, str, float, 
             member = next((m for m in outer.getmembers() if m.name.endswith("/" + VADER_INNER)
                            or m.name == VADER_INNER), None)
             if member is None:
-                raise WorkloadError(f"{path}: no {VADER_INNER} inside; delete the file to download it again")
+                raise WorkloadError(f"{path}: no {VADER_INNER} inside; replace the file")
             inner_bytes = outer.extractfile(member).read()
         records = []
         with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
@@ -293,9 +346,9 @@ def _read_sdist_cached(path: str, mtime: float) -> tuple[tuple[str, str, float, 
                         raise WorkloadError(f"{path}: {m.name}:{n}: expected id<TAB>rating<TAB>sentence")
                     records.append((source, parts[0].strip(), float(parts[1]), parts[2].strip()))
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        raise WorkloadError(f"{path}: unreadable VADER sdist ({e}); delete it to download it again") from None
+        raise WorkloadError(f"{path}: unreadable VADER sdist ({e}); replace the file") from None
     if not records:
-        raise WorkloadError(f"{path}: no *_GroundTruth.txt sentences found; delete it to download it again")
+        raise WorkloadError(f"{path}: no *_GroundTruth.txt sentences found; replace the file")
     return tuple(records)
 
 
@@ -307,8 +360,7 @@ def read_vader_sdist(path: Path | str) -> list[tuple[str, str, float, str]]:
     return list(_read_sdist_cached(str(path), path.stat().st_mtime))
 
 
-def vader_sentences(split: str, folder: Path | str | None = None,
-                    download: bool = True) -> tuple[list[str], np.ndarray]:
+def vader_sentences(split: str, folder: Path | str | None = None) -> tuple[list[str], np.ndarray]:
     """Sentences and binary int64 labels (1 positive: rating > 0.5; 0 negative: rating < -0.5;
     ratings within ±0.5 are dropped) of ``split``. A sentence that occurs more than once (83
     do, e.g. "i love it!") is one sample with the mean of its ratings, so no sentence is in
@@ -318,13 +370,13 @@ def vader_sentences(split: str, folder: Path | str | None = None,
     calibration, the rest to train (so each split has the overall class balance); each split is
     then shuffled (seeded). The same on every machine for the same sdist.
     """
-    texts, labels, _ = _vader_split(split, folder, download)
+    texts, labels, _ = _vader_split(split, folder)
     return texts, labels
 
 
-def _vader_split(split, folder, download):
+def _vader_split(split, folder):
     _check_split(split, "vader-sentences")
-    records = read_vader_sdist(vader_sdist(folder, download))
+    records = read_vader_sdist(vader_sdist(folder))
     ratings: dict[str, list[float]] = {}            # a sentence rated more than once: one sample,
     for _, _, rating, text in records:              # its mean rating (no train/eval leaks)
         ratings.setdefault(text, []).append(rating)
@@ -371,11 +423,11 @@ def tokenize(texts: Sequence[str], tokenizer_dir: Path | str, max_len: int = 64)
 
 
 def sentiment_dataset(split: str, tokenizer_dir: Path | str, max_len: int = 64,
-                      folder: Path | str | None = None, download: bool = True) -> Dataset:
+                      folder: Path | str | None = None) -> Dataset:
     """`vader_sentences` ``split`` tokenised by `tokenize`: inputs ``input_ids`` and
     ``attention_mask`` (int64, N × max_len), labels int64 (0 negative, 1 positive);
     ``extra["texts"]`` holds the sentences."""
-    texts, labels, stats = _vader_split(split, folder, download)
+    texts, labels, stats = _vader_split(split, folder)
     inputs = tokenize(texts, tokenizer_dir, max_len)
     truncated = int((inputs["attention_mask"][:, -1] == 1).sum())
     return Dataset("vader-sentences", "text_classification", inputs, labels, SENTIMENT_CLASSES,
@@ -506,7 +558,11 @@ def image_folder(path: Path | str, shape: tuple[int, int, int] = (3, 224, 224), 
             with Image.open(f) as img:
                 img = img.convert("RGB" if c == 3 else "L").resize((w, h), Image.BILINEAR)
                 a = np.asarray(img, np.float32) / np.float32(255.0)
-        except (UnidentifiedImageError, OSError) as e:
+        except Image.DecompressionBombError as e:      # PIL's guard against a small file of huge size
+            size = str(e).split(",")[0]
+            raise WorkloadError(f"{f}: too large to decode safely ({size}, which PIL refuses as a possible "
+                                "decompression bomb); resize it or remove it") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
             raise WorkloadError(f"{f}: not a readable image ({e}); remove or replace it") from None
         x[i] = a.transpose(2, 0, 1) if c == 3 else a[None]
     if mean is not None:
@@ -522,31 +578,45 @@ def image_folder(path: Path | str, shape: tuple[int, int, int] = (3, 224, 224), 
                    f"{len(files)} images from {root} ({what}), resized to {h}x{w}", {"path": str(root)})
 
 
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_csv(path: Path, label_column) -> tuple[np.ndarray, np.ndarray | None]:
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    """Errors name the file, line and column, never the values there (a user's data may be
+    large or private)."""
+    lines = [(n, ln) for n, ln in enumerate(path.read_text().splitlines(), 1)
+             if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise WorkloadError(f"{path}: empty CSV file")
     header = None
-    try:
-        [float(v) for v in lines[0].split(",")]
-    except ValueError:
-        header = [v.strip() for v in lines[0].split(",")]
+    if not all(_number(v) for v in lines[0][1].split(",")):
+        header = [v.strip() for v in lines[0][1].split(",")]
         lines = lines[1:]
+    if not lines:
+        raise WorkloadError(f"{path}: no rows of numbers under the header; one sample per line")
     rows = []
-    for n, ln in enumerate(lines, 2 if header else 1):
-        try:
-            rows.append([float(v) for v in ln.split(",")])
-        except ValueError:
-            raise WorkloadError(f"{path}: row {n}: not numeric: {ln[:60]!r}") from None
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise WorkloadError(f"{path}: rows have different numbers of columns ({choices(sorted(widths))})")
+    first, width = lines[0][0], len(lines[0][1].split(","))
+    for n, ln in lines:
+        values = ln.split(",")
+        if len(values) != width:
+            raise WorkloadError(f"{path}:{n}: {len(values)} columns, but line {first} has {width}; "
+                                "give every row the same columns")
+        bad = next((k for k, v in enumerate(values, 1) if not _number(v)), None)
+        if bad is not None:
+            raise WorkloadError(f"{path}:{n}: column {bad} is not a number; every value must be a number "
+                                "(only the first line may be a header)")
+        rows.append([float(v) for v in values])
     table = np.array(rows, np.float64)
     if label_column is None:
         return table.astype(np.float32), None
     if isinstance(label_column, str):
         if header is None or label_column not in header:
-            raise WorkloadError(f"{path}: no column {label_column!r}; columns: {choices(header or [])}")
+            raise WorkloadError(f"{path}: no column {label_column!r}; columns: {name_list(header or ['(none)'])}")
         col = header.index(label_column)
     else:
         col = int(label_column)

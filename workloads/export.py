@@ -22,6 +22,8 @@ import time
 import warnings
 from pathlib import Path
 
+from topologies.errors import no_space
+
 from .cache import Cache, content_key, library_versions
 from .errors import WorkloadError
 from .models import BuildContext, InputSpec, ModelEntry
@@ -118,6 +120,8 @@ def export_model(entry: ModelEntry, ctx: BuildContext) -> Path:
             except WorkloadError:
                 raise
             except Exception as e:  # noqa: BLE001 - the exporter raises many types; one line for the user
+                if no_space(e):
+                    raise               # a full disk, not the model: the cache says where
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise WorkloadError(f"model {entry.name}: ONNX export failed ({type(e).__name__}: {first[:300]})") \
                     from e

@@ -551,8 +551,9 @@ def _rss_bytes() -> int | None:
 
 # ---- the client ---------------------------------------------------------------------------
 
-def save_inputs(path: str, samples: list[dict[str, np.ndarray]], references: list[np.ndarray | None]) -> None:
-    """Write what the client sends (and the reference outputs it checks answers against)."""
+def save_inputs(path, samples: list[dict[str, np.ndarray]], references: list[np.ndarray | None]) -> None:
+    """Write what the client sends (and the reference outputs it checks answers against) to
+    ``path`` (a file name or an open binary file)."""
     names = list(samples[0])
     arrays = {"names": np.array(names)}
     for i, s in enumerate(samples):

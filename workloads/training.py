@@ -34,6 +34,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from topologies.errors import no_space, no_space_line
+
 from .data import Dataset
 from .errors import WorkloadError, choices
 
@@ -228,13 +230,22 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
         tmp = ckpt.with_name(ckpt.name + ".tmp")
         # tensors and plain data only (the shuffle order as a tensor, not a numpy array), which
         # torch.load(weights_only=True) reads back without running any pickled code
-        with open(tmp, "wb", opener=_private) as f:
-            torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
-                        "epoch": epoch, "batch": batch, "order": None if order is None else torch.from_numpy(order),
-                        "losses": losses, "seen": seen, "rng": rng.bit_generator.state,
-                        "torch_rng": torch.get_rng_state(), "elapsed": time.monotonic() - t0}, f)
-        os.replace(tmp, ckpt)
+        try:
+            with open(tmp, "wb", opener=_private) as f:   # a Python file: a full disk is an OSError, not torch's
+                torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
+                            "epoch": epoch, "batch": batch,
+                            "order": None if order is None else torch.from_numpy(order),
+                            "losses": losses, "seen": seen, "rng": rng.bit_generator.state,
+                            "torch_rng": torch.get_rng_state(), "elapsed": time.monotonic() - t0}, f)
+            os.replace(tmp, ckpt)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)     # the last complete checkpoint stays
+            if no_space(e):
+                raise WorkloadError("training: " + no_space_line(
+                    tmp, "move the cache (TESTBED_CACHE) elsewhere; training resumes from its last "
+                         "checkpoint when run again")) from None
+            raise
 
     last_save = last_note = time.monotonic()
     with torch_threads(threads):

@@ -213,6 +213,49 @@ def test_an_oom_killed_server_is_an_oom_result_and_the_run_goes_on(study, tmp_pa
     assert cells["edge"]["status"] == "done" and cells["edge"]["ok"] == 3
 
 
+# loaded by every Python the run starts (PYTHONPATH); in the client, the second request's line comes
+# out cut short, as when a client is killed mid-line or a library writes on its stdout
+GARBLING_SITECUSTOMIZE = """\
+import sys
+
+if sys.orig_argv[1:4] == ["-m", "workloads.serving", "client"]:
+    class _Cut:
+        def __init__(self, out):
+            self.out, self.lines = out, 0
+
+        def write(self, text):
+            self.lines += 1
+            return self.out.write(text[:12] + "\\n" if self.lines == 3 else text)   # hello, seq 0, seq 1
+
+        def __getattr__(self, name):
+            return getattr(self.out, name)
+
+    sys.stdout = _Cut(sys.stdout)
+"""
+
+
+def test_a_garbled_line_from_the_client_ends_its_cell_in_one_line_and_keeps_what_was_measured(study, tmp_path):
+    """Issue 19: the runner decoded the client's lines unguarded: one garbled line ended the
+    whole run as an internal error (exit 3)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(GARBLING_SITECUSTOMIZE)
+    strategies = "  - {name: mobile, placement: mobile}\n  - {name: edge, placement: edge}\n"
+    exp = _write(study, "garbled.yaml", strategies, repeat=4)
+    out = tmp_path / "out"
+    env = {**_env(tmp_path), "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+    p = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out), "--json"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    cells = {c["strategy"]: c for c in _rows(out / "results.sqlite", "SELECT * FROM cells")}
+    for name, cell in cells.items():                       # every cell: its first request kept, then the line
+        assert cell["status"] == "done" and cell["requests"] == 1 and cell["ok"] == 1, cell
+        assert cell["error"] == ("client on mobile wrote a line that is not a JSON object (12 characters, "
+                                 """starting '{"status": "'); the requests before it are kept"""), cell
+    assert set(cells) == {"mobile", "edge"}
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupting_a_run_keeps_what_was_measured_and_leaves_nothing(study, tmp_path, sig, code):
     strategies = "  - {name: edge, placement: edge}\n  - {name: cloud, placement: cloud}\n"

@@ -6,6 +6,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,28 +200,101 @@ def test_vader_from_a_fake_sdist(tmp_path):
     assert all(everything[t] == 1 for t in pos) and all(everything[t] == 0 for t in neg[1:])
 
 
-def test_vader_missing_sdist_says_what_to_run(tmp_path, monkeypatch):
+def test_vader_missing_from_a_given_folder_is_one_line(tmp_path):
     with pytest.raises(WorkloadError) as e:
-        D.vader_sentences("eval", folder=tmp_path, download=False)
-    assert str(tmp_path / D.VADER_SDIST) in str(e.value)
-    assert "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2" in str(e.value)
-    monkeypatch.setattr(D, "_download_command", lambda folder: [sys.executable, "-c", "raise SystemExit('no network')"])
-    with pytest.raises(WorkloadError, match=r"could not download the VADER sentences \(no network\); run `"):
         D.vader_sentences("eval", folder=tmp_path)
+    assert str(e.value) == f"{tmp_path / D.VADER_SDIST}: VADER sentences missing; put the vaderSentiment 3.3.2 sdist there"
 
 
 def test_vader_unreadable_sdist(tmp_path):
     (tmp_path / D.VADER_SDIST).write_bytes(b"not a tar")
-    with pytest.raises(WorkloadError, match="unreadable VADER sdist .*delete it to download it again"):
+    with pytest.raises(WorkloadError, match="unreadable VADER sdist .*replace the file"):
         D.vader_sentences("eval", folder=tmp_path)
+
+
+INSTALLED = Path(sys.prefix) / "share" / "testbed" / "vaderSentiment-3.3.2.tar.gz"     # .venv/share/testbed
+needs_installed_vader = pytest.mark.skipif(not INSTALLED.is_file(), reason=f"{INSTALLED} missing: scripts/setup.sh "
+                                           "installs it")
+
+
+@pytest.fixture()
+def own_cache(tmp_path, monkeypatch):
+    """An empty cache of the test's own, as many tests and users set it (TESTBED_CACHE)."""
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@needs_installed_vader
+def test_vader_is_found_where_setup_installs_it_whatever_the_cache(own_cache):
+    assert D.vader_sdist() == INSTALLED
+    assert len(D.vader_sentences("eval")[0]) == 3817
+    assert not own_cache.exists()                 # nothing fetched into the cache
+
+
+def test_vader_is_never_downloaded_at_run_time(own_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "vader_install_dir", lambda: tmp_path / "venv-share")     # setup has not run
+    with pytest.raises(WorkloadError) as e:
+        D.vader_sentences("eval")
+    line = str(e.value)
+    assert line == (f"the VADER sentences (minilm_sentiment's data) are in neither {tmp_path / 'venv-share'} nor "
+                    f"{own_cache / 'datasets'}: run `sudo bash scripts/setup.sh` (it fetches {D.VADER_SDIST} from "
+                    "PyPI once), or copy that file (`pip download --no-deps --no-binary :all: vaderSentiment==3.3.2` "
+                    f"on a machine with PyPI access) to {own_cache / 'datasets'}")
+    assert not own_cache.exists() and not (tmp_path / "venv-share").exists()
+
+
+@needs_installed_vader
+def test_vader_copied_into_the_cache_is_used_and_checked(own_cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "vader_install_dir", lambda: tmp_path / "venv-share")
+    copy = own_cache / "datasets" / D.VADER_SDIST
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(INSTALLED.read_bytes())
+    assert D.vader_sdist() == copy
+    (tmp_path / "venv-share").mkdir()
+    (tmp_path / "venv-share" / D.VADER_SDIST).write_bytes(INSTALLED.read_bytes()[:-1] + b"x")   # first place first
+    with pytest.raises(WorkloadError, match=rf"venv-share/{D.VADER_SDIST}: not the vaderSentiment 3.3.2 sdist "
+                                            rf"\(SHA-256 [0-9a-f]{{16}}\.\.\., expected 5d7c06e027fc8b99\.\.\.\); "
+                                            r"delete it, then run `sudo bash scripts/setup.sh`"):
+        D.vader_sdist()
+
+
+def _fetch_command(code: str):
+    """A download command that runs ``code`` (in Python, ``folder`` set) instead of pip."""
+    return lambda folder: [sys.executable, "-c", f"folder = {str(folder)!r}\n{code}"]
+
+
+@needs_installed_vader
+def test_install_vader_keeps_a_good_file_without_fetching(tmp_path, monkeypatch):
+    (tmp_path / D.VADER_SDIST).write_bytes(INSTALLED.read_bytes())
+    monkeypatch.setattr(D, "_download_command", _fetch_command("raise SystemExit('fetched')"))
+    heard = []
+    assert D.install_vader(tmp_path, progress=heard.append) == tmp_path / D.VADER_SDIST
+    assert heard == []
+
+
+def test_install_vader_refuses_a_file_with_another_hash_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_download_command", _fetch_command(
+        f"open(folder + '/{D.VADER_SDIST}', 'wb').write(b'changed upstream')"))
+    heard = []
+    with pytest.raises(WorkloadError, match=r"not the vaderSentiment 3.3.2 sdist .*PyPI served another file: "
+                                            "nothing was installed"):
+        D.install_vader(tmp_path / "share", progress=heard.append)
+    assert heard == [f"fetching {D.VADER_SDIST} (the VADER sentences) from PyPI into {tmp_path / 'share'}"]
+    assert list((tmp_path / "share").iterdir()) == []          # no file, no temporary folder
+    monkeypatch.setattr(D, "_download_command", _fetch_command("raise SystemExit('no network')"))
+    (tmp_path / "share" / D.VADER_SDIST).write_bytes(b"a bad copy")
+    with pytest.raises(WorkloadError, match=r"could not download the VADER sentences \(no network\); check the "
+                                            "network"):
+        D.install_vader(tmp_path / "share")
+    assert [p.name for p in (tmp_path / "share").iterdir()] == [D.VADER_SDIST]    # only what was there
 
 
 @pytest.fixture(scope="module")
 def real_vader():
     try:
-        return D.vader_sdist()                      # the cache folder; downloads once when absent
+        return D.vader_sdist()                      # where scripts/setup.sh installs it (or a copy in the cache)
     except WorkloadError as e:
-        pytest.skip(f"the vaderSentiment 3.3.2 sdist is not cached and pip cannot fetch it from PyPI: {e}")
+        pytest.skip(f"the vaderSentiment 3.3.2 sdist is not installed: {e}")
 
 
 def test_real_vader_counts(real_vader):
@@ -358,11 +432,58 @@ def test_array_files(tmp_path):
     unl = D.array_file(tmp_path / "e.csv", "inp")
     assert unl.labels is None and unl.inputs["inp"].shape == (2, 4)
     (tmp_path / "f.csv").write_text("1,2\n3,x\n")
-    with pytest.raises(WorkloadError, match="row 2: not numeric"):
+    with pytest.raises(WorkloadError, match=r"f\.csv:2: column 2 is not a number"):
         D.array_file(tmp_path / "f.csv", "inp")
     (tmp_path / "g.txt").write_text("1")
     with pytest.raises(WorkloadError, match=r"unsupported file type \.txt; use \.npz, \.npy or \.csv"):
         D.array_file(tmp_path / "g.txt", "inp")
+
+
+def test_csv_errors_name_the_file_line_and_column_never_the_values(tmp_path):
+    path = tmp_path / "private.csv"
+    path.write_text("f1,f2,label\n# a comment\n\n1,2,0\n3,patient-4711-secret,1\n")
+    with pytest.raises(WorkloadError) as e:
+        D.array_file(path, "inp", label_column=-1)
+    assert str(e.value) == (f"{path}:5: column 2 is not a number; every value must be a number (only the first "
+                            "line may be a header)")
+    path.write_text("1,2,0\n\n3,4\n")
+    with pytest.raises(WorkloadError) as e:
+        D.array_file(path, "inp", label_column=-1)
+    assert str(e.value) == f"{path}:3: 2 columns, but line 1 has 3; give every row the same columns"
+    path.write_text("f1,f2,label\n")                  # a header and nothing else: no traceback
+    with pytest.raises(WorkloadError) as e:
+        D.array_file(path, "inp", label_column=-1)
+    assert str(e.value) == f"{path}: no rows of numbers under the header; one sample per line"
+    path.write_text(",".join(f"pixel{i}" for i in range(784)) + "\n" + ",".join(["0"] * 784) + "\n")
+    with pytest.raises(WorkloadError) as e:          # a wide header is not copied out whole
+        D.array_file(path, "inp", label_column="label")
+    assert str(e.value).endswith("columns: pixel0, pixel1, pixel2, pixel3, pixel4, pixel5, pixel6, pixel7, ... "
+                                 "(784 in all)")
+
+
+def _huge_png(path, side: int):
+    """A valid 1-bit PNG of side x side pixels: a few kB on disk, far more pixels than PIL decodes."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(bytes((side + 7) // 8 + 1) * side, 9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_an_image_too_large_to_decode_is_one_line_naming_it(tmp_path):
+    _png(tmp_path / "cats" / "a.png", (1, 2, 3))
+    bomb = tmp_path / "cats" / "b.png"
+    _huge_png(bomb, 13_400)                           # 179.6 M pixels: above PIL's limit of 179.0 M
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(WorkloadError) as e:
+        D.image_folder(tmp_path)
+    assert str(e.value) == (f"{bomb}: too large to decode safely (Image size (179560000 pixels) exceeds limit of "
+                            "178956970 pixels, which PIL refuses as a possible decompression bomb); resize it or "
+                            "remove it")
 
 
 def test_check_against(tmp_path):

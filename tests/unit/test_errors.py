@@ -74,6 +74,16 @@ def test_the_handler_prints_one_line_with_the_errors_exit_code():
     assert isinstance(res.exception, SystemExit)        # not the error itself: nothing for a traceback
 
 
+def test_what_happened_after_an_error_is_a_note_at_the_end_of_its_one_line():
+    first = TestbedError("no space left on device writing cell c to out/results.sqlite: free space")
+    first.add_note("and the run's end could not be stored: no space left on device writing run r")
+    res = CliRunner().invoke(_group_raising(first), ["boom"])
+    assert res.exit_code == 1
+    assert res.output.splitlines() == ["Error: no space left on device writing cell c to out/results.sqlite: free "
+                                       "space; and the run's end could not be stored: no space left on device "
+                                       "writing run r"]
+
+
 def test_an_error_that_is_not_the_testbeds_is_not_swallowed_by_the_handler():
     res = CliRunner().invoke(_group_raising(ZeroDivisionError("bug")), ["boom"])
     assert isinstance(res.exception, ZeroDivisionError)   # main() reports it as an internal error (exit 3)

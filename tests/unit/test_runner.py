@@ -225,3 +225,34 @@ def test_a_second_run_into_the_same_folder_is_refused_in_one_line_before_it_touc
         holder.stdout.close()
     with folder_lock(tmp_path):      # the kernel let go of it when its holder died
         pass
+
+
+def test_a_garbled_line_from_a_client_is_one_line_naming_it_and_keeps_the_requests_before():
+    """Issue 19: the runner decoded each line of a client's output unguarded; a cut line (the
+    client killed mid-line) or a library's print on its stdout ended the run as an internal error."""
+    import json
+
+    from testbed.runner import CellExecution, CellPlan, _message
+
+    who = "client on mobile"
+    cell = CellExecution(None, None, None, CellPlan("m/mobile/abc", {}, None, None, None, {}), {}, 1.0)
+    cell._add_request(_message(json.dumps({"seq": 0, "input": 0, "status": "timeout", "error": "late"}) + "\n", who),
+                      who)
+    for line, shown in [('{"seq": 1, "input": 1, "stat', '\'{"seq": 1, "input": 1, "stat\''),
+                        ("[1, 2]\n", "'[1, 2]'"), ("onnxruntime says hello " * 5 + "\n", "'onnxruntime says hello onnxruntime says '")]:
+        with pytest.raises(RunError) as e:
+            _message(line, who)
+        assert str(e.value) == (f"client on mobile wrote a line that is not a JSON object ({len(line.strip())} "
+                                f"characters, starting {shown}); the requests before it are kept")
+    for msg, why in [({"seq": 1, "input": 0, "status": "lost"},
+                      "StoreError: cell m/mobile/abc request 1: status is 'lost', not one of ok, timeout, oom, error"),
+                     ({"seq": 2, "status": "timeout"}, "KeyError: 'input'"),
+                     ({"seq": "3", "input": 0, "status": "timeout"},
+                      "StoreError: cell m/mobile/abc request '3': seq must be an integer, got str '3'")]:
+        with pytest.raises(RunError) as e:
+            cell._add_request(msg, who)
+        assert str(e.value) == (f"client on mobile reported request {msg['seq']} in a form that cannot be stored "
+                                f"({why}); the requests before it are kept")
+    with pytest.raises(RunError, match=r"^load generator on phone1 reported request 4 in a form that cannot be "):
+        cell._add_request({"seq": 4, "input": 0, "status": "ok", "trace": "garbage"}, "load generator on phone1")
+    assert [r.seq for r in cell.requests] == [0] and cell.hops == [] and cell.compute_samples == {}

