@@ -34,7 +34,7 @@ from pathlib import Path
 
 from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
-from . import cgroups, process, registry, shaping
+from . import cgroups, process, registry, shaping, signals
 from .errors import EmulationError
 from .plan import directions, plan
 from .probe import capabilities
@@ -301,11 +301,14 @@ class EmulatedNetwork:
                       what: str) -> tuple[subprocess.Popen, dict]:
         """Start one of our JSON-line helpers (``python -m MODULE ARGS``) outside every host's
         cgroup, in ``netns_pid``'s namespace (None: the root one), registered for cleanup;
-        returns it and its first line."""
+        returns it and its first line. In a session of its own: a terminal's Ctrl-C reaches
+        the process holding the network, which ends its helpers in order (:meth:`stop`),
+        not the helpers themselves (a delay line gone first would drop the link's packets)."""
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         p = process.popen([sys.executable, "-m", *module_args], netns_pid=netns_pid, cgroup_procs=[],
                           run_id=self.run_id, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, bufsize=1, cwd=str(REPO_ROOT))
+                          stderr=subprocess.PIPE, text=True, bufsize=1, cwd=str(REPO_ROOT),
+                          start_new_session=True)
         self.registry.add_process(p.pid, label)
         self.procs.append(p)
         return p, process.read_json_line(p, timeout_s=10.0, what=what)
@@ -561,10 +564,37 @@ class EmulatedNetwork:
 
     # -- teardown -----------------------------------------------------------------------
     def stop(self) -> None:
+        """Remove everything the network made: its processes, the hosts' shells (and with them
+        the namespaces and links), the cgroups, then the registry record.
+
+        Idempotent and resumable: the network counts as stopped only once all of it is gone,
+        so a stop that failed part-way finishes the rest when called again (each step skips
+        what is already gone). SIGINT, SIGTERM and SIGHUP that arrive meanwhile are held and
+        acted on once it is done (:func:`emulation.signals.deferred`): a second Ctrl-C cannot
+        cut it short. Bounded: each wait gives up after a few seconds (SIGKILL, then an
+        error naming what is left for `testbed clean`)."""
         if self._stopped:
             return
-        self._stopped = True
-        errors = []
+        with signals.deferred():
+            self._stop_processes()
+            for ipr in self._iprs.values():
+                ipr.close()
+            self._iprs.clear()
+            errors = self._stop_shells()
+            # whatever is still inside a host's cgroup was started on that host, so it is ours
+            for cg in self.cgroups.values():
+                cg.kill_all()
+            try:
+                cgroups.remove_run_cgroups(self.run_id, version=self.caps.get("cgroup_version"))
+            except cgroups.CgroupError as e:
+                errors.append(str(e))
+            if errors:
+                raise EmulationError("teardown incomplete (run `testbed clean`): " + "; ".join(errors))
+            self.registry.remove()
+            self._stopped = True
+
+    def _stop_processes(self) -> None:
+        """End every process the network started (helpers, and what was started on hosts)."""
         for p in self.procs:
             if p.poll() is None:
                 if p.stdin:
@@ -580,33 +610,28 @@ class EmulatedNetwork:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for ipr in self._iprs.values():
-            ipr.close()
-        self._iprs.clear()
-        if self.mn is not None:
-            for node in self.nodes.values():
-                try:
-                    node.terminate()
-                except Exception as e:  # noqa: BLE001 - keep tearing down the rest
+
+    def _stop_shells(self) -> list[str]:
+        """End the hosts' shells (Mininet's shells die on SIGHUP) and wait until they are
+        gone, so that their namespaces and cgroups are empty; what could not be ended."""
+        errors = []
+        if self.mn is None:
+            return errors
+        for node in self.nodes.values():
+            if node.shell is None:
+                continue        # ended by an earlier stop
+            try:
+                node.terminate()
+            except Exception as e:  # noqa: BLE001 - keep tearing down the rest
+                if registry.proc_starttime(node.pid) is not None:
                     errors.append(f"{node.name}: {e}")
-            # Mininet's shells die on SIGHUP; wait so their namespaces and cgroups are empty
-            deadline = time.monotonic() + 3.0
-            for node in self.nodes.values():
-                while registry.proc_starttime(node.pid) is not None and time.monotonic() < deadline:
-                    if node.shell is not None and node.shell.poll() is not None:
-                        break
-                    time.sleep(0.01)
-        # whatever is still inside a host's cgroup was started on that host, so it is ours
-        for cg in self.cgroups.values():
-            cg.kill_all()
-        try:
-            cgroups.remove_run_cgroups(self.run_id, version=self.caps.get("cgroup_version"))
-        except cgroups.CgroupError as e:
-            errors.append(str(e))
-        if not errors:
-            self.registry.remove()
-        else:
-            raise EmulationError("teardown incomplete (run `testbed clean`): " + "; ".join(errors))
+        deadline = time.monotonic() + 3.0
+        for node in self.nodes.values():
+            while registry.proc_starttime(node.pid) is not None and time.monotonic() < deadline:
+                if node.shell is not None and node.shell.poll() is not None:
+                    break
+                time.sleep(0.01)
+        return errors
 
 
 def realtime_problems(tids: list[int], priority: int) -> list[str]:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from emulation import signals
 from emulation.errors import EmulationError
 from emulation.process import terminate
 from topologies.errors import TestbedError
@@ -397,6 +398,7 @@ class CellExecution:
         oom_before = {h: self.net.oom_kills(h) for h in placement}
         status = "done"       # ran to the end, whatever happened to each request
         timings = self.runner.timings
+        outcome = None
         try:
             try:
                 t0 = time.monotonic()
@@ -415,13 +417,23 @@ class CellExecution:
                 self.error = "interrupted"
                 self.interrupt = e
         finally:
-            t0 = time.monotonic()
-            self._stop_servers()
-            timings["teardown_s"].append(time.monotonic() - t0)
-        oom_hosts = [h for h in placement if self.net.oom_kills(h) > oom_before[h]]
-        if oom_hosts:
-            self._mark_oom(oom_hosts)
-        return CellOutcome(self._record(status, started), self.requests, self.hops, self.interrupt)
+            try:
+                # a signal now cannot leave servers running, nor lose what was measured: it is
+                # held, and raised again once the cell is stored
+                with signals.deferred():
+                    t0 = time.monotonic()
+                    self._stop_servers()
+                    timings["teardown_s"].append(time.monotonic() - t0)
+                    oom_hosts = [h for h in placement if self.net.oom_kills(h) > oom_before[h]]
+                    if oom_hosts:
+                        self._mark_oom(oom_hosts)
+                    outcome = CellOutcome(self._record(status, started), self.requests, self.hops)
+            except (KeyboardInterrupt, SystemExit) as e:
+                if outcome is None:
+                    raise
+                self.interrupt = self.interrupt or e
+        outcome.interrupt = self.interrupt
+        return outcome
 
     # -- servers ------------------------------------------------------------------------------
     def _log_path(self, host: str) -> Path:

@@ -49,6 +49,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from emulation import signals
 from topologies.errors import TestbedError
 
 STORE_FILE = "results.sqlite"
@@ -584,8 +585,10 @@ class ResultStore:
             raise
 
     def _write(self, what: str, fn) -> None:
+        """One transaction that a signal cannot cut short (it is held until the commit and
+        acted on after it, :func:`emulation.signals.deferred`): a cell measured is a cell stored."""
         try:
-            with self._tx() as conn:
+            with signals.deferred(), self._tx() as conn:
                 fn(conn)
         except sqlite3.Error as e:
             raise StoreError(f"could not write {what} to {self.path}: {_one_line(e)}") from None
