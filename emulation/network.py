@@ -103,6 +103,7 @@ class EmulatedNetwork:
         self.links: dict[str, LinkSpec] = {l.name: l for l in spec.links}
         self.procs: list[subprocess.Popen] = []
         self._iprs: dict = {}
+        self._failures: dict[int, str] = {}     # pid -> what its death means (failures())
         self._stopped = False
         self._started = False
 
@@ -431,7 +432,9 @@ class EmulatedNetwork:
             got_lines = [l for l in have.splitlines() if l.startswith("-A FORWARD")]
             if not rules_match(want, got_lines):
                 problems.append(f"link {link.name}: wire rules read {got_lines}, expected {want}")
-            if wire.delayline is not None:
+            if wire.delayline is not None and wire.delayline.poll() is not None:
+                problems.append(f"link {link.name}: delay line exited ({process.exit_text(wire.delayline.returncode)})")
+            elif wire.delayline is not None:
                 stats = wire.line_stats()
                 for q, d in enumerate((link.forward, link.reverse)):
                     s = stats.get(str(q)) or {}
@@ -439,9 +442,7 @@ class EmulatedNetwork:
                     held = {k: s.get(k, "missing") for k in want}
                     if held != want:
                         problems.append(f"link {link.name} queue {q}: delay line holds {held}, expected {want}")
-                if wire.delayline.poll() is not None:
-                    problems.append(f"link {link.name}: delay line exited ({wire.delayline.returncode})")
-                elif self.delayline_priority:
+                if self.delayline_priority:
                     problems += [f"link {link.name}: delay line {p}"
                                  for p in realtime_problems([wire.delayline.pid], self.delayline_priority)]
         return problems
@@ -561,6 +562,37 @@ class EmulatedNetwork:
 
     def oom_kills(self, host: str) -> int:
         return self.cgroups[host].oom_kills()
+
+    # -- health -------------------------------------------------------------------------
+    def failures(self) -> list[str]:
+        """What has died of the processes the running network needs, one line each naming
+        what it served, its pid, its exit status and its last line on stderr: each link's
+        delay line (without it the link drops every packet it should delay or serialize:
+        the NFQUEUE rules have no bypass, see docs/emulation.md), the CPU ticker, and the
+        shells that hold the hosts' and wires' namespaces. Empty while all of them run. A
+        poll per process: cheap enough to call every fraction of a second while a cell runs."""
+        found = []
+        for name, wire in self.wires.items():
+            if wire.delayline is not None:
+                found.append((wire.delayline, f"link {name}'s delay line",
+                              "every packet it should delay or serialize is dropped"))
+        if self.ticker is not None:
+            found.append((self.ticker, "the CPU ticker", "CPU quotas fall back to the kernel's tick"))
+        wires = {w.name: link for link, w in self.wires.items()}
+        for name, node in self.nodes.items():
+            if node.shell is not None:
+                what = f"link {wires[name]}'s wire" if name in wires else f"host {name}"
+                found.append((node.shell, f"{what} shell", "its namespace may be gone"))
+        out = []
+        for p, what, meaning in found:
+            if p.poll() is None:
+                continue
+            if p.pid not in self._failures:      # its stderr is read once: keep what it said
+                tail = process.stderr_tail(p)
+                self._failures[p.pid] = (f"{what} (pid {p.pid}) died ({process.exit_text(p.returncode)}): {meaning}"
+                                         + (f"; its last words: {tail}" if tail else ""))
+            out.append(self._failures[p.pid])
+        return out
 
     # -- teardown -----------------------------------------------------------------------
     def stop(self) -> None:
