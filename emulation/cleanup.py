@@ -74,6 +74,31 @@ def find_leftovers(directory: Path | None = None, cgroup_root: Path = cgroups.CG
     return found
 
 
+def left_by(pid: int, directory: Path | None = None) -> list[Leftover]:
+    """What the runs that process ``pid`` owns (by their registry records) still hold: the
+    objects `testbed clean` will remove once that process is gone."""
+    runs = {r["run_id"] for r in registry.load_records(directory) if (r.get("owner") or {}).get("pid") == pid}
+    return [f for f in find_leftovers(directory, owned_by=pid) if f.run_id in runs] if runs else []
+
+
+def describe(found: list[Leftover]) -> str:
+    """``run tb1a2b: 2 processes, 4 cgroups, its registry record`` for each run in ``found``."""
+    words = {"process": ("process", "processes"), "cgroup": ("cgroup", "cgroups"),
+             "interface": ("interface", "interfaces")}
+    out = []
+    for rid in sorted({f.run_id for f in found}):
+        mine = [f for f in found if f.run_id == rid]
+        parts = []
+        for kind, (one, many) in words.items():
+            n = sum(f.kind == kind for f in mine)
+            if n:
+                parts.append(f"{n} {one if n == 1 else many}")
+        if any(f.kind == "registry" for f in mine):
+            parts.append("its registry record")
+        out.append(f"run {rid}: {', '.join(parts)}")
+    return "; ".join(out)
+
+
 def _kill(pids: list[int], grace_s: float = 2.0) -> None:
     """SIGTERM, then SIGKILL whoever is still there after the grace period.
 

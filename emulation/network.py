@@ -34,7 +34,7 @@ from pathlib import Path
 
 from topologies import DirectionSpec, HostSpec, LinkSpec, TopologySpec
 
-from . import cgroups, process, registry, shaping
+from . import cgroups, process, registry, shaping, signals
 from .errors import EmulationError
 from .plan import directions, plan
 from .probe import capabilities
@@ -103,6 +103,7 @@ class EmulatedNetwork:
         self.links: dict[str, LinkSpec] = {l.name: l for l in spec.links}
         self.procs: list[subprocess.Popen] = []
         self._iprs: dict = {}
+        self._failures: dict[int, str] = {}     # pid -> what its death means (failures())
         self._stopped = False
         self._started = False
 
@@ -301,11 +302,14 @@ class EmulatedNetwork:
                       what: str) -> tuple[subprocess.Popen, dict]:
         """Start one of our JSON-line helpers (``python -m MODULE ARGS``) outside every host's
         cgroup, in ``netns_pid``'s namespace (None: the root one), registered for cleanup;
-        returns it and its first line."""
+        returns it and its first line. In a session of its own: a terminal's Ctrl-C reaches
+        the process holding the network, which ends its helpers in order (:meth:`stop`),
+        not the helpers themselves (a delay line gone first would drop the link's packets)."""
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         p = process.popen([sys.executable, "-m", *module_args], netns_pid=netns_pid, cgroup_procs=[],
                           run_id=self.run_id, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, bufsize=1, cwd=str(REPO_ROOT))
+                          stderr=subprocess.PIPE, text=True, bufsize=1, cwd=str(REPO_ROOT),
+                          start_new_session=True)
         self.registry.add_process(p.pid, label)
         self.procs.append(p)
         return p, process.read_json_line(p, timeout_s=10.0, what=what)
@@ -428,7 +432,9 @@ class EmulatedNetwork:
             got_lines = [l for l in have.splitlines() if l.startswith("-A FORWARD")]
             if not rules_match(want, got_lines):
                 problems.append(f"link {link.name}: wire rules read {got_lines}, expected {want}")
-            if wire.delayline is not None:
+            if wire.delayline is not None and wire.delayline.poll() is not None:
+                problems.append(f"link {link.name}: delay line exited ({process.exit_text(wire.delayline.returncode)})")
+            elif wire.delayline is not None:
                 stats = wire.line_stats()
                 for q, d in enumerate((link.forward, link.reverse)):
                     s = stats.get(str(q)) or {}
@@ -436,9 +442,7 @@ class EmulatedNetwork:
                     held = {k: s.get(k, "missing") for k in want}
                     if held != want:
                         problems.append(f"link {link.name} queue {q}: delay line holds {held}, expected {want}")
-                if wire.delayline.poll() is not None:
-                    problems.append(f"link {link.name}: delay line exited ({wire.delayline.returncode})")
-                elif self.delayline_priority:
+                if self.delayline_priority:
                     problems += [f"link {link.name}: delay line {p}"
                                  for p in realtime_problems([wire.delayline.pid], self.delayline_priority)]
         return problems
@@ -559,12 +563,70 @@ class EmulatedNetwork:
     def oom_kills(self, host: str) -> int:
         return self.cgroups[host].oom_kills()
 
+    # -- health -------------------------------------------------------------------------
+    def failures(self) -> list[str]:
+        """What has died of the processes the running network needs, one line each naming
+        what it served, its pid, its exit status and its last line on stderr: each link's
+        delay line (without it the link drops every packet it should delay or serialize:
+        the NFQUEUE rules have no bypass, see docs/emulation.md), the CPU ticker, and the
+        shells that hold the hosts' and wires' namespaces. Empty while all of them run. A
+        poll per process: cheap enough to call every fraction of a second while a cell runs."""
+        found = []
+        for name, wire in self.wires.items():
+            if wire.delayline is not None:
+                found.append((wire.delayline, f"link {name}'s delay line",
+                              "every packet it should delay or serialize is dropped"))
+        if self.ticker is not None:
+            found.append((self.ticker, "the CPU ticker", "CPU quotas fall back to the kernel's tick"))
+        wires = {w.name: link for link, w in self.wires.items()}
+        for name, node in self.nodes.items():
+            if node.shell is not None:
+                what = f"link {wires[name]}'s wire" if name in wires else f"host {name}"
+                found.append((node.shell, f"{what} shell", "its namespace may be gone"))
+        out = []
+        for p, what, meaning in found:
+            if p.poll() is None:
+                continue
+            if p.pid not in self._failures:      # its stderr is read once: keep what it said
+                tail = process.stderr_tail(p)
+                self._failures[p.pid] = (f"{what} (pid {p.pid}) died ({process.exit_text(p.returncode)}): {meaning}"
+                                         + (f"; its last words: {tail}" if tail else ""))
+            out.append(self._failures[p.pid])
+        return out
+
     # -- teardown -----------------------------------------------------------------------
     def stop(self) -> None:
+        """Remove everything the network made: its processes, the hosts' shells (and with them
+        the namespaces and links), the cgroups, then the registry record.
+
+        Idempotent and resumable: the network counts as stopped only once all of it is gone,
+        so a stop that failed part-way finishes the rest when called again (each step skips
+        what is already gone). SIGINT, SIGTERM and SIGHUP that arrive meanwhile are held and
+        acted on once it is done (:func:`emulation.signals.deferred`): a second Ctrl-C cannot
+        cut it short. Bounded: each wait gives up after a few seconds (SIGKILL, then an
+        error naming what is left for `testbed clean`)."""
         if self._stopped:
             return
-        self._stopped = True
-        errors = []
+        with signals.deferred():
+            self._stop_processes()
+            for ipr in self._iprs.values():
+                ipr.close()
+            self._iprs.clear()
+            errors = self._stop_shells()
+            # whatever is still inside a host's cgroup was started on that host, so it is ours
+            for cg in self.cgroups.values():
+                cg.kill_all()
+            try:
+                cgroups.remove_run_cgroups(self.run_id, version=self.caps.get("cgroup_version"))
+            except cgroups.CgroupError as e:
+                errors.append(str(e))
+            if errors:
+                raise EmulationError("teardown incomplete (run `testbed clean`): " + "; ".join(errors))
+            self.registry.remove()
+            self._stopped = True
+
+    def _stop_processes(self) -> None:
+        """End every process the network started (helpers, and what was started on hosts)."""
         for p in self.procs:
             if p.poll() is None:
                 if p.stdin:
@@ -580,33 +642,28 @@ class EmulatedNetwork:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for ipr in self._iprs.values():
-            ipr.close()
-        self._iprs.clear()
-        if self.mn is not None:
-            for node in self.nodes.values():
-                try:
-                    node.terminate()
-                except Exception as e:  # noqa: BLE001 - keep tearing down the rest
+
+    def _stop_shells(self) -> list[str]:
+        """End the hosts' shells (Mininet's shells die on SIGHUP) and wait until they are
+        gone, so that their namespaces and cgroups are empty; what could not be ended."""
+        errors = []
+        if self.mn is None:
+            return errors
+        for node in self.nodes.values():
+            if node.shell is None:
+                continue        # ended by an earlier stop
+            try:
+                node.terminate()
+            except Exception as e:  # noqa: BLE001 - keep tearing down the rest
+                if registry.proc_starttime(node.pid) is not None:
                     errors.append(f"{node.name}: {e}")
-            # Mininet's shells die on SIGHUP; wait so their namespaces and cgroups are empty
-            deadline = time.monotonic() + 3.0
-            for node in self.nodes.values():
-                while registry.proc_starttime(node.pid) is not None and time.monotonic() < deadline:
-                    if node.shell is not None and node.shell.poll() is not None:
-                        break
-                    time.sleep(0.01)
-        # whatever is still inside a host's cgroup was started on that host, so it is ours
-        for cg in self.cgroups.values():
-            cg.kill_all()
-        try:
-            cgroups.remove_run_cgroups(self.run_id, version=self.caps.get("cgroup_version"))
-        except cgroups.CgroupError as e:
-            errors.append(str(e))
-        if not errors:
-            self.registry.remove()
-        else:
-            raise EmulationError("teardown incomplete (run `testbed clean`): " + "; ".join(errors))
+        deadline = time.monotonic() + 3.0
+        for node in self.nodes.values():
+            while registry.proc_starttime(node.pid) is not None and time.monotonic() < deadline:
+                if node.shell is not None and node.shell.poll() is not None:
+                    break
+                time.sleep(0.01)
+        return errors
 
 
 def realtime_problems(tids: list[int], priority: int) -> list[str]:

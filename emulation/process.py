@@ -10,6 +10,7 @@ import ctypes
 import json
 import os
 import select
+import signal
 import subprocess
 from pathlib import Path
 
@@ -98,3 +99,35 @@ def read_json_line(p: subprocess.Popen, timeout_s: float = 5.0, what: str = "hel
         err = p.stderr.read() if p.poll() is not None else ""
         raise EmulationError(f"{what} (pid {p.pid}) exited: {err.strip()[-500:]}")
     return json.loads(line)
+
+
+def exit_text(code: int | None) -> str:
+    """A process's exit status in words, as :attr:`subprocess.Popen.returncode` holds it:
+    ``exit code 1``, ``killed by SIGKILL``, ``running`` (None)."""
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def stderr_tail(p: subprocess.Popen) -> str:
+    """The last non-empty line a process we started wrote to its stderr pipe, read without
+    waiting (what is in the pipe now); '' when there is none or stderr is not a pipe."""
+    if p.stderr is None:
+        return ""
+    data = b""
+    try:
+        fd = p.stderr.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    except (OSError, ValueError):   # closed already
+        pass
+    lines = [l.strip() for l in data.decode(errors="replace").splitlines() if l.strip()]
+    return lines[-1][-300:] if lines else ""

@@ -36,11 +36,16 @@ class Wire:
         return self.delayline is not None and self.delayline.poll() is None
 
     def call(self, msg: dict) -> dict:
-        """Send one request to the delay line and return its reply; a refusal is an error."""
+        """Send one request to the delay line and return its reply; a refusal, or a delay
+        line that is gone, is an error."""
         p = self.delayline
         assert p is not None
-        p.stdin.write(json.dumps(msg) + "\n")
-        p.stdin.flush()
+        try:
+            p.stdin.write(json.dumps(msg) + "\n")
+            p.stdin.flush()
+        except OSError as e:            # it died: the pipe is broken
+            raise EmulationError(f"delay line of wire {self.name} (pid {p.pid}) is gone ({e.strerror or e}): "
+                                 "the network needs a rebuild") from None
         reply = read_json_line(p, what="delay line")
         if not reply.get("ok"):
             raise EmulationError(f"delay line of link {self.name} refused {msg}: {reply.get('error')}")

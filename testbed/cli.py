@@ -68,16 +68,99 @@ class _Testbed(click.Group):
             raise _Failed(_disk_full(e)) from None
 
 
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise _Terminated(128 + signum)
+TEARDOWN_BOUND_S = 10.0     # after a signal held during teardown, the most the CLI waits for it to end
+
+
+class _Stopping:
+    """How the CLI stops on SIGINT, SIGTERM and SIGHUP without leaving anything behind.
+
+    The first signal is acted on: it raises (KeyboardInterrupt, or :class:`_Terminated` with
+    128 + its number) so that every ``with`` / ``finally`` tears down what it built. Every
+    later one is held: teardown must finish (a Ctrl-C that cut it short left namespaces and
+    cgroups behind), and so must the store's writes. The first held signal (here or in an
+    :func:`emulation.signals.deferred` block, which holds even the first) is said on stderr
+    once, and bounds the wait: if the process has not ended :data:`TEARDOWN_BOUND_S` later,
+    it names what its runs still hold, says `testbed clean` removes it, and exits with the
+    code the first signal asked for."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None      # the signal being acted on
+        self.first_held: int | None = None  # the first held (inside a deferred block, it may come first)
+        self.timer: threading.Timer | None = None
+
+    def on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if self.signum is not None:
+            self.held(signum)
+            return
+        # a signal held before (in a deferred block) is the first: the exit follows it, whichever
+        # of the two Python hands to this handler first once the block ends
+        self.signum = self.first_held or signum
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise _Terminated(128 + self.signum)
+
+    @property
+    def code(self) -> int:
+        return 128 + (self.signum or self.first_held or signal.SIGINT)
+
+    def held(self, signum: int) -> None:
+        """A signal that arrived while teardown runs (from a handler: note it, never raise)."""
+        self.first_held = self.first_held or signum
+        if self.timer is not None:
+            return
+        name = signal.Signals(signum).name
+        # os.write: the handler may run while the main thread is inside a write to stderr
+        os.write(2, f"testbed: {name}: stopping once what was measured is stored and the network is torn down "
+                    f"(a signal cannot cut that short); if it takes over {TEARDOWN_BOUND_S:g} s, what is left is "
+                    "named for `testbed clean`\n".encode())
+        self.timer = threading.Timer(TEARDOWN_BOUND_S, self.give_up)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def give_up(self) -> None:
+        """Teardown ran past its bound (it hangs): say what is left, exit as the signal asked."""
+        from emulation.cleanup import describe, left_by
+
+        try:
+            left = describe(left_by(os.getpid()))
+        except Exception as e:  # noqa: BLE001 - the exit must happen whatever the scan meets
+            left = f"(could not look: {type(e).__name__}: {e})"
+        what = f"left: {left}; run `testbed clean` to remove it" if left else "nothing of the network is left"
+        os.write(2, f"Error: teardown did not end within {TEARDOWN_BOUND_S:g} s of the signal; {what}\n".encode())
+        os._exit(self.code)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+_stopping = _Stopping()
 
 
 def _install_signal_handlers() -> None:
+    global _stopping
     if threading.current_thread() is threading.main_thread():
+        _stopping.cancel()
+        _stopping = _Stopping()
         # a shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up;
         # fork-safe: a child pyroute2 forks to open sockets in namespaces dies as the signal asks
-        signals.install(signal.default_int_handler, signal.SIGINT)
-        signals.install(_on_sigterm, signal.SIGTERM, signal.SIGHUP)
+        signals.install(_stopping.on_signal, *signals.STOP_SIGNALS)
+        signals.on_held(_on_held)
+
+
+def _on_held(signum: int) -> None:
+    _stopping.held(signum)
+
+
+def _ignore_stop_signals_once_stopped() -> None:
+    """After the first signal, everything is torn down when the CLI returns; Python then puts
+    the default handlers back while it exits, and one more Ctrl-C there would end the process
+    by SIGINT instead of with the exit code the first signal asked for."""
+    if (_stopping.signum or _stopping.first_held) and threading.current_thread() is threading.main_thread():
+        for s in signals.STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+    _stopping.cancel()
 
 
 def _parse_sets(values: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -515,6 +598,8 @@ def main() -> None:
         click.echo(f"Error: internal error: {type(e).__name__}: {one_line(e)} "
                    "(set TESTBED_DEBUG=1 for the traceback; run `testbed clean` if a run was cut short)", err=True)
         sys.exit(3)
+    finally:
+        _ignore_stop_signals_once_stopped()
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from emulation import signals
 from emulation.errors import EmulationError
-from emulation.process import terminate
+from emulation.process import exit_text, terminate
 from topologies.errors import TestbedError, no_space, no_space_line, one_line
 from workloads.errors import WorkloadError
 from workloads.serving import LOG_LINES, PORT, ServerConfig
@@ -48,6 +49,15 @@ SERVER_COUNTERS = ("served", "refused", "stalled", "bad_frames", "internal_error
 
 class RunError(TestbedError):
     """The run cannot go on (one line); cells stored so far stay stored."""
+
+
+class NetworkFault(RunError):
+    """A process the network needs died while a cell ran (a link's delay line, a shell that
+    holds a namespace, the CPU ticker): the network no longer holds its spec. The cell is
+    stored ``failed`` with the reason, and the runner brings up a new network."""
+
+
+NETWORK_CHECK_S = 0.2        # how often a running cell looks at the network's processes (at most)
 
 
 @dataclass
@@ -67,6 +77,7 @@ class CellOutcome:
     requests: list[RequestRow]
     hops: list[HopRow]
     interrupt: BaseException | None = None     # Ctrl-C / SIGTERM that ended it, re-raised once stored
+    fault: NetworkFault | None = None           # the network broke under it: re-raised once stored
 
 
 @dataclass
@@ -266,7 +277,10 @@ class Runner:
 
         The network is brought up once and kept from one sweep point to the next while the
         topology keeps its shape (only link or host parameters change): those are changed live
-        and read back (`EmulatedNetwork.reconfigure`), which is much cheaper than a rebuild."""
+        and read back (`EmulatedNetwork.reconfigure`), which is much cheaper than a rebuild.
+        A network whose processes died (a delay line killed: :class:`NetworkFault`) fails the
+        cell it broke under, within a second or so, and is replaced by a new one before the
+        next cell; if the very next cell breaks it again, the run stops (a RunError)."""
         from emulation.probe import capabilities, machine_cores
 
         self.prepare()
@@ -276,6 +290,7 @@ class Runner:
         caps = self.caps or capabilities()
         cores = machine_cores()
         net = None
+        faulted = False       # the last cell measured broke the network
         try:
             for exp, cells in plan:
                 todo = [c for c in cells if c.key not in done]
@@ -294,10 +309,22 @@ class Runner:
                 net = self._network_for(net, exp, cells[0].point, caps)
                 network = net.applied()
                 for c in todo:
-                    if exp.load.searching:
-                        self._search(exp, net, c, network, cores, done, total)
-                    else:
-                        self._measure(exp, net, c, network, cores, total)
+                    if net.failures():    # a process it needs died (under the last cell, or since)
+                        net = self._network_for(net, exp, c.point, caps)
+                        network = net.applied()
+                    try:
+                        if exp.load.searching:
+                            self._search(exp, net, c, network, cores, done, total)
+                        else:
+                            self._measure(exp, net, c, network, cores, total)
+                    except NetworkFault as e:
+                        if faulted:
+                            raise RunError(f"{e}; it broke again on a network brought up after the last cell "
+                                           "broke one, so the run stops: cells measured so far are kept, and "
+                                           "--resume runs the rest") from None
+                        faulted = True
+                        continue
+                    faulted = False
         finally:
             if net is not None:
                 net.stop()
@@ -311,6 +338,8 @@ class Runner:
         self.events.cell_done(outcome)
         if outcome.interrupt is not None:
             raise outcome.interrupt
+        if outcome.fault is not None:
+            raise outcome.fault
         return outcome
 
     def _search(self, exp: Experiment, net, c: CellPlan, network: dict, cores: float, done: set[str],
@@ -366,7 +395,8 @@ class Runner:
         from emulation.network import EmulatedNetwork
 
         at = f" at {point_label(point)}" if point else ""
-        if net is not None and self.reuse_network and net.same_shape(exp.topology):
+        broken = net.failures() if net is not None else []
+        if net is not None and not broken and self.reuse_network and net.same_shape(exp.topology):
             self.events.stage(f"changing {exp.topology.name} live{at}")
             t0 = time.monotonic()
             net.reconfigure(exp.topology)
@@ -375,7 +405,8 @@ class Runner:
         t0 = time.monotonic()
         if net is not None:
             net.stop()
-        self.events.stage(f"bringing up {exp.topology.name}{at}")
+        self.events.stage(f"{broken[0]}: bringing up a new {exp.topology.name}{at}" if broken else
+                          f"bringing up {exp.topology.name}{at}")
         net = EmulatedNetwork(exp.topology, run_id=self.run_id, caps=caps)
         net.start()                   # a failed start removes what it made
         self.run_id = net.run_id
@@ -408,6 +439,8 @@ class CellExecution:
         self.compute_samples: dict[str, list[tuple[float, float]]] = {}   # host -> (compute ms, CPU ms)
         self.error: str | None = None
         self.interrupt: BaseException | None = None
+        self.fault: NetworkFault | None = None
+        self._checked = -math.inf           # when the network's processes were last looked at
         self.load: dict | None = None       # a load scenario's figures (testbed.load.figures)
 
     def run(self) -> CellOutcome:
@@ -416,6 +449,7 @@ class CellExecution:
         oom_before = {h: self.net.oom_kills(h) for h in placement}
         status = "done"       # ran to the end, whatever happened to each request
         timings = self.runner.timings
+        outcome = None
         try:
             try:
                 t0 = time.monotonic()
@@ -425,6 +459,9 @@ class CellExecution:
                     self._run_load()
                 else:
                     self._run_client()
+            except NetworkFault as e:
+                self.error, self.fault = str(e), e
+                status = "failed"        # the emulator broke, not the deployment: a resumed run measures it again
             except RunError as e:
                 self.error = str(e)
                 if not self.requests:
@@ -434,13 +471,35 @@ class CellExecution:
                 self.error = "interrupted"
                 self.interrupt = e
         finally:
-            t0 = time.monotonic()
-            self._stop_servers()
-            timings["teardown_s"].append(time.monotonic() - t0)
-        oom_hosts = [h for h in placement if self.net.oom_kills(h) > oom_before[h]]
-        if oom_hosts:
-            self._mark_oom(oom_hosts)
-        return CellOutcome(self._record(status, started), self.requests, self.hops, self.interrupt)
+            try:
+                # a signal now cannot leave servers running, nor lose what was measured: it is
+                # held, and raised again once the cell is stored
+                with signals.deferred():
+                    t0 = time.monotonic()
+                    self._stop_servers()
+                    timings["teardown_s"].append(time.monotonic() - t0)
+                    oom_hosts = [h for h in placement if self.net.oom_kills(h) > oom_before[h]]
+                    if oom_hosts:
+                        self._mark_oom(oom_hosts)
+                    outcome = CellOutcome(self._record(status, started), self.requests, self.hops)
+            except (KeyboardInterrupt, SystemExit) as e:
+                if outcome is None:
+                    raise
+                self.interrupt = self.interrupt or e
+        outcome.interrupt, outcome.fault = self.interrupt, self.fault
+        return outcome
+
+    def _check_network(self, now: bool = False) -> None:
+        """A :class:`NetworkFault` once a process the network needs has died: looked at every
+        :data:`NETWORK_CHECK_S` at most from every loop that waits on servers and sources, and
+        ``now`` before a failure is put down to them (the network is the likelier cause)."""
+        t = time.monotonic()
+        if not now and t - self._checked < NETWORK_CHECK_S:
+            return
+        self._checked = t
+        dead = self.net.failures()
+        if dead:
+            raise NetworkFault(f"{'; '.join(dead)}: {len(self.requests)} requests measured before")
 
     # -- servers ------------------------------------------------------------------------------
     def _log_path(self, host: str) -> Path:
@@ -492,16 +551,17 @@ class CellExecution:
     def _wait_ready(self, host: str) -> dict:
         p = self.servers[host]
         deadline = time.monotonic() + READY_TIMEOUT_S
-        ready = _read_until(p, deadline, "ready")
+        ready = _read_until(p, deadline, "ready", self._check_network)
         if ready is not None:
             return ready
+        self._check_network(now=True)
         if p.poll() is None and time.monotonic() < deadline:     # its output ended: it is exiting
             try:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
         if p.poll() is not None:
-            raise RunError(f"server on {host} exited ({_exit_text(p.returncode)}) before it was ready"
+            raise RunError(f"server on {host} exited ({exit_text(p.returncode)}) before it was ready"
                            f"{self._log_tail(host)}")
         raise RunError(f"server on {host} was not ready within {READY_TIMEOUT_S:g}s{self._log_tail(host)}")
 
@@ -526,7 +586,7 @@ class CellExecution:
                 p.stdout.close()
 
     def _dead_servers(self) -> list[str]:
-        return [f"{h} ({_exit_text(p.returncode)}){self._log_tail(h)}"
+        return [f"{h} ({exit_text(p.returncode)}){self._log_tail(h)}"
                 for h, p in self.servers.items() if p.poll() is not None]
 
     # -- the client ---------------------------------------------------------------------------
@@ -571,6 +631,7 @@ class CellExecution:
         try:
             while time.monotonic() < deadline:
                 ready, _, _ = select.select([client.stdout], [], [], 0.5)
+                self._check_network()
                 if not ready:
                     if client.poll() is not None:
                         break
@@ -589,11 +650,8 @@ class CellExecution:
             terminate([client], grace_s=3.0)
             client.stdout.close()
         if not finished:
-            dead = self._dead_servers()
-            why = (f"servers exited: {'; '.join(dead)}" if dead else
-                   f"client exited ({_exit_text(client.returncode)}){self._log_tail('client')}"
-                   if client.returncode not in (None, 0) else f"client did not finish within {budget:g}s")
-            raise RunError(f"{len(self.requests)} of {r.repeat} requests measured; {why}")
+            raise RunError(f"{len(self.requests)} of {r.repeat} requests measured; "
+                           f"{self._source_failure('client', client, budget)}")
 
     def _load_argv(self, i: int, host: str) -> list[str]:
         exp, load, r = self.exp, self.exp.load, self.exp.requests
@@ -633,7 +691,7 @@ class CellExecution:
         try:
             warm_s = 30 + exp.requests.warmup * (exp.requests.timeout_ms / 1000 + 1)
             for name, p in gens.items():
-                hello = _read_until(p, time.monotonic() + warm_s, "hello")
+                hello = _read_until(p, time.monotonic() + warm_s, "hello", self._check_network)
                 if hello is None:
                     raise RunError(f"load generator on {name.removeprefix('loadgen-')} did not warm up: "
                                    f"{self._source_failure(name, p, warm_s)}")
@@ -645,6 +703,7 @@ class CellExecution:
             streams = {p.stdout: name for name, p in gens.items()}
             while streams and time.monotonic() < deadline:
                 ready, _, _ = select.select(list(streams), [], [], 0.5)
+                self._check_network()
                 for out in ready:
                     line = out.readline()
                     name = streams[out]
@@ -687,11 +746,12 @@ class CellExecution:
         return None if None in cpus else round(sum(cpus), 3)
 
     def _source_failure(self, name: str, p: subprocess.Popen, budget_s: float) -> str:
+        self._check_network(now=True)
         dead = self._dead_servers()
         if dead:
             return f"servers exited: {'; '.join(dead)}"
         if p.poll() is not None and p.returncode != 0:
-            return f"{name} exited ({_exit_text(p.returncode)}){self._log_tail(name)}"
+            return f"{name} exited ({exit_text(p.returncode)}){self._log_tail(name)}"
         return f"{name} did not finish within {budget_s:g}s"
 
     def _add_request(self, msg: dict, who: str) -> None:
@@ -773,11 +833,14 @@ def _message(line: str, who: str) -> dict:
     return msg
 
 
-def _read_until(p: subprocess.Popen, deadline: float, key: str) -> dict | None:
+def _read_until(p: subprocess.Popen, deadline: float, key: str,
+                check: Callable[[], None] = lambda: None) -> dict | None:
     """Read ``p``'s JSON lines (other lines are skipped) until one has ``key`` set; None when
-    its output ends, it exits, or the deadline passes first."""
+    its output ends, it exits, or the deadline passes first. ``check()`` runs at every turn
+    (at least every 0.2 s) and may raise to stop the wait."""
     while time.monotonic() < deadline:
         ready, _, _ = select.select([p.stdout], [], [], 0.2)
+        check()
         if not ready:
             if p.poll() is not None:
                 return None
@@ -792,18 +855,6 @@ def _read_until(p: subprocess.Popen, deadline: float, key: str) -> dict | None:
         if isinstance(msg, dict) and msg.get(key):
             return msg
     return None
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "running"
-    if code < 0:
-        import signal as _signal
-        try:
-            return f"killed by {_signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
 
 
 def default_out(exp: Experiment) -> Path:

@@ -49,6 +49,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from emulation import signals
 from topologies.errors import TestbedError, no_space, no_space_line
 
 STORE_FILE = "results.sqlite"
@@ -606,8 +607,10 @@ class ResultStore:
             raise
 
     def _write(self, what: str, fn) -> None:
+        """One transaction that a signal cannot cut short (it is held until the commit and
+        acted on after it, :func:`emulation.signals.deferred`): a cell measured is a cell stored."""
         try:
-            with self._tx() as conn:
+            with signals.deferred(), self._tx() as conn:
                 fn(conn)
         except sqlite3.Error as e:
             if _disk_full(e):

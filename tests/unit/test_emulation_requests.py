@@ -305,3 +305,44 @@ def test_a_senders_gso_lumps_are_half_a_millisecond_at_its_links_rate():
     assert shaping.gso_max_segs(1_000_000_000) == 41
     assert shaping.gso_max_segs(1_000_000) == 2              # never below two
     assert shaping.gso_max_segs(None) == shaping.GSO_MAX_SEGS_DEFAULT == 65535   # unshaped: the veth's own
+
+
+def test_a_helpers_death_is_told_by_its_exit_status_and_last_line_on_stderr():
+    import signal
+    import subprocess
+    import sys
+
+    from emulation.process import exit_text, stderr_tail
+
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stderr.write('starting\\nqueue 0: bind failed\\n\\n');"
+                          " sys.exit(3)"], stderr=subprocess.PIPE, text=True)
+    p.wait(timeout=30)
+    assert (exit_text(p.returncode), stderr_tail(p)) == ("exit code 3", "queue 0: bind failed")
+    assert stderr_tail(p) == ""                      # read once: what was in the pipe is taken
+    p.stderr.close()
+    killed = subprocess.Popen(["sleep", "30"], stderr=subprocess.PIPE)
+    killed.kill()
+    killed.wait(timeout=30)
+    assert (exit_text(killed.returncode), stderr_tail(killed)) == ("killed by SIGKILL", "")
+    killed.stderr.close()
+    assert exit_text(None) == "running" and exit_text(-signal.SIGTERM) == "killed by SIGTERM"
+
+
+def test_asking_a_dead_delay_line_is_one_clear_error():
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.wait(timeout=30)
+    wire = Wire("tb-w0", "tb-0w", "tb-0x", delayline=p)
+    try:
+        with pytest.raises(EmulationError, match=rf"^delay line of wire tb-w0 \(pid {p.pid}\) is gone \(Broken pipe\): "
+                                                 "the network needs a rebuild$"):
+            wire.line_stats()
+    finally:
+        for f in (p.stdin, p.stdout, p.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
