@@ -76,13 +76,18 @@ def _nothing_left(db: Path, env: dict) -> None:
     assert [f for f in find_leftovers() if f.run_id == run_id] == []
 
 
-def test_a_delay_line_killed_mid_cell_fails_the_cell_within_seconds_and_the_run_goes_on(study, tmp_path):
-    exp = write_experiment(study, "deadline.yaml", STRATEGIES, repeat=REPEAT)
+def _start_run(study, tmp_path, name: str) -> tuple[subprocess.Popen, Path, dict]:
+    """A real `testbed run` of the study's strategies; its process, store path and environment."""
+    exp = write_experiment(study, name, STRATEGIES, repeat=REPEAT)
     out = tmp_path / "out"
     env = _env(tmp_path)
-    db = out / "results.sqlite"
     p = subprocess.Popen(TESTBED + ["run", str(exp), "--out", str(out)], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return p, out / "results.sqlite", env
+
+
+def test_a_delay_line_killed_mid_cell_fails_the_cell_within_seconds_and_the_run_goes_on(study, tmp_path):
+    p, db, env = _start_run(study, tmp_path, "deadline.yaml")
     try:
         line, killed, stored = _kill_the_line_mid_cell(p, db, "cloud")
         assert stored is not None, "the cell whose link died was not stored within 30 s"
@@ -116,12 +121,7 @@ def test_a_delay_line_killed_mid_cell_fails_the_cell_within_seconds_and_the_run_
 
 
 def test_a_network_that_breaks_again_right_after_its_rebuild_stops_the_run_in_one_line(study, tmp_path):
-    exp = write_experiment(study, "deadline2.yaml", STRATEGIES, repeat=REPEAT)
-    out = tmp_path / "out"
-    env = _env(tmp_path)
-    db = out / "results.sqlite"
-    p = subprocess.Popen(TESTBED + ["run", str(exp), "--out", str(out)], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p, db, env = _start_run(study, tmp_path, "deadline2.yaml")
     try:
         first, _, stored = _kill_the_line_mid_cell(p, db, "cloud")
         assert stored is not None and stored["status"] == "failed"
