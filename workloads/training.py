@@ -226,11 +226,11 @@ def fit(module, train: Dataset, *, input_names: Sequence[str], loss: str | Calla
     def save(batch: int) -> None:
         if ckpt is None:
             return
-        _write_fingerprint(ckpt, fingerprint)      # first: a checkpoint never exists without it
         tmp = ckpt.with_name(ckpt.name + ".tmp")
         # tensors and plain data only (the shuffle order as a tensor, not a numpy array), which
         # torch.load(weights_only=True) reads back without running any pickled code
         try:
+            _write_fingerprint(ckpt, fingerprint)      # first: a checkpoint never exists without it
             with open(tmp, "wb", opener=_private) as f:   # a Python file: a full disk is an OSError, not torch's
                 torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
@@ -331,9 +331,13 @@ def _write_fingerprint(ckpt: Path, fingerprint: list) -> None:
         if path.read_text() == text:
             return
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", opener=_private) as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", opener=_private) as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)         # whole or not at all (a full disk leaves no .tmp)
+        raise
 
 
 def _load_checkpoint(ckpt: Path, fingerprint: list, progress) -> dict | None:
