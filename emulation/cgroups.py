@@ -1,8 +1,16 @@
 """CPU and memory limits for emulated hosts, on cgroup v1 and cgroup v2.
 
-Layout: every run owns one directory, ``<root>/testbed/<run_id>/<host>`` (v2) or
-``/sys/fs/cgroup/<controller>/testbed/<run_id>/<host>`` (v1), so `testbed clean` can find
-and remove exactly what a run made.
+Layout: every run owns one directory, so `testbed clean` can find and remove exactly what a
+run made:
+
+- cgroup v2 under systemd (most users' machines): systemd owns the tree and lets a program
+  manage only a subtree delegated to it. A run gets a transient scope unit
+  ``testbed-<run_id>.scope`` in ``testbed.slice`` with ``Delegate=yes`` (what container
+  runtimes use), held by one idle process of the run's in its ``.holder`` group; hosts are
+  ``/sys/fs/cgroup/testbed.slice/testbed-<run_id>.scope/<host>``. Stopping the unit removes
+  it all;
+- cgroup v2 without systemd: ``<root>/testbed/<run_id>/<host>``;
+- cgroup v1: ``/sys/fs/cgroup/<controller>/testbed/<run_id>/<host>``.
 
 The *requests* (which file gets which value) are built by pure functions, the same for both
 versions' callers, so they are unit-testable without root; :class:`HostCgroup` applies them,
@@ -26,6 +34,10 @@ from .errors import EmulationError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TOP = "testbed"  # every cgroup this project makes lives under this directory
+SLICE = "testbed.slice"      # ... or, under systemd, in a scope unit of this slice
+SCOPE_PREFIX = "testbed-"
+HOLDER = ".holder"           # the scope's own process lives here (not a host: names cannot start with '.')
+SCOPE_WAIT_S = 10.0
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory")
 
 
@@ -54,6 +66,91 @@ def detect_version(root: Path = CGROUP_ROOT) -> int:
     if (root / "cpu").is_dir() and (root / "memory").is_dir():
         return 1
     raise CgroupError(f"no usable cgroup hierarchy under {root}: need cgroup v2 or v1 cpu+memory")
+
+
+def systemd_booted() -> bool:
+    """True when systemd is the init system (sd_booted(3): /run/systemd/system exists)."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def delegated(root: Path = CGROUP_ROOT, version: int | None = None) -> bool:
+    """Whether runs' cgroups live in systemd-delegated scopes: cgroup v2 on the real root with
+    systemd as init. (A test's own root, or v1, or no systemd: the plain layout.)"""
+    return root == CGROUP_ROOT and (version or detect_version(root)) == 2 and systemd_booted()
+
+
+def scope_unit(run_id: str) -> str:
+    return f"{SCOPE_PREFIX}{run_id}.scope"
+
+
+def run_base(run_id: str, root: Path = CGROUP_ROOT, version: int | None = None) -> Path:
+    """The v2 directory that holds a run's host groups."""
+    if delegated(root, version):
+        return root / SLICE / scope_unit(run_id)
+    return root / TOP / run_id
+
+
+def _start_scope(run_id: str, root: Path) -> Path:
+    """Create the run's delegated scope (idempotent) and return its directory, ready for host
+    groups: its holder moved into ``.holder`` (a cgroup with children may hold no process) and
+    the cpu, memory and cpuset controllers enabled for its children."""
+    import subprocess
+
+    scope = root / SLICE / scope_unit(run_id)
+    if not (scope / HOLDER / "cgroup.procs").exists():
+        # the holder: an idle process in a session of its own (a terminal's Ctrl-C is for the
+        # run, which stops the unit in order); systemd-run execs it inside the new scope
+        holder = subprocess.Popen(
+            ["systemd-run", "--quiet", "--scope", f"--unit={scope_unit(run_id)}", f"--slice={SLICE}",
+             "--property=Delegate=yes", "--collect", "--", "sleep", "infinity"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + SCOPE_WAIT_S
+        want = f"0::/{SLICE}/{scope_unit(run_id)}"
+        while True:
+            if holder.poll() is not None:
+                err = (holder.stderr.read().decode(errors="replace").strip().splitlines() or [""])[-1]
+                raise CgroupError(f"systemd-run could not start the run's scope {scope_unit(run_id)} "
+                                  f"(exit {holder.returncode}): {err[:200]}")
+            try:
+                if Path(f"/proc/{holder.pid}/cgroup").read_text().strip() == want:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                holder.kill()
+                raise CgroupError(f"systemd did not put the run's scope {scope_unit(run_id)} in place within "
+                                  f"{SCOPE_WAIT_S:g} s")
+            time.sleep(0.02)
+        holder.stderr.close()
+        (scope / HOLDER).mkdir(exist_ok=True)
+        _write(scope / HOLDER / "cgroup.procs", str(holder.pid))
+    available = _read(scope / "cgroup.controllers").split()
+    missing = [c for c in ("cpu", "memory") if c not in available]
+    if missing:
+        raise CgroupError(f"systemd delegated {scope} without controllers {missing} (has: {available})")
+    _write(scope / "cgroup.subtree_control", " ".join(f"+{c}" for c in ("cpu", "memory", "cpuset") if c in available))
+    return scope
+
+
+def _stop_scope(run_id: str, root: Path) -> None:
+    """Stop the run's scope unit (its holder goes, systemd removes its cgroup) and wait for it."""
+    import subprocess
+
+    scope = root / SLICE / scope_unit(run_id)
+    if not scope.exists():
+        return
+    done = subprocess.run(["systemctl", "stop", scope_unit(run_id)], capture_output=True, text=True, timeout=60)
+    deadline = time.monotonic() + 5.0
+    while scope.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if scope.exists():
+        for d in (scope / HOLDER, scope):           # what systemd left, if anything
+            with contextlib.suppress(OSError):
+                _rmdir_when_empty(d, timeout_s=1.0)
+    if scope.exists():
+        why = (done.stderr.strip().splitlines() or [""])[-1]
+        raise CgroupError(f"cannot remove the run's scope {scope}: systemctl stop {scope_unit(run_id)}: "
+                          f"{why or 'it is still there'}{_who(scope)}")
 
 
 def format_cpuset(cpus: tuple[int, ...]) -> str:
@@ -192,9 +289,7 @@ class HostCgroup:
 
     # -- layout -------------------------------------------------------------------------
     def run_dirs(self) -> list[Path]:
-        if self.version == 2:
-            return [self.root / TOP / self.run_id]
-        return [self.root / c / TOP / self.run_id for c in V1_CONTROLLERS]
+        return run_cgroup_dirs(self.run_id, self.root, self.version)
 
     @property
     def paths(self) -> list[Path]:
@@ -202,7 +297,7 @@ class HostCgroup:
 
     def _dir(self, controller: str) -> Path:
         if self.version == 2:
-            return self.root / TOP / self.run_id / self.host
+            return run_base(self.run_id, self.root, self.version) / self.host
         return self.root / controller / TOP / self.run_id / self.host
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -220,6 +315,10 @@ class HostCgroup:
         missing = [c for c in ("cpu", "memory") if c not in available]
         if missing:
             raise CgroupError(f"cgroup v2 root lacks controllers {missing}; available: {available}")
+        if delegated(self.root, 2):
+            scope = _start_scope(self.run_id, self.root)
+            (scope / self.host).mkdir(exist_ok=True)
+            return
         enable = " ".join(f"+{c}" for c in wanted if c in available)
         parent = self.root
         for part in (TOP, self.run_id, self.host):
@@ -398,7 +497,7 @@ def _page_align(n: int) -> int:
 def run_cgroup_dirs(run_id: str, root: Path = CGROUP_ROOT, version: int | None = None) -> list[Path]:
     version = version or detect_version(root)
     if version == 2:
-        return [root / TOP / run_id]
+        return [run_base(run_id, root, version)]
     return [root / c / TOP / run_id for c in V1_CONTROLLERS]
 
 
@@ -409,7 +508,11 @@ def list_run_ids(root: Path = CGROUP_ROOT) -> set[str]:
     except CgroupError:
         return set()
     tops = [root / TOP] if version == 2 else [root / c / TOP for c in V1_CONTROLLERS]
-    return {p.name for t in tops if t.is_dir() for p in t.iterdir() if p.is_dir()}
+    found = {p.name for t in tops if t.is_dir() for p in t.iterdir() if p.is_dir()}
+    if delegated(root, version) and (root / SLICE).is_dir():
+        found |= {p.name[len(SCOPE_PREFIX):-len(".scope")] for p in (root / SLICE).iterdir()
+                  if p.is_dir() and p.name.startswith(SCOPE_PREFIX) and p.name.endswith(".scope")}
+    return found
 
 
 def remove_run_cgroups(run_id: str, root: Path = CGROUP_ROOT, version: int | None = None,
@@ -429,11 +532,17 @@ def _remove_run_dirs(run_id: str, root: Path, version: int | None, hosts: list[s
     for run_dir in run_cgroup_dirs(run_id, root, version):
         if not run_dir.is_dir():
             continue
-        children = [run_dir / h for h in hosts] if hosts else [p for p in run_dir.iterdir() if p.is_dir()]
+        children = [run_dir / h for h in hosts] if hosts else \
+            [p for p in run_dir.iterdir() if p.is_dir() and p.name != HOLDER]
         for child in children:
             if child.is_dir():
                 _rmdir_when_empty(child)
                 removed.append(child)
+        if delegated(root, version):
+            if not any(p.is_dir() and p.name != HOLDER for p in run_dir.iterdir()):
+                _stop_scope(run_id, root)       # systemd's to remove, with its holder
+                removed.append(run_dir)
+            continue
         if not any(p.is_dir() for p in run_dir.iterdir()):
             _rmdir_when_empty(run_dir)
             removed.append(run_dir)

@@ -71,6 +71,20 @@ def _kernel_probe() -> dict:
     return data
 
 
+def netem_hint(kernel: str | None = None, modules: Path = Path("/lib/modules")) -> str:
+    """How to get netem where the kernel refused it: load the module when this kernel has it,
+    else say which package has it (Ubuntu ships it apart from the kernel image)."""
+    kernel = kernel or platform.release()
+    try:
+        dep = (modules / kernel / "modules.dep").read_text()
+    except OSError:
+        dep = ""
+    if "/sch_netem.ko" in dep:
+        return "the sch_netem module is there but not loaded: sudo modprobe sch_netem"
+    return (f"this kernel ({kernel}) has no sch_netem module (on Ubuntu: apt install "
+            f"linux-modules-extra-{kernel}); until then delay and loss use the NFQUEUE delay line")
+
+
 def _cpu_info() -> dict:
     model, flags = "", set()
     try:
@@ -136,7 +150,14 @@ def capabilities() -> dict:
         "python": platform.python_version(),
         "cgroup_version": cg_version,
         "cgroup_controllers": controllers,
+        # where hosts' groups go: a systemd scope with Delegate=yes, or the plain layout
+        "cgroup_layout": (None if cg_version is None else
+                          f"systemd scope ({cgroups.SLICE}/{cgroups.SCOPE_PREFIX}<run>.scope, Delegate=yes)"
+                          if cgroups.delegated(version=cg_version) else
+                          f"{cgroups.CGROUP_ROOT}/{cgroups.TOP}/<run>" if cg_version == 2 else
+                          f"{cgroups.CGROUP_ROOT}/<controller>/{cgroups.TOP}/<run>"),
         "qdiscs": qd,
+        "netem_hint": None if qd.get("netem") or not kernel.get("probed") else netem_hint(),
         "shaping": "tbf" if qd.get("tbf") else ("unknown" if not kernel.get("probed") else "unavailable"),
         "delay_mechanism": delay,
         "loss_mechanism": loss,

@@ -181,7 +181,7 @@ def read_back(ipr, index: int) -> dict:
                           "handle": q["handle"], "parent": q["parent"]}
         elif kind == "netem" and opts is not None:
             rate = opts.get_attr("TCA_NETEM_RATE")
-            out["netem"] = {"delay_us": opts.get("delay"), "jitter_us": opts.get("jitter"),
+            out["netem"] = {"delay_us": ticks_to_us(opts.get("delay")), "jitter_us": ticks_to_us(opts.get("jitter")),
                             "loss": opts.get("loss"), "limit": opts.get("limit"),
                             "rate": (rate.get("rate") or None) if rate is not None else None}
         elif q["parent"] == 0xFFFFFFFF:
@@ -197,6 +197,29 @@ def backlog(ipr, index: int) -> tuple[int, int]:
         packets += int(st.get("qlen", 0) or 0)
         nbytes += int(st.get("backlog", 0) or 0)
     return packets, nbytes
+
+
+def ticks_to_us(ticks: int | None) -> float | None:
+    """netem's delay and jitter as the kernel reports them (psched ticks) in microseconds,
+    the inverse of what pyroute2 sends (tc's ``tick_in_usec`` from /proc/net/psched)."""
+    from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
+
+    return None if ticks is None else ticks / tick_in_usec
+
+
+def loss_u32(percent: float) -> int:
+    """netem's loss probability as sent and held: a percentage scaled to 0..2^32-1."""
+    from pyroute2.netlink.rtnl.tcmsg.common import percent2u32
+
+    return percent2u32(percent)
+
+
+def _ms(us: float | None) -> str:
+    return "nothing" if us is None else f"{us / 1000:g} ms"
+
+
+def _percent(u32: int | None) -> str:
+    return "nothing" if u32 is None else f"{u32 / ((1 << 32) - 1) * 100:.4g}%"
 
 
 def verify(reqs: list[TcRequest], got: dict) -> list[str]:
@@ -221,6 +244,12 @@ def verify(reqs: list[TcRequest], got: dict) -> list[str]:
                 problems.append(f"netem rate reads {n.get('rate')} B/s, asked {r.params.get('rate')}")
             if n.get("limit") != r.params["limit"]:
                 problems.append(f"netem limit reads {n.get('limit')} packets, asked {r.params['limit']}")
+            for key, name in (("delay", "delay"), ("jitter", "jitter")):
+                held = n.get(f"{key}_us")
+                if held is None or abs(held - r.params[key]) > 1:      # 1 us: the kernel's ticks are 64 ns
+                    problems.append(f"netem {name} reads {_ms(held)}, asked {_ms(r.params[key])}")
+            if n.get("loss") != loss_u32(r.params["loss"]):
+                problems.append(f"netem loss reads {_percent(n.get('loss'))}, asked {r.params['loss']:g}%")
     if not reqs and ("tbf" in got or "netem" in got):
         problems.append(f"unshaped direction still has {sorted(k for k in got if k in ('tbf', 'netem'))}")
     return problems

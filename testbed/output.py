@@ -37,12 +37,16 @@ def print_doctor(caps: dict) -> None:
     t.add_row("kernel", caps["kernel"], "")
     t.add_row("cgroups", f"v{caps['cgroup_version']} ({', '.join(caps['cgroup_controllers'])})"
               if caps["cgroup_version"] else "[red]none[/]", "CPU quota and memory limits per host")
+    if caps.get("cgroup_layout"):
+        t.add_row("host groups", caps["cgroup_layout"], "where each run's host cgroups live")
     qd = caps.get("qdiscs") or {}
     t.add_row("qdiscs", ", ".join(f"{k}:{'yes' if v else 'no'}" for k, v in qd.items()) or "not probed",
               caps.get("kernel_probe", {}).get("reason", ""))
     t.add_row("bandwidth", caps["shaping"], "tbf in each link's wire namespace")
     t.add_row("delay / jitter", caps["delay_mechanism"],
               "netem qdisc" if caps["delay_mechanism"] == "netem" else "NFQUEUE delay line in a forwarding namespace")
+    if caps.get("netem_hint"):
+        t.add_row("netem", "no", caps["netem_hint"])
     t.add_row("loss", caps["loss_mechanism"], "")
     t.add_row("mininet", _yes(caps["mininet"]), f"mnexec: {caps['mnexec'] or 'missing'}")
     t.add_row("iperf3 / ping", f"{_yes(bool(caps['iperf3']))} / {_yes(bool(caps['ping']))}", "used by calibrate")

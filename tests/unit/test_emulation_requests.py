@@ -87,10 +87,28 @@ def test_shaped_direction_with_netem_is_serialized_by_netem_rate_not_sent_here()
 def test_verify_reads_netem_rate_and_limit_back():
     reqs = shaping.shaping_requests(DirectionSpec(rate_bps=10_000_000, delay_ms=5.0), netem=True)
     tbf = {"rate": 1_250_000, "limit": reqs[1].params["limit"]}
-    good = {"netem": {"rate": 1_250_000, "limit": reqs[0].params["limit"]}, "tbf": tbf}
+    held = {"delay_us": 5000.0, "jitter_us": 0.0, "loss": 0}
+    good = {"netem": {"rate": 1_250_000, "limit": reqs[0].params["limit"], **held}, "tbf": tbf}
     assert shaping.verify(reqs, good) == []
-    bad = {"netem": {"rate": None, "limit": 1000}, "tbf": tbf}
+    bad = {"netem": {"rate": None, "limit": 1000, **held}, "tbf": tbf}
     assert [p.split(" reads")[0] for p in shaping.verify(reqs, bad)] == ["netem rate", "netem limit"]
+
+
+def test_verify_compares_netem_delay_jitter_and_loss_with_what_was_asked():
+    reqs = shaping.shaping_requests(DirectionSpec(rate_bps=10_000_000, delay_ms=20.0, jitter_ms=2.0, loss=0.01),
+                                    netem=True)
+    base = {"rate": 1_250_000, "limit": reqs[0].params["limit"]}
+    tbf = {"tbf": {"rate": 1_250_000, "limit": reqs[1].params["limit"]}}
+    # what the kernel reports: ticks of 1/tick_in_usec us, loss scaled to 2^32 - 1
+    from pyroute2.netlink.rtnl.tcmsg.common import tick_in_usec
+
+    ticks = {"delay_us": shaping.ticks_to_us(int(20_000 * tick_in_usec)),
+             "jitter_us": shaping.ticks_to_us(int(2_000 * tick_in_usec)), "loss": shaping.loss_u32(1.0)}
+    assert shaping.verify(reqs, {"netem": {**base, **ticks}, **tbf}) == []
+    wrong = {"delay_us": 2_000.0, "jitter_us": None, "loss": shaping.loss_u32(2.0)}
+    assert shaping.verify(reqs, {"netem": {**base, **wrong}, **tbf}) == [
+        "netem delay reads 2 ms, asked 20 ms", "netem jitter reads nothing, asked 2 ms",
+        "netem loss reads 2%, asked 1%"]
 
 
 def test_verify_reports_rate_and_queue_differences():
@@ -379,3 +397,13 @@ def test_a_netem_request_with_a_rate_reaches_the_kernel_without_a_stray_rate_est
                           timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() in {"applied", "kernel ENOENT"}, done.stdout
+
+
+def test_doctor_says_how_to_get_netem_where_the_kernel_refused_it(tmp_path):
+    from emulation.probe import netem_hint
+
+    (tmp_path / "6.1.0-x").mkdir()
+    (tmp_path / "6.1.0-x" / "modules.dep").write_text("kernel/net/sched/sch_tbf.ko:\n")
+    assert "linux-modules-extra-6.1.0-x" in netem_hint("6.1.0-x", tmp_path)
+    (tmp_path / "6.1.0-x" / "modules.dep").write_text("kernel/net/sched/sch_netem.ko.xz:\n")
+    assert netem_hint("6.1.0-x", tmp_path).endswith("sudo modprobe sch_netem")
