@@ -45,11 +45,15 @@ class Servers:
                 "--host", host, "--listen", f"127.0.0.1:{port}", *extra]
         if nxt is not None:
             argv += ["--next", f"127.0.0.1:{nxt}"]
+        return port, self.launch(argv)
+
+    def launch(self, argv: list[str]) -> dict:
+        """Start one server; its ready line."""
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.procs.append(p)
         line = p.stdout.readline()
         assert line, self.logged()
-        return port, json.loads(line)
+        return json.loads(line)
 
     def logged(self) -> str:
         self.log.seek(0)

@@ -10,7 +10,6 @@ import resource
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -18,18 +17,13 @@ import numpy as np
 import pytest
 
 from tests.tiny import tiny_artifact
+from tests.unit.test_serving import Servers, _free_port
 from workloads.codec import MAGIC, PREFIX, CodecError, Limits, Message, encode, read_message, send_message
 from workloads.runtime import ArtifactRunner, Declared, declared_io
 from workloads.serving import LIMIT_MARGIN, Client, ServerConfig
 
 PY = sys.executable
 X = np.ones((1, 4), np.float32)          # the tiny artifact's input: 16 B
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _vm(pid: int, key: str) -> int:
@@ -41,29 +35,19 @@ def _vm(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-class Live:
-    """Servers started the way the runner starts them; stopped by PID (SIGTERM), and what each
-    printed when it stopped kept."""
+class Live(Servers):
+    """Servers started the way the runner starts them (a ServerConfig's argv); stopped by PID
+    (SIGTERM), and what each printed when it stopped kept."""
 
     def __init__(self):
-        self.procs: list[subprocess.Popen] = []
-        self.log = tempfile.TemporaryFile("w+")
+        super().__init__()
         self.stopped: list[dict] = []       # the lines each printed after its ready line
 
     def start(self, art, part: int = 0, host: str = "edge", next_port: int | None = None, **cfg) -> tuple[int, dict]:
         port = _free_port()
         config = ServerConfig(str(art), part, host, [("127.0.0.1", port)],
                               ("127.0.0.1", next_port) if next_port else None, **cfg)
-        p = subprocess.Popen([PY, "-m", "workloads.serving", *config.to_argv()], stdout=subprocess.PIPE,
-                             stderr=self.log, text=True)
-        self.procs.append(p)
-        line = p.stdout.readline()
-        assert line, self.logged()
-        return port, json.loads(line)
-
-    def logged(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
+        return port, self.launch([PY, "-m", "workloads.serving", *config.to_argv()])
 
     def stop(self) -> None:
         running = [p for p in self.procs if not p.stdout.closed]
