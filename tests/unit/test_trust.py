@@ -20,6 +20,8 @@ from topologies.trust import UntrustedError, check_folder, read_code
 from workloads import user
 from workloads.errors import WorkloadError
 
+from tests.unit.test_user_models import NET
+
 REPO = Path(__file__).resolve().parents[2]
 OTHER_UID = 12345
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
@@ -37,22 +39,15 @@ FACTORY = textwrap.dedent("""\
     import torch
     Path({marker!r}).with_suffix(".imported").write_text("imported")
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.fc = torch.nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(x)
-
+    {net}
     def make():
         Path({marker!r}).write_text("called")
         return Net(), (1, 4)
 
     def number():
         return 42
-    """)
+    """).replace("{net}\n", NET + "\n")
+
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> Path:

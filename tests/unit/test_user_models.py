@@ -78,9 +78,8 @@ def test_bad_onnx_files(tmp_path):
         user.user_model(str(tmp_path / "seq.onnx"))
 
 
-FACTORIES = textwrap.dedent("""
-    import torch
-
+# a tiny torch module for factory files (tests/unit/test_trust.py's too)
+NET = textwrap.dedent("""\
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -89,7 +88,9 @@ FACTORIES = textwrap.dedent("""
 
         def forward(self, x):
             return self.fc(x)
+    """)
 
+FACTORIES = "\nimport torch\n\n" + NET + textwrap.dedent("""
     def as_tuple():
         return Net(), (1, 4)
 
