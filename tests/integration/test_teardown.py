@@ -17,7 +17,7 @@ import pytest
 from emulation.cleanup import find_leftovers
 from emulation import registry
 from emulation.registry import load_records, process_alive
-from tests.integration.test_run import REPO, TESTBED, _any_cell_stored, _env, _model, _rows
+from tests.integration.test_run import REPO, TESTBED, _any_cell_stored, _env, _meanwhile, _model, _rows
 from tests.integration.test_run import _write as write_experiment
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -42,9 +42,13 @@ def _records_of(pid: int) -> list[dict]:
     return [r for r in load_records() if r["owner"]["pid"] == pid]
 
 
-def _delaylines(pid: int) -> list[tuple[int, int]]:
-    return [(p["pid"], p["starttime"]) for r in _records_of(pid) for p in r["processes"]
-            if p["role"].startswith("delayline:")]
+def _first_to_go(pid: int) -> list[tuple[int, int]]:
+    """The processes the network of CLI process ``pid`` ends first when its teardown begins:
+    its delay lines where the kernel has no netem, else (netem delays in the kernel) its hosts'
+    shells."""
+    procs = [p for r in _records_of(pid) for p in r["processes"]]
+    lines = [(p["pid"], p["starttime"]) for p in procs if p["role"].startswith("delayline:")]
+    return lines or [(p["pid"], p["starttime"]) for p in procs if p["role"].startswith("shell:")]
 
 
 def _client_of(pid: int) -> int | None:
@@ -90,17 +94,17 @@ def test_a_second_signal_during_teardown_cannot_cut_it_short(study, cache, tmp_p
         assert _any_cell_stored(db), "the first cell was not stored within 90 s"
         while time.monotonic() < deadline and _client_of(p.pid) is None:   # ... cloud's client runs ...
             time.sleep(0.05)
-        time.sleep(1.0)                                                      # ... and has measured some
-        lines = _delaylines(p.pid)
-        assert lines, "the network must have delay lines (the links are shaped)"
+        time.sleep(_meanwhile(db))                                           # ... and has measured some
+        first_to_go = _first_to_go(p.pid)
+        assert first_to_go, "the run's network must be in the registry with its processes"
         _send(p, first, group)
         if again == "200ms":
             time.sleep(0.2)
             _send(p, signal.SIGINT, group)
         elif again == "teardown":
-            # the network's stop begins by ending its delay lines: signal again at once
+            # the network's stop begins by ending its delay lines (or shells): signal again at once
             end = time.monotonic() + 30
-            while time.monotonic() < end and all(process_alive(pid, st) for pid, st in lines):
+            while time.monotonic() < end and all(process_alive(pid, st) for pid, st in first_to_go):
                 time.sleep(0.002)
             _send(p, signal.SIGINT, group)
         else:

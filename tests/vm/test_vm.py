@@ -5,6 +5,7 @@ qdisc (delay, jitter, loss, rate) with a tbf child, read back from the kernel.""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from emulation import cgroups, shaping
 from emulation.network import EmulatedNetwork
 from tests.integration.test_network import spec
+from tests.integration.test_run import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -31,7 +33,7 @@ def _unit(name: str, prop: str) -> str:
 
 
 def test_hosts_live_in_a_scope_systemd_delegated_to_the_run_and_leave_with_it(caps):
-    s = spec("three_tier", {"hosts.edge.cpus": 0.5, "hosts.edge.memory": "256MiB"})
+    s = spec("three_tier", {"hosts.edge.cpus": 0.5, "hosts.edge.memory": "256MiB", "hosts.edge.cpuset": "1"})
     with EmulatedNetwork(s, caps=caps) as net:
         unit = cgroups.scope_unit(net.run_id)
         scope = cgroups.CGROUP_ROOT / cgroups.SLICE / unit
@@ -40,9 +42,20 @@ def test_hosts_live_in_a_scope_systemd_delegated_to_the_run_and_leave_with_it(ca
         assert edge.paths == [scope / "edge"]
         assert (scope / "edge" / "cpu.max").read_text().split()[0] == str(cgroups.cpu_quota_us(0.5, edge.limits.period_us))
         assert int((scope / "edge" / "memory.max").read_text()) == 256 << 20
+        assert (scope / "edge" / "cpuset.cpus").read_text().strip() == "1"
+        # changed live, read back from the same files
+        net.set_host("edge", cpus=1.0, memory_bytes=512 << 20, cpuset=(0,))
+        assert (scope / "edge" / "cpu.max").read_text().split()[0] == str(cgroups.cpu_quota_us(1.0, net.cgroups["edge"].limits.period_us))
+        assert int((scope / "edge" / "memory.max").read_text()) == 512 << 20
+        assert (scope / "edge" / "cpuset.cpus").read_text().strip() == "0"
         # a process started on the host runs in its group, inside the run's scope
         out = net.run("edge", ["cat", "/proc/self/cgroup"]).stdout.strip()
         assert out == f"0::/{cgroups.SLICE}/{unit}/edge", out
+        # a server there finds its own group's cpu.stat to measure quota stalls (throttled_usec on v2)
+        probe = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from workloads.pacing import QuotaStalls; "
+                 "s = QuotaStalls(); print(s.enabled, s.path, s.throttled_ns() >= 0)")
+        out = net.run("edge", [sys.executable, "-c", probe]).stdout.split()
+        assert out == ["True", str(scope / "edge" / "cpu.stat"), "True"], out
         # the scope's own process sits in its .holder leaf, none in the scope itself
         assert (scope / "cgroup.procs").read_text().split() == []
         assert len((scope / cgroups.HOLDER / "cgroup.procs").read_text().split()) == 1
@@ -67,19 +80,7 @@ def test_each_direction_is_a_netem_root_with_a_tbf_child_read_back_from_the_kern
         assert held["delay_us"] == 40_000 and held["loss"] == 0
 
 
-RUN = """name: vm-run
-topology: three_tier
-models: [fmnist_cnn]
-strategies:
-  - {name: edge,         placement: edge}
-  - {name: me-partition, operators: [partition], placement: [mobile, edge]}
-source: mobile
-links:
-  mobile-edge: {bandwidth: 20Mbit, delay: 5ms, jitter: 1ms}
-hosts:
-  edge: {cpus: 1, memory: 1GiB}
-requests: {warmup: 1, repeat: 10, inputs: 10, timeout: 60s}
-"""
+RUN = Path(__file__).with_name("vm-run.yaml")
 
 
 def test_a_small_run_ends_with_every_request_ok_and_leaves_nothing(tmp_path):
@@ -87,11 +88,9 @@ def test_a_small_run_ends_with_every_request_ok_and_leaves_nothing(tmp_path):
     import os
     import sys
 
-    from tests.integration.test_run import REPO, TESTBED
+    from tests.integration.test_run import TESTBED
 
-    exp = tmp_path / "vm-run.yaml"
-    exp.write_text(RUN)
-    done = subprocess.run(TESTBED + ["run", str(exp), "--out", str(tmp_path / "out"), "--json"], cwd=REPO,
+    done = subprocess.run(TESTBED + ["run", str(RUN), "--out", str(tmp_path / "out"), "--json"], cwd=REPO,
                           env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=1200)
     sys.stderr.write(done.stderr[-3000:])
     assert done.returncode == 0, done.stderr[-3000:]
