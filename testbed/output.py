@@ -315,7 +315,7 @@ def _legend(names: dict[str, str]) -> str:
 
 
 def _metric_short(r: dict) -> str:
-    """'agr 90.62% (-9.4 [-16.2,-3.1])': the metric's name (up to 4 letters, else its first 3),
+    """'agr 90.62% (-9.4 [-18.8,-3.1])': the metric's name (up to 4 letters, else its first 3),
     its value, and the change from the untransformed model with the change's 95 % interval (in
     points for a fraction, which every metric of the registry is); nothing after the value when
     the two agree on every sample (no change, a zero-width interval), and 'no interval' where
@@ -381,9 +381,10 @@ def _summary_lines(points: dict[str, list[dict]],
 def print_run_summary(name: str, rows: list[dict], out: str) -> None:
     """The end-of-run summary, one line per cell: a table per model, its rows grouped by sweep
     point (the swept values in short form, e.g. ``EC 5Mbit``; no point column without a
-    sweep), medians per request in ms, quality in one cell. What does not fit a line (a failed
-    cell, its error, requests that were not ok, hosts short of their CPU share) is a note under
-    its model's table; per-host and per-link times are in :func:`print_run_detail`. The
+    sweep), medians per request in ms, quality in one cell (its interval on a second line when
+    the terminal is narrower than the table). What does not fit a line (a failed cell, its
+    error, requests that were not ok, hosts short of their CPU share) is a note under its
+    model's table; per-host and per-link times are in :func:`print_run_detail`. The
     columns of every model's table have the same widths, so the tables read as one."""
     from rich.text import Text
 
