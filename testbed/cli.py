@@ -413,7 +413,8 @@ def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
                    err=True)
         sys.exit(e.code if isinstance(e, _Terminated) else 130)
     rows = [{"model": r.model, "weights": r.weights, "operators": r.operators, "parts": r.parts,
-             "metric": r.metric, "value": r.value, "baseline": r.baseline, "size_bytes": r.size_bytes,
+             "metric": r.metric, "value": r.value, "baseline": r.baseline,
+             "interval": r.manifest["quality"].get("interval"), "size_bytes": r.size_bytes,
              "path": str(r.path), "cached": r.cached} for r in results]
     if as_json:
         click.echo(json.dumps({"experiment": exp.name, "artifacts": rows}, indent=2))

@@ -7,6 +7,7 @@ import sys
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from topologies import format_rate, format_size
@@ -203,14 +204,39 @@ def _metric(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
+def _with_interval(value, ci) -> str:
+    """'0.9375 [0.8906,0.9844]': a value and its 95 % interval (no space inside, so that it
+    stays whole when a cell wraps); the value alone without one."""
+    return _metric(value) + (escape(f" [{ci[0]:.4f},{ci[1]:.4f}]") if ci else "")
+
+
+def _quality_detail(r: dict) -> str:
+    """The metric's name, its value, the untransformed model's (base) and their difference
+    (loss), each with its 95 % interval; a 'no interval' line for a cell without intervals."""
+    v, b = r["value"], r["baseline"]
+    lines = [("", v, r["value_ci"])]
+    if v is not None and b is not None:
+        lines += [("base ", b, r["baseline_ci"]), ("loss ", b - v, r["loss_ci"])]
+    known = any(ci is not None for *_, ci in lines)
+    return "\n".join([r["metric"]] + [label + _with_interval(x, ci) for label, x, ci in lines]
+                     + ([] if known or v is None else ["no interval"]))
+
+
 def print_prepared(name: str, rows: list[dict]) -> None:
-    t = Table(title=f"artifacts of {name}")
-    for c in ("model", "operators", "parts", "metric", "value", "baseline", "size", "path"):
+    t = Table(title=f"artifacts of {name}", caption="value, baseline and loss (baseline - value) with their 95 % "
+                                                    "intervals: a paired bootstrap over the evaluation samples")
+    for c in ("model", "operators", "parts", "metric", "value", "baseline", "loss", "size", "path"):
         t.add_column(c)
     for r in rows:
+        ci = r.get("interval") or {}
+        v, b = r["value"], r["baseline"]
+        loss = "n/a" if v is None or b is None else _with_interval(b - v, ci.get("loss"))
+        if v is not None and not ci.get("loss"):
+            loss += f" ({ci.get('note') or 'no interval'})"
         t.add_row(r["model"] + ("" if r["weights"] == "pretrained" else f" ({r['weights']})"), r["operators"],
-                  str(r["parts"]), r["metric"], _metric(r["value"]), _metric(r["baseline"]),
-                  _bytes(r["size_bytes"]), r["path"] + (" (cached)" if r["cached"] else ""))
+                  str(r["parts"]), r["metric"], _with_interval(v, ci.get("value")),
+                  _with_interval(b, ci.get("baseline")), loss, _bytes(r["size_bytes"]),
+                  r["path"] + (" (cached)" if r["cached"] else ""))
     console.print(t)
 
 
@@ -289,10 +315,12 @@ def _legend(names: dict[str, str]) -> str:
 
 
 def _metric_short(r: dict) -> str:
-    """'agr 90.62% (-9.38)': the metric's name (up to 4 letters, else its first 3), its value
-    and, when it shows differently, the change from the untransformed model (in points for a
-    fraction, which every metric of the registry is)."""
-    metric, v, b = r["metric"], r["value"], r["baseline"]
+    """'agr 90.62% (-9.4 [-18.8,-3.1])': the metric's name (up to 4 letters, else its first 3),
+    its value, and the change from the untransformed model with the change's 95 % interval (in
+    points for a fraction, which every metric of the registry is); nothing after the value when
+    the two agree on every sample (no change, a zero-width interval), and 'no interval' where
+    the cell has none. Rich markup: the brackets are escaped."""
+    metric, v, b, ci = r["metric"], r["value"], r["baseline"], r.get("loss_ci")
     if metric is None:
         return "-"
     name = metric if len(metric) <= 4 else metric[:3]
@@ -300,10 +328,15 @@ def _metric_short(r: dict) -> str:
         return f"{name} n/a"
     fraction = 0 <= v <= 1 and (b is None or 0 <= b <= 1)
     show = (lambda x: f"{x * 100:.2f}%") if fraction else (lambda x: f"{x:.4g}")
+    change = (lambda x: f"{x * 100:+.1f}") if fraction else (lambda x: f"{x:+.3g}")
     text = f"{name} {show(v)}"
-    if b is not None and show(b) != show(v):
-        text += f" ({(v - b) * 100:+.2f})" if fraction else f" ({v - b:+.4g})"
-    return text
+    if b is None:
+        return text
+    if ci is None:
+        return text + (" (no interval)" if show(b) == show(v) else f" ({change(v - b)}, no interval)")
+    if v == b and ci[0] == ci[1] == 0:
+        return text
+    return text + escape(f" ({change(v - b)} [{change(-ci[1])},{change(-ci[0])}])")
 
 
 def _notes(r: dict, counts: bool = True) -> list[str]:
@@ -348,9 +381,10 @@ def _summary_lines(points: dict[str, list[dict]],
 def print_run_summary(name: str, rows: list[dict], out: str) -> None:
     """The end-of-run summary, one line per cell: a table per model, its rows grouped by sweep
     point (the swept values in short form, e.g. ``EC 5Mbit``; no point column without a
-    sweep), medians per request in ms, quality in one cell. What does not fit a line (a failed
-    cell, its error, requests that were not ok, hosts short of their CPU share) is a note under
-    its model's table; per-host and per-link times are in :func:`print_run_detail`. The
+    sweep), medians per request in ms, quality in one cell (its interval on a second line when
+    the terminal is narrower than the table). What does not fit a line (a failed cell, its
+    error, requests that were not ok, hosts short of their CPU share) is a note under its
+    model's table; per-host and per-link times are in :func:`print_run_detail`. The
     columns of every model's table have the same widths, so the tables read as one."""
     from rich.text import Text
 
@@ -360,11 +394,18 @@ def print_run_summary(name: str, rows: list[dict], out: str) -> None:
     widths = {i: max([len(_SUMMARY_COLUMNS[i][0])] + [Text.from_markup(line).cell_len for cells, _ in
                                                       (x for lines, _ in tables.values() for x in lines)
                                                       for line in cells[i].split("\n")]) for i in shown}
-    # narrower than the table (98 columns for the demo): the placement goes (--detail has it)
-    # and the quality wraps at its space, so every number stays on its row's first line
-    narrow = sum(widths[i] + 2 for i in shown) - 2 > console.width
+    # narrower than the table (113 columns for the demo): the quality's interval goes onto a
+    # second line; narrower than that (98), the placement goes too (--detail has it) and the
+    # quality wraps at its spaces, so every number but the interval stays on its row's first line
+    quality = _SUMMARY_COLUMNS.index(("quality", "left"))
+    before_interval = max([len("quality")] + [Text(Text.from_markup(cells[quality]).plain.split(" [")[0]).cell_len
+                                              for lines, _ in tables.values() for cells, _ in lines])
+    others = sum(widths[i] + 2 for i in shown if i != quality)
+    narrow = others + before_interval > console.width
     if narrow:
         shown.remove(2)
+    elif others + widths[quality] > console.width:
+        widths[quality] = console.width - others
     console.print(f"[bold]{name}[/]: per request, medians in ms (results in {out})")
     for model, (lines, notes) in tables.items():
         t = Table(title=f"\n[bold]{model}[/]", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
@@ -382,7 +423,8 @@ def print_run_summary(name: str, rows: list[dict], out: str) -> None:
     if loaded:
         _print_load(loaded, names)
     console.print()
-    for line in (_legend(names), "quality: metric (change from the untransformed model, in points of %)",
+    for line in (_legend(names), escape("quality: metric (change from the untransformed model, in points of %, "
+                                        "[its 95 % interval])"),
                  "placement: left out, the terminal is too narrow" if narrow else "",
                  f"per host and per link, bytes, exits: testbed results show {out} --detail"):
         if line:
@@ -476,9 +518,7 @@ def print_run_detail(name: str, rows: list[dict], out: str) -> None:
             notes = []
             for r in group:
                 shares = r["shares"]
-                quality = "-" if r["metric"] is None else "\n".join(
-                    [r["metric"], _metric(r["value"])] + ([] if r["baseline"] is None else
-                                                         [f"base {_metric(r['baseline'])}"]))
+                quality = "-" if r["metric"] is None else _quality_detail(r)
                 if r["match"] is not None:
                     quality += f"\nsame {r['match']:.0%}"
                 here = _notes(r, counts=False)
@@ -499,7 +539,8 @@ def print_run_detail(name: str, rows: list[dict], out: str) -> None:
     console.print()
     for line in (_legend(names), initials and f"hosts: {initials}",
                  "c/t/o %: shares of the end-to-end time: compute, transmission, the rest (serialisation, harness)",
-                 "quality: the metric, the untransformed model's (base), answers equal to its answers (same)"):
+                 "quality: the metric, the untransformed model's (base), base - metric (loss), each with its 95 % "
+                 "interval; answers equal to the untransformed model's (same)"):
         if line:
             console.print(f"[dim]{line}[/]")
 

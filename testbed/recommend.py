@@ -2,7 +2,11 @@
 
 Pure functions over the store's cells and requests. Latency is the median end-to-end time
 of a cell's ``ok`` requests (p50); accuracy loss is ``baseline_value - metric_value`` (every
-metric of the registry is higher-is-better). How a winner's latency compares with the
+metric of the registry is higher-is-better), with its 95 % interval (``loss_ci_low``,
+``loss_ci_high``: a paired bootstrap over the evaluation samples, `workloads.quality`). A
+strategy is within a loss tolerance only when its interval's upper bound is: when the
+interval straddles the tolerance, or there is none, the data cannot tell and the strategy is
+not recommended as within it (the wording says so). How a winner's latency compares with the
 runner-up's is said in words: indistinguishable (not significant), not significantly different
 though the effect looks large (more requests may tell), significantly but negligibly different
 (Cliff's delta negligible), or nothing when the difference is significant and not negligible.
@@ -18,8 +22,16 @@ from .experiment import point_label
 from .load import UNSURE, capacities, curves, json_key, level_text, level_winners, qps_text, reach_text, saturation, \
     targets_text
 from .stats import ALPHA, StudyComparison, ok_latencies, study_groups, study_statistics
+from .summary import NO_INTERVAL, interval
 
 TOLERANCE = 0.01
+_EPS = 1e-12            # a loss bound equal to the tolerance, give or take a rounding, is within it
+# a strategy's loss against the tolerance: its interval below it, above it, across it, or none
+WITHIN, BEYOND, CANNOT_TELL, UNKNOWN = "within", "beyond", "cannot tell", "no interval"
+# every recommendation has these keys (None where they do not apply), besides kind, model, point and text
+RECOMMENDATION_FIELDS = ("strategy", "placement", "p50_ms", "metric", "metric_value", "baseline_value", "loss",
+                         "loss_ci_low", "loss_ci_high", "metric_ci_low", "metric_ci_high", "tolerance_verdict",
+                         "cannot_tell", "runner_up", "p", "delta", "indistinguishable", "difference")
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,37 @@ class _Candidate:
     def loss(self) -> float | None:
         v, b = self.cell["metric_value"], self.cell["baseline_value"]
         return None if v is None or b is None else b - v
+
+    @property
+    def loss_ci(self) -> list[float] | None:
+        return interval(self.cell, "loss")
+
+    def verdict(self, tolerance: float) -> str | None:
+        """Its loss against ``tolerance`` by the loss's 95 % interval (None: no metric)."""
+        if self.loss is None:
+            return None
+        if self.loss_ci is None:
+            return UNKNOWN
+        low, high = self.loss_ci
+        return WITHIN if high <= tolerance + _EPS else BEYOND if low > tolerance + _EPS else CANNOT_TELL
+
+
+def _points(v: float) -> str:
+    """A loss in points of the (fraction) metric: '0.63 %'."""
+    return f"{v * 100:.2f} %"
+
+
+def _loss(c: _Candidate) -> str:
+    """'loss 0.63 % [-0.39 %, 1.72 %]': the loss and its 95 % interval, or that there is none."""
+    ci = c.loss_ci
+    return f"loss {_points(c.loss)} " + ("(no interval)" if ci is None else f"[{_points(ci[0])}, {_points(ci[1])}]")
+
+
+def _undecided(c: _Candidate, pct: str) -> str:
+    """Why a strategy is not counted within the tolerance though it may be."""
+    if c.loss_ci is None:
+        return f"{c.label} (loss {_points(c.loss)}, {NO_INTERVAL}): cannot tell whether it is within {pct}"
+    return f"{c.label} ({_loss(c)}): cannot tell whether it is within {pct}; more evaluation samples would tell"
 
 
 def _ms(v: float) -> str:
@@ -47,7 +90,7 @@ def _quality(c: _Candidate) -> str:
     cell = c.cell
     if c.loss is None:
         return "accuracy unknown"
-    return f"{cell['metric']} {cell['metric_value']:.4g} vs baseline {cell['baseline_value']:.4g}"
+    return f"{cell['metric']} {cell['metric_value']:.4g} vs baseline {cell['baseline_value']:.4g}, {_loss(c)}"
 
 
 def _difference(winner: str, runner: str, pair, alpha: float, kruskal_p: float | None) -> tuple[str, str]:
@@ -109,16 +152,19 @@ def _placement_phrase(placement: str) -> str:
 
 def _recommendations(model: str, point: dict, candidates: list[_Candidate], unmeasured: list[tuple[str, dict]],
                      tolerance: float, comparison: StudyComparison | None) -> list[dict]:
-    base = dict.fromkeys(("strategy", "placement", "p50_ms", "metric", "metric_value", "baseline_value", "loss",
-                          "runner_up", "p", "delta", "indistinguishable", "difference"))
+    base = dict.fromkeys(RECOMMENDATION_FIELDS)
     base.update(model=model, point=point, point_label=point_label(point))
 
     def rec(kind: str, c: _Candidate, ranked: list[_Candidate], text: str) -> dict:
         tie = _tie(c, ranked, comparison)
         note = tie.pop("note") + _unanswered(c)
+        ci = c.loss_ci or (None, None)
         return {**base, "kind": kind, "strategy": c.label, "placement": c.cell["placement"], "p50_ms": c.p50,
                 "metric": c.cell["metric"], "metric_value": c.cell["metric_value"],
-                "baseline_value": c.cell["baseline_value"], "loss": c.loss, **tie, "text": text + note}
+                "baseline_value": c.cell["baseline_value"], "loss": c.loss, "loss_ci_low": ci[0],
+                "loss_ci_high": ci[1], "metric_ci_low": c.cell.get("metric_ci_low"),
+                "metric_ci_high": c.cell.get("metric_ci_high"), "tolerance_verdict": c.verdict(tolerance),
+                **tie, "text": text + note}
 
     unranked = [{**base, "kind": "unmeasured", "strategy": label, "placement": cell["placement"],
                  "text": f"{label}: no ok request ({cell['requests']} sent), not ranked"} for label, cell in unmeasured]
@@ -126,28 +172,35 @@ def _recommendations(model: str, point: dict, candidates: list[_Candidate], unme
         return [{**base, "kind": "none", "text": "no strategy has an ok request: nothing to recommend"}] + unranked
     by_latency = sorted(candidates, key=lambda c: c.p50)
     known = [c for c in by_latency if c.loss is not None]
-    within = [c for c in known if c.loss <= tolerance + 1e-12]
+    within = [c for c in known if c.verdict(tolerance) == WITHIN]
     pct = f"{tolerance * 100:g} %"
     out = []
     if known:
+        head = f"lowest latency within {pct} accuracy loss"
+        # faster than the winner (or any, without one), and possibly within: the data cannot tell
+        undecided = [c for c in known if c.verdict(tolerance) in (CANNOT_TELL, UNKNOWN)
+                     and (not within or c.p50 < within[0].p50)]
+        said = "".join(f"; {_undecided(c, pct)}" for c in undecided)
         if within:
             w = within[0]
-            out.append(rec("within_tolerance", w, within, f"lowest latency within {pct} accuracy loss: "
-                                                          f"{w.label} ({_ms(w.p50)}, {_quality(w)})"))
+            r = rec("within_tolerance", w, within, f"{head}: {w.label} ({_ms(w.p50)}, {_quality(w)})")
+            out.append({**r, "text": r["text"] + said, "cannot_tell": [c.label for c in undecided]})
+        elif undecided:
+            out.append({**base, "kind": "within_tolerance", "cannot_tell": [c.label for c in undecided],
+                        "text": f"{head}: none known{said}"})
         else:
-            out.append({**base, "kind": "within_tolerance",
-                        "text": f"lowest latency within {pct} accuracy loss: none, every strategy loses more"})
+            out.append({**base, "kind": "within_tolerance", "cannot_tell": [],
+                        "text": f"{head}: none, every strategy loses more"})
         by_loss = sorted(known, key=lambda c: (c.loss, c.p50))
         w = by_loss[0]
-        out.append(rec("least_loss", w, by_loss, f"least accuracy loss: {w.label} (loss {w.loss:.4g}: "
-                                                 f"{_quality(w)}, {_ms(w.p50)})"))
+        out.append(rec("least_loss", w, by_loss, f"least accuracy loss: {w.label} ({_quality(w)}, {_ms(w.p50)})"))
     w = by_latency[0]
     quality = _quality(w) if known else "accuracy unknown: no quality metric, ranked by latency only"
     out.append(rec("fastest", w, by_latency, f"lowest latency overall: {w.label} ({_ms(w.p50)}, {quality})"))
     placements = sorted({c.cell["placement"] for c in candidates}, key=lambda p: (p.count(">"), p))
     for placement in placements:
         here = [c for c in by_latency if c.cell["placement"] == placement]
-        here_within = [c for c in here if c.loss is not None and c.loss <= tolerance + 1e-12]
+        here_within = [c for c in here if c.verdict(tolerance) == WITHIN]
         ranked = here_within or here
         w = ranked[0]
         rule = f"fastest within {pct} loss" if here_within else "fastest"
@@ -159,13 +212,21 @@ def _recommendations(model: str, point: dict, candidates: list[_Candidate], unme
 def recommend(cells: list[dict], requests: list[dict], tolerance: float = TOLERANCE,
               comparisons: list[StudyComparison] | None = None, alpha: float = ALPHA) -> list[dict]:
     """Recommendations per (model, sweep point), each a dict with ``kind``, ``strategy``,
-    ``placement``, ``p50_ms``, metric fields, ``loss``, ``runner_up``, ``p``, ``delta``,
+    ``placement``, ``p50_ms``, metric fields, ``loss`` with its 95 % interval
+    (``loss_ci_low``, ``loss_ci_high``; the metric's: ``metric_ci_low``, ``metric_ci_high``),
+    ``tolerance_verdict`` (the loss against ``tolerance``: ``within``, ``beyond``, ``cannot
+    tell`` when the interval straddles it, ``no interval``), ``runner_up``, ``p``, ``delta``,
     ``indistinguishable`` (the latency difference from the runner-up is not significant; None
     when untested), ``difference`` (``indistinguishable``, ``not significant``, ``negligible``
-    or ``significant``: see :func:`_difference`) and a sentence in ``text``. Kinds, in order:
+    or ``significant``: see :func:`_difference`) and a sentence in ``text``
+    (:data:`RECOMMENDATION_FIELDS`, None where they do not apply). Kinds, in order:
 
-    - ``within_tolerance``: the lowest p50 whose loss is at most ``tolerance`` (an absolute
-      amount of the metric: 0.01 = one percentage point of accuracy); strategy None if none is;
+    - ``within_tolerance``: the lowest p50 whose loss is within ``tolerance`` (an absolute
+      amount of the metric: 0.01 = one percentage point of accuracy) by its interval: the
+      interval's upper bound is at most ``tolerance``; strategy None if none is. Its
+      ``cannot_tell`` lists the faster strategies (any, without a winner) whose interval
+      straddles the tolerance or that have none, and its text says of each that the data
+      cannot tell;
     - ``least_loss``: the smallest loss (ties: lower p50);
     - ``fastest``: the lowest p50 of all (the only latency ranking when no metric is known);
     - ``placement``: per placement, the fastest within tolerance there (else the fastest);
@@ -327,8 +388,7 @@ def load_recommendations(rows: list[dict]) -> list[dict]:
     strategy's answered rate saturates). Verdicts close to a target, and a single rate, are
     said so. ``rows``: the store's cells or summary rows; none under load, no statement."""
     caps = capacities(rows)
-    base = dict.fromkeys(("strategy", "placement", "p50_ms", "metric", "metric_value", "baseline_value", "loss",
-                          "runner_up", "p", "delta", "indistinguishable", "difference"))
+    base = dict.fromkeys(RECOMMENDATION_FIELDS)
     out = []
     for curve in curves(rows):
         here = {**base, "model": curve["model"], "point": curve["point"], "point_label": point_label(curve["point"]),

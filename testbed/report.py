@@ -37,6 +37,7 @@ from matplotlib.ticker import LogFormatter, NullLocator
 
 from topologies import TopologyError, format_size, parse_duration_ms, parse_fraction, parse_rate, parse_size
 from topologies.errors import TestbedError
+from workloads.quality import BASELINE_SCORES_FILE, SCORES_FILE
 
 from .experiment import point_label
 from .load import (LEVEL_AXES, capacities, curves, json_key, level_axis, level_text, level_winners, qps_text,
@@ -44,7 +45,7 @@ from .load import (LEVEL_AXES, capacities, curves, json_key, level_axis, level_t
 from .recommend import TOLERANCE, recommend
 from .stats import StudyGroup, study_groups, study_statistics, wilcoxon_paired
 from .store import CELL_STATUSES, ResultStore
-from .summary import host_flags, summarize
+from .summary import NO_INTERVAL, host_flags, interval, summarize
 
 MAX_FACETS = 6          # sweep points drawn side by side; beyond, one panel of per-point medians
 DPI = 100
@@ -227,6 +228,12 @@ def _quality_figure(model: str, facets: list[_Facet]) -> tuple[Figure, str]:
         labels = [s for s in f.requests if f.cells[s]["metric_value"] is not None]
         points = [(_median(f.p50s[s]), f.cells[s]["metric_value"]) for s in labels]
         ax.scatter([x for x, _ in points], [y for _, y in points], color="#4c72b0", zorder=2)
+        bars = [(x, y, interval(f.cells[s], "value")) for s, (x, y) in zip(labels, points)
+                if interval(f.cells[s], "value")]
+        if bars:        # the metric's 95 % interval (BCa need not be centred on the point)
+            ax.errorbar([x for x, _, _ in bars], [y for _, y, _ in bars], fmt="none", ecolor="#4c72b0", capsize=3,
+                        yerr=[[max(0.0, y - ci[0]) for _, y, ci in bars], [max(0.0, ci[1] - y) for _, y, ci in bars]],
+                        label="95 % interval", zorder=1)
         front = pareto_front(points)
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "o--", color="#c44e52",
                 markersize=9, markerfacecolor="none", label="Pareto front", zorder=3)
@@ -238,8 +245,9 @@ def _quality_figure(model: str, facets: list[_Facet]) -> tuple[Figure, str]:
         ax.set_ylabel(f.cells[labels[0]]["metric"] if labels else "metric")
         ax.legend(fontsize=8)
     fig.suptitle(f"{model}: quality against latency")
-    return fig, ("Each strategy's metric against its p50 latency; circled points form the Pareto front "
-                 "(nothing else is both faster and at least as accurate).")
+    return fig, ("Each strategy's metric against its p50 latency, with the metric's 95 % interval (a bootstrap over "
+                 "the evaluation samples; a point without a bar has none); circled points form the Pareto front "
+                 "(nothing else is both faster and at least as accurate, by the point values).")
 
 
 def _heatmap_figure(model: str, rows: list[dict], x_axis: str, y_axis: str,
@@ -499,12 +507,16 @@ def _figures(model: str, groups: list[StudyGroup], ok: dict[str, list[dict]],
 
 def _cell_rows(cells: list[dict], requests: list[dict]) -> list[dict]:
     """One row per cell, any status: the summary of `testbed results show` without hops."""
-    return [{"model": r["model"], "point": point_label(r["point"]), "strategy": r["strategy"],
-             "placement": r["placement"], "status": r["status"], "requests": sum(r["counts"].values()),
-             "ok": r["counts"]["ok"], "p50_ms": r["e2e_p50"], "p90_ms": r["e2e_p90"], "metric": r["metric"],
-             "metric_value": r["value"], "baseline_value": r["baseline"], "error": r["error"],
-             "host_flags": "; ".join(r["host_flags"]) or None}
-            for r in summarize(cells, requests, [])]
+    rows = []
+    for r in summarize(cells, requests, []):
+        (v_low, v_high), (l_low, l_high) = (r[k] or (None, None) for k in ("value_ci", "loss_ci"))
+        rows.append({"model": r["model"], "point": point_label(r["point"]), "strategy": r["strategy"],
+                     "placement": r["placement"], "status": r["status"], "requests": sum(r["counts"].values()),
+                     "ok": r["counts"]["ok"], "p50_ms": r["e2e_p50"], "p90_ms": r["e2e_p90"], "metric": r["metric"],
+                     "metric_value": r["value"], "metric_ci_low": v_low, "metric_ci_high": v_high,
+                     "baseline_value": r["baseline"], "loss_ci_low": l_low, "loss_ci_high": l_high,
+                     "error": r["error"], "host_flags": "; ".join(r["host_flags"]) or None})
+    return rows
 
 
 def _write_table(folder: Path, name: str, rows: list[dict], columns: list[str]) -> list[Path]:
@@ -548,6 +560,10 @@ def _number(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _interval_text(low: float | None, high: float | None) -> str:
+    return "–" if low is None or high is None else f"[{_number(low)}, {_number(high)}]"
 
 
 def _environment() -> Environment:
@@ -619,19 +635,25 @@ def write_report(folder: str | Path, out: str | Path | None = None, tolerance: f
 
 
 def quality_tests(cells: list[dict]) -> list[dict]:
-    """Per model and artifact (strategy): the Wilcoxon signed-rank test of its per-sample
-    quality against the untransformed model's on the same evaluation samples (the files
-    `workloads.prepare` writes beside the artifact); a row says so when they are missing."""
+    """Per model and artifact (strategy): its metric, the baseline and the loss with their 95 %
+    intervals as stored with the cell (``*_ci_low``, ``*_ci_high``; ``interval`` says when
+    there are none), and the Wilcoxon signed-rank test of its per-sample quality against the
+    untransformed model's on the same evaluation samples (the files `workloads.prepare` writes
+    beside the artifact); a row says so when they are missing."""
     rows, seen = [], set()
     for c in cells:
         if c["status"] != "done" or not c.get("artifact") or (c["model"], c["artifact"]) in seen:
             continue
         seen.add((c["model"], c["artifact"]))
-        row = {"model": c["model"], "strategy": c["strategy"], "metric": c["metric"], "value": c["metric_value"],
-               "baseline": c["baseline_value"]}
+        v, b = c["metric_value"], c["baseline_value"]
+        row = {"model": c["model"], "strategy": c["strategy"], "metric": c["metric"], "value": v, "baseline": b,
+               "loss": None if v is None or b is None else b - v, "samples": c.get("quality_samples"),
+               "interval": None if v is None or interval(c, "loss") else NO_INTERVAL}
+        for k in ("value", "baseline", "loss"):
+            row[f"{k}_ci_low"], row[f"{k}_ci_high"] = interval(c, k) or (None, None)
         folder = Path(c["artifact"])
         try:
-            scores, base = np.load(folder / "scores.npy"), np.load(folder / "baseline_scores.npy")
+            scores, base = np.load(folder / SCORES_FILE), np.load(folder / BASELINE_SCORES_FILE)
         except (OSError, ValueError):
             rows.append({**row, "n": None, "nonzero": None, "statistic": None, "p": None,
                          "median_difference": None, "significant": None,
@@ -701,18 +723,22 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
                     "p50_ms": w["p50_ms"]} for w in winners(groups, latencies)]
     tables = (_write_table(out / "tables", "cells", _cell_rows(cells, requests),
                            ["model", "point", "strategy", "placement", "status", "requests", "ok", "p50_ms", "p90_ms",
-                            "metric", "metric_value", "baseline_value", "error", "host_flags"])
+                            "metric", "metric_value", "metric_ci_low", "metric_ci_high", "baseline_value",
+                            "loss_ci_low", "loss_ci_high", "error", "host_flags"])
               + _write_table(out / "tables", "strategies", [r for s in comparisons for r in s.strategy_rows()],
                              ["model", "point", "strategy", "placement", "n", "median_ms", "ci_low_ms", "ci_high_ms",
                               "shapiro_p", "normal"])
               + _write_table(out / "tables", "pairs", [r for s in comparisons for r in s.pair_rows()],
                              ["model", "point", "a", "b", "p_holm", "delta", "magnitude", "significant"])
               + _write_table(out / "tables", "quality", quality,
-                             ["model", "strategy", "metric", "value", "baseline", "n", "nonzero", "statistic", "p",
-                              "median_difference", "significant", "warning"])
+                             ["model", "strategy", "metric", "value", "value_ci_low", "value_ci_high", "baseline",
+                              "baseline_ci_low", "baseline_ci_high", "loss", "loss_ci_low", "loss_ci_high",
+                              "samples", "interval", "n", "nonzero", "statistic", "p", "median_difference",
+                              "significant", "warning"])
               + _write_table(out / "tables", "recommendations", recs,
                              ["model", "point_label", *(["scenario"] if load_curves else []), "kind", "strategy",
-                              "placement", "p50_ms", "loss", "text"])
+                              "placement", "p50_ms", "loss", "loss_ci_low", "loss_ci_high", "tolerance_verdict",
+                              "text"])
               + _write_table(out / "tables", "winners", winner_rows, ["model", *sweep_axes, "winner", "p50_ms"]))
     if load_curves:
         tables += (_write_table(out / "tables", "load_winners", load_winner_rows, list(load_winner_rows[0]))
@@ -725,7 +751,7 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
         counts=counts, no_ok=sum(1 for c in cells if c["status"] == "done" and not latencies.get(c["cell"])),
         problems=[c for c in cells if c["status"] != "done"], note=note, tolerance=tolerance, models=models,
         flagged=[{**c, "flags": host_flags(c.get("hosts"))} for c in cells if host_flags(c.get("hosts"))],
-        point_label=point_label, tables=[f"tables/{p.name}" for p in tables])
+        point_label=point_label, interval=_interval_text, tables=[f"tables/{p.name}" for p in tables])
     index = out / "index.html"
     tmp = index.with_name(".index.html.tmp")
     tmp.write_text(html, encoding="utf-8")

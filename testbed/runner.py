@@ -809,6 +809,9 @@ class CellExecution:
                 h["compute"] = judge_compute(samples, h["cpus"], h["threads"])
         cell, m = self.cell, self.cell.manifest
         q = m.get("quality", {})
+        ci = q.get("interval") or {}        # none in an artifact prepared before intervals
+        (v_lo, v_hi), (b_lo, b_hi), (l_lo, l_hi) = (tuple(ci.get(k) or (None, None))
+                                                    for k in ("value", "baseline", "loss"))
         return CellRecord(
             cell=cell.key, run_id=self.runner.run_id or "", model=cell.model.name, weights=cell.model.weights,
             strategy=cell.strategy.name, operators=[c.as_dict() for c in cell.strategy.operators],
@@ -816,7 +819,9 @@ class CellExecution:
             connection=self.exp.serving.connection, point=cell.point, artifact=str(cell.artifact),
             metric=q.get("metric"), metric_value=q.get("value"), baseline_value=q.get("baseline"),
             status=status, error=self.error, started=started, ended=time.time(),
-            network=self.network, hosts=self.hosts, load=self.load)
+            network=self.network, hosts=self.hosts, load=self.load, metric_ci_low=v_lo, metric_ci_high=v_hi,
+            baseline_ci_low=b_lo, baseline_ci_high=b_hi, loss_ci_low=l_lo, loss_ci_high=l_hi,
+            quality_samples=q.get("samples"))
 
 
 def _message(line: str, who: str) -> dict:

@@ -22,6 +22,8 @@ import pandas as pd
 import scikit_posthocs
 from scipy import stats
 
+from workloads.quality import bootstrap_interval
+
 from .experiment import point_label
 
 ALPHA = 0.05
@@ -112,15 +114,8 @@ def bootstrap_median_ci(x, confidence: float = 0.95, n_resamples: int = 9999,
         return median, None, None
     if np.ptp(v) == 0:
         return median, median, median
-    batch = max(1, 2_000_000 // v.size)     # resamples per batch: bounds memory at ~16 MB
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")     # DegenerateDataWarning: handled by the fallback
-            ci = stats.bootstrap((v,), np.median, confidence_level=confidence, n_resamples=n_resamples,
-                                 method=method, batch=batch, rng=np.random.default_rng(seed)).confidence_interval
-        if np.isfinite(ci.low) and np.isfinite(ci.high):
-            break
-    return median, _float(ci.low), _float(ci.high)
+    low, high, _ = bootstrap_interval((v,), np.median, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    return median, _float(low[0]), _float(high[0])
 
 
 @dataclass(frozen=True)

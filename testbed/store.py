@@ -91,6 +91,13 @@ class CellRecord:
     network: dict = field(default_factory=dict)
     hosts: dict = field(default_factory=dict)
     load: dict | None = None
+    metric_ci_low: float | None = None      # 95 % intervals of the metric, the baseline's and the loss
+    metric_ci_high: float | None = None
+    baseline_ci_low: float | None = None
+    baseline_ci_high: float | None = None
+    loss_ci_low: float | None = None
+    loss_ci_high: float | None = None
+    quality_samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -314,6 +321,16 @@ CELLS = Table("cells", "One row per cell: one sweep point x one model x one stra
     Column("hosts_json", JSON, "the hosts' limits as applied"),
     Column("load_json", JSON, "a load scenario's figures: scenario, target and achieved QPS, throughput, "
                               "the generators' lateness (NULL for single-stream)"),
+    Column("metric_ci_low", REAL, "lower bound of the metric's 95 % interval (a bootstrap over the evaluation "
+                                  "samples); NULL: no interval"),
+    Column("metric_ci_high", REAL, "its upper bound"),
+    Column("baseline_ci_low", REAL, "lower bound of the unmodified model's 95 % interval, on the same samples"),
+    Column("baseline_ci_high", REAL, "its upper bound"),
+    Column("loss_ci_low", REAL, "lower bound of the 95 % interval of the loss, `baseline_value - metric_value` "
+                                "(a paired bootstrap: both recomputed on the same resampled samples)"),
+    Column("loss_ci_high", REAL, "its upper bound: the recommendations count a strategy within a loss "
+                                 "tolerance only when this is at most the tolerance"),
+    Column("quality_samples", INTEGER, "the evaluation samples behind the metric and its intervals"),
 ), indexes=(("cells_run", "run_id"),))
 
 REQUESTS = Table("requests", "One row per measured request (warm-up requests are not stored). "
@@ -390,10 +407,16 @@ def _load_columns(conn: sqlite3.Connection) -> None:
     _add_columns(REQUESTS, ("source", "due_ms", "queue_ms", "late_ms"))(conn)
 
 
+_INTERVAL_COLUMNS = ("metric_ci_low", "metric_ci_high", "baseline_ci_low", "baseline_ci_high", "loss_ci_low",
+                     "loss_ci_high", "quality_samples")
+
+
 # Append a step for each change of the schema; never edit one that has shipped.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "the version is kept in PRAGMA user_version (and still in meta)", _no_change),
     Migration(3, "load scenarios: cells.load_json; requests.source, due_ms, queue_ms, late_ms", _load_columns),
+    Migration(4, "quality intervals: cells." + ", ".join(_INTERVAL_COLUMNS) + " (NULL in cells stored before)",
+              _add_columns(CELLS, _INTERVAL_COLUMNS)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _CELL_ORDER = "ORDER BY started, cell"

@@ -52,6 +52,17 @@ def host_flags(hosts: dict | None) -> list[str]:
     return out
 
 
+NO_INTERVAL = "no interval (stored before intervals, or too few evaluation samples)"
+
+
+def interval(cell: dict, which: str) -> list[float] | None:
+    """``[low, high]`` of a stored cell's 95 % interval of ``which`` (``value``, ``baseline``
+    or ``loss``), or None when it has none."""
+    column = "metric" if which == "value" else which
+    low, high = cell.get(f"{column}_ci_low"), cell.get(f"{column}_ci_high")
+    return None if low is None or high is None else [low, high]
+
+
 def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list[dict]:
     """One row per cell, in the order cells were stored:
 
@@ -68,6 +79,10 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
     - ``exit_rate``: fraction of ``ok`` requests answered by an exit head;
     - ``match``: fraction of checked answers equal (argmax) to the reference model's;
     - ``counts``: requests per status; and the cell's metric, value and baseline;
+    - ``value_ci``, ``baseline_ci``, ``loss_ci``: ``[low, high]``, the 95 % intervals of the
+      value, the baseline and the loss (baseline − value), None when the cell has none (a
+      store written before intervals, or too few evaluation samples); ``quality_samples``:
+      the evaluation samples behind them;
     - ``host_flags``: one line per host whose per-request compute fell outside the tolerance of
       what its CPU share promises (the runner's ``hosts[h].compute``), saying by how much;
     - ``load``: a load scenario's figures (``testbed.load.figures``: offered and achieved
@@ -113,6 +128,8 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             "exit_rate": (sum(1 for r in ok if r["exit_segment"] is not None) / len(ok)) if ok else None,
             "match": (sum(checked) / len(checked)) if checked else None,
             "metric": c["metric"], "value": c["metric_value"], "baseline": c["baseline_value"],
+            **{f"{k}_ci": interval(c, k) for k in ("value", "baseline", "loss")},
+            "quality_samples": c.get("quality_samples"),
             "host_flags": host_flags(c.get("hosts")) + load_flags(c.get("load")),
             "load": c.get("load"),
         })

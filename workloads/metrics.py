@@ -121,6 +121,50 @@ def miou(pred_masks, label_masks, num_classes: int, ignore_index: int | None = N
     return float((tp[present] / union[present]).mean())
 
 
+def class_counts(pred, labels, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Per sample and class, ``(N, num_classes, 2)`` int64: the intersection (TP) and the union
+    (TP + FP + FN) of the predicted and the labelled positions (one for a classifier, the
+    pixels of a mask; ``ignore_index`` left out). Summed over any subset of samples they give
+    that subset's F1 and mIoU (:func:`count_metric`), so that the samples can be resampled."""
+    p, y = _pair(pred, labels, "class counts")
+    p, y = p.reshape(len(p), -1).astype(np.int64), y.reshape(len(y), -1).astype(np.int64)
+    out = np.zeros((len(p), num_classes, 2), dtype=np.int64)
+    for i, (pi, yi) in enumerate(zip(p, y)):
+        if ignore_index is not None:
+            keep = yi != ignore_index
+            pi, yi = pi[keep], yi[keep]
+        tp = np.diag(confusion(pi, yi, num_classes)) if pi.size else np.zeros(num_classes, np.int64)
+        out[i, :, 0] = tp
+        out[i, :, 1] = (np.bincount(pi, minlength=num_classes) + np.bincount(yi, minlength=num_classes) - tp
+                        if pi.size else 0)
+    return out
+
+
+COUNT_METRICS = ("binary_f1", "macro_f1", "miou")
+
+
+def count_metric(statistic: str, totals) -> np.ndarray:
+    """F1 or mIoU from summed `class_counts`: ``totals`` is ``(C, 2, ...)`` (class, then
+    intersection / union, then any batch axes). ``binary_f1``: class 1's ``2 I / (I + U)`` (0
+    when absent); ``macro_f1`` / ``miou``: the mean of ``2 I / (I + U)`` / ``I / U`` over the
+    classes present (``U > 0``, as :func:`macro_f1` and :func:`miou` take them); NaN where no
+    class is present."""
+    t = np.asarray(totals, dtype=np.float64)
+    inter, union = t[:, 0], t[:, 1]
+    present = union > 0
+    if statistic == "binary_f1":
+        i, u = inter[1], union[1]
+        return np.divide(2 * i, i + u, out=np.zeros_like(i), where=u > 0)
+    if statistic == "macro_f1":
+        per_class = np.divide(2 * inter, inter + union, out=np.zeros_like(inter), where=present)
+    elif statistic == "miou":
+        per_class = np.divide(inter, union, out=np.zeros_like(inter), where=present)
+    else:
+        raise WorkloadError(f"count metric {statistic!r} unknown; allowed: {', '.join(COUNT_METRICS)}")
+    n = present.sum(axis=0)
+    return np.divide(per_class.sum(axis=0), n, out=np.full(n.shape, np.nan), where=n > 0)
+
+
 def sample_scores(pred, target, ignore_index: int | None = None) -> np.ndarray:
     """Per sample, the fraction of positions where ``pred`` equals ``target`` (class ids): 0 or
     1 for a classifier, pixel accuracy for a segmentation mask (``ignore_index`` left out).
@@ -151,7 +195,10 @@ def evaluate(session_run: Callable[[dict], np.ndarray], dataset: Dataset, task: 
     without a reference is an error.
     Returns ``{"metric", "value", "samples"}``, plus ``"agreement"`` when the data are
     labelled and a reference is given, and with ``with_scores`` the per-sample
-    `sample_scores` against the labels (or the reference) as ``"scores"`` (an array).
+    `sample_scores` against the labels (or the reference) as ``"scores"`` (an array) and what
+    the metric is of them: ``"statistic"``, ``mean`` for accuracy and agreement (the mean of
+    the scores), else one of :data:`COUNT_METRICS`, computed from the per-sample
+    `class_counts` given as ``"counts"`` (over ``"classes"`` classes).
     """
     task = task or dataset.task
     if task not in ("classification", "segmentation", "text_classification"):
@@ -172,24 +219,28 @@ def evaluate(session_run: Callable[[dict], np.ndarray], dataset: Dataset, task: 
                                 f"of {dataset.name}")
     if not dataset.labelled:
         if with_scores:
-            out["scores"] = sample_scores(preds, ref)
+            out.update(scores=sample_scores(preds, ref), statistic="mean")
         return {"metric": "agreement", "value": agreement(preds, ref), **out}
     labels = np.asarray(dataset.labels)
+    ignore = dataset.extra.get("ignore_index") if task == "segmentation" else None
     if with_scores:
-        out["scores"] = sample_scores(preds, labels, dataset.extra.get("ignore_index"))
+        out.update(scores=sample_scores(preds, labels, dataset.extra.get("ignore_index")), statistic="mean")
     n_classes = len(dataset.classes) or channels
     if task == "classification":
         metric, value = "accuracy", accuracy(preds, labels)
-    elif task == "segmentation":
-        ignore = dataset.extra.get("ignore_index")
-        if not n_classes:
-            known = labels if ignore is None else labels[labels != ignore]
-            n_classes = int(max(preds.max(), known.max(initial=0))) + 1
-        metric, value = "miou", miou(preds, labels, n_classes, ignore)
     else:
-        binary = n_classes == 2 or (not n_classes and set(np.unique(labels).tolist()) <= {0, 1})
-        metric = "f1"
-        value = binary_f1(preds, labels) if binary else macro_f1(preds, labels)
+        known = labels if ignore is None else labels[labels != ignore]
+        inferred = int(max(preds.max(), known.max(initial=0))) + 1
+        if task == "segmentation":
+            n_classes = n_classes or inferred
+            metric, statistic, value = "miou", "miou", miou(preds, labels, n_classes, ignore)
+        else:
+            binary = n_classes == 2 or (not n_classes and set(np.unique(labels).tolist()) <= {0, 1})
+            metric, statistic = "f1", "binary_f1" if binary else "macro_f1"
+            value = binary_f1(preds, labels) if binary else macro_f1(preds, labels)
+            n_classes = max(n_classes, inferred, 2)         # every id predicted or labelled has its row
+        if with_scores:
+            out.update(statistic=statistic, classes=n_classes, counts=class_counts(preds, labels, n_classes, ignore))
     result = {"metric": metric, "value": value, **out}
     if ref is not None:
         result["agreement"] = agreement(preds, ref)

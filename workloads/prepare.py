@@ -4,7 +4,8 @@
 An artifact folder holds ``seg<i>.onnx`` files and ``artifact.json``: segments and the part
 (host) each runs on, cut tensors with their bytes and FLOPs, exit heads and thresholds, what
 each operator measured (int8 kernels, skipped blocks, exit rates per threshold), the metric
-with its baseline, and single-thread compute time per part. It is keyed by the model, its
+with its baseline and their 95 % intervals (`workloads.quality`, from the per-sample files
+saved beside the segments), and single-thread compute time per part. It is keyed by the model, its
 weights, the operator chain with every parameter, the number of parts and library versions,
 and is built in a temporary folder, so a failed preparation leaves nothing behind.
 """
@@ -25,9 +26,7 @@ from .runtime import MANIFEST, ArtifactRunner, session
 from .whitebox import VERSION as WHITEBOX_VERSION
 from .whitebox import trained_model, training_calls, with_model_budget
 
-PREPARE_VERSION = "2"       # bump when what an artifact holds changes
-SCORES_FILE = "scores.npy"                    # per-sample quality of the artifact
-BASELINE_SCORES_FILE = "baseline_scores.npy"  # the same samples, untransformed model
+PREPARE_VERSION = "3"       # bump when what an artifact holds changes (3: quality intervals)
 
 
 @dataclass(frozen=True)
@@ -297,17 +296,10 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
         else:
             q = evaluate(run, data, entry.task, reference=base_eval["predictions"], with_scores=True)
             quality = {**q, "baseline": 1.0}
-        if applicable:        # per sample, paired with the untransformed model's (Wilcoxon in reports)
-            from .metrics import sample_scores
+        if applicable:        # per sample, paired with the untransformed model's: Wilcoxon and 95 % intervals
+            from .quality import save_samples
 
-            np.save(folder / SCORES_FILE, quality.pop("scores"))
-            base_scores = (sample_scores(base_eval["predictions"], np.asarray(data.labels),
-                                         data.extra.get("ignore_index"))
-                           if data.labelled else np.ones(len(data)))
-            np.save(folder / BASELINE_SCORES_FILE, base_scores)
-            quality["scores"] = {"file": SCORES_FILE, "baseline_file": BASELINE_SCORES_FILE,
-                                 "what": "per sample: correct (1/0), pixel accuracy, or agreement with the "
-                                         "untransformed model"}
+            quality.update(save_samples(folder, quality, base_eval["predictions"], data))
         if pipe.exits and applicable:
             from .early_exit import exit_table
             manifest["report"]["early_exit"]["table"] = exit_table(

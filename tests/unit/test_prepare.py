@@ -8,6 +8,7 @@ from workloads.cache import Cache
 from workloads.data import Dataset
 from workloads.errors import WorkloadError
 from workloads.prepare import prepare
+from workloads.quality import measure
 from workloads.runtime import ArtifactRunner
 from tests.tiny import chain, register_model
 
@@ -63,6 +64,10 @@ def test_fp32_artifact_has_one_part_and_the_baseline_metric(tiny, tmp_path):
     assert scores.shape == base.shape == (90,) and set(np.unique(scores)) <= {0.0, 1.0}
     assert scores.mean() == pytest.approx(r.value) and np.array_equal(scores, base)
     assert m["quality"]["scores"]["file"] == "scores.npy"
+    # the same answers on every sample: the loss's 95 % interval is [0, 0], the value's the baseline's
+    ci = m["quality"]["interval"]
+    assert ci["statistic"] == "mean" and ci["samples"] == 90 and ci["loss"] == [0.0, 0.0]
+    assert ci["value"] == ci["baseline"] and ci["value"][0] <= r.value <= ci["value"][1]
     assert not r.cached and prepare("tiny_cnn", (), cache=Cache(tmp_path)).cached
 
 
@@ -76,6 +81,9 @@ def test_quantize_runs_int8_kernels_and_reports_them(tiny, tmp_path):
     assert abs(q["speedup"] - ratio) <= ratio * (0.0005 / q["fp32_ms"] + 0.0005 / q["int8_ms"]) + 0.001
     assert "avx2" in q["cpu_features"]
     assert abs(r.value - r.baseline) < 0.1
+    # the intervals in the manifest are those the files beside the artifact give again
+    ci = r.manifest["quality"]["interval"]
+    assert ci == measure(r.path, "mean") and ci["loss"][0] <= r.baseline - r.value <= ci["loss"][1]
 
 
 def test_quantized_early_exit_partition_puts_the_exit_on_the_first_host(tiny, tmp_path):
@@ -121,7 +129,7 @@ def test_a_failed_preparation_leaves_no_artifact(tiny, tmp_path):
 def test_random_weights_report_the_metric_as_not_applicable(tiny, tmp_path):
     r = prepare("tiny_cnn", (), weights="random", cache=Cache(tmp_path))
     assert r.value is None and r.baseline is None
-    assert "not applicable" in json.dumps(r.manifest["quality"])
+    assert "not applicable" in json.dumps(r.manifest["quality"]) and "interval" not in r.manifest["quality"]
 
 
 def test_user_data_replaces_the_models_own_and_wrong_shapes_fail_first(tiny, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy.stats import norm
 
 from testbed.recommend import headlines, recommend
@@ -10,16 +11,24 @@ from testbed.stats import ALPHA, cliff_magnitude, compare_groups
 POINT = {"links.edge-cloud.bandwidth": "5Mbit"}
 
 
+BASELINE = 0.80
+HALF_WIDTH = 0.002      # of the loss's interval, when a strategy loses anything (none: zero width)
+
+
 def _study(strategies, seed=0, n=20, point=POINT, model="cnn", metric="accuracy"):
-    """strategies: (name, placement, p50 ms or None for all-timeout, metric value)."""
+    """strategies: (name, placement, p50 ms or None for all-timeout, metric value[, the loss's
+    95 % interval, or None for none]); without one, the loss ± HALF_WIDTH (0 ± 0 for no loss)."""
     rng = np.random.default_rng(seed)
     cells, requests = [], []
-    for name, placement, p50, value in strategies:
+    for name, placement, p50, value, *ci in strategies:
         key = f"{model}/{name}/{point}"
+        loss = BASELINE - value
+        low, high = (ci[0] or (None, None)) if ci else (loss - HALF_WIDTH, loss + HALF_WIDTH) if loss else (0.0, 0.0)
         cells.append({"cell": key, "model": model, "weights": "pretrained", "strategy": name,
                       "placement": placement, "point": point, "status": "done", "requests": n,
                       "metric": metric, "metric_value": value if metric else None,
-                      "baseline_value": 0.80 if metric else None})
+                      "baseline_value": BASELINE if metric else None,
+                      "loss_ci_low": low if metric else None, "loss_ci_high": high if metric else None})
         for v in (p50 * rng.lognormal(0, 0.05, n) if p50 else [None] * n):
             requests.append({"cell": key, "status": "ok" if v is not None else "timeout", "e2e_ms": v})
     return cells, requests
@@ -41,10 +50,52 @@ def test_within_tolerance_skips_a_faster_strategy_that_loses_too_much():
     kinds = _by_kind(recommend(*_study(STRATEGIES)))
     (within,) = kinds["within_tolerance"]
     assert within["strategy"] == "edge-int8" and abs(within["loss"] - 0.005) < 1e-9
+    assert (within["loss_ci_low"], within["loss_ci_high"]) == pytest.approx((0.003, 0.007))
+    assert within["tolerance_verdict"] == "within" and within["cannot_tell"] == []
     assert within["text"].startswith("lowest latency within 1 % accuracy loss: edge-int8 (")
-    assert "accuracy 0.795 vs baseline 0.8" in within["text"]
-    assert kinds["fastest"][0]["strategy"] == "edge-exit"
+    assert "accuracy 0.795 vs baseline 0.8, loss 0.50 % [0.30 %, 0.70 %]" in within["text"]
+    assert kinds["fastest"][0]["strategy"] == "edge-exit" and kinds["fastest"][0]["tolerance_verdict"] == "beyond"
     assert kinds["least_loss"][0]["strategy"] == "split"       # loss 0 like mobile and edge, and fastest of them
+    assert "loss 0.00 % [0.00 %, 0.00 %]" in kinds["least_loss"][0]["text"]
+
+
+def test_a_loss_whose_interval_straddles_the_tolerance_is_not_within_it_and_the_text_says_so():
+    # edge-q's point loss (0.6 %) is within 1 %, but its interval reaches 1.7 %: the point
+    # rule would recommend it; the interval rule recommends the slower edge-int8, whose whole
+    # interval is within, and says that the data cannot tell for edge-q
+    recs = recommend(*_study([("edge-q", "edge", 10.0, 0.794, (-0.004, 0.017)),
+                              ("edge-int8", "edge", 20.0, 0.796, (0.001, 0.008)),
+                              ("edge", "edge", 40.0, 0.80)]))
+    kinds = _by_kind(recs)
+    (within,) = kinds["within_tolerance"]
+    assert within["strategy"] == "edge-int8" and within["cannot_tell"] == ["edge-q"]
+    assert ("; edge-q (loss 0.60 % [-0.40 %, 1.70 %]): cannot tell whether it is within 1 %; more evaluation "
+            "samples would tell") in within["text"]
+    (fastest,) = kinds["fastest"]
+    assert fastest["strategy"] == "edge-q" and fastest["tolerance_verdict"] == "cannot tell"
+    (edge,) = kinds["placement"]
+    assert edge["strategy"] == "edge-int8" and "(fastest within 1 % loss" in edge["text"]
+    assert [r["strategy"] for r in headlines(recs)] == ["edge-int8", "edge-q"]
+    # with only edge-q and a lossless but slow strategy, nothing faster is known within
+    alone = _by_kind(recommend(*_study([("edge-q", "edge", 10.0, 0.794, (0.004, 0.0101)),
+                                        ("edge", "edge", 40.0, 0.80)], seed=1), tolerance=0.0))
+    assert alone["within_tolerance"][0]["strategy"] == "edge"          # 0 [0, 0] is within a tolerance of 0
+    assert alone["within_tolerance"][0]["cannot_tell"] == []            # edge-q's interval is wholly above 0
+
+
+def test_only_strategies_the_data_cannot_judge_give_no_winner_and_say_why():
+    recs = recommend(*_study([("edge-q", "edge", 10.0, 0.794, (-0.004, 0.017)),
+                              ("old", "edge", 20.0, 0.797, None),           # a cell stored without an interval
+                              ("edge-exit", "edge", 5.0, 0.70)]))
+    (within,) = _by_kind(recs)["within_tolerance"]
+    assert within["strategy"] is None and within["cannot_tell"] == ["edge-q", "old"]
+    assert within["text"].startswith("lowest latency within 1 % accuracy loss: none known; edge-q (loss 0.60 % "
+                                     "[-0.40 %, 1.70 %]): cannot tell whether it is within 1 %; more evaluation "
+                                     "samples would tell; old (loss 0.30 %, no interval (stored before intervals, "
+                                     "or too few evaluation samples)): cannot tell whether it is within 1 %")
+    assert "edge-exit" not in within["text"]                          # lost 10 % [9.8 %, 10.2 %]: beyond
+    old = next(r for r in recs if r["kind"] == "placement")
+    assert old["strategy"] == "edge-exit" and "(fastest: " in old["text"]     # no strategy of edge is within
 
 
 def test_tolerance_is_a_parameter():

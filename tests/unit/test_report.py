@@ -27,16 +27,22 @@ STRATEGIES = {
 EXPECTED_WINNER = {"5Mbit": "edge-q", "20Mbit": "split"}
 BASELINE = 0.90
 N_REQUESTS = 20
+LOSS_CI = {"mobile": (0.0, 0.0), "edge-q": (0.002, 0.009), "split": (0.0, 0.0)}   # the 95 % intervals of the loss
 
 
 def _cell(key: str, model: str, strategy: str, point: dict, status: str = "done", error: str | None = None,
           metric: str | None = "accuracy") -> CellRecord:
     placement, value, _ = STRATEGIES.get(strategy, (("cloud",), None, None))
+    low, high = LOSS_CI.get(strategy, (None, None)) if metric else (None, None)
     return CellRecord(cell=key, run_id="r1", model=model, weights="pretrained", strategy=strategy, operators=[],
                       placement=placement, source="mobile", codec="binary", connection="persistent", point=point,
                       artifact=None, metric=metric, metric_value=value if metric else None,
                       baseline_value=BASELINE if metric else None, status=status, error=error, started=1.7e9,
-                      ended=1.7e9 + 5, network={}, hosts={})
+                      ended=1.7e9 + 5, network={}, hosts={}, loss_ci_low=low, loss_ci_high=high,
+                      metric_ci_low=None if low is None else BASELINE - high,
+                      metric_ci_high=None if low is None else BASELINE - low,
+                      baseline_ci_low=None if low is None else 0.87, baseline_ci_high=None if low is None else 0.93,
+                      quality_samples=None if low is None else 500)
 
 
 def _requests(rng, p50: float, status: str = "ok") -> list[RequestRow]:
@@ -218,6 +224,71 @@ def test_up_to_six_points_get_a_panel_each_more_get_one_panel_of_per_point_media
     (merged,) = facets(MAX_FACETS + 3)
     assert merged.points == MAX_FACETS + 3 and len(merged.p50s["a"]) == MAX_FACETS + 3
     assert len(merged.requests["b"]) == 3 * (MAX_FACETS + 3)
+
+
+def test_the_pareto_plot_draws_each_metrics_interval_as_an_error_bar(study):
+    from matplotlib.container import ErrorbarContainer
+
+    from testbed.report import _quality_figure
+    cells = [{"cell": s, "model": "cnn", "weights": "w", "strategy": s, "placement": "edge", "point": {},
+              "status": "done", "metric": "accuracy", "metric_value": v, "metric_ci_low": lo, "metric_ci_high": hi}
+             for s, v, lo, hi in (("a", 0.90, 0.88, 0.91), ("b", 0.80, 0.75, 0.86), ("old", 0.85, None, None))]
+    ok = {c["cell"]: [{"e2e_ms": 10.0 * (i + 1)}] for i, c in enumerate(cells)}
+    fig, caption = _quality_figure("cnn", _facets(study_groups(cells), ok))
+    (bars,) = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    (segments,) = bars.lines[2]
+    spans = sorted((round(float(seg[0][1]), 6), round(float(seg[1][1]), 6)) for seg in segments.get_segments())
+    assert spans == [(0.75, 0.86), (0.88, 0.91)]        # asymmetric, and none for the cell without an interval
+    assert "95 % interval" in caption and "without a bar has none" in caption
+
+
+def test_the_reports_tables_carry_the_quality_intervals(study):
+    folder, report = study
+    tables = folder / "report" / "tables"
+    cells = [r for r in _csv(tables / "cells.csv") if r["model"] == "cnn" and r["strategy"] == "edge-q"]
+    assert cells and all((float(r["loss_ci_low"]), float(r["loss_ci_high"])) == LOSS_CI["edge-q"] for r in cells)
+    assert all(float(r["metric_ci_low"]) == pytest.approx(BASELINE - 0.009) for r in cells)
+    recs = [r for r in _csv(tables / "recommendations.csv") if r["kind"] == "within_tolerance" and r["model"] == "cnn"]
+    assert recs and {r["tolerance_verdict"] for r in recs} == {"within"} and all(r["loss_ci_high"] for r in recs)
+    assert "[0.30 %" not in report.index.read_text()          # edge-q: loss 0.50 % [0.20 %, 0.90 %]
+    assert "loss 0.50 % [0.20 %, 0.90 %]" in report.index.read_text()
+
+
+def test_the_quality_table_shows_intervals_beside_wilcoxon_and_says_when_there_are_none(tmp_path):
+    folder = tmp_path / "out"
+    art = tmp_path / "artifact"
+    art.mkdir()
+    base = np.ones(200)
+    scores = base.copy()
+    scores[:10] = 0.0
+    np.save(art / "scores.npy", scores)
+    np.save(art / "baseline_scores.npy", base)
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "q", {}, {})
+        rng = np.random.default_rng(0)
+        from dataclasses import replace
+        store.write_cell(replace(_cell("cnn/edge-q", "cnn", "edge-q", {}), artifact=str(art), metric_value=0.95,
+                                 baseline_value=1.0, metric_ci_low=0.92, metric_ci_high=0.975, loss_ci_low=0.025,
+                                 loss_ci_high=0.08, baseline_ci_low=1.0, baseline_ci_high=1.0, quality_samples=200),
+                         _requests(rng, 20.0), [])
+        store.write_cell(replace(_cell("cnn/mobile", "cnn", "mobile", {}), artifact=str(tmp_path / "gone"),
+                                 metric_ci_low=None, metric_ci_high=None, loss_ci_low=None, loss_ci_high=None,
+                                 baseline_ci_low=None, baseline_ci_high=None, quality_samples=None),
+                         _requests(rng, 30.0), [])
+        store.end_run("r1", "done")
+    report = write_report(folder)
+    html = report.index.read_text(encoding="utf-8")
+    row = html[html.index("<td>edge-q</td>"):].split("</tr>")[0]
+    assert all(x in row for x in ("[0.92, 0.975]", "[1, 1]", "[0.025, 0.08]", "200")), row
+    from testbed.report import _pvalue
+    from testbed.stats import wilcoxon_paired
+    wilcoxon = wilcoxon_paired(base, scores)                  # still beside it: 10 samples lost, none gained
+    assert wilcoxon["nonzero"] == 10 and f'<td class="num">{_pvalue(wilcoxon["p"])}</td>' in row, row
+    old = html[html.index("<td>mobile</td>", html.index("Quality against")):].split("</tr>")[0]
+    assert "no interval (stored before intervals, or too few evaluation samples)" in old
+    rows = {r["strategy"]: r for r in _csv(folder / "report" / "tables" / "quality.csv")}
+    assert (float(rows["edge-q"]["loss"]), float(rows["edge-q"]["loss_ci_high"])) == (pytest.approx(0.05), 0.08)
+    assert rows["mobile"]["loss_ci_low"] == "" and rows["mobile"]["interval"].startswith("no interval")
 
 
 def test_store_without_done_cells_still_gets_a_report_with_a_note(tmp_path):

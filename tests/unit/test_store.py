@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -215,6 +216,36 @@ def test_a_version_1_store_is_upgraded_in_place_and_keeps_all_its_data(tmp_path)
     with ResultStore.in_folder(folder, create=False) as s:     # and opens as a current store from now on
         assert len(s.cells()) == 3
     assert [p.name for p in export(folder, "csv")] == ["cells.csv", "requests.csv", "hops.csv"]
+
+
+def test_an_old_store_opens_and_says_plainly_that_its_cells_have_no_quality_interval(tmp_path):
+    """Cells stored before intervals (here by version 1) get NULL intervals; the summary, its
+    JSON, the report's quality table and the recommendations say there is no interval, and a
+    strategy without one is not counted within the loss tolerance."""
+    from click.testing import CliRunner
+
+    from testbed.cli import cli
+    from testbed.report import write_report
+    folder = v1_store(tmp_path / "old")
+    with ResultStore.in_folder(folder, create=False) as s:
+        a = s.cells()[0]
+    assert [a[k] for k in ("metric_ci_low", "metric_ci_high", "baseline_ci_low", "baseline_ci_high", "loss_ci_low",
+                           "loss_ci_high", "quality_samples")] == [None] * 7
+    assert a["metric_value"] == 0.75
+    shown = CliRunner().invoke(cli, ["results", "show", str(folder), "--json"])
+    assert shown.exit_code == 0, shown.output
+    row = json.loads(shown.output)["cells"][0]
+    assert (row["value"], row["value_ci"], row["baseline_ci"], row["loss_ci"]) == (0.75, None, None, None)
+    text = subprocess.run([sys.executable, "-m", "testbed.cli", "results", "show", str(folder)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"})
+    assert "acc 75.00% (-3.0, no interval)" in text.stdout, text.stdout + text.stderr
+    report = write_report(folder)
+    html = report.index.read_text(encoding="utf-8")
+    assert "no interval (stored before intervals, or too few evaluation samples)" in html
+    (within,) = [r for r in report.recommendations if r["kind"] == "within_tolerance"]
+    assert within["strategy"] is None and within["cannot_tell"] == ["split"]
+    assert "split (loss 3.00 %, no interval" in within["text"]
+    assert "cannot tell whether it is within 1 %" in within["text"]
 
 
 def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):

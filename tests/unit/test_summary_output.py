@@ -20,6 +20,9 @@ EC, ME = "links.edge-cloud.bandwidth", "links.mobile-edge.bandwidth"
 # strategy -> (placement, metric value); the untransformed model scores 0.78
 STRATEGIES = {"mobile": (("mobile",), 0.78), "edge-int8": (("edge",), 0.75),
               "me-partition": (("mobile", "edge"), 0.78)}
+# strategy -> the 95 % intervals of the metric and of the loss (baseline - metric)
+INTERVALS = {"mobile": ((0.74, 0.82), (0.0, 0.0)), "edge-int8": ((0.71, 0.79), (0.01, 0.05)),
+             "me-partition": ((0.74, 0.82), (0.0, 0.0))}
 MODELS = ("efficientnet_lite0", "a_model_with_a_rather_long_name")
 
 
@@ -68,6 +71,9 @@ def build_store(folder: Path, points: list[dict], models=MODELS, failed: bool = 
                                    strategy=strategy, operators=[], placement=placement, source="mobile",
                                    codec="binary", connection="persistent", point=point, artifact=None,
                                    metric="accuracy", metric_value=value, baseline_value=0.78,
+                                   metric_ci_low=INTERVALS[strategy][0][0], metric_ci_high=INTERVALS[strategy][0][1],
+                                   baseline_ci_low=0.74, baseline_ci_high=0.82, loss_ci_low=INTERVALS[strategy][1][0],
+                                   loss_ci_high=INTERVALS[strategy][1][1], quality_samples=400,
                                    status="failed" if broken else "done",
                                    error="server on edge exited <at start>" if broken else None,
                                    started=1.7e9 + len(store.cells()), ended=1.7e9 + 5, network={}, hosts=hosts),
@@ -168,12 +174,19 @@ def test_summary_fits_100_columns_one_line_per_cell_with_the_swept_values(swept)
     assert "edge-cloud.…" not in out and "links.edge-cloud.bandwidth=" not in out
 
 
-def test_summary_quality_is_one_cell_with_the_change_when_there_is_one(swept):
-    rows = [line.split() for line in show(swept).splitlines()]
-    int8 = [r for r in rows if "edge-int8" in r]
-    assert int8 and all(r[-4:-1] == ["acc", "75.00%", "(-3.00)"] for r in int8), int8
-    mobile = [r for r in rows if "mobile" in r[:3] and r[-1].endswith("/4")]
-    assert mobile and all(r[-3:-1] == ["acc", "78.00%"] for r in mobile), mobile   # no change: none shown
+def test_summary_quality_is_one_cell_with_the_change_and_its_interval_when_there_is_one(swept):
+    wide = [line.split() for line in show(swept, columns=140).splitlines()]
+    int8 = [r for r in wide if "edge-int8" in r]
+    # the change in points, and its 95 % interval: minus the loss's, [-0.05, -0.01]
+    assert int8 and all(r[-5:-1] == ["acc", "75.00%", "(-3.0", "[-5.0,-1.0])"] for r in int8), int8
+    mobile = [r for r in wide if "mobile" in r[:3] and r[-1].endswith("/4")]
+    assert mobile and all(r[-3:-1] == ["acc", "78.00%"] for r in mobile), mobile   # no change, [0, 0]: none shown
+    # at 100 columns the interval goes onto a second line, under the quality, and the placement stays
+    lines = show(swept).splitlines()
+    at = [i for i, line in enumerate(lines) if " edge-int8 " in f" {line} "]
+    assert at and all(lines[i].split()[-4:-1] == ["acc", "75.00%", "(-3.0"] and " edge " in lines[i] for i in at)
+    assert all(lines[i + 1].strip() == "[-5.0,-1.0])" for i in at), lines
+    assert lines[at[0] + 1].index("[") == lines[at[0]].index("acc 75.00%")
 
 
 def test_summary_notes_what_a_line_cannot_say(swept):
@@ -194,9 +207,10 @@ def test_summary_at_80_columns_drops_the_placement_and_keeps_every_number(swept)
     rows = [line.split() for line in lines if not line.startswith("!")]
     for s in STRATEGIES:                                          # names are whole, never folded at 80
         assert sum(s in row for row in rows) == len(MODELS) * 2
-    # every number of a row stays on its first line; only the quality's change may wrap
+    # every number of a row stays on its first line; only the quality's change and interval may wrap
     for row in (r for r in rows if "edge-int8" in r):
-        assert len(row) >= 8 and row[-3:-1] == ["acc", "75.00%"], row
+        assert len(row) >= 8 and (row[-3:-1] == ["acc", "75.00%"] or row[-4:-1] == ["acc", "75.00%", "(-3.0"]), row
+    assert "[-5.0,-1.0])" in out
 
 
 def test_summary_with_several_swept_values_puts_one_label_per_row(tmp_path):
