@@ -16,6 +16,15 @@ model's metric on those same samples; the loss is baseline minus artifact (every
 higher-is-better). The interval is BCa (scipy.stats.bootstrap), or the percentile interval
 of the same replicates where BCa is undefined (e.g. every replicate equal: a zero-width
 interval). Seeded: the same files give the same intervals. Numpy and scipy only.
+
+Where no sample tells the two models apart, a bootstrap sees nothing to resample and gives
+[0, 0]; yet with n samples and none differing, the two may still differ on up to
+``1 - 0.025 ** (1 / n)`` of their inputs (Clopper-Pearson, 0 of n, 95 %: about 3.7 / n). For
+a metric that is a mean of per-sample scores in [0, 1] (accuracy, agreement, pixel accuracy)
+the loss can be no larger than that share, so its interval is widened to ±that bound, and an
+artifact that scores 1 on every sample gets ``1 - bound`` as its lower bound. Not for an
+artifact that is the untransformed model by construction (``exact``: only `partition`, whose
+parts compute the same graph), whose loss is 0 with nothing to estimate.
 """
 from __future__ import annotations
 
@@ -69,20 +78,27 @@ def metric_of(statistic: str, samples: np.ndarray, axis: int = 0) -> np.ndarray:
     return count_metric(statistic, np.sum(samples, axis=axis))
 
 
-def _interval_block(statistic: str, files: list[str], n: int) -> dict:
+def _interval_block(statistic: str, files: list[str], n: int, exact: bool = False) -> dict:
     return {"statistic": statistic, "files": files, "samples": n, "confidence": CONFIDENCE,
-            "replicates": REPLICATES, "seed": SEED, "value": None, "baseline": None, "loss": None,
+            "replicates": REPLICATES, "seed": SEED, "exact": exact, "value": None, "baseline": None, "loss": None,
             "method": None, "note": None}
 
 
-def paired_interval(statistic: str, artifact, baseline, files: list[str] | None = None) -> dict:
+def unseen_share(n: int, confidence: float = CONFIDENCE) -> float:
+    """The largest share of inputs on which two models may differ although none of ``n``
+    samples shows a difference: the two-sided Clopper-Pearson upper bound for 0 of ``n``."""
+    return 1.0 - ((1.0 - confidence) / 2.0) ** (1.0 / n)
+
+
+def paired_interval(statistic: str, artifact, baseline, files: list[str] | None = None,
+                    exact: bool = False) -> dict:
     """Intervals of the artifact's metric, the baseline's, and the loss (baseline − artifact),
     from paired per-sample data (the first axis is the samples, in the same order in both):
     ``{"statistic", "files", "samples", "confidence", "replicates", "seed", "value",
     "baseline", "loss" ([low, high] each, or None), "method" (each one's: BCa or
     percentile), "note" (why there is no interval, else None)}``."""
     a, b = np.asarray(artifact, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
-    out = _interval_block(statistic, files or [], len(a))
+    out = _interval_block(statistic, files or [], len(a), exact)
     if a.shape != b.shape:
         out["note"] = f"no interval: {a.shape[0]} artifact samples against {b.shape[0]} of the baseline"
         return out
@@ -101,10 +117,17 @@ def paired_interval(statistic: str, artifact, baseline, files: list[str] | None 
     for i, key in enumerate(("value", "baseline", "loss")):
         out[key] = [float(low[i]), float(high[i])]
     out["method"] = dict(zip(("value", "baseline", "loss"), methods))
+    if statistic == "mean" and not exact and np.array_equal(a, b):     # no sample tells them apart
+        u = unseen_share(len(a))
+        out["loss"] = [min(out["loss"][0], -u), max(out["loss"][1], u)]
+        out["method"]["loss"] = "Clopper-Pearson: no sample differs"
+        if (a == 1).all():
+            out["value"] = [min(out["value"][0], 1.0 - u), out["value"][1]]
+            out["method"]["value"] = "Clopper-Pearson: every sample scores 1"
     return out
 
 
-def save_samples(folder: Path, evaluation: dict, baseline_predictions: np.ndarray, data) -> dict:
+def save_samples(folder: Path, evaluation: dict, baseline_predictions: np.ndarray, data, exact: bool = False) -> dict:
     """Write the artifact's and the untransformed model's per-sample data beside the artifact
     (``evaluation``: `workloads.metrics.evaluate`'s result with scores, whose arrays it takes
     out; ``baseline_predictions``: the untransformed model's class ids on the same samples,
@@ -124,15 +147,15 @@ def save_samples(folder: Path, evaluation: dict, baseline_predictions: np.ndarra
         np.save(folder / BASELINE_COUNTS_FILE, class_counts(baseline_predictions, labels, classes, ignore))
     scores = {"file": SCORES_FILE, "baseline_file": BASELINE_SCORES_FILE,
               "what": "per sample: correct (1/0), pixel accuracy, or agreement with the untransformed model"}
-    return {"scores": scores, "interval": measure(folder, statistic)}
+    return {"scores": scores, "interval": measure(folder, statistic, exact)}
 
 
-def measure(folder: Path, statistic: str) -> dict:
+def measure(folder: Path, statistic: str, exact: bool = False) -> dict:
     """The intervals (:func:`paired_interval`) recomputed from the per-sample files beside the
     artifact in ``folder``; files that are missing or unreadable (an artifact prepared before
     intervals, or moved) give a block without an interval whose ``note`` says so."""
     if statistic not in STATISTICS:
-        return {**_interval_block(statistic, [], 0),
+        return {**_interval_block(statistic, [], 0, exact),
                 "note": f"no interval: statistic {statistic!r} unknown; allowed: {', '.join(STATISTICS)}"}
     files = [SCORES_FILE, BASELINE_SCORES_FILE] if statistic == "mean" else [COUNTS_FILE, BASELINE_COUNTS_FILE]
     try:
@@ -140,6 +163,6 @@ def measure(folder: Path, statistic: str) -> dict:
     except (OSError, ValueError) as e:
         missing = next((f for f in files if not (Path(folder) / f).is_file()), None)
         why = f"{missing} is not beside the artifact" if missing else f"its per-sample files are unreadable ({e})"
-        return {**_interval_block(statistic, files, 0),
+        return {**_interval_block(statistic, files, 0, exact),
                 "note": f"no interval: {why} (prepared by an older testbed, or moved)"}
-    return paired_interval(statistic, artifact, baseline, files)
+    return paired_interval(statistic, artifact, baseline, files, exact)

@@ -8,7 +8,7 @@ import pytest
 from workloads.data import Dataset
 from workloads.metrics import binary_f1, class_counts, count_metric, evaluate, macro_f1, miou
 from workloads.quality import (BASELINE_COUNTS_FILE, COUNTS_FILE, SCORES_FILE, measure, metric_of, paired_interval,
-                               save_samples)
+                               save_samples, unseen_share)
 
 
 def _pairs(n: int, rng, lost: float = 0.05, gained: float = 0.02, both: float = 0.80) -> tuple:
@@ -23,12 +23,27 @@ def _pairs(n: int, rng, lost: float = 0.05, gained: float = 0.02, both: float = 
 
 # --- the paired bootstrap ---------------------------------------------------------------------
 
-def test_identical_scores_give_a_zero_width_loss_interval_and_equal_metric_intervals():
+def test_identical_scores_are_an_exact_zero_only_for_a_partition_else_the_unseen_share_bounds_the_loss():
     scores = (np.random.default_rng(0).random(300) < 0.8).astype(float)
+    # the parts of a partition compute the untransformed graph: the loss is 0, nothing to estimate
+    exact = paired_interval("mean", scores, scores.copy(), exact=True)
+    assert exact["loss"] == [0.0, 0.0] and exact["method"]["loss"] == "percentile"     # BCa is 0/0 here
+    assert exact["value"] == exact["baseline"] and exact["value"][0] < scores.mean() < exact["value"][1]
+    assert exact["note"] is None and exact["samples"] == 300 and exact["exact"]
+    # any other artifact that no sample tells apart may still differ on up to 1 - 0.025^(1/n) of
+    # its inputs (0 of 300: 1.22 %): the loss interval says so, and is not within a 1 % tolerance
     ci = paired_interval("mean", scores, scores.copy())
-    assert ci["loss"] == [0.0, 0.0] and ci["method"]["loss"] == "percentile"     # BCa is 0/0 here
-    assert ci["value"] == ci["baseline"] and ci["value"][0] < scores.mean() < ci["value"][1]
-    assert ci["note"] is None and ci["samples"] == 300
+    assert ci["loss"] == pytest.approx([-0.012221, 0.012221], abs=1e-6) and not ci["exact"]
+    assert ci["method"]["loss"] == "Clopper-Pearson: no sample differs" and ci["value"] == exact["value"]
+    # 500 samples all agreeing: within 1 % (0.74 %); a perfect score's lower bound is 1 - that share
+    ones = np.ones(500)
+    agree = paired_interval("mean", ones, ones.copy())
+    assert agree["loss"][1] == pytest.approx(unseen_share(500)) and 0.0073 < agree["loss"][1] < 0.0074
+    assert agree["value"] == pytest.approx([1 - unseen_share(500), 1.0]) and agree["baseline"] == [1.0, 1.0]
+    # one sample differing is the bootstrap's to judge again
+    flipped = ones.copy()
+    flipped[7] = 0.0
+    assert paired_interval("mean", flipped, ones)["method"]["loss"] != "Clopper-Pearson: no sample differs"
 
 
 def test_the_loss_interval_covers_the_true_loss_at_its_confidence_and_shrinks_with_the_square_root_of_n():
