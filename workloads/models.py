@@ -65,6 +65,9 @@ class ModelEntry:
     # optimizer steps that training operators default to when the chain gives no budget
     # (epochs, steps or seconds): a large training set's default epochs would take too long
     training_steps: int | None = None
+    # splits of ``dataset`` that ``build`` trains the pretrained weights on (models trained here):
+    # an artifact's evaluation must be disjoint from them too
+    trained_on: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import Cache, content_key, library_versions
+from .data import check_held_out
 from .errors import WorkloadError
 from .models import RANDOM_NOTE, BuildContext, ModelEntry, check_weights, get_model, metric_applicable
 from .operators import OperatorCall, static_only
@@ -25,7 +26,7 @@ from .runtime import MANIFEST, ArtifactRunner, session
 from .whitebox import VERSION as WHITEBOX_VERSION
 from .whitebox import trained_model, training_calls, with_model_budget
 
-PREPARE_VERSION = "2"       # bump when what an artifact holds changes
+PREPARE_VERSION = "3"       # bump when what an artifact holds changes
 SCORES_FILE = "scores.npy"                    # per-sample quality of the artifact
 BASELINE_SCORES_FILE = "baseline_scores.npy"  # the same samples, untransformed model
 
@@ -50,8 +51,10 @@ class Prepared:
 
 def user_data(entry: ModelEntry, path: Path | str) -> dict:
     """A user's data set for ``entry``, split deterministically: ``eval`` = every fifth sample,
-    ``train`` = the rest, ``calibration`` = the first 128 of train. Checked against the model's
-    inputs (shape and dtype), so a wrong-shaped calibration set fails before anything is built."""
+    ``train`` = the rest, ``calibration`` = the first 128 of train. A sample's source is its
+    file (relative path) or array row, so this split by sample is a split by source: eval shares
+    none with train or calibration. Checked against the model's inputs (shape and dtype), so a
+    wrong-shaped calibration set fails before anything is built."""
     from . import datasets
 
     path = Path(path)
@@ -70,11 +73,7 @@ def user_data(entry: ModelEntry, path: Path | str) -> dict:
         raise WorkloadError(f"{path}: {len(data)} sample(s); at least 2 are needed (train and eval)")
     idx = np.arange(len(data))
     ev, tr = idx[idx % 5 == 0], idx[idx % 5 != 0]
-
-    def pick(rows):
-        return replace(data, inputs={k: v[rows] for k, v in data.inputs.items()},
-                       labels=None if data.labels is None else data.labels[rows])
-    return {"train": pick(tr), "eval": pick(ev), "calibration": pick(tr[:128])}
+    return {"train": data.select(tr), "eval": data.select(ev), "calibration": data.select(tr[:128])}
 
 
 def _data_digest(splits: dict) -> str:
@@ -150,7 +149,7 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
                 if prm["mode"] == "dynamic":
                     static_only(call, f"{entry.name} (a text model: mode auto is dynamic)")
             qp = QuantizeParams.from_mapping(prm, where="quantize")
-            q = quantize_model(p.backbone, qp, data["calibration"]() if qp.mode == "static" else None)
+            q = quantize_model(p.backbone, qp, data["calibration"]("quantize") if qp.mode == "static" else None)
             report = int8_report(q)
             report.check()
             # the speed-up on this CPU, measured side by side (single thread, one sample); never assumed
@@ -169,7 +168,7 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
                     blocks = entry.skippable_blocks
                 p = early_exit.skip_blocks(p, blocks)
             else:
-                train = data["train"]()
+                train = data["train"]("early_exit heads")
                 labels = train.labels if train.labelled else data["reference_train"](train)
                 p = early_exit.add_heads(p, points=prm["points"], threshold=prm["threshold"], epochs=prm["epochs"],
                                          train=train, reference_labels=labels, classes=entry.num_classes,
@@ -269,12 +268,27 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
         sess = session(base)
         return _predictions(lambda f: sess.run(None, f)[0], train.take(10000))
 
+    # what each split taught the artifact: {split: [who learnt from it]}, filled as operators read
+    # train / calibration (evaluation reads of eval, e.g. a sample to time, teach nothing)
+    learnt: dict[str, list[str]] = {}
+    if own is None and weights != "random":
+        for split in entry.trained_on:
+            learnt.setdefault(split, []).append("the model's own training")
+
+    def learning(split):
+        def read(who: str | None = None):
+            if who not in learnt.setdefault(split, []) and who is not None:
+                learnt[split].append(who)
+            return dataset(split)
+        return read
+
     def build(folder: Path):
         t0 = time.monotonic()
-        data_fns = {"eval": lambda: dataset("eval"), "train": lambda: dataset("train"),
-                    "calibration": lambda: dataset("calibration"), "reference_train": reference_train}
+        data_fns = {"eval": lambda: dataset("eval"), "train": learning("train"),
+                    "calibration": learning("calibration"), "reference_train": reference_train}
         start, reports = base, {}
-        if training:
+        if training:          # cached training reads nothing: it learnt from train all the same
+            learnt.setdefault("train", []).extend(c.name for c in training)
             start, reports = trained_model(entry, training, ctx, data_fns, base, digest)
         pipe = Pipeline(entry.name, entry.task, onnx.load(str(start)))
         for name, report in reports.items():
@@ -284,6 +298,10 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
                                       "libraries": libs})
         ctx.progress(f"{entry.name}: evaluating")
         data = dataset("eval")
+        used = {split: (dataset(split), who) for split, who in learnt.items()}
+        check_held_out(entry.name, data, used)
+        manifest["data"] = {"eval": {**data.provenance(), "used_by": ["evaluation"]},
+                            **{split: {**d.provenance(), "used_by": who} for split, (d, who) in used.items()}}
         base_eval = _baseline(entry, base, data, cache, content_key("evaluation", base=base.parent.name,
                                                                      data=_data_digest({"eval": data})))
         runner = ArtifactRunner(folder)
