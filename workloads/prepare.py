@@ -282,6 +282,13 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
             return dataset(split)
         return read
 
+    def held_out() -> dict:
+        """The splits learnt from so far, {split: (data, who)}, after checking that the
+        evaluation data share no source with them (one line if they do)."""
+        used = {split: (dataset(split), who) for split, who in learnt.items()}
+        check_held_out(entry.name, dataset("eval"), used)
+        return used
+
     def build(folder: Path):
         t0 = time.monotonic()
         data_fns = {"eval": lambda: dataset("eval"), "train": learning("train"),
@@ -289,6 +296,8 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
         start, reports = base, {}
         if training:          # cached training reads nothing: it learnt from train all the same
             learnt.setdefault("train", []).extend(c.name for c in training)
+        held_out()            # before training: a leak found now costs no training time
+        if training:
             start, reports = trained_model(entry, training, ctx, data_fns, base, digest)
         pipe = Pipeline(entry.name, entry.task, onnx.load(str(start)))
         for name, report in reports.items():
@@ -298,8 +307,7 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
                                       "libraries": libs})
         ctx.progress(f"{entry.name}: evaluating")
         data = dataset("eval")
-        used = {split: (dataset(split), who) for split, who in learnt.items()}
-        check_held_out(entry.name, data, used)
+        used = held_out()
         manifest["data"] = {"eval": {**data.provenance(), "used_by": ["evaluation"]},
                             **{split: {**d.provenance(), "used_by": who} for split, (d, who) in used.items()}}
         base_eval = _baseline(entry, base, data, cache, content_key("evaluation", base=base.parent.name,
