@@ -60,7 +60,8 @@ def user_data(entry: ModelEntry, path: Path | str) -> dict:
     path = Path(path)
     spec = entry.inputs[0]
     if path.is_dir():
-        data = datasets.image_folder(path, tuple(spec.shape[1:]), input_name=spec.name,
+        mean, std = entry.image_norm or (None, None)
+        data = datasets.image_folder(path, tuple(spec.shape[1:]), mean, std, input_name=spec.name,
                                      unlabelled_ok=entry.metric == "agreement")
     elif path.suffix in (".npz", ".npy", ".csv"):
         data = datasets.array_file(path, spec.name, sample_shape=tuple(spec.shape[1:]), task=entry.task,

@@ -220,6 +220,9 @@ def test_the_artifact_records_what_each_split_taught_it(tiny, tmp_path):
     assert data["calibration"]["used_by"] == ["quantize"]
     assert data["calibration"]["digest"] == _data("calibration").provenance()["digest"]
     assert len({d["digest"] for d in data.values()}) == 3
+    from testbed.output import _judged_on           # what `testbed prepare` prints of it
+    assert _judged_on(data) == ("90 / 90 src; held out from calibration 40 / 40 src (quantize); "
+                                "train 300 / 300 src (early_exit heads)")
     plain = prepare("tiny_cnn", (), cache=Cache(tmp_path)).manifest["data"]
     assert set(plain) == {"eval"}
 
@@ -234,3 +237,21 @@ def test_user_data_is_split_by_source(tiny, tmp_path):
     assert not ev & tr and not ev & cal and cal <= tr
     assert len(ev) == 18 and sorted(ev)[:2] == ["row:mine.npz:0", "row:mine.npz:10"]
     assert len(tr) + len(ev) == 90
+
+
+def test_a_users_image_folder_is_normalised_like_the_models_own_images(tiny, tmp_path):
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from workloads.prepare import user_data
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (12, 12), 200).save(tmp_path / "imgs" / cls / f"{i}.png")
+    plain = user_data(tiny, tmp_path / "imgs")["eval"]
+    normed = user_data(replace(tiny, image_norm=((0.5,), (0.25,))), tmp_path / "imgs")["eval"]
+    np.testing.assert_allclose(plain.inputs["image"], 200 / 255, rtol=1e-6)
+    np.testing.assert_allclose(normed.inputs["image"], (200 / 255 - 0.5) / 0.25, rtol=1e-5)
+    assert normed.sources == (("file:a/0.png",), ("file:b/0.png",)) and normed.labels.tolist() == [0, 1]

@@ -13,6 +13,7 @@ import contextlib
 import io
 from pathlib import Path
 
+from ..datasets import IMAGENET_MEAN, IMAGENET_STD
 from ..models import BuildContext, InputSpec, ModelEntry, register
 from .common import photos, train_threads, trained
 
@@ -59,7 +60,8 @@ register(ModelEntry(
            "photographs from Debian's gcompris-qt-data, split by image (unlabelled, judged by agreement "
            "with the untransformed model)",
     build=efficientnet_lite0, dataset=lambda split, ctx: photos(split, 224, ctx.seed),
-    version=EFFICIENTNET_VERSION, num_classes=1000, skippable_blocks=EFFICIENTNET_SKIPPABLE))
+    version=EFFICIENTNET_VERSION, num_classes=1000, skippable_blocks=EFFICIENTNET_SKIPPABLE,
+    image_norm=(IMAGENET_MEAN, IMAGENET_STD)))
 
 
 # ---------------------------------------------------------------- MiniLM sentiment -----

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..datasets import IMAGENET_MEAN, IMAGENET_STD
 from ..models import BuildContext, InputSpec, ModelEntry, register
 from .common import download, need_download, offline_reason, photos, random_tokens
 
@@ -279,7 +280,7 @@ def _image_entry(name, builder, enum, tag, description, params):
         metric="agreement", offline=False,
         source=f"torchvision {enum}.{tag} (download.pytorch.org); data: photo crops stand in for ImageNet",
         build=_classifier(name, builder, enum, tag), dataset=_photo_data(224), version=STUDY_IMAGE_VERSION,
-        num_classes=1000, skippable_blocks=LAYER3_LATE)
+        num_classes=1000, skippable_blocks=LAYER3_LATE, image_norm=(IMAGENET_MEAN, IMAGENET_STD))
 
 
 register(_image_entry("wide_resnet101_2", "wide_resnet101_2", "Wide_ResNet101_2_Weights", "IMAGENET1K_V2",
@@ -301,7 +302,7 @@ register(ModelEntry(
     source="torchvision FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1 (download.pytorch.org); data: photo "
            "crops stand in for COCO",
     build=fcn_resnet101, dataset=_photo_data(FCN_SIZE), version=STUDY_IMAGE_VERSION, num_classes=FCN_CLASSES,
-    skippable_blocks=tuple(f"backbone/{b}" for b in LAYER3_LATE)))
+    skippable_blocks=tuple(f"backbone/{b}" for b in LAYER3_LATE), image_norm=(IMAGENET_MEAN, IMAGENET_STD)))
 
 register(ModelEntry(
     name="resnet101_duc", task="segmentation",
@@ -311,7 +312,7 @@ register(ModelEntry(
     source=f"pretrained: ONNX model zoo {DUC_ONNX_URL} (used as is); random: built in torch; data: photo "
            "crops stand in for Cityscapes",
     build=resnet101_duc, dataset=_photo_data(DUC_SIZE), version=STUDY_IMAGE_VERSION, num_classes=DUC_CLASSES,
-    skippable_blocks=LAYER3_LATE))
+    skippable_blocks=LAYER3_LATE, image_norm=(IMAGENET_MEAN, IMAGENET_STD)))
 
 for _name, _kind, _hub, _desc, _size in (
         ("bert_base_mrpc", "bert", "textattack/bert-base-uncased-MRPC", "BERT-base (uncased) fine-tuned on MRPC",
