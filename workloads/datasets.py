@@ -1,7 +1,7 @@
 """The data sets the built-in models are judged on, and loaders for a user's own data.
 
 Everything here is offline once installed, deterministic (fixed seeds, no dependence on the
-order files are listed in) and numpy-only at import time: PIL, scikit-image and tokenizers
+order files are listed in) and numpy-only at import time: PIL and tokenizers
 are imported inside the functions that need them; torch and transformers never.
 
 Built-in sets (each returns a `workloads.data.Dataset`; ``split`` is one of `data.SPLITS`):
