@@ -277,9 +277,10 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
             learnt.setdefault(split, []).append("the model's own training")
 
     def learning(split):
-        def read(who: str | None = None):
-            if who not in learnt.setdefault(split, []) and who is not None:
-                learnt[split].append(who)
+        def read(who: str | None = None):        # who: the operator, when it says (whitebox's loop does not)
+            readers = learnt.setdefault(split, [])
+            if who is not None and who not in readers:
+                readers.append(who)
             return dataset(split)
         return read
 
