@@ -24,8 +24,9 @@ done
 # The photographs the ImageNet models are judged on (workloads/photos.py) come from the
 # educational game GCompris's data package, at the version workloads/photos.json was made from
 # (44 MB download); the SHA-256 of every file is checked below.
-photo_pkg=$(python3 -c 'import json; d = json.load(open("workloads/photos.json")); print(d["package"], d["version"])')
-read -r photo_name photo_version <<< "$photo_pkg"
+# (read with sed: python3 may not be installed yet)
+photo_name=$(sed -n 's/^ "package": "\(.*\)",$/\1/p' workloads/photos.json)
+photo_version=$(sed -n 's/^ "version": "\(.*\)",$/\1/p' workloads/photos.json)
 if [ "$(dpkg-query -W -f='${Version}' "$photo_name" 2>/dev/null)" != "$photo_version" ]; then
   missing+=("$photo_name=$photo_version")
 fi
