@@ -415,7 +415,7 @@ def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
     rows = [{"model": r.model, "weights": r.weights, "operators": r.operators, "parts": r.parts,
              "metric": r.metric, "value": r.value, "baseline": r.baseline,
              "interval": r.manifest["quality"].get("interval"), "size_bytes": r.size_bytes,
-             "path": str(r.path), "cached": r.cached} for r in results]
+             "path": str(r.path), "cached": r.cached, "data": r.manifest.get("data")} for r in results]
     if as_json:
         click.echo(json.dumps({"experiment": exp.name, "artifacts": rows}, indent=2))
     else:

@@ -225,7 +225,7 @@ def _quality_detail(r: dict) -> str:
 def print_prepared(name: str, rows: list[dict]) -> None:
     t = Table(title=f"artifacts of {name}", caption="value, baseline and loss (baseline - value) with their 95 % "
                                                     "intervals: a paired bootstrap over the evaluation samples")
-    for c in ("model", "operators", "parts", "metric", "value", "baseline", "loss", "size", "path"):
+    for c in ("model", "operators", "parts", "metric", "value", "baseline", "loss", "judged on", "size", "path"):
         t.add_column(c)
     for r in rows:
         ci = r.get("interval") or {}
@@ -235,9 +235,20 @@ def print_prepared(name: str, rows: list[dict]) -> None:
             loss += f" ({ci.get('note') or 'no interval'})"
         t.add_row(r["model"] + ("" if r["weights"] == "pretrained" else f" ({r['weights']})"), r["operators"],
                   str(r["parts"]), r["metric"], _with_interval(v, ci.get("value")),
-                  _with_interval(b, ci.get("baseline")), loss, _bytes(r["size_bytes"]),
+                  _with_interval(b, ci.get("baseline")), loss, _judged_on(r.get("data")), _bytes(r["size_bytes"]),
                   r["path"] + (" (cached)" if r["cached"] else ""))
     console.print(t)
+
+
+def _judged_on(data: dict | None) -> str:
+    """The evaluation data in short (``600 / 120 src``: samples and distinct source items),
+    and what learnt from which other split, whose sources it shares none of."""
+    if not data or "eval" not in data:
+        return "-"
+    learnt = [f"{split} {d['samples']} / {d['sources']} src ({', '.join(d['used_by'])})"
+              for split, d in data.items() if split != "eval"]
+    return f"{data['eval']['samples']} / {data['eval']['sources']} src" + (
+        "; held out from " + "; ".join(learnt) if learnt else "")
 
 
 class _Bar:

@@ -1,7 +1,7 @@
 """The data sets the built-in models are judged on, and loaders for a user's own data.
 
 Everything here is offline once installed, deterministic (fixed seeds, no dependence on the
-order files are listed in) and numpy-only at import time: PIL, scikit-image and tokenizers
+order files are listed in) and numpy-only at import time: PIL and tokenizers
 are imported inside the functions that need them; torch and transformers never.
 
 Built-in sets (each returns a `workloads.data.Dataset`; ``split`` is one of `data.SPLITS`):
@@ -15,8 +15,9 @@ Built-in sets (each returns a `workloads.data.Dataset`; ``split`` is one of `dat
   (ICWSM 2014) shipped in the vaderSentiment 3.3.2 source distribution, as binary sentiment;
   `scripts/setup.sh` installs that file once (`install_vader`, into ``.venv/share/testbed``),
   nothing downloads it at run time (`vader_sdist`).
-- `sample_photos`: unlabelled ImageNet-style crops of scikit-image's bundled colour photos,
-  to judge an ImageNet model by agreement with its untransformed self.
+- `photo_crops`: unlabelled ImageNet-style crops of real photographs from a Debian package
+  (`workloads.photos`, split by image), to judge an ImageNet model by agreement with its
+  untransformed self.
 
 A user's data: `image_folder` (one subfolder per class), `array_file` (``.npz``/``.npy``/
 ``.csv``), and `check_against` to match a data set to a model's inputs with one clear error.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import io
 import os
 import subprocess
@@ -133,6 +135,15 @@ def fashion_split_raw(split: str) -> tuple[np.ndarray, np.ndarray]:
     return x[part], y[part]
 
 
+def fashion_sources(split: str, count: int) -> list[str]:
+    """The identities of the ``count`` images of `fashion_split_raw` ``split``: file and index,
+    ``fashion-train:12345`` (train and calibration are two ranges of the training file) or
+    ``fashion-test:17``."""
+    _check_split(split, "fashion-mnist")
+    part, first = ("test", 0) if split == "eval" else ("train", 0 if split == "train" else FASHION_TRAIN)
+    return [f"fashion-{part}:{first + i}" for i in range(count)]
+
+
 def _fashion_normalise(x_uint8: np.ndarray) -> np.ndarray:
     return ((x_uint8.astype(np.float32) / np.float32(255.0) - np.float32(FASHION_MEAN))
             / np.float32(FASHION_STD))
@@ -149,7 +160,7 @@ def fashion_mnist(split: str) -> Dataset:
     return Dataset("fashion-mnist", "classification", {"image": _fashion_normalise(x)[:, None]},
                    y.astype(np.int64), FASHION_CLASSES,
                    f"Fashion-MNIST {split}: {len(y)} 28x28 grey images, 10 classes "
-                   f"(normalised with mean {FASHION_MEAN}, std {FASHION_STD})")
+                   f"(normalised with mean {FASHION_MEAN}, std {FASHION_STD})", sources=fashion_sources(split, len(y)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,14 +174,15 @@ SEG_CLASSES = ("background",) + FASHION_CLASSES
 
 
 def composite(items: np.ndarray, classes: np.ndarray, count: int, seed: int,
-              size: int = SEG_SIZE) -> tuple[np.ndarray, np.ndarray]:
+              size: int = SEG_SIZE, *, with_items: bool = False):
     """``count`` composites of ``size``×``size`` from uint8 ``items`` (M, h, w) of ``classes`` (M,).
 
     Each composite draws 2–4 items (with replacement) and a uniformly random top-left corner
     for each; items may overlap and later items occlude earlier ones. Only an item's pixels
     above `SEG_THRESHOLD` × its own maximum are pasted (its faint fringe is dropped), so
     ``label > 0`` exactly where ``image > 0``, and a pixel's label is ``class + 1`` of the item
-    whose pixel it shows. Returns uint8 images (count, size, size) and int64 labels.
+    whose pixel it shows. Returns uint8 images (count, size, size) and int64 labels, and with
+    ``with_items`` also each composite's item indices (a list per composite, in paste order).
     """
     rng = np.random.default_rng(seed)
     h, w = items.shape[1:]
@@ -199,6 +211,8 @@ def composite(items: np.ndarray, classes: np.ndarray, count: int, seed: int,
             region_lab = labels[sl][idx, r, c]
             images[sl][idx, r, c] = np.where(mask, patch, region_img)
             labels[sl][idx, r, c] = np.where(mask, classes[it].astype(np.int64)[:, None, None] + 1, region_lab)
+    if with_items:
+        return images, labels, [pick[i, :n_items[i]].tolist() for i in range(count)]
     return images, labels
 
 
@@ -214,14 +228,15 @@ def fashion_segmentation(split: str) -> Dataset:
     """
     _check_split(split, "fashion-segmentation")
     x, y = fashion_split_raw(split)
-    images, labels = composite(x, y, SEG_COUNTS[split], _seed(split, 7))
+    images, labels, items = composite(x, y, SEG_COUNTS[split], _seed(split, 7), with_items=True)
+    ids = fashion_sources(split, len(x))
     counts = np.bincount(labels.ravel(), minlength=len(SEG_CLASSES))
     return Dataset("fashion-segmentation", "segmentation", {"image": _fashion_normalise(images)[:, None]},
                    labels, SEG_CLASSES,
                    f"Fashion-MNIST composites {split}: {len(labels)} 64x64 images of {SEG_ITEMS[0]}-"
                    f"{SEG_ITEMS[1]} items each (from the fashion {split} split), per-pixel labels "
                    f"(0 background, {counts[0] / counts.sum():.0%} of pixels; item pixels above "
-                   f"{SEG_THRESHOLD} of the item's max)")
+                   f"{SEG_THRESHOLD} of the item's max)", sources=[tuple(ids[i] for i in used) for used in items])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,8 +270,6 @@ def _download_command(folder: Path) -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -430,6 +443,7 @@ def sentiment_dataset(split: str, tokenizer_dir: Path | str, max_len: int = 64,
     texts, labels, stats = _vader_split(split, folder)
     inputs = tokenize(texts, tokenizer_dir, max_len)
     truncated = int((inputs["attention_mask"][:, -1] == 1).sum())
+    sources = [f"vader:{hashlib.sha256(t.encode()).hexdigest()[:16]}" for t in texts]
     return Dataset("vader-sentences", "text_classification", inputs, labels, SENTIMENT_CLASSES,
                    f"VADER human-rated sentences (Hutto & Gilbert, ICWSM 2014; vaderSentiment 3.3.2 sdist) "
                    f"{split}: {len(labels)} ({stats['positive']} positive: rating > {VADER_POSITIVE}, "
@@ -437,47 +451,45 @@ def sentiment_dataset(split: str, tokenizer_dir: Path | str, max_len: int = 64,
                    f"sentences ({stats['rated']} ratings, repeats averaged) {stats['dropped_neutral']} "
                    f"near-neutral ones dropped; "
                    f"{truncated} reach max_len {max_len}",
-                   {"texts": texts, "stats": stats})
+                   {"texts": texts, "stats": stats}, sources)
 
 
 # ----------------------------------------------------------------------------------------------
-# sample photos (unlabelled, ImageNet-style)
+# photographs (unlabelled, ImageNet-style)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# scikit-image's bundled colour photographs of ImageNet-like subjects (no download needed)
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
+PHOTO_CROPS = {"train": 4, "calibration": 3, "eval": 5}      # crops per photograph by default
 
 
-def _photo(name: str) -> np.ndarray:
-    import skimage.data as d
-
-    if name == "motorcycle":
-        return d.stereo_motorcycle()[0]
-    return getattr(d, name)()
-
-
-def sample_photos(count: int = 64, size: int | tuple[int, int] = 224, seed: int = 0) -> Dataset:
-    """``count`` unlabelled inputs ``{"image": float32 (count, 3, H, W)}`` (``size`` is H = W, or
-    ``(H, W)``) normalised with
-    the ImageNet mean and std: random resized crops (area 25–100 %, aspect 3/4–4/3, the photo's
-    centre crop when a draw does not fit) of the `PHOTOS`, photo ``i % len(PHOTOS)`` for sample
-    ``i``, flipped horizontally with probability 1/2, resized with PIL bilinear. Same arrays for
-    the same arguments. Labels are None: judge a model by agreement with its untransformed self.
-    """
+def photo_crops(split: str, count: int | None = None, size: int | tuple[int, int] = 224, seed: int = 0) -> Dataset:
+    """``count`` (default `PHOTO_CROPS` per photograph) unlabelled inputs ``{"image": float32
+    (count, 3, H, W)}`` (``size`` is H = W, or ``(H, W)``) from the photographs of ``split``
+    (`workloads.photos`: split by image, so no photograph is in two splits), normalised with the
+    ImageNet mean and std. Sample ``i`` is a random resized crop of photograph ``i % n`` (area
+    25-100 %, aspect 3/4-4/3, the centre square when a draw does not fit; torchvision's
+    RandomResizedCrop rule), flipped horizontally with probability 1/2, resized with PIL
+    bilinear; each sample's source is its photograph. Same arrays for the same arguments. Labels
+    are None: judge a model by agreement with its untransformed self."""
     from PIL import Image
 
+    from . import photos as P
+
+    _check_split(split, "photos")
+    chosen = P.photos_of(split)
+    count = PHOTO_CROPS[split] * len(chosen) if count is None else count
     hh, ww = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     rng = np.random.default_rng(seed)
-    photos = [Image.fromarray(_photo(n)).convert("RGB") for n in PHOTOS]
+    used = chosen[:count]                       # fewer samples than photographs: the first ones
+    images = [P.load_photo(p) for p in used]
     out = np.empty((count, 3, hh, ww), np.float32)
     mean = np.array(IMAGENET_MEAN, np.float32)[:, None, None]
     std = np.array(IMAGENET_STD, np.float32)[:, None, None]
     for i in range(count):
-        img = photos[i % len(photos)]
+        img = images[i % len(images)]
         w, h = img.size
         box = None
-        for _ in range(10):                      # torchvision RandomResizedCrop's rule
+        for _ in range(10):
             area = w * h * rng.uniform(0.25, 1.0)
             ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
             cw, ch = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
@@ -492,10 +504,12 @@ def sample_photos(count: int = 64, size: int | tuple[int, int] = 224, seed: int 
         if rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         out[i] = (np.asarray(crop, np.float32).transpose(2, 0, 1) / np.float32(255.0) - mean) / std
-    return Dataset("sample-photos", "classification", {"image": out}, None, (),
-                   f"{count} random resized crops (with flips, seed {seed}) of {len(PHOTOS)} photos bundled "
-                   f"with scikit-image ({', '.join(PHOTOS)}), {hh}x{ww}, ImageNet-normalised; unlabelled: "
-                   "quality is agreement with the untransformed model")
+    listing = P.photo_list()
+    return Dataset("photos", "classification", {"image": out}, None, (),
+                   f"{count} random resized crops (with flips, seed {seed}) of {len(used)} {split} photographs "
+                   f"from Debian's {listing['package']} {listing['version']} (split by image), {hh}x{ww}, "
+                   "ImageNet-normalised; unlabelled: quality is agreement with the untransformed model",
+                   sources=[used[i % len(used)].source for i in range(count)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -575,7 +589,8 @@ def image_folder(path: Path | str, shape: tuple[int, int, int] = (3, 224, 224), 
     labels = None if not classes else np.array([lab for _, lab in files], np.int64)
     what = f"{len(classes)} classes" if classes else "unlabelled"
     return Dataset(root.name or str(root), "classification", {input_name: x}, labels, classes,
-                   f"{len(files)} images from {root} ({what}), resized to {h}x{w}", {"path": str(root)})
+                   f"{len(files)} images from {root} ({what}), resized to {h}x{w}", {"path": str(root)},
+                   [f"file:{f.relative_to(root).as_posix()}" for f, _ in files])
 
 
 def _number(text: str) -> bool:
@@ -684,7 +699,8 @@ def array_file(path: Path | str, input_name: str, *, label_column: int | str | N
             raise WorkloadError(f"{path}: {len(y)} labels for {len(x)} samples")
         y = y.astype(np.int64)
     return Dataset(path.stem, task, {input_name: x}, y, tuple(classes),
-                   f"{len(x)} samples from {path}" + ("" if y is not None else " (unlabelled)"), {"path": str(path)})
+                   f"{len(x)} samples from {path}" + ("" if y is not None else " (unlabelled)"), {"path": str(path)},
+                   [f"row:{path.name}:{i}" for i in range(len(x))])
 
 
 def check_against(dataset: Dataset, input_specs, where: str | None = None) -> Dataset:
@@ -717,4 +733,5 @@ def check_against(dataset: Dataset, input_specs, where: str | None = None) -> Da
             raise WorkloadError(f"{where}: input {spec.name} holds {arr.dtype} values but the model expects "
                                 f"{target}; convert the data")
         out[spec.name] = arr.astype(target, copy=False)
-    return Dataset(dataset.name, dataset.task, out, dataset.labels, dataset.classes, dataset.description, dataset.extra)
+    return Dataset(dataset.name, dataset.task, out, dataset.labels, dataset.classes, dataset.description, dataset.extra,
+                   dataset.sources)

@@ -65,6 +65,12 @@ class ModelEntry:
     # optimizer steps that training operators default to when the chain gives no budget
     # (epochs, steps or seconds): a large training set's default epochs would take too long
     training_steps: int | None = None
+    # splits of ``dataset`` that ``build`` trains the pretrained weights on (models trained here):
+    # an artifact's evaluation must be disjoint from them too
+    trained_on: tuple[str, ...] = ()
+    # (mean, std) per channel the model's images are normalised with after scaling to [0, 1]:
+    # a user's image folder given as its data is normalised the same way (None: left in [0, 1])
+    image_norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

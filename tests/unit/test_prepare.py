@@ -143,3 +143,123 @@ def test_user_data_replaces_the_models_own_and_wrong_shapes_fail_first(tiny, tmp
     with pytest.raises(WorkloadError, match=r"bad.npz: .*shape"):
         prepare("tiny_cnn", chain("quantize"), data=bad, cache=Cache(tmp_path / "c"))
     assert not list((tmp_path / "c" / "artifacts").glob(".*"))
+
+
+# ------------------------------------------------------------------------ held-out evaluation
+
+def _named(split, ctx=None, eval_repeats=0):
+    """`_data` whose samples name their sources; with ``eval_repeats`` the first so many eval
+    samples name the same sources as train samples (a leak)."""
+    d = _data(split)
+    first = {"train": 0, "calibration": 1000, "eval": 2000}[split]
+    names = [f"item:{first + i}" for i in range(len(d))]
+    if split == "eval":
+        names[:eval_repeats] = [f"item:{i}" for i in range(eval_repeats)]
+    return Dataset(d.name, d.task, d.inputs, d.labels, d.classes, sources=names)
+
+
+def _leaky(monkeypatch, name="leaky_cnn", repeats=7, **fields):
+    from dataclasses import replace
+
+    from workloads import models
+    entry = register_model(monkeypatch, name, _build, lambda s, ctx=None: _named(s, ctx, repeats), (1, 1, 12, 12))
+    entry = replace(entry, **fields)
+    monkeypatch.setitem(models._REGISTRY, name, entry)
+    return entry
+
+
+def test_an_evaluation_that_repeats_exit_head_training_sources_is_refused_in_one_line(monkeypatch, tmp_path):
+    _leaky(monkeypatch)
+    with pytest.raises(WorkloadError) as e:
+        prepare("leaky_cnn", chain({"early_exit": {"points": 1, "epochs": 2}}), cache=Cache(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("leaky_cnn: the evaluation data (toy) shares 7 of its 90 source items")
+    assert "(e.g. item:0) with the train data (toy) that early_exit heads learnt from" in msg
+    assert "give evaluation data that no train or calibration sample comes from" in msg
+    assert not list((tmp_path / "artifacts").iterdir())          # nothing was kept
+
+
+def test_an_evaluation_that_repeats_calibration_sources_is_refused(monkeypatch, tmp_path):
+    def data(split, ctx=None):
+        d = _named(split)
+        if split == "calibration":                  # calibration names eval's first two sources
+            return Dataset(d.name, d.task, d.inputs, d.labels, d.classes,
+                           sources=["item:2000", "item:2001"] + list(d.sources[2:]))
+        return d
+    register_model(monkeypatch, "calib_cnn", _build, data, (1, 1, 12, 12))
+    with pytest.raises(WorkloadError, match=r"shares 2 of its 90 source items \(e.g. item:2000\) with the "
+                                            r"calibration data \(toy\) that quantize learnt from"):
+        prepare("calib_cnn", chain("quantize"), cache=Cache(tmp_path))
+    r = prepare("calib_cnn", chain({"quantize": {"mode": "dynamic"}}), cache=Cache(tmp_path))    # reads none
+    assert set(r.manifest["data"]) == {"eval"}
+
+
+def test_a_model_trained_here_is_judged_on_data_it_was_not_trained_on(monkeypatch, tmp_path):
+    _leaky(monkeypatch, "selftaught_cnn", repeats=3, trained_on=("train",))
+    with pytest.raises(WorkloadError, match="shares 3 of its 90 source items .* that the model's own training "
+                                            "learnt from"):
+        prepare("selftaught_cnn", (), cache=Cache(tmp_path))
+    r = prepare("selftaught_cnn", (), weights="random", cache=Cache(tmp_path))       # random: trained on nothing
+    assert set(r.manifest["data"]) == {"eval"}
+
+
+def test_training_operators_are_checked_before_they_train(monkeypatch, tmp_path):
+    _leaky(monkeypatch, "leaky_prune", repeats=1)
+    with pytest.raises(WorkloadError, match="that prune learnt from"):
+        prepare("leaky_prune", chain({"prune": {"ratio": 0.3, "epochs": 1}}), cache=Cache(tmp_path))
+    assert not (tmp_path / "trained").exists() or not list((tmp_path / "trained").iterdir())
+
+
+def test_unnamed_samples_are_identified_by_content(monkeypatch, tmp_path):
+    def data(split, ctx=None):                      # eval = the first 90 training samples, no sources
+        return _data("train").take(90) if split == "eval" else _data(split)
+    register_model(monkeypatch, "copy_cnn", _build, data, (1, 1, 12, 12))
+    with pytest.raises(WorkloadError, match=r"shares 90 of its 90 source items \(e.g. content:[0-9a-f]{16}\) "
+                                            "with the train data"):
+        prepare("copy_cnn", chain({"early_exit": {"points": 1, "epochs": 2}}), cache=Cache(tmp_path))
+
+
+def test_the_artifact_records_what_each_split_taught_it(tiny, tmp_path):
+    r = prepare("tiny_cnn", chain("quantize", {"early_exit": {"points": 1, "epochs": 2}}), cache=Cache(tmp_path))
+    data = r.manifest["data"]
+    assert data["eval"] == {**_data("eval").provenance(), "used_by": ["evaluation"]}
+    assert data["eval"]["samples"] == data["eval"]["sources"] == 90
+    assert data["train"]["used_by"] == ["early_exit heads"] and data["train"]["samples"] == 300
+    assert data["calibration"]["used_by"] == ["quantize"]
+    assert data["calibration"]["digest"] == _data("calibration").provenance()["digest"]
+    assert len({d["digest"] for d in data.values()}) == 3
+    from testbed.output import _judged_on           # what `testbed prepare` prints of it
+    assert _judged_on(data) == ("90 / 90 src; held out from calibration 40 / 40 src (quantize); "
+                                "train 300 / 300 src (early_exit heads)")
+    plain = prepare("tiny_cnn", (), cache=Cache(tmp_path)).manifest["data"]
+    assert set(plain) == {"eval"}
+
+
+def test_user_data_is_split_by_source(tiny, tmp_path):
+    from workloads.prepare import user_data
+
+    d = _data("eval")
+    np.savez(tmp_path / "mine.npz", x=d.inputs["image"], y=d.labels)
+    splits = user_data(tiny, tmp_path / "mine.npz")
+    ev, tr, cal = (splits[s].source_set() for s in ("eval", "train", "calibration"))
+    assert not ev & tr and not ev & cal and cal <= tr
+    assert len(ev) == 18 and sorted(ev)[:2] == ["row:mine.npz:0", "row:mine.npz:10"]
+    assert len(tr) + len(ev) == 90
+
+
+def test_a_users_image_folder_is_normalised_like_the_models_own_images(tiny, tmp_path):
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from workloads.prepare import user_data
+
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (12, 12), 200).save(tmp_path / "imgs" / cls / f"{i}.png")
+    plain = user_data(tiny, tmp_path / "imgs")["eval"]
+    normed = user_data(replace(tiny, image_norm=((0.5,), (0.25,))), tmp_path / "imgs")["eval"]
+    np.testing.assert_allclose(plain.inputs["image"], 200 / 255, rtol=1e-6)
+    np.testing.assert_allclose(normed.inputs["image"], (200 / 255 - 0.5) / 0.25, rtol=1e-5)
+    assert normed.sources == (("file:a/0.png",), ("file:b/0.png",)) and normed.labels.tolist() == [0, 1]

@@ -56,7 +56,11 @@ def test_onnx_image_input_gets_photo_probes(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "img.onnx"))
     e = user.user_model(str(tmp_path / "img.onnx"))
     d = e.dataset("calibration", None)
-    assert d.inputs["img"].shape == (64, 3, 16, 24) and "scikit-image photos" in d.description
+    assert d.inputs["img"].shape == (64, 3, 16, 24) and "crops of photographs" in d.description
+    # a sample's sources: its draw and its photograph, which no other split's samples come from
+    assert d.sources[0][0] == "probe:2000:0" and d.sources[0][1].startswith("photo:gcompris-qt-data/")
+    ev, train = e.dataset("eval", None), e.dataset("train", None)
+    assert not ev.source_set() & (d.source_set() | train.source_set())
 
 
 def test_bad_onnx_files(tmp_path):

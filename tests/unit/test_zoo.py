@@ -388,8 +388,9 @@ def test_user_onnx_file_is_checked_and_copied(tmp_path, ctx):
 def test_photo_counts_shrink_with_input_size():
     from workloads.zoo.common import photo_counts
 
-    assert photo_counts(224) == {"train": 256, "calibration": 64, "eval": 64}
-    assert photo_counts(800) == {"train": 20, "calibration": 8, "eval": 8}
+    # at 224: 4 / 3 / 5 crops of each of the 110 / 24 / 120 photographs of the split
+    assert photo_counts(224) == {"train": 440, "calibration": 72, "eval": 600}
+    assert photo_counts(800) == {"train": 34, "calibration": 8, "eval": 47}
     assert set(photo_counts(520)) == set(SPLITS)
 
 

@@ -132,22 +132,23 @@ def download(model: str, url: str, ctx: BuildContext, then: Callable[[Path, Path
 
 # ---------------------------------------------------------------- stand-in data --------
 
-PHOTO_COUNTS = {"train": 256, "calibration": 64, "eval": 64}     # at 224×224; fewer for larger inputs
-
-
 def photo_counts(size: int) -> dict[str, int]:
-    """Sample counts per split for photos of ``size``: `PHOTO_COUNTS` scaled by the pixel count
-    (at least 8), so large inputs stay a few hundred MB and evaluation stays minutes."""
+    """Sample counts per split for photos of ``size``: at 224×224, `datasets.PHOTO_CROPS` crops
+    of every photograph of the split (eval: 5 of each of 120, 600 samples); for larger inputs
+    scaled down by the pixel count (at least 8), so they stay a few hundred MB and evaluation
+    stays minutes."""
+    from .. import datasets, photos as P
+
     scale = min(1.0, (224 / size) ** 2)
-    return {s: max(8, int(round(c * scale))) for s, c in PHOTO_COUNTS.items()}
+    return {s: max(8, int(round(c * len(P.photos_of(s)) * scale))) for s, c in datasets.PHOTO_CROPS.items()}
 
 
 def photos(split: str, size: int, seed: int = 0) -> Dataset:
-    """Unlabelled ImageNet-normalised crops of scikit-image photos (`datasets.sample_photos`),
-    a different seeded draw per split."""
+    """Unlabelled ImageNet-normalised crops of the real photographs of ``split``
+    (`datasets.photo_crops`; the splits share no photograph), `photo_counts` of them."""
     from .. import datasets
 
-    return datasets.sample_photos(photo_counts(size)[split], size, seed=split_seed(split, seed))
+    return datasets.photo_crops(split, photo_counts(size)[split], size, seed=split_seed(split, seed))
 
 
 def random_tokens(split: str, *, name: str, length: int, vocab: int, cls: int, sep: int, pad: int,
@@ -165,6 +166,8 @@ def random_tokens(split: str, *, name: str, length: int, vocab: int, cls: int, s
         mid = int(rng.integers(2, n - 2))
         row[0], row[mid], row[n - 1] = cls, sep, sep
         ids[i, :n], mask[i, :n] = row, 1
+    # a sample's source is its draw: the seed (different per split) and its index
     return Dataset(f"{name}-random-tokens", "text_classification", {"input_ids": ids, "attention_mask": mask},
                    None, (), f"{count} random token-id sentence pairs (length 16-{length}, seed "
-                   f"{split_seed(split, seed)}); unlabelled stand-in for MRPC, which needs a download")
+                   f"{split_seed(split, seed)}); unlabelled stand-in for MRPC, which needs a download",
+                   sources=[f"random-tokens:{split_seed(split, seed)}:{i}" for i in range(count)])

@@ -109,7 +109,7 @@ register(ModelEntry(
     metric="accuracy", offline=True,
     source="trained here (once, cached) on Fashion-MNIST from the Debian package dataset-fashion-mnist",
     build=lambda ctx: trained("fmnist_cnn", CNN_VERSION, ctx, cnn_module, _train_cnn),
-    dataset=_fashion, version=CNN_VERSION, num_classes=10))
+    dataset=_fashion, version=CNN_VERSION, num_classes=10, trained_on=("train",)))
 
 register(ModelEntry(
     name="fmnist_segnet", task="segmentation",
@@ -118,4 +118,4 @@ register(ModelEntry(
     metric="miou", offline=True,
     source="trained here (once, cached) on composites of Fashion-MNIST items (dataset-fashion-mnist)",
     build=lambda ctx: trained("fmnist_segnet", SEGNET_VERSION, ctx, segnet_module, _train_segnet),
-    dataset=_fashion_seg, version=SEGNET_VERSION, num_classes=11))
+    dataset=_fashion_seg, version=SEGNET_VERSION, num_classes=11, trained_on=("train",)))

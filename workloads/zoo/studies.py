@@ -6,9 +6,10 @@ from and suggests ``weights: random``. ``random`` builds the same architecture l
 for latency-only studies: their metric is reported as not applicable (`metric_applicable`).
 
 Data: the real sets (ImageNet, COCO/VOC, Cityscapes, MRPC) need downloads and are not wired;
-``dataset()`` returns offline stand-ins for every split: crops of scikit-image photos at the
-model's input size (unlabelled: metric ``agreement``; calibration works) and, for text models,
-random token-id sentence pairs.
+``dataset()`` returns offline stand-ins for every split: crops of real photographs at the
+model's input size, split by image (`workloads.photos`; unlabelled: metric ``agreement``;
+calibration works) and, for text models, random token-id sentence pairs (a pair's source is
+its draw: the split's seed and its index, so the splits share none).
 
 ``skippable_blocks`` (block-skipping early exit, study A) are named as `early_exit` finds them
 in the exported graph (the module path the exporter writes into node names, ``/``-joined):
@@ -23,10 +24,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..datasets import IMAGENET_MEAN, IMAGENET_STD
 from ..models import BuildContext, InputSpec, ModelEntry, register
 from .common import download, need_download, offline_reason, photos, random_tokens
 
 STUDY_VERSION = "1"
+STUDY_IMAGE_VERSION = "2"       # 2: photo stand-ins split by image (workloads/photos.py)
 LAYER3_LATE = tuple(f"layer3/layer3.{i}" for i in range(12, 23))
 
 DUC_ONNX_URL = ("https://github.com/onnx/models/raw/main/validated/vision/object_detection_segmentation/"
@@ -276,8 +279,8 @@ def _image_entry(name, builder, enum, tag, description, params):
         inputs=(InputSpec("image", "float32", (1, 3, 224, 224)),), output_names=("logits",),
         metric="agreement", offline=False,
         source=f"torchvision {enum}.{tag} (download.pytorch.org); data: photo crops stand in for ImageNet",
-        build=_classifier(name, builder, enum, tag), dataset=_photo_data(224), version=STUDY_VERSION,
-        num_classes=1000, skippable_blocks=LAYER3_LATE)
+        build=_classifier(name, builder, enum, tag), dataset=_photo_data(224), version=STUDY_IMAGE_VERSION,
+        num_classes=1000, skippable_blocks=LAYER3_LATE, image_norm=(IMAGENET_MEAN, IMAGENET_STD))
 
 
 register(_image_entry("wide_resnet101_2", "wide_resnet101_2", "Wide_ResNet101_2_Weights", "IMAGENET1K_V2",
@@ -298,8 +301,8 @@ register(ModelEntry(
     metric="agreement", offline=False,
     source="torchvision FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1 (download.pytorch.org); data: photo "
            "crops stand in for COCO",
-    build=fcn_resnet101, dataset=_photo_data(FCN_SIZE), version=STUDY_VERSION, num_classes=FCN_CLASSES,
-    skippable_blocks=tuple(f"backbone/{b}" for b in LAYER3_LATE)))
+    build=fcn_resnet101, dataset=_photo_data(FCN_SIZE), version=STUDY_IMAGE_VERSION, num_classes=FCN_CLASSES,
+    skippable_blocks=tuple(f"backbone/{b}" for b in LAYER3_LATE), image_norm=(IMAGENET_MEAN, IMAGENET_STD)))
 
 register(ModelEntry(
     name="resnet101_duc", task="segmentation",
@@ -308,8 +311,8 @@ register(ModelEntry(
     metric="agreement", offline=False,
     source=f"pretrained: ONNX model zoo {DUC_ONNX_URL} (used as is); random: built in torch; data: photo "
            "crops stand in for Cityscapes",
-    build=resnet101_duc, dataset=_photo_data(DUC_SIZE), version=STUDY_VERSION, num_classes=DUC_CLASSES,
-    skippable_blocks=LAYER3_LATE))
+    build=resnet101_duc, dataset=_photo_data(DUC_SIZE), version=STUDY_IMAGE_VERSION, num_classes=DUC_CLASSES,
+    skippable_blocks=LAYER3_LATE, image_norm=(IMAGENET_MEAN, IMAGENET_STD)))
 
 for _name, _kind, _hub, _desc, _size in (
         ("bert_base_mrpc", "bert", "textattack/bert-base-uncased-MRPC", "BERT-base (uncased) fine-tuned on MRPC",
