@@ -396,9 +396,6 @@ class EmulatedNetwork:
         the step itself costs only their sending. Changes nothing."""
         link, old, new, reqs, in_place = self._plan_step(name, direction, changes)
         if not in_place:
-            problems = self._direction_problems(new)
-            if problems:
-                raise EmulationError(f"link {link.name}: " + "; ".join(problems))
             return
         src = link.a if direction == "forward" else link.b
         node, ifname = self.plan.shaped_if[(src, link.b if src == link.a else link.a)]
@@ -419,6 +416,9 @@ class EmulatedNetwork:
         new = replace(old, **changes)
         if new.jitter_ms > new.delay_ms:
             raise EmulationError(f"link {link.name}: jitter {new.jitter_ms}ms exceeds delay {new.delay_ms}ms")
+        problems = self._direction_problems(new)
+        if problems:
+            raise EmulationError(f"link {link.name}: " + "; ".join(problems))
         reqs = shaping.shaping_requests(new, self.netem, self.serialize)
         reqs_old = shaping.shaping_requests(old, self.netem, self.serialize)
         in_place = bool(reqs) and [(r.kind, r.handle) for r in reqs] == [(r.kind, r.handle) for r in reqs_old]
@@ -426,10 +426,6 @@ class EmulatedNetwork:
             wire = self.wires[link.name]
             in_place = (in_place and wire.line_running
                         and wire.rules_for(replace(link, **{direction: new}), self.serialize) == wire.rules)
-        if in_place:
-            problems = self._direction_problems(new)
-            if problems:
-                raise EmulationError(f"link {link.name}: " + "; ".join(problems))
         return link, old, new, reqs, in_place
 
     @contextlib.contextmanager
