@@ -5,6 +5,7 @@ against the trace, the time from a step to the new rate, and the RTT following d
 Run from the repository root, as root (it builds an emulated network), on a quiet machine::
 
     sudo .venv/bin/python benchmarks/bench_trace.py [--only apply step random delay] [--cycles 3]
+    .venv/bin/python benchmarks/bench_trace.py --render benchmarks/results/trace.json   # markdown again
 
 One ``three_tier`` network (its mobile-edge link at 50 Mbit/s); every trace is replayed on
 the link's forward direction (mobile -> edge) by :func:`emulation.replay.replay_link` while
@@ -333,7 +334,12 @@ def markdown(res: dict) -> str:
     lines = [f"# Trace replay fidelity ({res['when']})", "",
              f"{m['cpu']}, {m['cores']} cores, kernel {m['kernel']}, delay mechanism {m['delay_mechanism']}; load "
              f"average at start {res['load_start'][0]:.2f} / {res['load_start'][1]:.2f} / {res['load_start'][2]:.2f}, "
-             f"at end {res['load_end'][0]:.2f}; git {res['git']}. Command: `{res['command']}`.", ""]
+             f"at end {res['load_end'][0]:.2f}; git {res['git']}. Command: `{res['command']}`.", "",
+             f"Goals: apply lag p99 <= {LAG_GOAL_MS:g} ms; goodput within +-{GOODPUT_TOL:.0%} of the trace in every "
+             f"{WINDOW_MS:g} ms window from {SETTLE_AFTER_MS:g} ms after a step (judged windows). Ratio: goodput / "
+             "(the trace's rate x the payload share of a full frame: 1472/1514 UDP, 1448/1514 TCP). New rate from: "
+             "the first moment after a step from which the flow runs at the new rate within 5 % (UDP: the next 20 "
+             "datagrams; TCP: a 50 ms window sliding by 5 ms).", ""]
     if "apply" in res:
         lines += ["## What one change costs (ms, 100 each, 20 ms apart)", "", "| call | p50 | p99 | max |", "|---|---|---|---|"]
         lines += [f"| `{k}` | {_f(v['p50'], 3)} | {_f(v['p99'], 3)} | {_f(v['max'], 3)} |" for k, v in res["apply"].items()]
@@ -380,7 +386,14 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--cycles", type=int, default=3, help="periods of the step trace (4 s each)")
     ap.add_argument("--wait-quiet", type=float, default=600.0, help="seconds to wait for a load under 1.5")
+    ap.add_argument("--render", metavar="JSON", help="write the markdown of an earlier run's JSON again; run nothing")
     a = ap.parse_args()
+    if a.render:
+        res = json.loads(Path(a.render).read_text())
+        md = markdown(res)
+        Path(a.render).with_suffix(".md").write_text(md + "\n")
+        print(md)
+        return 0
     sigterm_as_interrupt()
     from emulation.network import EmulatedNetwork
     from emulation.probe import capabilities
