@@ -44,11 +44,11 @@ from .errors import LocatedError
 from .units import (format_duration_ms, format_fraction, format_rate, parse_duration_ms, parse_fraction,
                     parse_rate)
 
-# The shortest step a trace may hold. The replay driver applies a bandwidth step in
-# 0.3-0.5 ms (p50) on the testbed's 2-core VM, 2-4 ms at p99 with other work on the cores
-# (benchmarks/bench_trace.py, docs/emulation.md#traces); a step must outlast its own
-# application by a wide margin, and the apply-lag goal (5 ms at p99) too, or the link would
-# spend a sizeable share of the step in the previous state.
+# The shortest step a trace may hold. A bandwidth step costs 0.5 ms at p50 and 3.5 ms at p99
+# on the testbed's 2-core VM (4.1 ms with the machine busy), and the replay has it in force
+# 0.5-1 ms after its due time (benchmarks/results/trace.md, docs/emulation.md#traces); a step
+# must outlast its own application by a wide margin, and the apply-lag goal (5 ms at p99)
+# too, or the link would spend a sizeable share of the step in the previous state.
 MIN_STEP_MS = 10.0
 MAHIMAHI_WINDOW_MS = 100.0
 MAHIMAHI_PACKET_BYTES = 1500     # a delivery opportunity carries one packet of this many IP bytes
