@@ -39,6 +39,7 @@ else:
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((addr, port))
     ls.listen(1)
+    ls.settimeout(seconds)          # a sender that never comes: give up, do not hang
 print("ready", flush=True)
 if proto == "tcp":
     conn, _ = ls.accept()
@@ -175,7 +176,10 @@ def flow(net, src: str, dst: str, seconds: float, proto: str = "udp", rate_bps: 
                                str(rate_bps or 0), congestion or "-"], timeout=seconds + 30, limited=False)
             if tx.returncode != 0:
                 raise EmulationError(f"sender on {src} failed: {tx.stderr.strip()[-300:]}")
-            _, err = rx.communicate(timeout=30)
+            try:
+                _, err = rx.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                raise EmulationError(f"receiver on {dst} did not end 30 s after its sender") from None
             if rx.returncode != 0:
                 raise EmulationError(f"receiver on {dst} failed: {err.strip()[-300:]}")
         finally:
