@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import log, machine_state, sigterm_as_interrupt, write_results  # noqa: E402
+from benchmarks.common import errors_markdown, log, machine_state, sigterm_as_interrupt, write_results  # noqa: E402
 from emulation.flows import UDP_PAYLOAD, UDP_WIRE  # noqa: E402
 from topologies.traces import Trace, load_trace  # noqa: E402
 
@@ -329,6 +329,14 @@ def _f(v, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _trio(a, b, c) -> str:
+    return " / ".join(_f(v, 3) for v in (a, b, c))
+
+
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# Trace replay fidelity ({res['when']})", "",
@@ -341,15 +349,16 @@ def markdown(res: dict) -> str:
              "the first moment after a step from which the flow runs at the new rate within 5 % (UDP: the next 20 "
              "datagrams; TCP: a 50 ms window sliding by 5 ms).", ""]
     if "apply" in res:
-        lines += ["## What one change costs (ms, 100 each, 20 ms apart)", "", "| call | p50 | p99 | max |", "|---|---|---|---|"]
-        lines += [f"| `{k}` | {_f(v['p50'], 3)} | {_f(v['p99'], 3)} | {_f(v['max'], 3)} |" for k, v in res["apply"].items()]
+        lines += ["## What one change costs (ms, 100 each, 20 ms apart)", "", _row("call", "p50", "p99", "max"),
+                  _row(*["---"] * 4)]
+        lines += [_row(f"`{k}`", *(_f(v[q], 3) for q in ("p50", "p99", "max"))) for k, v in res["apply"].items()]
         lines.append("")
     for sec, title in (("step", "Step trace 50 -> 5 -> 50 Mbit/s every 2 s"), ("random", "Random trace (log-normal walk, 100 ms steps)")):
         if sec not in res:
             continue
-        lines += [f"## {title}", "",
-                  "| flow | steps | missed | late | lag p50 / p99 / max (ms) | replay | judged windows within +-5 % | "
-                  "ratio min / p50 / max | new rate from (ms after each step) |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {title}", "", _row("flow", "steps", "missed", "late", "lag p50 / p99 / max (ms)", "replay",
+                                          "judged windows within +-5 %", "ratio min / p50 / max",
+                                          "new rate from (ms after each step)"), _row(*["---"] * 9)]
         for r in res[sec]:
             rp, g = r["replay"], r["goodput"]
             lag = rp["lag_ms"]
@@ -361,11 +370,11 @@ def markdown(res: dict) -> str:
                 ms = [s["new_rate_from_ms"] for s in r["new_rate"] if s["new_rate_from_ms"] is not None]
                 steps = (f"{len(ms)}/{len(r['new_rate'])} steps reached; p50 {_f(float(np.median(ms)), 1)}, "
                          f"max {_f(max(ms), 1)}" if ms else "none")
-            lines.append(f"| {r['run']} | {rp['steps']} | {rp['missed']} | {rp['late']} | {_f(lag['p50'], 3)} / "
-                         f"{_f(lag['p99'], 3)} / {_f(lag['max'], 3)} "
-                         f"{'PASS' if lag['p99'] is not None and lag['p99'] <= LAG_GOAL_MS else 'FAIL'} | "
-                         f"{rp['sched']['policy'] if rp['sched'] else '-'} | {judged} | {_f(g['ratio_min'], 3)} / "
-                         f"{_f(g['ratio_p50'], 3)} / {_f(g['ratio_max'], 3)} | {steps} |")
+            lag_pass = "PASS" if lag["p99"] is not None and lag["p99"] <= LAG_GOAL_MS else "FAIL"
+            lines.append(_row(r["run"], rp["steps"], rp["missed"], rp["late"],
+                              f"{_trio(lag['p50'], lag['p99'], lag['max'])} {lag_pass}",
+                              rp["sched"]["policy"] if rp["sched"] else "-", judged,
+                              _trio(g["ratio_min"], g["ratio_p50"], g["ratio_max"]), steps))
         lines.append("")
     if "delay" in res:
         d = res["delay"]
@@ -373,11 +382,10 @@ def markdown(res: dict) -> str:
                   f"Path RTT without delay {d['base_rtt_ms']:.3f} ms; apply lag p99 {_f(d['replay']['lag_ms']['p99'], 3)} ms; "
                   f"once followed, |RTT - (delay + path RTT)| p50 {_f(d['error_ms_p50'], 3)} ms, p99 "
                   f"{_f(d['error_ms_p99'], 3)} ms; {d['lost']} of {d['probes']} probes unanswered.", "",
-                  "| step | RTT followed from (ms after the step) |", "|---|---|"]
-        lines += [f"| {s['from_ms']:g} -> {s['to_ms']:g} ms | {_f(s['followed_from_ms'], 1)} |" for s in d["steps"]]
+                  _row("step", "RTT followed from (ms after the step)"), _row("---", "---")]
+        lines += [_row(f"{s['from_ms']:g} -> {s['to_ms']:g} ms", _f(s["followed_from_ms"], 1)) for s in d["steps"]]
         lines.append("")
-    if res.get("errors"):
-        lines += ["## Errors", ""] + [f"- {k}: {v.strip().splitlines()[-1]}" for k, v in res["errors"].items()] + [""]
+    lines += errors_markdown(res.get("errors", {}))
     return "\n".join(lines)
 
 
