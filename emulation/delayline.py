@@ -36,7 +36,11 @@ and a packet never overtakes the one before it. With jitter and densely spaced p
 FIFO constraint makes the mean delay somewhat larger than ``delay_ms`` (as on a real link
 whose delay varies but which does not reorder). Changing the delay affects packets that
 arrive afterwards; packets already held keep their release time (and, FIFO, new packets
-wait for them).
+wait for them). Changing the rate applies to the packets not yet serialized, as a real link
+serves its queue at the rate it has now: the packet on the transmitter sends its remaining
+bytes at the new rate and those waiting behind it follow at the new rate (netem and a
+schedule fixed on arrival would keep the old rate for the whole queue: ~20 ms of the old rate
+after each step of a trace, measured in benchmarks/bench_trace.py).
 
 Command line::
 
@@ -135,14 +139,53 @@ class DelaySchedule:
         self.delay_ms, self.jitter_ms = delay_ms, jitter_ms
         self._delay, self._jitter = delay_ms / 1000.0, jitter_ms / 1000.0
 
-    def set_rate(self, rate_bps: int | None, queue_bytes: int | None = None) -> None:
+    def set_rate(self, rate_bps: int | None, queue_bytes: int | None = None, now: float | None = None) -> None:
         """Serialize at ``rate_bps`` (None: do not) with a drop-tail queue of ``queue_bytes``
-        (None: unlimited). Packets already scheduled keep their times."""
+        (None: unlimited). Given ``now``, a new rate applies to the packets held, as a real
+        link serves its queue at the rate it has now: the one on the transmitter sends its
+        remaining bytes at the new rate, those waiting behind it are serialized at the new
+        rate, and each keeps its delay sample (:meth:`retime`). Without ``now`` packets
+        already scheduled keep their times."""
         for v, name in ((rate_bps, "rate_bps"), (queue_bytes, "queue_bytes")):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or null, got {v!r}")
+        old = self._rate
         self.rate_bps, self.queue_bytes = rate_bps, queue_bytes
         self._rate = rate_bps / 8.0 if rate_bps else 0.0  # bytes/s
+        if now is not None and self._rate != old:
+            self.retime(now, old)
+
+    def retime(self, now: float, old_rate: float) -> int:
+        """Re-time the packets not yet serialized at ``now`` for the current rate, which was
+        ``old_rate`` (bytes/s) when they were scheduled; returns how many were re-timed.
+        Packets already sent keep their release (they propagate); FIFO order holds."""
+        q = self._q
+        rate = self._rate
+        out: collections.deque = collections.deque()
+        prev_sent = prev_release = -math.inf
+        retimed = 0
+        for entry in q:
+            release, item, arrival, nbytes, sent, d = entry
+            if sent <= now:                 # serialized already: only propagating
+                out.append(entry)
+                prev_sent, prev_release = sent, release
+                continue
+            if not retimed:                 # on the transmitter: its remaining bytes at the new rate
+                left = (sent - now) * old_rate
+                sent = now + (left / rate if rate else 0.0)
+            else:
+                start = prev_sent if prev_sent > arrival else arrival
+                sent = start + (nbytes / rate if rate else 0.0)
+            release = sent + d
+            if release < prev_release:
+                release = prev_release
+            out.append((release, item, arrival, nbytes, sent, d))
+            prev_sent, prev_release = sent, release
+            retimed += 1
+        if retimed:
+            self._q = out
+            self._sent, self._last = prev_sent, prev_release
+        return retimed
 
     def sample_delay(self) -> float:
         """One delay sample in seconds: delay + U(-jitter, +jitter), clamped to >= 0."""
@@ -154,6 +197,11 @@ class DelaySchedule:
     def release_time(self, arrival: float, nbytes: int = 0) -> float | None:
         """Release time for a packet of ``nbytes`` wire bytes arriving now (advances the
         transmitter and FIFO state, holds nothing); None: dropped, the queue is full."""
+        r = self._schedule(arrival, nbytes)
+        return None if r is None else r[0]
+
+    def _schedule(self, arrival: float, nbytes: int) -> tuple[float, float, float] | None:
+        """(release, end of its serialization, its delay sample) of a packet arriving now."""
         rate = self._rate
         if rate:
             start = self._sent if self._sent > arrival else arrival
@@ -165,18 +213,22 @@ class DelaySchedule:
         j = self._jitter
         if j:
             d = self._delay + self._rng.uniform(-j, j)
-            t = sent + (d if d > 0.0 else 0.0)
+            if d < 0.0:
+                d = 0.0
         else:
-            t = sent + self._delay
+            d = self._delay
+        t = sent + d
         if t < self._last:
             t = self._last
         self._last = t
-        return t
+        return t, sent, d
 
     def push(self, arrival: float, item=None, nbytes: int = 0) -> float | None:
-        t = self.release_time(arrival, nbytes)
-        if t is not None:
-            self._q.append((t, item))
+        r = self._schedule(arrival, nbytes)
+        if r is None:
+            return None
+        t, sent, d = r
+        self._q.append((t, item, arrival, nbytes, sent, d))
         return t
 
     def next_due(self) -> float | None:
@@ -190,7 +242,7 @@ class DelaySchedule:
         return out
 
     def pop_all(self) -> list:
-        out = [item for _, item in self._q]
+        out = [entry[1] for entry in self._q]
         self._q.clear()
         return out
 
@@ -342,7 +394,7 @@ class DelayLine:
             jitter = _number(msg["jitter_ms"], "jitter_ms") if "jitter_ms" in msg else sched.jitter_ms
             rate = msg.get("rate_bps", sched.rate_bps)
             qbytes = msg.get("queue_bytes", sched.queue_bytes)
-            sched.set_rate(rate, qbytes)  # validates both before anything changes
+            sched.set_rate(rate, qbytes, now=time.monotonic())  # validates both before anything changes
         except ValueError as e:
             return {"ok": False, "error": str(e)}
         sched.set(delay, jitter)

@@ -28,6 +28,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -103,6 +104,9 @@ class EmulatedNetwork:
         self.links: dict[str, LinkSpec] = {l.name: l for l in spec.links}
         self.procs: list[subprocess.Popen] = []
         self._iprs: dict = {}
+        self._ipr_locks: dict[str, threading.RLock] = {}   # one request at a time per socket (a replay thread shares them)
+        self._ifindex: dict[tuple[str, str], int] = {}    # (node, interface) -> its index, fixed for the run
+        self._changers: dict[str, shaping.QdiscChanger] = {}   # node -> its raw netlink socket for trace steps
         self._failures: dict[int, str] = {}     # pid -> what its death means (failures())
         self._stopped = False
         self._started = False
@@ -199,13 +203,24 @@ class EmulatedNetwork:
             self.wires[link.name] = Wire(name, if_a, if_b)
             self._apply_link(link)
 
+    @contextlib.contextmanager
     def _ipr(self, node: str):
-        """A netlink socket inside ``node``'s namespace, opened once and kept for the run."""
+        """A netlink socket inside ``node``'s namespace, opened once and kept for the run; held
+        by one thread at a time (a trace's replay thread changes links beside the caller)."""
         from pyroute2 import IPRoute
 
-        if node not in self._iprs:
-            self._iprs[node] = IPRoute(netns=f"/proc/{self.nodes[node].pid}/ns/net")
-        return contextlib.nullcontext(self._iprs[node])
+        lock = self._ipr_locks.setdefault(node, threading.RLock())
+        with lock:
+            if node not in self._iprs:
+                self._iprs[node] = IPRoute(netns=f"/proc/{self.nodes[node].pid}/ns/net")
+            yield self._iprs[node]
+
+    def _index(self, ipr, node: str, ifname: str) -> int:
+        """``ifname``'s index in ``node``'s namespace (looked up once: a lookup is a netlink round trip)."""
+        key = (node, ifname)
+        if key not in self._ifindex:
+            self._ifindex[key] = ipr.link_lookup(ifname=ifname)[0]
+        return self._ifindex[key]
 
     def _address_and_route(self) -> None:
         for node in self.plan.nodes:
@@ -331,6 +346,108 @@ class EmulatedNetwork:
         rev = replace(link.reverse, **changes) if direction in (None, "reverse") else link.reverse
         return self._replace_link(replace(link, forward=fwd, reverse=rev))
 
+    def step_link(self, name: str, direction: str, **changes) -> str:
+        """Change one direction of a running link as fast as this machine allows: a trace's
+        step (:mod:`emulation.replay`). Only the parameters that shape that direction are
+        changed in place, each with one message on a socket or pipe kept open: netem's and
+        the tbf's (``tc qdisc change``, compiled once: :class:`emulation.shaping.QdiscChanger`),
+        or the delay line's setting of its queue; the serializer first when the rate goes
+        down, the tbf behind it first when it goes up, so that the backstop never holds the
+        link below its new rate. Nothing is read back here: :meth:`check_direction` does that,
+        off the step's critical path.
+
+        Returns ``"fast"``; ``"same"`` when nothing changes; ``"full"`` when the change needs
+        other qdiscs or wire rules (loss on a machine without netem, a direction that was not
+        shaped or delayed before): it then goes the way of :meth:`set_link`, read-back included."""
+        link, old, new, reqs, in_place = self._plan_step(name, direction, changes)
+        if new == old:
+            return "same"
+        new_link = replace(link, **{direction: new})
+        if not in_place:
+            self._replace_link(new_link)
+            return "full"
+        src = link.a if direction == "forward" else link.b
+        node, ifname = self.plan.shaped_if[(src, link.b if src == link.a else link.a)]
+
+        def qdisc(r: shaping.TcRequest):
+            def change():
+                with self._changer(node) as changer:
+                    changer.change(self._ifindex[(node, ifname)], r)
+            return change
+
+        if self.netem:      # netem serializes (its rate) and delays; the tbf below it is the backstop
+            serializer, backstop = [qdisc(r) for r in reqs if r.kind == "netem"], [qdisc(r) for r in reqs if r.kind == "tbf"]
+        else:
+            wire, q = self.wires[link.name], (0 if direction == "forward" else 1)
+            serializer = [lambda: wire.call({"op": "set", "queue": q, **line_settings(new, self.serialize)})]
+            backstop = [qdisc(r) for r in reqs]
+        slower = (new.rate_bps or 0) < (old.rate_bps or 0)
+        for change in (serializer + backstop) if slower else (backstop + serializer):
+            change()
+        if self._gso_segs(new) != self._gso_segs(old):
+            with self._ipr(src) as ipr:
+                ipr.link("set", index=self._index(ipr, src, self._host_if(link, src)), gso_max_segs=self._gso_segs(new))
+        self.links[link.name] = new_link
+        return "fast"
+
+    def prepare_step(self, name: str, direction: str, **changes) -> None:
+        """Check that :meth:`step_link` can make this change to the link as it is now (an
+        error says why not, as a step would), and compile its kernel requests ahead, so that
+        the step itself costs only their sending. Changes nothing."""
+        link, old, new, reqs, in_place = self._plan_step(name, direction, changes)
+        if not in_place:
+            return
+        src = link.a if direction == "forward" else link.b
+        node, ifname = self.plan.shaped_if[(src, link.b if src == link.a else link.a)]
+        with self._changer(node) as changer:
+            for r in reqs:
+                changer.compile(self._ifindex[(node, ifname)], r)
+
+    def _plan_step(self, name: str, direction: str, changes: dict):
+        """(link, its direction now, after the change, the qdisc requests after it, whether the
+        change can be made in place); a change the link cannot take is an error."""
+        link = self._link(name)
+        if direction not in ("forward", "reverse"):
+            raise EmulationError(f"direction must be forward or reverse, not {direction!r}")
+        bad = set(changes) - set(DirectionSpec.__dataclass_fields__)
+        if bad:
+            raise EmulationError(f"unknown link setting(s) {sorted(bad)}; allowed: {sorted(DirectionSpec.__dataclass_fields__)}")
+        old = getattr(link, direction)
+        new = replace(old, **changes)
+        if new.jitter_ms > new.delay_ms:
+            raise EmulationError(f"link {link.name}: jitter {new.jitter_ms}ms exceeds delay {new.delay_ms}ms")
+        problems = self._direction_problems(new)
+        if problems:
+            raise EmulationError(f"link {link.name}: " + "; ".join(problems))
+        reqs = shaping.shaping_requests(new, self.netem, self.serialize)
+        reqs_old = shaping.shaping_requests(old, self.netem, self.serialize)
+        in_place = bool(reqs) and [(r.kind, r.handle) for r in reqs] == [(r.kind, r.handle) for r in reqs_old]
+        if not self.netem:
+            wire = self.wires[link.name]
+            in_place = (in_place and wire.line_running
+                        and wire.rules_for(replace(link, **{direction: new}), self.serialize) == wire.rules)
+        return link, old, new, reqs, in_place
+
+    @contextlib.contextmanager
+    def _changer(self, node: str):
+        """``node``'s :class:`~emulation.shaping.QdiscChanger` (opened once), under the
+        namespace's lock, with the indexes of its shaped interfaces looked up."""
+        with self._ipr(node) as ipr:
+            if node not in self._changers:
+                self._changers[node] = shaping.QdiscChanger(f"/proc/{self.nodes[node].pid}/ns/net")
+                for (n, ifname) in self.plan.shaped_if.values():
+                    if n == node:
+                        self._index(ipr, node, ifname)
+            yield self._changers[node]
+
+    def check_direction(self, name: str, direction: str) -> list[str]:
+        """Read back what shapes one direction of ``name`` (its qdiscs, its sender's GSO size,
+        its delay line's setting) against the link as last set; the differences, empty when
+        none. No iptables call: cheap enough (well under a millisecond) after every trace step."""
+        link = self._link(name)
+        src, dst = (link.a, link.b) if direction == "forward" else (link.b, link.a)
+        return self._verify_direction(link, src, dst)
+
     def _replace_link(self, new: LinkSpec) -> LinkSpec:
         for d in (new.forward, new.reverse):
             if d.jitter_ms > d.delay_ms:
@@ -414,16 +531,32 @@ class EmulatedNetwork:
             problems += [f"CPU ticker {p}" for p in realtime_problems(self.ticker_info["tids"], self.ticker_info["priority"])]
         return problems
 
+    def _verify_direction(self, link: LinkSpec, src: str, dst: str) -> list[str]:
+        """The differences between one direction's spec and its sender's GSO size, its qdiscs
+        and (without netem) its delay line's setting, as read back now."""
+        problems = []
+        d = link.direction(src, dst)
+        segs = self._read_gso_segs(link, src)
+        if segs != self._gso_segs(d):
+            problems.append(f"link {link.name} {src}->{dst}: {src}'s gso_max_segs reads {segs}, "
+                            f"asked {self._gso_segs(d)}")
+        got = self._read_direction(src, dst)
+        problems += [f"link {link.name} {src}->{dst}: {p}"
+                     for p in shaping.verify(shaping.shaping_requests(d, self.netem, self.serialize), got)]
+        wire = self.wires.get(link.name)
+        if not self.netem and wire is not None and wire.line_running:
+            q = 0 if src == link.a else 1
+            s = wire.line_stats().get(str(q)) or {}
+            want = line_settings(d, self.serialize)
+            held = {k: s.get(k, "missing") for k in want}
+            if held != want:
+                problems.append(f"link {link.name} queue {q}: delay line holds {held}, expected {want}")
+        return problems
+
     def _verify_link(self, link: LinkSpec) -> list[str]:
         problems = []
-        for src, dst, d in directions(link):
-            segs = self._read_gso_segs(link, src)
-            if segs != self._gso_segs(d):
-                problems.append(f"link {link.name} {src}->{dst}: {src}'s gso_max_segs reads {segs}, "
-                                f"asked {self._gso_segs(d)}")
-            got = self._read_direction(src, dst)
-            problems += [f"link {link.name} {src}->{dst}: {p}"
-                         for p in shaping.verify(shaping.shaping_requests(d, self.netem, self.serialize), got)]
+        for src, dst, _ in directions(link):
+            problems += self._verify_direction(link, src, dst)
         if not self.netem:
             wire = self.wires[link.name]
             ipt = self.caps.get("iptables") or "iptables"
@@ -435,13 +568,6 @@ class EmulatedNetwork:
             if wire.delayline is not None and wire.delayline.poll() is not None:
                 problems.append(f"link {link.name}: delay line exited ({process.exit_text(wire.delayline.returncode)})")
             elif wire.delayline is not None:
-                stats = wire.line_stats()
-                for q, d in enumerate((link.forward, link.reverse)):
-                    s = stats.get(str(q)) or {}
-                    want = line_settings(d, self.serialize)
-                    held = {k: s.get(k, "missing") for k in want}
-                    if held != want:
-                        problems.append(f"link {link.name} queue {q}: delay line holds {held}, expected {want}")
                 if self.delayline_priority:
                     problems += [f"link {link.name}: delay line {p}"
                                  for p in realtime_problems([wire.delayline.pid], self.delayline_priority)]
@@ -449,13 +575,13 @@ class EmulatedNetwork:
 
     def _read_gso_segs(self, link: LinkSpec, host: str) -> int | None:
         with self._ipr(host) as ipr:
-            return ipr.get_links(ipr.link_lookup(ifname=self._host_if(link, host))[0])[0].get_attr("IFLA_GSO_MAX_SEGS")
+            return ipr.get_links(self._index(ipr, host, self._host_if(link, host)))[0].get_attr("IFLA_GSO_MAX_SEGS")
 
     def _read_direction(self, src: str, dst: str) -> dict:
         """The qdiscs that shape src->dst, as the kernel reports them."""
         node, ifname = self.plan.shaped_if[(src, dst)]
         with self._ipr(node) as ipr:
-            return shaping.read_back(ipr, ipr.link_lookup(ifname=ifname)[0])
+            return shaping.read_back(ipr, self._index(ipr, node, ifname))
 
     def line_stats(self, link: str, src: str) -> dict | None:
         """The delay line's counters for one direction of ``link`` (the one ``src`` sends into),
@@ -609,9 +735,10 @@ class EmulatedNetwork:
             return
         with signals.deferred():
             self._stop_processes()
-            for ipr in self._iprs.values():
+            for ipr in [*self._iprs.values(), *self._changers.values()]:
                 ipr.close()
             self._iprs.clear()
+            self._changers.clear()
             errors = self._stop_shells()
             # whatever is still inside a host's cgroup was started on that host, so it is ours
             for cg in self.cgroups.values():

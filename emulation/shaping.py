@@ -157,16 +157,78 @@ def netem_keeps_its_rate() -> None:
 
 def apply(ipr, index: int, reqs: list[TcRequest]) -> None:
     """Replace the interface's root qdisc by ``reqs`` (or by the default when empty)."""
-    netem_keeps_its_rate()
     current = [q for q in ipr.get_qdiscs(index=index) if q["parent"] == 0xFFFFFFFF and q["handle"] == ROOT]
     # only a root qdisc we made (handle 1:) is ours to remove; the default one has handle 0
     if current and current[0].get_attr("TCA_KIND") not in {r.kind for r in reqs if r.parent is None}:
         ipr.tc("del", index=index, handle=ROOT, parent=0xFFFFFFFF)
     for r in reqs:
-        kw = dict(r.params)
-        if r.parent is not None:
-            kw["parent"] = r.parent
-        ipr.tc(r.command, r.kind, index=index, handle=r.handle, **kw)
+        send(ipr, index, r)
+
+
+def send(ipr, index: int, r: TcRequest, command: str | None = None) -> None:
+    """One request to the kernel, as ``r.command`` or ``command``. ``change`` alters the
+    parameters of a qdisc in place and keeps the packets it holds: tbf then sends them at the
+    new rate but refills its bucket to the full burst (``tbf_change`` sets tokens = buffer),
+    netem keeps the send times it gave them on arrival (its rate and delay apply to packets
+    that arrive afterwards)."""
+    netem_keeps_its_rate()
+    kw = dict(r.params)
+    if r.parent is not None:
+        kw["parent"] = r.parent
+    ipr.tc(command or r.command, r.kind, index=index, handle=r.handle, **kw)
+
+
+class QdiscChanger:
+    """``tc qdisc change`` for a trace's steps, fast: each request is compiled once into its
+    netlink bytes (pyroute2's ``IPBatch``) and sent on a plain netlink socket opened in the
+    interface's namespace. Measured on the 2-core VM: 0.04 ms a change from idle, where
+    ``IPRoute.tc`` takes 1.0-1.2 ms (its asyncio round trip, and encoding the tbf's rate
+    table every time). One thread at a time (the caller holds the namespace's lock)."""
+
+    NLMSG_ERROR = 2
+
+    def __init__(self, netns_path: str):
+        import socket
+
+        from pyroute2.netns import create_socket
+
+        self.sock = create_socket(netns_path, socket.AF_NETLINK, socket.SOCK_RAW, 0)   # 0: NETLINK_ROUTE
+        self.sock.bind((0, 0))
+        self._compiled: dict[tuple, bytes] = {}
+        self._batch = None
+
+    def compile(self, index: int, r: TcRequest) -> bytes:
+        """The netlink message of ``tc qdisc change`` for ``r`` on interface ``index`` (cached)."""
+        key = (index, r.kind, r.handle, r.parent, tuple(sorted(r.params.items())))
+        data = self._compiled.get(key)
+        if data is None:
+            from pyroute2 import IPBatch
+
+            netem_keeps_its_rate()
+            if self._batch is None:
+                self._batch = IPBatch()
+            self._batch.reset()
+            send(self._batch, index, r, "change")
+            data = self._compiled[key] = bytes(self._batch.batch)
+        return data
+
+    def change(self, index: int, r: TcRequest) -> None:
+        """Send the change and wait for the kernel's answer; a refusal is a ShapingError."""
+        import errno
+        import os
+        import struct
+
+        self.sock.send(self.compile(index, r))
+        reply = self.sock.recv(65536)
+        _, kind = struct.unpack_from("=LH", reply)
+        code = struct.unpack_from("=i", reply, 16)[0] if kind == self.NLMSG_ERROR else -errno.EPROTO
+        if code:
+            raise ShapingError(f"{r.kind} change refused by the kernel: {os.strerror(-code)}")
+
+    def close(self) -> None:
+        self.sock.close()
+        if self._batch is not None:
+            self._batch.close()
 
 
 def read_back(ipr, index: int) -> dict:

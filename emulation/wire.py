@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from dataclasses import dataclass, field
 
 from topologies import DirectionSpec, LinkSpec
@@ -30,6 +31,8 @@ class Wire:
     delayline: subprocess.Popen | None = None
     sched: dict | None = None   # the delay line's scheduling policy and priority, as it reported them
     rules: list[list[str]] = field(default_factory=list)  # iptables rules in place now
+    # one request and its reply at a time: a trace's replay thread and the caller share the pipe
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def line_running(self) -> bool:
@@ -40,13 +43,14 @@ class Wire:
         line that is gone, is an error."""
         p = self.delayline
         assert p is not None
-        try:
-            p.stdin.write(json.dumps(msg) + "\n")
-            p.stdin.flush()
-        except OSError as e:            # it died: the pipe is broken
-            raise EmulationError(f"delay line of wire {self.name} (pid {p.pid}) is gone ({e.strerror or e}): "
-                                 "the network needs a rebuild") from None
-        reply = read_json_line(p, what="delay line")
+        with self.lock:
+            try:
+                p.stdin.write(json.dumps(msg) + "\n")
+                p.stdin.flush()
+            except OSError as e:            # it died: the pipe is broken
+                raise EmulationError(f"delay line of wire {self.name} (pid {p.pid}) is gone ({e.strerror or e}): "
+                                     "the network needs a rebuild") from None
+            reply = read_json_line(p, what="delay line")
         if not reply.get("ok"):
             raise EmulationError(f"delay line of link {self.name} refused {msg}: {reply.get('error')}")
         return reply

@@ -385,6 +385,167 @@ def models_cuts(model: str, weights: str, as_json: bool) -> None:
         output.print_cuts(entry.name, info.total_flops, rows)
 
 
+class _Unit(click.ParamType):
+    """A value with a unit, parsed as everywhere in the testbed (:mod:`topologies.units`)."""
+
+    def __init__(self, parse, name: str) -> None:
+        self.parse, self.name = parse, name
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.parse(value)
+        except TestbedError as e:
+            self.fail(one_line(e), param, ctx)
+
+
+def _units():
+    from topologies import parse_duration_ms, parse_rate
+
+    return _Unit(parse_rate, "rate"), _Unit(parse_duration_ms, "duration")
+
+
+RATE, DURATION = _units()
+
+
+@cli.group()
+def traces() -> None:
+    """Link traces: make synthetic ones, summarise any (CSV steps or Mahimahi)."""
+
+
+@traces.group()
+def synth() -> None:
+    """Write a seeded synthetic bandwidth trace as CSV (its parameters in its header)."""
+
+
+def _synth_options(f):
+    for option in reversed([
+        click.option("--step", type=DURATION, default="100ms", show_default=True, help="Length of each step."),
+        click.option("--duration", type=DURATION, default="60s", show_default=True, help="Length of the trace."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random draws."),
+        click.option("--min", "floor", type=RATE, default="1kbit", show_default=True,
+                     help="Lowest bandwidth a step may have (lower draws are held to it, and counted)."),
+        click.option("--max", "cap", type=RATE, default="100Gbit", show_default=True,
+                     help="Highest bandwidth a step may have (higher draws are held to it, and counted)."),
+        click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write here (default: stdout)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _write_synth(text: str, out: str | None) -> None:
+    from topologies.traces import load_trace
+
+    load_trace(out or "<synth>", text=text, mode="loop")      # what we write must load back
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    Path(out).write_text(text, encoding="utf-8")
+    click.echo(f"wrote {out}", err=True)
+
+
+def _check_synth(step: float, duration: float, floor: int, cap: int) -> None:
+    from topologies.checks import RATE_MAX, RATE_MIN
+    from topologies.traces import MIN_STEP_MS
+
+    if step < MIN_STEP_MS:
+        raise click.BadParameter(f"{step:g}ms is shorter than the {MIN_STEP_MS:g}ms a link change needs",
+                                 param_hint="--step")
+    if duration < step:
+        raise click.BadParameter("shorter than one step", param_hint="--duration")
+    if not RATE_MIN <= floor <= cap <= RATE_MAX:
+        raise click.BadParameter(f"need 1kbit <= --min <= --max <= 100Gbit", param_hint="--min/--max")
+
+
+def _command_line(name: str, params: dict) -> str:
+    from topologies import format_duration_ms, format_rate
+
+    def show(k, v):
+        if k in ("mean", "good", "bad", "floor", "cap"):
+            return format_rate(v)
+        if k in ("coherence", "good_time", "bad_time", "step", "duration"):
+            return format_duration_ms(v)
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    flags = {"floor": "min", "cap": "max"}
+    return f"testbed traces synth {name} " + " ".join(
+        f"--{flags.get(k, k).replace('_', '-')} {show(k, v)}" for k, v in params.items() if k != "out")
+
+
+@synth.command("walk")
+@click.option("--mean", type=RATE, required=True, help="Mean bandwidth, e.g. 20Mbit.")
+@click.option("--cv", type=click.FloatRange(0.0, 10.0, min_open=True), default=0.5, show_default=True,
+              help="Coefficient of variation of the bandwidth (standard deviation / mean).")
+@click.option("--coherence", type=DURATION, default="2s", show_default=True,
+              help="Coherence time: the bandwidth's autocorrelation falls to 1/e over it.")
+@_synth_options
+def synth_walk(mean: int, cv: float, coherence: float, step: float, duration: float, seed: int, floor: int,
+               cap: int, out: str | None) -> None:
+    """A log-normal random walk: AR(1) in log space with the given mean, CV and coherence time."""
+    import math
+
+    from testbed.tracegen import synth_csv, walk
+
+    _check_synth(step, duration, floor, cap)
+    if coherence <= 0:
+        raise click.BadParameter("must be above 0", param_hint="--coherence")
+    params = dict(mean=mean, cv=cv, coherence=coherence, step=step, duration=duration, seed=seed, floor=floor, cap=cap)
+    steps, held = walk(mean, cv, coherence, step, duration, seed, floor, cap)
+    sigma = math.sqrt(math.log1p(cv * cv))
+    comments = [_command_line("walk", params),
+                f"log-normal random walk: log bandwidth is AR(1), phi = exp(-step/coherence) = "
+                f"{math.exp(-step / coherence):.4f}, sigma = sqrt(ln(1 + cv^2)) = {sigma:.4f}, "
+                f"mu = ln(mean) - sigma^2/2; numpy PCG64 seed {seed}"]
+    _write_synth(synth_csv(steps, len(steps) * step, comments, held, floor, cap), out)
+
+
+@synth.command("markov")
+@click.option("--good", type=RATE, required=True, help="Mean bandwidth in the good state, e.g. 50Mbit.")
+@click.option("--bad", type=RATE, required=True, help="Mean bandwidth in the bad state, e.g. 2Mbit.")
+@click.option("--good-time", type=DURATION, default="5s", show_default=True, help="Mean time in the good state.")
+@click.option("--bad-time", type=DURATION, default="1s", show_default=True, help="Mean time in the bad state.")
+@click.option("--cv", type=click.FloatRange(0.0, 10.0), default=0.2, show_default=True,
+              help="Coefficient of variation within a state (0: exactly the state's mean).")
+@_synth_options
+def synth_markov(good: int, bad: int, good_time: float, bad_time: float, cv: float, step: float, duration: float,
+                 seed: int, floor: int, cap: int, out: str | None) -> None:
+    """A Markov-modulated process: good and bad states with exponential sojourn times."""
+    from testbed.tracegen import markov, synth_csv
+
+    _check_synth(step, duration, floor, cap)
+    for name, v in (("--good-time", good_time), ("--bad-time", bad_time)):
+        if v < step:
+            raise click.BadParameter("shorter than one step", param_hint=name)
+    params = dict(good=good, bad=bad, good_time=good_time, bad_time=bad_time, cv=cv, step=step, duration=duration,
+                  seed=seed, floor=floor, cap=cap)
+    steps, held, share = markov(good, bad, good_time, bad_time, cv, step, duration, seed, floor, cap)
+    comments = [_command_line("markov", params),
+                f"Markov-modulated: two states, exponential sojourns (leave with 1 - exp(-step/mean time) per step), "
+                f"log-normal within a state; numpy PCG64 seed {seed}; {share:.1%} of the steps in the good state"]
+    _write_synth(synth_csv(steps, len(steps) * step, comments, held, floor, cap), out)
+
+
+@traces.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--mode", type=click.Choice(["once", "loop"]), default="once", show_default=True,
+              help="How the trace would be replayed (loop needs an end).")
+@click.option("--format", "fmt", type=click.Choice(["auto", "csv", "mahimahi"]), default="auto", show_default=True)
+@click.option("--window", type=DURATION, default="100ms", show_default=True,
+              help="Mahimahi traces: the window over which delivery opportunities become bandwidth.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def traces_show(file: str, mode: str, fmt: str, window: float, as_json: bool) -> None:
+    """Check FILE as a trace and summarise it: duration, steps, mean / p10 / p90 bandwidth."""
+    from testbed.tracegen import summary
+    from topologies.traces import load_trace
+
+    info = summary(load_trace(file, mode=mode, format=fmt, window_ms=window))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        output.print_trace(info)
+
+
 @cli.command()
 @click.argument("experiment", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",

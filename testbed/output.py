@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from topologies import format_rate, format_size
+from topologies import format_duration_ms, format_fraction, format_rate, format_size
 
 # tables in logs and pipes would be cut to 80 columns; a terminal keeps its own width, and
 # COLUMNS, when set, is the width wanted anywhere
@@ -176,6 +176,28 @@ def _flops(n: int) -> str:
         if n >= k:
             return f"{n / k:.2f}{unit}"
     return str(n)
+
+
+def print_trace(info: dict) -> None:
+    """`testbed traces show`: one table of what a trace holds."""
+    t = Table(title=f"trace {info['source']}", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    t.add_row("format / mode", f"{info['format']} / {info['mode']}")
+    t.add_row("duration", format_duration_ms(info["duration_ms"]))
+    shortest = info["shortest_step_ms"]
+    t.add_row("steps", f"{info['steps']}" + (f" (shortest {format_duration_ms(shortest)})" if shortest else ""))
+    bw = info["bandwidth_bps"]
+    t.add_row("bandwidth (time-weighted)", f"mean {format_rate(round(bw['mean'], -3))}, p10 {format_rate(bw['p10'])}, "
+                                           f"p50 {format_rate(bw['p50'])}, p90 {format_rate(bw['p90'])}")
+    t.add_row("bandwidth range", f"{format_rate(bw['min'])} .. {format_rate(bw['max'])}")
+    for key, name, fmt in (("delay_ms", "delay", format_duration_ms), ("jitter_ms", "jitter", format_duration_ms),
+                           ("loss", "loss", format_fraction)):
+        if key in info:
+            t.add_row(name, f"{fmt(info[key]['min'])} .. {fmt(info[key]['max'])}")
+    for note in info["notes"]:
+        t.add_row("note", note)
+    console.print(t)
 
 
 def print_models(rows: list[dict]) -> None:

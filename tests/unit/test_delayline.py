@@ -490,6 +490,50 @@ def test_serialization_queue_drops_tail_beyond_its_bytes():
     assert s.push(0.0016, "e", 1500) == pytest.approx(0.0045)  # no rate: delay only, still FIFO
 
 
+def test_a_new_rate_applies_to_the_packets_still_waiting_for_the_transmitter():
+    """As on a real link, a rate change re-times what is queued: the packet being sent finishes
+    its remaining bytes at the new rate, those behind it follow at the new rate; a packet
+    already sent keeps its release (it is propagating)."""
+    s = DelaySchedule(10.0, rate_bps=8_000_000)           # 1 byte per us
+    assert [s.push(0.0, k, 1000) for k in "abc"] == pytest.approx([0.011, 0.012, 0.013])
+    s.set_rate(800_000, now=0.0015)                        # 0.1 byte per us, halfway through "b"
+    assert [round(entry[0], 9) for entry in s._q] == pytest.approx([0.011, 0.0165, 0.0265])
+    assert s.push(0.002, "d", 1000) == pytest.approx(0.0365)   # behind "c", at the new rate
+    assert s.pop_due(0.02) == ["a", "b"]
+    s.set_rate(8_000_000, now=0.02)        # faster again: "c" is sent (propagating), "d" has 650 bytes left
+    assert [round(entry[0], 9) for entry in s._q] == pytest.approx([0.0265, 0.02 + 0.00065 + 0.010])
+    assert s.push(0.02, "e", 1000) == pytest.approx(0.02 + 0.00065 + 0.001 + 0.010)
+    assert s.pop_all() == ["c", "d", "e"]
+
+
+def test_retiming_keeps_each_delay_sample_and_the_fifo_order():
+    s = DelaySchedule(5.0, 4.0, random.Random(7), rate_bps=1_000_000)
+    for k in range(40):
+        s.push(k * 0.0005, k, 1514)                        # arrivals faster than the link: a queue builds
+    delays = {e[1]: e[5] for e in s._q}
+    s.set_rate(10_000_000, now=0.01)
+    entries = list(s._q)
+    assert {e[1]: e[5] for e in entries} == delays
+    assert [e[1] for e in entries] == list(range(40))
+    assert all(a[0] <= b[0] for a, b in zip(entries, entries[1:]))
+    assert all(e[0] >= e[4] + e[5] - 1e-12 for e in entries)   # released after its serialization and delay
+    assert entries[-1][4] == pytest.approx(0.01 + (40 * 1514 - 0.01 * 125_000) * 8 / 10e6, rel=0.05)
+    s2 = DelaySchedule(5.0, rate_bps=1_000_000)
+    times = [s2.push(0.0, k, 1514) for k in range(3)]
+    s2.set_rate(2_000_000)                                  # no ``now``: scheduled packets keep their times
+    assert [e[0] for e in s2._q] == times
+
+
+def test_the_set_op_retimes_what_the_queue_holds():
+    line = DelayLine({0: (0.0, 0.0, 1_000_000, None)})
+    now = time.monotonic()
+    for k in range(5):
+        line.schedules[0].push(now, k, 1514)               # 5 frames at 1 Mbit/s: 60.6 ms
+    assert line.schedules[0].next_due() > now + 0.012
+    assert line.handle_line('{"op": "set", "queue": 0, "rate_bps": 100000000}')["ok"]
+    assert line.schedules[0]._q[-1][0] < time.monotonic() + 0.012   # the rest at 100 Mbit/s: well under 1 ms
+
+
 def test_delay_line_drops_tail_and_counts_bytes():
     line = DelayLine({0: (0.0, 0.0, 8_000_000, 1500)})
     sent = []
