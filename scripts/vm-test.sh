@@ -19,7 +19,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 # the subset that covers every cgroup v2 / systemd / netem path:
 # - tests/vm: hosts in a scope systemd delegated to the run (cpu.max, memory.max, the quota-stall
-#   probe's cpu.stat), netem read back with its tbf child and changed live, a small run;
+#   probe's cpu.stat), `testbed doctor`, netem read back with its tbf child and changed live, a
+#   trace's steps on netem (emulation.replay's fast path), a small run;
 # - test_network.py: netem delay, jitter, loss and rate, cpu.max, cpuset, memory.max and OOM kills
 #   from memory.events, live changes, the CPU ticker;
 # - test_cleanup.py: SIGINT / SIGTERM during `testbed up`, kill -9 then `testbed clean`;

@@ -4,8 +4,10 @@ cgroup lives in a scope systemd delegated to the run, and each link direction is
 qdisc (delay, jitter, loss, rate) with a tbf child, read back from the kernel."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,15 @@ def test_the_vm_is_a_systemd_cgroup_v2_netem_machine(caps):
     assert caps["cgroup_version"] == 2 and {"cpu", "memory", "cpuset"} <= set(caps["cgroup_controllers"])
     assert caps["qdiscs"].get("netem") and caps["delay_mechanism"] == "netem" and caps["loss_mechanism"] == "netem"
     assert cgroups.delegated() and caps["cgroup_layout"].startswith("systemd scope")
+    # what a user reads: `testbed doctor` names cgroup v2, the delegated scope and netem
+    from tests.integration.test_run import TESTBED
+    doctor = subprocess.run(TESTBED + ["doctor"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "COLUMNS": "200"})
+    print(doctor.stdout)
+    assert doctor.returncode == 0, doctor.stderr
+    rows = {line.split("│")[1].strip(): line for line in doctor.stdout.splitlines() if line.count("│") >= 3}
+    assert "v2" in rows["cgroups"] and "systemd scope" in rows["host groups"], rows
+    assert "netem qdisc" in doctor.stdout and "netem" not in rows, rows     # no hint row: netem works
 
 
 def _unit(name: str, prop: str) -> str:
@@ -101,3 +112,31 @@ def test_a_small_run_ends_with_every_request_ok_and_leaves_nothing(tmp_path):
     assert json.loads(left.stdout)["items"] == []
     slice_ = cgroups.CGROUP_ROOT / cgroups.SLICE       # no scope left in the slice (its files stay)
     assert not slice_.exists() or not any(p.is_dir() for p in slice_.iterdir())
+
+
+def test_a_trace_step_changes_netem_and_its_tbf_child_in_place_and_reads_back(caps):
+    """The trace replay's fast path on netem (emulation.replay): each step is one `tc qdisc
+    change` of netem (delay, jitter, rate) and of its tbf child, read back from the kernel.
+    Functional only: software emulation cannot judge the apply lag."""
+    from emulation.replay import replay_link
+    from topologies.traces import load_trace
+
+    s = spec("three_tier", {"links.mobile-edge.bandwidth": "50Mbit", "links.mobile-edge.delay": "10ms"})
+    trace = load_trace("vm.csv", text="0s,50Mbit,10ms,0ms\n0.5s,5Mbit,30ms,5ms\n1s,20Mbit,20ms,5ms\n1.5s\n", mode="once")
+    with EmulatedNetwork(s, caps=caps) as net:
+        assert net.step_link("mobile-edge", "forward", rate_bps=10_000_000, delay_ms=25.0) == "fast"
+        assert net.check_direction("mobile-edge", "forward") == []
+        held = net._read_direction("mobile", "edge")
+        assert held["netem"]["delay_us"] == 25_000 and held["netem"]["rate"] == 1_250_000
+        assert held["tbf"]["rate"] == 1_250_000
+        rp = replay_link(net, "mobile-edge", "forward", trace, rt_priority=0)
+        rp.start()
+        time.sleep(3.0)                   # the trace ends at 1.5 s
+        summary = rp.stop()
+        assert summary["steps"] == 3 and summary["missed"] == 0 and summary["mismatches"] == 0, summary
+        # a read-back is skipped when the next step is nearer than a few read-backs' time (TCG is slow)
+        assert summary["checked"] >= 1 and summary["paths"] == {"fast": 3}, summary
+        held = net._read_direction("mobile", "edge")      # the last step
+        assert held["netem"]["delay_us"] == 20_000 and held["netem"]["jitter_us"] == 5_000
+        assert held["netem"]["rate"] == 2_500_000 and held["tbf"]["rate"] == 2_500_000
+        assert net.verify() == []
