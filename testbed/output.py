@@ -88,7 +88,7 @@ def print_applied(applied: dict) -> None:
 
 def print_calibration(report: dict) -> None:
     t = Table(title=f"calibration of {report['topology']} (run {report['run_id']})")
-    for c in ("link", "direction", "bandwidth", "goodput", "ratio", "RTT want", "RTT got", "loss want",
+    for c in ("link", "direction", "bandwidth", "goodput", "ratio", "RTT want", "RTT p10/p50/p90", "loss want",
               "loss got", "verdict"):
         t.add_column(c)
     for r in report["links"]:
@@ -96,7 +96,8 @@ def print_calibration(report: dict) -> None:
                   format_rate(r["bandwidth_bps"]) if r["bandwidth_bps"] else "unshaped",
                   format_rate(int(r["goodput_bps"])),
                   "-" if r["goodput_ratio"] is None else f"{r['goodput_ratio']:.3f}",
-                  f"{r['expected_rtt_ms']:.2f} ms", f"{r['rtt_ms']:.2f} ms",
+                  f"{r['expected_rtt_ms']:.2f} ms",
+                  "/".join(f"{r[k]:.2f}" for k in ("rtt_p10_ms", "rtt_ms", "rtt_p90_ms") if k in r) + " ms",
                   f"{r['loss']:.2%}", f"{r['measured_loss']:.2%}", _verdict(r["pass"]))
     console.print(t)
     for r in report["links"]:
@@ -145,7 +146,7 @@ def print_calibration(report: dict) -> None:
                       "compute table and the README: A slow host is slow on every request")
     tol = report["tolerances"]
     console.print(f"tolerances: goodput/bandwidth in [{tol['goodput_ratio'][0]}, {tol['goodput_ratio'][1]}], "
-                  f"RTT within {tol['rtt']}, cpus within {tol['cpus']}, loss within {tol['loss']}"
+                  f"RTT {tol['rtt']}, cpus within {tol['cpus']}, loss within {tol['loss']}"
                   + (f", compute {tol['compute']}" if tol.get("compute") else ""))
     console.print("[green]all checks passed[/]" if report["pass"] else "[red]some checks failed[/]")
 

@@ -29,6 +29,8 @@ def test_calibrate_json_measures_every_direction_and_host_and_passes():
     for r in data["links"]:
         for key in ("bandwidth_bps", "goodput_bps", "delay_ms", "rtt_ms", "loss", "measured_loss"):
             assert key in r
+        # the RTT judged is the median of the pings, with their spread beside it
+        assert r["pings"] == 20 and r["rtt_p10_ms"] <= r["rtt_ms"] <= r["rtt_p90_ms"], r
         # every shaped direction is serialized by its delay line here (no netem): its counters
         # come with the direction, and they saw the goodput flow cross
         if not data["netem"]:
@@ -45,8 +47,11 @@ def test_calibrate_json_measures_every_direction_and_host_and_passes():
         (c,) = h["compute"]
         assert c["label"] == "busy loop 20 ms" and c["paced"] is (h["cpus"] < 1) and c["requests"] == 30
         assert c["expected_ms"] >= 20 and h["checks"]["compute"] is True, c
-    failed = [r for r in data["links"] + data["hosts"] if not r["pass"]]
-    assert data["pass"] and res.exit_code == 0, failed
+    # what failed, named by its check and with the numbers judged (a row's dict is cut short)
+    failed = [(r.get("direction") or r.get("host"), {k: v for k, v in r.items() if k != "delay_line"})
+              for r in data["links"] + data["hosts"] if not r["pass"]]
+    assert data["pass"] and res.exit_code == 0, "\n".join(
+        f"{name}: checks {row['checks']}; {row}" for name, row in failed)
 
 
 def test_calibrate_experiment_checks_each_host_on_the_parts_placed_there(tmp_path):
