@@ -60,7 +60,8 @@ class NetworkFault(RunError):
 
 # a traced cell's measured requests and replays start this long after the client is warm (the
 # replays' threads start meanwhile)
-START_AHEAD_NS = 50_000_000
+START_AHEAD_NS = 200_000_000
+REPLAY_SWITCH_INTERVAL_S = 0.0005   # while a cell's traces replay (see CellExecution._start_replays)
 NETWORK_CHECK_S = 0.2        # how often a running cell looks at the network's processes (at most)
 
 
@@ -451,6 +452,7 @@ class CellExecution:
         self.replays: dict[tuple[str, str], tuple] = {}   # (link, direction) -> (LinkTrace, Replay)
         self.trace_t0: int | None = None    # monotonic ns: the replays' start, the first measured request's
         self.trace: dict | None = None      # what the replays did (the cell's trace_json)
+        self._switch_interval: float | None = None   # Python's, while the replays run
 
     def run(self) -> CellOutcome:
         started = time.time()
@@ -503,7 +505,8 @@ class CellExecution:
     # -- link traces -------------------------------------------------------------------------
     def _prepare_replays(self) -> None:
         """A replay per traced direction (not started: every state checked against the link and
-        its kernel request compiled, so that a step costs only its change)."""
+        its kernel request compiled, so that a step costs only its change), the direction put in
+        the trace's first state for the warm-up."""
         from emulation.replay import replay_link
 
         for t in self.exp.traces:
@@ -512,10 +515,21 @@ class CellExecution:
             except EmulationError as e:
                 raise RunError(f"trace on {t.label}: {e}") from None
             self.replays[(t.link, t.direction)] = (t, replay)
+            # the trace's first state from the warm-up on: a change that retunes the interface
+            # (its GSO size) took 20-45 ms here, which the first step would otherwise be late by
+            try:
+                self.net.step_link(t.link, t.direction, **t.trace.steps[0].changes())
+            except EmulationError as e:
+                raise RunError(f"trace on {t.label}: {e}") from None
 
     def _start_replays(self, t0_ns: int) -> None:
         """Every replay from ``t0_ns``, the first measured request's start (after the warm-up)."""
         self.trace_t0 = t0_ns
+        if self.replays:
+            # the replays' threads share the GIL with this one, which reads every request's line:
+            # at Python's 5 ms switch interval a step waited up to that long for it (docs/emulation.md)
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(REPLAY_SWITCH_INTERVAL_S)
         for _, replay in self.replays.values():
             replay.start(t0_ns)
 
@@ -527,6 +541,8 @@ class CellExecution:
         if not self.replays:
             return
         out, problems = [], []
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
         for (link, direction), (t, replay) in self.replays.items():
             entry = {"link": link, "direction": direction, "file": t.file, "mode": t.mode,
                      "window_ms": t.window_ms}
