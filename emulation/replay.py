@@ -189,6 +189,9 @@ class Replay:
             path = self.apply(step)
             in_force = self.clock()
             record = replace(record, started_ns=now, applied_ns=in_force, path=path)
+            with self._lock:        # in force now for state_at, before any read-back
+                self._applied_ns.append(in_force)
+                self._applied.append(step)
             applied += 1
             if self.verify is not None and self.check_every and applied % self.check_every == 0:
                 slack = (upcoming[2] - in_force) if upcoming is not None else None
@@ -218,9 +221,6 @@ class Replay:
     def _add(self, record: StepRecord) -> None:
         with self._lock:
             self.records.append(record)
-            if record.applied_ns is not None:
-                self._applied_ns.append(record.applied_ns)
-                self._applied.append(record.state)
 
     def stop(self, timeout_s: float = 5.0) -> dict:
         """Stop the replay (a step being applied is finished first); returns :meth:`summary`.

@@ -584,16 +584,17 @@ class CellExecution:
             if (link.name, direction) not in self.replays:
                 continue
             t, replay = self.replays[(link.name, direction)]
-            step = replay.state_at(sent_ns)
-            own = getattr(link, direction)        # before the first step is in force: the link's own state
+            # before the replay's first step is in force: the trace's first state, which the
+            # direction took before the warm-up (_prepare_replays)
+            step = replay.state_at(sent_ns) or t.trace.steps[0]
+            own = getattr(link, direction)        # what the trace leaves alone: the link's own
             labels.append(t.label)
-            rates.append(step.rate_bps if step is not None else own.rate_bps)
-            delays.append(step.delay_ms if step is not None and step.delay_ms is not None else own.delay_ms)
+            rates.append(step.rate_bps)
+            delays.append(step.delay_ms if step.delay_ms is not None else own.delay_ms)
         if not labels:
             return {}
-        known = [r for r in rates if r is not None]
         return {"trace_at_ms": (sent_ns - self.trace_t0) / 1e6, "trace_link": ", ".join(labels),
-                "trace_bandwidth_bps": min(known) if known else None, "trace_delay_ms": sum(delays)}
+                "trace_bandwidth_bps": min(rates), "trace_delay_ms": sum(delays)}
 
     def _check_network(self, now: bool = False) -> None:
         """A :class:`NetworkFault` once a process the network needs has died: looked at every
