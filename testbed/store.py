@@ -730,6 +730,13 @@ class ResultStore:
         where, args = ("WHERE cell = ?", (cell,)) if cell is not None else ("", ())
         return self._rows(f"SELECT * FROM hops {where} ORDER BY cell, seq, idx", args)
 
+    def trace_times(self) -> dict[tuple[str, int], float]:
+        """(cell, seq) -> when the request's first byte crossed a traced link direction, ms after
+        the trace's start (its earliest ``hops.trace_at_ms``), for the requests that crossed one."""
+        rows = self._rows("SELECT cell, seq, min(trace_at_ms) AS at_ms FROM hops WHERE trace_at_ms IS NOT NULL "
+                          "GROUP BY cell, seq")
+        return {(r["cell"], r["seq"]): r["at_ms"] for r in rows}
+
     def runs(self) -> list[dict]:
         """Every run, config and machine decoded from JSON (keys ``config``, ``machine``)."""
         json_fields = {c.field for c in RUNS.columns if c.type is JSON}
