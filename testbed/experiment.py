@@ -18,6 +18,7 @@ The format
         bandwidth: 1Mbit
         delay: 20ms
         reverse: {bandwidth: 10Mbit}
+      mobile-edge: {trace: traces/walk.csv, trace_mode: loop}   # a link trace (both directions)
     models:                         # required, non-empty: names, or mappings
       - efficientnet_lite0
       - {name: minilm_sentiment, weights: random, data: data/reviews}
@@ -40,6 +41,11 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
 - ``hosts`` / ``links``: the same keys and units as a topology file (see
   :mod:`topologies.loader`); they change hosts and links the topology has, and cannot add
   or remove any (write a topology file for that). A link may be named either way round.
+  A link, or one direction under ``forward`` / ``reverse`` (a direction's own keys win), may
+  take ``trace`` (a CSV or Mahimahi file relative to this file's folder, read and checked
+  here: :mod:`topologies.traces`), ``trace_mode`` (``once``, default, or ``loop``) and
+  ``trace_window`` (Mahimahi only, 10ms to 10s, default 100ms): replayed on that direction
+  during every cell from its first measured request (:class:`LinkTrace`, ``traces``).
 - ``models``: an entry is a model name (see ``workloads.models``: a built-in name, an
   ``.onnx`` path relative to this file's folder, or a factory, ``path/to/file.py:factory``
   relative to this file's folder or ``package.module:factory``: trusted code, checked here
@@ -69,7 +75,9 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   distinct samples of the model's evaluation data that the requests cycle through, 1..100000
   and at most as many as that data has (`testbed run` says so in one line; default 10);
   ``timeout`` per request, a duration with a unit (``us``, ``ms``, ``s``), above 0 and at
-  most 3600s (default 120s).
+  most 3600s (default 120s); ``duration`` (single-stream; a load scenario has
+  ``load.duration``) instead of ``repeat``: send measured requests until that long has passed
+  (the two refused together).
 - ``load``: how requests arrive, MLPerf LoadGen's scenarios (``workloads.loadgen``).
   ``scenario: single-stream`` (default) sends one request at a time from ``source`` and the
   next when the answer is back. ``server`` is an open loop: Poisson arrivals at ``qps``

@@ -1,6 +1,7 @@
 """`testbed run` with a link trace, end to end: the mobile-edge link's forward direction
-replays 50 -> 5 -> 50 Mbit/s steps (looped) while one strategy's requests cross it for a
-duration, and every request's hop over it keeps the bandwidth in force when its first byte
+replays 50 -> 5 -> 50 Mbit/s steps (looped), its reverse 20 -> 2 -> 20 Mbit/s on the same
+times (two replay threads stepping one link at once), while one strategy's requests cross it
+for a duration; every request's hop over it keeps the bandwidth in force when its first byte
 left. The model's input is 128 KiB, so a hop's time is what the link's rate makes it."""
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ strategies:
   - {name: edge, placement: edge}
 source: mobile
 links:
-  mobile-edge: {forward: {trace: steps.csv, trace_mode: loop}}
+  mobile-edge: {trace_mode: loop, forward: {trace: steps.csv}, reverse: {trace: back.csv}}
 requests: {warmup: 2, duration: 6s, inputs: 3, timeout: 20s}
 """
 NEAR_MS = 60.0      # a hop sent this close to a step's due time may meet either state
@@ -41,6 +42,7 @@ NEAR_MS = 60.0      # a hop sent this close to a step's due time may meet either
 def test_a_traced_run_records_each_hops_link_state_and_the_replays_lag(tmp_path):
     _model(tmp_path)
     (tmp_path / "steps.csv").write_text(TRACE)
+    (tmp_path / "back.csv").write_text(TRACE.replace("50Mbit", "20Mbit").replace("5Mbit", "2Mbit"))
     exp = tmp_path / "trace.yaml"
     exp.write_text(EXPERIMENT)
     out = tmp_path / "out"
@@ -50,8 +52,10 @@ def test_a_traced_run_records_each_hops_link_state_and_the_replays_lag(tmp_path)
     db = out / "results.sqlite"
     [cell] = _rows(db, "SELECT * FROM cells")
     assert cell["status"] == "done" and cell["ok"] >= 20, cell
-    [replay] = json.loads(cell["trace_json"])["directions"]
+    replay, back = json.loads(cell["trace_json"])["directions"]
     assert (replay["link"], replay["direction"], replay["mode"]) == ("mobile-edge", "forward", "loop")
+    assert (back["direction"], back["missed"], back["mismatches"]) == ("reverse", 0, 0), back
+    assert [rate for _, rate, _ in back["applied_steps"][:3]] == [20_000_000, 2_000_000, 20_000_000]
     # 6 s of a 3 s loop of three steps: 6 or 7 steps due (the last may fall after the last request)
     assert replay["steps"] >= 6 and replay["missed"] == 0 and replay["applied"] == replay["steps"]
     assert replay["lag_ms"]["p50"] is not None and 0 <= replay["lag_ms"]["p50"] < 20, replay["lag_ms"]
@@ -65,7 +69,10 @@ def test_a_traced_run_records_each_hops_link_state_and_the_replays_lag(tmp_path)
     up = [h for h in hops if (h["src"], h["dst"]) == ("mobile", "edge")]
     down = [h for h in hops if (h["src"], h["dst"]) == ("edge", "mobile")]
     assert up and down and len(up) == cell["ok"]
-    assert all(h["trace_link"] is None and h["trace_bandwidth_bps"] is None for h in down)   # reverse: not traced
+    for h in down:      # the answers cross the reverse direction, on its own trace
+        in_force = [rate for at, rate, _ in back["applied_steps"] if at <= h["trace_at_ms"]]
+        assert h["trace_link"] == "mobile-edge reverse" and h["trace_bandwidth_bps"] == (
+            in_force[-1] if in_force else 20_000_000), h
     trace = load_trace(tmp_path / "steps.csv", "loop")
     followed = 0
     for h in up:
