@@ -109,3 +109,19 @@ def test_a_store_without_traces_has_no_trace_section(tmp_path):
     report = write_report(folder)
     assert not any("trace" in p.name for p in report.figures + report.tables)
     assert "On a link trace" not in report.index.read_text()
+
+
+def test_a_replay_that_missed_steps_is_a_note_under_the_summary(tmp_path):
+    """`testbed run` / `results show` put a cell whose trace was not kept to under its table;
+    a replay that kept to it is not flagged."""
+    from testbed.summary import summarize, trace_flags
+    folder = _store(tmp_path / "out")
+    with ResultStore.in_folder(folder, create=False) as store:
+        rows = {r["strategy"]: r for r in summarize(store.cells(), store.requests(), store.hops())}
+    assert rows["split"]["host_flags"] == ["mobile-edge forward: 1 of 4 trace steps missed (apply lag p99 6.0 ms)"]
+    assert rows["edge-q"]["host_flags"] == [] and rows["mobile"]["host_flags"] == []
+    bad = _replay()
+    bad["directions"][0].update(mismatches=2, first_mismatch="mobile's gso_max_segs reads 3, asked 2", error="boom")
+    assert trace_flags(bad) == ["mobile-edge forward: 2 read-backs differed (mobile's gso_max_segs reads 3, asked 2); "
+                                "replay failed: boom (apply lag p99 6.0 ms)"]
+    assert trace_flags(None) == []
