@@ -107,6 +107,10 @@ class EmulatedNetwork:
         self._ipr_locks: dict[str, threading.RLock] = {}   # one request at a time per socket (a replay thread shares them)
         self._ifindex: dict[tuple[str, str], int] = {}    # (node, interface) -> its index, fixed for the run
         self._changers: dict[str, shaping.QdiscChanger] = {}   # node -> its raw netlink socket for trace steps
+        # one step at a time per link: a step reads the link's two directions and writes both
+        # back, so two replay threads (forward and reverse) would otherwise lose each other's
+        # state (measured: the read-back then found the GSO size of a step that was undone)
+        self._step_locks: dict[str, threading.Lock] = {}
         self._failures: dict[int, str] = {}     # pid -> what its death means (failures())
         self._stopped = False
         self._started = False
@@ -358,7 +362,12 @@ class EmulatedNetwork:
 
         Returns ``"fast"``; ``"same"`` when nothing changes; ``"full"`` when the change needs
         other qdiscs or wire rules (loss on a machine without netem, a direction that was not
-        shaped or delayed before): it then goes the way of :meth:`set_link`, read-back included."""
+        shaped or delayed before): it then goes the way of :meth:`set_link`, read-back included.
+        Safe to call from one thread per direction (a lock per link)."""
+        with self._step_locks.setdefault(self._link(name).name, threading.Lock()):
+            return self._step_link(name, direction, changes)
+
+    def _step_link(self, name: str, direction: str, changes: dict) -> str:
         link, old, new, reqs, in_place = self._plan_step(name, direction, changes)
         if new == old:
             return "same"

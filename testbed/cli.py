@@ -639,7 +639,7 @@ def run(experiment: str, out: str | None, resume: bool, dry_run: bool, max_cells
     _require_emulation(capabilities())
     status, code = "failed", 0
     # requests per cell, when known ahead (not for a duration, nor a search's runs)
-    per_cell = exp.requests.repeat if exp.load.duration_ms is None and not exp.load.searching else 0
+    per_cell = exp.requests.repeat if exp.duration_ms() is None and not exp.load.searching else 0
     with output.run_progress(cells * per_cell or None, None if exp.load.searching else cells) as bar:
         events = Events(stage=bar.describe,
                         cell_start=lambda c, total: bar.describe(f"{c.model.name} / {c.strategy.name}"),

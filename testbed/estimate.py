@@ -118,10 +118,10 @@ def _measuring_s(exp: Experiment, ms: float) -> float:
     out). Warm-up requests go one at a time."""
     load, r = exp.load, exp.requests
     warm = r.warmup * ms / 1000
+    if exp.duration_ms() is not None:
+        return warm + exp.duration_ms() / 1000 + ms / 1000
     if not load.concurrent:
         return warm + r.repeat * ms / 1000
-    if load.duration_ms is not None:
-        return warm + load.duration_ms / 1000 + ms / 1000
     if load.scenario == "server":
         return warm + r.repeat / load.qps + ms / 1000
     return warm + r.repeat * ms / 1000 / (load.in_flight() or 1)

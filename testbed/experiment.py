@@ -18,6 +18,7 @@ The format
         bandwidth: 1Mbit
         delay: 20ms
         reverse: {bandwidth: 10Mbit}
+      mobile-edge: {trace: traces/walk.csv, trace_mode: loop}   # a link trace (both directions)
     models:                         # required, non-empty: names, or mappings
       - efficientnet_lite0
       - {name: minilm_sentiment, weights: random, data: data/reviews}
@@ -40,6 +41,11 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
 - ``hosts`` / ``links``: the same keys and units as a topology file (see
   :mod:`topologies.loader`); they change hosts and links the topology has, and cannot add
   or remove any (write a topology file for that). A link may be named either way round.
+  A link, or one direction under ``forward`` / ``reverse`` (a direction's own keys win), may
+  take ``trace`` (a CSV or Mahimahi file relative to this file's folder, read and checked
+  here: :mod:`topologies.traces`), ``trace_mode`` (``once``, default, or ``loop``) and
+  ``trace_window`` (Mahimahi only, 10ms to 10s, default 100ms): replayed on that direction
+  during every cell from its first measured request (:class:`LinkTrace`, ``traces``).
 - ``models``: an entry is a model name (see ``workloads.models``: a built-in name, an
   ``.onnx`` path relative to this file's folder, or a factory, ``path/to/file.py:factory``
   relative to this file's folder or ``package.module:factory``: trusted code, checked here
@@ -69,7 +75,9 @@ Top-level keys: ``name``, ``topology``, ``hosts``, ``links``, ``models``, ``stra
   distinct samples of the model's evaluation data that the requests cycle through, 1..100000
   and at most as many as that data has (`testbed run` says so in one line; default 10);
   ``timeout`` per request, a duration with a unit (``us``, ``ms``, ``s``), above 0 and at
-  most 3600s (default 120s).
+  most 3600s (default 120s); ``duration`` (single-stream; a load scenario has
+  ``load.duration``) instead of ``repeat``: send measured requests until that long has passed
+  (the two refused together).
 - ``load``: how requests arrive, MLPerf LoadGen's scenarios (``workloads.loadgen``).
   ``scenario: single-stream`` (default) sends one request at a time from ``source`` and the
   next when the answer is back. ``server`` is an open loop: Poisson arrivals at ``qps``
@@ -153,7 +161,9 @@ JSON-serialisable form.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -163,7 +173,8 @@ from typing import Any, NamedTuple, NoReturn
 from topologies import TopologyError, TopologySpec, apply_overrides, load_topology, load_topology_dict
 from topologies.builtin import BUILTINS
 from topologies.errors import LocatedError, kind_of, name_list
-from topologies.fields import DIRECTIONS
+from topologies.fields import DIRECTIONS, TRACE_ALLOWED, TRACE_FIELDS
+from topologies.traces import MAHIMAHI_WINDOW_MS, MODES as TRACE_MODES, Trace, TraceError, load_trace
 from topologies.reader import DocumentReader, line_of, read_text
 from topologies.units import format_duration_ms, parse_duration_ms
 from workloads.errors import WorkloadError
@@ -191,7 +202,8 @@ MODEL_KEYS = ("name", "weights", "data")
 STRATEGY_KEYS = ("name", "operators", "placement")
 # requests key -> (lowest, highest, default)
 REQUEST_COUNTS = {"warmup": (0, 10_000, 3), "repeat": (1, 1_000_000, 30), "inputs": (1, 100_000, 10)}
-REQUEST_KEYS = (*REQUEST_COUNTS, "timeout")
+REQUEST_KEYS = (*REQUEST_COUNTS, "timeout", "duration")
+TRACE_WINDOW_MS = (10.0, 10_000.0)   # trace_window (Mahimahi): the shortest and longest window
 TIMEOUT_DEFAULT_MS, TIMEOUT_MAX_MS = 120_000.0, 3_600_000.0
 # load: LoadGen's scenario names; single-stream is one request at a time from one source
 SCENARIOS = ("single-stream", "server", "multi-stream", "offline")
@@ -262,10 +274,37 @@ class Requests:
     repeat: int = REQUEST_COUNTS["repeat"][2]
     inputs: int = REQUEST_COUNTS["inputs"][2]
     timeout_ms: float = TIMEOUT_DEFAULT_MS
+    duration_ms: float | None = None    # send until this long has passed instead of ``repeat`` requests
 
     def to_dict(self) -> dict:
-        return {"warmup": self.warmup, "repeat": self.repeat, "inputs": self.inputs,
-                "timeout": format_duration_ms(self.timeout_ms)}
+        out = {"warmup": self.warmup, "repeat": self.repeat, "inputs": self.inputs,
+               "timeout": format_duration_ms(self.timeout_ms)}
+        if self.duration_ms is not None:    # it replaces repeat (the two are refused together)
+            del out["repeat"]
+            out["duration"] = format_duration_ms(self.duration_ms)
+        return out
+
+
+@dataclass(frozen=True)
+class LinkTrace:
+    """A trace replayed on one direction of a link during every cell (``links.<a-b>.trace``):
+    ``file`` resolved from the experiment file's folder, ``trace`` as read and checked."""
+
+    link: str           # the link's name as the topology defines it
+    direction: str      # forward (a -> b) or reverse
+    file: str
+    mode: str
+    window_ms: float | None     # Mahimahi's window (None: a CSV trace)
+    trace: Trace = field(compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.link} {self.direction}"
+
+    def digest(self) -> str:
+        """What the replay applies, as a short digest (a cell's key changes with the file's steps)."""
+        steps = [(s.at_ms, s.rate_bps, s.delay_ms, s.jitter_ms, s.loss) for s in self.trace.steps]
+        return hashlib.sha256(json.dumps([steps, self.trace.period_ms, self.mode]).encode()).hexdigest()[:10]
 
 
 @dataclass(frozen=True)
@@ -388,6 +427,7 @@ class Experiment:
     serving: Serving = field(default_factory=Serving)
     load: Load = field(default_factory=Load)
     sweep: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    traces: tuple[LinkTrace, ...] = ()
     source_path: Path | None = field(default=None, compare=False)
     _raw: dict | None = field(default=None, compare=False, repr=False)          # after --set
     _context: _Context | None = field(default=None, compare=False, repr=False)
@@ -493,13 +533,34 @@ class Experiment:
             "load": self.load.to_dict(),
             "codec": self.codec,
             "serving": self.serving.to_dict(),
-            "sweep": {path: [_thaw(v) for v in values] for path, values in self.sweep},
+            "sweep": {path: [self._portable(path, _thaw(v)) for v in values] for path, values in self.sweep},
         }
         if self.load.sources:             # they replace source (the two are refused together)
             del out["source"]
         if self.load.duration_ms is not None:   # it replaces requests.repeat (likewise)
             del out["requests"]["repeat"]
+        if self.traces:                         # beside the inline topology, which has no traces
+            links: dict[str, dict] = {}
+            for t in self.traces:
+                body = {"trace": t.file, "trace_mode": t.mode}
+                if t.window_ms is not None:
+                    body["trace_window"] = format_duration_ms(t.window_ms)
+                links.setdefault(t.link, {})[t.direction] = body
+            out["links"] = links
         return out
+
+    def _portable(self, path: str, value: object) -> object:
+        """A sweep value that names a trace file, resolved from the file's folder (``to_dict``
+        has no folder to resolve it from)."""
+        if path.rsplit(".", 1)[-1] == "trace" and isinstance(value, str) and self._context is not None \
+                and not Path(value).is_absolute():
+            return str(self._context.base_dir / value)
+        return value
+
+    def duration_ms(self) -> float | None:
+        """How long a cell measures, when it measures for a time rather than a number of
+        requests (``requests.duration``, or ``load.duration`` in a load scenario)."""
+        return self.load.duration_ms if self.load.duration_ms is not None else self.requests.duration_ms
 
 
 # ---- public entry points ------------------------------------------------------------------
@@ -739,7 +800,8 @@ class _Validator(DocumentReader):
         name = self.string(raw["name"], "name", NAME_ALLOWED)
         if not NAME.match(name):
             self.fail("name", f"'{name}' is not a usable name", NAME_ALLOWED)
-        topology = self.overrides(raw, self.topology(raw.get("topology", DEFAULT_TOPOLOGY)))
+        topology, trace_items = self.overrides(raw, self.topology(raw.get("topology", DEFAULT_TOPOLOGY)))
+        traces = self.traces(trace_items, topology)
         models = self.models(raw["models"])
         strategies = self.strategies(raw["strategies"], topology)
         source = self.source(raw.get("source"), topology)
@@ -757,6 +819,7 @@ class _Validator(DocumentReader):
             codec=self.codec(raw.get("codec", DEFAULT_CODEC)),
             serving=self.serving(raw.get("serving"), topology),
             sweep=self.sweep(raw.get("sweep")),
+            traces=traces,
             source_path=source_path,
             _raw=raw,
             _context=self.ctx,
@@ -790,8 +853,11 @@ class _Validator(DocumentReader):
             self.ctx.topologies[resolved] = spec
         return self.ctx.topologies[resolved]
 
-    def overrides(self, raw: dict, spec: TopologySpec) -> TopologySpec:
+    def overrides(self, raw: dict, spec: TopologySpec) -> tuple[TopologySpec, list[tuple[str, object]]]:
+        """The topology with the file's host and link values; the link trace keys apart, as
+        (path, value) (:meth:`traces` reads them)."""
         items: list[tuple[str, object]] = []
+        trace_items: list[tuple[str, object]] = []
         hosts = self.mapping(raw.get("hosts"), "hosts", None, "host -> limits, e.g. {mobile: {cpus: 0.5}}")
         for host, body in hosts.items():
             body = self.mapping(body, f"hosts.{host}", None, "e.g. {cpus: 0.5, memory: 1GiB}")
@@ -802,13 +868,14 @@ class _Validator(DocumentReader):
             for key, value in body.items():
                 if key in DIRECTIONS:
                     value = self.mapping(value, f"links.{link}.{key}", None, "e.g. {bandwidth: 10Mbit}")
-                    items += [(f"links.{link}.{key}.{k}", v) for k, v in value.items()]
+                    for k, v in value.items():
+                        (trace_items if k in TRACE_FIELDS else items).append((f"links.{link}.{key}.{k}", v))
                 else:
-                    items.append((f"links.{link}.{key}", value))
+                    (trace_items if key in TRACE_FIELDS else items).append((f"links.{link}.{key}", value))
         if not items:
-            return spec
+            return spec, trace_items
         try:
-            return apply_overrides(spec, items, source=self.ctx.source)
+            return apply_overrides(spec, items, source=self.ctx.source), trace_items
         except TopologyError as e:
             written = [p for p, _ in items]
             path = e.path or ""
@@ -818,6 +885,72 @@ class _Validator(DocumentReader):
                 flipped = ".".join(["links", f"{b}-{a}", *parts[2:]])
                 path = flipped if flipped in written else path
             self.fail(path, e.problem, e.allowed)
+
+    def traces(self, items: list[tuple[str, object]], spec: TopologySpec) -> tuple[LinkTrace, ...]:
+        """``links.<a-b>[.forward|.reverse].trace|trace_mode|trace_window`` -> the traces, each
+        file read and checked (a problem in it is one line naming the file's line), in the
+        topology's link order, forward first."""
+        found: dict[tuple[str, str], dict[str, tuple[str, object]]] = {}
+        for path, value in items:
+            parts = path.split(".")
+            try:
+                link = spec.link(parts[1])
+            except TopologyError as e:
+                self.fail(path, e.problem, e.allowed)
+            if len(parts) == 4 and parts[1] != link.name:
+                self.fail(path, f"forward/reverse are relative to the link as defined, {link.name}",
+                          f"links.{link.name}.{parts[2]}.{parts[-1]}")
+            for d in ((parts[2],) if len(parts) == 4 else DIRECTIONS):
+                keys = found.setdefault((link.name, d), {})
+                if len(parts) == 4 or parts[-1] not in keys:    # a direction's own value wins
+                    keys[parts[-1]] = (path, value)
+        out = []
+        for link in spec.links:
+            for d in DIRECTIONS:
+                keys = found.get((link.name, d))
+                if keys:
+                    out.append(self.link_trace(link.name, d, keys, link.forward if d == "forward" else link.reverse))
+        return tuple(out)
+
+    def link_trace(self, link: str, direction: str, keys: dict[str, tuple[str, object]], spec) -> LinkTrace:
+        if "trace" not in keys:
+            path = next(iter(keys.values()))[0]
+            self.fail(path, f"set without a trace for {link} {direction}", TRACE_ALLOWED)
+        path, value = keys["trace"]
+        file = self.string(value, path, TRACE_ALLOWED)
+        mode = TRACE_MODES[0]
+        if "trace_mode" in keys:
+            mpath, mode = keys["trace_mode"]
+            if mode not in TRACE_MODES:
+                shown = f"'{mode}'" if isinstance(mode, str) else kind_of(mode)
+                self.fail(mpath, f"{shown} is not a trace mode",
+                          "once (the last step stays in force) | loop (the trace repeats; it needs an end line)")
+        window = None
+        if "trace_window" in keys:
+            wpath, wvalue = keys["trace_window"]
+            lo, hi = TRACE_WINDOW_MS
+            allowed = f"a duration from {format_duration_ms(lo)} to {format_duration_ms(hi)}, e.g. 100ms"
+            try:
+                window = parse_duration_ms(wvalue)
+            except TopologyError as e:
+                self.fail(wpath, e.problem, allowed)
+            if not lo <= window <= hi:
+                self.fail(wpath, f"{format_duration_ms(window)} is out of range", allowed)
+        resolved = file if Path(file).is_absolute() else str(self.ctx.base_dir / file)
+        try:
+            trace = load_trace(resolved, mode, window_ms=window or MAHIMAHI_WINDOW_MS)
+        except TraceError as e:
+            self.fail(path, str(e))
+        if window is not None and trace.format != "mahimahi":
+            self.fail(keys["trace_window"][0], f"{file} is a CSV trace: trace_window is for Mahimahi traces",
+                      "trace_window only with a Mahimahi trace (one millisecond timestamp per line)")
+        for step in trace.steps:        # a trace without delay keeps the link's: jitter must stay under it
+            delay = spec.delay_ms if step.delay_ms is None else step.delay_ms
+            jitter = spec.jitter_ms if step.jitter_ms is None else step.jitter_ms
+            if jitter > delay:
+                self.fail(path, f"{trace.source}:{step.line}: jitter {format_duration_ms(jitter)} above the delay "
+                          f"{format_duration_ms(delay)} of {link} {direction}", "jitter at most the delay")
+        return LinkTrace(link, direction, resolved, mode, window if trace.format == "mahimahi" else None, trace)
 
     def models(self, value: object) -> tuple[ModelRef, ...]:
         from workloads.user import USER_WEIGHTS, check_factory, is_factory_file, is_factory_ref  # numpy: lazily
@@ -969,7 +1102,13 @@ class _Validator(DocumentReader):
         timeout = TIMEOUT_DEFAULT_MS
         if "timeout" in body:
             timeout = self.duration_ms(body["timeout"], "requests.timeout", TIMEOUT_MAX_MS, "120s")
-        return Requests(timeout_ms=timeout, **counts)
+        duration = None
+        if "duration" in body:
+            duration = self.duration_ms(body["duration"], "requests.duration", DURATION_MAX_MS, "30s")
+            if "repeat" in body:
+                self.fail("requests.duration", "set with requests.repeat: a cell measures either a number of "
+                          "requests or a duration", "one of requests.duration and requests.repeat")
+        return Requests(timeout_ms=timeout, duration_ms=duration, **counts)
 
     def duration_ms(self, value: object, path: str, max_ms: float, example: str) -> float:
         """A duration with a unit, above 0 and at most ``max_ms``, in ms."""
@@ -1012,6 +1151,9 @@ class _Validator(DocumentReader):
         if concurrency is not None and concurrency < len(sources):
             self.fail("load.concurrency", f"{concurrency} requests in flight cannot keep {len(sources)} sources busy",
                       f"at least one per source: {len(sources)} or more")
+        if scenario != SCENARIOS[0] and isinstance(raw.get("requests"), dict) and "duration" in raw["requests"]:
+            self.fail("requests.duration", f"the {scenario} scenario measures for load.duration",
+                      f"load.duration with the {scenario} scenario (requests.duration: single-stream)")
         duration = None
         if "duration" in body:
             duration = self.duration_ms(body["duration"], "load.duration", DURATION_MAX_MS, "10s")

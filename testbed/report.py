@@ -503,6 +503,104 @@ def _figures(model: str, groups: list[StudyGroup], ok: dict[str, list[dict]],
     return drawn
 
 
+# --- link traces ----------------------------------------------------------------------------
+
+TAIL_PERCENTILES = (50, 90, 99)
+
+
+def trace_label(cell: dict) -> str | None:
+    """What a traced cell replayed, e.g. ``markov.csv (loop) on mobile-edge forward, reverse``."""
+    dirs = (cell.get("trace") or {}).get("directions") or []
+    if not dirs:
+        return None
+    by_file: dict[tuple[str, str], list[str]] = {}
+    for d in dirs:
+        by_file.setdefault((Path(d["file"]).name, d["mode"]), []).append(f"{d['link']} {d['direction']}")
+    return "; ".join(f"{name} ({mode}) on {', '.join(on)}" for (name, mode), on in by_file.items())
+
+
+def trace_tails(groups: list[StudyGroup], ok: dict[str, list[dict]]) -> list[dict]:
+    """One row per strategy of every traced sweep point: its tail latencies (p50/p90/p99 of ok
+    requests, ms) on the trace, and how the replay kept to the trace during its cell (steps,
+    missed, late, the worst apply lag p50/p99 over its traced directions)."""
+    rows = []
+    for g in groups:
+        for label, c in zip(g.labels, g.cells):
+            dirs = (c.get("trace") or {}).get("directions") or []
+            if not dirs:
+                continue
+            e2e = [r["e2e_ms"] for r in ok.get(c["cell"], [])]
+            tails = dict(zip((f"p{q}_ms" for q in TAIL_PERCENTILES),
+                             np.percentile(e2e, TAIL_PERCENTILES).tolist() if e2e else [None] * 3))
+
+            def worst(key: str, q: str) -> float | None:
+                values = [d[key][q] for d in dirs if d.get(key) and d[key].get(q) is not None]
+                return max(values) if values else None
+
+            rows.append({"model": g.model, "point": point_label(g.point), "trace": trace_label(c), "strategy": label,
+                         "placement": c["placement"], "ok": len(e2e), **tails,
+                         "steps": sum(d["steps"] for d in dirs), "missed": sum(d["missed"] for d in dirs),
+                         "late": sum(d["late"] for d in dirs), "lag_p50_ms": worst("lag_ms", "p50"),
+                         "lag_p99_ms": worst("lag_ms", "p99"),
+                         "mismatches": sum(d.get("mismatches", 0) for d in dirs)})
+    return rows
+
+
+def _trace_figure(model: str, g: StudyGroup, ok: dict[str, list[dict]], times: dict[tuple[str, int], float],
+                  colors: dict[str, str]) -> tuple[Figure, str] | None:
+    """Latency over time on one sweep point's trace, every strategy's requests by when they
+    first crossed a traced direction, with the trace's bandwidth as the replay applied it."""
+    traced = [(label, c) for label, c in zip(g.labels, g.cells) if (c.get("trace") or {}).get("directions")]
+    if not traced:
+        return None
+    fig = Figure(figsize=(9, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    bw = ax.twinx()
+    drawn, unplaced = [], []
+    for label, c in traced:
+        pts = [(times[(c["cell"], r["seq"])] / 1000, r["e2e_ms"]) for r in ok.get(c["cell"], [])
+               if (c["cell"], r["seq"]) in times]
+        if not pts:
+            unplaced.append(label)
+            continue
+        x, y = zip(*pts)
+        ax.scatter(x, y, s=6, alpha=0.6, color=colors.get(label), label=label, zorder=3)
+        drawn.append(label)
+    first = traced[0][1]["trace"]["directions"][0]
+    steps = first.get("applied_steps") or []
+    if steps:
+        bw.step([s[0] / 1000 for s in steps], [s[1] / 1e6 for s in steps], where="post", color="black", lw=1,
+                alpha=0.5, label=f"bandwidth, {first['link']} {first['direction']}")
+        bw.set_ylabel("bandwidth (Mbit/s)")
+        bw.set_ylim(bottom=0)
+    _log_if_positive(ax, [r["e2e_ms"] for label, c in traced for r in ok.get(c["cell"], [])])
+    ax.set_xlabel("time since the trace started (s): the request's first byte on a traced link")
+    ax.set_ylabel("end-to-end latency (ms)")
+    handles = ax.get_legend_handles_labels()[0] + bw.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(handles=handles, fontsize=8, loc="upper left")
+    title = point_label(g.point) if g.point else ""
+    fig.suptitle(f"{model}: latency on the trace {trace_label(traced[0][1])}" + (f"\n{title}" if title else ""),
+                 fontsize=10)
+    caption = ("Each dot is an ok request, at the time its first byte crossed a traced link direction (log "
+               "scale); the line is the bandwidth the replay applied, at the moment each step was in force, "
+               "in the first strategy's cell (every cell replays the same trace from its first measured request).")
+    if unplaced:
+        caption += f" Not drawn (their requests cross no traced direction): {', '.join(unplaced)}; their tails are in the table."
+    return fig, caption
+
+
+def _trace_figures(model: str, groups: list[StudyGroup], ok: dict[str, list[dict]],
+                   times: dict[tuple[str, int], float]) -> list[tuple[str, Figure, str]]:
+    colors = _colors(groups)
+    out = []
+    for i, g in enumerate(groups[:MAX_FACETS]):
+        drawn = _trace_figure(model, g, ok, times, colors)
+        if drawn is not None:
+            out.append((f"trace-{i + 1}", *drawn))
+    return out
+
+
 # --- tables ---------------------------------------------------------------------------------
 
 def _cell_rows(cells: list[dict], requests: list[dict]) -> list[dict]:
@@ -621,12 +719,13 @@ def write_report(folder: str | Path, out: str | Path | None = None, tolerance: f
     ``folder`` holds no readable store, ReportError when the report cannot be written."""
     with ResultStore.in_folder(folder, create=False) as store:
         cells, requests, runs = store.cells(), store.requests(), store.runs()
+        times = store.trace_times() if any(c.get("trace") for c in cells) else {}
     out = Path(folder) / "report" if out is None else Path(out)
     try:
         _take_folder(out)
         for sub in ("figures", "tables"):
             (out / sub).mkdir(parents=True, exist_ok=True)
-        report = _write(out, cells, requests, runs, tolerance)
+        report = _write(out, cells, requests, runs, tolerance, times)
         _own(out, report)
         return report
     except OSError as e:
@@ -664,7 +763,8 @@ def quality_tests(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict], tolerance: float) -> Report:
+def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict], tolerance: float,
+           times: dict[tuple[str, int], float] | None = None) -> Report:
     ok: dict[str, list[dict]] = {}
     for r in requests:
         if r["status"] == "ok" and r["e2e_ms"] is not None:
@@ -686,6 +786,7 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
     named = [{**c, "model": model_of.get(c["cell"], c["model"])} for c in cells]
     load_curves = curves(named)
     load_winner_rows, load_strategy_rows = load_tables(load_curves, capacities(named))
+    tails = trace_tails(groups, ok)
     figures, models, used = [], [], set()
 
     def save(slug: str, drawn: list[tuple[str, Figure, str]]) -> list[dict]:
@@ -710,7 +811,10 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
             "figures": save(slug, _load_figures(model, mine_curves, _colors(mine))),
             "winners": [w for w in load_winner_rows if w["model"] == model],
             "strategies": [r for r in load_strategy_rows if r["model"] == model]}
-        models.append({"name": model, "figures": shown, "load": load,
+        mine_tails = [t for t in tails if t["model"] == model]
+        traced = None if not mine_tails else {
+            "figures": save(slug, _trace_figures(model, mine, ok, times or {})), "tails": mine_tails}
+        models.append({"name": model, "figures": shown, "load": load, "traced": traced,
                        "metric": next((c["metric"] for g in mine for c in g.cells if c["metric"]), None),
                        "recommendations": [(point_label(g.point), [r for r in recs if r["model"] == model
                                                                    and r["point"] == g.point
@@ -740,6 +844,8 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
                               "placement", "p50_ms", "loss", "loss_ci_low", "loss_ci_high", "tolerance_verdict",
                               "text"])
               + _write_table(out / "tables", "winners", winner_rows, ["model", *sweep_axes, "winner", "p50_ms"]))
+    if tails:
+        tables += _write_table(out / "tables", "trace_tails", tails, list(tails[0]))
     if load_curves:
         tables += (_write_table(out / "tables", "load_winners", load_winner_rows, list(load_winner_rows[0]))
                    + _write_table(out / "tables", "load_strategies", load_strategy_rows, list(load_strategy_rows[0])))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -57,6 +58,10 @@ class NetworkFault(RunError):
     stored ``failed`` with the reason, and the runner brings up a new network."""
 
 
+# a traced cell's measured requests and replays start this long after the client is warm (the
+# replays' threads start meanwhile)
+START_AHEAD_NS = 200_000_000
+REPLAY_SWITCH_INTERVAL_S = 0.0005   # while a cell's traces replay (see CellExecution._start_replays)
 NETWORK_CHECK_S = 0.2        # how often a running cell looks at the network's processes (at most)
 
 
@@ -104,6 +109,8 @@ def cell_key(exp: Experiment, point: dict, model: ModelRef, strategy: Strategy) 
         defn["source"] = list(exp.sources)
         if exp.load.duration_ms is not None:
             defn["requests"] = {k: v for k, v in defn["requests"].items() if k != "repeat"}
+    if exp.traces:              # (cells without traces keep the keys they had before traces)
+        defn["traces"] = [[t.label, t.mode, t.digest()] for t in exp.traces]
     digest = hashlib.sha256(json.dumps(defn, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{model.name}/{strategy.name}/{digest}"
 
@@ -442,6 +449,10 @@ class CellExecution:
         self.fault: NetworkFault | None = None
         self._checked = -math.inf           # when the network's processes were last looked at
         self.load: dict | None = None       # a load scenario's figures (testbed.load.figures)
+        self.replays: dict[tuple[str, str], tuple] = {}   # (link, direction) -> (LinkTrace, Replay)
+        self.trace_t0: int | None = None    # monotonic ns: the replays' start, the first measured request's
+        self.trace: dict | None = None      # what the replays did (the cell's trace_json)
+        self._switch_interval: float | None = None   # Python's, while the replays run
 
     def run(self) -> CellOutcome:
         started = time.time()
@@ -455,6 +466,7 @@ class CellExecution:
                 t0 = time.monotonic()
                 self._start_servers()
                 timings["deploy_s"].append(time.monotonic() - t0)
+                self._prepare_replays()
                 if self.exp.load.concurrent:
                     self._run_load()
                 else:
@@ -475,6 +487,7 @@ class CellExecution:
                 # a signal now cannot leave servers running, nor lose what was measured: it is
                 # held, and raised again once the cell is stored
                 with signals.deferred():
+                    self._stop_replays()    # before anything else ends: the network outlives them
                     t0 = time.monotonic()
                     self._stop_servers()
                     timings["teardown_s"].append(time.monotonic() - t0)
@@ -488,6 +501,100 @@ class CellExecution:
                 self.interrupt = self.interrupt or e
         outcome.interrupt, outcome.fault = self.interrupt, self.fault
         return outcome
+
+    # -- link traces -------------------------------------------------------------------------
+    def _prepare_replays(self) -> None:
+        """A replay per traced direction (not started: every state checked against the link and
+        its kernel request compiled, so that a step costs only its change), the direction put in
+        the trace's first state for the warm-up."""
+        from emulation.replay import replay_link
+
+        for t in self.exp.traces:
+            try:
+                replay = replay_link(self.net, t.link, t.direction, t.trace, name=t.label)
+            except EmulationError as e:
+                raise RunError(f"trace on {t.label}: {e}") from None
+            self.replays[(t.link, t.direction)] = (t, replay)
+            # the trace's first state from the warm-up on: a change that retunes the interface
+            # (its GSO size) took 20-45 ms here, which the first step would otherwise be late by
+            try:
+                self.net.step_link(t.link, t.direction, **t.trace.steps[0].changes())
+            except EmulationError as e:
+                raise RunError(f"trace on {t.label}: {e}") from None
+
+    def _start_replays(self, t0_ns: int) -> None:
+        """Every replay from ``t0_ns``, the first measured request's start (after the warm-up)."""
+        self.trace_t0 = t0_ns
+        if self.replays:
+            # the replays' threads share the GIL with this one, which reads every request's line:
+            # at Python's 5 ms switch interval a step waited up to that long for it (docs/emulation.md)
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(REPLAY_SWITCH_INTERVAL_S)
+        for _, replay in self.replays.values():
+            replay.start(t0_ns)
+
+    def _stop_replays(self) -> None:
+        """Stop every replay and give each traced direction back its spec value (read back), so
+        that the network's teardown or the next cell never meets a replay; the cell's trace
+        figures kept in ``self.trace``. A replay that failed, or a link that cannot be given back,
+        is the cell's error (the network then no longer holds its spec: a NetworkFault)."""
+        if not self.replays:
+            return
+        out, problems = [], []
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+        for (link, direction), (t, replay) in self.replays.items():
+            entry = {"link": link, "direction": direction, "file": t.file, "mode": t.mode,
+                     "window_ms": t.window_ms}
+            try:
+                entry.update(replay.stop())
+            except Exception as e:      # noqa: BLE001 - a refused change, a thread that hung: reported
+                problems.append(f"trace on {t.label}: {one_line(e)}")
+                entry.update(replay.summary())
+                entry["error"] = one_line(e)
+            entry["started"] = replay.t0_ns is not None
+            entry["applied_steps"] = [[round((r.applied_ns - self.trace_t0) / 1e6, 3), r.state.rate_bps,
+                                       r.state.delay_ms] for r in replay.records if r.applied_ns is not None]
+            spec = getattr(self.exp.topology.link(link), direction)
+            try:
+                self.net.set_link(link, direction, rate_bps=spec.rate_bps, delay_ms=spec.delay_ms,
+                                  jitter_ms=spec.jitter_ms, loss=spec.loss)
+            except EmulationError as e:
+                problems.append(f"giving {t.label} back its spec value after the trace: {one_line(e)}")
+            out.append(entry)
+        self.trace = {"t0_ns": self.trace_t0, "directions": out}
+        if problems:
+            text = "; ".join(problems)
+            self.error = f"{self.error}; {text}" if self.error else text
+            if any(p.startswith("giving") for p in problems) and self.fault is None:
+                self.fault = NetworkFault(text)
+
+    def link_state(self, src: str, dst: str, sent_ns: int) -> dict:
+        """The traced directions a hop from ``src`` to ``dst`` crosses, and the state in force on
+        them when its first byte was sent (``sent_ns``: the hop's send stamp, on the replay's
+        clock): the HopRow fields, empty when it crosses none."""
+        if not self.replays or src == dst or self.trace_t0 is None:
+            return {}
+        spec = self.exp.topology
+        labels, rates, delays = [], [], []
+        route = spec.path(src, dst)
+        for u, v in zip(route, route[1:]):
+            link = spec.link(f"{u}-{v}")
+            direction = "forward" if (u, v) == (link.a, link.b) else "reverse"
+            if (link.name, direction) not in self.replays:
+                continue
+            t, replay = self.replays[(link.name, direction)]
+            # before the replay's first step is in force: the trace's first state, which the
+            # direction took before the warm-up (_prepare_replays)
+            step = replay.state_at(sent_ns) or t.trace.steps[0]
+            own = getattr(link, direction)        # what the trace leaves alone: the link's own
+            labels.append(t.label)
+            rates.append(step.rate_bps)
+            delays.append(step.delay_ms if step.delay_ms is not None else own.delay_ms)
+        if not labels:
+            return {}
+        return {"trace_at_ms": (sent_ns - self.trace_t0) / 1e6, "trace_link": ", ".join(labels),
+                "trace_bandwidth_bps": min(rates), "trace_delay_ms": sum(delays)}
 
     def _check_network(self, now: bool = False) -> None:
         """A :class:`NetworkFault` once a process the network needs has died: looked at every
@@ -623,9 +730,16 @@ class CellExecution:
                 "--inputs", str(self.runner.request_inputs(cell.model)), "--host", source,
                 "--warmup", str(r.warmup), "--repeat", str(r.repeat), "--timeout", f"{r.timeout_ms / 1000:g}",
                 "--codec", exp.codec, "--connection", exp.serving.connection]
-        client = self._start_source("client", source, argv)
+        if r.duration_ms is not None:
+            argv += ["--duration", repr(r.duration_ms / 1000)]
+        if self.replays:        # the replays start with the first measured request
+            argv.append("--wait-start")
+        client = self._start_source("client", source, argv, stdin=subprocess.PIPE if self.replays else None)
         # the client gives up on each request after the timeout; this only guards against a hang
-        budget = (r.warmup + r.repeat) * (r.timeout_ms / 1000 + 1) + 60
+        if r.duration_ms is not None:
+            budget = r.warmup * (r.timeout_ms / 1000 + 1) + r.duration_ms / 1000 + r.timeout_ms / 1000 + 60
+        else:
+            budget = (r.warmup + r.repeat) * (r.timeout_ms / 1000 + 1) + 60
         deadline = time.monotonic() + budget
         finished = False
         try:
@@ -643,12 +757,20 @@ class CellExecution:
                 if msg.get("done"):
                     finished = True
                     break
+                if msg.get("warm") and self.replays:
+                    t0 = time.monotonic_ns() + START_AHEAD_NS
+                    self._start_replays(t0)
+                    client.stdin.write(f"start {t0}\n")
+                    client.stdin.flush()
                 if "seq" in msg:
                     self._add_request(msg, f"client on {source}")
                     self.runner.events.request_done(msg["status"])
         finally:
             terminate([client], grace_s=3.0)
             client.stdout.close()
+            if client.stdin:
+                with contextlib.suppress(OSError):
+                    client.stdin.close()
         if not finished:
             raise RunError(f"{len(self.requests)} of {r.repeat} requests measured; "
                            f"{self._source_failure('client', client, budget)}")
@@ -696,6 +818,7 @@ class CellExecution:
                     raise RunError(f"load generator on {name.removeprefix('loadgen-')} did not warm up: "
                                    f"{self._source_failure(name, p, warm_s)}")
             t0 = time.monotonic_ns() + 100_000_000      # every generator's schedule starts here
+            self._start_replays(t0)
             for p in gens.values():
                 p.stdin.write(f"start {t0}\n")
                 p.stdin.flush()
@@ -784,6 +907,13 @@ class CellExecution:
         hops, samples = [], []
         if ok:
             hops = [HopRow(seq=msg["seq"], idx=idx, **h) for idx, h in enumerate(b.hops)]
+            if self.replays:
+                # the link hops in order, each with the send stamp of the record that received it
+                # (workloads.trace.breakdown walks the records the same way)
+                trace = msg.get("trace") or []
+                sent = iter([rec["sent"] for rec in itertools.takewhile(lambda rec: "sent" in rec, trace[1:])])
+                hops = [replace(h, **self.link_state(h.src, h.dst, next(sent))) if h.kind == "link" else h
+                        for h in hops]
             samples = [(rec["host"], ((rec["comp1"] - rec["comp0"]) / 1e6, int(rec["cpu"]) / 1e6))
                        for rec in msg.get("trace") or [] if "comp1" in rec and rec.get("cpu") is not None]
         return request, hops, samples
@@ -793,7 +923,7 @@ class CellExecution:
             f"{h} (memory limit {self.exp.topology.host(h).memory_bytes} B)" for h in hosts)
         self.requests = [replace(r, status="oom", error=note) if r.status == "error" else r for r in self.requests]
         measured = {r.seq for r in self.requests}
-        if self.exp.load.duration_ms is not None:
+        if self.exp.duration_ms() is not None:
             return self._oom_noted(note)     # a duration has no list of requests that were due
         self.requests += [RequestRow(seq=s, input_index=s % self.exp.requests.inputs, status="oom", error=note)
                           for s in range(self.exp.requests.repeat) if s not in measured]
@@ -821,7 +951,7 @@ class CellExecution:
             status=status, error=self.error, started=started, ended=time.time(),
             network=self.network, hosts=self.hosts, load=self.load, metric_ci_low=v_lo, metric_ci_high=v_hi,
             baseline_ci_low=b_lo, baseline_ci_high=b_hi, loss_ci_low=l_lo, loss_ci_high=l_hi,
-            quality_samples=q.get("samples"))
+            quality_samples=q.get("samples"), trace=self.trace)
 
 
 def _message(line: str, who: str) -> dict:

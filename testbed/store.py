@@ -98,6 +98,7 @@ class CellRecord:
     loss_ci_low: float | None = None
     loss_ci_high: float | None = None
     quality_samples: int | None = None
+    trace: dict | None = None               # the link traces replayed during the cell (testbed.runner)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ class HopRow:
     bytes: int | None = None
     decode_ms: float | None = None
     encode_ms: float | None = None
+    trace_at_ms: float | None = None          # a link hop crossing a traced direction: its first byte, ms
+    trace_link: str | None = None             # after the replay's start; the traced direction(s) it crossed;
+    trace_bandwidth_bps: int | None = None    # the bandwidth and delay in force then
+    trace_delay_ms: float | None = None
 
 
 # --- value checks (a programming error caught before anything is written) --------------------
@@ -331,6 +336,10 @@ CELLS = Table("cells", "One row per cell: one sweep point x one model x one stra
     Column("loss_ci_high", REAL, "its upper bound: the recommendations count a strategy within a loss "
                                  "tolerance only when this is at most the tolerance"),
     Column("quality_samples", INTEGER, "the evaluation samples behind the metric and its intervals"),
+    Column("trace_json", JSON, "the link traces replayed during the cell, one entry per traced direction: the "
+                               "file, its mode, the replay's steps due, applied, missed and late, apply lag "
+                               "p50/p99/max (ms), read-backs and what differed, and the steps applied as "
+                               "`[ms after the start, bit/s, delay ms]` (NULL: no trace)"),
 ), indexes=(("cells_run", "run_id"),))
 
 REQUESTS = Table("requests", "One row per measured request (warm-up requests are not stored). "
@@ -374,6 +383,12 @@ HOPS = Table("hops", "Where one request's time went, step by step. A link with `
     Column("ms", REAL, "the hop's time", required=True),
     Column("decode_ms", REAL, "links: the receiver's decoding, with its quota stall on the frame's last bytes"),
     Column("encode_ms", REAL, "links: the sender's encoding"),
+    Column("trace_at_ms", REAL, "a link hop that crossed a traced link direction: when its first byte was sent, "
+                                "ms after the trace's start (the cell's first measured request)"),
+    Column("trace_link", TEXT, "the traced direction(s) it crossed, e.g. `mobile-edge forward`"),
+    Column("trace_bandwidth_bps", INTEGER, "the bandwidth in force on it when the first byte was sent (the "
+                                           "lowest, over several traced directions)"),
+    Column("trace_delay_ms", REAL, "the one-way delay in force then (summed over several traced directions)"),
 ), primary_key=("cell", "seq", "idx"), indexes=(("hops_cell", "cell"),))
 
 TABLES = (RUNS, CELLS, REQUESTS, HOPS)
@@ -407,6 +422,11 @@ def _load_columns(conn: sqlite3.Connection) -> None:
     _add_columns(REQUESTS, ("source", "due_ms", "queue_ms", "late_ms"))(conn)
 
 
+def _trace_columns(conn: sqlite3.Connection) -> None:
+    _add_columns(CELLS, ("trace_json",))(conn)
+    _add_columns(HOPS, ("trace_at_ms", "trace_link", "trace_bandwidth_bps", "trace_delay_ms"))(conn)
+
+
 _INTERVAL_COLUMNS = ("metric_ci_low", "metric_ci_high", "baseline_ci_low", "baseline_ci_high", "loss_ci_low",
                      "loss_ci_high", "quality_samples")
 
@@ -417,6 +437,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "load scenarios: cells.load_json; requests.source, due_ms, queue_ms, late_ms", _load_columns),
     Migration(4, "quality intervals: cells." + ", ".join(_INTERVAL_COLUMNS) + " (NULL in cells stored before)",
               _add_columns(CELLS, _INTERVAL_COLUMNS)),
+    Migration(5, "link traces: cells.trace_json; hops.trace_at_ms, trace_link, trace_bandwidth_bps, trace_delay_ms",
+              _trace_columns),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _CELL_ORDER = "ORDER BY started, cell"
@@ -707,6 +729,13 @@ class ResultStore:
     def hops(self, cell: str | None = None) -> list[dict]:
         where, args = ("WHERE cell = ?", (cell,)) if cell is not None else ("", ())
         return self._rows(f"SELECT * FROM hops {where} ORDER BY cell, seq, idx", args)
+
+    def trace_times(self) -> dict[tuple[str, int], float]:
+        """(cell, seq) -> when the request's first byte crossed a traced link direction, ms after
+        the trace's start (its earliest ``hops.trace_at_ms``), for the requests that crossed one."""
+        rows = self._rows("SELECT cell, seq, min(trace_at_ms) AS at_ms FROM hops WHERE trace_at_ms IS NOT NULL "
+                          "GROUP BY cell, seq")
+        return {(r["cell"], r["seq"]): r["at_ms"] for r in rows}
 
     def runs(self) -> list[dict]:
         """Every run, config and machine decoded from JSON (keys ``config``, ``machine``)."""

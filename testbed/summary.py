@@ -52,6 +52,26 @@ def host_flags(hosts: dict | None) -> list[str]:
     return out
 
 
+def trace_flags(trace: dict | None) -> list[str]:
+    """A traced cell whose replay did not keep to its trace: steps missed (never applied, so
+    the link skipped that state), read-backs that found the link otherwise, a replay that
+    failed (``cells.trace_json``)."""
+    out = []
+    for d in (trace or {}).get("directions") or []:
+        what = []
+        if d.get("missed"):
+            what.append(f"{d['missed']} of {d['steps']} trace steps missed")
+        if d.get("mismatches"):
+            what.append(f"{d['mismatches']} read-backs differed ({d.get('first_mismatch')})")
+        if d.get("error"):
+            what.append(f"replay failed: {d['error']}")
+        if what:
+            lag = (d.get("lag_ms") or {}).get("p99")
+            out.append(f"{d['link']} {d['direction']}: " + "; ".join(what)
+                       + (f" (apply lag p99 {lag:.1f} ms)" if lag is not None else ""))
+    return out
+
+
 NO_INTERVAL = "no interval (stored before intervals, or too few evaluation samples)"
 
 
@@ -84,7 +104,9 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
       store written before intervals, or too few evaluation samples); ``quality_samples``:
       the evaluation samples behind them;
     - ``host_flags``: one line per host whose per-request compute fell outside the tolerance of
-      what its CPU share promises (the runner's ``hosts[h].compute``), saying by how much;
+      what its CPU share promises (the runner's ``hosts[h].compute``), saying by how much,
+      and one per traced direction whose replay missed steps, read the link back otherwise, or
+      failed (:func:`trace_flags`);
     - ``load``: a load scenario's figures (``testbed.load.figures``: offered and achieved
       rate, latency percentiles counting failures, queue share, SLO), None for single-stream.
     """
@@ -130,7 +152,7 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             "metric": c["metric"], "value": c["metric_value"], "baseline": c["baseline_value"],
             **{f"{k}_ci": interval(c, k) for k in ("value", "baseline", "loss")},
             "quality_samples": c.get("quality_samples"),
-            "host_flags": host_flags(c.get("hosts")) + load_flags(c.get("load")),
+            "host_flags": host_flags(c.get("hosts")) + load_flags(c.get("load")) + trace_flags(c.get("trace")),
             "load": c.get("load"),
         })
     return rows

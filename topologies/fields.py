@@ -96,3 +96,10 @@ DIRECTION_FIELDS: dict[str, tuple[str, Callable, Callable]] = {
 DIRECTIONS = ("forward", "reverse")
 TOP_KEYS = ("name", "hosts", "links")
 LINK_KEYS = tuple(DIRECTION_FIELDS) + DIRECTIONS
+# What an experiment file's links take besides DIRECTION_FIELDS, at a link's level (both
+# directions) or under forward/reverse: a trace file replayed on the direction during every
+# cell (topologies.traces, emulation.replay), how it repeats, and Mahimahi's window. Not part of
+# a topology: a topology file, and ``--set`` on a spec, refuse them.
+TRACE_FIELDS = ("trace", "trace_mode", "trace_window")
+TRACE_ALLOWED = ("a CSV or Mahimahi trace file relative to the experiment file, e.g. "
+                 "{trace: traces/walk.csv, trace_mode: loop, trace_window: 100ms}")

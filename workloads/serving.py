@@ -8,7 +8,7 @@ inside a host's network namespace (and, for servers, its cgroup):
                                        [--connection persistent|per-request] [--timeout S]
                                        [--pace CORES] [--max-connections N]
     python -m workloads.serving client --target ADDR:PORT --inputs FILE.npz --host NAME
-                                       [--warmup W] [--repeat R] [--timeout S] [--codec ...]
+                                       [--warmup W] [--repeat R | --duration S] [--wait-start] [--timeout S] [--codec ...]
                                        [--connection ...]
 
 **Server.** Loads the segments of one part of an artifact once (intra-op threads = the host's
@@ -60,6 +60,7 @@ check against the reference model (``match``: same argmax at every position; ``m
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -663,7 +664,12 @@ class Client:
 
 
 def run_client(target: tuple[str, int], inputs: str, host: str, warmup: int, repeat: int,
-               timeout_s: float, codec: str, connection: str, out=sys.stdout) -> None:
+               timeout_s: float, codec: str, connection: str, out=sys.stdout, *, duration_s: float | None = None,
+               wait_start: bool = False, stdin=sys.stdin) -> None:
+    """``duration_s``: send measured requests until that long has passed since the start
+    instead of ``repeat`` of them. ``wait_start``: once warmed up, write ``{"warm": true}`` and
+    read ``start NS`` (a ``time.monotonic_ns()`` stamp) from ``stdin``; the measured requests
+    start then (the runner starts a link trace's replay on the same stamp)."""
     samples, refs = load_inputs(inputs)
     client = Client(target, host, codec, connection, timeout_s)
     try:
@@ -672,7 +678,21 @@ def run_client(target: tuple[str, int], inputs: str, host: str, warmup: int, rep
         out.flush()
         for w in range(warmup):
             client.request(1_000_000 + w, samples[w % len(samples)])
-        for seq in range(repeat):
+        t0 = time.monotonic_ns()
+        if wait_start:
+            out.write(json.dumps({"warm": True}) + "\n")
+            out.flush()
+            line = stdin.readline().split()
+            if len(line) != 2 or line[0] != "start" or not line[1].isdigit():
+                raise ValueError(f"expected 'start NS' on stdin, got {' '.join(line)[:80]!r}")
+            t0 = int(line[1])
+            left = t0 - time.monotonic_ns()
+            if left > 0:
+                time.sleep(left / 1e9)
+        end = None if duration_s is None else t0 + int(duration_s * 1e9)
+        for seq in itertools.count() if end is not None else range(repeat):
+            if end is not None and time.monotonic_ns() >= end:
+                break
             k = seq % len(samples)
             r = client.request(seq + 1, samples[k])
             match, diff = check_output(r.pop("output", None), refs[k])
@@ -705,6 +725,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     c.add_argument("--host", required=True)
     c.add_argument("--warmup", type=int, default=3)
     c.add_argument("--repeat", type=int, default=30)
+    c.add_argument("--duration", type=float, default=None, help="seconds (instead of --repeat)")
+    c.add_argument("--wait-start", action="store_true", help="once warmed up, read 'start NS' from stdin")
     for q in (s, c):
         q.add_argument("--codec", choices=list(CODECS), default="binary")
         q.add_argument("--connection", choices=list(CONNECTIONS), default="persistent")
@@ -717,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "client":
             run_client(parse_address(a.target), a.inputs, a.host, a.warmup, a.repeat, a.timeout,
-                       a.codec, a.connection)
+                       a.codec, a.connection, duration_s=a.duration, wait_start=a.wait_start)
             return 0
         server = Server(ServerConfig.from_args(a))
         server.bind()

@@ -417,7 +417,7 @@ ERRORS = [
     ("requests_warmup_type", BASE + "requests:\n  warmup: 1.5\n",
      "6: requests.warmup: expected a whole number, got a number; allowed: a whole number 0 to 10000"),
     ("requests_key", BASE + "requests:\n  repeats: 3\n",
-     "6: requests.repeats: unknown key; allowed: warmup, repeat, inputs, timeout"),
+     "6: requests.repeats: unknown key; allowed: warmup, repeat, inputs, timeout, duration"),
     ("codec", BASE + "codec: grpc\n", "5: codec: 'grpc' is not a codec; allowed: binary | json-base64"),
     ("topology_missing_file", BASE + "topology: nope.yaml\n",
      "5: topology: {dir}/nope.yaml: no such topology file or built-in; allowed: a .yaml, .yml or .py file, "

@@ -169,3 +169,20 @@ def test_the_thread_stamps_steps_on_the_real_clock_within_a_few_ms():
     rp.stop()
     lateness = [(s - (t0 + k * 30 * MS)) / MS for k, s in enumerate(stamps)]
     assert len(stamps) == 3 and all(0 <= late < 20 for late in lateness), lateness   # never early
+
+
+def test_a_step_is_in_force_for_state_at_while_its_read_back_runs():
+    """A request that crossed the link just after a step must see that step even while the
+    step's read-back (which may take milliseconds) has not finished: the runner looks states up
+    as requests come in, while the replay runs."""
+    seen = []
+    rp = None
+
+    def verify():
+        seen.append(rp.state_at(rp.clock()))
+        rp.clock.now += 3 * MS          # a slow read-back
+        return []
+
+    rp, clock, applied = driver(verify=verify)
+    rp.run(T0)
+    assert [s.rate_bps for s in seen] == [50_000_000, 5_000_000, 20_000_000, 1_000_000]

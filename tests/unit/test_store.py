@@ -23,7 +23,8 @@ REQUEST_HEADER = ["cell", "model", "strategy", "placement", "status", "e2e_ms", 
                   "bytes_sent", "seq", "input_index", "serialization_ms", "overhead_ms", "exit_segment",
                   "output_match", "output_max_diff", "error", "source", "due_ms", "queue_ms", "late_ms", "point"]
 HOP_HEADER = ["cell", "model", "strategy", "placement", "seq", "idx", "kind", "src", "dst", "direction", "part",
-              "bytes", "ms", "decode_ms", "encode_ms"]
+              "bytes", "ms", "decode_ms", "encode_ms", "trace_at_ms", "trace_link", "trace_bandwidth_bps",
+              "trace_delay_ms"]
 
 
 def cell_record(key: str = "p0/efficientnet_lite0/me-partition", **kw) -> CellRecord:
@@ -210,6 +211,8 @@ def test_a_version_1_store_is_upgraded_in_place_and_keeps_all_its_data(tmp_path)
              "source": None, "due_ms": None, "queue_ms": None, "late_ms": None}]
         assert [(h["idx"], h["kind"], h["bytes"], h["encode_ms"]) for h in s.hops("a")] == [
             (0, "compute", None, None), (1, "link", 1028, 0.2)]
+        assert a["trace"] is None and {(h["trace_at_ms"], h["trace_link"], h["trace_bandwidth_bps"],
+                                        h["trace_delay_ms"]) for h in s.hops("a")} == {(None,) * 4}   # version 5
         s.write_cell(cell_record("c", run_id="r1"), request_rows(1), hop_rows(range(1)))   # and it takes writes
         assert s.cell_status() == {"a": "done", "b": "failed", "c": "done"}
     assert raw_state(folder / STORE_FILE)[:2] == (SCHEMA_VERSION, [("schema_version", str(SCHEMA_VERSION))])
@@ -420,7 +423,8 @@ def test_round_trip(store):
     assert len(hops) == 12 and [(h["seq"], h["idx"]) for h in hops[:5]] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
     assert hops[0] == {"cell": c.cell, "seq": 0, "idx": 0, "kind": "compute", "src": "mobile", "dst": "mobile",
                        "direction": "request", "part": 0, "bytes": None, "ms": 4.0, "decode_ms": 0.1,
-                       "encode_ms": 0.2}
+                       "encode_ms": 0.2, "trace_at_ms": None, "trace_link": None, "trace_bandwidth_bps": None,
+                       "trace_delay_ms": None}
     assert store.hops() == hops and store.hops("other") == []
 
 
@@ -630,3 +634,24 @@ def test_export_errors(tmp_path):
     with pytest.raises(StoreError, match="no results at"):
         export(tmp_path / "empty", "csv")
     assert not (tmp_path / "empty").exists()
+
+
+def test_a_traced_cell_keeps_its_replay_figures_and_each_hops_link_state(store, tmp_path):
+    """Version 5: cells.trace_json holds the replays' figures; a link hop that crossed a traced
+    direction keeps when it was sent and the bandwidth and delay in force; both are exported."""
+    trace = {"t0_ns": 5, "directions": [{"link": "mobile-edge", "direction": "forward", "steps": 3, "applied": 2,
+                                         "missed": 1, "late": 0, "lag_ms": {"p50": 0.4, "p99": 0.9, "max": 0.9},
+                                         "applied_steps": [[0.4, 50000000, None], [1000.5, 5000000, None]]}]}
+    hops = [replace(h, trace_at_ms=12.5, trace_link="mobile-edge forward", trace_bandwidth_bps=5_000_000,
+                    trace_delay_ms=10.0) if h.kind == "link" and h.src == "mobile" else h for h in hop_rows(range(1))]
+    store.write_cell(cell_record("t", trace=trace), request_rows(1), hops)
+    [cell] = [c for c in store.cells() if c["cell"] == "t"]
+    assert cell["trace"] == trace
+    link = [h for h in store.hops("t") if h["kind"] == "link"]
+    assert [(h["trace_at_ms"], h["trace_link"], h["trace_bandwidth_bps"], h["trace_delay_ms"]) for h in link] == [
+        (12.5, "mobile-edge forward", 5_000_000, 10.0), (None, None, None, None)]
+    folder = store.path.parent
+    export(folder, "csv", tmp_path / "out")
+    with open(tmp_path / "out" / "hops.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["trace_bandwidth_bps"] for r in rows if r["kind"] == "link"] == ["5000000", ""]
