@@ -32,10 +32,14 @@ EXIT_TASKS = ("classification", "text_classification")
 THRESHOLD_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
-def check_task(task: str, model: str) -> None:
-    if task not in EXIT_TASKS:
+def check_task(task: str, model: str, kind: str = "heads") -> None:
+    """Exit heads answer with a class, so they need a task with one class decision per sample;
+    skipping blocks (``kind: skip``) changes only the backbone and applies to any task whose
+    model has skippable residual blocks (:func:`skip_blocks` says when it has none)."""
+    if kind == "heads" and task not in EXIT_TASKS:
         raise WorkloadError(f"early_exit on {model}: task {task} has no single class decision to exit with; "
-                            f"early exit applies to {choices(EXIT_TASKS)}")
+                            f"exit heads apply to {choices(EXIT_TASKS)}; for {task}, use kind: skip on a model "
+                            "with residual blocks")
 
 
 # ---------------------------------------------------------------- block skipping -------
@@ -95,8 +99,11 @@ def skip_blocks(p: Pipeline, blocks) -> Pipeline:
     info = p.info()
     found = residual_blocks(p.backbone, info)
     if not found:
+        instead = ("use kind: heads" if p.task in EXIT_TASKS else
+                   f"a {p.task} model has no exit heads either: choose a model with residual blocks, or drop "
+                   "early_exit from this strategy")
         raise WorkloadError(f"early_exit kind skip on {p.model_name}: no residual blocks with identity shortcut "
-                            "found; use kind: heads")
+                            f"found (a block's input added to its output, same shape in and out); {instead}")
     chosen = auto_blocks(found) if blocks == "auto" else list(blocks)
     for b in chosen:
         if b not in found:
