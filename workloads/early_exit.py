@@ -303,17 +303,17 @@ def add_heads(p: Pipeline, *, points, threshold, epochs: int, train, reference_l
         "labels": "true labels" if reference_labels is not None and train.labelled else "the full model's predictions"})
 
 
-def exit_table(folder, data, reference=None, grid=THRESHOLD_GRID) -> dict:
-    """Run every segment of a prepared artifact on ``data`` (no early stop) and tabulate, per
-    threshold, how many samples leave at each exit and the quality of the answers: accuracy
-    against labels, or agreement with ``reference`` predictions when unlabelled."""
+def exit_answers(folder, data, grid=THRESHOLD_GRID) -> tuple[np.ndarray, dict[float, tuple[np.ndarray, list]]]:
+    """Run every segment of a prepared artifact on ``data`` (no early stop) and, per threshold
+    of ``grid``, what each sample would get: ``(final, {threshold: (answers, exits)})`` with
+    the class ids of the last output (``final``) and of the answer at that threshold, and
+    ``exits``, per exit head, the boolean mask of the samples that leave there."""
     from .runtime import ArtifactRunner
 
     runner = ArtifactRunner(folder)
-    exits = [i for i, s in enumerate(runner.segments) if s.exit_output]
-    target = data.labels if data.labelled else reference
-    conf = {i: [] for i in exits}
-    pred = {i: [] for i in exits}
+    heads = [i for i, s in enumerate(runner.segments) if s.exit_output]
+    conf = {i: [] for i in heads}
+    pred = {i: [] for i in heads}
     final = []
     for n in range(len(data)):
         carry = data.sample(n)
@@ -327,18 +327,31 @@ def exit_table(folder, data, reference=None, grid=THRESHOLD_GRID) -> dict:
             carry.update(outs)
         final.append(int(carry[runner.outputs[0]].reshape(1, -1).argmax()))
     final = np.array(final)
-    rows = []
+    at = {}
     for t in grid:
         answer = final.copy()
         left = np.zeros(len(final), dtype=bool)
-        rates = []
-        for i in exits:
+        exits = []
+        for i in heads:
             c, pr = np.array(conf[i]), np.array(pred[i])
             go = (~left) & (c >= t)
             answer[go] = pr[go]
-            rates.append(float(go.mean()))
+            exits.append(go)
             left |= go
-        rows.append({"threshold": t, "exit_rates": rates, "exit_rate": float(left.mean()),
+        at[t] = (answer, exits)
+    return final, at
+
+
+def exit_table(folder, data, reference=None, grid=THRESHOLD_GRID) -> dict:
+    """Per threshold, how many samples leave at each exit and the quality of the answers:
+    accuracy against labels, or agreement with ``reference`` predictions when unlabelled
+    (from :func:`exit_answers`)."""
+    target = data.labels if data.labelled else reference
+    final, at = exit_answers(folder, data, grid)
+    rows = []
+    for t, (answer, exits) in at.items():
+        left = np.any(exits, axis=0) if exits else np.zeros(len(final), dtype=bool)
+        rows.append({"threshold": t, "exit_rates": [float(go.mean()) for go in exits], "exit_rate": float(left.mean()),
                      "quality": float((answer == target).mean())})
     return {"samples": len(final), "final_quality": float((final == target).mean()), "thresholds": rows,
             "judged_by": "labels" if data.labelled else "agreement with the untransformed model"}
