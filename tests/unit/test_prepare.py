@@ -313,9 +313,10 @@ def _seg_data(split, ctx=None):
 def test_block_skipping_applies_to_segmentation_and_is_judged_by_miou_with_its_interval(monkeypatch, tmp_path):
     from dataclasses import replace
 
+    from workloads import models
+
     entry = register_model(monkeypatch, "tiny_seg", _seg_build, _seg_data, (1, 1, 12, 12))
-    monkeypatch.setitem(__import__("workloads.models", fromlist=["_REGISTRY"])._REGISTRY, "tiny_seg",
-                        replace(entry, task="segmentation", metric="miou"))
+    monkeypatch.setitem(models._REGISTRY, "tiny_seg", replace(entry, task="segmentation", metric="miou"))
     cache = Cache(tmp_path)
     r = prepare("tiny_seg", chain({"early_exit": {"kind": "skip"}}), cache=cache)
     report = r.manifest["report"]["early_exit"]
