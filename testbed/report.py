@@ -43,7 +43,7 @@ from .experiment import point_label
 from .load import (LEVEL_AXES, capacities, curves, json_key, level_axis, level_text, level_winners, qps_text,
                    reach_text, saturation, targets_text)
 from .recommend import TOLERANCE, recommend
-from .stats import StudyGroup, study_groups, study_statistics, wilcoxon_paired
+from .stats import StudyGroup, paired_test, study_groups, study_statistics
 from .store import CELL_STATUSES, ResultStore
 from .summary import NO_INTERVAL, host_flags, interval, summarize
 
@@ -736,9 +736,11 @@ def write_report(folder: str | Path, out: str | Path | None = None, tolerance: f
 def quality_tests(cells: list[dict]) -> list[dict]:
     """Per model and artifact (strategy): its metric, the baseline and the loss with their 95 %
     intervals as stored with the cell (``*_ci_low``, ``*_ci_high``; ``interval`` says when
-    there are none), and the Wilcoxon signed-rank test of its per-sample quality against the
-    untransformed model's on the same evaluation samples (the files `workloads.prepare` writes
-    beside the artifact); a row says so when they are missing."""
+    there are none), and the paired test of its per-sample quality against the untransformed
+    model's on the same evaluation samples (the files `workloads.prepare` writes beside the
+    artifact; `testbed.stats.paired_test`: exact McNemar for 1/0 scores, correct or agreeing,
+    Wilcoxon signed-rank for pixel accuracy; ``test`` names it); a row says so when the files
+    are missing."""
     rows, seen = [], set()
     for c in cells:
         if c["status"] != "done" or not c.get("artifact") or (c["model"], c["artifact"]) in seen:
@@ -754,12 +756,12 @@ def quality_tests(cells: list[dict]) -> list[dict]:
         try:
             scores, base = np.load(folder / SCORES_FILE), np.load(folder / BASELINE_SCORES_FILE)
         except (OSError, ValueError):
-            rows.append({**row, "n": None, "nonzero": None, "statistic": None, "p": None,
+            rows.append({**row, "test": None, "n": None, "nonzero": None, "statistic": None, "p": None,
                          "median_difference": None, "significant": None,
                          "warning": "no per-sample scores beside the artifact (prepared by an older testbed, "
                                     "moved, or random weights)"})
             continue
-        rows.append({**row, **wilcoxon_paired(base, scores)})
+        rows.append({**row, **paired_test(base, scores)})
     return rows
 
 
@@ -837,7 +839,7 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
               + _write_table(out / "tables", "quality", quality,
                              ["model", "strategy", "metric", "value", "value_ci_low", "value_ci_high", "baseline",
                               "baseline_ci_low", "baseline_ci_high", "loss", "loss_ci_low", "loss_ci_high",
-                              "samples", "interval", "n", "nonzero", "statistic", "p", "median_difference",
+                              "samples", "interval", "test", "n", "nonzero", "statistic", "p", "median_difference",
                               "significant", "warning"])
               + _write_table(out / "tables", "recommendations", recs,
                              ["model", "point_label", *(["scenario"] if load_curves else []), "kind", "strategy",

@@ -34,7 +34,9 @@ SHAPIRO_MIN_N, SHAPIRO_MAX_N = 3, 5000
 KRUSKAL_MIN_N = 5
 # The smallest exact two-sided Wilcoxon p-value with n non-zero differences is 2 / 2**n:
 # 0.0625 for n = 5, 0.031 for n = 6, so fewer than 6 can never reach alpha = 0.05.
+# The exact McNemar test's is the same (2 / 2**n discordant pairs): one constant for both.
 WILCOXON_MIN_N = 6
+WILCOXON, MCNEMAR = "Wilcoxon signed-rank", "McNemar (exact)"
 # Cliff's delta magnitudes, Romano et al. (2006): below each bound, that word.
 CLIFF_BOUNDS = ((0.147, "negligible"), (0.33, "small"), (0.474, "medium"))
 
@@ -222,38 +224,76 @@ def compare_groups(groups: dict[str, object], alpha: float = ALPHA, min_n: int =
     return GroupComparison(summaries, h, p, conover, pairs, notes, alpha)
 
 
-def wilcoxon_paired(a, b, alpha: float = ALPHA) -> dict:
-    """Wilcoxon signed-rank test of paired scores, e.g. per-input correctness (0/1) of the
-    baseline (``a``) and of a strategy (``b``) on the same inputs.
+def _pairs(a, b, test: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The paired samples with a None/NaN side dropped, and the result block every paired test
+    fills (``warning`` set, statistic and p None, when there is nothing to test)."""
+    x, y = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if x.size != y.size:
+        raise ValueError(f"paired samples need the same length, got {x.size} and {y.size}")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    d = x - y
+    nonzero = int(np.count_nonzero(d))
+    out = {"test": test, "n": int(d.size), "nonzero": nonzero, "statistic": None, "p": None,
+           "median_difference": float(np.median(d)) if d.size else None, "significant": False, "warning": None}
+    if not d.size:
+        out["warning"] = "no paired samples: nothing to test"
+    elif not nonzero:
+        out["warning"] = f"all {d.size} differences are zero: the two agree on every sample, nothing to test"
+    elif nonzero < WILCOXON_MIN_N:
+        out["warning"] = (f"only {nonzero} non-zero differences: the {test} test needs at least "
+                          f"{WILCOXON_MIN_N} to reach p < 0.05")
+    return x, y, out
 
-    Returns ``{"n", "nonzero", "statistic", "p", "median_difference", "significant",
+
+def wilcoxon_paired(a, b, alpha: float = ALPHA) -> dict:
+    """Wilcoxon signed-rank test of paired continuous scores, e.g. per-image pixel accuracy of
+    the baseline (``a``) and of a strategy (``b``) on the same inputs.
+
+    Returns ``{"test", "n", "nonzero", "statistic", "p", "median_difference", "significant",
     "warning"}``; differences are ``a - b``, pairs with a None/NaN side are dropped, zero
     differences are dropped by the test (Wilcoxon's method). With no pairs, or all
     differences zero, there is nothing to test: statistic and p are None, ``significant`` is
     False and ``warning`` says so. Fewer than 6 non-zero differences are tested with a
     warning (p can never fall below 0.05). Raises ValueError when the lengths differ."""
-    x, y = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
-    if x.size != y.size:
-        raise ValueError(f"paired samples need the same length, got {x.size} and {y.size}")
-    d = (x - y)[~(np.isnan(x) | np.isnan(y))]
-    nonzero = int(np.count_nonzero(d))
-    out = {"n": int(d.size), "nonzero": nonzero, "statistic": None, "p": None,
-           "median_difference": float(np.median(d)) if d.size else None, "significant": False, "warning": None}
-    if not d.size:
-        out["warning"] = "no paired samples: nothing to test"
+    x, y, out = _pairs(a, b, WILCOXON)
+    if not out["nonzero"]:
         return out
-    if not nonzero:
-        out["warning"] = f"all {d.size} differences are zero: the two agree on every sample, nothing to test"
-        return out
-    if nonzero < WILCOXON_MIN_N:
-        out["warning"] = (f"only {nonzero} non-zero differences: the Wilcoxon test needs at least "
-                          f"{WILCOXON_MIN_N} to reach p < 0.05")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # few values: scipy's normal-approximation notes
-        res = stats.wilcoxon(d)
+        res = stats.wilcoxon(x - y)
     out.update(statistic=_float(res.statistic), p=_float(res.pvalue))
     out["significant"] = bool(out["p"] is not None and out["p"] < alpha)
     return out
+
+
+def mcnemar_paired(a, b, alpha: float = ALPHA) -> dict:
+    """The exact McNemar test of paired binary scores (1/0: correct, or agreeing with the
+    untransformed model) of the baseline (``a``) and a strategy (``b``): of the discordant
+    pairs, those only ``a`` got right are Binomial(n discordant, 1/2) when the two are equally
+    good; two-sided binomial test (scipy.stats.binomtest). ``statistic`` is that count (pairs
+    only ``a`` got right); ``nonzero`` is the number of discordant pairs. Same result keys
+    and warnings as :func:`wilcoxon_paired` (the smallest p with n discordant pairs is
+    2 / 2**n too). Raises ValueError when the lengths differ or a score is not 0 or 1."""
+    x, y, out = _pairs(a, b, MCNEMAR)
+    if not (np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all()):
+        raise ValueError("the McNemar test needs binary scores (0 or 1); use the Wilcoxon test for others")
+    if not out["nonzero"]:
+        return out
+    only_a = int(np.count_nonzero(x > y))
+    res = stats.binomtest(only_a, out["nonzero"], 0.5, alternative="two-sided")
+    out.update(statistic=float(only_a), p=_float(res.pvalue))
+    out["significant"] = bool(out["p"] is not None and out["p"] < alpha)
+    return out
+
+
+def paired_test(a, b, alpha: float = ALPHA) -> dict:
+    """The paired test that fits the scores: exact McNemar when every score is 0 or 1
+    (per-sample correctness, agreement), Wilcoxon signed-rank otherwise (pixel accuracy);
+    ``test`` in the result names it."""
+    x, y = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    binary = all(np.isin(v[~np.isnan(v)], (0.0, 1.0)).all() for v in (x, y))
+    return (mcnemar_paired if binary else wilcoxon_paired)(a, b, alpha)
 
 
 # --- a study: strategies compared per model and sweep point ----------------------------------

@@ -32,10 +32,14 @@ EXIT_TASKS = ("classification", "text_classification")
 THRESHOLD_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
-def check_task(task: str, model: str) -> None:
-    if task not in EXIT_TASKS:
+def check_task(task: str, model: str, kind: str = "heads") -> None:
+    """Exit heads answer with a class, so they need a task with one class decision per sample;
+    skipping blocks (``kind: skip``) changes only the backbone and applies to any task whose
+    model has skippable residual blocks (:func:`skip_blocks` says when it has none)."""
+    if kind == "heads" and task not in EXIT_TASKS:
         raise WorkloadError(f"early_exit on {model}: task {task} has no single class decision to exit with; "
-                            f"early exit applies to {choices(EXIT_TASKS)}")
+                            f"exit heads apply to {choices(EXIT_TASKS)}; for {task}, use kind: skip on a model "
+                            "with residual blocks")
 
 
 # ---------------------------------------------------------------- block skipping -------
@@ -95,8 +99,11 @@ def skip_blocks(p: Pipeline, blocks) -> Pipeline:
     info = p.info()
     found = residual_blocks(p.backbone, info)
     if not found:
+        instead = ("use kind: heads" if p.task in EXIT_TASKS else
+                   f"a {p.task} model has no exit heads either: choose a model with residual blocks, or drop "
+                   "early_exit from this strategy")
         raise WorkloadError(f"early_exit kind skip on {p.model_name}: no residual blocks with identity shortcut "
-                            "found; use kind: heads")
+                            f"found (a block's input added to its output, same shape in and out); {instead}")
     chosen = auto_blocks(found) if blocks == "auto" else list(blocks)
     for b in chosen:
         if b not in found:
@@ -296,17 +303,17 @@ def add_heads(p: Pipeline, *, points, threshold, epochs: int, train, reference_l
         "labels": "true labels" if reference_labels is not None and train.labelled else "the full model's predictions"})
 
 
-def exit_table(folder, data, reference=None, grid=THRESHOLD_GRID) -> dict:
-    """Run every segment of a prepared artifact on ``data`` (no early stop) and tabulate, per
-    threshold, how many samples leave at each exit and the quality of the answers: accuracy
-    against labels, or agreement with ``reference`` predictions when unlabelled."""
+def exit_answers(folder, data, grid=THRESHOLD_GRID) -> tuple[np.ndarray, dict[float, tuple[np.ndarray, list]]]:
+    """Run every segment of a prepared artifact on ``data`` (no early stop) and, per threshold
+    of ``grid``, what each sample would get: ``(final, {threshold: (answers, exits)})`` with
+    the class ids of the last output (``final``) and of the answer at that threshold, and
+    ``exits``, per exit head, the boolean mask of the samples that leave there."""
     from .runtime import ArtifactRunner
 
     runner = ArtifactRunner(folder)
-    exits = [i for i, s in enumerate(runner.segments) if s.exit_output]
-    target = data.labels if data.labelled else reference
-    conf = {i: [] for i in exits}
-    pred = {i: [] for i in exits}
+    heads = [i for i, s in enumerate(runner.segments) if s.exit_output]
+    conf = {i: [] for i in heads}
+    pred = {i: [] for i in heads}
     final = []
     for n in range(len(data)):
         carry = data.sample(n)
@@ -320,18 +327,31 @@ def exit_table(folder, data, reference=None, grid=THRESHOLD_GRID) -> dict:
             carry.update(outs)
         final.append(int(carry[runner.outputs[0]].reshape(1, -1).argmax()))
     final = np.array(final)
-    rows = []
+    at = {}
     for t in grid:
         answer = final.copy()
         left = np.zeros(len(final), dtype=bool)
-        rates = []
-        for i in exits:
+        exits = []
+        for i in heads:
             c, pr = np.array(conf[i]), np.array(pred[i])
             go = (~left) & (c >= t)
             answer[go] = pr[go]
-            rates.append(float(go.mean()))
+            exits.append(go)
             left |= go
-        rows.append({"threshold": t, "exit_rates": rates, "exit_rate": float(left.mean()),
+        at[t] = (answer, exits)
+    return final, at
+
+
+def exit_table(folder, data, reference=None, grid=THRESHOLD_GRID) -> dict:
+    """Per threshold, how many samples leave at each exit and the quality of the answers:
+    accuracy against labels, or agreement with ``reference`` predictions when unlabelled
+    (from :func:`exit_answers`)."""
+    target = data.labels if data.labelled else reference
+    final, at = exit_answers(folder, data, grid)
+    rows = []
+    for t, (answer, exits) in at.items():
+        left = np.any(exits, axis=0) if exits else np.zeros(len(final), dtype=bool)
+        rows.append({"threshold": t, "exit_rates": [float(go.mean()) for go in exits], "exit_rate": float(left.mean()),
                      "quality": float((answer == target).mean())})
     return {"samples": len(final), "final_quality": float((final == target).mean()), "thresholds": rows,
             "judged_by": "labels" if data.labelled else "agreement with the untransformed model"}

@@ -161,7 +161,7 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
                 "int8_ms": round(int8.median_ms, 3), "speedup": round(fp32.median_ms / int8.median_ms, 3),
                 "cpu_features": cpu_features()})
         elif call.name == "early_exit":
-            early_exit.check_task(entry.task, entry.name)
+            early_exit.check_task(entry.task, entry.name, prm["kind"])
             if prm["kind"] == "skip":
                 blocks = prm["blocks"]
                 if blocks == "auto" and entry.skippable_blocks:

@@ -146,7 +146,10 @@ def test_exit_head_accuracy_beats_chance_on_learnable_data(model):
     assert np.mean(np.array(pred) == ev.labels) > 0.8
 
 
-def test_segmentation_has_no_early_exit():
+def test_segmentation_has_no_exit_heads_but_may_skip_blocks():
     from workloads.early_exit import check_task
     with pytest.raises(WorkloadError, match="early_exit on seg: task segmentation has no single class decision"):
         check_task("segmentation", "seg")
+    with pytest.raises(WorkloadError, match="use kind: skip"):
+        check_task("segmentation", "seg", "heads")
+    check_task("segmentation", "seg", "skip")          # no class decision needed to drop blocks

@@ -263,3 +263,81 @@ def test_a_users_image_folder_is_normalised_like_the_models_own_images(tiny, tmp
     np.testing.assert_allclose(plain.inputs["image"], 200 / 255, rtol=1e-6)
     np.testing.assert_allclose(normed.inputs["image"], (200 / 255 - 0.5) / 0.25, rtol=1e-5)
     assert normed.sources == (("file:a/0.png",), ("file:b/0.png",)) and normed.labels.tolist() == [0, 1]
+
+
+# ------------------------------------------------------------ block skipping on segmentation
+
+def _seg_build(ctx):
+    nn = torch.nn
+    torch.manual_seed(ctx.seed)
+
+    class Block(nn.Module):              # a residual block: conv, relu, conv, + its input
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(x + self.b(torch.relu(self.a(x))))
+
+    class TinySeg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)
+            self.layer = nn.Sequential(*(Block() for _ in range(4)))
+            self.head = nn.Conv2d(8, 3, 1)
+
+        def forward(self, image):
+            return self.head(self.layer(torch.relu(self.stem(image))))
+
+    m = TinySeg()
+    from workloads.training import fit
+    fit(m, _seg_data("train"), input_names=["image"], epochs=4, batch_size=16, lr=1e-2, seed=ctx.seed)
+    return m.eval()
+
+
+def _seg_data(split, ctx=None):
+    """12×12 images of a bright square (class 1) and a dark one (class 2) on a background (0)."""
+    n = {"train": 120, "calibration": 20, "eval": 60}[split]
+    rng = np.random.default_rng({"train": 10, "calibration": 11, "eval": 12}[split])
+    x = rng.normal(0, 0.2, (n, 1, 12, 12)).astype(np.float32)
+    y = np.zeros((n, 12, 12), dtype=np.int64)
+    for i in range(n):
+        for cls, level in ((1, 1.5), (2, -1.5)):
+            r, c = rng.integers(0, 8, 2)
+            x[i, 0, r:r + 4, c:c + 4] += level
+            y[i, r:r + 4, c:c + 4] = cls
+    return Dataset(f"squares-{split}", "segmentation", {"image": x}, y, ("background", "bright", "dark"),
+                   sources=tuple(f"{split}:{i}" for i in range(n)))
+
+
+def test_block_skipping_applies_to_segmentation_and_is_judged_by_miou_with_its_interval(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from workloads import models
+
+    entry = register_model(monkeypatch, "tiny_seg", _seg_build, _seg_data, (1, 1, 12, 12))
+    monkeypatch.setitem(models._REGISTRY, "tiny_seg", replace(entry, task="segmentation", metric="miou"))
+    cache = Cache(tmp_path)
+    r = prepare("tiny_seg", chain({"early_exit": {"kind": "skip"}}), cache=cache)
+    report = r.manifest["report"]["early_exit"]
+    assert report["kind"] == "skip" and report["skippable_blocks"] == 4
+    assert report["skipped_blocks"] == ["layer/layer.2", "layer/layer.3"]       # the later half of the run
+    assert report["flops_after"] < report["flops_before"]
+    q = r.manifest["quality"]
+    assert q["metric"] == "miou" and r.baseline > 0.5 and r.value < r.baseline   # two blocks fewer: it loses
+    iv = q["interval"]
+    assert iv["statistic"] == "miou" and iv["samples"] == 60 and not iv["exact"] and iv["note"] is None
+    low, high = iv["loss"]
+    assert low <= r.baseline - r.value <= high and high > 0
+    assert measure(r.path, "miou") == iv                                        # from the files beside it
+    # the heads still need one class decision per sample
+    with pytest.raises(WorkloadError, match="task segmentation has no single class decision.*use kind: skip"):
+        prepare("tiny_seg", chain({"early_exit": {"kind": "heads"}}), cache=cache)
+
+
+def test_a_segmentation_model_without_residual_blocks_is_refused_in_one_line_saying_what_to_do(tmp_path):
+    with pytest.raises(WorkloadError) as e:
+        prepare("fmnist_segnet", chain({"early_exit": {"kind": "skip"}}), weights="random", cache=Cache(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("early_exit kind skip on fmnist_segnet: no residual blocks")
+    assert "choose a model with residual blocks, or drop early_exit" in msg

@@ -254,7 +254,7 @@ def test_the_reports_tables_carry_the_quality_intervals(study):
     assert "loss 0.50 % [0.20 %, 0.90 %]" in report.index.read_text()
 
 
-def test_the_quality_table_shows_intervals_beside_wilcoxon_and_says_when_there_are_none(tmp_path):
+def test_the_quality_table_shows_intervals_beside_the_paired_test_and_says_when_there_are_none(tmp_path):
     folder = tmp_path / "out"
     art = tmp_path / "artifact"
     art.mkdir()
@@ -281,14 +281,14 @@ def test_the_quality_table_shows_intervals_beside_wilcoxon_and_says_when_there_a
     row = html[html.index("<td>edge-q</td>"):].split("</tr>")[0]
     assert all(x in row for x in ("[0.92, 0.975]", "[1, 1]", "[0.025, 0.08]", "200")), row
     from testbed.report import _pvalue
-    from testbed.stats import wilcoxon_paired
-    wilcoxon = wilcoxon_paired(base, scores)                  # still beside it: 10 samples lost, none gained
-    assert wilcoxon["nonzero"] == 10 and f'<td class="num">{_pvalue(wilcoxon["p"])}</td>' in row, row
+    # beside it, the exact McNemar test (scores are 1 or 0): 10 samples lost, none gained: p = 2 / 2**10
+    assert f'<td>McNemar (exact)</td><td class="num">{_pvalue(2 / 1024)}</td>' in row, row
     old = html[html.index("<td>mobile</td>", html.index("Quality against")):].split("</tr>")[0]
     assert "no interval (stored before intervals, or too few evaluation samples)" in old
     rows = {r["strategy"]: r for r in _csv(folder / "report" / "tables" / "quality.csv")}
     assert (float(rows["edge-q"]["loss"]), float(rows["edge-q"]["loss_ci_high"])) == (pytest.approx(0.05), 0.08)
     assert rows["mobile"]["loss_ci_low"] == "" and rows["mobile"]["interval"].startswith("no interval")
+    assert rows["edge-q"]["test"] == "McNemar (exact)" and float(rows["edge-q"]["p"]) == pytest.approx(2 / 1024)
 
 
 def test_store_without_done_cells_still_gets_a_report_with_a_note(tmp_path):
@@ -450,6 +450,20 @@ def test_quality_is_tested_per_artifact_against_the_untransformed_models_samples
     assert rows["worse"]["significant"] and rows["worse"]["p"] < 1e-6 and rows["worse"]["nonzero"] == 60
     assert rows["same"]["significant"] is False and rows["same"]["p"] is None and rows["same"]["warning"]
     assert rows["old"]["p"] is None and "no per-sample scores" in rows["old"]["warning"]
+    assert rows["worse"]["test"] == "McNemar (exact)" and rows["worse"]["p"] == pytest.approx(2 / 2 ** 60)
+
+
+def test_pixel_accuracy_is_tested_with_wilcoxon_in_the_quality_table(tmp_path):
+    from testbed.report import quality_tests
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.7, 1.0, 80)                    # per-image pixel accuracy
+    np.save(tmp_path / "scores.npy", base - rng.uniform(0.0, 0.05, 80))
+    np.save(tmp_path / "baseline_scores.npy", base)
+    cell = {"model": "seg", "strategy": "q", "artifact": str(tmp_path), "status": "done", "metric": "miou",
+            "metric_value": 0.5, "baseline_value": 0.55, "point": {}}
+    row = quality_tests([cell])[0]
+    assert row["test"] == "Wilcoxon signed-rank" and row["significant"] and row["nonzero"] == 80
 
 
 def test_a_host_that_got_less_than_its_share_is_flagged_in_the_report(tmp_path):

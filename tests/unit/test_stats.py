@@ -7,7 +7,7 @@ import scikit_posthocs
 from scipy import stats as sps
 
 from testbed.stats import (KRUSKAL_MIN_N, bootstrap_median_ci, cliff_magnitude, cliffs_delta, compare_groups,
-                           shapiro, study_statistics, wilcoxon_paired)
+                           mcnemar_paired, paired_test, shapiro, study_statistics, wilcoxon_paired)
 
 
 def brute_cliffs_delta(a, b) -> float:
@@ -174,6 +174,46 @@ def test_wilcoxon_few_differences_warns_and_empty_or_mismatched_input():
     assert "no paired samples" in wilcoxon_paired([], [])["warning"]
     with pytest.raises(ValueError, match="same length"):
         wilcoxon_paired([1, 2], [1])
+
+
+# --- McNemar, and which test fits ---------------------------------------------------------------
+
+def _binary_pairs(only_a: int, only_b: int, both: int = 70, neither: int = 20):
+    a = [1] * only_a + [0] * only_b + [1] * both + [0] * neither
+    b = [0] * only_a + [1] * only_b + [1] * both + [0] * neither
+    return a, b
+
+
+def test_mcnemar_exact_known_answers():
+    # 8 pairs only the baseline got right, 2 only the strategy: P(X >= 8 or X <= 2), X ~ B(10, 1/2)
+    r = mcnemar_paired(*_binary_pairs(8, 2))
+    assert r["test"] == "McNemar (exact)" and r["n"] == 100 and r["nonzero"] == 10 and r["statistic"] == 8
+    assert r["p"] == pytest.approx(2 * (45 + 10 + 1) / 1024) and not r["significant"]
+    # 10 lost, none gained: 2 / 2**10; the concordant pairs do not change p
+    r = mcnemar_paired(*_binary_pairs(10, 0, both=500, neither=3))
+    assert r["p"] == pytest.approx(2 / 1024) and r["significant"] and r["warning"] is None
+    assert mcnemar_paired(*_binary_pairs(3, 7))["p"] == pytest.approx(mcnemar_paired(*_binary_pairs(7, 3))["p"])
+
+
+def test_mcnemar_degenerate_inputs_say_so():
+    r = mcnemar_paired([1, 0, 1], [1, 0, 1])
+    assert (r["p"], r["significant"]) == (None, False) and "all 3 differences are zero" in r["warning"]
+    r = mcnemar_paired(*_binary_pairs(5, 0))
+    assert r["p"] == pytest.approx(0.0625) and "at least 6" in r["warning"]
+    with pytest.raises(ValueError, match="binary scores"):
+        mcnemar_paired([1.0, 0.5], [1.0, 1.0])
+
+
+def test_paired_test_picks_mcnemar_for_binary_scores_and_wilcoxon_for_continuous_ones():
+    a, b = _binary_pairs(12, 3)
+    r = paired_test(a, b)
+    assert r["test"] == "McNemar (exact)" and r["p"] == pytest.approx(sps.binomtest(12, 15).pvalue)
+    assert r["p"] != pytest.approx(wilcoxon_paired(a, b)["p"])             # the choice matters
+    rng = np.random.default_rng(3)
+    pixels = rng.uniform(0.6, 1.0, 50)
+    r = paired_test(pixels, pixels - 0.02)
+    assert r["test"] == "Wilcoxon signed-rank" and r == wilcoxon_paired(pixels, pixels - 0.02)
+    assert paired_test([1.0, np.nan, 0.0], [1.0, 1.0, 0.0])["test"] == "McNemar (exact)"     # NaN pairs dropped
 
 
 # --- a study ------------------------------------------------------------------------------------
