@@ -746,6 +746,74 @@ def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> Non
         click.echo(f"note: {written.note}", err=True)
 
 
+GRID_HELP = ("A grid axis: PATH=LO..HI:N (a link's bandwidth, N values log-spaced) or PATH=V1,V2,...; "
+             "repeatable; it replaces the experiment's sweep of that path.")
+
+
+def _load_for_plan(experiment: str, sets: tuple[str, ...], grids: tuple[str, ...]):
+    from emulation.probe import machine_cores, machine_memory_bytes
+    from testbed.experiment import load_experiment
+    from testbed.plan import grid_points, parse_grid
+
+    exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=machine_memory_bytes())
+    axes = [parse_grid(g) for g in grids]
+    return exp, axes, grid_points(exp, axes)
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
+              help="Override a value of the experiment file, e.g. hosts.edge.cpus=0.5.")
+@click.option("--grid", "grids", multiple=True, metavar="PATH=VALUES", help=GRID_HELP + " Profiles the host "
+              "values the grid sets.")
+@click.option("--requests", type=click.IntRange(5, 10000), default=30, show_default=True,
+              help="Requests per part and host.")
+@click.option("--again", is_flag=True, help="Measure every part again, replacing its stored profile.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def profile(experiment: str, sets: tuple[str, ...], grids: tuple[str, ...], requests: int, again: bool,
+            as_json: bool) -> None:
+    """Measure each part EXPERIMENT's strategies compute, on its emulated host under its limits.
+
+    One request at a time inside the host's cgroup, with its server's ONNX Runtime threads and
+    pacing; every request's compute is kept (p10/p50/p90 shown). Profiles are stored in the
+    cache by artifact, host limits and machine, and reused: `testbed plan` predicts from them."""
+    from emulation.probe import capabilities
+    from testbed.profile import profile_experiment
+
+    exp, _axes, points = _load_for_plan(experiment, sets, grids)
+    _require_emulation(capabilities())
+    say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+    rows = profile_experiment(exp, points, requests=requests, again=again, progress=say)
+    if as_json:
+        click.echo(json.dumps({"experiment": exp.name, "profiles": rows}, indent=2))
+    else:
+        output.print_profiles(exp.name, rows)
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="PATH=VALUE",
+              help="Override a value of the experiment file, e.g. links.edge-cloud.delay=20ms.")
+@click.option("--grid", "grids", multiple=True, metavar="PATH=VALUES", help=GRID_HELP)
+@click.option("--tolerance", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Accuracy loss a winner may have, as a fraction of the metric (0.01 = 1 point), by its 95 % interval.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output: every prediction and its parts.")
+def plan(experiment: str, sets: tuple[str, ...], grids: tuple[str, ...], tolerance: float, as_json: bool) -> None:
+    """Predict every strategy's latency at every grid point, from the stored profiles, in seconds.
+
+    Prints the winner per point (fastest within the quality tolerance), the bandwidths where
+    the winner changes and, for a two-axis grid, the map of winners. Needs `testbed profile`
+    first (same experiment, same host values); runs nothing and needs no root."""
+    from testbed.plan import make_plan
+
+    exp, axes, _points = _load_for_plan(experiment, sets, grids)
+    made = make_plan(exp, axes, tolerance)
+    if as_json:
+        click.echo(json.dumps(made.to_dict(), indent=2, default=str))
+    else:
+        output.print_plan(made)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -27,7 +27,11 @@ from .runner import cell_key
 BRING_UP_S = 0.7          # a three-host network: namespaces, links, qdiscs, cgroups, read-back
 RECONFIGURE_S = 0.05      # the next sweep point's link/host changes, read back
 DEPLOY_S = 0.6            # a cell's servers started (ORT sessions loaded) and stopped
-OVERHEAD_MS = 0.4         # client, codec and server per request and hop (bench_serving)
+# the harness per request and hop (client, codec, server), counted once per server and once for
+# the client: benchmarks/results/serving-overhead-compute.md measured 0.10 ms in all for one
+# server and 0.55 ms for a chain of three (null model, loopback); 0.4 before, which made a
+# plan's sub-millisecond requests 2x too slow (tests/integration/test_plan.py)
+OVERHEAD_MS = 0.1
 
 
 NOT_PREPARED = "not prepared"     # the artifact is not in the cache: `testbed prepare` first

@@ -648,3 +648,85 @@ def print_dry_run(name: str, cells: list, total_s: float, unknown: int) -> None:
                  "(most end sooner)")
     console.print(f"to run: {todo} of {len(cells)} cells, about {_duration(total_s)} (networks and deployment "
                   f"included; preparing artifacts not included){note}")
+
+
+def print_profiles(name: str, rows: list[dict]) -> None:
+    t = Table(title=f"compute profiles of {name}", caption="per-request compute of each part on its host under its "
+                                                          "limits (ms), requests back to back and after 50-150 ms "
+                                                          "idle; reused: measured before, from the cache")
+    for c in ("part", "host", "limits", "requests", "back to back p10 / p50 / p90", "after idle p10 / p50 / p90",
+              "measured"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(escape(r["part"]), r["host"], r["limits"], str(r["requests"]),
+                  " / ".join(_ms(r[k]) for k in ("p10_ms", "p50_ms", "p90_ms")),
+                  " / ".join(_ms(r[k]) for k in ("idle_p10_ms", "idle_p50_ms", "idle_p90_ms")),
+                  f"reused ({r['measured_at']})" if r["reused"] else "now")
+    console.print(t)
+
+
+def print_plan(plan) -> None:
+    """Per model: each point's predicted p50 (p90) per strategy with the winner marked, the
+    crossovers, and for a two-axis grid the map of winners."""
+    rows, winners = plan.rows, plan.winners
+    names = _axes(rows)
+    pct = f"{plan.tolerance * 100:g} %"
+    for model, points in _by_model_and_point(rows).items():
+        strategies = list(dict.fromkeys(r["strategy"] for group in points.values() for r in group))
+        t = Table(title=f"{model}: predicted end-to-end latency, p50 (p90) ms",
+                  caption=f"*: the winner, fastest within {pct} quality loss by its 95 % interval; "
+                          "x: its loss is beyond the tolerance or cannot be told from it")
+        t.add_column("point")
+        for s in strategies:
+            t.add_column(escape(s), justify="right")
+        t.add_column("winner")
+        wins = {json.dumps(w["point"], sort_keys=True): w for w in winners if w["model"] == model}
+        for key, group in points.items():
+            w = wins[key]
+            by = {r["strategy"]: r for r in group}
+            cells = []
+            for s in strategies:
+                r = by.get(s)
+                if r is None:
+                    cells.append("-")
+                    continue
+                mark = "*" if s == w["winner"] else ("x" if r["tolerance_verdict"] not in (None, "within") else "")
+                cells.append(f"{mark}{_ms(r['p50_ms'])} ({_ms(r['p90_ms'])})")
+            t.add_row(", ".join(_labels(group[0], names)) or "-", *cells, escape(w["winner"] or "none within"))
+        console.print(t)
+        legend = _legend(names)
+        if legend:
+            console.print(legend)
+        _print_winner_map(plan, model, names)
+        for c in (c for c in plan.crossovers if c["model"] == model):
+            where = ", ".join(f"{names.get(k, k)} {v}" for k, v in c["at"].items())
+            console.print(f"crossover: {escape(c['below'])} -> {escape(c['above'])} at {names.get(c['path'], c['path'])} "
+                          f"{c['bandwidth']}" + (f" (with {where})" if where else ""))
+    console.print(f"planned {len(winners)} point(s) x model(s), {len(rows)} predictions in {plan.seconds:.2f} s; "
+                  "from the compute profiles and the links' arithmetic (no queueing, jitter, loss or early exits): "
+                  "check it against a measured run (testbed run)")
+
+
+def _print_winner_map(plan, model: str, names: dict[str, str]) -> None:
+    """For a grid of two axes or more: winners with the first two axes as rows and columns
+    (further axes: one map per combination)."""
+    axes = [a.path for a in plan.axes]
+    if len(axes) < 2:
+        return
+    a, b = axes[0], axes[1]
+    rest = axes[2:]
+    mine = [w for w in plan.winners if w["model"] == model]
+    groups: dict[str, list[dict]] = {}
+    for w in mine:
+        groups.setdefault(json.dumps({k: w["point"][k] for k in rest}), []).append(w)
+    for key, group in groups.items():
+        cols = list(dict.fromkeys(w["point"][b] for w in group))
+        t = Table(title=f"{model}: winner by {names.get(a, a)} (rows) and {names.get(b, b)} (columns)"
+                  + (f", {key}" if rest else ""), box=box.SIMPLE)
+        t.add_column(names.get(a, a))
+        for c in cols:
+            t.add_column(str(c))
+        by = {(w["point"][a], w["point"][b]): w["winner"] or "-" for w in group}
+        for r in dict.fromkeys(w["point"][a] for w in group):
+            t.add_row(str(r), *(escape(by.get((r, c), "-")) for c in cols))
+        console.print(t)

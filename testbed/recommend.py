@@ -34,6 +34,18 @@ RECOMMENDATION_FIELDS = ("strategy", "placement", "p50_ms", "metric", "metric_va
                          "cannot_tell", "runner_up", "p", "delta", "indistinguishable", "difference")
 
 
+def tolerance_verdict(loss: float | None, loss_ci, tolerance: float) -> str | None:
+    """A quality loss against ``tolerance`` by its 95 % interval: WITHIN only when the whole
+    interval is, BEYOND when all of it is above, else CANNOT_TELL; UNKNOWN without an
+    interval, None without a metric (``testbed plan`` and the recommendations share it)."""
+    if loss is None:
+        return None
+    if loss_ci is None:
+        return UNKNOWN
+    low, high = loss_ci
+    return WITHIN if high <= tolerance + _EPS else BEYOND if low > tolerance + _EPS else CANNOT_TELL
+
+
 @dataclass(frozen=True)
 class _Candidate:
     label: str
@@ -51,12 +63,7 @@ class _Candidate:
 
     def verdict(self, tolerance: float) -> str | None:
         """Its loss against ``tolerance`` by the loss's 95 % interval (None: no metric)."""
-        if self.loss is None:
-            return None
-        if self.loss_ci is None:
-            return UNKNOWN
-        low, high = self.loss_ci
-        return WITHIN if high <= tolerance + _EPS else BEYOND if low > tolerance + _EPS else CANNOT_TELL
+        return tolerance_verdict(self.loss, self.loss_ci, tolerance)
 
 
 def _points(v: float) -> str:

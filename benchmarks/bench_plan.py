@@ -1,0 +1,160 @@
+"""Benchmark of `testbed plan` against measurement, on the studies' bandwidth study
+(``studies/bandwidth.yaml``: fmnist_cnn and fmnist_segnet, every tier and split, both links
+swept over 1-200 Mbit/s, a 6 x 6 grid).
+
+1. ``testbed profile`` (timed; profiles already stored are reused unless ``--again``);
+2. ``testbed plan`` of the whole 36-point grid (timed: the goal is under 10 s);
+3. ``testbed run`` of a subset of its points (``--values``: each link's bandwidth from this
+   list, default 1, 50 and 200 Mbit/s: 9 points, 90 cells), as users run it;
+4. per measured cell, the predicted p50 against the measured median e2e: the error
+   |predicted - measured| / measured (goal: median <= 10 %); per measured point and model, the
+   predicted winner against the measured one, by the same rule (the fastest within the
+   quality tolerance, the artifact's loss interval; goal >= 90 % agree). A disagreement is
+   listed with both winners' measured p50, so that a near tie reads as one.
+
+Needs root. ``.venv/bin/python benchmarks/bench_plan.py [--values 1Mbit 50Mbit 200Mbit] [--repeat 10] [--again]``
+Writes ``benchmarks/results/plan.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import REPO, log, machine_state, sigterm_as_interrupt, write_results  # noqa: E402
+
+STUDY = REPO / "studies" / "bandwidth.yaml"
+ME, EC = "links.mobile-edge.bandwidth", "links.edge-cloud.bandwidth"
+GOAL_ERROR, GOAL_AGREE, GOAL_PLAN_S = 0.10, 0.90, 10.0
+
+
+def _cli(*args: str, timeout: float = 7200) -> tuple[dict, float]:
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "testbed.cli", *args, "--json"], cwd=REPO, capture_output=True,
+                       text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"testbed {' '.join(args)} exited {p.returncode}: {p.stderr.strip()[-800:]}")
+    return json.loads(p.stdout), time.monotonic() - t0
+
+
+def _measured(folder: Path) -> dict[tuple, dict]:
+    """(model, strategy, ME, EC) -> measured median e2e and ok count, from the run's store."""
+    con = sqlite3.connect(folder / "results.sqlite")
+    con.row_factory = sqlite3.Row
+    out = {}
+    for c in con.execute("SELECT cell, model, strategy, point_json FROM cells"):
+        e2e = [r[0] for r in con.execute("SELECT e2e_ms FROM requests WHERE cell = ? AND status = 'ok'", (c["cell"],))]
+        point = json.loads(c["point_json"])
+        out[(c["model"], c["strategy"], point[ME], point[EC])] = {
+            "p50_ms": statistics.median(e2e) if e2e else None, "ok": len(e2e)}
+    con.close()
+    return out
+
+
+def main() -> None:
+    import yaml
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--values", nargs="+", default=["1Mbit", "50Mbit", "200Mbit"],
+                    help="each link's bandwidths to measure (of the study's)")
+    ap.add_argument("--repeat", type=int, default=10, help="measured requests per cell")
+    ap.add_argument("--again", action="store_true", help="profile again (replace stored profiles)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    sigterm_as_interrupt()
+    res: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "study": str(STUDY.relative_to(REPO)),
+                 "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+                 "state_start": machine_state(), "values": args.values, "repeat": args.repeat}
+    log("profiling the study's parts")
+    prof, res["profile_s"] = _cli("profile", str(STUDY), *(["--again"] if args.again else []))
+    res["profiles"] = prof["profiles"]
+    log(f"profiled in {res['profile_s']:.1f} s; planning the grid")
+    plan, res["plan_wall_s"] = _cli("plan", str(STUDY))
+    res["plan_s"] = plan["seconds"]
+    predicted = {(r["model"], r["strategy"], r["point"][ME], r["point"][EC]): r for r in plan["predictions"]}
+    log(f"planned {len(plan['predictions'])} predictions in {plan['seconds']:.2f} s "
+        f"({res['plan_wall_s']:.1f} s with the command's start-up); measuring {len(args.values) ** 2} points")
+    raw = yaml.safe_load(STUDY.read_text())
+    raw["sweep"] = {ME: args.values, EC: args.values}
+    raw["requests"] = dict(raw.get("requests") or {}, repeat=args.repeat)
+    with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
+        exp = Path(tmp) / "bandwidth-subset.yaml"
+        exp.write_text(yaml.safe_dump(raw, sort_keys=False))
+        _, res["run_s"] = _cli("run", str(exp), "--out", str(Path(tmp) / "out"))
+        measured = _measured(Path(tmp) / "out")
+    cells, agree = [], []
+    for key, m in measured.items():
+        p = predicted[key]
+        err = None if m["p50_ms"] is None else (p["p50_ms"] - m["p50_ms"]) / m["p50_ms"]
+        cells.append({"model": key[0], "strategy": key[1], "me": key[2], "ec": key[3], "predicted_ms": p["p50_ms"],
+                      "measured_ms": m["p50_ms"], "error": err, "compute_ms": p["compute_ms"],
+                      "transmission_ms": p["transmission_ms"], "ok": m["ok"]})
+    for w in plan["winners"]:
+        key = (w["point"][ME], w["point"][EC])
+        mine = [c for c in cells if (c["me"], c["ec"]) == key and c["model"] == w["model"]]
+        if not mine:
+            continue
+        verdict = {r["strategy"]: r["tolerance_verdict"] for r in plan["predictions"]
+                   if r["model"] == w["model"] and (r["point"][ME], r["point"][EC]) == key}
+        known = any(v is not None for v in verdict.values())
+        eligible = [c for c in mine if c["measured_ms"] is not None and (not known or verdict[c["strategy"]] == "within")]
+        best = min(eligible, key=lambda c: c["measured_ms"]) if eligible else None
+        got = best["strategy"] if best else None
+        row = {"model": w["model"], "me": key[0], "ec": key[1], "predicted": w["winner"], "measured": got,
+               "agree": got == w["winner"]}
+        if not row["agree"] and best:
+            pw = next((c for c in mine if c["strategy"] == w["winner"]), None)
+            row["measured_ms"] = {got: best["measured_ms"], w["winner"]: pw and pw["measured_ms"]}
+        agree.append(row)
+    errors = [abs(c["error"]) for c in cells if c["error"] is not None]
+    res.update(cells=cells, winners=agree, state_end=machine_state(),
+               median_abs_error=statistics.median(errors) if errors else None,
+               agreement=sum(a["agree"] for a in agree) / len(agree) if agree else None)
+    write_results(Path(args.out), "plan", res, markdown(res))
+    print(markdown(res))
+
+
+def markdown(res: dict) -> str:
+    def pct(v):
+        return "-" if v is None else f"{v * 100:+.1f} %"
+
+    def ms(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    err, agree = res.get("median_abs_error"), res.get("agreement")
+    lines = [f"# `testbed plan` against measurement ({res['when']})", "",
+             f"{res['machine']['cpu']}, {res['machine']['cores']} cores; load at start "
+             f"{' / '.join(f'{v:.2f}' for v in res['state_start']['loadavg'])}. Study `{res['study']}`; measured "
+             f"each link at {', '.join(res['values'])} ({res['repeat']} requests per cell).", "",
+             "| | goal | got |", "|---|---|---|",
+             f"| plan the 36-point grid (2 models x 5 strategies) | < {GOAL_PLAN_S:g} s | {res['plan_s']:.2f} s "
+             f"({res['plan_wall_s']:.1f} s with the command's start-up; profiling took {res['profile_s']:.0f} s, "
+             f"the measured subset {res['run_s']:.0f} s) |",
+             f"| median \\|predicted - measured\\| / measured of p50 e2e | <= {GOAL_ERROR:.0%} | "
+             f"{'-' if err is None else f'{err * 100:.1f} %'} over {len(res['cells'])} cells |",
+             f"| winner agreement | >= {GOAL_AGREE:.0%} | {'-' if agree is None else f'{agree * 100:.0f} %'} of "
+             f"{len(res['winners'])} (point, model) |", "",
+             "## Cells (ms)", "", "| model | strategy | ME | EC | predicted | measured | error | compute | transmission |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in sorted(res["cells"], key=lambda c: -abs(c["error"] or 0)):
+        lines.append(f"| {c['model']} | {c['strategy']} | {c['me']} | {c['ec']} | {ms(c['predicted_ms'])} | "
+                     f"{ms(c['measured_ms'])} | {pct(c['error'])} | {ms(c['compute_ms'])} | {ms(c['transmission_ms'])} |")
+    wrong = [w for w in res["winners"] if not w["agree"]]
+    lines += ["", "## Winners that differ", ""]
+    lines += [f"- {w['model']} at ME {w['me']}, EC {w['ec']}: predicted {w['predicted']}, measured {w['measured']} "
+              f"(measured p50: {json.dumps(w.get('measured_ms'))})" for w in wrong] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

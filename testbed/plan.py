@@ -1,0 +1,385 @@
+"""`testbed plan EXPERIMENT`: every strategy's end-to-end latency predicted at every point of a
+grid, from the compute profiles (`testbed profile`) and the network's arithmetic; the winner
+per point under a quality tolerance, the bandwidths where the winner changes, and the map of
+winners (what a measured sweep's heatmap shows, in seconds instead of hours).
+
+One request, predicted (:func:`predict`), is the sum of:
+
+- **compute**: each part's per-request compute on its host, p50 (and p90) of its profile, in
+  the regime the host is in: back to back, or after idling when the rest of the request (what
+  the host waits for before the next one, one request at a time) is at least :data:`IDLE_MS`;
+- **transmission** of every message along its path (:func:`transfer_ms`): the input from the
+  source to the first part's host, each cut tensor to the next part's host, the answer back
+  hop by hop (each server relays its next hop's answer), then to the source. A message's
+  bytes cross the path's slowest link at its rate with TCP/IP's headers (a 1448-byte payload
+  per 1514-byte frame), one frame at each other link (store and forward, pipelined), plus each
+  link's delay. With ``serving.connection: per-request`` every message starts a new
+  connection: the request adds the handshake's round trip, and a message larger than the
+  initial window (10 segments) waits a round trip per window while slow start doubles it
+  until the window fills the path;
+- **the harness's fixed cost** per server and for the client (client, codec and server:
+  :data:`testbed.estimate.OVERHEAD_MS`, from ``benchmarks/bench_serving.py``).
+
+p90 adds the parts' p90 compute (an upper bound of the sum's p90 when parts vary independently).
+Left out: jitter and loss (a grid with them is refused), queueing under load (one request at
+a time: single-stream), exits of an early-exit artifact (its profile is of generated inputs).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from topologies.errors import TestbedError
+from topologies.units import format_rate, parse_rate
+
+from . import profile as profiles
+from .estimate import OVERHEAD_MS, _answer_bytes, _direction, _input_bytes
+from .experiment import ArtifactNeed, Experiment, ModelRef, Strategy, point_label
+from .recommend import TOLERANCE, WITHIN, tolerance_verdict
+
+FRAME_BYTES, MSS_BYTES = 1514, 1448      # a full TCP segment's Ethernet frame and its payload (timestamps on)
+INIT_CWND = 10                           # Linux's initial congestion window, in segments
+MAX_GRID_POINTS = 100_000
+CROSSOVER_STEPS = 40
+# the idle time between requests from which a host computes as after idling (profile.REGIMES):
+# back to back a small part took 0.15 ms, after 5-10 ms idle 0.44 ms, after 50-150 ms 0.57 ms
+IDLE_MS = 2.0                     # bisections of a crossover between two grid values (log scale)
+
+
+class PlanError(TestbedError):
+    """A plan that cannot be made: a grid that does not parse, a part with no profile."""
+
+
+@dataclass(frozen=True)
+class GridAxis:
+    path: str
+    values: tuple[str, ...]             # as an experiment file would write them
+    numbers: tuple[float, ...]          # the same, in the unit the path takes (bit/s for rates)
+    log: bool
+
+
+def parse_grid(text: str) -> GridAxis:
+    """``links.X.bandwidth=LO..HI:N`` (N values, log-spaced), or ``PATH=V1,V2,...``. Only a
+    link's bandwidth (forward, reverse or both) takes a range: the rest of the network's and
+    hosts' values are swept with a list, through the experiment's own ``sweep``."""
+    path, eq, spec = text.partition("=")
+    path, spec = path.strip(), spec.strip()
+    if not eq or not path or not spec:
+        raise PlanError(f"--grid {text!r}: write PATH=LO..HI:N or PATH=V1,V2,... "
+                        "(e.g. links.mobile-edge.bandwidth=1Mbit..1Gbit:20)")
+    if ".." in spec:
+        if not path.startswith("links.") or not path.endswith(".bandwidth"):
+            raise PlanError(f"--grid {text!r}: a range LO..HI:N is for a link's bandwidth "
+                            "(links.A-B[.forward|.reverse].bandwidth); list other values: PATH=V1,V2")
+        bounds, colon, n = spec.rpartition(":")
+        lo, _, hi = (bounds if colon else spec).partition("..")
+        try:
+            count = int(n) if colon else 10
+            low, high = parse_rate(lo.strip()), parse_rate(hi.strip())
+        except (ValueError, TestbedError) as e:
+            raise PlanError(f"--grid {text!r}: {e}: write e.g. 1Mbit..1Gbit:20") from None
+        if not 2 <= count <= 1000 or low >= high:
+            raise PlanError(f"--grid {text!r}: needs LO < HI and 2..1000 values (got {count})")
+        numbers = tuple(float(v) for v in np.unique(np.round(np.geomspace(low, high, count))))
+        return GridAxis(path, tuple(format_rate(int(v)) for v in numbers), numbers, True)
+    values = tuple(v.strip() for v in spec.split(",") if v.strip())
+    if not values:
+        raise PlanError(f"--grid {text!r}: no values after '='")
+    numbers = tuple(float(parse_rate(v)) if path.endswith(".bandwidth") else math.nan for v in values)
+    return GridAxis(path, values, numbers, False)
+
+
+def transfer_ms(topology, src: str, dst: str, nbytes: int, *, fresh: bool = False, handshake: bool = False) -> float:
+    """One message of ``nbytes`` (payload) from ``src`` to ``dst`` along the topology's path,
+    until its last byte arrives (see the module's docstring). ``fresh``: on a new connection
+    (slow start from the initial window); ``handshake``: the connection is opened first."""
+    route = topology.path(src, dst)
+    if len(route) < 2 or nbytes <= 0:
+        return 0.0
+    dirs = [_direction(topology, a, b) for a, b in zip(route, route[1:])]
+    segments = max(1, math.ceil(nbytes / MSS_BYTES))
+    wire_bits = (nbytes + segments * (FRAME_BYTES - MSS_BYTES)) * 8
+    frame_bits = min(wire_bits, FRAME_BYTES * 8)
+    rates = [d.rate_bps for d in dirs if d.rate_bps]
+    bottleneck = min(rates) if rates else None
+    one_way = sum(d.delay_ms for d in dirs)
+    back = [_direction(topology, b, a) for a, b in zip(route, route[1:])]
+    rtt = one_way + sum(d.delay_ms for d in back)
+    ms = one_way
+    # every link but the slowest takes one frame's time (the rest overlaps the bottleneck)
+    slowest = dirs.index(min(dirs, key=lambda d: d.rate_bps or math.inf)) if rates else -1
+    ms += sum(frame_bits / d.rate_bps * 1000 for i, d in enumerate(dirs) if d.rate_bps and i != slowest)
+    if handshake:
+        ms += rtt
+    left = segments
+    if fresh and rtt > 0:
+        cwnd = INIT_CWND
+        while left > cwnd and (bottleneck is None or cwnd * FRAME_BYTES * 8 / bottleneck * 1000 < rtt):
+            ms += rtt                    # a window sent, then its acknowledgements awaited
+            left -= cwnd
+            cwnd *= 2
+    if bottleneck:
+        ms += wire_bits * left / segments / bottleneck * 1000
+    return ms
+
+
+@dataclass
+class Artifact:
+    """What a prediction needs of one artifact: its folder, bytes and quality."""
+
+    folder: Path
+    input_bytes: int
+    cut_bytes: list[int]
+    answer_bytes: int
+    metric: str | None
+    loss: float | None
+    loss_ci: list[float] | None
+
+
+def load_artifact(need: ArtifactNeed, cache=None) -> Artifact | None:
+    from workloads.runtime import load_manifest
+
+    folder = profiles.artifact_folder(need, cache)
+    if folder is None:
+        return None
+    m = load_manifest(folder)
+    q = m.get("quality") or {}
+    v, b = q.get("value"), q.get("baseline")
+    loss = None if v is None or b is None else b - v
+    ci = (q.get("interval") or {}).get("loss")
+    cuts = [c["bytes"] for c in (m.get("report", {}).get("partition", {}).get("cuts") or [])]
+    return Artifact(folder, _input_bytes(need.model), cuts, _answer_bytes(m, str(folder)), q.get("metric"), loss,
+                    list(ci) if ci else None)
+
+
+def chain(e: Experiment, strategy: Strategy) -> tuple[str, list[str]]:
+    """The source host and the hosts of the strategy's parts, in order."""
+    source = e.sources[0]
+    hosts = list(strategy.placement)
+    source = hosts[0] if source == "client" and "client" not in e.topology.host_names else source
+    if e.per_source(strategy):
+        hosts[0] = source
+    return source, hosts
+
+
+def predict(e: Experiment, strategy: Strategy, art: Artifact, compute: list[dict]) -> dict:
+    """One request of ``strategy`` at the point ``e`` is at: ``compute`` holds each part's
+    profile on its host (p50_ms, p90_ms), in part order."""
+    topo = e.topology
+    source, hosts = chain(e, strategy)
+    fresh = e.serving.connection == "per-request"
+    legs = [("input", source, hosts[0], art.input_bytes, True)]
+    legs += [(f"cut {i + 1}", hosts[i], hosts[i + 1], art.cut_bytes[i] if i < len(art.cut_bytes) else 0, True)
+             for i in range(len(hosts) - 1)]
+    legs += [("answer", hosts[i], hosts[i - 1], art.answer_bytes, False) for i in range(len(hosts) - 1, 0, -1)]
+    legs += [("answer", hosts[0], source, art.answer_bytes, False)]
+    transmission = []
+    for what, a, b, nbytes, request in legs:
+        if a == b:
+            continue
+        ms = transfer_ms(topo, a, b, nbytes, fresh=fresh, handshake=fresh and request)
+        transmission.append({"what": what, "src": a, "dst": b, "bytes": nbytes, "ms": ms})
+    tx = sum(t["ms"] for t in transmission)
+    overhead = OVERHEAD_MS * (len(hosts) + 1)
+    # each part in the regime its host is in: one request at a time, a host waits for the rest
+    # of the request (everything but its own compute) before its next one
+    warm = sum(c["p50_ms"] for c in compute) + tx + overhead
+    chosen = [_regime(c, warm - c["p50_ms"]) for c in compute]
+    c50 = sum(c["p50_ms"] for c in chosen)
+    c90 = sum(c["p90_ms"] for c in chosen)
+    return {"p50_ms": c50 + tx + overhead, "p90_ms": c90 + tx + overhead, "compute_ms": c50,
+            "compute_p90_ms": c90, "transmission_ms": tx, "overhead_ms": overhead,
+            "compute": [{"host": h, "part": i, "regime": c["regime"], "p50_ms": c["p50_ms"], "p90_ms": c["p90_ms"]}
+                        for i, (h, c) in enumerate(zip(hosts, chosen))],
+            "transmission": transmission}
+
+
+def _regime(profile: dict, idle_ms: float) -> dict:
+    """The profile's numbers for a host idle ``idle_ms`` between requests: back to back
+    (``warm``) below IDLE_MS, else after idling (``idle``); a profile without regimes is warm."""
+    regimes = profile.get("regimes") or {}
+    name = "idle" if idle_ms >= IDLE_MS and "idle" in regimes else "warm"
+    r = regimes.get(name, profile)
+    return {"regime": name, "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"]}
+
+
+@dataclass
+class Plan:
+    experiment: str
+    tolerance: float
+    axes: list[GridAxis]
+    rows: list[dict] = field(default_factory=list)          # one per (point, model, strategy)
+    winners: list[dict] = field(default_factory=list)       # one per (point, model)
+    crossovers: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"experiment": self.experiment, "tolerance": self.tolerance,
+                "grid": [{"path": a.path, "values": list(a.values)} for a in self.axes],
+                "predictions": self.rows, "winners": self.winners, "crossovers": self.crossovers,
+                "seconds": round(self.seconds, 3)}
+
+
+def grid_points(exp: Experiment, axes: list[GridAxis]) -> list[dict]:
+    """The experiment's own sweep with the grid's axes replacing (or adding) their paths."""
+    import itertools
+
+    mine = {a.path for a in axes}
+    sweep = [(p, [str(v) if not isinstance(v, (list, tuple, dict)) else v for v in vs])
+             for p, vs in exp.sweep if p not in mine]
+    sweep += [(a.path, list(a.values)) for a in axes]
+    n = math.prod(len(v) for _, v in sweep) if sweep else 1
+    if n > MAX_GRID_POINTS:
+        raise PlanError(f"the grid has {n} points, more than {MAX_GRID_POINTS}: use fewer values")
+    paths = [p for p, _ in sweep]
+    return [dict(zip(paths, combo)) for combo in itertools.product(*(v for _, v in sweep))]
+
+
+def _limits_key(need: ArtifactNeed, part: int, cpus, period_us: int, threads: int, pace) -> tuple:
+    return (need, part, cpus, period_us, threads, pace)
+
+
+def _profiles_for(exp: Experiment, points: list[dict], cache=None) -> tuple[dict, dict, list[str]]:
+    """(artifacts by need, profiles by `_limits_key`, what is missing at ``points``: one line each)."""
+    from .artifacts import need_label
+
+    arts, profs, missing = {}, {}, []
+    for p in profiles.parts_on_hosts(exp, points):
+        if p.need not in arts:
+            arts[p.need] = load_artifact(p.need, cache)
+        art = arts[p.need]
+        if art is None:
+            missing.append(f"{need_label(p.need)} is not prepared")
+            continue
+        prof = profiles.load(p, art.folder, cache)
+        if prof is None:
+            missing.append(f"{p.label} on {p.host} ({profiles.limits_text(p)}) has no profile")
+        else:
+            profs[_limits_key(p.need, p.part, p.cpus, p.period_us, p.threads, p.pace)] = prof
+    return arts, profs, list(dict.fromkeys(missing))
+
+
+@dataclass
+class _Known:
+    """What predicting needs beyond the point: artifacts, profiles, the machine's cores."""
+
+    arts: dict
+    profs: dict
+    cores: float
+    tolerance: float
+
+
+def _predict_point(e: Experiment, point: dict, model: ModelRef, known: _Known) -> list[dict]:
+    """Every strategy of ``model`` at the point ``e`` is at: one row each."""
+    from topologies.checks import auto_cpu_period_us
+
+    from .runner import host_pace, host_threads
+
+    rows = []
+    for s in e.strategies:
+        need = ArtifactNeed(model, s.operators, s.parts)
+        art = known.arts[need]
+        compute = []
+        for host, i in _in_part_order(e, s):
+            spec = e.topology.host(host)
+            key = _limits_key(need, i, spec.cpus, spec.cpu_period_us or auto_cpu_period_us(spec.cpus),
+                              host_threads(e, host, known.cores), host_pace(e, host))
+            if key not in known.profs:        # (parts_on_hosts saw every point: a bug if reached)
+                raise PlanError(f"{model.name} [{s.name}] part {i + 1} on {host} at {point_label(point)} has no profile")
+            compute.append(known.profs[key])
+        rows.append({"point": point, "model": model.name, "strategy": s.name, "placement": ">".join(s.placement),
+                     **predict(e, s, art, compute), "metric": art.metric, "loss": art.loss, "loss_ci": art.loss_ci,
+                     "tolerance_verdict": tolerance_verdict(art.loss, art.loss_ci, known.tolerance)})
+    return rows
+
+
+def _in_part_order(e: Experiment, s: Strategy) -> list[tuple[str, int]]:
+    """(host, part) of one request's path: with ``source`` first in the placement, part 0 on
+    the first source (as `chain`)."""
+    dep = e.deployment(s)
+    return [dep[0]] + [(h, i) for h, i in dep if i]
+
+
+def _check_steady(e: Experiment, point: dict) -> None:
+    lossy = [lk.name for lk in e.topology.links for d in (lk.forward, lk.reverse) if d.loss or d.jitter_ms]
+    if lossy:
+        raise PlanError(f"at {point_label(point)}: link {lossy[0]} has loss or jitter, which a plan does not "
+                        "model: plan without them, or measure them (testbed run)")
+
+
+def make_plan(exp: Experiment, axes: list[GridAxis], tolerance: float = TOLERANCE, cache=None) -> Plan:
+    """Predict every (grid point, model, strategy); PlanError names what has no profile."""
+    t0 = time.perf_counter()
+    if exp.traces:
+        raise PlanError("this experiment replays link traces: a plan assumes steady links (drop the traces, "
+                        "or measure: testbed run)")
+    points = grid_points(exp, axes)
+    arts, profs, missing = _profiles_for(exp, points, cache)
+    if missing:
+        raise PlanError(f"{missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                        + f": run `sudo testbed profile {exp.source_path or 'EXPERIMENT'}` first")
+    known = _Known(arts, profs, float(os.cpu_count() or 1), tolerance)
+    plan = Plan(exp.name, tolerance, axes)
+    for point in points:
+        e = profiles.at(exp, point)
+        _check_steady(e, point)
+        for model in e.models:
+            rows = _predict_point(e, point, model, known)
+            plan.rows += rows
+            plan.winners.append(_winner(point, model.name, rows))
+    plan.crossovers = crossovers(exp, axes, plan, known)
+    plan.seconds = time.perf_counter() - t0
+    return plan
+
+
+def _winner(point: dict, model: str, rows: list[dict]) -> dict:
+    """The fastest by predicted p50 among the strategies within tolerance; without any quality
+    metric, the fastest."""
+    known = [r for r in rows if r["tolerance_verdict"] is not None]
+    eligible = [r for r in rows if r["tolerance_verdict"] == WITHIN] if known else rows
+    ranked = sorted(eligible, key=lambda r: r["p50_ms"])
+    fastest = min(rows, key=lambda r: r["p50_ms"])
+    return {"point": point, "model": model, "winner": ranked[0]["strategy"] if ranked else None,
+            "p50_ms": ranked[0]["p50_ms"] if ranked else None, "fastest": fastest["strategy"],
+            "rule": "within tolerance" if known else "latency only (no quality metric)",
+            # how much faster than the runner-up: how sure the prediction is of its winner
+            "margin_ms": ranked[1]["p50_ms"] - ranked[0]["p50_ms"] if len(ranked) > 1 else None}
+
+
+def crossovers(exp: Experiment, axes: list[GridAxis], plan: Plan, known: _Known) -> list[dict]:
+    """Where the winner changes between two neighbouring values of a bandwidth range (the other
+    paths fixed): the bandwidth found by bisection on a log scale, on the same predictions."""
+    out = []
+    by_point = {(tuple(sorted(w["point"].items())), w["model"]): w for w in plan.winners}
+    for axis in (a for a in axes if a.log):
+        for w in plan.winners:
+            v = w["point"].get(axis.path)
+            i = axis.values.index(v) if v in axis.values else -1
+            if i < 0 or i + 1 >= len(axis.values):
+                continue
+            w2 = by_point.get((tuple(sorted(dict(w["point"], **{axis.path: axis.values[i + 1]}).items())), w["model"]))
+            if w2 is None or w2["winner"] == w["winner"] or None in (w["winner"], w2["winner"]):
+                continue
+            lo, hi = axis.numbers[i], axis.numbers[i + 1]
+            for _ in range(CROSSOVER_STEPS):
+                if hi / lo < 1.001:
+                    break
+                mid = math.sqrt(lo * hi)
+                here = dict(w["point"], **{axis.path: format_rate(int(round(mid)))})
+                e = profiles.at(exp, here)
+                model = next(m for m in e.models if m.name == w["model"])
+                if _winner(here, w["model"], _predict_point(e, here, model, known))["winner"] == w["winner"]:
+                    lo = mid
+                else:
+                    hi = mid
+            at = math.sqrt(lo * hi)
+            out.append({"model": w["model"], "path": axis.path,
+                        "at": {k: v for k, v in w["point"].items() if k != axis.path},
+                        "below": w["winner"], "above": w2["winner"], "bandwidth_bps": at,
+                        "bandwidth": format_rate(int(round(at)))})
+    return out
