@@ -11,14 +11,15 @@ One request, predicted (:func:`predict`), is the sum of:
 - **transmission** of every message along its path (:func:`transfer_ms`): the input from the
   source to the first part's host, each cut tensor to the next part's host, the answer back
   hop by hop (each server relays its next hop's answer), then to the source. A message's
-  bytes cross the path's slowest link at its rate with TCP/IP's headers (a 1448-byte payload
+  bytes (tensors, the frame's header and the trace it carries so far) cross the path's slowest link at its rate with TCP/IP's headers (a 1448-byte payload
   per 1514-byte frame), one frame at each other link (store and forward, pipelined), plus each
   link's delay. With ``serving.connection: per-request`` every message starts a new
   connection: the request adds the handshake's round trip, and a message larger than the
   initial window (10 segments) waits a round trip per window while slow start doubles it
   until the window fills the path;
-- **the harness's fixed cost** per server and for the client (client, codec and server:
-  :data:`testbed.estimate.OVERHEAD_MS`, from ``benchmarks/bench_serving.py``).
+- **the harness's fixed cost** for the client and per server (client, codec and server:
+  :data:`testbed.estimate.OVERHEAD_MS`, from ``benchmarks/bench_serving.py``), a server's
+  stretched by its host's CPU share below one core (it runs in the host's cgroup).
 
 p90 adds the parts' p90 compute (an upper bound of the sum's p90 when parts vary independently).
 Left out: jitter and loss (a grid with them is refused), queueing under load (one request at
@@ -45,6 +46,12 @@ from .recommend import TOLERANCE, WITHIN, tolerance_verdict
 FRAME_BYTES, MSS_BYTES = 1514, 1448      # a full TCP segment's Ethernet frame and its payload (timestamps on)
 INIT_CWND = 10                           # Linux's initial congestion window, in segments
 MAX_GRID_POINTS = 100_000
+# a frame's bytes besides its tensors (the wire's header and the trace records it carries so
+# far: docs/wire.md), as the store's hops recorded them for fmnist_cnn on three_tier: the
+# client's request 219 B over its 3136 B tensor; each server's request record 309 B; an answer
+# 535 B over its tensor from a single server; each relaying server's response record 185 B
+# (1, 2 and 3 servers: 575, 884 and 1193 B answers, relayed as 1069, 1377 and 1563 B)
+FRAME_HEADER_BYTES, REQUEST_RECORD_BYTES, ANSWER_HEADER_BYTES, RESPONSE_RECORD_BYTES = 219, 309, 535, 185
 CROSSOVER_STEPS = 40
 # the idle time between requests from which a host computes as after idling (profile.REGIMES):
 # back to back a small part took 0.15 ms, after 5-10 ms idle 0.44 ms, after 50-150 ms 0.57 ms
@@ -173,11 +180,15 @@ def predict(e: Experiment, strategy: Strategy, art: Artifact, compute: list[dict
     topo = e.topology
     source, hosts = chain(e, strategy)
     fresh = e.serving.connection == "per-request"
-    legs = [("input", source, hosts[0], art.input_bytes, True)]
-    legs += [(f"cut {i + 1}", hosts[i], hosts[i + 1], art.cut_bytes[i] if i < len(art.cut_bytes) else 0, True)
-             for i in range(len(hosts) - 1)]
-    legs += [("answer", hosts[i], hosts[i - 1], art.answer_bytes, False) for i in range(len(hosts) - 1, 0, -1)]
-    legs += [("answer", hosts[0], source, art.answer_bytes, False)]
+    n = len(hosts)
+    # each frame as the wire carries it: the tensors, the header and the trace records so far
+    legs = [("input", source, hosts[0], art.input_bytes + FRAME_HEADER_BYTES, True)]
+    legs += [(f"cut {i + 1}", hosts[i], hosts[i + 1], (art.cut_bytes[i] if i < len(art.cut_bytes) else 0)
+              + FRAME_HEADER_BYTES + REQUEST_RECORD_BYTES * (i + 1), True) for i in range(n - 1)]
+    answer = art.answer_bytes + ANSWER_HEADER_BYTES + REQUEST_RECORD_BYTES * (n - 1)
+    legs += [("answer", hosts[i], hosts[i - 1], answer + RESPONSE_RECORD_BYTES * (n - 1 - i), False)
+             for i in range(n - 1, 0, -1)]
+    legs += [("answer", hosts[0], source, answer + RESPONSE_RECORD_BYTES * (n - 1), False)]
     transmission = []
     for what, a, b, nbytes, request in legs:
         if a == b:
@@ -185,7 +196,9 @@ def predict(e: Experiment, strategy: Strategy, art: Artifact, compute: list[dict
         ms = transfer_ms(topo, a, b, nbytes, fresh=fresh, handshake=fresh and request)
         transmission.append({"what": what, "src": a, "dst": b, "bytes": nbytes, "ms": ms})
     tx = sum(t["ms"] for t in transmission)
-    overhead = OVERHEAD_MS * (len(hosts) + 1)
+    # the client runs outside any cgroup; a server's own work (decoding, encoding, relaying) is
+    # charged to its host's quota like its compute
+    overhead = OVERHEAD_MS * (1 + sum(1 / min(e.topology.host(h).cpus or 1.0, 1.0) for h in hosts))
     # each part in the regime its host is in: one request at a time, a host waits for the rest
     # of the request (everything but its own compute) before its next one
     warm = sum(c["p50_ms"] for c in compute) + tx + overhead

@@ -122,13 +122,16 @@ def test_the_winner_changes_where_sending_the_input_costs_what_the_slow_host_los
     assert wins == sorted(wins, key=lambda s: s != "mobile")
     (c,) = plan.crossovers
     assert (c["below"], c["above"]) == ("mobile", "edge")
-    # (both run one server: the same fixed cost; mobile's input and answer stay on mobile)
-    inp, answer = FEATURES * 4, 4 * 4
+    # (the harness: the client's cost and each server's, stretched by its host's share: mobile
+    # has half a core; mobile's input and answer stay on mobile)
+    harness = {"edge": pl.OVERHEAD_MS * (1 + 1), "mobile": pl.OVERHEAD_MS * (1 + 2)}
+    # the frames: tensors + the wire's header and trace records (one server: no records added)
+    inp, answer = FEATURES * 4 + pl.FRAME_HEADER_BYTES, 4 * 4 + pl.ANSWER_HEADER_BYTES
     segs_in, segs_out = math.ceil(inp / 1448), 1
 
     def edge_minus_mobile(bps: float) -> float:
         tx = ((inp + segs_in * 66) * 8 / bps + (answer + segs_out * 66) * 8 / bps) * 1000 + 2 * 1.0
-        return 5.0 + tx - 50.0
+        return 5.0 + tx + harness["edge"] - 50.0 - harness["mobile"]
 
     lo, hi = 1e5, 1e8
     for _ in range(100):
@@ -139,7 +142,7 @@ def test_the_winner_changes_where_sending_the_input_costs_what_the_slow_host_los
     row = next(r for r in plan.rows if r["strategy"] == "edge")
     assert row["p50_ms"] == pytest.approx(row["compute_ms"] + row["transmission_ms"] + row["overhead_ms"])
     assert row["compute_ms"] == pytest.approx(5.0) and row["p90_ms"] > row["p50_ms"]
-    assert [t["what"] for t in row["transmission"]] == ["input", "answer"]
+    assert [(t["what"], t["bytes"]) for t in row["transmission"]] == [("input", inp), ("answer", answer)]
 
 
 def test_a_strategy_beyond_the_quality_tolerance_cannot_win(planned):
@@ -173,3 +176,17 @@ def test_a_host_that_waits_long_between_requests_computes_as_after_idling(planne
     assert [(c["regime"], c["p50_ms"]) for c in rows["edge"]["compute"]] == [("idle", 20.0)]
     assert [(c["regime"], c["p50_ms"]) for c in rows["mobile"]["compute"]] == [("warm", 50.0)]
     assert rows["edge"]["compute_ms"] == 20.0
+
+
+def test_each_frame_carries_the_trace_so_far_as_the_store_recorded_it():
+    """A three-part chain of fmnist_cnn (3136 B input, 40 B answer): the answers' sizes the
+    store's hops recorded were 1193 B from cloud, relayed as 1377 B by edge and 1563 B by mobile."""
+    data = {"name": "e", "topology": "three_tier", "models": ["fmnist_cnn"], "source": "mobile",
+            "strategies": [{"name": "mec", "operators": ["partition"], "placement": ["mobile", "edge", "cloud"]}]}
+    exp = load_experiment_dict(data, [], cores=2.0, memory_bytes=24 * GiB, source="<test>")
+    art = pl.Artifact(folder=None, input_bytes=3136, cut_bytes=[1000, 2000], answer_bytes=40, metric=None,
+                      loss=None, loss_ci=None)
+    compute = [{"p50_ms": 1.0, "p90_ms": 1.0}] * 3
+    legs = [(t["what"], t["src"], t["dst"], t["bytes"]) for t in pl.predict(exp, exp.strategies[0], art, compute)["transmission"]]
+    assert legs == [("cut 1", "mobile", "edge", 1000 + 219 + 309), ("cut 2", "edge", "cloud", 2000 + 219 + 2 * 309),
+                    ("answer", "cloud", "edge", 1193), ("answer", "edge", "mobile", 1378)]
