@@ -334,8 +334,9 @@ def make_plan(exp: Experiment, axes: list[GridAxis], tolerance: float = TOLERANC
     points = grid_points(exp, axes)
     arts, profs, missing = _profiles_for(exp, points, cache)
     if missing:
+        hosts = "".join(f" --grid {a.path}={','.join(a.values)}" for a in axes if a.path.startswith("hosts."))
         raise PlanError(f"{missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                        + f": run `sudo testbed profile {exp.source_path or 'EXPERIMENT'}` first")
+                        + f": run `sudo testbed profile {exp.source_path or 'EXPERIMENT'}{hosts}` first")
     known = _Known(arts, profs, float(os.cpu_count() or 1), tolerance)
     plan = Plan(exp.name, tolerance, axes)
     for point in points:

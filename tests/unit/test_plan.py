@@ -190,3 +190,11 @@ def test_each_frame_carries_the_trace_so_far_as_the_store_recorded_it():
     legs = [(t["what"], t["src"], t["dst"], t["bytes"]) for t in pl.predict(exp, exp.strategies[0], art, compute)["transmission"]]
     assert legs == [("cut 1", "mobile", "edge", 1000 + 219 + 309), ("cut 2", "edge", "cloud", 2000 + 219 + 2 * 309),
                     ("answer", "cloud", "edge", 1193), ("answer", "edge", "mobile", 1378)]
+
+
+def test_a_grid_over_a_hosts_cores_needs_their_profiles_and_says_how_to_take_them(planned):
+    exp, built = planned
+    _store_profiles(exp, built, {"mobile": 50.0, "edge": 5.0})
+    with pytest.raises(PlanError, match=r"0.25 cores.*has no profile.*testbed profile \S+ --grid "
+                                        r"hosts.mobile.cpus=0.25,0.5` first"):
+        make_plan(exp, [parse_grid("hosts.mobile.cpus=0.25,0.5")])
