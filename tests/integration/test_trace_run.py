@@ -89,3 +89,35 @@ def test_a_traced_run_records_each_hops_link_state_and_the_replays_lag(tmp_path)
     slow = [h["ms"] for h in up if h["trace_bandwidth_bps"] == 5_000_000]
     fast = [h["ms"] for h in up if h["trace_bandwidth_bps"] == 50_000_000]
     assert slow and fast and statistics.median(slow) > 4 * statistics.median(fast), (slow, fast)
+
+
+def test_a_traced_cell_on_a_ray_worker_replays_there_and_stores_the_same_link_states(tmp_path):
+    """`--executor ray`: the cell runs on a worker that holds the network, so the replay runs
+    there too; the driver stores its trace_json and every hop's link state as a local run does."""
+    import pytest
+
+    pytest.importorskip("ray")
+    _model(tmp_path)
+    (tmp_path / "steps.csv").write_text(TRACE)
+    (tmp_path / "back.csv").write_text(TRACE.replace("50Mbit", "20Mbit").replace("5Mbit", "2Mbit"))
+    exp = tmp_path / "trace.yaml"
+    exp.write_text(EXPERIMENT.replace("duration: 6s", "duration: 4s"))
+    out = tmp_path / "out"
+    home = tmp_path / "home"
+    home.mkdir()
+    p = subprocess.run(TESTBED + ["run", str(exp), "--out", str(out), "--executor", "ray"], cwd=REPO,
+                       env={**_env(tmp_path), "HOME": str(home)}, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    db = out / "results.sqlite"
+    [cell] = _rows(db, "SELECT * FROM cells")
+    assert cell["status"] == "done" and cell["ok"] >= 10, cell
+    forward, back = json.loads(cell["trace_json"])["directions"]
+    assert forward["applied"] >= 4 and forward["missed"] == 0 and forward["mismatches"] == 0, forward
+    applied = forward["applied_steps"]
+    up = _rows(db, "SELECT * FROM hops WHERE kind = 'link' AND src = 'mobile' AND dst = 'edge'")
+    assert len(up) == cell["ok"]
+    for h in up:
+        in_force = [rate for at, rate, _ in applied if at <= h["trace_at_ms"]]
+        assert h["trace_link"] == "mobile-edge forward" and h["trace_bandwidth_bps"] == (
+            in_force[-1] if in_force else 50_000_000), h
+    assert {h["trace_bandwidth_bps"] for h in up} == {5_000_000, 50_000_000}
