@@ -18,7 +18,7 @@ ARTIFACTS = Path(os.environ.get("TESTBED_ARTIFACTS") or Path(__file__).resolve()
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path_factory):
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("chromium and chromium-driver are not installed (scripts/setup.sh installs them)")
     from selenium import webdriver
@@ -30,7 +30,11 @@ def browser():
                 "--window-size=1400,1000"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    # Chromium keeps a profile folder in TMPDIR (org.chromium.Chromium.*) that it leaves behind:
+    # in the test's own temporary folder, not the machine's /tmp
+    scratch = tmp_path_factory.mktemp("chromium")
+    service = Service(executable_path=CHROMEDRIVER, env={**os.environ, "TMPDIR": str(scratch)})
+    driver = webdriver.Chrome(service=service, options=options)
     try:
         yield driver
     finally:
