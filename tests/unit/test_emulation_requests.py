@@ -321,7 +321,11 @@ def test_a_senders_gso_lumps_are_half_a_millisecond_at_its_links_rate():
     # millisecond keep TCP's ACK clock (whole 64 KiB lumps held it to 0.93 at 200 Mbit/s)
     assert shaping.gso_max_segs(200_000_000) == 8            # 12.5 kB: 8 full frames
     assert shaping.gso_max_segs(1_000_000_000) == 41
-    assert shaping.gso_max_segs(1_000_000) == 2              # never below two
+    assert shaping.gso_max_segs(50_000_000) == 2
+    # below ~48 Mbit/s one frame each: a 2-frame lump crossed each link of a path whole, so a
+    # message was not pipelined over two links (54.4 ms against 42.2 for 3355 B at 1 + 1 Mbit/s)
+    assert shaping.gso_max_segs(10_000_000) == 1
+    assert shaping.gso_max_segs(1_000_000) == 1
     assert shaping.gso_max_segs(None) == shaping.GSO_MAX_SEGS_DEFAULT == 65535   # unshaped: the veth's own
 
 
