@@ -117,14 +117,14 @@ def expected_rtt_ms(there, back) -> float:
                for d in (there, back))
 
 
-def measure_rtts_ms(net: EmulatedNetwork, src: str, dst: str, count: int = 20) -> list[float]:
-    """Each ping's RTT from ``src`` to ``dst`` (ms, in the order sent), taken once every link is
-    idle (a queue that an earlier flow left draining would be measured as delay). A ping that
-    got no reply is left out; none at all is an error."""
+def measure_rtts_ms(net: EmulatedNetwork, src: str, dst: str, count: int = 20, interval_s: float = 0.02) -> list[float]:
+    """Each ping's RTT from ``src`` to ``dst`` (ms, in the order sent, ``interval_s`` apart),
+    taken once every link is idle (a queue that an earlier flow left draining would be
+    measured as delay). A ping that got no reply is left out; none at all is an error."""
     if hasattr(net, "wait_idle"):       # the benchmark's plain-Mininet adapter cannot read its queues
         net.wait_idle()
-    res = net.run(src, ["ping", "-n", "-c", str(count), "-i", "0.02", "-W", "5", net.address(dst)],
-                  timeout=60, limited=False)
+    res = net.run(src, ["ping", "-n", "-c", str(count), "-i", f"{interval_s:g}", "-W", "5", net.address(dst)],
+                  timeout=60 + count * interval_s, limited=False)
     rtts = [float(v) for v in re.findall(r"time=([\d.]+) ms", res.stdout)]
     if not rtts:
         raise EmulationError(f"ping {src}->{dst} gave no RTT: {res.stdout.strip()[-200:]} {res.stderr.strip()}")

@@ -775,19 +775,22 @@ def profile(experiment: str, sets: tuple[str, ...], grids: tuple[str, ...], requ
     """Measure each part EXPERIMENT's strategies compute, on its emulated host under its limits.
 
     One request at a time inside the host's cgroup, with its server's ONNX Runtime threads and
-    pacing; every request's compute is kept (p10/p50/p90 shown). Profiles are stored in the
-    cache by artifact, host limits and machine, and reused: `testbed plan` predicts from them."""
+    pacing; every request's compute is kept (p10/p50/p90 shown). Also, once per machine, what
+    one pass through a link's emulation costs (pings on a two-host network). Profiles are
+    stored in the cache by artifact, host limits and machine, and reused: `testbed plan`
+    predicts from them."""
     from emulation.probe import capabilities
-    from testbed.profile import profile_experiment
+    from testbed.profile import profile_experiment, profile_links
 
     exp, _axes, points = _load_for_plan(experiment, sets, grids)
     _require_emulation(capabilities())
     say = (lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True))
+    links = profile_links(again=again, progress=say)
     rows = profile_experiment(exp, points, requests=requests, again=again, progress=say)
     if as_json:
-        click.echo(json.dumps({"experiment": exp.name, "profiles": rows}, indent=2))
+        click.echo(json.dumps({"experiment": exp.name, "profiles": rows, "links": links}, indent=2))
     else:
-        output.print_profiles(exp.name, rows)
+        output.print_profiles(exp.name, rows, links)
 
 
 @cli.command()

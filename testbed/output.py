@@ -650,7 +650,7 @@ def print_dry_run(name: str, cells: list, total_s: float, unknown: int) -> None:
                   f"included; preparing artifacts not included){note}")
 
 
-def print_profiles(name: str, rows: list[dict]) -> None:
+def print_profiles(name: str, rows: list[dict], links: dict | None = None) -> None:
     t = Table(title=f"compute profiles of {name}", caption="per-request compute of each part on its host under its "
                                                           "limits (ms), requests back to back and after 50-150 ms "
                                                           "idle; reused: measured before, from the cache")
@@ -663,6 +663,16 @@ def print_profiles(name: str, rows: list[dict]) -> None:
                   " / ".join(_ms(r[k]) for k in ("idle_p10_ms", "idle_p50_ms", "idle_p90_ms")),
                   f"reused ({r['measured_at']})" if r["reused"] else "now")
     console.print(t)
+    if links:
+        t = Table(title="one pass through a link's emulation", caption="one way, beyond the link's rate and delay "
+                  "(ms), by pings on a two-host network; line: through a delay line or netem, plain: forwarding only")
+        for c in ("class", "pings 1 ms apart p10 / p50 / p90", "after 100 ms idle p10 / p50 / p90", "measured"):
+            t.add_column(c)
+        for cls, regimes in links["classes"].items():
+            t.add_row(cls, *(" / ".join(_ms(regimes[r][k]) for k in ("p10_ms", "p50_ms", "p90_ms"))
+                             for r in ("warm", "idle")),
+                      f"reused ({links['measured_at']})" if links.get("reused") else "now")
+        console.print(t)
 
 
 def print_plan(plan) -> None:

@@ -101,22 +101,28 @@ def parse_grid(text: str) -> GridAxis:
     return GridAxis(path, values, numbers, False)
 
 
-def transfer_ms(topology, src: str, dst: str, nbytes: int, *, fresh: bool = False, handshake: bool = False) -> float:
+def transfer_ms(topology, src: str, dst: str, nbytes: int, *, fresh: bool = False, handshake: bool = False,
+                pass_ms=None) -> float:
     """One message of ``nbytes`` (payload) from ``src`` to ``dst`` along the topology's path,
     until its last byte arrives (see the module's docstring). ``fresh``: on a new connection
-    (slow start from the initial window); ``handshake``: the connection is opened first."""
+    (slow start from the initial window); ``handshake``: the connection is opened first.
+    ``pass_ms(link, direction)``: what one pass through that link direction's emulation costs
+    beyond its rate and delay (`profile.measure_links`); none by default."""
     route = topology.path(src, dst)
     if len(route) < 2 or nbytes <= 0:
         return 0.0
+    links = [topology.link(f"{a}-{b}").name for a, b in zip(route, route[1:])]
     dirs = [_direction(topology, a, b) for a, b in zip(route, route[1:])]
     segments = max(1, math.ceil(nbytes / MSS_BYTES))
     wire_bits = (nbytes + segments * (FRAME_BYTES - MSS_BYTES)) * 8
     frame_bits = min(wire_bits, FRAME_BYTES * 8)
     rates = [d.rate_bps for d in dirs if d.rate_bps]
     bottleneck = min(rates) if rates else None
-    one_way = sum(d.delay_ms for d in dirs)
     back = [_direction(topology, b, a) for a, b in zip(route, route[1:])]
-    rtt = one_way + sum(d.delay_ms for d in back)
+    passes = [pass_ms(n, d) for n, d in zip(links, dirs)] if pass_ms else [0.0] * len(dirs)
+    passes_back = [pass_ms(n, d) for n, d in zip(links, back)] if pass_ms else [0.0] * len(dirs)
+    one_way = sum(d.delay_ms for d in dirs) + sum(passes)
+    rtt = one_way + sum(d.delay_ms for d in back) + sum(passes_back)
     ms = one_way
     # every link but the slowest takes one frame's time (the rest overlaps the bottleneck)
     slowest = dirs.index(min(dirs, key=lambda d: d.rate_bps or math.inf)) if rates else -1
@@ -174,9 +180,10 @@ def chain(e: Experiment, strategy: Strategy) -> tuple[str, list[str]]:
     return source, hosts
 
 
-def predict(e: Experiment, strategy: Strategy, art: Artifact, compute: list[dict]) -> dict:
+def predict(e: Experiment, strategy: Strategy, art: Artifact, compute: list[dict], links: dict | None = None) -> dict:
     """One request of ``strategy`` at the point ``e`` is at: ``compute`` holds each part's
-    profile on its host (p50_ms, p90_ms), in part order."""
+    profile on its host (p50_ms, p90_ms), in part order; ``links`` the machine's link profile
+    (`profile.load_links`: one pass through a link, per class and regime), or None."""
     topo = e.topology
     source, hosts = chain(e, strategy)
     fresh = e.serving.connection == "per-request"
@@ -189,21 +196,27 @@ def predict(e: Experiment, strategy: Strategy, art: Artifact, compute: list[dict
     legs += [("answer", hosts[i], hosts[i - 1], answer + RESPONSE_RECORD_BYTES * (n - 1 - i), False)
              for i in range(n - 1, 0, -1)]
     legs += [("answer", hosts[0], source, answer + RESPONSE_RECORD_BYTES * (n - 1), False)]
-    transmission = []
-    for what, a, b, nbytes, request in legs:
-        if a == b:
-            continue
-        ms = transfer_ms(topo, a, b, nbytes, fresh=fresh, handshake=fresh and request)
-        transmission.append({"what": what, "src": a, "dst": b, "bytes": nbytes, "ms": ms})
-    tx = sum(t["ms"] for t in transmission)
+    legs = [leg for leg in legs if leg[1] != leg[2]]
+
+    def leg_ms(leg, regimes=None):
+        _what, a, b, nbytes, request = leg
+        pass_ms = None if links is None else \
+            (lambda name, d: _pass_ms(links, d, (regimes or {}).get(name, "warm")))
+        return transfer_ms(topo, a, b, nbytes, fresh=fresh, handshake=fresh and request, pass_ms=pass_ms)
+
     # not stretched by a host's CPU share: a server's own work comes in bursts of ~0.1 ms, which
     # the period's quota covers at full speed (stretched, a quarter-core mobile's sub-ms requests
     # were predicted 0.78 ms against 0.38-0.71 measured, and 3 of 18 winners went wrong)
     overhead = OVERHEAD_MS * (len(hosts) + 1)
-    # each part in the regime its host is in: one request at a time, a host waits for the rest
-    # of the request (everything but its own compute) before its next one
-    warm = sum(c["p50_ms"] for c in compute) + tx + overhead
+    # first every link and host as if busy (back to back), then each in the regime the idle
+    # time this request leaves it puts it in (one request at a time)
+    warm_tx = [leg_ms(leg) for leg in legs]
+    warm = sum(c["p50_ms"] for c in compute) + sum(warm_tx) + overhead
     chosen = [_regime(c, warm - c["p50_ms"]) for c in compute]
+    link_regimes = _link_regimes(topo, legs, warm_tx, [c["p50_ms"] for c in chosen]) if links else [{}] * len(legs)
+    transmission = [{"what": leg[0], "src": leg[1], "dst": leg[2], "bytes": leg[3], "ms": leg_ms(leg, r),
+                     **({"links": r} if links else {})} for leg, r in zip(legs, link_regimes)]
+    tx = sum(t["ms"] for t in transmission)
     c50 = sum(c["p50_ms"] for c in chosen)
     c90 = sum(c["p90_ms"] for c in chosen)
     return {"p50_ms": c50 + tx + overhead, "p90_ms": c90 + tx + overhead, "compute_ms": c50,
@@ -211,6 +224,43 @@ def predict(e: Experiment, strategy: Strategy, art: Artifact, compute: list[dict
             "compute": [{"host": h, "part": i, "regime": c["regime"], "p50_ms": c["p50_ms"], "p90_ms": c["p90_ms"]}
                         for i, (h, c) in enumerate(zip(hosts, chosen))],
             "transmission": transmission}
+
+
+def _pass_ms(links: dict, d, regime: str) -> float:
+    """One pass through a link direction ``d``'s emulation, p50, in ``regime``."""
+    return links["classes"][profiles.link_class(d)][regime]["p50_ms"]
+
+
+def _link_regimes(topo, legs: list[tuple], leg_ms: list[float], compute_ms: list[float]) -> list[dict[str, str]]:
+    """Per leg, each link it crosses and the regime that link is in when the leg starts: idle
+    when the link carried nothing for at least IDLE_MS before (since its last leg in this
+    request, or, for its first, in the one before: one request at a time). The request's
+    timeline: the input, then each part's compute and the cut after it, then the answers."""
+    t, k, spans = 0.0, 0, []
+    for leg, ms in zip(legs, leg_ms):
+        what = leg[0]
+        upto = int(what.split()[1]) if what.startswith("cut ") else (len(compute_ms) if what == "answer" else 0)
+        while k < upto:                  # the parts computed before this leg starts
+            t += compute_ms[k]
+            k += 1
+        route = topo.path(leg[1], leg[2])
+        spans.append((t, t + ms, [topo.link(f"{x}-{y}").name for x, y in zip(route, route[1:])]))
+        t += ms
+    total = t + sum(compute_ms[k:])
+    used: dict[str, list[tuple[float, float]]] = {}
+    for start, end, names in spans:
+        for name in names:
+            used.setdefault(name, []).append((start, end))
+    out = []
+    for start, _end, names in spans:
+        regimes = {}
+        for name in names:
+            uses = used[name]
+            before = [e for s, e in uses if s < start]
+            last = before[-1] if before else uses[-1][1] - total      # the previous request's last use
+            regimes[name] = "idle" if start - last >= IDLE_MS else "warm"
+        out.append(regimes)
+    return out
 
 
 def _regime(profile: dict, idle_ms: float) -> dict:
@@ -286,6 +336,7 @@ class _Known:
     profs: dict
     cores: float
     tolerance: float
+    links: dict | None = None        # the machine's link profile (profile.load_links)
 
 
 def _predict_point(e: Experiment, point: dict, model: ModelRef, known: _Known) -> list[dict]:
@@ -307,7 +358,7 @@ def _predict_point(e: Experiment, point: dict, model: ModelRef, known: _Known) -
                 raise PlanError(f"{model.name} [{s.name}] part {i + 1} on {host} at {point_label(point)} has no profile")
             compute.append(known.profs[key])
         rows.append({"point": point, "model": model.name, "strategy": s.name, "placement": ">".join(s.placement),
-                     **predict(e, s, art, compute), "metric": art.metric, "loss": art.loss, "loss_ci": art.loss_ci,
+                     **predict(e, s, art, compute, known.links), "metric": art.metric, "loss": art.loss, "loss_ci": art.loss_ci,
                      "tolerance_verdict": tolerance_verdict(art.loss, art.loss_ci, known.tolerance)})
     return rows
 
@@ -334,11 +385,14 @@ def make_plan(exp: Experiment, axes: list[GridAxis], tolerance: float = TOLERANC
                         "or measure: testbed run)")
     points = grid_points(exp, axes)
     arts, profs, missing = _profiles_for(exp, points, cache)
+    links = profiles.load_links(cache)
+    if links is None:
+        missing.append("this machine's links have no profile (one pass through a link's emulation)")
     if missing:
         hosts = "".join(f" --grid {a.path}={','.join(a.values)}" for a in axes if a.path.startswith("hosts."))
         raise PlanError(f"{missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                         + f": run `sudo testbed profile {exp.source_path or 'EXPERIMENT'}{hosts}` first")
-    known = _Known(arts, profs, float(os.cpu_count() or 1), tolerance)
+    known = _Known(arts, profs, float(os.cpu_count() or 1), tolerance, links)
     plan = Plan(exp.name, tolerance, axes)
     for point in points:
         e = profiles.at(exp, point)

@@ -205,10 +205,7 @@ def save(p: PartOnHost, folder: Path, profile: dict, cache=None, replace: bool =
     cache = cache or Cache()
     key = p.key(folder.name)
     if replace and cache.get(KIND, key) is not None:
-        old = cache.path(KIND, key)
-        aside = old.with_name(f".{key}.old.{os.getpid()}")
-        os.replace(old, aside)
-        shutil.rmtree(aside, ignore_errors=True)
+        _drop(cache, key)
     with cache.building(KIND, key, {"part": p.label, "limits": p.limits()}) as tmp:
         (tmp / FILE).write_text(json.dumps(profile, indent=1))
     return cache.path(KIND, key)
@@ -270,6 +267,107 @@ def profile_experiment(exp: Experiment, points: list[dict] | None = None, *, req
                 rows.append(_row(p, prof, reused=False))
                 done.add(key)
     return rows
+
+
+# ---- links: what one pass through a link's emulation costs ---------------------------------------
+#
+# A packet crossing an emulated link passes the link's wire (a forwarding namespace) and, where
+# the direction is shaped or delayed on a machine without netem, its delay line (a process that
+# holds each packet, then releases it). That pass costs time beyond the link's arithmetic
+# (bytes at the rate, its delay), measured: 0.04-0.05 ms one way with pings 1-20 ms apart,
+# 0.11-0.17 ms after 200 ms idle (2-core VM, delay line), 0.01-0.03 ms without a delay line. A
+# plan adds it per link a message crosses, in the regime the link is in (`plan.predict`). It
+# is measured once per machine on a network of two hosts, by pings: half of each RTT beyond
+# what the link's rate takes for the ping's frames.
+LINK_CLASSES = {"line": 1_000_000_000, "plain": None}   # class -> the rate the pair's link is measured at
+LINK_REGIMES = {"warm": (0.001, 100), "idle": (0.1, 15)}   # regime -> (seconds between pings, pings)
+
+
+def link_class(d, serialize: bool = True) -> str:
+    """``line``: the direction passes a delay line (delay, jitter or a rate, without netem) or
+    a netem qdisc; ``plain``: only the wire's forwarding."""
+    from emulation.wire import in_line
+
+    return "line" if in_line(d, serialize) else "plain"
+
+
+def links_key() -> str:
+    from workloads.cache import content_key
+
+    return content_key("link-profile", version=PROFILE_VERSION, machine=machine())
+
+
+def load_links(cache=None) -> dict | None:
+    """The machine's stored link profile, or None."""
+    from workloads.cache import Cache
+
+    entry = (cache or Cache()).get(KIND, links_key())
+    if entry is None:
+        return None
+    try:
+        return json.loads((entry / FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def measure_links(progress: Callable[[str], None] = lambda message: None) -> dict:
+    """The one-way cost of one pass through a link, per class and regime (p10/p50/p90 ms), on
+    a network of two unlimited hosts brought up for it."""
+    from emulation.calibrate import expected_rtt_ms, measure_rtts_ms
+    from emulation.network import EmulatedNetwork
+    from emulation.probe import capabilities
+    from topologies.spec import HostSpec, LinkSpec, TopologySpec
+
+    spec = TopologySpec("link-profile", (HostSpec("a"), HostSpec("b")), (LinkSpec("a", "b"),))
+    classes = {}
+    with EmulatedNetwork(spec, caps=capabilities()) as net:
+        netem = bool(net.netem)
+        for cls in ("plain", "line"):        # plain first: no delay line has started yet
+            net.set_link("a-b", rate_bps=LINK_CLASSES[cls])
+            link = net.links["a-b"]
+            ideal = expected_rtt_ms(link.forward, link.reverse)
+            classes[cls] = {}
+            for regime, (gap_s, count) in LINK_REGIMES.items():
+                progress(f"timing one pass through a link ({cls}, {regime}): {count} pings {gap_s * 1000:g} ms apart")
+                one_way = [max(0.0, (r - ideal) / 2) for r in measure_rtts_ms(net, "a", "b", count, gap_s)]
+                classes[cls][regime] = {"gap_ms": gap_s * 1000, **summary(one_way)}
+    return {"version": PROFILE_VERSION, "machine": machine(), "netem": netem, "classes": classes,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def profile_links(again: bool = False, progress: Callable[[str], None] = lambda message: None,
+                  cache=None) -> dict:
+    """The machine's link profile: the stored one (unless ``again``), else measured and stored.
+    Returns it with ``reused``."""
+    from workloads.cache import Cache
+
+    cache = cache or Cache()
+    stored = None if again else load_links(cache)
+    if stored is not None:
+        return {**stored, "reused": True}
+    prof = measure_links(progress)
+    save_links(prof, cache, replace=again)
+    return {**prof, "reused": False}
+
+
+def save_links(prof: dict, cache=None, replace: bool = False) -> Path:
+    """Store the machine's link profile; ``replace`` drops a stored one first."""
+    from workloads.cache import Cache
+
+    cache = cache or Cache()
+    key = links_key()
+    if replace and cache.get(KIND, key) is not None:
+        _drop(cache, key)
+    with cache.building(KIND, key, {"part": "link pass", "machine": machine()}) as tmp:
+        (tmp / FILE).write_text(json.dumps(prof, indent=1))
+    return cache.path(KIND, key)
+
+
+def _drop(cache, key: str) -> None:
+    old = cache.path(KIND, key)
+    aside = old.with_name(f".{key}.old.{os.getpid()}")
+    os.replace(old, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def limits_text(p: PartOnHost) -> str:

@@ -91,7 +91,16 @@ def planned(tmp_path, monkeypatch):
     return exp, built
 
 
+def _store_links(warm: float = 0.0, idle: float = 0.0, plain: float = 0.0) -> None:
+    """A link profile as `testbed profile` stores it, with chosen one-pass times (ms)."""
+    regime = lambda ms: {"gap_ms": 1.0, "p10_ms": ms, "p50_ms": ms, "p90_ms": ms, "mean_ms": ms}  # noqa: E731
+    prof.save_links({"version": prof.PROFILE_VERSION, "machine": prof.machine(), "netem": False, "measured_at": "test",
+                     "classes": {"line": {"warm": regime(warm), "idle": regime(idle)},
+                                 "plain": {"warm": regime(plain), "idle": regime(plain)}}}, replace=True)
+
+
 def _store_profiles(exp, built, ms_by_host: dict[str, float], idle_by_host: dict[str, float] | None = None):
+    _store_links()
     for p in prof.parts_on_hosts(exp):
         folder = built[p.need].path
         wall = [ms_by_host[p.host] * f for f in (0.9, 1.0, 1.0, 1.1)]
@@ -101,7 +110,7 @@ def _store_profiles(exp, built, ms_by_host: dict[str, float], idle_by_host: dict
             extra["regimes"] = {"warm": {"wall_ms": wall, **prof.summary(wall)},
                                 "idle": {"wall_ms": idle, **prof.summary(idle)}}
         prof.save(p, folder, {"artifact": folder.name, "requests": len(wall), "wall_ms": wall,
-                              "measured_at": "test", **prof.summary(wall), **extra})
+                              "measured_at": "test", **prof.summary(wall), **extra}, replace=True)
 
 
 def test_without_profiles_the_plan_names_what_to_profile(planned):
@@ -176,6 +185,48 @@ def test_a_host_that_waits_long_between_requests_computes_as_after_idling(planne
     assert [(c["regime"], c["p50_ms"]) for c in rows["edge"]["compute"]] == [("idle", 20.0)]
     assert [(c["regime"], c["p50_ms"]) for c in rows["mobile"]["compute"]] == [("warm", 50.0)]
     assert rows["edge"]["compute_ms"] == 20.0
+
+
+def test_a_message_pays_one_pass_per_link_it_crosses_and_a_round_trip_pays_both_ways():
+    topo = _topo({"mobile-edge": {"bandwidth": "8Mbit", "delay": "2ms"},
+                  "edge-cloud": {"bandwidth": "1Mbit", "delay": "10ms"}})
+    plain = transfer_ms(topo, "mobile", "cloud", 14480)
+    cost = {("mobile-edge", 8_000_000): 0.1, ("edge-cloud", 1_000_000): 0.3}
+    pass_ms = lambda link, d: cost[(link, d.rate_bps)]  # noqa: E731
+    assert transfer_ms(topo, "mobile", "cloud", 14480, pass_ms=pass_ms) == pytest.approx(plain + 0.4)
+    # the handshake's round trip crosses every link both ways
+    fresh = transfer_ms(topo, "mobile", "cloud", 1448, fresh=True, handshake=True)
+    assert transfer_ms(topo, "mobile", "cloud", 1448, fresh=True, handshake=True, pass_ms=pass_ms) == \
+        pytest.approx(fresh + 3 * 0.4)
+
+
+def test_a_link_idle_long_before_a_message_passes_it_as_after_idling(planned):
+    """edge: the input crosses mobile-edge right after the last request's answer (warm), the
+    answer 5 ms of edge's compute after the input (idle, beyond IDLE_MS); a link profile with
+    chosen times (0.1 ms warm, 1 ms idle) says what each pass costs."""
+    exp, built = planned
+    _store_profiles(exp, built, {"mobile": 50.0, "edge": 5.0})
+    bare = {r["strategy"]: r for r in make_plan(exp, []).rows}
+    _store_links(warm=0.1, idle=1.0)
+    rows = {r["strategy"]: r for r in make_plan(exp, []).rows}
+    assert [t["links"] for t in rows["edge"]["transmission"]] == [{"mobile-edge": "warm"}, {"mobile-edge": "idle"}]
+    assert rows["edge"]["p50_ms"] == pytest.approx(bare["edge"]["p50_ms"] + 0.1 + 1.0)
+    assert rows["mobile"]["p50_ms"] == pytest.approx(bare["mobile"]["p50_ms"])     # no link crossed
+    # a fast edge: the answer follows the input within IDLE_MS, both passes warm
+    _store_profiles(exp, built, {"mobile": 50.0, "edge": 0.5})
+    _store_links(warm=0.1, idle=1.0)
+    rows = {r["strategy"]: r for r in make_plan(exp, [parse_grid("links.mobile-edge.bandwidth=1Gbit,2Gbit")]).rows}
+    assert [t["links"] for t in rows["edge"]["transmission"]] == [{"mobile-edge": "warm"}, {"mobile-edge": "warm"}]
+
+
+def test_without_a_link_profile_the_plan_names_what_to_profile(planned):
+    exp, built = planned
+    _store_profiles(exp, built, {"mobile": 50.0, "edge": 5.0})
+    from workloads.cache import Cache
+    import shutil
+    shutil.rmtree(Cache().path(prof.KIND, prof.links_key()))
+    with pytest.raises(PlanError, match=r"links have no profile.*testbed profile"):
+        make_plan(exp, [])
 
 
 def test_each_frame_carries_the_trace_so_far_as_the_store_recorded_it():
