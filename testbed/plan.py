@@ -13,7 +13,9 @@ One request, predicted (:func:`predict`), is the sum of:
   hop by hop (each server relays its next hop's answer), then to the source. A message's
   bytes (tensors, the frame's header and the trace it carries so far) cross the path's slowest link at its rate with TCP/IP's headers (a 1448-byte payload
   per 1514-byte frame), one frame at each other link (store and forward, pipelined), plus each
-  link's delay. With ``serving.connection: per-request`` every message starts a new
+  link's delay, plus one pass through each link's emulation (the wire's forwarding and, where
+  the direction is shaped or delayed, its delay line or netem: `profile.measure_links`), back
+  to back or after idling by how long the request's timeline leaves that link idle. With ``serving.connection: per-request`` every message starts a new
   connection: the request adds the handshake's round trip, and a message larger than the
   initial window (10 segments) waits a round trip per window while slow start doubles it
   until the window fills the path;
@@ -27,6 +29,7 @@ a time: single-stream), exits of an early-exit artifact (its profile is of gener
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -452,3 +455,17 @@ def crossovers(exp: Experiment, axes: list[GridAxis], plan: Plan, known: _Known)
                         "below": w["winner"], "above": w2["winner"], "bandwidth_bps": at,
                         "bandwidth": format_rate(int(round(at)))})
     return out
+
+
+def uncertain_points(plan: Plan, n: int) -> list[dict]:
+    """The ``n`` grid points where the plan is least sure of a winner: by the smallest margin
+    between a model's winner and its runner-up, relative to the winner's p50 (the nearest
+    to a crossover), the least sure model deciding for its point. Points where every model
+    has a single candidate (no runner-up) come last."""
+    sure: dict[str, tuple[float, dict]] = {}
+    for w in plan.winners:
+        key = json.dumps(w["point"], sort_keys=True)
+        rel = math.inf if w["margin_ms"] is None or not w["p50_ms"] else w["margin_ms"] / w["p50_ms"]
+        if key not in sure or rel < sure[key][0]:
+            sure[key] = (rel, w["point"])
+    return [point for _rel, point in sorted(sure.values(), key=lambda v: v[0])[:n]]
