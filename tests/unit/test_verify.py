@@ -42,7 +42,8 @@ def test_the_error_is_signed_relative_to_the_measured_value_and_summarised_per_s
     # p90: predicted 1.5x p50, measured 2x: (1.5 * 12 - 20) / 20
     assert next(c for c in got["cells"] if c["point"][ME] == "1Mbit")["error_p90"] == pytest.approx(-0.1)
     (a, b) = got["by_strategy"]
-    assert (a["name"], a["n"], a["median_abs_error"], a["median_error"]) == ("a", 2, pytest.approx(0.2), pytest.approx(0.0))
+    assert (a["name"], a["n"], a["median_abs_error"], a["median_error"]) == \
+        ("a", 2, pytest.approx(0.2), pytest.approx(0.0))
     assert abs(a["worst_error"]) == pytest.approx(0.2) and (b["name"], b["n"]) == ("b", 1)
     assert [(t["by"], t["name"]) for t in got["by_tier"]] == [("tier", "mobile"), ("tier", "mobile>edge")]
     assert error_summary([], "strategy") == []
@@ -132,22 +133,30 @@ def test_measured_cells_reads_each_done_cells_medians(tmp_path, planned):
         assert measured_cells(store) == cells
 
 
-def test_a_stores_cells_get_the_plan_of_their_runs_experiment(tmp_path, planned):
+def planned_store(tmp_path, planned, scale: float, edge_at_100mbit: float):
+    """The fixture's swept experiment with profiles (mobile 50 ms, edge 5 ms), and a store of
+    it that measured ``scale`` x the plan, except edge at 100 Mbit/s: ``edge_at_100mbit`` ms."""
     exp, built = planned
     exp = _swept(exp, tmp_path)
     _store_profiles(exp, built, {"mobile": 50.0, "edge": 5.0})
-    expected = {(r["strategy"], r["point"][ME]): r["p50_ms"] for r in make_plan(exp, []).rows}
-    # measured 25 % above the plan everywhere, except edge at 100 Mbit/s, slower than mobile
-    folder = store_run(tmp_path / "out", exp, lambda s, p: 100.0 if (s, p[ME]) == ("edge", "100Mbit")
-                       else expected[(s, p[ME])] * 1.25)
+    plan = {(r["strategy"], r["point"][ME]): r["p50_ms"] for r in make_plan(exp, []).rows}
+    return store_run(tmp_path / "out", exp, lambda s, p: edge_at_100mbit if (s, p[ME]) == ("edge", "100Mbit")
+                     else plan[(s, p[ME])] * scale)
+
+
+def test_a_stores_cells_get_the_plan_of_their_runs_experiment(tmp_path, planned):
+    # measured 25 % above the plan everywhere, except edge at 100 Mbit/s: slower than mobile
+    folder = planned_store(tmp_path, planned, 1.25, 100.0)
     plan, reason = predictions_for_store(folder)
     assert reason is None and plan["notes"] == [] and len(plan["predictions"]) == 4 and len(plan["winners"]) == 2
     got = compare(plan["predictions"], plan["winners"], measured_cells(folder))
     assert got["unmatched"] == [] and len(got["cells"]) == 4
-    assert all(c["error"] == pytest.approx(-0.2) for c in got["cells"] if (c["strategy"], c["point"][ME]) != ("edge", "100Mbit"))
+    assert all(c["error"] == pytest.approx(-0.2) for c in got["cells"]
+               if (c["strategy"], c["point"][ME]) != ("edge", "100Mbit"))
     wins = {w["point"][ME]: w for w in got["winners"]}
     assert (wins["1Mbit"]["predicted"], wins["1Mbit"]["agree"]) == ("mobile", True)
-    assert (wins["100Mbit"]["predicted"], wins["100Mbit"]["measured"], wins["100Mbit"]["agree"]) == ("edge", "mobile", False)
+    fast = wins["100Mbit"]
+    assert (fast["predicted"], fast["measured"], fast["agree"]) == ("edge", "mobile", False)
     assert got["agreement"] == 0.5 and wins["100Mbit"]["planned"] == "edge"
 
 
