@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import platform
-import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, log, machine_state, sigterm_as_interrupt, write_results  # noqa: E402
+from testbed.verify import compare, measured_cells  # noqa: E402
 
 STUDY = REPO / "studies" / "bandwidth.yaml"
 ME, EC = "links.mobile-edge.bandwidth", "links.edge-cloud.bandwidth"
@@ -45,20 +44,6 @@ def _cli(*args: str, timeout: float = 7200) -> tuple[dict, float]:
     if p.returncode != 0:
         raise RuntimeError(f"testbed {' '.join(args)} exited {p.returncode}: {p.stderr.strip()[-800:]}")
     return json.loads(p.stdout), time.monotonic() - t0
-
-
-def _measured(folder: Path) -> dict[tuple, dict]:
-    """(model, strategy, ME, EC) -> measured median e2e and ok count, from the run's store."""
-    con = sqlite3.connect(folder / "results.sqlite")
-    con.row_factory = sqlite3.Row
-    out = {}
-    for c in con.execute("SELECT cell, model, strategy, point_json FROM cells"):
-        e2e = [r[0] for r in con.execute("SELECT e2e_ms FROM requests WHERE cell = ? AND status = 'ok'", (c["cell"],))]
-        point = json.loads(c["point_json"])
-        out[(c["model"], c["strategy"], point[ME], point[EC])] = {
-            "p50_ms": statistics.median(e2e) if e2e else None, "ok": len(e2e)}
-    con.close()
-    return out
 
 
 def main() -> None:
@@ -81,7 +66,6 @@ def main() -> None:
     log(f"profiled in {res['profile_s']:.1f} s; planning the grid")
     plan, res["plan_wall_s"] = _cli("plan", str(STUDY))
     res["plan_s"] = plan["seconds"]
-    predicted = {(r["model"], r["strategy"], r["point"][ME], r["point"][EC]): r for r in plan["predictions"]}
     log(f"planned {len(plan['predictions'])} predictions in {plan['seconds']:.2f} s "
         f"({res['plan_wall_s']:.1f} s with the command's start-up); measuring {len(args.values) ** 2} points")
     raw = yaml.safe_load(STUDY.read_text())
@@ -91,37 +75,25 @@ def main() -> None:
         exp = Path(tmp) / "bandwidth-subset.yaml"
         exp.write_text(yaml.safe_dump(raw, sort_keys=False))
         _, res["run_s"] = _cli("run", str(exp), "--out", str(Path(tmp) / "out"))
-        measured = _measured(Path(tmp) / "out")
-    cells, agree = [], []
-    for key, m in measured.items():
-        p = predicted[key]
-        err = None if m["p50_ms"] is None else (p["p50_ms"] - m["p50_ms"]) / m["p50_ms"]
-        cells.append({"model": key[0], "strategy": key[1], "me": key[2], "ec": key[3], "predicted_ms": p["p50_ms"],
-                      "measured_ms": m["p50_ms"], "error": err, "compute_ms": p["compute_ms"],
-                      "transmission_ms": p["transmission_ms"], "ok": m["ok"]})
-    for w in plan["winners"]:
-        key = (w["point"][ME], w["point"][EC])
-        mine = [c for c in cells if (c["me"], c["ec"]) == key and c["model"] == w["model"]]
-        if not mine:
-            continue
-        verdict = {r["strategy"]: r["tolerance_verdict"] for r in plan["predictions"]
-                   if r["model"] == w["model"] and (r["point"][ME], r["point"][EC]) == key}
-        known = any(v is not None for v in verdict.values())
-        eligible = [c for c in mine if c["measured_ms"] is not None and (not known or verdict[c["strategy"]] == "within")]
-        best = min(eligible, key=lambda c: c["measured_ms"]) if eligible else None
-        got = best["strategy"] if best else None
-        row = {"model": w["model"], "me": key[0], "ec": key[1], "predicted": w["winner"], "measured": got,
-               "agree": got == w["winner"]}
-        if not row["agree"] and best:
-            pw = next((c for c in mine if c["strategy"] == w["winner"]), None)
-            row["measured_ms"] = {got: best["measured_ms"], w["winner"]: pw and pw["measured_ms"]}
-        agree.append(row)
-    errors = [abs(c["error"]) for c in cells if c["error"] is not None]
-    res.update(cells=cells, winners=agree, state_end=machine_state(),
-               median_abs_error=statistics.median(errors) if errors else None,
-               agreement=sum(a["agree"] for a in agree) / len(agree) if agree else None)
+        measured = measured_cells(Path(tmp) / "out")
+    res.update(_compared(compare(plan["predictions"], plan["winners"], measured)), state_end=machine_state())
     write_results(Path(args.out), "plan", res, markdown(res))
     print(markdown(res))
+
+
+def _compared(got: dict) -> dict:
+    """`testbed.verify.compare`'s result in this benchmark's results: cells and winners by
+    their two bandwidths (ME, EC), a winner's measured p50 only where it differs."""
+    cells = [{"model": c["model"], "strategy": c["strategy"], "me": c["point"][ME], "ec": c["point"][EC],
+              "predicted_ms": c["predicted_ms"], "measured_ms": c["measured_ms"], "error": c["error"],
+              "compute_ms": c["predicted_compute_ms"], "transmission_ms": c["predicted_transmission_ms"],
+              "ok": c["ok"]} for c in got["cells"]]
+    winners = [{"model": w["model"], "me": w["point"][ME], "ec": w["point"][EC], "predicted": w["predicted"],
+                "measured": w["measured"], "agree": w["agree"],
+                **({} if w["agree"] else {"measured_ms": w["measured_ms"]})} for w in got["winners"]]
+    return {"cells": cells, "winners": winners, "median_abs_error": got["median_abs_error"],
+            "agreement": got["agreement"], "by_strategy": got["by_strategy"], "by_tier": got["by_tier"],
+            "unmatched": got["unmatched"]}
 
 
 def markdown(res: dict) -> str:
@@ -149,6 +121,15 @@ def markdown(res: dict) -> str:
     for c in sorted(res["cells"], key=lambda c: -abs(c["error"] or 0)):
         lines.append(f"| {c['model']} | {c['strategy']} | {c['me']} | {c['ec']} | {ms(c['predicted_ms'])} | "
                      f"{ms(c['measured_ms'])} | {pct(c['error'])} | {ms(c['compute_ms'])} | {ms(c['transmission_ms'])} |")
+    errors = res.get("by_strategy", []) + res.get("by_tier", [])         # (not in results before them)
+    if errors:
+        lines += ["", "## Error per strategy and per tier (p50)", "",
+                  "| by | name | cells | median \\|error\\| | median error | worst | worst at |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {e['by']} | {e['name']} | {e['n']} | {e['median_abs_error'] * 100:.1f} % | "
+                  f"{pct(e['median_error'])} | {pct(e['worst_error'])} | {e['worst_at']} |" for e in errors]
+    if res.get("unmatched"):
+        lines += ["", f"{len(res['unmatched'])} measured cells had no prediction (not in the plan)."]
     wrong = [w for w in res["winners"] if not w["agree"]]
     lines += ["", "## Winners that differ", ""]
     lines += [f"- {w['model']} at ME {w['me']}, EC {w['ec']}: predicted {w['predicted']}, measured {w['measured']} "

@@ -742,6 +742,11 @@ def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> Non
         for r in lines:
             where = ", ".join(point_labels(r["point"], names))
             click.echo(f"  {r['model']}" + (f" at {where}" if where else "") + f": {r['text']}")
+        p = written.predicted or {}
+        if p.get("median_abs_error") is not None:
+            click.echo(f"  the plan against these cells: median |error| {p['median_abs_error'] * 100:.1f} % over "
+                       f"{len(p['cells'])} cells; the predicted winner is the measured one at {p['agreed']} of "
+                       f"{p['compared']} (point, model)")
     if written.note:
         click.echo(f"note: {written.note}", err=True)
 

@@ -46,6 +46,7 @@ from .recommend import TOLERANCE, recommend
 from .stats import StudyGroup, paired_test, study_groups, study_statistics
 from .store import CELL_STATUSES, ResultStore
 from .summary import NO_INTERVAL, host_flags, interval, summarize
+from .verify import verify
 
 MAX_FACETS = 6          # sweep points drawn side by side; beyond, one panel of per-point medians
 DPI = 100
@@ -69,6 +70,7 @@ class Report:
     recommendations: list[dict]
     cells: dict[str, int]           # cells per status
     note: str | None                # set when there is nothing to compare
+    predicted: dict | None = None   # the plan against the measured cells (testbed.verify), or {"reason": ...}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -476,9 +478,13 @@ def load_tables(curves_: list[dict], caps: list[dict]) -> tuple[list[dict], list
 
 
 def _colors(groups: list[StudyGroup]) -> dict[str, str]:
-    labels = list(dict.fromkeys(label for g in groups for label in g.labels))
+    return _palette(label for g in groups for label in g.labels)
+
+
+def _palette(labels) -> dict[str, str]:
+    """A color per distinct label, in first-seen order."""
     palette = [f"C{i}" for i in range(10)] + ["#a6761d", "#666666", "#e7298a", "#1b9e77", "#7570b3"]
-    return {label: to_hex(palette[i % len(palette)]) for i, label in enumerate(labels)}
+    return {label: to_hex(palette[i % len(palette)]) for i, label in enumerate(dict.fromkeys(labels))}
 
 
 def _figures(model: str, groups: list[StudyGroup], ok: dict[str, list[dict]],
@@ -601,6 +607,79 @@ def _trace_figures(model: str, groups: list[StudyGroup], ok: dict[str, list[dict
     return out
 
 
+# --- the plan against measurement -----------------------------------------------------------
+
+BAND = 0.10         # the scatter's band: |predicted - measured| within 10 % of measured
+PREDICTED_CELL_COLUMNS = ["model", "point", "strategy", "placement", "ok", "predicted_ms", "measured_ms", "error",
+                          "predicted_p90_ms", "measured_p90_ms", "error_p90", "predicted_compute_ms",
+                          "measured_compute_ms", "predicted_transmission_ms", "measured_transmission_ms", "note"]
+
+
+def _prediction_figure(comparison: dict) -> tuple[Figure, str] | None:
+    """Measured against predicted p50, log-log, a panel per model: the diagonal, the band of
+    :data:`BAND`, a color per strategy (None without a cell to draw)."""
+    cells = [c for c in comparison["cells"] if (c["measured_ms"] or 0) > 0 and (c["predicted_ms"] or 0) > 0]
+    if not cells:
+        return None
+    models = list(dict.fromkeys(c["model"] for c in cells))
+    colors = _palette(c["strategy"] for c in cells)
+    fig, axes = _panels(len(models), 5.5)
+    for ax, model in zip(axes, models):
+        mine = [c for c in cells if c["model"] == model]
+        values = [v for c in mine for v in (c["predicted_ms"], c["measured_ms"])]
+        line = np.geomspace(min(values) / 1.5, max(values) * 1.5, 64)
+        ax.fill_between(line, line / (1 + BAND), line / (1 - BAND), color="#dddddd", label=f"within {BAND * 100:g} %")
+        ax.plot(line, line, "--", color="#555555", linewidth=1, label="measured = predicted")
+        for s, color in colors.items():
+            pts = [(c["predicted_ms"], c["measured_ms"]) for c in mine if c["strategy"] == s]
+            if pts:
+                ax.scatter([x for x, _ in pts], [y for _, y in pts], s=24, color=color, label=s, zorder=3)
+        for which in ("x", "y"):
+            _log_if_positive(ax, list(line), which)
+        ax.set_xlim(line[0], line[-1])
+        ax.set_ylim(line[0], line[-1])
+        ax.set_title(Path(model).name, fontsize=9)         # (a user's model is a path)
+        ax.set_xlabel("predicted p50 (ms)")
+        ax.set_ylabel("measured p50 (ms)")
+        ax.legend(fontsize=8)
+    fig.suptitle("p50 end-to-end latency: measured against planned")
+    return fig, (f"Each measured cell's median end-to-end latency against the plan's prediction, log scales; the "
+                 f"dashed line is a perfect prediction, the grey band a prediction within {BAND * 100:g} % of the "
+                 "measured value (above the line the plan was low).")
+
+
+def prediction_rows(comparison: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """The rows of the three tables of :func:`testbed.verify.compare`: per cell (a measured
+    cell without a prediction too, with a note), the errors per strategy and per tier, and
+    per (point, model) the winners with both winners' measured p50."""
+    cells = [{**c, "point": point_label(c["point"]), "note": None} for c in comparison["cells"]]
+    cells += [{**c, "point": point_label(c["point"]), "note": "no prediction: not in the plan"}
+              for c in comparison["unmatched"]]
+    winners_ = [{"model": w["model"], "point": point_label(w["point"]), "rule": w["rule"],
+                 "predicted": w["predicted"], "measured": w["measured"], "agree": w["agree"], "tie": w["tie"],
+                 "predicted_winner_measured_ms": w["measured_ms"].get(w["predicted"]),
+                 "measured_winner_ms": w["measured_ms"].get(w["measured"]),
+                 "unmeasured": ", ".join(w["unmeasured"]) or None} for w in comparison["winners"]]
+    return cells, comparison["by_strategy"] + comparison["by_tier"], winners_
+
+
+def _prediction_section(out: Path, comparison: dict | None, reason: str | None, save) -> tuple[dict, list[Path]]:
+    """What the page shows of the plan against measurement, and the tables written: the
+    comparison with its figure and rows, or only the reason there is none."""
+    if comparison is None:
+        return {"reason": reason}, []
+    drawn = _prediction_figure(comparison)
+    cells, errors, winners_ = prediction_rows(comparison)
+    tables = (_write_table(out / "tables", "predicted", cells, PREDICTED_CELL_COLUMNS)
+              + _write_table(out / "tables", "predicted_errors", errors,
+                             ["by", "name", "n", "median_abs_error", "median_error", "worst_error", "worst_at"])
+              + _write_table(out / "tables", "predicted_winners", winners_,
+                             ["model", "point", "rule", "predicted", "measured", "agree", "tie",
+                              "predicted_winner_measured_ms", "measured_winner_ms", "unmeasured"]))
+    return {**comparison, "figures": save("predicted", [("vs-measured", *drawn)] if drawn else []),
+            "rows": cells, "errors": errors, "disagreements": [w for w in winners_ if not w["agree"]]}, tables
+
+
 # --- tables ---------------------------------------------------------------------------------
 
 def _cell_rows(cells: list[dict], requests: list[dict]) -> list[dict]:
@@ -660,13 +739,18 @@ def _number(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _percent(v: float | None) -> str:
+    """A signed fraction as a percentage: ``+4.2 %``."""
+    return "–" if v is None else f"{v * 100:+.1f} %"
+
+
 def _interval_text(low: float | None, high: float | None) -> str:
     return "–" if low is None or high is None else f"[{_number(low)}, {_number(high)}]"
 
 
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pvalue=_pvalue, p_equals=_p_equals, num=_number)
+    env.filters.update(pvalue=_pvalue, p_equals=_p_equals, num=_number, pct=_percent)
     return env
 
 
@@ -851,6 +935,9 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
     if load_curves:
         tables += (_write_table(out / "tables", "load_winners", load_winner_rows, list(load_winner_rows[0]))
                    + _write_table(out / "tables", "load_strategies", load_strategy_rows, list(load_strategy_rows[0])))
+    comparison, reason = verify(runs, cells, requests, tolerance=tolerance)
+    predicted, more = _prediction_section(out, comparison, reason, lambda slug, drawn: save(_slug(slug, used), drawn))
+    tables += more
     experiments = sorted({r["experiment"] for r in runs})
     html = _environment().get_template("report.html.j2").render(
         title=f"Testbed report: {', '.join(experiments) or 'results'}", generated=_when(datetime.now().timestamp()),
@@ -859,9 +946,10 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
         counts=counts, no_ok=sum(1 for c in cells if c["status"] == "done" and not latencies.get(c["cell"])),
         problems=[c for c in cells if c["status"] != "done"], note=note, tolerance=tolerance, models=models,
         flagged=[{**c, "flags": host_flags(c.get("hosts"))} for c in cells if host_flags(c.get("hosts"))],
-        point_label=point_label, interval=_interval_text, tables=[f"tables/{p.name}" for p in tables])
+        point_label=point_label, interval=_interval_text, tables=[f"tables/{p.name}" for p in tables],
+        predicted=predicted)
     index = out / "index.html"
     tmp = index.with_name(".index.html.tmp")
     tmp.write_text(html, encoding="utf-8")
     os.replace(tmp, index)
-    return Report(index, figures, tables, recs, counts, note)
+    return Report(index, figures, tables, recs, counts, note, comparison or {"reason": reason})

@@ -5,11 +5,11 @@ matters) on a half-core mobile and a one-core edge."""
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 
 from emulation.cleanup import find_leftovers
-from tests.integration.test_run import REPO, TESTBED, _env, _model, _rows
+from testbed.experiment import point_label
+from tests.integration.test_run import REPO, TESTBED, _env, _model
 
 EXPERIMENT = """\
 name: it-plan
@@ -65,16 +65,20 @@ def test_profile_then_plan_then_the_measured_run_agrees_with_the_plan(tmp_path):
 
     out = tmp_path / "out"
     _cli(tmp_path, "run", str(exp), "--out", str(out), "--json")
-    cells = _rows(out / "results.sqlite", "SELECT cell, strategy, point_json FROM cells")
-    reqs = _rows(out / "results.sqlite", "SELECT cell, e2e_ms FROM requests WHERE status = 'ok'")
+    # the report plans the run's experiment again from the store and compares (testbed/verify.py):
+    # the same predictions as `testbed plan`, each against its cell's measured median
+    compared = _cli(tmp_path, "report", str(out), "--json")["predicted"]
+    assert "reason" not in compared, compared
+    assert (len(compared["cells"]), compared["unmatched"], compared["compared"]) == (4, [], 2)
     errors = {}
-    for c in cells:
-        measured = statistics.median(r["e2e_ms"] for r in reqs if r["cell"] == c["cell"])
-        p = predicted[(json.loads(c["point_json"])["links.mobile-edge.bandwidth"], c["strategy"])]
-        errors[(c["strategy"], c["point_json"])] = (round(p["p50_ms"], 3), round(measured, 3))
+    for c in compared["cells"]:
+        p = predicted[(c["point"]["links.mobile-edge.bandwidth"], c["strategy"])]
+        assert c["predicted_ms"] == p["p50_ms"] and c["ok"] == 15
+        errors[(c["strategy"], point_label(c["point"]))] = (round(p["p50_ms"], 3), round(c["measured_ms"], 3))
     # the plan's p50 within 25 % of the measured median in every cell, or within 0.5 ms where
     # the whole request takes about that (mobile alone: 0.5 ms, the harness's own cost is half)
     assert all(abs(p - m) <= max(0.25 * m, 0.5) for p, m in errors.values()), errors
+    assert (out / "report" / "tables" / "predicted.csv").is_file()
     # the regimes: edge waits for the 128 KiB between its requests (computes as after idling),
     # mobile's requests follow each other (back to back)
     assert [c["regime"] for c in predicted[("20Mbit", "edge")]["compute"]] == ["idle"]

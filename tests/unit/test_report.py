@@ -4,17 +4,20 @@ from __future__ import annotations
 import csv
 import json
 import re
+
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from markupsafe import escape
 
 from testbed.cli import cli
 from testbed.report import MAX_FACETS, OWNED, ReportError, _facets, axis_number, pareto_front, write_report
 from testbed.stats import study_groups
 from testbed.store import CellRecord, RequestRow, ResultStore, StoreError
+from tests.unit.test_plan import planned  # noqa: F401  (a fixture: a real artifact in a test cache)
 
 ME, EC = "links.mobile-edge.bandwidth", "links.edge-cloud.bandwidth"
 ME_VALUES, EC_VALUES = ("5Mbit", "20Mbit"), ("1Mbit", "500kbit")    # file order is not numeric order
@@ -382,6 +385,7 @@ def test_cli_report_json_has_paths_and_recommendations(tmp_path):
     picks = [x["strategy"] for x in data["recommendations"]
              if x["model"] == "cnn" and x["kind"] == "within_tolerance" and x["point"][ME] == "5Mbit"]
     assert picks == ["mobile", "mobile"]             # at both edge-cloud bandwidths
+    assert data["predicted"]["reason"].startswith("no prediction for run r1")
 
 
 def test_cli_report_without_a_store_is_one_line(tmp_path):
@@ -489,3 +493,51 @@ def test_a_host_that_got_less_than_its_share_is_flagged_in_the_report(tmp_path):
     assert html.count("mobile: compute 1.50x what 0.25 cores give") == 1      # the flagged cell only
     rows = {r["strategy"]: r for r in _csv(folder / "report" / "tables" / "cells.csv")}
     assert rows["mobile"]["host_flags"] == f"mobile: {note}" and rows["edge-q"]["host_flags"] == ""
+
+
+# --- the plan against measurement -----------------------------------------------------------
+
+def test_without_a_plan_the_section_says_why_in_one_line_and_nothing_else_changes(study):
+    folder, report = study
+    html = report.index.read_text(encoding="utf-8")
+    reason = report.predicted["reason"]
+    # the study's run stored a config that is no experiment (a store written by hand)
+    assert reason.startswith("no prediction for run r1 (bandwidth-study): ") and "\n" not in reason
+    assert '<h2 id="predicted">Predicted vs measured</h2>' in html and str(escape(reason)) in html
+    assert not any(p.name.startswith("predicted") for p in report.figures + report.tables)
+
+
+def test_with_profiles_the_report_compares_each_cell_and_winner_with_the_plan(tmp_path, planned):
+    from tests.unit.test_verify import ME as BW, planned_store
+
+    # measured 10 % below the plan, except edge at 100 Mbit/s: slower than mobile
+    folder = planned_store(tmp_path, planned, 0.9, 80.0)
+    with ResultStore.in_folder(folder) as store:       # and a cell of a model the plan does not know
+        store.write_cell(_cell("extra", "cnn", "mobile", {BW: "1Mbit"}), _requests(np.random.default_rng(0), 9.0), [])
+    report = write_report(folder)
+    tables = report.index.parent / "tables"
+    *cells, extra = _csv(tables / "predicted.csv")
+    assert len(cells) == 4 and all(r["note"] == "" for r in cells)
+    assert (extra["model"], extra["note"], extra["predicted_ms"]) == ("cnn", "no prediction: not in the plan", "")
+    for r in cells:
+        if (r["strategy"], f"{BW}=100Mbit" in r["point"]) != ("edge", True):
+            assert float(r["error"]) == pytest.approx(1 / 0.9 - 1)
+    errors = {(r["by"], r["name"]): r for r in _csv(tables / "predicted_errors.csv")}
+    assert set(errors) == {("strategy", "mobile"), ("strategy", "edge"), ("tier", "mobile"), ("tier", "edge")}
+    assert errors[("strategy", "mobile")]["n"] == "2" and float(errors[("tier", "edge")]["worst_error"]) < -0.5
+    winners = {r["point"]: r for r in _csv(tables / "predicted_winners.csv")}
+    assert sorted((r["predicted"], r["measured"], r["agree"]) for r in winners.values()) == \
+        [("edge", "mobile", "False"), ("mobile", "mobile", "True")]
+    assert {p.name for p in report.figures} >= {"predicted-vs-measured.png"}
+    assert (report.predicted["agreed"], report.predicted["compared"]) == (1, 2)
+    html = report.index.read_text(encoding="utf-8")
+    section = html[html.index('<h2 id="predicted">'):html.index('<h2 id="tables">')]
+    assert "1 of 2</strong>" in section and "predicted edge, measured mobile (measured p50: mobile " in section
+    assert 'src="data:image/png' in section and "+11.1 %" in section
+    assert "1 measured cell without a prediction" in section
+    # the CLI: a line of it, and all of it in --json
+    r = CliRunner().invoke(cli, ["report", str(folder), "--out", str(tmp_path / "again")])
+    assert r.exit_code == 0 and "the plan against these cells: median |error| 11.1 % over 4 cells" in r.output
+    r = CliRunner().invoke(cli, ["report", str(folder), "--out", str(tmp_path / "json"), "--json"])
+    data = json.loads(r.output)["predicted"]
+    assert (data["agreed"], len(data["cells"]), [u["model"] for u in data["unmatched"]]) == (1, 4, ["cnn"])

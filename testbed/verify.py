@@ -1,0 +1,253 @@
+"""The plan against measurement: `testbed plan`'s predictions (testbed/plan.py) beside what a
+`testbed run` stored, cell by cell and winner by winner. `testbed report` shows it, and
+``benchmarks/bench_plan.py`` measures the planner with it.
+
+- :func:`measured_cells`: per done single-stream cell of a store, the measured p50 and p90 of
+  the end-to-end latency over its ok requests and the medians of compute and transmission
+  (`testbed.summary.summarize`'s numbers). Cells under load are left out: a plan predicts one
+  request at a time.
+- :func:`predictions_for_store`: each run's experiment rebuilt from the store (``runs.config``)
+  and planned at its own sweep points (``make_plan(exp, [])``), the predictions kept for the
+  cells the store holds; when a plan cannot be made (a part without a profile, an experiment
+  that does not load again) the reason in one line instead.
+- :func:`compare`: per cell the signed error (predicted − measured) / measured of p50 and p90;
+  per (point, model) the predicted winner against the measured one by the plan's own rule
+  (the fastest by p50 among the strategies within the quality tolerance when any has a
+  verdict, else among all), both taken over the strategies that were measured; the errors
+  summarised per strategy and per tier (the placement, e.g. ``mobile>edge``). A measured cell
+  without a prediction is listed as unmatched, never dropped.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+
+from topologies.errors import TestbedError
+
+from .experiment import point_label
+from .plan import _winner, make_plan
+from .recommend import TOLERANCE
+from .store import ResultStore
+from .summary import summarize
+
+
+def point_key(point: dict) -> str:
+    """A sweep point as text that is equal for the store's point (values as the file wrote
+    them, through JSON) and the plan's (values as strings, lists kept)."""
+    def norm(v):
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        return str(v)
+
+    return json.dumps(norm(dict(point)), sort_keys=True)
+
+
+def _cell_key(row: dict) -> tuple[str, str, str]:
+    return row["model"], row["strategy"], point_key(row["point"])
+
+
+# --- measured ---------------------------------------------------------------------------------
+
+def measured_from(cells: list[dict], requests: list[dict]) -> list[dict]:
+    """:func:`measured_cells` of rows already read from a store."""
+    out = []
+    for c, s in zip(cells, summarize(cells, requests, [])):
+        if c["status"] != "done" or c.get("load"):
+            continue
+        out.append({"model": c["model"], "strategy": c["strategy"], "placement": c["placement"],
+                    "point": c["point"], "run_id": c["run_id"], "ok": s["counts"]["ok"], "p50_ms": s["e2e_p50"],
+                    "p90_ms": s["e2e_p90"], "compute_ms": s["compute_p50"], "transmission_ms": s["transmission_p50"]})
+    return out
+
+
+def measured_cells(store_or_folder: ResultStore | str | Path) -> list[dict]:
+    """Per done single-stream cell: model, strategy, placement, point, run_id, ok (its ok
+    requests), p50_ms and p90_ms of e2e over them, and the medians of compute_ms and
+    transmission_ms (None where no request was ok)."""
+    if isinstance(store_or_folder, ResultStore):
+        return measured_from(store_or_folder.cells(), store_or_folder.requests())
+    with ResultStore.in_folder(store_or_folder, create=False) as store:
+        return measured_from(store.cells(), store.requests())
+
+
+# --- predicted --------------------------------------------------------------------------------
+
+def _budget(machine: dict | None) -> tuple[float, int]:
+    """The cores and memory a run's experiment was loaded with (its machine, as stored), else this machine's."""
+    from emulation.probe import machine_cores, machine_memory_bytes
+
+    m = machine or {}
+    return float(m.get("cores") or machine_cores()), int(m.get("memory_bytes") or machine_memory_bytes())
+
+
+def _plan_run(run: dict, cache, tolerance: float) -> dict:
+    """The plan (``Plan.to_dict()``) of one run's experiment at its own sweep points;
+    TestbedError in one line when it cannot be made."""
+    from .experiment import load_experiment_dict
+
+    config = run.get("config") or {}
+    if (config.get("load") or {}).get("scenario", "single-stream") != "single-stream":
+        raise TestbedError(f"it measured under load ({config['load']['scenario']}): a plan predicts one "
+                           "request at a time")
+    cores, memory = _budget(run.get("machine"))
+    exp = load_experiment_dict(config, [], cores=cores, memory_bytes=memory, source=f"run {run['run_id']}'s config")
+    return make_plan(exp, [], tolerance, cache).to_dict()
+
+
+def _plan_or_reason(run: dict, cache, tolerance: float) -> dict | str:
+    try:
+        return _plan_run(run, cache, tolerance)
+    except TestbedError as e:
+        return str(e)
+
+
+def predict_cells(runs: list[dict], cells: list[dict], cache=None, tolerance: float = TOLERANCE
+                  ) -> tuple[dict | None, str | None]:
+    """:func:`predictions_for_store` of rows already read from a store."""
+    wanted: dict[str, set] = {}
+    for c in cells:
+        if c["status"] == "done" and not c.get("load"):
+            wanted.setdefault(c["run_id"], set()).add(_cell_key(c))
+    if not wanted:
+        return None, "no done single-stream cell to compare with a plan"
+    predictions, winners, reasons, plans = {}, {}, [], {}
+    for run in runs:
+        keys = wanted.get(run["run_id"])
+        if not keys:
+            continue
+        config = json.dumps([run.get("config"), run.get("machine")], sort_keys=True, default=str)
+        if config not in plans:         # a resumed run has its first's config: planned once
+            plans[config] = _plan_or_reason(run, cache, tolerance)
+        plan = plans[config]
+        if isinstance(plan, str):
+            reasons.append(f"no prediction for run {run['run_id']} ({run['experiment']}): {plan}")
+            continue
+        for r in plan["predictions"]:
+            if _cell_key(r) in keys:
+                predictions[_cell_key(r)] = r
+        points = {(k[0], k[2]) for k in keys}
+        for w in plan["winners"]:
+            if (w["model"], point_key(w["point"])) in points:
+                winners[(w["model"], point_key(w["point"]))] = w
+    if not predictions:
+        return None, (reasons[0] + (f" (and {len(reasons) - 1} more runs)" if len(reasons) > 1 else "")
+                      if reasons else "the plan has none of the measured cells")
+    return {"tolerance": tolerance, "predictions": list(predictions.values()), "winners": list(winners.values()),
+            "notes": reasons}, None
+
+
+def predictions_for_store(folder: str | Path, cache=None, tolerance: float = TOLERANCE
+                          ) -> tuple[dict | None, str | None]:
+    """(plan, None) with the predictions and winners (as ``Plan.to_dict()`` has them) for
+    the store's done single-stream cells, ``notes`` naming any run that could not be
+    planned; or (None, the reason in one line), e.g. a part with no profile and the
+    `testbed profile` command to run."""
+    with ResultStore.in_folder(folder, create=False) as store:
+        return predict_cells(store.runs(), store.cells(), cache, tolerance)
+
+
+# --- compared ---------------------------------------------------------------------------------
+
+def _error(predicted: float | None, measured: float | None) -> float | None:
+    return None if predicted is None or not measured else (predicted - measured) / measured
+
+
+def _cell(p: dict, m: dict) -> dict:
+    return {"model": m["model"], "strategy": m["strategy"], "placement": m["placement"], "point": m["point"],
+            "run_id": m["run_id"], "ok": m["ok"],
+            "predicted_ms": p["p50_ms"], "measured_ms": m["p50_ms"], "error": _error(p["p50_ms"], m["p50_ms"]),
+            "predicted_p90_ms": p["p90_ms"], "measured_p90_ms": m["p90_ms"],
+            "error_p90": _error(p["p90_ms"], m["p90_ms"]),
+            "predicted_compute_ms": p["compute_ms"], "measured_compute_ms": m["compute_ms"],
+            "predicted_transmission_ms": p["transmission_ms"], "measured_transmission_ms": m["transmission_ms"],
+            "tolerance_verdict": p.get("tolerance_verdict")}
+
+
+def _winner_row(model: str, point: dict, mine: list[dict], planned: dict | None) -> dict:
+    """The predicted and the measured winner among the strategies measured at one (point,
+    model), by the plan's rule (`testbed.plan._winner`), the verdicts the plan's."""
+    measured = [c for c in mine if c["measured_ms"] is not None]
+    pred = _winner(point, model, [{"strategy": c["strategy"], "p50_ms": c["predicted_ms"],
+                                   "tolerance_verdict": c["tolerance_verdict"]} for c in measured])
+    meas = _winner(point, model, [{"strategy": c["strategy"], "p50_ms": c["measured_ms"],
+                                   "tolerance_verdict": c["tolerance_verdict"]} for c in measured])
+    p50 = {c["strategy"]: c["measured_ms"] for c in measured}
+    tie = pred["winner"] != meas["winner"] and pred["winner"] in p50 and p50[pred["winner"]] == meas["p50_ms"]
+    row = {"model": model, "point": point, "rule": pred["rule"], "predicted": pred["winner"],
+           "measured": meas["winner"], "agree": tie or pred["winner"] == meas["winner"], "tie": tie,
+           "planned": planned["winner"] if planned else None,
+           "unmeasured": sorted({c["strategy"] for c in mine} - set(p50))}
+    # both winners' numbers (one when they agree): a disagreement by a hair reads as a near tie
+    both = [s for s in dict.fromkeys((meas["winner"], pred["winner"])) if s is not None]
+    row["measured_ms"] = {s: p50[s] for s in both}
+    row["predicted_ms"] = {c["strategy"]: c["predicted_ms"] for c in measured if c["strategy"] in both}
+    return row
+
+
+def _median(values: Iterable[float]) -> float | None:
+    v = list(values)
+    return statistics.median(v) if v else None
+
+
+def error_summary(cells: list[dict], by: str) -> list[dict]:
+    """Per value of ``by`` (``strategy`` or ``placement``, the tier) in first-seen order: n,
+    the median |error| and median signed error of p50, and the worst (largest |error|) with its cell."""
+    groups: dict[str, list[dict]] = {}
+    for c in cells:
+        if c["error"] is not None:
+            groups.setdefault(c[by], []).append(c)
+    out = []
+    for name, mine in groups.items():
+        worst = max(mine, key=lambda c: abs(c["error"]))
+        out.append({"by": "tier" if by == "placement" else by, "name": name, "n": len(mine),
+                    "median_abs_error": _median(abs(c["error"]) for c in mine),
+                    "median_error": _median(c["error"] for c in mine), "worst_error": worst["error"],
+                    "worst_at": f"{worst['model']} {worst['strategy']} {point_label(worst['point'])}".strip()})
+    return out
+
+
+def compare(predictions: list[dict], winners: list[dict], measured: list[dict]) -> dict:
+    """Predictions (``Plan.to_dict()["predictions"]``) against :func:`measured_cells`, matched
+    by (model, strategy, point): ``cells`` (each matched cell's predicted and measured p50,
+    p90, compute and transmission, signed errors), ``unmatched`` (measured cells without a
+    prediction), ``winners`` per (point, model) with ``agree`` and both winners' measured and
+    predicted p50 (``measured_ms``, ``predicted_ms``: a near tie reads as one), ``agreement`` (the fraction that agree),
+    ``median_abs_error`` of p50 (and ``_p90``), ``by_strategy`` and ``by_tier``
+    (:func:`error_summary`)."""
+    by_key = {_cell_key(p): p for p in predictions}
+    planned = {(w["model"], point_key(w["point"])): w for w in winners}
+    cells, unmatched = [], []
+    for m in measured:
+        p = by_key.get(_cell_key(m))
+        if p is None:
+            unmatched.append({k: m[k] for k in ("model", "strategy", "placement", "point", "run_id", "ok")})
+        else:
+            cells.append(_cell(p, m))
+    points: dict[tuple[str, str], list[dict]] = {}
+    for c in cells:
+        points.setdefault((c["model"], point_key(c["point"])), []).append(c)
+    rows = [_winner_row(model, mine[0]["point"], mine, planned.get((model, key)))
+            for (model, key), mine in points.items()]
+    errors = [c["error"] for c in cells if c["error"] is not None]
+    errors90 = [c["error_p90"] for c in cells if c["error_p90"] is not None]
+    return {"cells": cells, "unmatched": unmatched, "winners": rows,
+            "agreed": sum(r["agree"] for r in rows), "compared": len(rows),
+            "agreement": sum(r["agree"] for r in rows) / len(rows) if rows else None,
+            "median_abs_error": _median(abs(e) for e in errors),
+            "median_abs_error_p90": _median(abs(e) for e in errors90),
+            "by_strategy": error_summary(cells, "strategy"), "by_tier": error_summary(cells, "placement")}
+
+
+def verify(runs: list[dict], cells: list[dict], requests: list[dict], cache=None,
+           tolerance: float = TOLERANCE) -> tuple[dict | None, str | None]:
+    """(:func:`compare` of the store's rows with their plan, plus its ``notes``, None) or
+    (None, why there is no plan)."""
+    plan, reason = predict_cells(runs, cells, cache, tolerance)
+    if plan is None:
+        return None, reason
+    result = compare(plan["predictions"], plan["winners"], measured_from(cells, requests))
+    return {**result, "tolerance": tolerance, "notes": plan["notes"]}, None

@@ -1,0 +1,184 @@
+"""The plan against measurement (testbed/verify.py): `compare` on rows built by hand (error
+signs, the winner rule under quality verdicts, ties, cells the plan lacks), `measured_cells`
+on a real store, and `predictions_for_store` rebuilding a run's experiment from the store and
+planning it from real profiles of a real (small) artifact, or saying in one line why not."""
+from __future__ import annotations
+
+import pytest
+
+from testbed.experiment import load_experiment_dict
+from testbed.plan import make_plan
+from testbed.store import CellRecord, RequestRow, ResultStore
+from testbed.verify import compare, error_summary, measured_cells, point_key, predictions_for_store
+from tests.unit.test_plan import GiB, _store_profiles, planned  # noqa: F401  (a fixture)
+
+ME = "links.mobile-edge.bandwidth"
+
+
+def _pred(strategy: str, p50: float, point: dict | None = None, model: str = "m", verdict: str | None = None,
+          placement: str | None = None) -> dict:
+    return {"model": model, "strategy": strategy, "placement": placement or strategy, "point": point or {},
+            "p50_ms": p50, "p90_ms": p50 * 1.5, "compute_ms": p50 / 2, "transmission_ms": p50 / 4,
+            "tolerance_verdict": verdict}
+
+
+def _meas(strategy: str, p50: float | None, point: dict | None = None, model: str = "m",
+          placement: str | None = None) -> dict:
+    return {"model": model, "strategy": strategy, "placement": placement or strategy, "point": point or {},
+            "run_id": "r1", "ok": 0 if p50 is None else 10, "p50_ms": p50, "p90_ms": None if p50 is None else p50 * 2,
+            "compute_ms": None if p50 is None else p50 / 2, "transmission_ms": None if p50 is None else p50 / 2}
+
+
+def test_the_error_is_signed_relative_to_the_measured_value_and_summarised_per_strategy_and_tier():
+    preds = [_pred("a", 12.0, {ME: "1Mbit"}, placement="mobile"), _pred("a", 8.0, {ME: "10Mbit"}, placement="mobile"),
+             _pred("b", 10.5, {ME: "1Mbit"}, placement="mobile>edge")]
+    got = compare(preds, [], [_meas("a", 10.0, {ME: "1Mbit"}, placement="mobile"),
+                              _meas("a", 10.0, {ME: "10Mbit"}, placement="mobile"),
+                              _meas("b", 10.0, {ME: "1Mbit"}, placement="mobile>edge")])
+    errors = {(c["strategy"], c["point"][ME]): c["error"] for c in got["cells"]}
+    assert errors == {("a", "1Mbit"): pytest.approx(0.2), ("a", "10Mbit"): pytest.approx(-0.2),
+                      ("b", "1Mbit"): pytest.approx(0.05)}
+    assert got["median_abs_error"] == pytest.approx(0.2)
+    # p90: predicted 1.5x p50, measured 2x: (1.5 * 12 - 20) / 20
+    assert next(c for c in got["cells"] if c["point"][ME] == "1Mbit")["error_p90"] == pytest.approx(-0.1)
+    (a, b) = got["by_strategy"]
+    assert (a["name"], a["n"], a["median_abs_error"], a["median_error"]) == \
+        ("a", 2, pytest.approx(0.2), pytest.approx(0.0))
+    assert abs(a["worst_error"]) == pytest.approx(0.2) and (b["name"], b["n"]) == ("b", 1)
+    assert [(t["by"], t["name"]) for t in got["by_tier"]] == [("tier", "mobile"), ("tier", "mobile>edge")]
+    assert error_summary([], "strategy") == []
+
+
+def test_the_winner_is_the_fastest_within_tolerance_on_both_sides():
+    # a is fastest, predicted and measured, but beyond the tolerance: b and c compete
+    preds = [_pred("a", 1.0, verdict="beyond"), _pred("b", 5.0, verdict="within"), _pred("c", 6.0, verdict="within")]
+    agree = compare(preds, [], [_meas("a", 1.0), _meas("b", 5.0), _meas("c", 7.0)])
+    (w,) = agree["winners"]
+    assert (w["predicted"], w["measured"], w["agree"], w["rule"]) == ("b", "b", True, "within tolerance")
+    assert agree["agreement"] == 1.0 and w["measured_ms"] == {"b": 5.0}
+    # measured, c beats b: a disagreement that shows both measured p50 (a near tie reads as one)
+    (w,) = compare(preds, [], [_meas("a", 1.0), _meas("b", 6.1), _meas("c", 6.0)])["winners"]
+    assert (w["predicted"], w["measured"], w["agree"], w["tie"]) == ("b", "c", False, False)
+    assert w["measured_ms"] == {"c": 6.0, "b": 6.1} and w["predicted_ms"] == {"c": 6.0, "b": 5.0}
+    # without any verdict (no quality metric): the fastest of all
+    plain = [_pred("a", 1.0), _pred("b", 5.0)]
+    (w,) = compare(plain, [], [_meas("a", 9.0), _meas("b", 5.0)])["winners"]
+    assert (w["predicted"], w["measured"], w["rule"]) == ("a", "b", "latency only (no quality metric)")
+
+
+def test_an_exact_tie_agrees_and_a_strategy_without_an_ok_request_cannot_win():
+    preds = [_pred("a", 4.0), _pred("b", 5.0), _pred("c", 1.0)]
+    (w,) = compare(preds, [], [_meas("a", 5.0), _meas("b", 5.0), _meas("c", None)])["winners"]
+    # c was predicted fastest but measured nothing: both sides choose among a and b
+    assert (w["predicted"], w["agree"], w["unmeasured"]) == ("a", True, ["c"])
+    # listed first, b takes the measured tie; a, predicted, measured the same: that agrees, as a tie
+    (w,) = compare(preds, [], [_meas("b", 5.0), _meas("a", 5.0)])["winners"]
+    assert w["agree"] and w["tie"] and (w["predicted"], w["measured"]) == ("a", "b")
+
+
+def test_a_measured_cell_the_plan_lacks_is_unmatched_not_dropped():
+    got = compare([_pred("a", 4.0, {ME: "1Mbit"})], [],
+                  [_meas("a", 5.0, {ME: "1Mbit"}), _meas("z", 5.0, {ME: "1Mbit"}), _meas("a", 5.0, {ME: "2Mbit"})])
+    assert len(got["cells"]) == 1 and got["compared"] == 1
+    assert sorted((u["strategy"], u["point"][ME]) for u in got["unmatched"]) == [("a", "2Mbit"), ("z", "1Mbit")]
+    empty = compare([], [], [])
+    assert (empty["agreement"], empty["median_abs_error"], empty["cells"], empty["unmatched"]) == (None, None, [], [])
+
+
+def test_a_point_matches_whether_its_values_came_through_json_or_the_plans_strings():
+    assert point_key({"hosts.edge.cpus": 0.5, "s.0.placement": ("mobile", "edge")}) == \
+        point_key({"s.0.placement": ["mobile", "edge"], "hosts.edge.cpus": "0.5"})
+    assert point_key({"hosts.edge.cpus": 1}) != point_key({"hosts.edge.cpus": "1.0"})
+
+
+# --- from a store -----------------------------------------------------------------------------
+
+def _swept(exp, tmp_path):
+    """The fixture's experiment over two bandwidths and (a value written as a number) edge's cores."""
+    data = {**exp.to_dict(), "sweep": {ME: ["1Mbit", "100Mbit"], "hosts.edge.cpus": [1]}}
+    return load_experiment_dict(data, [], cores=2.0, memory_bytes=24 * GiB, source="<test>", base_dir=tmp_path)
+
+
+def store_run(folder, exp, e2e_ms, machine=None):
+    """A store as `testbed run` writes one: the run's config is the experiment, a cell per
+    (point, model, strategy) with ``e2e_ms(strategy, point)`` as every ok request's latency."""
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", exp.name, exp.to_dict(), machine or {"cores": 2.0, "memory_bytes": 24 * GiB})
+        for point in exp.cells_grid():
+            for model in exp.models:
+                for s in exp.strategies:
+                    ms = e2e_ms(s.name, point)
+                    reqs = [RequestRow(seq=i, input_index=i, status="ok" if ms else "timeout", e2e_ms=ms,
+                                       compute_ms=ms and ms / 2, transmission_ms=ms and ms / 4) for i in range(5)]
+                    store.write_cell(CellRecord(
+                        cell=f"{s.name}/{point_key(point)}", run_id="r1", model=model.name, weights=model.weights,
+                        strategy=s.name, operators=[], placement=s.placement, source="mobile", codec="binary",
+                        connection="persistent", point=point, artifact=None, metric=None, metric_value=None,
+                        baseline_value=None, status="done", error=None, started=1.7e9, ended=1.7e9 + 1), reqs, [])
+        store.end_run("r1", "done")
+    return folder
+
+
+def test_measured_cells_reads_each_done_cells_medians(tmp_path, planned):
+    exp = _swept(planned[0], tmp_path)
+    folder = store_run(tmp_path / "out", exp, lambda s, p: None if s == "edge" and p[ME] == "1Mbit" else 8.0)
+    cells = measured_cells(folder)
+    assert len(cells) == 4 and all(c["run_id"] == "r1" for c in cells)
+    timed_out = next(c for c in cells if c["strategy"] == "edge" and c["point"][ME] == "1Mbit")
+    assert (timed_out["ok"], timed_out["p50_ms"]) == (0, None)
+    ok = next(c for c in cells if c["strategy"] == "mobile")
+    assert (ok["ok"], ok["p50_ms"], ok["p90_ms"], ok["compute_ms"], ok["transmission_ms"]) == (5, 8.0, 8.0, 4.0, 2.0)
+    assert ok["point"]["hosts.edge.cpus"] == 1              # as the run stored it
+    with ResultStore.in_folder(folder, create=False) as store:
+        assert measured_cells(store) == cells
+
+
+def planned_store(tmp_path, planned, scale: float, edge_at_100mbit: float):
+    """The fixture's swept experiment with profiles (mobile 50 ms, edge 5 ms), and a store of
+    it that measured ``scale`` x the plan, except edge at 100 Mbit/s: ``edge_at_100mbit`` ms."""
+    exp, built = planned
+    exp = _swept(exp, tmp_path)
+    _store_profiles(exp, built, {"mobile": 50.0, "edge": 5.0})
+    plan = {(r["strategy"], r["point"][ME]): r["p50_ms"] for r in make_plan(exp, []).rows}
+    return store_run(tmp_path / "out", exp, lambda s, p: edge_at_100mbit if (s, p[ME]) == ("edge", "100Mbit")
+                     else plan[(s, p[ME])] * scale)
+
+
+def test_a_stores_cells_get_the_plan_of_their_runs_experiment(tmp_path, planned):
+    # measured 25 % above the plan everywhere, except edge at 100 Mbit/s: slower than mobile
+    folder = planned_store(tmp_path, planned, 1.25, 100.0)
+    plan, reason = predictions_for_store(folder)
+    assert reason is None and plan["notes"] == [] and len(plan["predictions"]) == 4 and len(plan["winners"]) == 2
+    got = compare(plan["predictions"], plan["winners"], measured_cells(folder))
+    assert got["unmatched"] == [] and len(got["cells"]) == 4
+    assert all(c["error"] == pytest.approx(-0.2) for c in got["cells"]
+               if (c["strategy"], c["point"][ME]) != ("edge", "100Mbit"))
+    wins = {w["point"][ME]: w for w in got["winners"]}
+    assert (wins["1Mbit"]["predicted"], wins["1Mbit"]["agree"]) == ("mobile", True)
+    fast = wins["100Mbit"]
+    assert (fast["predicted"], fast["measured"], fast["agree"]) == ("edge", "mobile", False)
+    assert got["agreement"] == 0.5 and wins["100Mbit"]["planned"] == "edge"
+
+
+def test_without_profiles_the_reason_names_the_profile_command_in_one_line(tmp_path, planned):
+    folder = store_run(tmp_path / "out", _swept(planned[0], tmp_path), lambda s, p: 5.0)
+    plan, reason = predictions_for_store(folder)
+    assert plan is None and "has no profile" in reason and "testbed profile" in reason and "\n" not in reason
+    assert reason.startswith("no prediction for run r1 (plan-test): ")
+
+
+def test_a_run_whose_config_does_not_load_or_ran_under_load_gets_a_reason(tmp_path):
+    folder = tmp_path / "out"
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "old", {"name": "old"}, {})
+        store.write_cell(CellRecord(cell="c", run_id="r1", model="m", weights="w", strategy="a", operators=[],
+                                    placement=("edge",), source="mobile", codec="binary", connection="persistent",
+                                    point={}, artifact=None, metric=None, metric_value=None, baseline_value=None,
+                                    status="done", error=None, started=1.0, ended=2.0),
+                         [RequestRow(seq=0, input_index=0, status="ok", e2e_ms=3.0)], [])
+    plan, reason = predictions_for_store(folder)
+    assert plan is None and reason.startswith("no prediction for run r1 (old): run r1's config: models")
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", "old", {"name": "old", "load": {"scenario": "server", "qps": 5}}, {})
+    assert "measured under load (server)" in predictions_for_store(folder)[1]
+    assert predictions_for_store(tmp_path / "out")[0] is None
