@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -805,21 +806,49 @@ def profile(experiment: str, sets: tuple[str, ...], grids: tuple[str, ...], requ
 @click.option("--grid", "grids", multiple=True, metavar="PATH=VALUES", help=GRID_HELP)
 @click.option("--tolerance", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="Accuracy loss a winner may have, as a fraction of the metric (0.01 = 1 point), by its 95 % interval.")
+@click.option("--verify", "verify_n", type=click.IntRange(1, 1000), default=None, metavar="N",
+              help="Then measure the N grid points where the winner is least sure (nearest a crossover), one "
+                   "`testbed run` each, and report how often the predicted winner was right (root).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="With --verify: the output folder of the measured points (default results/<name>-verify-<time>).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output: every prediction and its parts.")
-def plan(experiment: str, sets: tuple[str, ...], grids: tuple[str, ...], tolerance: float, as_json: bool) -> None:
+def plan(experiment: str, sets: tuple[str, ...], grids: tuple[str, ...], tolerance: float, verify_n: int | None,
+         out: str | None, as_json: bool) -> None:
     """Predict every strategy's latency at every grid point, from the stored profiles, in seconds.
 
     Prints the winner per point (fastest within the quality tolerance), the bandwidths where
     the winner changes and, for a two-axis grid, the map of winners. Needs `testbed profile`
-    first (same experiment, same host values); runs nothing and needs no root."""
+    first (same experiment, same host values); runs nothing and needs no root, unless
+    --verify N measures the N least sure points to check the predicted winners."""
+    from pathlib import Path
+
     from testbed.plan import make_plan
 
+    if out and verify_n is None:
+        raise click.ClickException("--out is where --verify N stores what it measures: add --verify N")
     exp, axes, _points = _load_for_plan(experiment, sets, grids)
     made = make_plan(exp, axes, tolerance)
+    checked = None
+    if verify_n is not None:
+        from emulation.probe import capabilities
+        from testbed.runner import cells_done
+        from testbed.verify import verify_plan
+
+        folder = Path(out) if out else Path("results") / f"{exp.name}-verify-{time.strftime('%Y%m%d-%H%M%S')}"
+        cells_done(folder, exp.name, False)         # a folder holding cells is refused, as `testbed run` does
+        _require_emulation(capabilities())
+        try:
+            checked = verify_plan(exp, made, verify_n, folder, progress=lambda m: click.echo(f"  {m}", err=True))
+        except (KeyboardInterrupt, _Terminated) as e:
+            click.echo(f"interrupted: the points measured so far are kept in {folder} (`testbed report {folder}` "
+                       "sets them beside the plan)", err=True)
+            sys.exit(e.code if isinstance(e, _Terminated) else 130)
     if as_json:
-        click.echo(json.dumps(made.to_dict(), indent=2, default=str))
+        click.echo(json.dumps({**made.to_dict(), **({"verify": checked} if checked else {})}, indent=2, default=str))
     else:
         output.print_plan(made)
+        if checked:
+            output.print_verify(checked)
 
 
 def main() -> None:

@@ -717,6 +717,33 @@ def print_plan(plan) -> None:
                   "check it against a measured run (testbed run)")
 
 
+def print_verify(checked: dict) -> None:
+    """`testbed plan --verify N`: per measured point and model, the predicted winner against
+    the measured one, and the error of the predictions there."""
+    from testbed.experiment import point_label
+
+    t = Table(title=f"the plan checked at its {len(checked['points'])} least sure point(s)",
+              caption=f"measured into {checked['out']}; margin: how much faster the predicted winner was predicted "
+                      "than the runner-up; measured p50 of both winners where they differ")
+    for c in ("model", "point", "margin", "predicted winner", "measured winner", "agree"):
+        t.add_column(c)
+    for w in checked["winners"]:
+        both = ", ".join(f"{escape(k)} {_ms(v)}" for k, v in w["measured_ms"].items()) if not w["agree"] else ""
+        t.add_row(w["model"], escape(point_label(w["point"])) or "-",
+                  "-" if w.get("margin_ms") is None else f"{_ms(w['margin_ms'])} ms",
+                  escape(w["predicted"] or "none"), escape(w["measured"] or "none"),
+                  ("yes (a tie)" if w["tie"] else "yes") if w["agree"] else f"no ({both})")
+    console.print(t)
+    err = checked["median_abs_error"]
+    agreement = checked["agreement"]
+    console.print(f"winners right at {checked['agreed']} of {checked['compared']} (point, model)"
+                  + ("" if agreement is None else f" ({agreement * 100:.0f} %)")
+                  + ("" if err is None else f"; median |predicted - measured| / measured of p50 {err * 100:.1f} % "
+                                            f"over {len(checked['cells'])} cells")
+                  + (f"; {len(checked['unmatched'])} measured cell(s) without a prediction" if checked["unmatched"] else "")
+                  + f"; `testbed report {checked['out']}` shows every cell")
+
+
 def _print_winner_map(plan, model: str, names: dict[str, str]) -> None:
     """For a grid of two axes or more: winners with the first two axes as rows and columns
     (further axes: one map per combination)."""

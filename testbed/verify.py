@@ -251,3 +251,44 @@ def verify(runs: list[dict], cells: list[dict], requests: list[dict], cache=None
         return None, reason
     result = compare(plan["predictions"], plan["winners"], measured_from(cells, requests))
     return {**result, "tolerance": tolerance, "notes": plan["notes"]}, None
+
+
+# --- measured where the plan is least sure (`testbed plan --verify N`) ------------------------
+
+def one_point(exp, point: dict):
+    """``exp`` with its sweep replaced by the single ``point`` (every path one value), so that
+    its cells keep the point as the plan has it."""
+    import yaml
+
+    from .experiment import load_experiment_dict
+
+    raw = exp.to_dict()
+    raw["sweep"] = {path: [yaml.safe_load(v) if isinstance(v, str) else v] for path, v in point.items()}
+    ctx = exp._context
+    return load_experiment_dict(raw, [], cores=ctx.cores, memory_bytes=ctx.memory_bytes,
+                                source=f"{exp.source_path or exp.name} at {point_label(point)}",
+                                base_dir=ctx.base_dir)
+
+
+def verify_plan(exp, plan, n: int, out: Path, events=None,
+                progress=lambda message: None) -> dict:
+    """Measure the ``n`` points where ``plan`` is least sure of its winner
+    (:func:`testbed.plan.uncertain_points`), one `testbed run` each into ``out`` (one store),
+    and :func:`compare` them with the plan: how often the predicted winner was the measured
+    one, and each cell's error. Cells measured before the run was cut short are kept in
+    ``out``."""
+    from .plan import uncertain_points
+    from .runner import run_experiment
+
+    points = uncertain_points(plan, n)
+    for i, point in enumerate(points, 1):
+        progress(f"measuring point {i}/{len(points)}: {point_label(point) or 'the experiment as written'}")
+        run_experiment(one_point(exp, point), out, events=events)
+    keys = {point_key(p) for p in points}
+    rows = [r for r in plan.rows if point_key(r["point"]) in keys]
+    winners = [w for w in plan.winners if point_key(w["point"]) in keys]
+    result = compare(rows, winners, measured_cells(out))
+    margins = {(w["model"], point_key(w["point"])): w["margin_ms"] for w in winners}
+    for w in result["winners"]:
+        w["margin_ms"] = margins.get((w["model"], point_key(w["point"])))
+    return {**result, "points": points, "out": str(out), "tolerance": plan.tolerance}

@@ -83,4 +83,20 @@ def test_profile_then_plan_then_the_measured_run_agrees_with_the_plan(tmp_path):
     # mobile's requests follow each other (back to back)
     assert [c["regime"] for c in predicted[("20Mbit", "edge")]["compute"]] == ["idle"]
     assert [c["regime"] for c in predicted[("20Mbit", "mobile")]["compute"]] == ["warm"]
+
+    # --verify 2: the two grid points with the smallest relative margin, measured and compared
+    checked = tmp_path / "verify"
+    got = _cli(tmp_path, "plan", str(exp), "--grid", "links.mobile-edge.bandwidth=1Mbit..1Gbit:12", "--verify", "2",
+               "--out", str(checked), "--json")
+    sure = sorted(grid["winners"], key=lambda w: w["margin_ms"] / w["p50_ms"])
+    assert got["verify"]["points"] == [w["point"] for w in sure[:2]]
+    v = got["verify"]
+    assert (len(v["cells"]), v["unmatched"], v["compared"]) == (4, [], 2) and all(c["ok"] == 15 for c in v["cells"])
+    by_grid = {(json.dumps(r["point"]), r["strategy"]): r["p50_ms"] for r in grid["predictions"]}
+    assert all(c["predicted_ms"] == by_grid[(json.dumps(c["point"]), c["strategy"])] for c in v["cells"])
+    assert [w["margin_ms"] for w in v["winners"]] == [w["margin_ms"] for w in sure[:2]]
+    # the same folder again is refused in one line, as `testbed run` refuses it
+    p = subprocess.run(TESTBED + ["plan", str(exp), "--verify", "1", "--out", str(checked)], cwd=REPO,
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "already holds 4 cells" in p.stderr and "Traceback" not in p.stderr
     assert find_leftovers() == []

@@ -154,6 +154,18 @@ def test_the_winner_changes_where_sending_the_input_costs_what_the_slow_host_los
     assert [(t["what"], t["bytes"]) for t in row["transmission"]] == [("input", inp), ("answer", answer)]
 
 
+def test_the_least_sure_points_are_the_grid_values_beside_the_crossover(planned):
+    exp, built = planned
+    _store_profiles(exp, built, {"mobile": 50.0, "edge": 5.0})
+    axis = parse_grid("links.mobile-edge.bandwidth=100kbit..100Mbit:16")
+    plan = make_plan(exp, [axis])
+    (c,) = plan.crossovers
+    near = [p["links.mobile-edge.bandwidth"] for p in pl.uncertain_points(plan, 2)]
+    i = next(i for i, v in enumerate(axis.numbers) if v > c["bandwidth_bps"])
+    assert set(near) == {axis.values[i - 1], axis.values[i]}
+    assert len(pl.uncertain_points(plan, 100)) == 16          # no more than the grid has
+
+
 def test_a_strategy_beyond_the_quality_tolerance_cannot_win(planned):
     exp, built = planned
     _store_profiles(exp, built, {"mobile": 50.0, "edge": 5.0})
