@@ -54,8 +54,9 @@ def calibration_work(exp: Experiment, progress: Callable[[str], None] = lambda m
                      ) -> dict[str, list[tuple[str, list[str]]]]:
     """host -> [(label, compute-probe arguments)] for every part ``exp``'s strategies place on
     that host (:meth:`Experiment.parts_by_host`, worked out once), their artifacts prepared
-    first (cached; the first that cannot be built is the error). A later part names the parts
-    ahead of it (``--after``) so that the probe feeds it what they compute."""
+    first (cached; the first that cannot be built is the error). The probe runs the part as
+    its server does (``--artifact``: every segment of the part, exits; a later part fed by
+    the parts ahead of it)."""
     by_host = exp.parts_by_host()
     needs = list(dict.fromkeys(need for parts in by_host.values() for need, _, _ in parts))
     built = prepare_all(needs, progress=progress)
@@ -63,9 +64,7 @@ def calibration_work(exp: Experiment, progress: Callable[[str], None] = lambda m
     for host, parts in by_host.items():
         for need, i, strategy in parts:
             folder = built[need].path
-            args = ["--onnx", str(folder / f"seg{i}.onnx")]
-            for k in range(i):
-                args += ["--after", str(folder / f"seg{k}.onnx")]
+            args = ["--artifact", str(folder), "--part", str(i)]
             label = f"{need.model.name} [{strategy}]" + (f" part {i + 1}/{need.parts}" if need.parts > 1 else "")
             work.setdefault(host, []).append((label, args))
     return work

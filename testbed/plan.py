@@ -186,9 +186,66 @@ def chain(e: Experiment, strategy: Strategy) -> tuple[str, list[str]]:
 def predict(e: Experiment, strategy: Strategy, art: Artifact, compute: list[dict], links: dict | None = None) -> dict:
     """One request of ``strategy`` at the point ``e`` is at: ``compute`` holds each part's
     profile on its host (p50_ms, p90_ms), in part order; ``links`` the machine's link profile
-    (`profile.load_links`: one pass through a link, per class and regime), or None."""
+    (`profile.load_links`: one pass through a link, per class and regime), or None.
+
+    A part that answers some requests by an exit head (an early-exit artifact; its profile's
+    ``exit_fraction``, measured on the run's inputs) ends those requests there: each way a
+    request can end is predicted on its own (the parts before it as they compute when they
+    go on, the part it ends in as when it exits, the answer back from there), and p50 and
+    p90 are the weighted quantiles over them (``outcomes``: each with its share)."""
+    n = len(compute)
+    q = [_exit_fraction(c) if k < n - 1 else 0.0 for k, c in enumerate(compute)]
+    outcomes, reach = [], 1.0
+    for k in range(n):
+        share = reach * (q[k] if k < n - 1 else 1.0)
+        if share > 0:
+            branch = [_branch(c, "continued") for c in compute[:k]] + [_branch(compute[k], "exited" if k < n - 1 else None)]
+            outcomes.append((share, k, _predict_chain(e, strategy, art, branch, links, end=k)))
+        reach *= 1.0 - q[k]
+    if len(outcomes) == 1:
+        return outcomes[0][2]
+    p50 = _weighted_quantile([(o["p50_ms"], w) for w, _, o in outcomes], 0.5)
+    p90 = _weighted_quantile([(o["p90_ms"], w) for w, _, o in outcomes], 0.9)
+    typical = next(o for _, _, o in sorted(outcomes, key=lambda t: t[2]["p50_ms"]) if o["p50_ms"] >= p50)
+    return {**typical, "p50_ms": p50, "p90_ms": p90,
+            "outcomes": [{"ends_in_part": k, "share": round(w, 4), "p50_ms": o["p50_ms"], "p90_ms": o["p90_ms"]}
+                         for w, k, o in outcomes]}
+
+
+def _exit_fraction(profile: dict) -> float:
+    """The share of the requests reaching a part that it answers by an exit head (on the run's inputs)."""
+    regimes = profile.get("regimes") or {}
+    return float((regimes.get("warm") or profile).get("exit_fraction") or 0.0)
+
+
+def _branch(profile: dict, which: str | None) -> dict:
+    """The profile's numbers for the requests that ``exited`` in the part, or ``continued``
+    past it (each regime's, where it has both kinds); unchanged for None."""
+    if which is None:
+        return profile
+
+    def pick(r: dict) -> dict:
+        return {**r, **{k: r[which][k] for k in ("p50_ms", "p90_ms")}} if isinstance(r.get(which), dict) else r
+    return {**pick(profile), "regimes": {name: pick(r) for name, r in (profile.get("regimes") or {}).items()}}
+
+
+def _weighted_quantile(values: list[tuple[float, float]], q: float) -> float:
+    """The smallest value whose cumulative weight reaches ``q`` of the total."""
+    total = sum(w for _, w in values)
+    acc = 0.0
+    for v, w in sorted(values):
+        acc += w
+        if acc >= q * total - 1e-12:
+            return v
+    return max(v for v, _ in values)
+
+
+def _predict_chain(e: Experiment, strategy: Strategy, art: Artifact, compute: list[dict], links: dict | None,
+                   end: int) -> dict:
+    """A request that ends in part ``end`` (its answer from there back to the source)."""
     topo = e.topology
     source, hosts = chain(e, strategy)
+    hosts = hosts[:end + 1]
     fresh = e.serving.connection == "per-request"
     n = len(hosts)
     # each frame as the wire carries it: the tensors, the header and the trace records so far
@@ -307,8 +364,8 @@ def grid_points(exp: Experiment, axes: list[GridAxis]) -> list[dict]:
     return [dict(zip(paths, combo)) for combo in itertools.product(*(v for _, v in sweep))]
 
 
-def _limits_key(need: ArtifactNeed, part: int, cpus, period_us: int, threads: int, pace) -> tuple:
-    return (need, part, cpus, period_us, threads, pace)
+def _limits_key(need: ArtifactNeed, part: int, cpus, period_us: int, threads: int, pace, inputs: int) -> tuple:
+    return (need, part, cpus, period_us, threads, pace, inputs)
 
 
 def _profiles_for(exp: Experiment, points: list[dict], cache=None) -> tuple[dict, dict, list[str]]:
@@ -327,7 +384,7 @@ def _profiles_for(exp: Experiment, points: list[dict], cache=None) -> tuple[dict
         if prof is None:
             missing.append(f"{p.label} on {p.host} ({profiles.limits_text(p)}) has no profile")
         else:
-            profs[_limits_key(p.need, p.part, p.cpus, p.period_us, p.threads, p.pace)] = prof
+            profs[_limits_key(p.need, p.part, p.cpus, p.period_us, p.threads, p.pace, p.inputs)] = prof
     return arts, profs, list(dict.fromkeys(missing))
 
 
@@ -356,7 +413,7 @@ def _predict_point(e: Experiment, point: dict, model: ModelRef, known: _Known) -
         for host, i in _in_part_order(e, s):
             spec = e.topology.host(host)
             key = _limits_key(need, i, spec.cpus, spec.cpu_period_us or auto_cpu_period_us(spec.cpus),
-                              host_threads(e, host, known.cores), host_pace(e, host))
+                              host_threads(e, host, known.cores), host_pace(e, host), e.requests.inputs)
             if key not in known.profs:        # (parts_on_hosts saw every point: a bug if reached)
                 raise PlanError(f"{model.name} [{s.name}] part {i + 1} on {host} at {point_label(point)} has no profile")
             compute.append(known.profs[key])

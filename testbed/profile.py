@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from topologies.errors import TestbedError
 
 from .experiment import ArtifactNeed, Experiment, point_label
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3          # 3: a part as its server runs it (every segment, exits) on the run's inputs
 KIND = "profiles"            # the cache's entry kind
 FILE = "profile.json"
 DEFAULT_REQUESTS = 30
@@ -84,6 +85,7 @@ class PartOnHost:
     threads: int
     pace: float | None
     label: str
+    inputs: int = 10                   # the run's request inputs (requests.inputs): the first N of the data
 
     def key(self, artifact: str) -> str:
         """The profile's cache key, for the artifact in cache folder ``artifact``."""
@@ -91,7 +93,7 @@ class PartOnHost:
 
         return content_key("profile", version=PROFILE_VERSION, artifact=artifact, part=self.part,
                            cpus=self.cpus, period_us=self.period_us, threads=self.threads, pace=self.pace,
-                           machine=machine())
+                           inputs=self.inputs, machine=machine())
 
     def limits(self) -> dict:
         return {"cpus": self.cpus, "cpu_period_us": self.period_us, "threads": self.threads, "pace": self.pace}
@@ -123,8 +125,8 @@ def parts_on_hosts(exp: Experiment, points: list[dict] | None = None) -> list[Pa
             threads, pace = host_threads(e, host, cores), host_pace(e, host)
             for need, i, strategy in parts:
                 label = f"{need.model.name} [{strategy}]" + (f" part {i + 1}/{need.parts}" if need.parts > 1 else "")
-                p = PartOnHost(need, i, host, spec.cpus, period, threads, pace, label)
-                out.setdefault((need, i, spec.cpus, period, threads, pace), p)
+                p = PartOnHost(need, i, host, spec.cpus, period, threads, pace, label, e.requests.inputs)
+                out.setdefault((need, i, spec.cpus, period, threads, pace, e.requests.inputs), p)
     return list(out.values())
 
 
@@ -150,6 +152,18 @@ def load(p: PartOnHost, folder: Path, cache=None) -> dict | None:
         return None
 
 
+def exit_summary(wall_ms: list[float], exited: list[bool]) -> dict:
+    """The share of requests answered by an exit in the part, and the compute of those that
+    exited and of those that went on (p50 / p90), where there are both."""
+    out = {"exit_fraction": round(sum(exited) / len(exited), 4) if exited else 0.0}
+    for name, want in (("exited", True), ("continued", False)):
+        mine = [w for w, x in zip(wall_ms, exited) if x is want]
+        if mine and len(mine) < len(wall_ms):
+            s = summary(mine)
+            out[name] = {"p50_ms": s["p50_ms"], "p90_ms": s["p90_ms"], "requests": len(mine)}
+    return out
+
+
 def summary(wall_ms: list[float]) -> dict:
     """p10 / p50 / p90 and the mean of per-request compute (ms)."""
     from emulation.calibrate import p10_p50_p90
@@ -159,12 +173,26 @@ def summary(wall_ms: list[float]) -> dict:
             "mean_ms": round(statistics.fmean(wall_ms), 3)}
 
 
-def probe_args(p: PartOnHost, folder: Path) -> list[str]:
-    """The compute probe's work for ``p``: its ONNX file, fed by the parts ahead of it."""
-    args = ["--onnx", str(folder / f"seg{p.part}.onnx")]
-    for k in range(p.part):
-        args += ["--after", str(folder / f"seg{k}.onnx")]
-    return args
+def probe_args(p: PartOnHost, folder: Path, inputs: Path | None = None) -> list[str]:
+    """The compute probe's work for ``p``: its part of the artifact as its server runs it
+    (every segment of the part, exits), on the run's request inputs in ``inputs`` (an
+    ``.npz``), fed through the parts ahead of it."""
+    return ["--artifact", str(folder), "--part", str(p.part)] + (["--inputs", str(inputs)] if inputs else [])
+
+
+def write_inputs(need: ArtifactNeed, count: int, folder: Path, cache=None) -> Path:
+    """The run's request inputs of ``need``'s model (the first ``count`` of its evaluation
+    data, as `testbed run` sends them), saved in ``folder`` for the probe."""
+    from workloads.prepare import request_inputs
+    from workloads.serving import save_inputs
+
+    m = need.model
+    path = folder / f"inputs-{abs(hash((m.name, m.weights, str(m.data), count)))}.npz"
+    if not path.exists():
+        samples, refs = request_inputs(m.name, weights=m.weights, data=m.data, count=count, cache=cache)
+        with open(path, "wb") as f:
+            save_inputs(f, samples, refs)
+    return path
 
 
 # the idle time between two requests that a part server sees decides how fast it computes:
@@ -174,10 +202,14 @@ def probe_args(p: PartOnHost, folder: Path) -> list[str]:
 REGIMES = {"warm": "0:1", "idle": "50:150"}      # regime -> the probe's --gap-ms
 
 
-def measure(net, p: PartOnHost, folder: Path, requests: int = DEFAULT_REQUESTS, seed: int = 0) -> dict:
+def measure(net, p: PartOnHost, folder: Path, requests: int = DEFAULT_REQUESTS, seed: int = 0,
+            inputs: Path | None = None) -> dict:
     """Profile ``p`` on its host of ``net`` (already up with the point's limits): ``requests``
     requests one at a time in each regime of :data:`REGIMES`, inside the host's cgroup, with
-    the server's threads and pacing. The top-level p10/p50/p90 are the warm regime's."""
+    the server's threads and pacing, on the request inputs in ``inputs`` (cycled). The
+    top-level p10/p50/p90 are the warm regime's; ``exit_fraction``: the share of requests the
+    part answered by an exit head (an early-exit artifact), ``reach``: the share of the inputs
+    that reach the part (the rest exit before it)."""
     from emulation.calibrate import run_compute_probe
 
     limits = net.hosts_limits[p.host]
@@ -186,14 +218,17 @@ def measure(net, p: PartOnHost, folder: Path, requests: int = DEFAULT_REQUESTS, 
                            f"the profile wants {p.cpus}, {p.period_us} us")
     regimes = {}
     for i, (regime, gap) in enumerate(REGIMES.items()):
-        got = run_compute_probe(net, p.host, probe_args(p, folder), requests=requests, threads=p.threads,
+        got = run_compute_probe(net, p.host, probe_args(p, folder, inputs), requests=requests, threads=p.threads,
                                 limited=True, seed=seed + i, pace=p.pace, gap_ms=gap)
         wall = [round(float(v), 4) for v in got["wall_ms"]]
         regimes[regime] = {"gap_ms": gap, "wall_ms": wall, "cpu_ms": [round(float(v), 4) for v in got["cpu_ms"]],
-                           **summary(wall)}
+                           "inputs": got["inputs"], "exited": got["exited"], **summary(wall),
+                           **exit_summary(wall, got["exited"])}
+        reach = len(got["reached"]) / p.inputs if inputs else 1.0
     return {"version": PROFILE_VERSION, "artifact": folder.name, "model": p.need.model.name,
             "operators": [c.label() for c in p.need.operators], "parts": p.need.parts, "part": p.part,
             "limits": p.limits(), "machine": machine(), "measured_on": p.host, "requests": requests,
+            "inputs": p.inputs if inputs else None, "reach": reach,
             **{k: v for k, v in regimes["warm"].items() if k.endswith("_ms") and k != "gap_ms"},
             "regimes": regimes, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -256,13 +291,16 @@ def profile_experiment(exp: Experiment, points: list[dict] | None = None, *, req
             continue
         where = ", ".join(f"{k}={v}" for k, v in point.items() if k.startswith("hosts.")) or "the experiment's hosts"
         progress(f"bringing up {e.topology.name} ({where}) to profile {len(todo)} part(s)")
-        with EmulatedNetwork(e.topology, caps=capabilities()) as net:
+        with EmulatedNetwork(e.topology, caps=capabilities()) as net, \
+                tempfile.TemporaryDirectory(prefix="testbed-profile-") as tmp:
             for p, folder in todo:
                 key = p.key(folder.name)
                 if key in done:
                     continue
-                progress(f"profiling {p.label} on {p.host} ({limits_text(p)}): {requests} requests")
-                prof = measure(net, p, folder, requests=requests)
+                inputs = write_inputs(p.need, p.inputs, Path(tmp), cache)
+                progress(f"profiling {p.label} on {p.host} ({limits_text(p)}): {requests} requests on "
+                         f"{p.inputs} inputs")
+                prof = measure(net, p, folder, requests=requests, inputs=inputs)
                 save(p, folder, prof, cache=cache, replace=again)
                 rows.append(_row(p, prof, reused=False))
                 done.add(key)

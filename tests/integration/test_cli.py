@@ -79,8 +79,8 @@ def test_calibrate_experiment_checks_each_host_on_the_parts_placed_there(tmp_pat
                       "cloud": ["efficientnet_lite0 [cloud]"]}
     for h in data["hosts"]:
         (c,) = h["compute"]
-        assert c["work"].startswith("--onnx ") and c["requests"] == 10 and c["paced"] is (h["cpus"] < 1)
-        assert ("--after" in c["work"]) is (h["host"] == "edge")   # the edge half is fed by the mobile half
+        assert c["work"].startswith("--artifact ") and c["requests"] == 10 and c["paced"] is (h["cpus"] < 1)
+        assert c["work"].endswith("--part 1" if h["host"] == "edge" else "--part 0")   # the edge half, fed by mobile's
         assert 0.5 < c["ratio_p10_p50_p90"][1] < 2.0, c            # measured, whatever the verdict
     bad = CliRunner().invoke(cli, ["calibrate", str(exp), "--model", "fmnist_cnn"])
     assert bad.exit_code == 2 and "--model goes with a TOPOLOGY" in bad.output

@@ -255,6 +255,30 @@ def test_each_frame_carries_the_trace_so_far_as_the_store_recorded_it():
                     ("answer", "cloud", "edge", 1193), ("answer", "edge", "mobile", 1378)]
 
 
+def test_requests_an_exit_answers_in_the_first_part_end_there_and_the_quantiles_mix_both_ways():
+    """An early-exit artifact split mobile > edge: part 0 answers 70 % of the requests by its
+    exit head (1 ms when it exits, 4 ms when it goes on), part 1 takes 10 ms. 70 % of requests
+    end on mobile (no link crossed), 30 % cross to edge and back: p50 is the first way's, p90
+    the second's."""
+    data = {"name": "e", "topology": "three_tier", "models": ["fmnist_cnn"], "source": "mobile",
+            "strategies": [{"name": "me", "operators": ["partition"], "placement": ["mobile", "edge"]}]}
+    exp = load_experiment_dict(data, [], cores=2.0, memory_bytes=24 * GiB, source="<test>")
+    art = pl.Artifact(folder=None, input_bytes=3136, cut_bytes=[1000], answer_bytes=40, metric=None,
+                      loss=None, loss_ci=None)
+    warm = {"p50_ms": 2.0, "p90_ms": 4.0, "exit_fraction": 0.7, "exited": {"p50_ms": 1.0, "p90_ms": 1.5},
+            "continued": {"p50_ms": 4.0, "p90_ms": 5.0}}
+    compute = [{"p50_ms": 2.0, "p90_ms": 4.0, "regimes": {"warm": warm}}, {"p50_ms": 10.0, "p90_ms": 12.0}]
+    got = pl.predict(exp, exp.strategies[0], art, compute)
+    short, full = got["outcomes"]
+    assert (short["ends_in_part"], short["share"], full["ends_in_part"], full["share"]) == (0, 0.7, 1, 0.3)
+    assert short["p50_ms"] == pytest.approx(1.0 + 2 * pl.OVERHEAD_MS)       # mobile alone: no link
+    assert full["p50_ms"] > 4.0 + 10.0 and full["p90_ms"] == pytest.approx(full["p50_ms"] + 1.0 + 2.0)
+    assert got["p50_ms"] == short["p50_ms"] and got["p90_ms"] == full["p90_ms"]
+    # without exits, one way: the whole chain with the part's overall numbers
+    plain = pl.predict(exp, exp.strategies[0], art, [{"p50_ms": 2.0, "p90_ms": 4.0}, compute[1]])
+    assert "outcomes" not in plain and plain["compute_ms"] == 12.0
+
+
 def test_a_grid_over_a_hosts_cores_needs_their_profiles_and_says_how_to_take_them(planned):
     exp, built = planned
     _store_profiles(exp, built, {"mobile": 50.0, "edge": 5.0})
