@@ -1,19 +1,24 @@
-"""Benchmark of `testbed plan` against measurement, on the studies' bandwidth study
-(``studies/bandwidth.yaml``: fmnist_cnn and fmnist_segnet, every tier and split, both links
-swept over 1-200 Mbit/s, a 6 x 6 grid).
+"""Benchmark of `testbed plan` against measurement, on one of the studies:
+
+- ``--study bandwidth`` (default): ``studies/bandwidth.yaml``, fmnist_cnn and fmnist_segnet,
+  every tier and split, both links swept over 1-200 Mbit/s (a 6 x 6 grid);
+- ``--study blackbox``: ``studies/blackbox.yaml`` (every black-box operator and hybrid on every
+  tier and split: 20 strategies) with EfficientNet-Lite0 and MiniLM (``--models``), planned
+  on a 6 x 6 grid of both links' bandwidths (1 Mbit/s .. 1 Gbit/s).
 
 1. ``testbed profile`` (timed; profiles already stored are reused unless ``--again``);
 2. ``testbed plan`` of the whole 36-point grid (timed: the goal is under 10 s);
-3. ``testbed run`` of a subset of its points (``--values``: each link's bandwidth from this
-   list, default 1, 50 and 200 Mbit/s: 9 points, 90 cells), as users run it;
+3. ``testbed run`` of a subset of points (``--me`` x ``--ec``: each link's bandwidths; for the
+   bandwidth study by default 1, 50 and 200 Mbit/s: 9 points, 90 cells), as users run it;
 4. per measured cell, the predicted p50 against the measured median e2e: the error
    |predicted - measured| / measured (goal: median <= 10 %); per measured point and model, the
    predicted winner against the measured one, by the same rule (the fastest within the
    quality tolerance, the artifact's loss interval; goal >= 90 % agree). A disagreement is
    listed with both winners' measured p50, so that a near tie reads as one.
 
-Needs root. ``.venv/bin/python benchmarks/bench_plan.py [--values 1Mbit 50Mbit 200Mbit] [--repeat 10] [--again]``
-Writes ``benchmarks/results/plan.{json,md}``.
+Needs root. ``.venv/bin/python benchmarks/bench_plan.py [--study bandwidth|blackbox] [--me 1Mbit 200Mbit]
+[--ec 1Mbit 50Mbit] [--models M ...] [--repeat 10] [--again]``
+Writes ``benchmarks/results/plan.{json,md}`` (bandwidth) or ``plan-blackbox.{json,md}``.
 """
 from __future__ import annotations
 
@@ -32,8 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import REPO, log, machine_state, sigterm_as_interrupt, write_results  # noqa: E402
 from testbed.verify import compare, measured_cells  # noqa: E402
 
-STUDY = REPO / "studies" / "bandwidth.yaml"
 ME, EC = "links.mobile-edge.bandwidth", "links.edge-cloud.bandwidth"
+# study -> (file, models (None: the file's), grid planned (None: the file's sweep), measured ME, measured EC, results)
+STUDIES = {
+    "bandwidth": ("bandwidth.yaml", None, None, ["1Mbit", "50Mbit", "200Mbit"], ["1Mbit", "50Mbit", "200Mbit"], "plan"),
+    "blackbox": ("blackbox.yaml", ["efficientnet_lite0", "minilm_sentiment"],
+                 [f"{ME}=1Mbit..1Gbit:6", f"{EC}=1Mbit..1Gbit:6"], ["20Mbit", "200Mbit"], ["1Mbit", "50Mbit"],
+                 "plan-blackbox"),
+}
 GOAL_ERROR, GOAL_AGREE, GOAL_PLAN_S = 0.10, 0.90, 10.0
 
 
@@ -50,34 +61,47 @@ def main() -> None:
     import yaml
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--values", nargs="+", default=["1Mbit", "50Mbit", "200Mbit"],
-                    help="each link's bandwidths to measure (of the study's)")
+    ap.add_argument("--study", choices=sorted(STUDIES), default="bandwidth")
+    ap.add_argument("--me", nargs="+", default=None, help="Mobile-Edge bandwidths to measure")
+    ap.add_argument("--ec", nargs="+", default=None, help="Edge-Cloud bandwidths to measure")
+    ap.add_argument("--models", nargs="+", default=None, help="the models (default: the study's)")
     ap.add_argument("--repeat", type=int, default=10, help="measured requests per cell")
     ap.add_argument("--again", action="store_true", help="profile again (replace stored profiles)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
+    name, models, grid, me, ec, results = STUDIES[args.study]
+    study = REPO / "studies" / name
+    models = args.models or models
+    me, ec = args.me or me, args.ec or ec
+    sets = ["--set", f"models=[{', '.join(models)}]"] if models else []
+    grids = [x for g in (grid or []) for x in ("--grid", g)]
     sigterm_as_interrupt()
-    res: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "study": str(STUDY.relative_to(REPO)),
+    res: dict = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "study": str(study.relative_to(REPO)),
                  "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-                 "state_start": machine_state(), "values": args.values, "repeat": args.repeat}
+                 "state_start": machine_state(), "me": me, "ec": ec, "repeat": args.repeat, "models": models}
     log("profiling the study's parts")
-    prof, res["profile_s"] = _cli("profile", str(STUDY), *(["--again"] if args.again else []))
+    prof, res["profile_s"] = _cli("profile", str(study), *sets, *(["--again"] if args.again else []))
     res["profiles"] = prof["profiles"]
     log(f"profiled in {res['profile_s']:.1f} s; planning the grid")
-    plan, res["plan_wall_s"] = _cli("plan", str(STUDY))
+    plan, res["plan_wall_s"] = _cli("plan", str(study), *sets, *grids)
     res["plan_s"] = plan["seconds"]
+    res["grid"] = {"points": len({json.dumps(w["point"], sort_keys=True) for w in plan["winners"]}),
+                   "models": len({w["model"] for w in plan["winners"]}),
+                   "strategies": len({r["strategy"] for r in plan["predictions"]})}
     log(f"planned {len(plan['predictions'])} predictions in {plan['seconds']:.2f} s "
-        f"({res['plan_wall_s']:.1f} s with the command's start-up); measuring {len(args.values) ** 2} points")
-    raw = yaml.safe_load(STUDY.read_text())
-    raw["sweep"] = {ME: args.values, EC: args.values}
+        f"({res['plan_wall_s']:.1f} s with the command's start-up); measuring {len(me) * len(ec)} points")
+    raw = yaml.safe_load(study.read_text())
+    raw["sweep"] = {ME: me, EC: ec}
     raw["requests"] = dict(raw.get("requests") or {}, repeat=args.repeat)
+    if models:
+        raw["models"] = models
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
-        exp = Path(tmp) / "bandwidth-subset.yaml"
+        exp = Path(tmp) / f"{args.study}-subset.yaml"
         exp.write_text(yaml.safe_dump(raw, sort_keys=False))
         _, res["run_s"] = _cli("run", str(exp), "--out", str(Path(tmp) / "out"))
         measured = measured_cells(Path(tmp) / "out")
     res.update(_compared(compare(plan["predictions"], plan["winners"], measured)), state_end=machine_state())
-    write_results(Path(args.out), "plan", res, markdown(res))
+    write_results(Path(args.out), results, res, markdown(res))
     print(markdown(res))
 
 
@@ -104,12 +128,17 @@ def markdown(res: dict) -> str:
         return "-" if v is None else f"{v:.2f}"
 
     err, agree = res.get("median_abs_error"), res.get("agreement")
+    grid = res.get("grid") or {"points": 36, "models": 2, "strategies": 5}     # (results before the grid was kept)
     lines = [f"# `testbed plan` against measurement ({res['when']})", "",
              f"{res['machine']['cpu']}, {res['machine']['cores']} cores; load at start "
-             f"{' / '.join(f'{v:.2f}' for v in res['state_start']['loadavg'])}. Study `{res['study']}`; measured "
-             f"each link at {', '.join(res['values'])} ({res['repeat']} requests per cell).", "",
+             f"{' / '.join(f'{v:.2f}' for v in res['state_start']['loadavg'])}. Study `{res['study']}`"
+             + (f" with {', '.join(res['models'])}" if res.get("models") else "") + "; measured "
+             + (f"each link at {', '.join(res['values'])}" if "values" in res else      # (results before --me/--ec)
+                f"Mobile-Edge at {', '.join(res['me'])} x Edge-Cloud at {', '.join(res['ec'])}")
+             + f" ({res['repeat']} requests per cell).", "",
              "| | goal | got |", "|---|---|---|",
-             f"| plan the 36-point grid (2 models x 5 strategies) | < {GOAL_PLAN_S:g} s | {res['plan_s']:.2f} s "
+             f"| plan the {grid['points']}-point grid ({grid['models']} models x {grid['strategies']} strategies) | "
+             f"< {GOAL_PLAN_S:g} s | {res['plan_s']:.2f} s "
              f"({res['plan_wall_s']:.1f} s with the command's start-up; profiling took {res['profile_s']:.0f} s, "
              f"the measured subset {res['run_s']:.0f} s) |",
              f"| median \\|predicted - measured\\| / measured of p50 e2e | <= {GOAL_ERROR:.0%} | "
