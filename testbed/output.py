@@ -683,7 +683,9 @@ def print_plan(plan) -> None:
     pct = f"{plan.tolerance * 100:g} %"
     for model, points in _by_model_and_point(rows).items():
         strategies = list(dict.fromkeys(r["strategy"] for group in points.values() for r in group))
-        t = Table(title=f"{model}: predicted end-to-end latency, p50 (p90) ms",
+        loaded = any("load" in r for group in points.values() for r in group)
+        t = Table(title=f"{model}: predicted end-to-end latency, " + ("p50 / p99 ms under the load, and the rate "
+                  "where the bottleneck saturates" if loaded else "p50 (p90) ms"),
                   caption=f"*: the winner, fastest within {pct} quality loss by its 95 % interval; "
                           "x: its loss is beyond the tolerance or cannot be told from it")
         t.add_column("point")
@@ -701,7 +703,7 @@ def print_plan(plan) -> None:
                     cells.append("-")
                     continue
                 mark = "*" if s == w["winner"] else ("x" if r["tolerance_verdict"] not in (None, "within") else "")
-                cells.append(f"{mark}{_ms(r['p50_ms'])} ({_ms(r['p90_ms'])})")
+                cells.append(mark + (_load_cell(r["load"]) if "load" in r else f"{_ms(r['p50_ms'])} ({_ms(r['p90_ms'])})"))
             t.add_row(", ".join(_labels(group[0], names)) or "-", *cells, escape(w["winner"] or "none within"))
         console.print(t)
         legend = _legend(names)
@@ -715,6 +717,19 @@ def print_plan(plan) -> None:
     console.print(f"planned {len(winners)} point(s) x model(s), {len(rows)} predictions in {plan.seconds:.2f} s; "
                   "from the compute profiles and the links' arithmetic (no queueing, jitter, loss or early exits): "
                   "check it against a measured run (testbed run)")
+
+
+def _load_cell(load: dict) -> str:
+    """A strategy's predictions under a server scenario's load, in one cell."""
+    most = f"saturates at {load['saturation_qps']:.1f}/s"
+    if "max_qps" in load:
+        return f"{load['max_qps']:.1f}/s within targets ({most})"
+    if load.get("saturated"):
+        return f"saturated ({most})"
+    if "p50_ms" not in load:
+        return most
+    missed = [k for k, v in (load.get("slo") or {}).items() if not v["met"]]
+    return f"{_ms(load['p50_ms'])} / p99 {_ms(load['p99_ms'])} ({most})" + (f" misses {', '.join(missed)}" if missed else "")
 
 
 def print_verify(checked: dict) -> None:

@@ -24,8 +24,9 @@ One request, predicted (:func:`predict`), is the sum of:
   by a host's CPU share: short bursts run at full speed on the period's quota.
 
 p90 adds the parts' p90 compute (an upper bound of the sum's p90 when parts vary independently).
-Left out: jitter and loss (a grid with them is refused), queueing under load (one request at
-a time: single-stream), exits of an early-exit artifact (its profile is of generated inputs).
+Left out: jitter and loss (a grid with them is refused). Under a server scenario's load each
+row also has ``load``: the queueing predictions of `testbed.queueing` (saturation rate, p50 and
+p99 at the load's rate, or the highest rate within its latency targets).
 """
 from __future__ import annotations
 
@@ -247,16 +248,7 @@ def _predict_chain(e: Experiment, strategy: Strategy, art: Artifact, compute: li
     source, hosts = chain(e, strategy)
     hosts = hosts[:end + 1]
     fresh = e.serving.connection == "per-request"
-    n = len(hosts)
-    # each frame as the wire carries it: the tensors, the header and the trace records so far
-    legs = [("input", source, hosts[0], art.input_bytes + FRAME_HEADER_BYTES, True)]
-    legs += [(f"cut {i + 1}", hosts[i], hosts[i + 1], (art.cut_bytes[i] if i < len(art.cut_bytes) else 0)
-              + FRAME_HEADER_BYTES + REQUEST_RECORD_BYTES * (i + 1), True) for i in range(n - 1)]
-    answer = art.answer_bytes + ANSWER_HEADER_BYTES + REQUEST_RECORD_BYTES * (n - 1)
-    legs += [("answer", hosts[i], hosts[i - 1], answer + RESPONSE_RECORD_BYTES * (n - 1 - i), False)
-             for i in range(n - 1, 0, -1)]
-    legs += [("answer", hosts[0], source, answer + RESPONSE_RECORD_BYTES * (n - 1), False)]
-    legs = [leg for leg in legs if leg[1] != leg[2]]
+    legs = message_legs(art, source, hosts)
 
     def leg_ms(leg, regimes=None):
         _what, a, b, nbytes, request = leg
@@ -284,6 +276,22 @@ def _predict_chain(e: Experiment, strategy: Strategy, art: Artifact, compute: li
             "compute": [{"host": h, "part": i, "regime": c["regime"], "p50_ms": c["p50_ms"], "p90_ms": c["p90_ms"]}
                         for i, (h, c) in enumerate(zip(hosts, chosen))],
             "transmission": transmission}
+
+
+def message_legs(art: Artifact, source: str, hosts: list[str]) -> list[tuple[str, str, str, int, bool]]:
+    """(what, from, to, bytes, is a request) of every message of one request from ``source``
+    through ``hosts`` (the parts' hosts, in order) and its answer back, hop by hop; each frame
+    as the wire carries it: the tensors, the header and the trace records so far. Messages
+    between a host and itself are left out."""
+    n = len(hosts)
+    legs = [("input", source, hosts[0], art.input_bytes + FRAME_HEADER_BYTES, True)]
+    legs += [(f"cut {i + 1}", hosts[i], hosts[i + 1], (art.cut_bytes[i] if i < len(art.cut_bytes) else 0)
+              + FRAME_HEADER_BYTES + REQUEST_RECORD_BYTES * (i + 1), True) for i in range(n - 1)]
+    answer = art.answer_bytes + ANSWER_HEADER_BYTES + REQUEST_RECORD_BYTES * (n - 1)
+    legs += [("answer", hosts[i], hosts[i - 1], answer + RESPONSE_RECORD_BYTES * (n - 1 - i), False)
+             for i in range(n - 1, 0, -1)]
+    legs += [("answer", hosts[0], source, answer + RESPONSE_RECORD_BYTES * (n - 1), False)]
+    return [leg for leg in legs if leg[1] != leg[2]]
 
 
 def _pass_ms(links: dict, d, regime: str) -> float:
@@ -400,26 +408,27 @@ class _Known:
 
 
 def _predict_point(e: Experiment, point: dict, model: ModelRef, known: _Known) -> list[dict]:
-    """Every strategy of ``model`` at the point ``e`` is at: one row each."""
-    from topologies.checks import auto_cpu_period_us
-
-    from .runner import host_pace, host_threads
-
+    """Every strategy of ``model`` at the point ``e`` is at: one row each (with ``load``: the
+    predictions under a server scenario's load, `testbed.queueing`)."""
     rows = []
     for s in e.strategies:
         need = ArtifactNeed(model, s.operators, s.parts)
         art = known.arts[need]
-        compute = []
-        for host, i in _in_part_order(e, s):
-            spec = e.topology.host(host)
-            key = _limits_key(need, i, spec.cpus, spec.cpu_period_us or auto_cpu_period_us(spec.cpus),
-                              host_threads(e, host, known.cores), host_pace(e, host), e.requests.inputs)
+        def profile_of(host: str, i: int) -> dict:
+            key = _limits_key(need, i, *profiles.host_limits(e, host, known.cores))
             if key not in known.profs:        # (parts_on_hosts saw every point: a bug if reached)
                 raise PlanError(f"{model.name} [{s.name}] part {i + 1} on {host} at {point_label(point)} has no profile")
-            compute.append(known.profs[key])
-        rows.append({"point": point, "model": model.name, "strategy": s.name, "placement": ">".join(s.placement),
-                     **predict(e, s, art, compute, known.links), "metric": art.metric, "loss": art.loss, "loss_ci": art.loss_ci,
-                     "tolerance_verdict": tolerance_verdict(art.loss, art.loss_ci, known.tolerance)})
+            return known.profs[key]
+
+        compute = [profile_of(host, i) for host, i in _in_part_order(e, s)]
+        row = {"point": point, "model": model.name, "strategy": s.name, "placement": ">".join(s.placement),
+               **predict(e, s, art, compute, known.links), "metric": art.metric, "loss": art.loss,
+               "loss_ci": art.loss_ci, "tolerance_verdict": tolerance_verdict(art.loss, art.loss_ci, known.tolerance)}
+        if e.load.scenario == "server":
+            from .queueing import predict_server
+
+            row["load"] = predict_server(e, s, art, profile_of, known.links)
+        rows.append(row)
     return rows
 
 
@@ -468,7 +477,11 @@ def make_plan(exp: Experiment, axes: list[GridAxis], tolerance: float = TOLERANC
 
 def _winner(point: dict, model: str, rows: list[dict]) -> dict:
     """The fastest by predicted p50 among the strategies within tolerance; without any quality
-    metric, the fastest."""
+    metric, the fastest. Under a server scenario's load (rows with ``load``) by the load
+    study's rule: with a rate, the lowest p99 among those meeting every latency target; when
+    the run searches for a rate, the highest rate predicted to meet them."""
+    if any("load" in r for r in rows):
+        return _load_winner(point, model, rows)
     known = [r for r in rows if r["tolerance_verdict"] is not None]
     eligible = [r for r in rows if r["tolerance_verdict"] == WITHIN] if known else rows
     ranked = sorted(eligible, key=lambda r: r["p50_ms"])
@@ -478,6 +491,27 @@ def _winner(point: dict, model: str, rows: list[dict]) -> dict:
             "rule": "within tolerance" if known else "latency only (no quality metric)",
             # how much faster than the runner-up: how sure the prediction is of its winner
             "margin_ms": ranked[1]["p50_ms"] - ranked[0]["p50_ms"] if len(ranked) > 1 else None}
+
+
+def _load_winner(point: dict, model: str, rows: list[dict]) -> dict:
+    known = [r for r in rows if r["tolerance_verdict"] is not None]
+    eligible = [r for r in rows if r["tolerance_verdict"] == WITHIN] if known else rows
+    searching = all("max_qps" in r["load"] for r in rows)
+    if searching:
+        ranked = sorted(eligible, key=lambda r: -r["load"]["max_qps"])
+        key, rule = (lambda r: -r["load"]["max_qps"]), "highest rate within the latency targets"
+    else:
+        eligible = [r for r in eligible if not r["load"].get("saturated")
+                    and all(v["met"] for v in (r["load"].get("slo") or {}).values())]
+        ranked = sorted(eligible, key=lambda r: r["load"]["p99_ms"])
+        key, rule = (lambda r: r["load"]["p99_ms"]), "lowest p99 among those meeting the latency targets"
+    best = ranked[0] if ranked else None
+    margin = abs(key(ranked[1]) - key(ranked[0])) if len(ranked) > 1 else None
+    return {"point": point, "model": model, "winner": best["strategy"] if best else None,
+            "p50_ms": best["load"].get("p99_ms") if best and not searching else None,
+            "fastest": best["strategy"] if best else None, "rule": rule + (" within tolerance" if known else ""),
+            # how sure: p99's margin to the runner-up (ms), or the rates' (req/s) when searching
+            "margin_ms": None if searching else margin, **({"margin_qps": margin} if searching else {})}
 
 
 def crossovers(exp: Experiment, axes: list[GridAxis], plan: Plan, known: _Known) -> list[dict]:

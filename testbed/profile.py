@@ -113,21 +113,26 @@ def at(exp: Experiment, point: dict) -> Experiment:
 def parts_on_hosts(exp: Experiment, points: list[dict] | None = None) -> list[PartOnHost]:
     """Every (artifact, part, host limits) the cells of ``exp`` compute at ``points`` (default:
     its sweep points), each once (a point that changes only links adds nothing)."""
-    from .runner import host_pace, host_threads
-
     cores = float(os.cpu_count() or 1)
     out: dict[tuple, PartOnHost] = {}
     for point in (exp.cells_grid() if points is None else points):
         e = at(exp, point)
         for host, parts in e.parts_by_host().items():
-            spec = e.topology.host(host)
-            period = spec.cpu_period_us or auto_cpu_period_us(spec.cpus)
-            threads, pace = host_threads(e, host, cores), host_pace(e, host)
+            limits = host_limits(e, host, cores)
             for need, i, strategy in parts:
                 label = f"{need.model.name} [{strategy}]" + (f" part {i + 1}/{need.parts}" if need.parts > 1 else "")
-                p = PartOnHost(need, i, host, spec.cpus, period, threads, pace, label, e.requests.inputs)
-                out.setdefault((need, i, spec.cpus, period, threads, pace, e.requests.inputs), p)
+                out.setdefault((need, i, *limits), PartOnHost(need, i, host, *limits[:4], label, limits[4]))
     return list(out.values())
+
+
+def host_limits(e: Experiment, host: str, cores: float) -> tuple:
+    """What of ``host``'s limits decides a part's compute there (a profile's key): cores, the
+    quota's period, ONNX Runtime's threads, the pacing share, the run's request inputs."""
+    from .runner import host_pace, host_threads
+
+    spec = e.topology.host(host)
+    return (spec.cpus, spec.cpu_period_us or auto_cpu_period_us(spec.cpus), host_threads(e, host, cores),
+            host_pace(e, host), e.requests.inputs)
 
 
 def artifact_folder(need: ArtifactNeed, cache=None) -> Path | None:
