@@ -686,7 +686,9 @@ def print_plan(plan) -> None:
         loaded = any("load" in r for group in points.values() for r in group)
         t = Table(title=f"{model}: predicted end-to-end latency, " + ("p50 / p99 ms under the load, and the rate "
                   "where the bottleneck saturates" if loaded else "p50 (p90) ms"),
-                  caption=f"*: the winner, fastest within {pct} quality loss by its 95 % interval; "
+                  caption=("*: the winner, the lowest p99 meeting the latency targets (the highest rate within them "
+                           "when the run searches)" if loaded else "*: the winner, fastest")
+                          + f" within {pct} quality loss by its 95 % interval; "
                           "x: its loss is beyond the tolerance or cannot be told from it")
         t.add_column("point")
         for s in strategies:
@@ -715,8 +717,8 @@ def print_plan(plan) -> None:
             console.print(f"crossover: {escape(c['below'])} -> {escape(c['above'])} at {names.get(c['path'], c['path'])} "
                           f"{c['bandwidth']}" + (f" (with {where})" if where else ""))
     console.print(f"planned {len(winners)} point(s) x model(s), {len(rows)} predictions in {plan.seconds:.2f} s; "
-                  "from the compute profiles and the links' arithmetic (no queueing, jitter, loss or early exits): "
-                  "check it against a measured run (testbed run)")
+                  "from the compute profiles and the links' arithmetic (no jitter or loss): check it against "
+                  "measurement (testbed plan --verify N, or testbed report of a run)")
 
 
 def _load_cell(load: dict) -> str:

@@ -102,10 +102,14 @@ class PartOnHost:
 def at(exp: Experiment, point: dict) -> Experiment:
     """``exp`` at ``point`` (a sweep point, or a plan's grid point); a value that the
     experiment refuses is a ProfileError naming the point."""
+    import yaml
+
     from .experiment import ExperimentError
 
+    # a plan's grid keeps its values as written (text); the experiment takes them parsed, as --set does
+    parsed = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in point.items()}
     try:
-        return exp.at(point) if point else exp
+        return exp.at(parsed) if point else exp
     except ExperimentError as e:
         raise ProfileError(f"at {point_label(point)}: {e}") from None
 
