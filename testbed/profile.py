@@ -149,10 +149,14 @@ def artifact_folder(need: ArtifactNeed, cache=None) -> Path | None:
 
 def load(p: PartOnHost, folder: Path, cache=None) -> dict | None:
     """The stored profile of ``p`` (artifact in ``folder``), or None."""
+    return _stored(p.key(folder.name), cache)
+
+
+def _stored(key: str, cache=None) -> dict | None:
+    """The profile stored under ``key``, or None (also when it cannot be read)."""
     from workloads.cache import Cache
 
-    cache = cache or Cache()
-    entry = cache.get(KIND, p.key(folder.name))
+    entry = (cache or Cache()).get(KIND, key)
     if entry is None:
         return None
     try:
@@ -346,15 +350,7 @@ def links_key() -> str:
 
 def load_links(cache=None) -> dict | None:
     """The machine's stored link profile, or None."""
-    from workloads.cache import Cache
-
-    entry = (cache or Cache()).get(KIND, links_key())
-    if entry is None:
-        return None
-    try:
-        return json.loads((entry / FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    return _stored(links_key(), cache)
 
 
 def measure_links(progress: Callable[[str], None] = lambda message: None) -> dict:
