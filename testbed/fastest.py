@@ -158,10 +158,10 @@ def best_row(e: Experiment, point: dict, model: ModelRef, s: Strategy, known) ->
         here = concrete(s, c.tensor)
         rows.append((c, _predict_need(e, point, model, here, ArtifactNeed(model, here.operators, here.parts), known)))
     chosen, best = min(rows, key=lambda cr: (cr[1]["p50_ms"], cr[0].index))
-    choice = {"rule": RULE, "cut": chosen.tensor, "p50_ms": round(best["p50_ms"], 3),
+    choice = {"rule": RULE, "cut": chosen.tensor, "p50_ms": best["p50_ms"],
               "candidates": [{"tensor": c.tensor, "index": c.index, "bytes": c.bytes, "fraction": c.fraction,
-                              "auto": c.auto, **{k: round(r[k], 3) for k in ("p50_ms", "p90_ms", "compute_ms",
-                                                                             "transmission_ms", "overhead_ms")}}
+                              "auto": c.auto, **{k: r[k] for k in ("p50_ms", "p90_ms", "compute_ms",
+                                                                    "transmission_ms", "overhead_ms")}}
                              for c, r in rows]}
     return {**best, "cut": chosen.tensor, "choice": choice}
 

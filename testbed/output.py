@@ -453,6 +453,7 @@ def print_run_summary(name: str, rows: list[dict], out: str) -> None:
         console.print(t)
         for n in notes:
             console.print(n)
+        _print_cuts(model, _by_model_and_point(rows)[model], names)
     loaded = [r for r in rows if r.get("load")]
     if loaded:
         _print_load(loaded, names)
@@ -722,7 +723,7 @@ def _print_cuts(model: str, points: dict, names: dict[str, str]) -> None:
     fastest = list(dict.fromkeys(r["strategy"] for group in points.values() for r in group if r.get("cut")))
     if not fastest:
         return
-    t = Table(title=f"{model}: the cut of least predicted p50 (cut: fastest), ms; auto's cut beside it",
+    t = Table(title=f"{model}: the cut of least predicted p50 (cut: fastest), its prediction in ms, and auto's cut",
               box=box.SIMPLE)
     t.add_column("point")
     for s in fastest:
