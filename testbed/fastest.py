@@ -180,7 +180,15 @@ def check_steady(e: Experiment, point: dict, s: Strategy) -> None:
                            f"assume steady links, and {what}: give the cut (auto or a tensor name)")
 
 
+def possible(exp: Experiment) -> bool:
+    """Whether any cell of ``exp`` may be ``cut: fastest``: a strategy is, or the sweep changes
+    strategies (without either, nothing need look at every point)."""
+    return any(is_fastest(s) for s in exp.strategies) or any(p.startswith("strategies") for p, _ in exp.sweep)
+
+
 def _cells(exp: Experiment, keep) -> list[tuple[dict, Experiment, ModelRef, Strategy]]:
+    if not possible(exp):
+        return []
     return [(point, e, m, s) for point, e in exp.points() for m in e.models for s in e.strategies if keep(m, s)]
 
 

@@ -279,7 +279,7 @@ class _Bar:
         self._p, self._t = progress, task
 
     def describe(self, text: str) -> None:
-        self._p.update(self._t, description=text[:80])
+        self._p.update(self._t, description=escape(text[:80]))
 
     def advance(self) -> None:
         self._p.advance(self._t)

@@ -304,8 +304,10 @@ class Runner:
     def choose(self) -> dict[tuple, tuple[Strategy, dict]]:
         """The cut of every ``cut: fastest`` cell (testbed.fastest.resolve), the parts it is
         chosen from profiled first where they have no profile; before the run's network."""
-        from .fastest import is_fastest, resolve
+        from .fastest import is_fastest, possible, resolve
 
+        if not possible(self.exp):
+            return {}
         skip = frozenset(ArtifactNeed(m, s.operators, s.parts) for _, e in self.exp.points() for m in e.models
                          for s in e.strategies if is_fastest(s) and self._fastest_failure(m, s) is not None)
         return resolve(self.exp, cache=self.cache, skip=skip, progress=self.events.stage)
