@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce one of the ready-made studies from a fresh machine (as root):
-#   sudo bash scripts/study.sh blackbox|whitebox|bandwidth|cpu_period|load [extra testbed run options]
+#   sudo bash scripts/study.sh blackbox|whitebox|bandwidth|cpu_period|load|fastest [extra testbed run options]
 # Sets up (idempotent), runs studies/NAME.yaml into results/study-NAME (an interrupted run is
 # resumed by running this again), then writes the report to results/study-NAME/report/.
 set -euo pipefail

@@ -560,7 +560,8 @@ def prepare(experiment: str, sets: tuple[str, ...], as_json: bool) -> None:
     from workloads.errors import WorkloadError
 
     exp = load_experiment(experiment, _parse_sets(sets), cores=machine_cores(), memory_bytes=machine_memory_bytes())
-    needed = exp.artifacts_needed()
+    # (a cut: fastest strategy's candidates: finding them prepares the graph they cut)
+    needed = exp.artifacts_needed(progress=(lambda m: None) if as_json else (lambda m: click.echo(f"  {m}", err=True)))
     results = []
     try:
         with output.progress(len(needed)) as bar:

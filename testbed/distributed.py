@@ -27,6 +27,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .fastest import is_fastest
 from .runner import CellOutcome, Runner, RunError, cell_key, failed_record
 
 CELL_RESOURCE = "testbed_cell"
@@ -262,6 +263,11 @@ def run_on_ray(runner: Runner, address: str | None) -> str:
     if any(e.load.searching for _, e in exp.points()):
         raise RunError("--executor ray does not search for the highest rate meeting load.slo (each rate tried "
                        "depends on the one before): give load.qps, or sweep it (sweep: {load.qps: [...]})")
+    fastest = next((s.name for _, e in exp.points() for s in e.strategies if is_fastest(s)), None)
+    if fastest is not None:
+        raise RunError(f"--executor ray does not choose a cut: fastest (strategy {fastest}): its compute profiles are "
+                       "per machine and the choice would be made for this one; run it with --executor local, or "
+                       "give the cut (auto or a tensor name)")
     done = {k for k, v in store.cell_status().items() if v == "done"}
     cells = [(cell_key(e, point, model, s), point, model, s)
              for point, e in exp.points() for model in e.models for s in e.strategies]

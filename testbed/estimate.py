@@ -36,6 +36,7 @@ OVERHEAD_MS = 0.1
 
 NOT_PREPARED = "not prepared"     # the artifact is not in the cache: `testbed prepare` first
 FACTORY = "factory"               # a model from a Python factory: --dry-run runs no user code
+FASTEST = "fastest"               # a cut: fastest cell whose candidates are not all prepared and profiled
 
 
 @dataclass
@@ -49,7 +50,9 @@ class CellEstimate:
     request_ms: float | None         # one request, end to end; None: artifact not prepared
     seconds: float | None            # the whole cell (deploy + warm-up + measured requests)
     search: bool = False             # a search for a rate: ``seconds`` is its most (every run it may try)
-    no_estimate: str | None = None   # why request_ms is None: NOT_PREPARED or FACTORY
+    no_estimate: str | None = None   # why request_ms is None: NOT_PREPARED, FACTORY or FASTEST
+    cut: str | None = None           # a cut: fastest cell's chosen cut (testbed.fastest), when it can be told
+    cut_why: str | None = None       # why it cannot be told yet (FASTEST)
 
 
 def _direction(topology, a: str, b: str):
@@ -137,12 +140,19 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
     from workloads.prepare import cached_artifact
     from workloads.runtime import load_manifest
 
+    from .fastest import choice_key, is_fastest, preview
+
     manifests: dict = {}
     cells, total, unknown, shape = [], 0.0, 0, None
+    choices, fastest_unknown = preview(exp, cache)
     for point, e in exp.points():
         todo = False
         for model in e.models:
-            for s in e.strategies:
+            for declared in e.strategies:
+                s, cut = declared, None
+                if is_fastest(declared) and choices:
+                    s, choice = choices[choice_key(point, model, declared.name)]
+                    cut = choice["cut"]
                 k = (model, s.operators, s.parts)
                 if k in manifests:           # read once per artifact, not per cell
                     pass
@@ -154,10 +164,11 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
                                              data=model.data, cache=cache)
                     m = load_manifest(folder) if folder is not None else None
                     manifests[k] = (m, _answer_bytes(m, str(folder)) if m is not None else None)
-                key = cell_key(e, point, model, s)
+                key = cell_key(e, point, model, declared)
                 m, answer = manifests[k]
                 ms = request_ms(e, model, s, m, answer) if m is not None else None
-                why = None if m is not None else FACTORY if is_factory_ref(model.name) else NOT_PREPARED
+                why = None if m is not None else FACTORY if is_factory_ref(model.name) else \
+                    FASTEST if is_fastest(s) else NOT_PREPARED
                 secs = None
                 if ms is not None and e.load.searching:       # at most SEARCH_STEPS runs, each a cell
                     start = e.at({"load.qps": start_rate(e.load)})
@@ -166,7 +177,7 @@ def estimate(exp: Experiment, done: set[str], cache=None) -> tuple[list[CellEsti
                     secs = DEPLOY_S + _measuring_s(e, ms)
                 is_done = key in done
                 cells.append(CellEstimate(key, point, model.name, s.name, s.placement, is_done, ms, secs,
-                                          e.load.searching, why))
+                                          e.load.searching, why, cut, fastest_unknown if why == FASTEST else None))
                 if not is_done:
                     todo = True
                     if secs is None:

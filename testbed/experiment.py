@@ -165,7 +165,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
@@ -493,32 +493,47 @@ class Experiment:
         sweeps_workload = any(p.split(".", 1)[0] in ("models", "strategies") for p, _ in self.sweep)
         return [self.at(p) for p in self.cells_grid()] if sweeps_workload else [self]
 
-    def artifacts_needed(self) -> list[ArtifactNeed]:
+    def artifacts_needed(self, *, cache=None, build: bool = True, only=None,
+                         progress=lambda message: None) -> list[ArtifactNeed]:
         """The distinct (model, operator chain, parts) that the cells use, in model-then-
         strategy order: strategies with the same chain and as many hosts share one artifact,
-        whatever the hosts. Sweep points that change models or operators add theirs."""
-        experiments = self._workload_points()
+        whatever the hosts. Sweep points that change models or operators add theirs.
+
+        A ``partition: {cut: fastest}`` strategy needs each of its candidate cuts
+        (:func:`testbed.fastest.expand`): finding them prepares the model through the
+        operators before the partition (cached in ``cache``); with ``build`` false nothing is
+        built, and a model whose candidates are not known yet is listed with ``cut: fastest``
+        (not prepared). ``only(model, strategy)``: the cells to count (default: all)."""
         out: dict[ArtifactNeed, None] = {}
-        for exp in experiments:
-            for model in exp.models:
-                for s in exp.strategies:
-                    out.setdefault(ArtifactNeed(model, s.operators, s.parts))
+        for exp, model, s in self._cells_workload(only):
+            for need in _expand(ArtifactNeed(model, s.operators, s.parts), cache, build, progress):
+                out.setdefault(need)
         return list(out)
 
-    def parts_by_host(self) -> dict[str, list[tuple[ArtifactNeed, int, str]]]:
+    def parts_by_host(self, *, cache=None, build: bool = True, only=None,
+                      progress=lambda message: None) -> dict[str, list[tuple[ArtifactNeed, int, str]]]:
         """What each host computes in this experiment's cells: host -> [(artifact, part index,
         strategy name)], each (artifact, part) once per host, in model-then-strategy order
         (``testbed calibrate EXPERIMENT`` checks each host's compute on exactly these). Sweep
-        points that change models or strategies add theirs, as in :meth:`artifacts_needed`."""
-        experiments = self._workload_points()
+        points that change models or strategies add theirs, and a ``cut: fastest`` strategy
+        every candidate's parts, as in :meth:`artifacts_needed`."""
         out: dict[str, dict[tuple[ArtifactNeed, int], str]] = {}
-        for exp in experiments:
+        for exp, model, s in self._cells_workload(only):
+            declared = ArtifactNeed(model, s.operators, s.parts)
+            for need in _expand(declared, cache, build, progress):
+                # a candidate of cut: fastest is named with its cut
+                name = s.name if need == declared else f"{s.name}, cut {_cut_of(need)}"
+                for host, i in exp.deployment(s):
+                    out.setdefault(host, {}).setdefault((need, i), name)
+        return {h: [(need, i, name) for (need, i), name in parts.items()] for h, parts in out.items()}
+
+    def _cells_workload(self, only=None) -> Iterator[tuple[Experiment, ModelRef, Strategy]]:
+        """(experiment at a workload point, model, strategy) of every cell, ``only`` those it keeps."""
+        for exp in self._workload_points():
             for model in exp.models:
                 for s in exp.strategies:
-                    need = ArtifactNeed(model, s.operators, s.parts)
-                    for host, i in exp.deployment(s):
-                        out.setdefault(host, {}).setdefault((need, i), s.name)
-        return {h: [(need, i, name) for (need, i), name in parts.items()] for h, parts in out.items()}
+                    if only is None or only(model, s):
+                        yield exp, model, s
 
     def to_dict(self) -> dict:
         """A normalised, JSON-serialisable form: every default written out, the topology
@@ -561,6 +576,17 @@ class Experiment:
         """How long a cell measures, when it measures for a time rather than a number of
         requests (``requests.duration``, or ``load.duration`` in a load scenario)."""
         return self.load.duration_ms if self.load.duration_ms is not None else self.requests.duration_ms
+
+
+def _cut_of(need: ArtifactNeed) -> object:
+    return next(c.get("cut") for c in need.operators if c.name == "partition")
+
+
+def _expand(need: ArtifactNeed, cache, build: bool, progress) -> list[ArtifactNeed]:
+    """``need`` itself, or the candidates of a ``cut: fastest`` need (:mod:`testbed.fastest`)."""
+    from .fastest import expand
+
+    return expand(need, cache=cache, build=build, progress=progress)
 
 
 # ---- public entry points ------------------------------------------------------------------

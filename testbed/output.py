@@ -279,7 +279,7 @@ class _Bar:
         self._p, self._t = progress, task
 
     def describe(self, text: str) -> None:
-        self._p.update(self._t, description=text[:80])
+        self._p.update(self._t, description=escape(text[:80]))
 
     def advance(self) -> None:
         self._p.advance(self._t)
@@ -453,6 +453,7 @@ def print_run_summary(name: str, rows: list[dict], out: str) -> None:
         console.print(t)
         for n in notes:
             console.print(n)
+        _print_cuts(model, _by_model_and_point(rows)[model], names)
     loaded = [r for r in rows if r.get("load")]
     if loaded:
         _print_load(loaded, names)
@@ -624,22 +625,31 @@ def _duration(s: float) -> str:
 
 
 def print_dry_run(name: str, cells: list, total_s: float, unknown: int) -> None:
-    from testbed.estimate import FACTORY
+    from testbed.estimate import FACTORY, FASTEST
     from testbed.experiment import point_label
 
     t = Table(title=f"{name}: {len(cells)} cells (dry run: nothing is run)")
-    for col in ("sweep point", "model", "strategy", "placement", "request", "cell", "status"):
+    fastest = any(c.cut is not None or c.no_estimate == FASTEST for c in cells)
+    for col in ("sweep point", "model", "strategy", "placement", *(("cut",) if fastest else ()), "request", "cell",
+                "status"):
         t.add_column(col)
     for c in cells:
+        cut = (escape(c.cut) if c.cut else "?" if c.no_estimate == FASTEST else "-",) if fastest else ()
         t.add_row(point_label(c.point) if c.point else "-", c.model, c.strategy,
-                  " → ".join(c.placement), "?" if c.request_ms is None else f"{_ms(c.request_ms)} ms",
+                  " → ".join(c.placement), *cut, "?" if c.request_ms is None else f"{_ms(c.request_ms)} ms",
                   "?" if c.seconds is None else _duration(c.seconds), "done (kept)" if c.done else "to run")
     console.print(t)
     todo = sum(not c.done for c in cells)
     factory = sum(not c.done and c.no_estimate == FACTORY for c in cells)
+    unchosen = [c for c in cells if not c.done and c.no_estimate == FASTEST]
     note = ""
-    if unknown - factory:
-        note += f"; {unknown - factory} cells have no estimate (artifact not prepared: run testbed prepare first)"
+    if unknown - factory - len(unchosen):
+        note += (f"; {unknown - factory - len(unchosen)} cells have no estimate (artifact not prepared: run testbed "
+                 "prepare first)")
+    if unchosen:
+        note += f"; {len(unchosen)} cells of cut: fastest have no cut yet ({escape(unchosen[0].cut_why or '')})"
+    elif fastest:
+        note += "; cut: the candidate of least predicted p50 at that point (testbed plan's prediction)"
     if factory:
         note += (f"; {factory} cells of models from a Python factory have no estimate (a dry run imports and "
                  "calls no factory)")
@@ -708,6 +718,7 @@ def print_plan(plan) -> None:
                 cells.append(mark + (_load_cell(r["load"]) if "load" in r else f"{_ms(r['p50_ms'])} ({_ms(r['p90_ms'])})"))
             t.add_row(", ".join(_labels(group[0], names)) or "-", *cells, escape(w["winner"] or "none within"))
         console.print(t)
+        _print_cuts(model, points, names)
         legend = _legend(names)
         if legend:
             console.print(legend)
@@ -759,6 +770,31 @@ def print_verify(checked: dict) -> None:
                                             f"over {len(checked['cells'])} cells")
                   + (f"; {len(checked['unmatched'])} measured cell(s) without a prediction" if checked["unmatched"] else "")
                   + f"; `testbed report {checked['out']}` shows every cell")
+
+
+def _print_cuts(model: str, points: dict, names: dict[str, str]) -> None:
+    """The cut each ``cut: fastest`` strategy deploys at each point, and ``auto``'s beside it."""
+    fastest = list(dict.fromkeys(r["strategy"] for group in points.values() for r in group if r.get("cut")))
+    if not fastest:
+        return
+    t = Table(title=f"{model}: the cut of least predicted p50 (cut: fastest), its prediction in ms, and auto's cut",
+              box=box.SIMPLE)
+    t.add_column("point")
+    for s in fastest:
+        t.add_column(escape(s))
+    for group in points.values():
+        by = {r["strategy"]: r for r in group}
+        cells = []
+        for s in fastest:
+            choice = by[s]["choice"] if s in by else None
+            if choice is None:
+                cells.append("-")
+                continue
+            auto = next(c for c in choice["candidates"] if c["auto"])
+            cells.append(escape(f"{choice['cut']} {_ms(choice['p50_ms'])}" + (
+                "" if auto["tensor"] == choice["cut"] else f" (auto {auto['tensor']} {_ms(auto['p50_ms'])})")))
+        t.add_row(", ".join(_labels(group[0], names)) or "-", *cells)
+    console.print(t)
 
 
 def _print_winner_map(plan, model: str, names: dict[str, str]) -> None:

@@ -376,12 +376,13 @@ def _limits_key(need: ArtifactNeed, part: int, cpus, period_us: int, threads: in
     return (need, part, cpus, period_us, threads, pace, inputs)
 
 
-def _profiles_for(exp: Experiment, points: list[dict], cache=None) -> tuple[dict, dict, list[str]]:
-    """(artifacts by need, profiles by `_limits_key`, what is missing at ``points``: one line each)."""
+def _profiles_for(exp: Experiment, points: list[dict], cache=None, only=None) -> tuple[dict, dict, list[str]]:
+    """(artifacts by need, profiles by `_limits_key`, what is missing at ``points``: one line
+    each); ``only(model, strategy)``: the cells to look at (default: all)."""
     from .artifacts import need_label
 
     arts, profs, missing = {}, {}, []
-    for p in profiles.parts_on_hosts(exp, points):
+    for p in profiles.parts_on_hosts(exp, points, cache=cache, build=False, only=only):
         if p.need not in arts:
             arts[p.need] = load_artifact(p.need, cache)
         art = arts[p.need]
@@ -405,31 +406,39 @@ class _Known:
     cores: float
     tolerance: float
     links: dict | None = None        # the machine's link profile (profile.load_links)
+    cache: object = None             # where a cut: fastest strategy's candidates are looked up
 
 
 def _predict_point(e: Experiment, point: dict, model: ModelRef, known: _Known) -> list[dict]:
-    """Every strategy of ``model`` at the point ``e`` is at: one row each (with ``load``: the
-    predictions under a server scenario's load, `testbed.queueing`)."""
-    rows = []
-    for s in e.strategies:
-        need = ArtifactNeed(model, s.operators, s.parts)
-        art = known.arts[need]
-        def profile_of(host: str, i: int) -> dict:
-            key = _limits_key(need, i, *profiles.host_limits(e, host, known.cores))
-            if key not in known.profs:        # (parts_on_hosts saw every point: a bug if reached)
-                raise PlanError(f"{model.name} [{s.name}] part {i + 1} on {host} at {point_label(point)} has no profile")
-            return known.profs[key]
+    """Every strategy of ``model`` at the point ``e`` is at: one row each."""
+    from .fastest import best_row, is_fastest
 
-        compute = [profile_of(host, i) for host, i in _in_part_order(e, s)]
-        row = {"point": point, "model": model.name, "strategy": s.name, "placement": ">".join(s.placement),
-               **predict(e, s, art, compute, known.links), "metric": art.metric, "loss": art.loss,
-               "loss_ci": art.loss_ci, "tolerance_verdict": tolerance_verdict(art.loss, art.loss_ci, known.tolerance)}
-        if e.load.scenario == "server":
-            from .queueing import predict_server
+    # a cut: fastest strategy's row is its best candidate's, with the cut and why (testbed.fastest)
+    return [best_row(e, point, model, s, known) if is_fastest(s) else
+            _predict_need(e, point, model, s, ArtifactNeed(model, s.operators, s.parts), known)
+            for s in e.strategies]
 
-            row["load"] = predict_server(e, s, art, profile_of, known.links)
-        rows.append(row)
-    return rows
+
+def _predict_need(e: Experiment, point: dict, model: ModelRef, s: Strategy, need: ArtifactNeed, known: _Known) -> dict:
+    """The row of strategy ``s`` deploying the artifact ``need`` at the point ``e`` is at (with
+    ``load``: the predictions under a server scenario's load, `testbed.queueing`)."""
+    art = known.arts[need]
+
+    def profile_of(host: str, i: int) -> dict:
+        key = _limits_key(need, i, *profiles.host_limits(e, host, known.cores))
+        if key not in known.profs:        # (parts_on_hosts saw every point: a bug if reached)
+            raise PlanError(f"{model.name} [{s.name}] part {i + 1} on {host} at {point_label(point)} has no profile")
+        return known.profs[key]
+
+    compute = [profile_of(host, i) for host, i in _in_part_order(e, s)]
+    row = {"point": point, "model": model.name, "strategy": s.name, "placement": ">".join(s.placement),
+           **predict(e, s, art, compute, known.links), "metric": art.metric, "loss": art.loss,
+           "loss_ci": art.loss_ci, "tolerance_verdict": tolerance_verdict(art.loss, art.loss_ci, known.tolerance)}
+    if e.load.scenario == "server":
+        from .queueing import predict_server
+
+        row["load"] = predict_server(e, s, art, profile_of, known.links)
+    return row
 
 
 def _in_part_order(e: Experiment, s: Strategy) -> list[tuple[str, int]]:
@@ -461,7 +470,7 @@ def make_plan(exp: Experiment, axes: list[GridAxis], tolerance: float = TOLERANC
         hosts = "".join(f" --grid {a.path}={','.join(a.values)}" for a in axes if a.path.startswith("hosts."))
         raise PlanError(f"{missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
                         + f": run `sudo testbed profile {exp.source_path or 'EXPERIMENT'}{hosts}` first")
-    known = _Known(arts, profs, float(os.cpu_count() or 1), tolerance, links)
+    known = _Known(arts, profs, float(os.cpu_count() or 1), tolerance, links, cache)
     plan = Plan(exp.name, tolerance, axes)
     for point in points:
         e = profiles.at(exp, point)

@@ -114,14 +114,17 @@ def at(exp: Experiment, point: dict) -> Experiment:
         raise ProfileError(f"at {point_label(point)}: {e}") from None
 
 
-def parts_on_hosts(exp: Experiment, points: list[dict] | None = None) -> list[PartOnHost]:
+def parts_on_hosts(exp: Experiment, points: list[dict] | None = None, *, cache=None, build: bool = True,
+                   only=None) -> list[PartOnHost]:
     """Every (artifact, part, host limits) the cells of ``exp`` compute at ``points`` (default:
-    its sweep points), each once (a point that changes only links adds nothing)."""
+    its sweep points), each once (a point that changes only links adds nothing); a ``cut:
+    fastest`` strategy's every candidate. ``cache``, ``build``, ``only``: as
+    :meth:`Experiment.parts_by_host` takes them."""
     cores = float(os.cpu_count() or 1)
     out: dict[tuple, PartOnHost] = {}
     for point in (exp.cells_grid() if points is None else points):
         e = at(exp, point)
-        for host, parts in e.parts_by_host().items():
+        for host, parts in e.parts_by_host(cache=cache, build=build, only=only).items():
             limits = host_limits(e, host, cores)
             for need, i, strategy in parts:
                 label = f"{need.model.name} [{strategy}]" + (f" part {i + 1}/{need.parts}" if need.parts > 1 else "")
@@ -259,7 +262,7 @@ def save(p: PartOnHost, folder: Path, profile: dict, cache=None, replace: bool =
     return cache.path(KIND, key)
 
 
-def point_limits(exp: Experiment, points: list[dict] | None = None
+def point_limits(exp: Experiment, points: list[dict] | None = None, *, cache=None, only=None
                  ) -> list[tuple[dict, Experiment, list[PartOnHost]]]:
     """The points (default: the sweep's) that need a network of their own: one per distinct
     set of hosts' limits, with the parts computed under it (the first point that has it
@@ -269,25 +272,27 @@ def point_limits(exp: Experiment, points: list[dict] | None = None
         e = at(exp, point)
         shape = tuple((h.name, h.cpus, h.cpu_period_us) for h in e.topology.hosts)
         if shape not in groups:
-            groups[shape] = (point, e, parts_on_hosts(e))
+            groups[shape] = (point, e, parts_on_hosts(e, cache=cache, only=only))
     return list(groups.values())
 
 
 def profile_experiment(exp: Experiment, points: list[dict] | None = None, *, requests: int = DEFAULT_REQUESTS,
                        again: bool = False, progress: Callable[[str], None] = lambda message: None,
-                       cache=None) -> list[dict]:
+                       cache=None, only=None) -> list[dict]:
     """Profile every part ``exp`` computes that has no stored profile (all with ``again``):
     its artifacts prepared (cached), its network brought up once per distinct set of host
     limits. Returns one row per part on host: label, host, limits, the profile's summary and
-    whether it was measured now or reused."""
+    whether it was measured now or reused. ``only(model, strategy)``: the cells whose parts
+    to profile (default: all)."""
     from emulation.network import EmulatedNetwork
     from emulation.probe import capabilities
 
     from .artifacts import prepare_all
 
-    built = prepare_all(exp.artifacts_needed(), cache=cache, progress=progress)
+    built = prepare_all(exp.artifacts_needed(cache=cache, only=only, progress=progress), cache=cache,
+                        progress=progress)
     rows, done = [], set()
-    for point, e, parts in point_limits(exp, points):
+    for point, e, parts in point_limits(exp, points, cache=cache, only=only):
         todo = []
         for p in parts:
             folder = built[p.need].path

@@ -40,7 +40,7 @@ from workloads.errors import WorkloadError
 from workloads.serving import LOG_LINES, PORT, ServerConfig
 from workloads.trace import breakdown
 
-from .experiment import Experiment, ModelRef, Strategy, point_label
+from .experiment import ArtifactNeed, Experiment, ModelRef, Strategy, point_label
 from .store import FULL_ADVICE, CellRecord, HopRow, RequestRow, ResultStore, StoreError, check_rows
 
 READY_TIMEOUT_S = 120.0      # loading a part (ORT session creation) on a throttled host
@@ -74,6 +74,10 @@ class CellPlan:
     artifact: Path | None
     manifest: dict
     error: str | None = None       # the artifact could not be prepared: the cell is stored failed
+    # a cut: fastest strategy: ``strategy`` deploys the chosen cut, ``declared`` is the file's
+    # (the cell's key is made from it), ``choice`` says why (testbed.fastest; cells.choice_json)
+    declared: Strategy | None = None
+    choice: dict | None = None
 
 
 @dataclass
@@ -219,6 +223,7 @@ class Runner:
         self.reuse_network = reuse_network      # False: a new network at every point (benchmarks compare)
         self.inputs: dict[ModelRef, Path] = {}
         self.artifacts: dict[tuple, object] = {}
+        self.choices: dict[tuple, tuple[Strategy, dict]] | None = None     # cut: fastest, per cell
         # seconds spent on the network per sweep point: bringing one up (after stopping the
         # previous one), or changing it live; per cell: starting and stopping its servers
         self.timings: dict[str, list[float]] = {"bring_up_s": [], "reconfigure_s": [], "deploy_s": [],
@@ -227,8 +232,16 @@ class Runner:
     # -- preparation (no root, no network) ---------------------------------------------------
     def prepare(self) -> None:
         from .artifacts import need_label, prepare_needs
+        from .fastest import expand
 
-        for need, result in prepare_needs(self.exp.artifacts_needed(), cache=self.cache, progress=self.events.stage):
+        needs = []
+        for need in self.exp.artifacts_needed(cache=self.cache, build=False):
+            try:                # a cut: fastest need's candidates (finding them prepares the graph they cut)
+                needs += expand(need, cache=self.cache, progress=self.events.stage)
+            except WorkloadError as e:
+                self.artifacts[need] = str(e)
+                self.events.stage(f"cannot prepare {need_label(need)}: {e}")
+        for need, result in prepare_needs(list(dict.fromkeys(needs)), cache=self.cache, progress=self.events.stage):
             if isinstance(result, WorkloadError):   # e.g. an operator this model cannot take, a download
                 self.artifacts[need] = str(result)  # its cells are stored failed with this; the rest run
                 self.events.stage(f"cannot prepare {need_label(need)}: {result}")
@@ -261,21 +274,57 @@ class Runner:
     def plan(self) -> list[tuple[Experiment, list[CellPlan]]]:
         from workloads.runtime import load_manifest
 
+        from .fastest import choice_key, is_fastest
+
+        if self.choices is None:
+            self.choices = self.choose()
         out = []
         for point, exp in self.exp.points():
             cells = []
             for model in exp.models:
                 for s in exp.strategies:
-                    need = next(n for n in self.artifacts
-                                if n.model == model and n.operators == s.operators and n.parts == s.parts)
-                    art = self.artifacts[need]
                     key = cell_key(exp, point, model, s)
+                    deployed, choice = s, None
+                    if is_fastest(s):
+                        failed = self._fastest_failure(model, s)
+                        if failed is not None:
+                            cells.append(CellPlan(key, point, model, s, None, {}, error=failed, declared=s))
+                            continue
+                        deployed, choice = self.choices[choice_key(point, model, s.name)]
+                    art = self.artifacts[ArtifactNeed(model, deployed.operators, deployed.parts)]
                     if isinstance(art, str):
-                        cells.append(CellPlan(key, point, model, s, None, {}, error=f"preparing: {art}"))
+                        cells.append(CellPlan(key, point, model, deployed, None, {}, error=f"preparing: {art}",
+                                              declared=s, choice=choice))
                     else:
-                        cells.append(CellPlan(key, point, model, s, art.path, load_manifest(art.path)))
+                        cells.append(CellPlan(key, point, model, deployed, art.path, load_manifest(art.path),
+                                              declared=s, choice=choice))
             out.append((exp, cells))
         return out
+
+    def choose(self) -> dict[tuple, tuple[Strategy, dict]]:
+        """The cut of every ``cut: fastest`` cell (testbed.fastest.resolve), the parts it is
+        chosen from profiled first where they have no profile; before the run's network."""
+        from .fastest import is_fastest, possible, resolve
+
+        if not possible(self.exp):
+            return {}
+        skip = frozenset(ArtifactNeed(m, s.operators, s.parts) for _, e in self.exp.points() for m in e.models
+                         for s in e.strategies if is_fastest(s) and self._fastest_failure(m, s) is not None)
+        return resolve(self.exp, cache=self.cache, skip=skip, progress=self.events.stage)
+
+    def _fastest_failure(self, model: ModelRef, s: Strategy) -> str | None:
+        """Why a ``cut: fastest`` strategy's cells cannot run: its graph or a candidate could
+        not be prepared (never another cut in its place)."""
+        from .fastest import expand
+
+        declared = ArtifactNeed(model, s.operators, s.parts)
+        if isinstance(self.artifacts.get(declared), str):
+            return f"preparing the candidates of cut: fastest: {self.artifacts[declared]}"
+        for need in expand(declared, cache=self.cache, build=False):
+            if isinstance(self.artifacts.get(need), str):
+                cut = dict(next(c for c in need.operators if c.name == "partition").params)["cut"]
+                return f"preparing the candidate cut {cut} of cut: fastest: {self.artifacts[need]}"
+        return None
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> str:
@@ -305,7 +354,7 @@ class Runner:
                     self.events.cells_skipped(len(cells) - len(todo))
                 for c in [c for c in todo if c.error is not None]:
                     outcome = CellOutcome(failed_record(self.run_id, exp, c.key, c.point, c.model, c.strategy,
-                                                        c.error), [], [])
+                                                        c.error, c.choice), [], [])
                     self.store.write_cell(outcome.record, [], [])
                     self.events.cell_done(outcome)
                 todo = [c for c in todo if c.error is None]
@@ -363,7 +412,7 @@ class Runner:
         def meets(q: float) -> bool:
             point = {**c.point, "load.qps": q}
             at = exp.at({"load.qps": q})
-            key = cell_key(at, point, c.model, c.strategy)
+            key = cell_key(at, point, c.model, c.declared or c.strategy)
             if key in stored:
                 figures = stored[key]
             else:
@@ -422,14 +471,14 @@ class Runner:
 
 
 def failed_record(run_id: str | None, exp: Experiment, key: str, point: dict, model: ModelRef, strategy: Strategy,
-                  error: str) -> CellRecord:
+                  error: str, choice: dict | None = None) -> CellRecord:
     """A cell that could not be measured at all (stored ``failed``; a resumed run tries it again)."""
     now = time.time()
     return CellRecord(
         cell=key, run_id=run_id or "", model=model.name, weights=model.weights, strategy=strategy.name,
         operators=[o.as_dict() for o in strategy.operators], placement=strategy.placement, source=",".join(exp.sources),
         codec=exp.codec, connection=exp.serving.connection, point=point, artifact=None, metric=None,
-        metric_value=None, baseline_value=None, status="failed", error=error, started=now, ended=now)
+        metric_value=None, baseline_value=None, status="failed", error=error, started=now, ended=now, choice=choice)
 
 
 class CellExecution:
@@ -951,7 +1000,7 @@ class CellExecution:
             status=status, error=self.error, started=started, ended=time.time(),
             network=self.network, hosts=self.hosts, load=self.load, metric_ci_low=v_lo, metric_ci_high=v_hi,
             baseline_ci_low=b_lo, baseline_ci_high=b_hi, loss_ci_low=l_lo, loss_ci_high=l_hi,
-            quality_samples=q.get("samples"), trace=self.trace)
+            quality_samples=q.get("samples"), trace=self.trace, choice=cell.choice)
 
 
 def _message(line: str, who: str) -> dict:

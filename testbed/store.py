@@ -99,6 +99,7 @@ class CellRecord:
     loss_ci_high: float | None = None
     quality_samples: int | None = None
     trace: dict | None = None               # the link traces replayed during the cell (testbed.runner)
+    choice: dict | None = None              # a cut: fastest cell's chosen cut and why (testbed.fastest)
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,11 @@ CELLS = Table("cells", "One row per cell: one sweep point x one model x one stra
                                "file, its mode, the replay's steps due, applied, missed and late, apply lag "
                                "p50/p99/max (ms), read-backs and what differed, and the steps applied as "
                                "`[ms after the start, bit/s, delay ms]` (NULL: no trace)"),
+    Column("choice_json", JSON, "a `partition: {cut: fastest}` cell's choice: the rule, the chosen `cut` (the tensor "
+                                "`operators` names) and its predicted `p50_ms`, and each candidate's tensor, graph "
+                                "index, bytes crossing it, FLOPs fraction before it, whether `auto` would choose "
+                                "it, and its predicted p50, p90, compute, transmission and harness ms (NULL: "
+                                "another strategy)"),
 ), indexes=(("cells_run", "run_id"),))
 
 REQUESTS = Table("requests", "One row per measured request (warm-up requests are not stored). "
@@ -439,6 +445,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               _add_columns(CELLS, _INTERVAL_COLUMNS)),
     Migration(5, "link traces: cells.trace_json; hops.trace_at_ms, trace_link, trace_bandwidth_bps, trace_delay_ms",
               _trace_columns),
+    Migration(6, "cut: fastest: cells.choice_json", _add_columns(CELLS, ("choice_json",))),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 _CELL_ORDER = "ORDER BY started, cell"

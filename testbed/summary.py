@@ -108,7 +108,9 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
       and one per traced direction whose replay missed steps, read the link back otherwise, or
       failed (:func:`trace_flags`);
     - ``load``: a load scenario's figures (``testbed.load.figures``: offered and achieved
-      rate, latency percentiles counting failures, queue share, SLO), None for single-stream.
+      rate, latency percentiles counting failures, queue share, SLO), None for single-stream;
+    - ``cut`` and ``choice``: a ``cut: fastest`` cell's chosen cut and why (its
+      ``choice_json``: every candidate's predicted latency), None for other strategies.
     """
     by_cell_req: dict[str, list[dict]] = defaultdict(list)
     for r in requests:
@@ -154,6 +156,8 @@ def summarize(cells: list[dict], requests: list[dict], hops: list[dict]) -> list
             "quality_samples": c.get("quality_samples"),
             "host_flags": host_flags(c.get("hosts")) + load_flags(c.get("load")) + trace_flags(c.get("trace")),
             "load": c.get("load"),
+            # a cut: fastest cell: the cut it deployed and why (testbed.fastest)
+            "cut": (c.get("choice") or {}).get("cut"), "choice": c.get("choice"),
         })
     return rows
 

@@ -69,6 +69,9 @@ def _text(v) -> str:
 
 fraction_open = open_unit("a number between 0 and 1 (exclusive)")
 _fraction_cut = open_unit("auto, a tensor name, or a FLOPs fraction in (0, 1)")
+# partition's ``cut: fastest``: the cut is chosen per sweep point by predicted latency
+# (testbed.fastest); the artifact deployed has the chosen tensor as its cut
+FASTEST = "fastest"
 
 
 def _cut_one(v):
@@ -76,10 +79,13 @@ def _cut_one(v):
 
 
 def cut_spec(v):
-    """``auto``, a tensor name, a FLOPs fraction, or a list of those (one per boundary)."""
+    """``auto``, ``fastest``, a tensor name, a FLOPs fraction, or a list of those but
+    ``fastest`` (one per boundary)."""
     if isinstance(v, list):
         if not v:
-            raise ValueError("auto, a tensor name, a FLOPs fraction in (0, 1), or a list of those")
+            raise ValueError("auto, fastest, a tensor name, a FLOPs fraction in (0, 1), or a list of those")
+        if FASTEST in v:
+            raise ValueError("fastest alone (cut: fastest chooses the one cut of two parts), not in a list")
         return tuple(_cut_one(x) for x in v)
     return _cut_one(v)
 
@@ -163,7 +169,8 @@ def _budget_params(epochs: int | None, lr: float) -> dict[str, Param]:
 
 OPERATORS: dict[str, OperatorDef] = {d.name: d for d in (
     OperatorDef("partition", "placement", "split the graph at tensors; one part per host", {
-        "cut": Param("auto", cut_spec, "auto, a tensor name, a FLOPs fraction, or a list (one per boundary)"),
+        "cut": Param("auto", cut_spec, "auto, fastest, a tensor name, a FLOPs fraction, or a list (one per "
+                     "boundary); fastest: per sweep point, the candidate cut of least predicted latency"),
         "verify": Param(True, boolean, "check that the chained parts equal the whole model (max abs diff)"),
         "atol": Param(1e-5, open_unit("a number in (0, 1)"), "tolerance of that check"),
     }),
@@ -272,6 +279,14 @@ def check_placement(chain: tuple[OperatorCall, ...], hosts: int, where: str) -> 
     cut = part.get("cut")
     if hosts < 2:
         raise WorkloadError(f"{where}: a partition needs a placement on two or more hosts, e.g. [mobile, edge]")
+    if cut == FASTEST:
+        if hosts != 2:
+            raise WorkloadError(f"{where}: cut: fastest chooses one cut, for a placement on two hosts, not {hosts}; "
+                                "give cut: auto or one cut per boundary (a list)")
+        heads = next((c for c in chain if c.name == "early_exit" and c.get("kind") == "heads"), None)
+        if heads is not None:
+            raise WorkloadError(f"{where}: cut: fastest after early_exit heads is not supported (the candidates are "
+                                "cuts of the backbone, which the exits split); give cut: auto or a tensor name")
     made = len(cut) + 1 if isinstance(cut, tuple) else (hosts if cut == "auto" else 2)
     if made != hosts:
         raise WorkloadError(f"{where}: the partition makes {made} parts but the placement names {hosts} hosts; "

@@ -22,7 +22,7 @@ from .cache import Cache, content_key, library_versions
 from .data import check_held_out
 from .errors import WorkloadError
 from .models import RANDOM_NOTE, BuildContext, ModelEntry, check_weights, get_model, metric_applicable
-from .operators import OperatorCall, static_only
+from .operators import FASTEST, OperatorCall, static_only
 from .runtime import MANIFEST, ArtifactRunner, session
 from .whitebox import VERSION as WHITEBOX_VERSION
 from .whitebox import trained_model, training_calls, with_model_budget
@@ -176,6 +176,9 @@ def apply_chain(entry: ModelEntry, pipeline, chain: tuple[OperatorCall, ...], pa
         elif call.name == "partition":
             info = p.info()
             cut = prm["cut"]
+            if cut == FASTEST:      # an experiment's candidates name their tensors (testbed.fastest)
+                raise WorkloadError(f"{entry.name}: partition cut: fastest is chosen per sweep point by testbed run "
+                                    "and plan, from an experiment; to build one artifact, give the cut's tensor")
             if cut == "auto":
                 cuts = graph.auto_cuts(info, parts, entry.name)
             elif isinstance(cut, tuple):

@@ -655,3 +655,18 @@ def test_a_traced_cell_keeps_its_replay_figures_and_each_hops_link_state(store, 
     with open(tmp_path / "out" / "hops.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["trace_bandwidth_bps"] for r in rows if r["kind"] == "link"] == ["5000000", ""]
+
+
+def test_a_fastest_cell_keeps_its_choice(store, tmp_path):
+    """Version 6: cells.choice_json holds a cut: fastest cell's chosen cut and every candidate's
+    prediction; other cells have NULL there; both are exported."""
+    choice = {"rule": "least predicted p50", "cut": "t2", "p50_ms": 1.5,
+              "candidates": [{"tensor": "t1", "bytes": 100, "p50_ms": 2.0}, {"tensor": "t2", "bytes": 10, "p50_ms": 1.5}]}
+    store.write_cell(cell_record("f", operators=[{"partition": {"cut": "t2"}}], choice=choice), request_rows(1), [])
+    store.write_cell(cell_record("a"), request_rows(1), [])
+    got = {c["cell"]: c["choice"] for c in store.cells()}
+    assert got["f"] == choice and got["a"] is None
+    export(store.path.parent, "csv", tmp_path / "out")
+    with open(tmp_path / "out" / "cells.csv", newline="") as f:
+        rows = {r["cell"]: r for r in csv.DictReader(f)}
+    assert json.loads(rows["f"]["choice"]) == choice and rows["a"]["choice"] == ""
