@@ -692,8 +692,22 @@ def _cell_rows(cells: list[dict], requests: list[dict]) -> list[dict]:
                      "ok": r["counts"]["ok"], "p50_ms": r["e2e_p50"], "p90_ms": r["e2e_p90"], "metric": r["metric"],
                      "metric_value": r["value"], "metric_ci_low": v_low, "metric_ci_high": v_high,
                      "baseline_value": r["baseline"], "loss_ci_low": l_low, "loss_ci_high": l_high,
-                     "error": r["error"], "host_flags": "; ".join(r["host_flags"]) or None})
+                     "error": r["error"], "host_flags": "; ".join(r["host_flags"]) or None,
+                     "cut": r.get("cut"), "cut_choice": choice_text(r.get("choice"))})
     return rows
+
+
+def choice_text(choice: dict | None) -> str | None:
+    """Why a ``cut: fastest`` cell deployed its cut, in one line: its predicted p50 among the
+    candidates', and ``auto``'s beside it."""
+    if not choice:
+        return None
+    cands = choice.get("candidates") or []
+    auto = next((c for c in cands if c.get("auto")), None)
+    return (f"least predicted p50 of {len(cands)} candidate cuts: {choice['p50_ms']:.2f} ms"
+            + ("" if auto is None or auto["tensor"] == choice["cut"] else
+               f" (auto's cut {auto['tensor']}: {auto['p50_ms']:.2f} ms)")
+            + " — " + ", ".join(f"{c['tensor']} ({c['bytes']} B) {c['p50_ms']:.2f} ms" for c in cands))
 
 
 def _write_table(folder: Path, name: str, rows: list[dict], columns: list[str]) -> list[Path]:
@@ -914,7 +928,7 @@ def _write(out: Path, cells: list[dict], requests: list[dict], runs: list[dict],
     tables = (_write_table(out / "tables", "cells", _cell_rows(cells, requests),
                            ["model", "point", "strategy", "placement", "status", "requests", "ok", "p50_ms", "p90_ms",
                             "metric", "metric_value", "metric_ci_low", "metric_ci_high", "baseline_value",
-                            "loss_ci_low", "loss_ci_high", "error", "host_flags"])
+                            "loss_ci_low", "loss_ci_high", "error", "host_flags", "cut", "cut_choice"])
               + _write_table(out / "tables", "strategies", [r for s in comparisons for r in s.strategy_rows()],
                              ["model", "point", "strategy", "placement", "n", "median_ms", "ci_low_ms", "ci_high_ms",
                               "shapiro_p", "normal"])

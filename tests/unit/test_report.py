@@ -541,3 +541,25 @@ def test_with_profiles_the_report_compares_each_cell_and_winner_with_the_plan(tm
     r = CliRunner().invoke(cli, ["report", str(folder), "--out", str(tmp_path / "json"), "--json"])
     data = json.loads(r.output)["predicted"]
     assert (data["agreed"], len(data["cells"]), [u["model"] for u in data["unmatched"]]) == (1, 4, ["cnn"])
+
+
+def test_the_cells_table_says_which_cut_a_fastest_cell_used_and_why(tmp_path):
+    import dataclasses
+
+    choice = {"rule": "least predicted p50", "cut": "t2", "p50_ms": 1.5,
+              "candidates": [{"tensor": "t1", "bytes": 12544, "auto": True, "p50_ms": 2.25},
+                             {"tensor": "t2", "bytes": 512, "auto": False, "p50_ms": 1.5}]}
+    rng = np.random.default_rng(0)
+    with ResultStore.in_folder(tmp_path / "s") as store:
+        store.begin_run("r1", "small", {}, {})
+        cell = _cell("cnn/fastest", "cnn", "me-fastest", {"links.mobile-edge.bandwidth": "1Mbit"})
+        store.write_cell(dataclasses.replace(cell, operators=[{"partition": {"cut": "t2"}}], choice=choice),
+                         _requests(rng, 2.0), [])
+        store.write_cell(_cell("cnn/cloud", "cnn", "cloud", {"links.mobile-edge.bandwidth": "1Mbit"}),
+                         _requests(rng, 3.0), [])
+    write_report(tmp_path / "s")
+    rows = {r["strategy"]: r for r in _csv(tmp_path / "s" / "report" / "tables" / "cells.csv")}
+    assert rows["me-fastest"]["cut"] == "t2" and rows["cloud"]["cut"] == ""
+    why = rows["me-fastest"]["cut_choice"]
+    assert why.startswith("least predicted p50 of 2 candidate cuts: 1.50 ms (auto's cut t1: 2.25 ms)")
+    assert "t2 (512 B) 1.50 ms" in why and rows["cloud"]["cut_choice"] == ""
