@@ -90,6 +90,8 @@ def main() -> None:
                    "strategies": len({r["strategy"] for r in plan["predictions"]})}
     log(f"planned {len(plan['predictions'])} predictions in {plan['seconds']:.2f} s "
         f"({res['plan_wall_s']:.1f} s with the command's start-up); measuring {len(me) * len(ec)} points")
+    # the measured points' own predictions (a grid planned log-spaced need not hold them)
+    at, _ = _cli("plan", str(study), *sets, "--grid", f"{ME}={','.join(me)}", "--grid", f"{EC}={','.join(ec)}")
     raw = yaml.safe_load(study.read_text())
     raw["sweep"] = {ME: me, EC: ec}
     raw["requests"] = dict(raw.get("requests") or {}, repeat=args.repeat)
@@ -100,7 +102,7 @@ def main() -> None:
         exp.write_text(yaml.safe_dump(raw, sort_keys=False))
         _, res["run_s"] = _cli("run", str(exp), "--out", str(Path(tmp) / "out"))
         measured = measured_cells(Path(tmp) / "out")
-    res.update(_compared(compare(plan["predictions"], plan["winners"], measured)), state_end=machine_state())
+    res.update(_compared(compare(at["predictions"], at["winners"], measured)), state_end=machine_state())
     write_results(Path(args.out), results, res, markdown(res))
     print(markdown(res))
 
