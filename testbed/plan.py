@@ -174,9 +174,10 @@ def load_artifact(need: ArtifactNeed, cache=None) -> Artifact | None:
                     list(ci) if ci else None)
 
 
-def chain(e: Experiment, strategy: Strategy) -> tuple[str, list[str]]:
-    """The source host and the hosts of the strategy's parts, in order."""
-    source = e.sources[0]
+def chain(e: Experiment, strategy: Strategy, source: str | None = None) -> tuple[str, list[str]]:
+    """The source host (``source``, default the first) and the hosts of the strategy's parts
+    from it, in order."""
+    source = source or e.sources[0]
     hosts = list(strategy.placement)
     source = hosts[0] if source == "client" and "client" not in e.topology.host_names else source
     if e.per_source(strategy):
@@ -278,6 +279,21 @@ def _predict_chain(e: Experiment, strategy: Strategy, art: Artifact, compute: li
             "transmission": transmission}
 
 
+def request_order(legs: list[tuple], parts: int) -> list[tuple[str, object]]:
+    """One request's steps in order: ``("leg", i)`` for the i-th of ``legs`` (:func:`message_legs`),
+    and ``("part", k)`` where part k computes: after the message into it (the input before part
+    0, cut k before part k), every part before the answers."""
+    order, k = [], 0
+    for i, leg in enumerate(legs):
+        what = leg[0]
+        upto = int(what.split()[1]) if what.startswith("cut ") else (parts if what == "answer" else 0)
+        while k < upto:
+            order.append(("part", k))
+            k += 1
+        order.append(("leg", i))
+    return order + [("part", j) for j in range(k, parts)]
+
+
 def message_legs(art: Artifact, source: str, hosts: list[str]) -> list[tuple[str, str, str, int, bool]]:
     """(what, from, to, bytes, is a request) of every message of one request from ``source``
     through ``hosts`` (the parts' hosts, in order) and its answer back, hop by hop; each frame
@@ -304,17 +320,15 @@ def _link_regimes(topo, legs: list[tuple], leg_ms: list[float], compute_ms: list
     when the link carried nothing for at least IDLE_MS before (since its last leg in this
     request, or, for its first, in the one before: one request at a time). The request's
     timeline: the input, then each part's compute and the cut after it, then the answers."""
-    t, k, spans = 0.0, 0, []
-    for leg, ms in zip(legs, leg_ms):
-        what = leg[0]
-        upto = int(what.split()[1]) if what.startswith("cut ") else (len(compute_ms) if what == "answer" else 0)
-        while k < upto:                  # the parts computed before this leg starts
-            t += compute_ms[k]
-            k += 1
-        route = topo.path(leg[1], leg[2])
-        spans.append((t, t + ms, [topo.link(f"{x}-{y}").name for x, y in zip(route, route[1:])]))
-        t += ms
-    total = t + sum(compute_ms[k:])
+    t, spans = 0.0, []
+    for kind, i in request_order(legs, len(compute_ms)):
+        if kind == "part":
+            t += compute_ms[i]
+            continue
+        route = topo.path(legs[i][1], legs[i][2])
+        spans.append((t, t + leg_ms[i], [topo.link(f"{x}-{y}").name for x, y in zip(route, route[1:])]))
+        t += leg_ms[i]
+    total = t
     used: dict[str, list[tuple[float, float]]] = {}
     for start, end, names in spans:
         for name in names:

@@ -78,29 +78,16 @@ class _Path:
 
 
 def _stations(e, strategy, art, profile_of, links) -> tuple[dict[str, Station], list[_Path]]:
-    from .plan import FRAME_BYTES, MSS_BYTES, _pass_ms, message_legs
+    from .plan import FRAME_BYTES, MSS_BYTES, _pass_ms, chain, message_legs, request_order
 
     stations: dict[str, Station] = {}
     paths = []
     share = 1.0 / len(e.sources)
     for source in e.sources:
-        hosts = list(strategy.placement)
-        if e.per_source(strategy):
-            hosts[0] = source
-        src = hosts[0] if source == "client" and "client" not in e.topology.host_names else source
+        src, hosts = chain(e, strategy, source)
         path = _Path(src, fixed_ms=OVERHEAD_MS)
-        order = []                  # (kind, item) in the request's order: compute k after the legs into it
         legs = message_legs(art, src, hosts)
-        k = 0
-        for leg in legs:
-            what = leg[0]
-            upto = int(what.split()[1]) if what.startswith("cut ") else (len(hosts) if what == "answer" else 0)
-            while k < upto:
-                order.append(("part", k))
-                k += 1
-            order.append(("leg", leg))
-        order += [("part", j) for j in range(k, len(hosts))]
-        for kind, item in order:
+        for kind, item in request_order(legs, len(hosts)):
             if kind == "part":
                 host = hosts[item]
                 prof = profile_of(host, item)
@@ -109,7 +96,7 @@ def _stations(e, strategy, art, profile_of, links) -> tuple[dict[str, Station], 
                 busy = stations.setdefault(name, Station(name)).visit(share, [w + OVERHEAD_MS for w in warm["wall_ms"]])
                 path.steps.append((name, busy))
                 continue
-            _what, a, b, nbytes, _request = item
+            _what, a, b, nbytes, _request = legs[item]
             route = e.topology.path(a, b)
             segments = max(1, math.ceil(nbytes / MSS_BYTES))
             wire_bits = (nbytes + segments * (FRAME_BYTES - MSS_BYTES)) * 8
