@@ -274,7 +274,8 @@ class EmulatedNetwork:
         return self.plan.veth(host, link.name).end(host)[0]
 
     def _gso_segs(self, d: DirectionSpec) -> int:
-        return shaping.gso_max_segs(d.rate_bps if self.serialize else None)
+        # one frame per lump below ~48 Mbit/s for the delay line; at least two with netem (shaping.gso_max_segs)
+        return shaping.gso_max_segs(d.rate_bps if self.serialize else None, least=2 if self.netem else 1)
 
     def _apply_wire(self, wire: Wire, link: LinkSpec) -> None:
         node = self.nodes[wire.name]

@@ -31,7 +31,10 @@ cd "$here"
 # ms; a receiver's quota stalls against a 2 ms / 8 ms quota): software emulation adds
 # milliseconds of its own (a ping with no delay set takes 0.3-6.6 ms in this VM, and Python runs
 # ~10x slower, so a receiver alone spends its 2 ms quota), so they would measure QEMU, not the
-# code; the host's run keeps them. The rest of the suite has no v2- or netem-specific path.
+# code; the host's run keeps them. Also the two-link pipelining test: with netem a sender's GSO
+# lumps stay at two frames (one-frame lumps held TCP to 0.90-0.92 of 5-8 Mbit/s in this VM, 2 of
+# 6 runs), so a message is not pipelined there (emulation.shaping.gso_max_segs). The rest of the
+# suite has no v2- or netem-specific path.
 it=tests/integration
 VM_TESTS=(tests/vm "$it/test_network.py" "$it/test_cleanup.py"
           "$it/test_run.py::test_an_oom_killed_server_is_an_oom_result_and_the_run_goes_on"
@@ -39,7 +42,9 @@ VM_TESTS=(tests/vm "$it/test_network.py" "$it/test_cleanup.py"
           "$it/test_teardown.py::test_a_second_signal_during_teardown_cannot_cut_it_short[sigint-at-teardown]"
           "$it/test_teardown.py::test_a_second_signal_during_teardown_cannot_cut_it_short[group-sigint-200ms]"
           "$it/test_sweep.py::test_a_sweep_changes_the_running_network_live_and_each_point_reads_back"
-          --deselect "$it/test_network.py::test_small_messages_take_their_time_on_a_slow_link" --durations=10)
+          --deselect "$it/test_network.py::test_small_messages_take_their_time_on_a_slow_link"
+          --deselect "$it/test_network.py::test_a_message_over_two_slow_links_is_pipelined_frame_by_frame"
+          --durations=10)
 # the built-in topologies give the cloud 12 GiB: the VM needs more (QEMU takes it only when used)
 host_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
 default_mb=$(( host_mb - 4096 < 14336 ? host_mb - 4096 : 14336 ))

@@ -326,6 +326,7 @@ def test_a_senders_gso_lumps_are_half_a_millisecond_at_its_links_rate():
     # message was not pipelined over two links (54.4 ms against 42.2 for 3355 B at 1 + 1 Mbit/s)
     assert shaping.gso_max_segs(10_000_000) == 1
     assert shaping.gso_max_segs(1_000_000) == 1
+    assert shaping.gso_max_segs(1_000_000, least=2) == 2         # with netem (see its docstring)
     assert shaping.gso_max_segs(None) == shaping.GSO_MAX_SEGS_DEFAULT == 65535   # unshaped: the veth's own
 
 
