@@ -105,6 +105,13 @@ def parse_grid(text: str) -> GridAxis:
     return GridAxis(path, values, numbers, False)
 
 
+def wire_size(nbytes: int) -> tuple[int, int]:
+    """(TCP segments, bits on the wire) of a message of ``nbytes`` payload: a 1448-byte
+    payload per 1514-byte frame."""
+    segments = max(1, math.ceil(nbytes / MSS_BYTES))
+    return segments, (nbytes + segments * (FRAME_BYTES - MSS_BYTES)) * 8
+
+
 def transfer_ms(topology, src: str, dst: str, nbytes: int, *, fresh: bool = False, handshake: bool = False,
                 pass_ms=None) -> float:
     """One message of ``nbytes`` (payload) from ``src`` to ``dst`` along the topology's path,
@@ -117,8 +124,7 @@ def transfer_ms(topology, src: str, dst: str, nbytes: int, *, fresh: bool = Fals
         return 0.0
     links = [topology.link(f"{a}-{b}").name for a, b in zip(route, route[1:])]
     dirs = [_direction(topology, a, b) for a, b in zip(route, route[1:])]
-    segments = max(1, math.ceil(nbytes / MSS_BYTES))
-    wire_bits = (nbytes + segments * (FRAME_BYTES - MSS_BYTES)) * 8
+    segments, wire_bits = wire_size(nbytes)
     frame_bits = min(wire_bits, FRAME_BYTES * 8)
     rates = [d.rate_bps for d in dirs if d.rate_bps]
     bottleneck = min(rates) if rates else None

@@ -29,7 +29,6 @@ early-exit artifact are not modelled under load (every request is taken to go th
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,20 +71,19 @@ class _Path:
     it adds to the latency (its busy time; on a message's other links than its slowest, one
     frame's time), and the latency no queue adds."""
 
-    source: str
     steps: list[tuple[str, np.ndarray]] = field(default_factory=list)
     fixed_ms: float = 0.0
 
 
 def _stations(e, strategy, art, profile_of, links) -> tuple[dict[str, Station], list[_Path]]:
-    from .plan import FRAME_BYTES, MSS_BYTES, _pass_ms, chain, message_legs, request_order
+    from .plan import FRAME_BYTES, _pass_ms, chain, message_legs, request_order, wire_size
 
     stations: dict[str, Station] = {}
     paths = []
     share = 1.0 / len(e.sources)
     for source in e.sources:
         src, hosts = chain(e, strategy, source)
-        path = _Path(src, fixed_ms=OVERHEAD_MS)
+        path = _Path(fixed_ms=OVERHEAD_MS)
         legs = message_legs(art, src, hosts)
         for kind, item in request_order(legs, len(hosts)):
             if kind == "part":
@@ -98,8 +96,7 @@ def _stations(e, strategy, art, profile_of, links) -> tuple[dict[str, Station], 
                 continue
             _what, a, b, nbytes, _request = legs[item]
             route = e.topology.path(a, b)
-            segments = max(1, math.ceil(nbytes / MSS_BYTES))
-            wire_bits = (nbytes + segments * (FRAME_BYTES - MSS_BYTES)) * 8
+            _segments, wire_bits = wire_size(nbytes)
             dirs = [(x, y, _direction(e.topology, x, y)) for x, y in zip(route, route[1:])]
             rated = [i for i, (_, _, d) in enumerate(dirs) if d.rate_bps]
             whole = min(rated, key=lambda i: dirs[i][2].rate_bps) if rated else -1   # the message's slowest link
