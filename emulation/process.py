@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from .errors import EmulationError
@@ -87,14 +88,86 @@ def terminate(procs, grace_s: float = 5.0) -> None:
             p.wait()
 
 
+class LineReader:
+    """The lines a child writes on a pipe, read with a timeout and never lost.
+
+    ``select()`` on a pipe and then ``readline()`` on its buffered file object loses lines: the
+    file object reads every line that is in the pipe into its own buffer, returns the first,
+    and the next ``select()`` sees an empty pipe and waits although a whole line is already
+    read. A client that wrote ``hello`` and ``warm`` together and then waited for an answer to
+    ``warm`` hung its cell until the budget ran out that way (seen under load in CI). This
+    reads the pipe's descriptor itself and keeps what it read, so a line is handed out as soon
+    as it is complete. Once a stream has a reader, read it only through the reader
+    (:func:`line_reader` keeps one per stream)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.fd = stream.fileno()
+        self._buf = b""
+        self.eof = False
+
+    def pending(self) -> bool:
+        """A complete line (or the end of the stream) can be had without waiting."""
+        return self.eof or b"\n" in self._buf
+
+    def fill(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the pipe and read what is in it; whether anything came
+        (data or its end)."""
+        if self.eof:
+            return True
+        if not select.select([self.fd], [], [], max(0.0, timeout_s))[0]:
+            return False
+        chunk = os.read(self.fd, 65536)
+        if chunk:
+            self._buf += chunk
+        else:
+            self.eof = True
+        return True
+
+    def readline(self, timeout_s: float = 0.0) -> str | None:
+        """The next line, newline included; ``""`` at the end of the stream (its last
+        unterminated piece first, if any); None when no whole line came within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            i = self._buf.find(b"\n")
+            if i >= 0:
+                line, self._buf = self._buf[:i + 1], self._buf[i + 1:]
+                return line.decode(errors="replace")
+            if self.eof:
+                line, self._buf = self._buf, b""
+                return line.decode(errors="replace")
+            if not self.fill(deadline - time.monotonic()) and time.monotonic() >= deadline:
+                return None
+
+
+def line_reader(stream) -> LineReader:
+    """The one :class:`LineReader` of ``stream`` (made on first use, kept on the stream)."""
+    reader = getattr(stream, "_testbed_lines", None)
+    if reader is None:
+        reader = LineReader(stream)
+        stream._testbed_lines = reader
+    return reader
+
+
+def ready_lines(readers: list[LineReader], timeout_s: float) -> list[LineReader]:
+    """The readers that have a line (or their end) to hand out, waiting up to ``timeout_s``
+    for one when none has yet: :func:`select.select` for :class:`LineReader`."""
+    ready = [r for r in readers if r.pending()]
+    if ready:
+        return ready
+    fds = {r.fd: r for r in readers}
+    for fd in select.select(list(fds), [], [], max(0.0, timeout_s))[0]:
+        fds[fd].fill(0.0)
+    return [r for r in readers if r.pending()]
+
+
 def read_json_line(p: subprocess.Popen, timeout_s: float = 5.0, what: str = "helper") -> dict:
-    """The next line one of our JSON-line helpers (delay line, CPU ticker) writes on its stdout
-    (opened in text mode), decoded; an error naming ``what`` when it stays silent for
-    ``timeout_s`` or exits (with the end of its stderr)."""
-    ready, _, _ = select.select([p.stdout], [], [], timeout_s)
-    if not ready:
+    """The next line one of our JSON-line helpers (delay line, CPU ticker) writes on its stdout,
+    decoded; an error naming ``what`` when it stays silent for ``timeout_s`` or exits (with
+    the end of its stderr)."""
+    line = line_reader(p.stdout).readline(timeout_s)
+    if line is None:
         raise EmulationError(f"{what} (pid {p.pid}) did not answer within {timeout_s:g}s")
-    line = p.stdout.readline()
     if not line:
         err = p.stderr.read() if p.poll() is not None else ""
         raise EmulationError(f"{what} (pid {p.pid}) exited: {err.strip()[-500:]}")

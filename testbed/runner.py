@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import select
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 from emulation import signals
 from emulation.errors import EmulationError
-from emulation.process import exit_text, terminate
+from emulation.process import exit_text, line_reader, ready_lines, terminate
 from topologies.errors import TestbedError, no_space, no_space_line, one_line
 from workloads.errors import WorkloadError
 from workloads.serving import LOG_LINES, PORT, ServerConfig
@@ -792,14 +791,14 @@ class CellExecution:
         deadline = time.monotonic() + budget
         finished = False
         try:
+            lines = line_reader(client.stdout)
             while time.monotonic() < deadline:
-                ready, _, _ = select.select([client.stdout], [], [], 0.5)
+                line = lines.readline(0.5)
                 self._check_network()
-                if not ready:
-                    if client.poll() is not None:
+                if line is None:
+                    if client.poll() is not None and not lines.fill(0.0):
                         break
                     continue
-                line = client.stdout.readline()
                 if not line:
                     break
                 msg = _message(line, f"client on {source}")
@@ -872,9 +871,9 @@ class CellExecution:
                 p.stdin.write(f"start {t0}\n")
                 p.stdin.flush()
             deadline = time.monotonic() + self._load_budget_s()
-            streams = {p.stdout: name for name, p in gens.items()}
+            streams = {line_reader(p.stdout): name for name, p in gens.items()}
             while streams and time.monotonic() < deadline:
-                ready, _, _ = select.select(list(streams), [], [], 0.5)
+                ready = ready_lines(list(streams), 0.5)
                 self._check_network()
                 for out in ready:
                     line = out.readline()
@@ -1022,14 +1021,14 @@ def _read_until(p: subprocess.Popen, deadline: float, key: str,
     """Read ``p``'s JSON lines (other lines are skipped) until one has ``key`` set; None when
     its output ends, it exits, or the deadline passes first. ``check()`` runs at every turn
     (at least every 0.2 s) and may raise to stop the wait."""
+    lines = line_reader(p.stdout)
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([p.stdout], [], [], 0.2)
+        line = lines.readline(0.2)
         check()
-        if not ready:
-            if p.poll() is not None:
+        if line is None:
+            if p.poll() is not None and not lines.fill(0.0):
                 return None
             continue
-        line = p.stdout.readline()
         if not line:
             return None
         try:
