@@ -14,7 +14,10 @@
    |predicted - measured| / measured (goal: median <= 10 %); per measured point and model, the
    predicted winner against the measured one, by the same rule (the fastest within the
    quality tolerance, the artifact's loss interval; goal >= 90 % agree). A disagreement is
-   listed with both winners' measured p50, so that a near tie reads as one.
+   listed with both winners' measured p50, so that a near tie reads as one, and with the
+   two-sided Mann-Whitney U test of the predicted winner's requests against the measured
+   winner's: where p >= 0.05 the measurement cannot tell them apart (reported beside the
+   agreement, which counts exact agreement only).
 
 Needs root. ``.venv/bin/python benchmarks/bench_plan.py [--study bandwidth|blackbox] [--me 1Mbit 200Mbit]
 [--ec 1Mbit 50Mbit] [--models M ...] [--repeat 10] [--again]``
@@ -35,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import REPO, log, machine_state, sigterm_as_interrupt, write_results  # noqa: E402
-from testbed.verify import compare, measured_cells  # noqa: E402
+from testbed.verify import compare, measured_cells, miss_text  # noqa: E402
 
 ME, EC = "links.mobile-edge.bandwidth", "links.edge-cloud.bandwidth"
 # study -> (file, models (None: the file's), grid planned (None: the file's sweep), measured ME, measured EC, results)
@@ -116,9 +119,11 @@ def _compared(got: dict) -> dict:
               "ok": c["ok"]} for c in got["cells"]]
     winners = [{"model": w["model"], "me": w["point"][ME], "ec": w["point"][EC], "predicted": w["predicted"],
                 "measured": w["measured"], "agree": w["agree"],
-                **({} if w["agree"] else {"measured_ms": w["measured_ms"]})} for w in got["winners"]]
+                **({} if w["agree"] else {"measured_ms": w["measured_ms"], "test": w["test"],
+                                           "indistinguishable": w["indistinguishable"]})} for w in got["winners"]]
     return {"cells": cells, "winners": winners, "median_abs_error": got["median_abs_error"],
-            "agreement": got["agreement"], "by_strategy": got["by_strategy"], "by_tier": got["by_tier"],
+            "agreement": got["agreement"], "agreed_or_indistinguishable": got["agreed_or_indistinguishable"],
+            "by_strategy": got["by_strategy"], "by_tier": got["by_tier"],
             "unmatched": got["unmatched"]}
 
 
@@ -146,7 +151,10 @@ def markdown(res: dict) -> str:
              f"| median \\|predicted - measured\\| / measured of p50 e2e | <= {GOAL_ERROR:.0%} | "
              f"{'-' if err is None else f'{err * 100:.1f} %'} over {len(res['cells'])} cells |",
              f"| winner agreement | >= {GOAL_AGREE:.0%} | {'-' if agree is None else f'{agree * 100:.0f} %'} of "
-             f"{len(res['winners'])} (point, model) |", "",
+             f"{len(res['winners'])} (point, model)"
+             + ("" if "agreed_or_indistinguishable" not in res else       # (results before the test)
+                f"; agreed or not told apart by the measurement (Mann-Whitney U, p >= 0.05): "
+                f"{res['agreed_or_indistinguishable']} of {len(res['winners'])}") + " |", "",
              "## Cells (ms)", "", "| model | strategy | ME | EC | predicted | measured | error | compute | transmission |",
              "|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(res["cells"], key=lambda c: -abs(c["error"] or 0)):
@@ -164,7 +172,7 @@ def markdown(res: dict) -> str:
     wrong = [w for w in res["winners"] if not w["agree"]]
     lines += ["", "## Winners that differ", ""]
     lines += [f"- {w['model']} at ME {w['me']}, EC {w['ec']}: predicted {w['predicted']}, measured {w['measured']} "
-              f"(measured p50: {json.dumps(w.get('measured_ms'))})" for w in wrong] or ["- none"]
+              f"(measured p50: {json.dumps(w.get('measured_ms'))}" + (f"; {miss_text(w)}" if miss_text(w) else "") + ")" for w in wrong] or ["- none"]
     return "\n".join(lines) + "\n"
 
 

@@ -748,7 +748,7 @@ def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> Non
         if p.get("median_abs_error") is not None:
             click.echo(f"  the plan against these cells: median |error| {p['median_abs_error'] * 100:.1f} % over "
                        f"{len(p['cells'])} cells; the predicted winner is the measured one at {p['agreed']} of "
-                       f"{p['compared']} (point, model)")
+                       f"{p['compared']} (point, model)" + output.indistinguishable_text(p))
     if written.note:
         click.echo(f"note: {written.note}", err=True)
 

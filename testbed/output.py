@@ -745,10 +745,21 @@ def _load_cell(load: dict) -> str:
     return f"{_ms(load['p50_ms'])} / p99 {_ms(load['p99_ms'])} ({most})" + (f" misses {', '.join(missed)}" if missed else "")
 
 
+def indistinguishable_text(checked: dict) -> str:
+    """'; at K more ... not significantly faster' for :func:`testbed.verify.compare`'s winners,
+    '' when every miss is a real one."""
+    more = checked.get("agreed_or_indistinguishable", checked["agreed"]) - checked["agreed"]
+    if more <= 0:
+        return ""
+    return (f"; at {more} more the measured winner was not significantly faster than the predicted one "
+            f"(Mann-Whitney U, p >= {checked['alpha']:g})")
+
+
 def print_verify(checked: dict) -> None:
     """`testbed plan --verify N`: per measured point and model, the predicted winner against
     the measured one, and the error of the predictions there."""
     from testbed.experiment import point_label
+    from testbed.verify import miss_text
 
     t = Table(title=f"the plan checked at its {len(checked['points'])} least sure point(s)",
               caption=f"measured into {checked['out']}; margin: how much faster the predicted winner was predicted "
@@ -760,12 +771,12 @@ def print_verify(checked: dict) -> None:
         t.add_row(w["model"], escape(point_label(w["point"])) or "-",
                   "-" if w.get("margin_ms") is None else f"{_ms(w['margin_ms'])} ms",
                   escape(w["predicted"] or "none"), escape(w["measured"] or "none"),
-                  ("yes (a tie)" if w["tie"] else "yes") if w["agree"] else f"no ({both})")
+                  ("yes (a tie)" if w["tie"] else "yes") if w["agree"] else f"no ({'; '.join(x for x in (both, miss_text(w)) if x)})")
     console.print(t)
     err = checked["median_abs_error"]
     agreement = checked["agreement"]
     console.print(f"winners right at {checked['agreed']} of {checked['compared']} (point, model)"
-                  + ("" if agreement is None else f" ({agreement * 100:.0f} %)")
+                  + ("" if agreement is None else f" ({agreement * 100:.0f} %)") + indistinguishable_text(checked)
                   + ("" if err is None else f"; median |predicted - measured| / measured of p50 {err * 100:.1f} % "
                                             f"over {len(checked['cells'])} cells")
                   + (f"; {len(checked['unmatched'])} measured cell(s) without a prediction" if checked["unmatched"] else "")

@@ -659,6 +659,7 @@ def prediction_rows(comparison: dict) -> tuple[list[dict], list[dict], list[dict
                  "predicted": w["predicted"], "measured": w["measured"], "agree": w["agree"], "tie": w["tie"],
                  "predicted_winner_measured_ms": w["measured_ms"].get(w["predicted"]),
                  "measured_winner_ms": w["measured_ms"].get(w["measured"]),
+                 "indistinguishable": w["indistinguishable"], "p": (w["test"] or {}).get("p"),
                  "unmeasured": ", ".join(w["unmeasured"]) or None} for w in comparison["winners"]]
     return cells, comparison["by_strategy"] + comparison["by_tier"], winners_
 
@@ -675,7 +676,8 @@ def _prediction_section(out: Path, comparison: dict | None, reason: str | None, 
                              ["by", "name", "n", "median_abs_error", "median_error", "worst_error", "worst_at"])
               + _write_table(out / "tables", "predicted_winners", winners_,
                              ["model", "point", "rule", "predicted", "measured", "agree", "tie",
-                              "predicted_winner_measured_ms", "measured_winner_ms", "unmeasured"]))
+                              "predicted_winner_measured_ms", "measured_winner_ms", "indistinguishable", "p",
+                              "unmeasured"]))
     return {**comparison, "figures": save("predicted", [("vs-measured", *drawn)] if drawn else []),
             "rows": cells, "errors": errors, "disagreements": [w for w in winners_ if not w["agree"]]}, tables
 

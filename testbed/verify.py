@@ -13,7 +13,10 @@
 - :func:`compare`: per cell the signed error (predicted − measured) / measured of p50 and p90;
   per (point, model) the predicted winner against the measured one by the plan's own rule
   (the fastest by p50 among the strategies within the quality tolerance when any has a
-  verdict, else among all), both taken over the strategies that were measured; the errors
+  verdict, else among all), both taken over the strategies that were measured; where they
+  differ, the predicted winner's requests tested against the measured winner's (two-sided
+  Mann-Whitney U): a miss the measurement cannot tell apart is counted beside, never as, an
+  agreement; the errors
   summarised per strategy and per tier (the placement, e.g. ``mobile>edge``). A measured cell
   without a prediction is listed as unmatched, never dropped.
 """
@@ -29,6 +32,7 @@ from topologies.errors import TestbedError
 from .experiment import point_label
 from .plan import _winner, make_plan
 from .recommend import TOLERANCE
+from .stats import ALPHA, ok_latencies, two_samples
 from .store import ResultStore
 from .summary import summarize
 
@@ -55,12 +59,14 @@ def _cell_key(row: dict) -> tuple[str, str, str]:
 def measured_from(cells: list[dict], requests: list[dict]) -> list[dict]:
     """:func:`measured_cells` of rows already read from a store."""
     out = []
+    e2e = ok_latencies(requests)
     for c, s in zip(cells, summarize(cells, requests, [])):
         if c["status"] != "done" or c.get("load"):
             continue
         out.append({"model": c["model"], "strategy": c["strategy"], "placement": c["placement"],
                     "point": c["point"], "run_id": c["run_id"], "ok": s["counts"]["ok"], "p50_ms": s["e2e_p50"],
-                    "p90_ms": s["e2e_p90"], "compute_ms": s["compute_p50"], "transmission_ms": s["transmission_p50"]})
+                    "p90_ms": s["e2e_p90"], "compute_ms": s["compute_p50"], "transmission_ms": s["transmission_p50"],
+                    "e2e_ms": e2e.get(c["cell"], [])})
     return out
 
 
@@ -167,9 +173,11 @@ def _cell(p: dict, m: dict) -> dict:
             "tolerance_verdict": p.get("tolerance_verdict")}
 
 
-def _winner_row(model: str, point: dict, mine: list[dict], planned: dict | None) -> dict:
+def _winner_row(model: str, point: dict, mine: list[dict], planned: dict | None,
+                samples: dict[tuple[str, str, str], list[float]]) -> dict:
     """The predicted and the measured winner among the strategies measured at one (point,
-    model), by the plan's rule (`testbed.plan._winner`), the verdicts the plan's."""
+    model), by the plan's rule (`testbed.plan._winner`), the verdicts the plan's; ``samples``:
+    each measured cell's per-request e2e (by :func:`_cell_key`), to test a miss."""
     measured = [c for c in mine if c["measured_ms"] is not None]
     pred = _winner(point, model, [{"strategy": c["strategy"], "p50_ms": c["predicted_ms"],
                                    "tolerance_verdict": c["tolerance_verdict"]} for c in measured])
@@ -177,15 +185,33 @@ def _winner_row(model: str, point: dict, mine: list[dict], planned: dict | None)
                                    "tolerance_verdict": c["tolerance_verdict"]} for c in measured])
     p50 = {c["strategy"]: c["measured_ms"] for c in measured}
     tie = pred["winner"] != meas["winner"] and pred["winner"] in p50 and p50[pred["winner"]] == meas["p50_ms"]
+    agree = tie or pred["winner"] == meas["winner"]
     row = {"model": model, "point": point, "rule": pred["rule"], "predicted": pred["winner"],
-           "measured": meas["winner"], "agree": tie or pred["winner"] == meas["winner"], "tie": tie,
+           "measured": meas["winner"], "agree": agree, "tie": tie,
            "planned": planned["winner"] if planned else None,
            "unmeasured": sorted({c["strategy"] for c in mine} - set(p50))}
+    # a winner missed by a hair that the measurement cannot tell apart either: the predicted
+    # winner's requests against the measured winner's (stats.two_samples, two-sided, alpha 0.05)
+    row["test"] = None
+    if not agree and pred["winner"] in p50 and meas["winner"] is not None:
+        mine_ = {c["strategy"]: samples.get(_cell_key(c), []) for c in measured}
+        row["test"] = two_samples(mine_[pred["winner"]], mine_[meas["winner"]])
+    row["indistinguishable"] = bool(row["test"] and row["test"]["p"] is not None and not row["test"]["significant"])
     # both winners' numbers (one when they agree): a disagreement by a hair reads as a near tie
     both = [s for s in dict.fromkeys((meas["winner"], pred["winner"])) if s is not None]
     row["measured_ms"] = {s: p50[s] for s in both}
     row["predicted_ms"] = {c["strategy"]: c["predicted_ms"] for c in measured if c["strategy"] in both}
     return row
+
+
+def miss_text(w: dict) -> str:
+    """A missed winner's test in words (:func:`compare`'s winner rows), '' when untested:
+    'Mann-Whitney p 0.31 over 6 and 6 requests: not told apart by the measurement'."""
+    t = w.get("test") or {}
+    if t.get("p") is None:
+        return ""
+    return (f"Mann-Whitney p {t['p']:.3g} over {t['n'][0]} and {t['n'][1]} requests: "
+            + ("not told apart by the measurement" if w["indistinguishable"] else "a real miss"))
 
 
 def _median(values: Iterable[float]) -> float | None:
@@ -216,6 +242,10 @@ def compare(predictions: list[dict], winners: list[dict], measured: list[dict]) 
     p90, compute and transmission, signed errors), ``unmatched`` (measured cells without a
     prediction), ``winners`` per (point, model) with ``agree`` and both winners' measured and
     predicted p50 (``measured_ms``, ``predicted_ms``: a near tie reads as one), ``agreement`` (the fraction that agree),
+    and, for a winner missed, ``test``: the predicted winner's requests against the measured
+    winner's (:func:`testbed.stats.two_samples`), ``indistinguishable`` when they do not differ
+    significantly (``agreed_or_indistinguishable`` counts those with the agreed: the
+    measurement could not say the prediction was wrong),
     ``median_abs_error`` of p50 (and ``_p90``), ``by_strategy`` and ``by_tier``
     (:func:`error_summary`)."""
     by_key = {_cell_key(p): p for p in predictions}
@@ -230,13 +260,17 @@ def compare(predictions: list[dict], winners: list[dict], measured: list[dict]) 
     points: dict[tuple[str, str], list[dict]] = {}
     for c in cells:
         points.setdefault((c["model"], point_key(c["point"])), []).append(c)
-    rows = [_winner_row(model, mine[0]["point"], mine, planned.get((model, key)))
+    samples = {_cell_key(m): m.get("e2e_ms") or [] for m in measured}
+    rows = [_winner_row(model, mine[0]["point"], mine, planned.get((model, key)), samples)
             for (model, key), mine in points.items()]
     errors = [c["error"] for c in cells if c["error"] is not None]
     errors90 = [c["error_p90"] for c in cells if c["error_p90"] is not None]
     return {"cells": cells, "unmatched": unmatched, "winners": rows,
             "agreed": sum(r["agree"] for r in rows), "compared": len(rows),
             "agreement": sum(r["agree"] for r in rows) / len(rows) if rows else None,
+            # agreed, or missed where the measured winner is not significantly faster
+            "agreed_or_indistinguishable": sum(r["agree"] or r["indistinguishable"] for r in rows),
+            "alpha": ALPHA,
             "median_abs_error": _median(abs(e) for e in errors),
             "median_abs_error_p90": _median(abs(e) for e in errors90),
             "by_strategy": error_summary(cells, "strategy"), "by_tier": error_summary(cells, "placement")}

@@ -26,8 +26,10 @@ def test_the_benchmarks_results_keep_their_format_and_add_the_error_per_strategy
     assert [set(c) for c in res["cells"]] == [set(STORED["cells"][0])] * 4
     agree, differ = sorted(res["winners"], key=lambda w: w["agree"], reverse=True)
     assert set(agree) == set(next(w for w in STORED["winners"] if w["agree"]))
-    assert set(differ) == set(agree) | {"measured_ms"}       # a disagreement adds both winners' measured p50
+    # a disagreement adds both winners' measured p50, and their test (untested here: no requests)
+    assert set(differ) == set(agree) | {"measured_ms", "test", "indistinguishable"}
     assert differ["measured_ms"] == {"mobile": 0.8, "edge": 0.85}
+    assert differ["test"]["p"] is None and differ["indistinguishable"] is False
     res.update({k: STORED[k] for k in ("when", "machine", "state_start", "study", "values", "repeat", "plan_s",
                                        "plan_wall_s", "profile_s", "run_s")})
     text = markdown(res)

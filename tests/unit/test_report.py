@@ -528,11 +528,15 @@ def test_with_profiles_the_report_compares_each_cell_and_winner_with_the_plan(tm
     winners = {r["point"]: r for r in _csv(tables / "predicted_winners.csv")}
     assert sorted((r["predicted"], r["measured"], r["agree"]) for r in winners.values()) == \
         [("edge", "mobile", "False"), ("mobile", "mobile", "True")]
+    # the miss is tested on the two winners' requests: edge 8x slower in each is a real one
+    miss = next(r for r in winners.values() if r["agree"] == "False")
+    assert miss["indistinguishable"] == "False" and float(miss["p"]) < 0.05
     assert {p.name for p in report.figures} >= {"predicted-vs-measured.png"}
     assert (report.predicted["agreed"], report.predicted["compared"]) == (1, 2)
     html = report.index.read_text(encoding="utf-8")
     section = html[html.index('<h2 id="predicted">'):html.index('<h2 id="tables">')]
     assert "1 of 2</strong>" in section and "predicted edge, measured mobile (measured p50: mobile " in section
+    assert ": a real miss)" in section and "not significantly faster" not in section
     assert 'src="data:image/png' in section and "+11.1 %" in section
     assert "1 measured cell without a prediction" in section
     # the CLI: a line of it, and all of it in --json

@@ -76,6 +76,31 @@ def test_an_exact_tie_agrees_and_a_strategy_without_an_ok_request_cannot_win():
     assert w["agree"] and w["tie"] and (w["predicted"], w["measured"]) == ("a", "b")
 
 
+def test_a_missed_winner_is_tested_and_counted_apart_only_where_the_measurement_cannot_tell():
+    preds = [_pred("a", 5.0), _pred("b", 5.1)]
+
+    def meas(a: list[float], b: list[float]) -> list[dict]:
+        return [{**_meas("a", sorted(a)[len(a) // 2]), "e2e_ms": a}, {**_meas("b", sorted(b)[len(b) // 2]), "e2e_ms": b}]
+
+    # b measured faster by a hair, the two spread over each other: a miss nobody could tell
+    got = compare(preds, [], meas([5.0, 5.4, 4.8, 5.9, 5.2, 5.1], [5.05, 4.9, 5.3, 5.0, 6.0, 4.7]))
+    (w,) = got["winners"]
+    assert (w["predicted"], w["measured"], w["agree"], w["indistinguishable"]) == ("a", "b", False, True)
+    assert w["test"]["p"] > 0.05 and w["test"]["n"] == [6, 6]
+    assert (got["agreed"], got["agreed_or_indistinguishable"], got["compared"]) == (0, 1, 1)
+    # b faster in every request: a real miss, counted as one
+    got = compare(preds, [], meas([5.0, 5.4, 4.8, 5.9, 5.2, 5.1], [3.0, 3.1, 2.9, 3.2, 3.0, 3.05]))
+    (w,) = got["winners"]
+    assert not w["indistinguishable"] and w["test"]["p"] < 0.01 and w["test"]["delta"] == 1.0
+    assert got["agreed_or_indistinguishable"] == 0
+    # too few requests to test: untested, never counted as told apart or not
+    (w,) = compare(preds, [], meas([5.0, 5.4, 4.8], [3.0, 3.1, 2.9]))["winners"]
+    assert w["test"]["p"] is None and "at least 5" in w["test"]["warning"] and not w["indistinguishable"]
+    # an agreement is not tested
+    (w,) = compare(preds, [], meas([3.0, 3.1, 2.9, 3.2, 3.0], [5.0, 5.4, 4.8, 5.9, 5.2]))["winners"]
+    assert w["agree"] and w["test"] is None and not w["indistinguishable"]
+
+
 def test_a_measured_cell_the_plan_lacks_is_unmatched_not_dropped():
     got = compare([_pred("a", 4.0, {ME: "1Mbit"})], [],
                   [_meas("a", 5.0, {ME: "1Mbit"}), _meas("z", 5.0, {ME: "1Mbit"}), _meas("a", 5.0, {ME: "2Mbit"})])
