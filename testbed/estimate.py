@@ -12,6 +12,7 @@ makes, and a dry run imports and calls no user code (the experiment loader only 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .experiment import Experiment, ModelRef, Strategy
 from .load import SEARCH_STEPS, start_rate
 from .runner import cell_key
 
+FRAME_BYTES, MSS_BYTES = 1514, 1448      # a full TCP segment's Ethernet frame and its payload (timestamps on)
+INIT_CWND = 10                           # Linux's initial congestion window, in segments
 # the runner's fixed costs on the 2-core reference VM (benchmarks/results/sweep.md)
 BRING_UP_S = 0.7          # a three-host network: namespaces, links, qdiscs, cgroups, read-back
 RECONFIGURE_S = 0.05      # the next sweep point's link/host changes, read back
@@ -60,16 +63,49 @@ def _direction(topology, a: str, b: str):
     return link.forward if (link.a, link.b) == (a, b) else link.reverse
 
 
-def hop_ms(topology, src: str, dst: str, nbytes: int) -> float:
-    """``nbytes`` from ``src`` to ``dst`` over the topology's path: serialisation at each
-    link's bandwidth plus its one-way delay."""
+def wire_size(nbytes: int) -> tuple[int, int]:
+    """(TCP segments, bits on the wire) of a message of ``nbytes`` payload: a 1448-byte
+    payload per 1514-byte frame."""
+    segments = max(1, math.ceil(nbytes / MSS_BYTES))
+    return segments, (nbytes + segments * (FRAME_BYTES - MSS_BYTES)) * 8
+
+
+def transfer_ms(topology, src: str, dst: str, nbytes: int, *, fresh: bool = False, handshake: bool = False,
+                pass_ms=None) -> float:
+    """One message of ``nbytes`` (payload) from ``src`` to ``dst`` along the topology's path,
+    until its last byte arrives (the arithmetic is in :mod:`testbed.plan`'s docstring). ``fresh``: on a new connection
+    (slow start from the initial window); ``handshake``: the connection is opened first.
+    ``pass_ms(link, direction)``: what one pass through that link direction's emulation costs
+    beyond its rate and delay (`profile.measure_links`); none by default."""
     route = topology.path(src, dst)
-    ms = 0.0
-    for a, b in zip(route, route[1:]):
-        d = _direction(topology, a, b)
-        if d.rate_bps:
-            ms += nbytes * 8 / d.rate_bps * 1000
-        ms += d.delay_ms
+    if len(route) < 2 or nbytes <= 0:
+        return 0.0
+    links = [topology.link(f"{a}-{b}").name for a, b in zip(route, route[1:])]
+    dirs = [_direction(topology, a, b) for a, b in zip(route, route[1:])]
+    segments, wire_bits = wire_size(nbytes)
+    frame_bits = min(wire_bits, FRAME_BYTES * 8)
+    rates = [d.rate_bps for d in dirs if d.rate_bps]
+    bottleneck = min(rates) if rates else None
+    back = [_direction(topology, b, a) for a, b in zip(route, route[1:])]
+    passes = [pass_ms(n, d) for n, d in zip(links, dirs)] if pass_ms else [0.0] * len(dirs)
+    passes_back = [pass_ms(n, d) for n, d in zip(links, back)] if pass_ms else [0.0] * len(dirs)
+    one_way = sum(d.delay_ms for d in dirs) + sum(passes)
+    rtt = one_way + sum(d.delay_ms for d in back) + sum(passes_back)
+    ms = one_way
+    # every link but the slowest takes one frame's time (the rest overlaps the bottleneck)
+    slowest = dirs.index(min(dirs, key=lambda d: d.rate_bps or math.inf)) if rates else -1
+    ms += sum(frame_bits / d.rate_bps * 1000 for i, d in enumerate(dirs) if d.rate_bps and i != slowest)
+    if handshake:
+        ms += rtt
+    left = segments
+    if fresh and rtt > 0:
+        cwnd = INIT_CWND
+        while left > cwnd and (bottleneck is None or cwnd * FRAME_BYTES * 8 / bottleneck * 1000 < rtt):
+            ms += rtt                    # a window sent, then its acknowledgements awaited
+            left -= cwnd
+            cwnd *= 2
+    if bottleneck:
+        ms += wire_bits * left / segments / bottleneck * 1000
     return ms
 
 
@@ -101,20 +137,21 @@ def request_ms(exp: Experiment, model: ModelRef, strategy: Strategy, manifest: d
                answer_bytes: int = 64) -> float:
     """One request: the input to the first host, each part's compute (single-thread time
     divided by the host's CPU share when below one core), each cut tensor to the next host,
-    and the answer back (``answer_bytes``: `_answer_bytes` of the artifact)."""
+    and the answer back (``answer_bytes``: `_answer_bytes` of the artifact), each message
+    over its path as `testbed plan` sends it (:func:`transfer_ms`, a kept connection)."""
     topo, hosts = exp.topology, strategy.placement
     source = exp.sources[0]         # under load from several sources: as seen from the first
     source = hosts[0] if source == "client" and "client" not in topo.host_names else source
     if exp.per_source(strategy):
         hosts = (source, *hosts[1:])
     cuts = [c["bytes"] for c in (manifest.get("report", {}).get("partition", {}).get("cuts") or [])]
-    ms = (hop_ms(topo, source, hosts[0], _input_bytes(model))
-          + hop_ms(topo, hosts[-1], source, answer_bytes))
+    ms = (transfer_ms(topo, source, hosts[0], _input_bytes(model))
+          + transfer_ms(topo, hosts[-1], source, answer_bytes))
     for i, host in enumerate(hosts):
         cpus = topo.host(host).cpus
         ms += manifest["compute_ms"][i] / min(cpus, 1.0) if cpus else manifest["compute_ms"][i]
         if i + 1 < len(hosts):
-            ms += hop_ms(topo, host, hosts[i + 1], cuts[i] if i < len(cuts) else 0)
+            ms += transfer_ms(topo, host, hosts[i + 1], cuts[i] if i < len(cuts) else 0)
     return ms + OVERHEAD_MS * (len(hosts) + 1)
 
 

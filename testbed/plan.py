@@ -43,12 +43,11 @@ from topologies.errors import TestbedError
 from topologies.units import format_rate, parse_rate
 
 from . import profile as profiles
-from .estimate import OVERHEAD_MS, _answer_bytes, _direction, _input_bytes
+from .estimate import (FRAME_BYTES, INIT_CWND, MSS_BYTES, OVERHEAD_MS, _answer_bytes, _direction,  # noqa: F401
+                       _input_bytes, transfer_ms, wire_size)
 from .experiment import ArtifactNeed, Experiment, ModelRef, Strategy, point_label
 from .recommend import TOLERANCE, WITHIN, tolerance_verdict
 
-FRAME_BYTES, MSS_BYTES = 1514, 1448      # a full TCP segment's Ethernet frame and its payload (timestamps on)
-INIT_CWND = 10                           # Linux's initial congestion window, in segments
 MAX_GRID_POINTS = 100_000
 # a frame's bytes besides its tensors (the wire's header and the trace records it carries so
 # far: docs/wire.md), as the store's hops recorded them for fmnist_cnn on three_tier: the
@@ -103,52 +102,6 @@ def parse_grid(text: str) -> GridAxis:
         raise PlanError(f"--grid {text!r}: no values after '='")
     numbers = tuple(float(parse_rate(v)) if path.endswith(".bandwidth") else math.nan for v in values)
     return GridAxis(path, values, numbers, False)
-
-
-def wire_size(nbytes: int) -> tuple[int, int]:
-    """(TCP segments, bits on the wire) of a message of ``nbytes`` payload: a 1448-byte
-    payload per 1514-byte frame."""
-    segments = max(1, math.ceil(nbytes / MSS_BYTES))
-    return segments, (nbytes + segments * (FRAME_BYTES - MSS_BYTES)) * 8
-
-
-def transfer_ms(topology, src: str, dst: str, nbytes: int, *, fresh: bool = False, handshake: bool = False,
-                pass_ms=None) -> float:
-    """One message of ``nbytes`` (payload) from ``src`` to ``dst`` along the topology's path,
-    until its last byte arrives (see the module's docstring). ``fresh``: on a new connection
-    (slow start from the initial window); ``handshake``: the connection is opened first.
-    ``pass_ms(link, direction)``: what one pass through that link direction's emulation costs
-    beyond its rate and delay (`profile.measure_links`); none by default."""
-    route = topology.path(src, dst)
-    if len(route) < 2 or nbytes <= 0:
-        return 0.0
-    links = [topology.link(f"{a}-{b}").name for a, b in zip(route, route[1:])]
-    dirs = [_direction(topology, a, b) for a, b in zip(route, route[1:])]
-    segments, wire_bits = wire_size(nbytes)
-    frame_bits = min(wire_bits, FRAME_BYTES * 8)
-    rates = [d.rate_bps for d in dirs if d.rate_bps]
-    bottleneck = min(rates) if rates else None
-    back = [_direction(topology, b, a) for a, b in zip(route, route[1:])]
-    passes = [pass_ms(n, d) for n, d in zip(links, dirs)] if pass_ms else [0.0] * len(dirs)
-    passes_back = [pass_ms(n, d) for n, d in zip(links, back)] if pass_ms else [0.0] * len(dirs)
-    one_way = sum(d.delay_ms for d in dirs) + sum(passes)
-    rtt = one_way + sum(d.delay_ms for d in back) + sum(passes_back)
-    ms = one_way
-    # every link but the slowest takes one frame's time (the rest overlaps the bottleneck)
-    slowest = dirs.index(min(dirs, key=lambda d: d.rate_bps or math.inf)) if rates else -1
-    ms += sum(frame_bits / d.rate_bps * 1000 for i, d in enumerate(dirs) if d.rate_bps and i != slowest)
-    if handshake:
-        ms += rtt
-    left = segments
-    if fresh and rtt > 0:
-        cwnd = INIT_CWND
-        while left > cwnd and (bottleneck is None or cwnd * FRAME_BYTES * 8 / bottleneck * 1000 < rtt):
-            ms += rtt                    # a window sent, then its acknowledgements awaited
-            left -= cwnd
-            cwnd *= 2
-    if bottleneck:
-        ms += wire_bits * left / segments / bottleneck * 1000
-    return ms
 
 
 @dataclass

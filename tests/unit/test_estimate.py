@@ -26,12 +26,14 @@ def _exp(sweep=None):
     return load_experiment_dict(data, [], cores=2.0, memory_bytes=24 * GiB, source="<test>", base_dir=".")
 
 
-def test_a_hop_costs_each_links_serialisation_plus_its_delay():
+def test_a_dry_runs_message_crosses_the_links_as_the_plan_sends_it():
     topo = _exp().topology
-    # 1000 bytes: 1 ms at 8 Mbit/s + 2 ms, then 8 ms at 1 Mbit/s + 10 ms
-    assert est.hop_ms(topo, "mobile", "edge", 1000) == pytest.approx(3.0)
-    assert est.hop_ms(topo, "mobile", "cloud", 1000) == pytest.approx(21.0)
-    assert est.hop_ms(topo, "edge", "edge", 10**6) == 0.0
+    # 1000 bytes: one 1066-byte frame (headers) at 8 Mbit/s + 2 ms; to the cloud the slowest
+    # link (1 Mbit/s) carries it, the other one frame, plus both delays
+    frame_ms = 1066 * 8 / 8e6 * 1000
+    assert est.transfer_ms(topo, "mobile", "edge", 1000) == pytest.approx(frame_ms + 2.0)
+    assert est.transfer_ms(topo, "mobile", "cloud", 1000) == pytest.approx(1066 * 8 / 1e6 * 1000 + frame_ms + 12.0)
+    assert est.transfer_ms(topo, "edge", "edge", 10**6) == 0.0
 
 
 def test_a_request_adds_compute_by_cpu_share_and_the_cut_tensor():
@@ -40,8 +42,9 @@ def test_a_request_adds_compute_by_cpu_share_and_the_cut_tensor():
     manifest = {"compute_ms": [1.0, 3.0], "report": {"partition": {"cuts": [{"bytes": 500}]}}}
     inp = est._input_bytes(exp.models[0])                  # 1x1x28x28 float32
     assert inp == 28 * 28 * 4
-    want = (est.hop_ms(exp.topology, "mobile", "edge", inp) + 1.0 / 0.5 + est.hop_ms(exp.topology, "edge", "cloud", 500)
-            + 3.0 + est.hop_ms(exp.topology, "cloud", "mobile", 64) + est.OVERHEAD_MS * 3)
+    t = est.transfer_ms
+    want = (t(exp.topology, "mobile", "edge", inp) + 1.0 / 0.5 + t(exp.topology, "edge", "cloud", 500)
+            + 3.0 + t(exp.topology, "cloud", "mobile", 64) + est.OVERHEAD_MS * 3)
     assert est.request_ms(exp, exp.models[0], ec, manifest) == pytest.approx(want)
 
 
