@@ -9,6 +9,7 @@ root and no network: `workloads.prepare` does the building and caches it by cont
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from workloads.errors import WorkloadError
 
@@ -68,3 +69,32 @@ def calibration_work(exp: Experiment, progress: Callable[[str], None] = lambda m
             label = f"{need.model.name} [{strategy}]" + (f" part {i + 1}/{need.parts}" if need.parts > 1 else "")
             work.setdefault(host, []).append((label, args))
     return work
+
+
+def write_request_inputs(model, count: int, folder: Path, cache=None) -> Path:
+    """The first ``count`` request inputs of ``model`` (a :class:`testbed.experiment.ModelRef`:
+    its evaluation data with their reference outputs, as a run's client sends them) saved in
+    ``folder`` as ``<model>-<digest>.npz``, whole or not at all (a full disk stops nothing
+    halfway); a file already there is reused. `testbed run` and `testbed profile` both send these."""
+    import hashlib
+    import json
+    import os
+
+    from workloads.prepare import request_inputs
+    from workloads.serving import save_inputs
+
+    digest = hashlib.sha256(json.dumps({**model.to_dict(), "inputs": count}, sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(folder) / f"{model.name.replace('/', '_').replace(':', '_')}-{digest}.npz"
+    if path.exists():
+        return path
+    samples, refs = request_inputs(model.name, weights=model.weights, data=model.data, count=count, cache=cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            save_inputs(f, samples, refs)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

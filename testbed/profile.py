@@ -196,21 +196,6 @@ def probe_args(p: PartOnHost, folder: Path, inputs: Path | None = None) -> list[
     return ["--artifact", str(folder), "--part", str(p.part)] + (["--inputs", str(inputs)] if inputs else [])
 
 
-def write_inputs(need: ArtifactNeed, count: int, folder: Path, cache=None) -> Path:
-    """The run's request inputs of ``need``'s model (the first ``count`` of its evaluation
-    data, as `testbed run` sends them), saved in ``folder`` for the probe."""
-    from workloads.prepare import request_inputs
-    from workloads.serving import save_inputs
-
-    m = need.model
-    path = folder / f"inputs-{abs(hash((m.name, m.weights, str(m.data), count)))}.npz"
-    if not path.exists():
-        samples, refs = request_inputs(m.name, weights=m.weights, data=m.data, count=count, cache=cache)
-        with open(path, "wb") as f:
-            save_inputs(f, samples, refs)
-    return path
-
-
 # the idle time between two requests that a part server sees decides how fast it computes:
 # after 50-150 ms idle a small model took 3.7x as long per request as back to back (0.57 ms
 # against 0.15 ms, single thread, 2-core VM: caches and the core's clock). A profile holds
@@ -287,7 +272,7 @@ def profile_experiment(exp: Experiment, points: list[dict] | None = None, *, req
     from emulation.network import EmulatedNetwork
     from emulation.probe import capabilities
 
-    from .artifacts import prepare_all
+    from .artifacts import prepare_all, write_request_inputs
 
     built = prepare_all(exp.artifacts_needed(cache=cache, only=only, progress=progress), cache=cache,
                         progress=progress)
@@ -315,7 +300,7 @@ def profile_experiment(exp: Experiment, points: list[dict] | None = None, *, req
                 key = p.key(folder.name)
                 if key in done:
                     continue
-                inputs = write_inputs(p.need, p.inputs, Path(tmp), cache)
+                inputs = write_request_inputs(p.need.model, p.inputs, Path(tmp), cache)
                 progress(f"profiling {p.label} on {p.host} ({limits_text(p)}): {requests} requests on "
                          f"{p.inputs} inputs")
                 prof = measure(net, p, folder, requests=requests, inputs=inputs)

@@ -248,26 +248,11 @@ class Runner:
                 self.artifacts[need] = result
 
     def request_inputs(self, model: ModelRef) -> Path:
-        from workloads.prepare import request_inputs
-        from workloads.serving import save_inputs
+        from .artifacts import write_request_inputs
 
         if model not in self.inputs:
             self.events.stage(f"{model.name}: {self.exp.requests.inputs} request inputs and reference outputs")
-            samples, refs = request_inputs(model.name, weights=model.weights, data=model.data,
-                                           count=self.exp.requests.inputs, cache=self.cache)
-            folder = self.out / "inputs"
-            folder.mkdir(parents=True, exist_ok=True)
-            name = hashlib.sha256(json.dumps(model.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-            path = folder / f"{model.name.replace('/', '_').replace(':', '_')}-{name}.npz"
-            tmp = path.with_name(f".{path.name}.tmp")
-            try:                                # whole or not at all (a full disk stops it midway)
-                with open(tmp, "wb") as f:
-                    save_inputs(f, samples, refs)
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            self.inputs[model] = path
+            self.inputs[model] = write_request_inputs(model, self.exp.requests.inputs, self.out / "inputs", self.cache)
         return self.inputs[model]
 
     def plan(self) -> list[tuple[Experiment, list[CellPlan]]]:
