@@ -395,8 +395,8 @@ class EmulatedNetwork:
         for change in (serializer + backstop) if slower else (backstop + serializer):
             change()
         if self._gso_segs(new) != self._gso_segs(old):
-            with self._ipr(src) as ipr:
-                ipr.link("set", index=self._index(ipr, src, self._host_if(link, src)), gso_max_segs=self._gso_segs(new))
+            with self._changer(src) as changer, self._ipr(src) as ipr:   # both ready after prepare_step
+                changer.set_gso(self._index(ipr, src, self._host_if(link, src)), self._gso_segs(new))
         self.links[link.name] = new_link
         return "fast"
 
@@ -412,6 +412,9 @@ class EmulatedNetwork:
         with self._changer(node) as changer:
             for r in reqs:
                 changer.compile(self._ifindex[(node, ifname)], r)
+        # the sender's GSO size, which a step across ~48 Mbit/s changes: its socket and message ready
+        with self._changer(src) as changer, self._ipr(src) as ipr:
+            changer.compile_gso(self._index(ipr, src, self._host_if(link, src)), self._gso_segs(new))
 
     def _plan_step(self, name: str, direction: str, changes: dict):
         """(link, its direction now, after the change, the qdisc requests after it, whether the

@@ -123,6 +123,22 @@ def test_verify_reports_rate_and_queue_differences():
 
 
 # -- cgroups ----------------------------------------------------------------------------
+def test_a_trace_steps_gso_change_is_one_acknowledged_setlink_with_the_segments():
+    from pyroute2 import IPBatch
+    from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+    from pyroute2.netlink.rtnl import RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    for segs in (1, 2, 44):
+        data = shaping.gso_message(IPBatch(), 7, segs)
+        msg = ifinfmsg(data)
+        msg.decode()
+        assert msg["header"]["type"] == RTM_NEWLINK and msg["header"]["length"] == len(data)
+        # acknowledged: QdiscChanger waits for the kernel's answer, so a refusal is an error
+        assert msg["header"]["flags"] & (NLM_F_REQUEST | NLM_F_ACK) == NLM_F_REQUEST | NLM_F_ACK
+        assert msg["index"] == 7 and msg.get_attr("IFLA_GSO_MAX_SEGS") == segs
+
+
 def test_cgroup_v2_requests():
     req = cgroups.v2_requests(cgroups.Limits(cpus=0.25, memory_bytes=1 << 30, cpuset=(0, 1, 3)))
     assert req == {"cpu.max": "2000 8000", "cpuset.cpus": "0-1,3",  # auto period: a 2 ms quota
