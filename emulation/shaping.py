@@ -209,35 +209,32 @@ class QdiscChanger:
         self._compiled: dict[tuple, bytes] = {}
         self._batch = None
 
-    def compile(self, index: int, r: TcRequest) -> bytes:
-        """The netlink message of ``tc qdisc change`` for ``r`` on interface ``index`` (cached)."""
-        key = (index, r.kind, r.handle, r.parent, tuple(sorted(r.params.items())))
+    def _message(self, key: tuple, build) -> bytes:
+        """The message under ``key``, built once by ``build(batch)`` in the changer's ``IPBatch``."""
         data = self._compiled.get(key)
         if data is None:
             from pyroute2 import IPBatch
 
-            netem_keeps_its_rate()
             if self._batch is None:
                 self._batch = IPBatch()
-            self._batch.reset()
-            send(self._batch, index, r, "change")
-            data = self._compiled[key] = bytes(self._batch.batch)
+            data = self._compiled[key] = build(self._batch)
         return data
+
+    def compile(self, index: int, r: TcRequest) -> bytes:
+        """The netlink message of ``tc qdisc change`` for ``r`` on interface ``index`` (cached)."""
+        def build(batch) -> bytes:
+            netem_keeps_its_rate()
+            batch.reset()
+            send(batch, index, r, "change")
+            return bytes(batch.batch)
+        return self._message((index, r.kind, r.handle, r.parent, tuple(sorted(r.params.items()))), build)
 
     def compile_gso(self, index: int, segs: int) -> bytes:
         """The netlink message that sets interface ``index``'s ``gso_max_segs`` (cached): a
         trace step that crosses ~48 Mbit/s changes the sender's GSO size (:func:`gso_max_segs`).
         Through IPRoute from the replay's thread that took 1.4-1.7 ms a step, and 15 ms for
         the first (pyroute2 opens a socket per thread, in the namespace, by a forked child)."""
-        key = ("gso", index, segs)
-        data = self._compiled.get(key)
-        if data is None:
-            from pyroute2 import IPBatch
-
-            if self._batch is None:
-                self._batch = IPBatch()
-            data = self._compiled[key] = gso_message(self._batch, index, segs)
-        return data
+        return self._message(("gso", index, segs), lambda batch: gso_message(batch, index, segs))
 
     def change(self, index: int, r: TcRequest) -> None:
         """Send the change and wait for the kernel's answer; a refusal is a ShapingError."""
