@@ -53,10 +53,23 @@ def test_traffic_follows_the_topology_path(caps):
 def test_bandwidth_is_enforced_in_each_direction_separately(caps):
     s = spec("three_tier", {"links.mobile-edge.forward.bandwidth": "20Mbit", "links.mobile-edge.reverse.bandwidth": "5Mbit"})
     with EmulatedNetwork(s, caps=caps) as net:
-        up = measure_goodput(net, "mobile", "edge", 20_000_000, 2.0)
-        down = measure_goodput(net, "edge", "mobile", 5_000_000, 2.0)
-    assert 0.93 <= up / 20e6 <= 1.02, up
-    assert 0.93 <= down / 5e6 <= 1.02, down
+        up = shaped_goodputs(net, "mobile", "edge", 20_000_000, 2.0)
+        down = shaped_goodputs(net, "edge", "mobile", 5_000_000, 2.0)
+    assert max(up) / 20e6 >= 0.93 and all(r / 20e6 <= 1.02 for r in up), up
+    assert max(down) / 5e6 >= 0.93 and all(r / 5e6 <= 1.02 for r in down), down
+
+
+def shaped_goodputs(net, src: str, dst: str, rate_bps: int, seconds: float, tries: int = 2) -> list[float]:
+    """Goodput readings over a link shaped to ``rate_bps``: one, and another (up to ``tries``)
+    while the last fell short of 0.93 of the rate. Another process's burst on this 2-core
+    machine (or the QEMU VM's emulated CPUs) can only take goodput away, never add it: a shaper
+    that lets too much through shows in every reading (each is checked against 1.02), one that
+    holds the rate in at least one. (The VM stage, netem under QEMU's emulated CPUs, read 18.03
+    of 20 Mbit/s once, 0.90, and passed with the same code in the runs before and after.)"""
+    readings = [measure_goodput(net, src, dst, rate_bps, seconds)]
+    while len(readings) < tries and readings[-1] / rate_bps < 0.93:
+        readings.append(measure_goodput(net, src, dst, rate_bps, seconds))
+    return readings
 
 
 def test_delay_without_netem_uses_nfqueue_line(caps):
@@ -75,12 +88,9 @@ def test_delay_without_netem_uses_nfqueue_line(caps):
         rtt_cloud = measure_rtt_ms(net, "mobile", "cloud")
         assert abs(rtt_cloud - ideal) <= 0.6, rtt_cloud
         # the rate still holds while delayed. Three busy processes (iperf3 both ends and the
-        # delay line) on 2 cores: another process's burst can only take goodput away, never
-        # add it, so a second reading is taken when the first falls short (a CI run read 0.916
-        # once, after the demo's files were written back; alone, and beside a busy core, 0.95)
-        readings = [measure_goodput(net, "mobile", "edge", 200_000_000, 3.0)]
-        if readings[0] / 200e6 < 0.93:
-            readings.append(measure_goodput(net, "mobile", "edge", 200_000_000, 3.0))
+        # delay line) on 2 cores: a second reading when the first falls short (a CI run read
+        # 0.916 once, after the demo's files were written back; alone, and beside a busy core, 0.95)
+        readings = shaped_goodputs(net, "mobile", "edge", 200_000_000, 3.0)
         assert max(readings) / 200e6 >= 0.93 and all(r / 200e6 <= 1.02 for r in readings), readings
 
 
@@ -270,8 +280,8 @@ def test_live_change_of_link_and_host_reads_back_and_takes_effect(caps):
         net.set_link("mobile-edge", rate_bps=8_000_000)
         applied = {(r["link"], r["direction"]): r for r in net.applied()["links"]}
         assert applied[("mobile-edge", "mobile->edge")]["bandwidth_bps"] == 8_000_000
-        goodput = measure_goodput(net, "mobile", "edge", 8_000_000, 2.0)
-        assert 0.93 <= goodput / 8e6 <= 1.02, goodput
+        goodput = shaped_goodputs(net, "mobile", "edge", 8_000_000, 2.0)
+        assert max(goodput) / 8e6 >= 0.93 and all(r / 8e6 <= 1.02 for r in goodput), goodput
         if caps["delay_mechanism"] == "nfqueue":
             link = net.set_link("edge-mobile", direction="reverse", delay_ms=15.0)  # either name order works
             # 15 ms one way, plus the ping's frame on the 8 Mbit/s wire each way (0.2 ms in all)
