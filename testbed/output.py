@@ -724,12 +724,19 @@ def print_plan(plan) -> None:
             console.print(legend)
         _print_winner_map(plan, model, names)
         for c in (c for c in plan.crossovers if c["model"] == model):
-            where = ", ".join(f"{names.get(k, k)} {v}" for k, v in c["at"].items())
-            console.print(f"crossover: {escape(c['below'])} -> {escape(c['above'])} at {names.get(c['path'], c['path'])} "
-                          f"{c['bandwidth']}" + (f" (with {where})" if where else ""))
+            console.print(f"crossover: {escape(c['below'])} -> {escape(c['above'])}{_crossing_at(c, names)}")
+        for c in (c for c in plan.cut_crossovers if c["model"] == model):
+            console.print(f"cut change: {escape(c['strategy'])} from {escape(c['below'])} to {escape(c['above'])}"
+                          f"{_crossing_at(c, names)}")
     console.print(f"planned {len(winners)} point(s) x model(s), {len(rows)} predictions in {plan.seconds:.2f} s; "
                   "from the compute profiles and the links' arithmetic (no jitter or loss): check it against "
                   "measurement (testbed plan --verify N, or testbed report of a run)")
+
+
+def _crossing_at(c: dict, names: dict[str, str]) -> str:
+    """' at Mobile-Edge 23.4Mbit (with Edge-Cloud 50Mbit)' for a crossover of `testbed.plan`."""
+    where = ", ".join(f"{names.get(k, k)} {v}" for k, v in c["at"].items())
+    return f" at {names.get(c['path'], c['path'])} {c['bandwidth']}" + (f" (with {where})" if where else "")
 
 
 def _load_cell(load: dict) -> str:

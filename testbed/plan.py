@@ -34,6 +34,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,10 +56,11 @@ MAX_GRID_POINTS = 100_000
 # 535 B over its tensor from a single server; each relaying server's response record 185 B
 # (1, 2 and 3 servers: 575, 884 and 1193 B answers, relayed as 1069, 1377 and 1563 B)
 FRAME_HEADER_BYTES, REQUEST_RECORD_BYTES, ANSWER_HEADER_BYTES, RESPONSE_RECORD_BYTES = 219, 309, 535, 185
-CROSSOVER_STEPS = 40
+CROSSOVER_STEPS = 40              # bisections of a crossover between two grid values (log scale)
+MAX_CHANGES = 8                   # crossovers looked for between two neighbouring grid values
 # the idle time between requests from which a host computes as after idling (profile.REGIMES):
 # back to back a small part took 0.15 ms, after 5-10 ms idle 0.44 ms, after 50-150 ms 0.57 ms
-IDLE_MS = 2.0                     # bisections of a crossover between two grid values (log scale)
+IDLE_MS = 2.0
 
 
 class PlanError(TestbedError):
@@ -321,13 +323,14 @@ class Plan:
     rows: list[dict] = field(default_factory=list)          # one per (point, model, strategy)
     winners: list[dict] = field(default_factory=list)       # one per (point, model)
     crossovers: list[dict] = field(default_factory=list)
+    cut_crossovers: list[dict] = field(default_factory=list)     # a cut: fastest strategy's cut changes
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {"experiment": self.experiment, "tolerance": self.tolerance,
                 "grid": [{"path": a.path, "values": list(a.values)} for a in self.axes],
                 "predictions": self.rows, "winners": self.winners, "crossovers": self.crossovers,
-                "seconds": round(self.seconds, 3)}
+                "cut_crossovers": self.cut_crossovers, "seconds": round(self.seconds, 3)}
 
 
 def grid_points(exp: Experiment, axes: list[GridAxis]) -> list[dict]:
@@ -453,6 +456,7 @@ def make_plan(exp: Experiment, axes: list[GridAxis], tolerance: float = TOLERANC
             plan.rows += rows
             plan.winners.append(_winner(point, model.name, rows))
     plan.crossovers = crossovers(exp, axes, plan, known)
+    plan.cut_crossovers = cut_crossovers(exp, axes, plan, known)
     plan.seconds = time.perf_counter() - t0
     return plan
 
@@ -496,37 +500,71 @@ def _load_winner(point: dict, model: str, rows: list[dict]) -> dict:
             "margin_ms": None if searching else margin, **({"margin_qps": margin} if searching else {})}
 
 
-def crossovers(exp: Experiment, axes: list[GridAxis], plan: Plan, known: _Known) -> list[dict]:
-    """Where the winner changes between two neighbouring values of a bandwidth range (the other
-    paths fixed): the bandwidth found by bisection on a log scale, on the same predictions."""
+def _changes(axes: list[GridAxis], decided: list[tuple[dict, str, object]],
+             decide: Callable[[dict, str], object]) -> list[dict]:
+    """Where a decision changes between two neighbouring values of a bandwidth range (the other
+    paths fixed): ``decided`` holds (point, model, decision) at every grid point, ``decide(point,
+    model)`` makes it at any other point. Each change is found by bisection on a log scale, on
+    the same predictions, and the search goes on above it: between two grid values the decision
+    may change more than once (mobile alone, then a split, then edge alone). A decision of None
+    (nothing chosen) has no crossover."""
     out = []
-    by_point = {(tuple(sorted(w["point"].items())), w["model"]): w for w in plan.winners}
+    by_point = {(tuple(sorted(point.items())), model): value for point, model, value in decided}
     for axis in (a for a in axes if a.log):
-        for w in plan.winners:
-            v = w["point"].get(axis.path)
-            i = axis.values.index(v) if v in axis.values else -1
+        for point, model, value in decided:
+            i = axis.values.index(point[axis.path]) if point.get(axis.path) in axis.values else -1
             if i < 0 or i + 1 >= len(axis.values):
                 continue
-            w2 = by_point.get((tuple(sorted(dict(w["point"], **{axis.path: axis.values[i + 1]}).items())), w["model"]))
-            if w2 is None or w2["winner"] == w["winner"] or None in (w["winner"], w2["winner"]):
+            upper = by_point.get((tuple(sorted(dict(point, **{axis.path: axis.values[i + 1]}).items())), model))
+            if upper == value or None in (value, upper):
                 continue
-            lo, hi = axis.numbers[i], axis.numbers[i + 1]
-            for _ in range(CROSSOVER_STEPS):
-                if hi / lo < 1.001:
+            at_rate = (lambda bps, point=point, model=model:
+                       decide(dict(point, **{axis.path: format_rate(int(round(bps)))}), model))
+            start, below, top = axis.numbers[i], value, axis.numbers[i + 1]
+            for _ in range(MAX_CHANGES):
+                lo, hi = start, top
+                for _ in range(CROSSOVER_STEPS):
+                    if hi / lo < 1.001:
+                        break
+                    mid = math.sqrt(lo * hi)
+                    lo, hi = (mid, hi) if at_rate(mid) == below else (lo, mid)
+                at = math.sqrt(lo * hi)
+                above = upper if hi >= top else at_rate(hi)     # the decision just above the change
+                out.append({"model": model, "path": axis.path,
+                            "at": {k: v for k, v in point.items() if k != axis.path}, "below": below,
+                            "above": above, "bandwidth_bps": at, "bandwidth": format_rate(int(round(at)))})
+                if above in (upper, None):
                     break
-                mid = math.sqrt(lo * hi)
-                here = dict(w["point"], **{axis.path: format_rate(int(round(mid)))})
-                e = profiles.at(exp, here)
-                model = next(m for m in e.models if m.name == w["model"])
-                if _winner(here, w["model"], _predict_point(e, here, model, known))["winner"] == w["winner"]:
-                    lo = mid
-                else:
-                    hi = mid
-            at = math.sqrt(lo * hi)
-            out.append({"model": w["model"], "path": axis.path,
-                        "at": {k: v for k, v in w["point"].items() if k != axis.path},
-                        "below": w["winner"], "above": w2["winner"], "bandwidth_bps": at,
-                        "bandwidth": format_rate(int(round(at)))})
+                start, below = hi, above
+    return out
+
+
+def _model_at(exp: Experiment, point: dict, name: str) -> tuple[Experiment, ModelRef]:
+    e = profiles.at(exp, point)
+    return e, next(m for m in e.models if m.name == name)
+
+
+def crossovers(exp: Experiment, axes: list[GridAxis], plan: Plan, known: _Known) -> list[dict]:
+    """Where the winner changes along a bandwidth range (:func:`_changes`)."""
+    def winner_at(point: dict, name: str):
+        e, model = _model_at(exp, point, name)
+        return _winner(point, name, _predict_point(e, point, model, known))["winner"]
+    return _changes(axes, [(w["point"], w["model"], w["winner"]) for w in plan.winners], winner_at)
+
+
+def cut_crossovers(exp: Experiment, axes: list[GridAxis], plan: Plan, known: _Known) -> list[dict]:
+    """Where a ``cut: fastest`` strategy's cut changes along a bandwidth range (the cut
+    Neurosurgeon would switch to there): :func:`_changes` of its rows' ``cut``, each with
+    ``strategy``; ``below`` and ``above`` are the cuts' tensors."""
+    from .fastest import best_row
+
+    out = []
+    for name in dict.fromkeys(r["strategy"] for r in plan.rows if r.get("cut")):
+        def cut_at(point: dict, model_name: str, name=name):
+            e, model = _model_at(exp, point, model_name)
+            return best_row(e, point, model, next(s for s in e.strategies if s.name == name), known)["cut"]
+        decided = [(r["point"], r["model"], r["cut"]) for r in plan.rows if r["strategy"] == name and r.get("cut")]
+        out += [{**c, "strategy": name} for c in _changes(axes, decided, cut_at)]
     return out
 
 

@@ -200,6 +200,38 @@ def test_the_plan_row_of_a_fastest_strategy_is_its_best_candidate_and_the_dry_ru
         ("1Gbit", "me-auto", None)]
 
 
+def test_the_plan_finds_the_bandwidths_where_the_fastest_cut_changes(cache, capsys):
+    from testbed.artifacts import prepare_all
+    from testbed.output import print_plan
+    from testbed.plan import make_plan, parse_grid
+
+    exp = _load([FASTEST], sweep={ME: ["1Mbit"]})
+    prepare_all(exp.artifacts_needed(cache=cache), cache=cache)
+    _constructed_profiles(exp, cache)
+    plan = make_plan(exp, [parse_grid(f"{ME}=100kbit..10Gbit:11")], cache=cache)
+    cuts = [r["cut"] for r in plan.rows]
+    # a slow link sends the fewest bytes, a fast one leaves the least compute on the slow mobile
+    assert cuts[0] == LATE and cuts[-1] == EARLY
+    changes = plan.cut_crossovers
+    assert changes and [c["strategy"] for c in changes] == ["me-fastest"] * len(changes)
+    # a chain of changes in order along the axis, from the slowest grid value's cut to the
+    # fastest's, through every cut the grid shows; with these profiles MIDDLE wins only between
+    # two grid values (100 kbit/s .. 10 Gbit/s in 11: x3.16 a step), and is still found
+    assert [c["below"] for c in changes] + [changes[-1]["above"]] == [LATE, MIDDLE, EARLY]
+    assert MIDDLE not in cuts
+    assert [c["bandwidth_bps"] for c in changes] == sorted(c["bandwidth_bps"] for c in changes)
+    # the cut predicted just below each change is the one below, just above it the one above
+    for c in changes:
+        near = [f"{c['bandwidth_bps'] * f / 1000:.3f}kbit" for f in (0.99, 1.01)]
+        beside = make_plan(exp, [parse_grid(f"{ME}={','.join(near)}")], cache=cache)
+        assert [r["cut"] for r in beside.rows] == [c["below"], c["above"]], (c, near)
+    assert plan.to_dict()["cut_crossovers"] == changes
+    print_plan(plan)
+    printed = capsys.readouterr().out
+    for c in changes:
+        assert f"cut change: me-fastest from {c['below']} to {c['above']} at" in printed
+
+
 def test_without_profiles_the_dry_run_says_what_is_missing_and_chooses_nothing(cache):
     from testbed.estimate import FASTEST as NO_CUT, estimate
 
