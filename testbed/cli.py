@@ -749,6 +749,14 @@ def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> Non
             click.echo(f"  the plan against these cells: median |error| {p['median_abs_error'] * 100:.1f} % over "
                        f"{len(p['cells'])} cells; the predicted winner is the measured one at {p['agreed']} of "
                        f"{p['compared']} (point, model)" + output.indistinguishable_text(p))
+        load = p.get("load") or {}
+        if load.get("cells"):
+            errors = [(k, load[f"median_abs_error{s}"]) for k, s in (("p50", ""), ("p99", "_p99"))]
+            click.echo("  the plan against the cells under load: "
+                       + ("median |error| " + ", ".join(f"{k} {v * 100:.1f} %" for k, v in errors if v is not None)
+                          if any(v is not None for _, v in errors) else "every rate predicted saturated")
+                       + f" over {len(load['cells'])} cells; the predicted winner (lowest p99 within the targets) is "
+                       f"the measured one at {load['agreed']} of {load['compared']} (point, model)")
     if written.note:
         click.echo(f"note: {written.note}", err=True)
 

@@ -664,22 +664,57 @@ def prediction_rows(comparison: dict) -> tuple[list[dict], list[dict], list[dict
     return cells, comparison["by_strategy"] + comparison["by_tier"], winners_
 
 
+PREDICTED_LOAD_COLUMNS = ["model", "point", "strategy", "placement", "target_qps", "answered_qps", "predicted_ms",
+                          "measured_ms", "error", "predicted_p99_ms", "measured_p99_ms", "error_p99", "saturated",
+                          "saturation_qps", "bottleneck", "predicted_slo", "measured_slo", "note"]
+
+
+def prediction_load_rows(load: dict) -> tuple[list[dict], list[dict]]:
+    """The rows of the tables of :func:`testbed.verify.compare_load`: per cell under load (a
+    measured one without a prediction too, with a note), and per (point, model) the winners
+    by the load rule with both winners' measured p99."""
+    def verdicts(slo: dict) -> str | None:
+        return ", ".join(f"{k} {'met' if v else 'missed'}" for k, v in slo.items()) or None
+
+    cells = [{**c, "point": point_label(c["point"]), "predicted_slo": verdicts(c["predicted_slo"]),
+              "measured_slo": verdicts(c["measured_slo"]), "note": None} for c in load["cells"]]
+    cells += [{**c, "point": point_label(c["point"]), "note": "no prediction at this rate: not in the plan"}
+              for c in load["unmatched"]]
+    winners_ = [{"model": w["model"], "point": point_label(w["point"]), "rule": w["rule"],
+                 "predicted": w["predicted"], "measured": w["measured"], "agree": w["agree"],
+                 "predicted_winner_measured_p99_ms": w["measured_p99_ms"].get(w["predicted"]),
+                 "measured_winner_p99_ms": w["measured_p99_ms"].get(w["measured"])} for w in load["winners"]]
+    return cells, winners_
+
+
 def _prediction_section(out: Path, comparison: dict | None, reason: str | None, save) -> tuple[dict, list[Path]]:
     """What the page shows of the plan against measurement, and the tables written: the
-    comparison with its figure and rows, or only the reason there is none."""
+    comparison with its figure and rows (and, for cells under a server scenario's load,
+    ``load`` with its own), or only the reason there is none."""
     if comparison is None:
         return {"reason": reason}, []
     drawn = _prediction_figure(comparison)
     cells, errors, winners_ = prediction_rows(comparison)
-    tables = (_write_table(out / "tables", "predicted", cells, PREDICTED_CELL_COLUMNS)
-              + _write_table(out / "tables", "predicted_errors", errors,
-                             ["by", "name", "n", "median_abs_error", "median_error", "worst_error", "worst_at"])
-              + _write_table(out / "tables", "predicted_winners", winners_,
-                             ["model", "point", "rule", "predicted", "measured", "agree", "tie",
-                              "predicted_winner_measured_ms", "measured_winner_ms", "indistinguishable", "p",
-                              "unmeasured"]))
+    tables = []
+    if comparison["cells"] or comparison["unmatched"]:
+        tables = (_write_table(out / "tables", "predicted", cells, PREDICTED_CELL_COLUMNS)
+                  + _write_table(out / "tables", "predicted_errors", errors,
+                                 ["by", "name", "n", "median_abs_error", "median_error", "worst_error", "worst_at"])
+                  + _write_table(out / "tables", "predicted_winners", winners_,
+                                 ["model", "point", "rule", "predicted", "measured", "agree", "tie",
+                                  "predicted_winner_measured_ms", "measured_winner_ms", "indistinguishable", "p",
+                                  "unmeasured"]))
+    load = comparison.get("load")
+    if load:
+        load_cells, load_winners = prediction_load_rows(load)
+        tables += (_write_table(out / "tables", "predicted_load", load_cells, PREDICTED_LOAD_COLUMNS)
+                   + _write_table(out / "tables", "predicted_load_winners", load_winners,
+                                  ["model", "point", "rule", "predicted", "measured", "agree",
+                                   "predicted_winner_measured_p99_ms", "measured_winner_p99_ms"]))
+        load = {**load, "rows": load_cells, "disagreements": [w for w in load_winners if not w["agree"]]}
     return {**comparison, "figures": save("predicted", [("vs-measured", *drawn)] if drawn else []),
-            "rows": cells, "errors": errors, "disagreements": [w for w in winners_ if not w["agree"]]}, tables
+            "rows": cells, "errors": errors, "disagreements": [w for w in winners_ if not w["agree"]],
+            "load": load}, tables
 
 
 # --- tables ---------------------------------------------------------------------------------

@@ -4,8 +4,10 @@
 
 - :func:`measured_cells`: per done single-stream cell of a store, the measured p50 and p90 of
   the end-to-end latency over its ok requests and the medians of compute and transmission
-  (`testbed.summary.summarize`'s numbers). Cells under load are left out: a plan predicts one
-  request at a time.
+  (`testbed.summary.summarize`'s numbers). :func:`measured_load_from`: per done cell under a
+  server scenario's load, at its rate, the measured p50 and p99 and each latency target's
+  verdict; other loads (closed loops) are left out: a plan predicts one request at a time, or
+  Poisson arrivals at a rate (`testbed.queueing`).
 - :func:`predictions_for_store`: each run's experiment rebuilt from the store (``runs.config``)
   and planned at its own sweep points (``make_plan(exp, [])``), the predictions kept for the
   cells the store holds; when a plan cannot be made (a part without a profile, an experiment
@@ -19,6 +21,9 @@
   agreement; the errors
   summarised per strategy and per tier (the placement, e.g. ``mobile>edge``). A measured cell
   without a prediction is listed as unmatched, never dropped.
+- :func:`compare_load`: the same for cells under load: predicted p50 and p99 (queueing)
+  against measured, the predicted saturation rate beside the answered rate, and the winner by
+  the load study's rule (lowest p99 among those within tolerance meeting every target).
 """
 from __future__ import annotations
 
@@ -70,6 +75,33 @@ def measured_from(cells: list[dict], requests: list[dict]) -> list[dict]:
     return out
 
 
+def _planned_load(c: dict) -> bool:
+    """A done cell a plan predicts under load: the server scenario at its rate (each rate a
+    search tried is a cell of its own; the plan of a searching run predicts the highest rate
+    instead, so those cells come out unmatched)."""
+    f = c.get("load") or {}
+    return c["status"] == "done" and f.get("scenario") == "server" and f.get("target_qps") is not None
+
+
+def measured_load_from(cells: list[dict]) -> list[dict]:
+    """Per done server-scenario cell at a fixed rate: model, strategy, placement, point,
+    run_id, ok, the rate asked (``target_qps``), offered and answered (req/s), p50_ms and
+    p99_ms of e2e under the load (None: beyond the answers) and each latency target's verdict
+    (``slo``: percentile -> met)."""
+    out = []
+    for c in cells:
+        if not _planned_load(c):
+            continue
+        f = c["load"]
+        lat = f.get("latency_ms") or {}
+        out.append({"model": c["model"], "strategy": c["strategy"], "placement": c["placement"], "point": c["point"],
+                    "run_id": c["run_id"], "ok": f.get("ok"), "target_qps": f["target_qps"],
+                    "offered_qps": f.get("offered_qps"), "answered_qps": f.get("throughput_rps"),
+                    "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99"),
+                    "slo": {k: v["met"] for k, v in (f.get("slo") or {}).items()}})
+    return out
+
+
 def measured_cells(store_or_folder: ResultStore | str | Path) -> list[dict]:
     """Per done single-stream cell: model, strategy, placement, point, run_id, ok (its ok
     requests), p50_ms and p90_ms of e2e over them, and the medians of compute_ms and
@@ -96,9 +128,9 @@ def _plan_run(run: dict, cache, tolerance: float) -> dict:
     from .experiment import load_experiment_dict
 
     config = run.get("config") or {}
-    if (config.get("load") or {}).get("scenario", "single-stream") != "single-stream":
+    if (config.get("load") or {}).get("scenario", "single-stream") not in ("single-stream", "server"):
         raise TestbedError(f"it measured under load ({config['load']['scenario']}): a plan predicts one "
-                           "request at a time")
+                           "request at a time, or Poisson arrivals at a rate (load.scenario: server)")
     cores, memory = _budget(run.get("machine"))
     exp = load_experiment_dict(config, [], cores=cores, memory_bytes=memory, source=f"run {run['run_id']}'s config")
     return make_plan(exp, [], tolerance, cache).to_dict()
@@ -116,10 +148,10 @@ def predict_cells(runs: list[dict], cells: list[dict], cache=None, tolerance: fl
     """:func:`predictions_for_store` of rows already read from a store."""
     wanted: dict[str, set] = {}
     for c in cells:
-        if c["status"] == "done" and not c.get("load"):
+        if c["status"] == "done" and not c.get("load") or _planned_load(c):
             wanted.setdefault(c["run_id"], set()).add(_cell_key(c))
     if not wanted:
-        return None, "no done single-stream cell to compare with a plan"
+        return None, "no done cell to compare with a plan (single-stream, or under a server scenario's fixed rate)"
     predictions, winners, reasons, plans = {}, {}, [], {}
     for run in runs:
         keys = wanted.get(run["run_id"])
@@ -236,6 +268,23 @@ def error_summary(cells: list[dict], by: str) -> list[dict]:
     return out
 
 
+def _matched(predictions: list[dict], measured: list[dict], pair) -> tuple[list[dict], list[dict], dict]:
+    """Measured cells matched with their predictions by (model, strategy, point): ``pair(p,
+    m)`` of each match, the unmatched measured cells (named), and the matches per (model, point)."""
+    by_key = {_cell_key(p): p for p in predictions}
+    cells, unmatched = [], []
+    for m in measured:
+        p = by_key.get(_cell_key(m))
+        if p is None:
+            unmatched.append({k: m[k] for k in ("model", "strategy", "placement", "point", "run_id", "ok")})
+        else:
+            cells.append(pair(p, m))
+    points: dict[tuple[str, str], list[dict]] = {}
+    for c in cells:
+        points.setdefault((c["model"], point_key(c["point"])), []).append(c)
+    return cells, unmatched, points
+
+
 def compare(predictions: list[dict], winners: list[dict], measured: list[dict]) -> dict:
     """Predictions (``Plan.to_dict()["predictions"]``) against :func:`measured_cells`, matched
     by (model, strategy, point): ``cells`` (each matched cell's predicted and measured p50,
@@ -248,18 +297,8 @@ def compare(predictions: list[dict], winners: list[dict], measured: list[dict]) 
     measurement could not say the prediction was wrong),
     ``median_abs_error`` of p50 (and ``_p90``), ``by_strategy`` and ``by_tier``
     (:func:`error_summary`)."""
-    by_key = {_cell_key(p): p for p in predictions}
     planned = {(w["model"], point_key(w["point"])): w for w in winners}
-    cells, unmatched = [], []
-    for m in measured:
-        p = by_key.get(_cell_key(m))
-        if p is None:
-            unmatched.append({k: m[k] for k in ("model", "strategy", "placement", "point", "run_id", "ok")})
-        else:
-            cells.append(_cell(p, m))
-    points: dict[tuple[str, str], list[dict]] = {}
-    for c in cells:
-        points.setdefault((c["model"], point_key(c["point"])), []).append(c)
+    cells, unmatched, points = _matched(predictions, measured, _cell)
     samples = {_cell_key(m): m.get("e2e_ms") or [] for m in measured}
     rows = [_winner_row(model, mine[0]["point"], mine, planned.get((model, key)), samples)
             for (model, key), mine in points.items()]
@@ -276,6 +315,58 @@ def compare(predictions: list[dict], winners: list[dict], measured: list[dict]) 
             "by_strategy": error_summary(cells, "strategy"), "by_tier": error_summary(cells, "placement")}
 
 
+def _load_cell(p: dict, m: dict) -> dict:
+    load = p["load"]
+    return {"model": m["model"], "strategy": m["strategy"], "placement": m["placement"], "point": m["point"],
+            "run_id": m["run_id"], "ok": m["ok"], "target_qps": m["target_qps"], "answered_qps": m["answered_qps"],
+            "saturation_qps": load.get("saturation_qps"), "bottleneck": load.get("bottleneck"),
+            "saturated": bool(load.get("saturated")),
+            "predicted_ms": load.get("p50_ms"), "measured_ms": m["p50_ms"], "error": _error(load.get("p50_ms"), m["p50_ms"]),
+            "predicted_p99_ms": load.get("p99_ms"), "measured_p99_ms": m["p99_ms"],
+            "error_p99": _error(load.get("p99_ms"), m["p99_ms"]),
+            "predicted_slo": {k: v["met"] for k, v in (load.get("slo") or {}).items()}, "measured_slo": m["slo"],
+            "tolerance_verdict": p.get("tolerance_verdict")}
+
+
+def _load_winner_row(model: str, point: dict, mine: list[dict]) -> dict:
+    """The predicted and the measured winner under load at one (point, model), both by the
+    plan's rule (`testbed.plan._load_winner`: the lowest p99 among the strategies within the
+    quality tolerance that meet every latency target) over the strategies measured there; a
+    measured p99 beyond the answers ranks last."""
+    from .plan import _load_winner
+
+    def rows(side: str) -> list[dict]:
+        if side == "predicted":
+            return [{"strategy": c["strategy"], "tolerance_verdict": c["tolerance_verdict"],
+                     "load": {"p99_ms": c["predicted_p99_ms"], "saturated": c["saturated"],
+                              "slo": {k: {"met": v} for k, v in c["predicted_slo"].items()}}} for c in mine]
+        return [{"strategy": c["strategy"], "tolerance_verdict": c["tolerance_verdict"],
+                 "load": {"p99_ms": c["measured_p99_ms"] if c["measured_p99_ms"] is not None else float("inf"),
+                          "slo": {k: {"met": v} for k, v in c["measured_slo"].items()}}} for c in mine]
+    pred, meas = _load_winner(point, model, rows("predicted")), _load_winner(point, model, rows("measured"))
+    return {"model": model, "point": point, "rule": pred["rule"], "predicted": pred["winner"],
+            "measured": meas["winner"], "agree": pred["winner"] == meas["winner"],
+            "measured_p99_ms": {c["strategy"]: c["measured_p99_ms"] for c in mine
+                                if c["strategy"] in (pred["winner"], meas["winner"])}}
+
+
+def compare_load(predictions: list[dict], measured: list[dict]) -> dict:
+    """Predictions under a server scenario's load (rows with ``load``) against
+    :func:`measured_load_from`, matched by (model, strategy, point): ``cells`` (predicted and
+    measured p50 and p99 with signed errors, the predicted saturation rate and bottleneck
+    beside the answered rate, each latency target's verdict on both sides), ``unmatched``,
+    ``winners`` per (point, model) by the load study's rule (:func:`_load_winner_row`),
+    ``agreed`` of ``compared``, and the median |error| of p50 and p99 over the cells where
+    both sides have the number (a saturated prediction has none)."""
+    at_rate = [p for p in predictions if "p50_ms" in (p.get("load") or {})]
+    cells, unmatched, points = _matched(at_rate, measured, _load_cell)
+    rows = [_load_winner_row(model, mine[0]["point"], mine) for (model, _key), mine in points.items()]
+    return {"cells": cells, "unmatched": unmatched, "winners": rows, "agreed": sum(r["agree"] for r in rows),
+            "compared": len(rows),
+            "median_abs_error": _median(abs(c["error"]) for c in cells if c["error"] is not None),
+            "median_abs_error_p99": _median(abs(c["error_p99"]) for c in cells if c["error_p99"] is not None)}
+
+
 def verify(runs: list[dict], cells: list[dict], requests: list[dict], cache=None,
            tolerance: float = TOLERANCE) -> tuple[dict | None, str | None]:
     """(:func:`compare` of the store's rows with their plan, plus its ``notes``, None) or
@@ -283,8 +374,13 @@ def verify(runs: list[dict], cells: list[dict], requests: list[dict], cache=None
     plan, reason = predict_cells(runs, cells, cache, tolerance)
     if plan is None:
         return None, reason
-    result = compare(plan["predictions"], plan["winners"], measured_from(cells, requests))
-    return {**result, "tolerance": tolerance, "notes": plan["notes"]}, None
+    single = [p for p in plan["predictions"] if "load" not in p]
+    at = {(p["model"], point_key(p["point"])) for p in single}
+    result = compare(single, [w for w in plan["winners"] if (w["model"], point_key(w["point"])) in at],
+                     measured_from(cells, requests))
+    loaded = measured_load_from(cells)
+    return {**result, "tolerance": tolerance, "notes": plan["notes"],
+            "load": compare_load([p for p in plan["predictions"] if "load" in p], loaded) if loaded else None}, None
 
 
 # --- measured where the plan is least sure (`testbed plan --verify N`) ------------------------

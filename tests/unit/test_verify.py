@@ -9,7 +9,8 @@ import pytest
 from testbed.experiment import load_experiment_dict
 from testbed.plan import make_plan
 from testbed.store import CellRecord, RequestRow, ResultStore
-from testbed.verify import compare, error_summary, measured_cells, point_key, predictions_for_store
+from testbed.verify import (compare, compare_load, error_summary, measured_cells, measured_load_from, point_key,
+                            predictions_for_store)
 from tests.unit.test_plan import GiB, _store_profiles, planned  # noqa: F401  (a fixture)
 
 ME = "links.mobile-edge.bandwidth"
@@ -204,6 +205,130 @@ def test_a_run_whose_config_does_not_load_or_ran_under_load_gets_a_reason(tmp_pa
     plan, reason = predictions_for_store(folder)
     assert plan is None and reason.startswith("no prediction for run r1 (old): run r1's config: models")
     with ResultStore.in_folder(folder) as store:
-        store.begin_run("r1", "old", {"name": "old", "load": {"scenario": "server", "qps": 5}}, {})
-    assert "measured under load (server)" in predictions_for_store(folder)[1]
+        store.begin_run("r1", "old", {"name": "old", "load": {"scenario": "multi-stream", "concurrency": 4}}, {})
+    assert "measured under load (multi-stream)" in predictions_for_store(folder)[1]
     assert predictions_for_store(tmp_path / "out")[0] is None
+
+
+# ---- under a server scenario's load ------------------------------------------------------------
+
+def _load_pred(strategy: str, qps: float, p50: float | None, p99: float | None, slo_p99: bool = True,
+               verdict: str | None = None) -> dict:
+    saturated = p50 is None
+    return {"model": "m", "strategy": strategy, "placement": strategy, "point": {"load.qps": qps},
+            "tolerance_verdict": verdict,
+            "load": {"saturation_qps": 40.0, "bottleneck": f"{strategy} compute", "p50_ms": p50, "p99_ms": p99,
+                     "saturated": saturated, "slo": {"p99": {"target_ms": 100.0, "met": slo_p99 and not saturated}}}}
+
+
+def _load_cell(strategy: str, qps: float, p50: float | None, p99: float | None, met: bool, status: str = "done",
+               scenario: str = "server") -> dict:
+    return {"model": "m", "strategy": strategy, "placement": strategy, "point": {"load.qps": qps}, "run_id": "r1",
+            "status": status, "load": {"scenario": scenario, "target_qps": qps, "offered_qps": qps * 1.01,
+                                       "throughput_rps": qps, "ok": 100, "latency_ms": {"p50": p50, "p99": p99},
+                                       "slo": {"p99": {"target_ms": 100.0, "met": met}}}}
+
+
+def test_load_cells_are_read_at_their_rate_and_only_the_server_scenarios():
+    cells = [_load_cell("a", 10.0, 20.0, 60.0, True), _load_cell("a", 20.0, 30.0, None, False),
+             _load_cell("b", 10.0, 20.0, 60.0, True, status="failed"),
+             _load_cell("c", 10.0, 20.0, 60.0, True, scenario="multi-stream"),
+             {"model": "m", "strategy": "d", "placement": "d", "point": {}, "run_id": "r1", "status": "done"}]
+    got = measured_load_from(cells)
+    assert [(m["strategy"], m["target_qps"], m["p50_ms"], m["p99_ms"], m["slo"]) for m in got] == [
+        ("a", 10.0, 20.0, 60.0, {"p99": True}), ("a", 20.0, 30.0, None, {"p99": False})]
+    assert got[0]["answered_qps"] == 10.0 and got[0]["offered_qps"] == pytest.approx(10.1)
+
+
+def test_load_predictions_are_compared_at_each_rate_and_the_winner_by_the_load_rule():
+    preds = [_load_pred("a", 10.0, 20.0, 50.0), _load_pred("b", 10.0, 15.0, 80.0),
+             _load_pred("a", 30.0, 40.0, 150.0, slo_p99=False), _load_pred("b", 30.0, None, None)]
+    measured = measured_load_from([_load_cell("a", 10.0, 25.0, 40.0, True), _load_cell("b", 10.0, 15.0, 90.0, True),
+                                   _load_cell("a", 30.0, 50.0, 120.0, False), _load_cell("b", 30.0, 60.0, None, False),
+                                   _load_cell("c", 10.0, 5.0, 5.0, True)])
+    got = compare_load(preds, measured)
+    cells = {(c["strategy"], c["target_qps"]): c for c in got["cells"]}
+    assert cells[("a", 10.0)]["error"] == pytest.approx(-0.2) and cells[("a", 10.0)]["error_p99"] == pytest.approx(0.25)
+    # predicted saturated: no number to compare, the saturation rate and bottleneck beside the answered rate
+    sat = cells[("b", 30.0)]
+    assert (sat["saturated"], sat["error"], sat["error_p99"], sat["saturation_qps"]) == (True, None, None, 40.0)
+    assert got["median_abs_error"] == pytest.approx(0.2)        # |-0.2|, |0|, |-0.2|
+    assert got["median_abs_error_p99"] == pytest.approx(0.25)   # 0.25, -0.111, 0.25
+    # c has no prediction: listed, not dropped
+    assert [(u["strategy"], u["point"]) for u in got["unmatched"]] == [("c", {"load.qps": 10.0})]
+    wins = {w["point"]["load.qps"]: w for w in got["winners"]}
+    # 10 req/s: both meet p99 <= 100 on both sides; lowest p99: a (50 against 80 predicted, 40 against 90 measured)
+    assert (wins[10.0]["predicted"], wins[10.0]["measured"], wins[10.0]["agree"]) == ("a", "a", True)
+    # 30 req/s: none meets the target, predicted or measured: no winner on either side, which agrees
+    assert (wins[30.0]["predicted"], wins[30.0]["measured"], wins[30.0]["agree"]) == (None, None, True)
+    assert (got["agreed"], got["compared"]) == (2, 2)
+    # measured, b's p99 wins at 10 req/s: a miss, with both measured p99
+    measured[1]["p99_ms"] = 30.0
+    (w10, _) = compare_load(preds, measured)["winners"]
+    assert (w10["predicted"], w10["measured"], w10["agree"]) == ("a", "b", False)
+    assert w10["measured_p99_ms"] == {"a": 40.0, "b": 30.0}
+
+
+def test_a_beyond_tolerance_strategy_cannot_win_under_load_either():
+    preds = [_load_pred("a", 10.0, 20.0, 30.0, verdict="beyond"), _load_pred("b", 10.0, 25.0, 60.0, verdict="within")]
+    measured = measured_load_from([_load_cell("a", 10.0, 20.0, 30.0, True), _load_cell("b", 10.0, 25.0, 60.0, True)])
+    (w,) = compare_load(preds, measured)["winners"]
+    assert (w["predicted"], w["measured"], w["agree"]) == ("b", "b", True) and "within tolerance" in w["rule"]
+
+
+def test_a_load_runs_cells_get_the_queueing_prediction_and_the_report_shows_them(tmp_path, planned):
+    from testbed.report import write_report
+
+    exp, built = planned
+    data = {**exp.to_dict(), "load": {"scenario": "server", "qps": 5, "duration": "2s", "slo": {"p99": "500ms"}},
+            "sweep": {"load.qps": [5, 15]}}
+    data["requests"] = {k: v for k, v in data["requests"].items() if k != "repeat"}
+    exp = load_experiment_dict(data, [], cores=2.0, memory_bytes=24 * GiB, source="<test>", base_dir=tmp_path)
+    _store_profiles(exp, built, {"mobile": 50.0, "edge": 5.0})
+    plan = {(r["strategy"], float(r["point"]["load.qps"])): r["load"] for r in make_plan(exp, []).rows}
+    # mobile (50 ms a request) saturates near 20 req/s: 15 req/s queues; edge is nearly idle
+    assert plan[("mobile", 15.0)]["p99_ms"] > 2 * plan[("mobile", 5.0)]["p99_ms"]
+    folder = tmp_path / "out"
+    with ResultStore.in_folder(folder) as store:
+        store.begin_run("r1", exp.name, exp.to_dict(), {"cores": 2.0, "memory_bytes": 24 * GiB})
+        for point in exp.cells_grid():
+            for s in exp.strategies:
+                q = float(point["load.qps"])
+                pred = plan[(s.name, q)]
+                # measured 10 % above the plan's p50 and p99
+                lat = {"p50": pred["p50_ms"] * 1.1, "p90": pred["p99_ms"], "p99": pred["p99_ms"] * 1.1}
+                figures = {"scenario": "server", "target_qps": q, "offered_qps": q, "throughput_rps": q, "ok": 10,
+                           "requests": 10, "latency_ms": lat,
+                           "slo": {"p99": {"target_ms": 500.0, "measured_ms": lat["p99"], "met": lat["p99"] <= 500,
+                                           "sure": True}}}
+                reqs = [RequestRow(seq=i, input_index=i, status="ok", e2e_ms=lat["p50"]) for i in range(10)]
+                store.write_cell(CellRecord(
+                    cell=f"{s.name}/{point_key(point)}", run_id="r1", model=exp.models[0].name, weights="w",
+                    strategy=s.name, operators=[], placement=s.placement, source="mobile", codec="binary",
+                    connection="persistent", point=point, artifact=None, metric=None, metric_value=None,
+                    baseline_value=None, status="done", error=None, started=1.7e9, ended=1.7e9 + 1, load=figures),
+                    reqs, [])
+        store.end_run("r1", "done")
+    from click.testing import CliRunner
+
+    from testbed.cli import cli
+
+    r = CliRunner().invoke(cli, ["report", str(folder), "--out", str(tmp_path / "cli-report")])
+    assert r.exit_code == 0, r.output
+    assert ("the plan against the cells under load: median |error| p50 9.1 %, p99 9.1 % over 4 cells; the predicted "
+            "winner (lowest p99 within the targets) is the measured one at 2 of 2 (point, model)") in r.output
+    assert "the plan against these cells" not in r.output       # no single-stream cell
+    report = write_report(folder)
+    got = report.predicted
+    assert "reason" not in got, got.get("reason")
+    assert got["cells"] == [] and got["load"] is not None
+    load = got["load"]
+    assert len(load["cells"]) == 4 and load["unmatched"] == []
+    assert all(c["error"] == pytest.approx(-1 / 11) and c["error_p99"] == pytest.approx(-1 / 11) for c in load["cells"])
+    assert load["median_abs_error_p99"] == pytest.approx(1 / 11)
+    # edge has the lower p99 at both rates, predicted and measured
+    assert [(w["predicted"], w["measured"], w["agree"]) for w in load["winners"]] == [("edge", "edge", True)] * 2
+    assert (load["agreed"], load["compared"]) == (2, 2)
+    page = report.index.read_text()
+    assert "Under load" in page and "Per cell under load (4)" in page and "over 0 cells" not in page
+    assert (report.index.parent / "tables" / "predicted_load.csv").read_text().count("\n") == 5
