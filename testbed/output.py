@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 from rich import box
 from rich.console import Console
@@ -764,22 +765,18 @@ def indistinguishable_text(checked: dict) -> str:
 
 def print_verify(checked: dict) -> None:
     """`testbed plan --verify N`: per measured point and model, the predicted winner against
-    the measured one, and the error of the predictions there."""
-    from testbed.experiment import point_label
+    the measured one, and the error of the predictions there (cells under a server scenario's
+    load: :func:`_print_verify_load`)."""
     from testbed.verify import miss_text
 
-    t = Table(title=f"the plan checked at its {len(checked['points'])} least sure point(s)",
-              caption=f"measured into {checked['out']}; margin: how much faster the predicted winner was predicted "
-                      "than the runner-up; measured p50 of both winners where they differ")
-    for c in ("model", "point", "margin", "predicted winner", "measured winner", "agree"):
-        t.add_column(c)
-    for w in checked["winners"]:
-        both = ", ".join(f"{escape(k)} {_ms(v)}" for k, v in w["measured_ms"].items()) if not w["agree"] else ""
-        t.add_row(w["model"], escape(point_label(w["point"])) or "-",
-                  "-" if w.get("margin_ms") is None else f"{_ms(w['margin_ms'])} ms",
-                  escape(w["predicted"] or "none"), escape(w["measured"] or "none"),
-                  ("yes (a tie)" if w["tie"] else "yes") if w["agree"] else f"no ({'; '.join(x for x in (both, miss_text(w)) if x)})")
-    console.print(t)
+    load = checked.get("load")
+    if load and not checked["cells"] and not checked["unmatched"]:
+        return _print_verify_load(checked, load)
+    _print_checked_winners(
+        f"the plan checked at its {len(checked['points'])} least sure point(s)",
+        f"measured into {checked['out']}; margin: how much faster the predicted winner was predicted than the "
+        "runner-up; measured p50 of both winners where they differ", checked["winners"], "measured_ms", "none",
+        lambda w: "yes (a tie)" if w["tie"] else "yes", miss_text)
     err = checked["median_abs_error"]
     agreement = checked["agreement"]
     console.print(f"winners right at {checked['agreed']} of {checked['compared']} (point, model)"
@@ -787,6 +784,44 @@ def print_verify(checked: dict) -> None:
                   + ("" if err is None else f"; median |predicted - measured| / measured of p50 {err * 100:.1f} % "
                                             f"over {len(checked['cells'])} cells")
                   + (f"; {len(checked['unmatched'])} measured cell(s) without a prediction" if checked["unmatched"] else "")
+                  + f"; `testbed report {checked['out']}` shows every cell")
+    if load:
+        _print_verify_load(checked, load)
+
+
+def _print_checked_winners(title: str, caption: str, winners: list[dict], measured: str, none: str,
+                           agreed: Callable[[dict], str], why: Callable[[dict], str]) -> None:
+    """A table of `testbed plan --verify`'s winners: per (point, model) the margin, the
+    predicted and the measured winner, and whether they agree (else both winners' measured
+    ``measured`` numbers and ``why(w)``)."""
+    from testbed.experiment import point_label
+
+    t = Table(title=title, caption=caption)
+    for c in ("model", "point", "margin", "predicted winner", "measured winner", "agree"):
+        t.add_column(c)
+    for w in winners:
+        both = ", ".join(f"{escape(k)} {_ms(v)}" for k, v in w[measured].items()) if not w["agree"] else ""
+        t.add_row(w["model"], escape(point_label(w["point"])) or "-",
+                  "-" if w.get("margin_ms") is None else f"{_ms(w['margin_ms'])} ms",
+                  escape(w["predicted"] or none), escape(w["measured"] or none),
+                  agreed(w) if w["agree"] else f"no ({'; '.join(x for x in (both, why(w)) if x)})")
+    console.print(t)
+
+
+def _print_verify_load(checked: dict, load: dict) -> None:
+    """The least sure points under load: per point and model the predicted winner (lowest p99
+    among those within the targets) against the measured one, and the errors of p50 and p99."""
+    _print_checked_winners(
+        f"the plan under load checked at its {len(checked['points'])} least sure point(s)",
+        f"measured into {checked['out']}; margin: how much lower the predicted winner's p99 was predicted than the "
+        "runner-up's; measured p99 of both winners where they differ", load["winners"], "measured_p99_ms",
+        "none within the targets", lambda w: "yes", lambda w: "")
+    errors = [(k, load[f"median_abs_error{s}"]) for k, s in (("p50", ""), ("p99", "_p99"))]
+    known = [f"{k} {v * 100:.1f} %" for k, v in errors if v is not None]
+    console.print(f"winners under load right at {load['agreed']} of {load['compared']} (point, model)"
+                  + (f"; median |predicted - measured| / measured: {', '.join(known)}" if known else "")
+                  + f" over {len(load['cells'])} cells"
+                  + (f"; {len(load['unmatched'])} measured cell(s) without a prediction" if load["unmatched"] else "")
                   + f"; `testbed report {checked['out']}` shows every cell")
 
 

@@ -344,10 +344,11 @@ def _load_winner_row(model: str, point: dict, mine: list[dict]) -> dict:
                  "load": {"p99_ms": c["measured_p99_ms"] if c["measured_p99_ms"] is not None else float("inf"),
                           "slo": {k: {"met": v} for k, v in c["measured_slo"].items()}}} for c in mine]
     pred, meas = _load_winner(point, model, rows("predicted")), _load_winner(point, model, rows("measured"))
+    p99 = {c["strategy"]: c["measured_p99_ms"] for c in mine}
     return {"model": model, "point": point, "rule": pred["rule"], "predicted": pred["winner"],
             "measured": meas["winner"], "agree": pred["winner"] == meas["winner"],
-            "measured_p99_ms": {c["strategy"]: c["measured_p99_ms"] for c in mine
-                                if c["strategy"] in (pred["winner"], meas["winner"])}}
+            # both winners' measured p99, the measured winner's first (one when they agree)
+            "measured_p99_ms": {s: p99[s] for s in dict.fromkeys((meas["winner"], pred["winner"])) if s in p99}}
 
 
 def compare_load(predictions: list[dict], measured: list[dict]) -> dict:
@@ -417,8 +418,13 @@ def verify_plan(exp, plan, n: int, out: Path, events=None,
     keys = {point_key(p) for p in points}
     rows = [r for r in plan.rows if point_key(r["point"]) in keys]
     winners = [w for w in plan.winners if point_key(w["point"]) in keys]
-    result = compare(rows, winners, measured_cells(out))
+    with ResultStore.in_folder(out, create=False) as store:
+        cells, requests = store.cells(), store.requests()
+    result = compare([r for r in rows if "load" not in r], winners, measured_from(cells, requests))
+    loaded = [r for r in rows if "load" in r]
+    # under a server scenario's load: the queueing predictions against the cells at each rate
+    result["load"] = compare_load(loaded, measured_load_from(cells)) if loaded else None
     margins = {(w["model"], point_key(w["point"])): w["margin_ms"] for w in winners}
-    for w in result["winners"]:
+    for w in result["winners"] + (result["load"] or {}).get("winners", []):
         w["margin_ms"] = margins.get((w["model"], point_key(w["point"])))
     return {**result, "points": points, "out": str(out), "tolerance": plan.tolerance}

@@ -100,3 +100,40 @@ def test_profile_then_plan_then_the_measured_run_agrees_with_the_plan(tmp_path):
                        env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "already holds 4 cells" in p.stderr and "Traceback" not in p.stderr
     assert find_leftovers() == []
+
+
+# the same model, hosts and link under Poisson arrivals at two rates
+LOAD_EXPERIMENT = EXPERIMENT.replace("name: it-plan\n", "name: it-plan-load\n").replace(
+    "requests: {warmup: 2, repeat: 15, inputs: 3, timeout: 20s}\nsweep:\n  links.mobile-edge.bandwidth: [20Mbit, 200Mbit]\n",
+    "requests: {warmup: 2, inputs: 3, timeout: 20s}\n"
+    "load: {scenario: server, qps: 20, duration: 3s, seed: 1, slo: {p99: 500ms}}\nsweep:\n  load.qps: [20, 60]\n")
+assert "load.qps" in LOAD_EXPERIMENT and "it-plan-load" in LOAD_EXPERIMENT
+
+
+def test_plan_verify_under_load_measures_the_least_sure_rate_and_compares_p50_and_p99(tmp_path):
+    _model(tmp_path)
+    exp = tmp_path / "load.yaml"
+    exp.write_text(LOAD_EXPERIMENT)
+    _cli(tmp_path, "profile", str(exp), "--requests", "10", "--json")
+    out = tmp_path / "verify"
+    got = _cli(tmp_path, "plan", str(exp), "--verify", "1", "--out", str(out), "--json")
+    assert all("load" in r for r in got["predictions"])
+    checked = got["verify"]
+    (point,) = checked["points"]
+    load = checked["load"]
+    # both strategies measured at the one rate, each beside its queueing prediction
+    assert checked["cells"] == [] and load["unmatched"] == [] and len(load["cells"]) == 2
+    predicted = {r["strategy"]: r["load"] for r in got["predictions"] if r["point"] == point}
+    for c in load["cells"]:
+        assert str(c["point"]["load.qps"]) == str(point["load.qps"])
+        assert c["predicted_p99_ms"] == predicted[c["strategy"]]["p99_ms"] and c["measured_p99_ms"] > 0
+        assert c["error_p99"] == (c["predicted_p99_ms"] - c["measured_p99_ms"]) / c["measured_p99_ms"]
+    (w,) = load["winners"]
+    assert w["predicted"] in ("mobile", "edge") and w["margin_ms"] is not None and load["compared"] == 1
+    print(point, [(c["strategy"], round(c["predicted_p99_ms"], 2), round(c["measured_p99_ms"], 2))
+                  for c in load["cells"]], w)
+    # and in the terminal
+    p = subprocess.run(TESTBED + ["report", str(out)], cwd=REPO, env=_env(tmp_path), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and "the plan against the cells under load: median |error|" in p.stdout, p.stdout[-2000:]
+    assert find_leftovers() == []

@@ -266,7 +266,7 @@ def test_load_predictions_are_compared_at_each_rate_and_the_winner_by_the_load_r
     measured[1]["p99_ms"] = 30.0
     (w10, _) = compare_load(preds, measured)["winners"]
     assert (w10["predicted"], w10["measured"], w10["agree"]) == ("a", "b", False)
-    assert w10["measured_p99_ms"] == {"a": 40.0, "b": 30.0}
+    assert list(w10["measured_p99_ms"].items()) == [("b", 30.0), ("a", 40.0)]
 
 
 def test_a_beyond_tolerance_strategy_cannot_win_under_load_either():
@@ -332,3 +332,25 @@ def test_a_load_runs_cells_get_the_queueing_prediction_and_the_report_shows_them
     page = report.index.read_text()
     assert "Under load" in page and "Per cell under load (4)" in page and "over 0 cells" not in page
     assert (report.index.parent / "tables" / "predicted_load.csv").read_text().count("\n") == 5
+
+
+def test_plan_verify_prints_each_winner_and_a_table_of_its_own_under_load(capsys):
+    from testbed.output import _ms, print_verify
+
+    checked = compare([_pred("a", 5.0), _pred("b", 6.0)], [], [_meas("a", 7.0), _meas("b", 6.0)])
+    checked.update(points=[{}], out="/tmp/x", tolerance=0.01, load=None)
+    print_verify(checked)
+    text = capsys.readouterr().out
+    assert "the plan checked at its 1 least sure point(s)" in text and f"no (b {_ms(6.0)}, a {_ms(7.0)})" in text
+    assert "winners right at 0 of 1" in text and "under load" not in text
+    preds = [_load_pred("a", 10.0, 20.0, 50.0), _load_pred("b", 10.0, 15.0, 80.0)]
+    load = compare_load(preds, measured_load_from([_load_cell("a", 10.0, 25.0, 90.0, True),
+                                                   _load_cell("b", 10.0, 15.0, 40.0, True)]))
+    only_load = compare([], [], [])
+    only_load.update(points=[{"load.qps": 10.0}], out="/tmp/x", tolerance=0.01, load=load)
+    print_verify(only_load)
+    text = capsys.readouterr().out
+    assert "the plan under load checked at its 1 least sure point(s)" in text and f"no (b {_ms(40.0)}, a {_ms(90.0)})" in text
+    assert "winners under load right at 0 of 1 (point, model); median |predicted - measured| / measured: " \
+           "p50 10.0 %, p99 72.2 % over 2 cells" in text.replace("\n", " ")
+    assert "the plan checked at" not in text            # no single-stream cell: no table for them
