@@ -530,10 +530,12 @@ def _changes(axes: list[GridAxis], decided: list[tuple[dict, str, object]],
                     lo, hi = (mid, hi) if at_rate(mid) == below else (lo, mid)
                 at = math.sqrt(lo * hi)
                 above = upper if hi >= top else at_rate(hi)     # the decision just above the change
+                if above is None:
+                    break
                 out.append({"model": model, "path": axis.path,
                             "at": {k: v for k, v in point.items() if k != axis.path}, "below": below,
                             "above": above, "bandwidth_bps": at, "bandwidth": format_rate(int(round(at)))})
-                if above in (upper, None):
+                if above == upper:
                     break
                 start, below = hi, above
     return out

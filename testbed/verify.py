@@ -148,7 +148,7 @@ def predict_cells(runs: list[dict], cells: list[dict], cache=None, tolerance: fl
     """:func:`predictions_for_store` of rows already read from a store."""
     wanted: dict[str, set] = {}
     for c in cells:
-        if c["status"] == "done" and not c.get("load") or _planned_load(c):
+        if (c["status"] == "done" and not c.get("load")) or _planned_load(c):
             wanted.setdefault(c["run_id"], set()).add(_cell_key(c))
     if not wanted:
         return None, "no done cell to compare with a plan (single-stream, or under a server scenario's fixed rate)"
@@ -375,13 +375,20 @@ def verify(runs: list[dict], cells: list[dict], requests: list[dict], cache=None
     plan, reason = predict_cells(runs, cells, cache, tolerance)
     if plan is None:
         return None, reason
-    single = [p for p in plan["predictions"] if "load" not in p]
+    return {**compare_both(plan["predictions"], plan["winners"], cells, requests), "tolerance": tolerance,
+            "notes": plan["notes"]}, None
+
+
+def compare_both(predictions: list[dict], winners: list[dict], cells: list[dict], requests: list[dict]) -> dict:
+    """:func:`compare` of the single-stream predictions with a store's single-stream cells,
+    and ``load``: :func:`compare_load` of the predictions under load with its cells under a
+    server scenario's load (None when there are neither)."""
+    single = [p for p in predictions if "load" not in p]
     at = {(p["model"], point_key(p["point"])) for p in single}
-    result = compare(single, [w for w in plan["winners"] if (w["model"], point_key(w["point"])) in at],
+    result = compare(single, [w for w in winners if (w["model"], point_key(w["point"])) in at],
                      measured_from(cells, requests))
-    loaded = measured_load_from(cells)
-    return {**result, "tolerance": tolerance, "notes": plan["notes"],
-            "load": compare_load([p for p in plan["predictions"] if "load" in p], loaded) if loaded else None}, None
+    loaded, measured = [p for p in predictions if "load" in p], measured_load_from(cells)
+    return {**result, "load": compare_load(loaded, measured) if loaded or measured else None}
 
 
 # --- measured where the plan is least sure (`testbed plan --verify N`) ------------------------
@@ -419,11 +426,7 @@ def verify_plan(exp, plan, n: int, out: Path, events=None,
     rows = [r for r in plan.rows if point_key(r["point"]) in keys]
     winners = [w for w in plan.winners if point_key(w["point"]) in keys]
     with ResultStore.in_folder(out, create=False) as store:
-        cells, requests = store.cells(), store.requests()
-    result = compare([r for r in rows if "load" not in r], winners, measured_from(cells, requests))
-    loaded = [r for r in rows if "load" in r]
-    # under a server scenario's load: the queueing predictions against the cells at each rate
-    result["load"] = compare_load(loaded, measured_load_from(cells)) if loaded else None
+        result = compare_both(rows, winners, store.cells(), store.requests())
     margins = {(w["model"], point_key(w["point"])): w["margin_ms"] for w in winners}
     for w in result["winners"] + (result["load"] or {}).get("winners", []):
         w["margin_ms"] = margins.get((w["model"], point_key(w["point"])))
