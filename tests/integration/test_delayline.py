@@ -36,6 +36,13 @@ A_IP, D_IP_A, D_IP_B, B_IP = "10.77.1.1", "10.77.1.2", "10.77.2.2", "10.77.2.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def steal_ms() -> float:
+    """CPU time the hypervisor took from this VM, all CPUs (``steal`` in /proc/stat), in ms."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) * 1000 / CLK_TCK
+
+
 class Topo:
     def __init__(self):
         from mininet.net import Mininet
@@ -175,8 +182,11 @@ def daemon_factory(topo):
         assert topo.d.cmd("cat /proc/net/netfilter/nfnetlink_queue").strip() == ""
 
 
-def ping_rtt(host, dst: str, count: int = 20, interval: float = 0.05) -> dict:
-    out = host.cmd(f"ping -c {count} -i {interval} -W 2 -q {dst}")
+def ping_rtt(host, dst: str, count: int = 20, interval: float = 0.05, rt_priority: int = 0) -> dict:
+    """ping's summary. ``rt_priority``: run ping at SCHED_FIFO, so that the measuring tool is
+    not preempted between stamping a request and sending it (which reads as a late packet)."""
+    chrt = f"chrt -f {rt_priority} " if rt_priority else ""
+    out = host.cmd(f"{chrt}ping -c {count} -i {interval} -W 2 -q {dst}")
     m = re.search(r"(\d+) received", out)
     r = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", out)
     assert m and r, out
@@ -242,13 +252,31 @@ def test_asymmetric_delay_and_live_change(topo, daemon_factory):
 @pytest.mark.timeout(120)
 def test_jitter_bounds_without_reordering(topo, daemon_factory):
     # at SCHED_FIFO 10, as every network runs its delay lines: at the normal scheduler one
-    # ping in 420 (7 runs) came back 9 ms past the bound, the daemon not scheduled in time
-    d = daemon_factory("0:20:5", "1:0:0", extra=["--seed", "7", "--rt-priority", "10"])
-    r = ping_rtt(topo.a, B_IP, count=60, interval=0.02)
-    print(f"\n20 ms +- 5 ms jitter: RTT min {r['min']:.3f} avg {r['avg']:.3f} max {r['max']:.3f} mdev {r['mdev']:.3f}")
-    assert r["received"] == 60
-    # on failure, the line's own counters tell a late delay line from a packet delayed elsewhere
-    assert r["min"] >= 15 - 0.05 and r["max"] <= 25 + 1.5, (r, d.call({"op": "stats"})["stats"])
+    # ping in 420 (7 runs) came back 9 ms past the bound, the daemon not scheduled in time.
+    # ping runs at SCHED_FIFO 5 (below the line): in one CI run with ping at the normal
+    # scheduler one ping in 60 came back 10.7 ms past the bound
+    for attempt in (1, 2):
+        d = daemon_factory("0:20:5", "1:0:0", extra=["--seed", "7", "--rt-priority", "10"])
+        steal0 = steal_ms()
+        r = ping_rtt(topo.a, B_IP, count=60, interval=0.02, rt_priority=5)
+        stolen = steal_ms() - steal0
+        st = d.call({"op": "stats"})["stats"]
+        d.stop()
+        late_us = max(st["0"]["late_us_max"], st["1"]["late_us_max"])
+        print(f"\n20 ms +- 5 ms jitter: RTT min {r['min']:.3f} avg {r['avg']:.3f} max {r['max']:.3f} mdev {r['mdev']:.3f}"
+              f"; delay line late max {st['0']['late_us_max']} / {st['1']['late_us_max']} us; stolen {stolen:.0f} ms")
+        assert r["received"] == 60
+        in_bounds = late_us <= 1500 and r["min"] >= 15 - 0.05 and r["max"] <= 25 + 1.5
+        # the hypervisor stopping this VM (its stolen time, /proc/stat) holds every process,
+        # the delay line at any priority too: such a reading is taken once more. One without
+        # stolen time is judged as it is.
+        if in_bounds or stolen == 0:
+            break
+    # the line's own counter: no packet left more than 1.5 ms after its due time
+    assert late_us <= 1500, (st, stolen)
+    # and what ping reads; on failure the line's counters above tell a late delay line from
+    # a packet delayed elsewhere
+    assert r["min"] >= 15 - 0.05 and r["max"] <= 25 + 1.5, (r, late_us, stolen)
     assert r["mdev"] > 1.0  # uniform on +-5 ms has sd 2.9 ms
     assert abs(r["avg"] - 20) < 2.5
 
