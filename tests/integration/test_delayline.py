@@ -43,6 +43,20 @@ def steal_ms() -> float:
     return int(fields[8]) * 1000 / CLK_TCK
 
 
+def unless_stolen(measure, within):
+    """``measure()`` once; when its reading misses (``within(reading)`` false) and the
+    hypervisor stole time from this VM meanwhile, once more: a stopped VM stops every
+    process at any priority, the delay line too. A reading without stolen time is judged as
+    it is, so a delay line late on its own still fails. Returns (reading, stolen ms)."""
+    for _ in range(2):
+        steal0 = steal_ms()
+        reading = measure()
+        stolen = steal_ms() - steal0
+        if within(reading) or stolen == 0:
+            break
+    return reading, stolen
+
+
 class Topo:
     def __init__(self):
         from mininet.net import Mininet
@@ -222,11 +236,12 @@ def test_rtt_matches_configured_delay(topo, daemon_factory):
     for delay in (1, 10, 50, 100):
         d.set(0, delay)
         d.set(1, delay)
-        r = ping_rtt(topo.a, B_IP)
         expected = 2 * delay + base["avg"]
         tol = max(0.5, 0.03 * expected)
+        r, stolen = unless_stolen(lambda: ping_rtt(topo.a, B_IP),
+                                  lambda r: abs(r["avg"] - expected) <= tol and r["min"] >= 2 * delay - 0.05)
         print(f"delay {delay:>3} ms each way: RTT avg {r['avg']:.3f} ms (min {r['min']:.3f}, max {r['max']:.3f}),"
-              f" expected {expected:.3f} +- {tol:.2f}")
+              f" expected {expected:.3f} +- {tol:.2f}; stolen {stolen:.0f} ms")
         assert r["received"] == 20
         assert abs(r["avg"] - expected) <= tol, (delay, r, expected)
         assert r["min"] >= 2 * delay - 0.05, (delay, r)
@@ -253,25 +268,24 @@ def test_asymmetric_delay_and_live_change(topo, daemon_factory):
 def test_jitter_bounds_without_reordering(topo, daemon_factory):
     # at SCHED_FIFO 10, as every network runs its delay lines: at the normal scheduler one
     # ping in 420 (7 runs) came back 9 ms past the bound, the daemon not scheduled in time.
-    # ping runs at SCHED_FIFO 5 (below the line): in one CI run with ping at the normal
-    # scheduler one ping in 60 came back 10.7 ms past the bound
-    for attempt in (1, 2):
+    # ping runs at SCHED_FIFO 5 (below the line), so the measuring tool is not preempted
+    # either. One CI run saw one ping in 60 come back 10.7 ms past the bound, the cause not
+    # recorded: a stop of the VM by the hypervisor is the likely one, hence unless_stolen
+    def measure():
         d = daemon_factory("0:20:5", "1:0:0", extra=["--seed", "7", "--rt-priority", "10"])
-        steal0 = steal_ms()
         r = ping_rtt(topo.a, B_IP, count=60, interval=0.02, rt_priority=5)
-        stolen = steal_ms() - steal0
         st = d.call({"op": "stats"})["stats"]
         d.stop()
-        late_us = max(st["0"]["late_us_max"], st["1"]["late_us_max"])
-        print(f"\n20 ms +- 5 ms jitter: RTT min {r['min']:.3f} avg {r['avg']:.3f} max {r['max']:.3f} mdev {r['mdev']:.3f}"
-              f"; delay line late max {st['0']['late_us_max']} / {st['1']['late_us_max']} us; stolen {stolen:.0f} ms")
-        assert r["received"] == 60
-        in_bounds = late_us <= 1500 and r["min"] >= 15 - 0.05 and r["max"] <= 25 + 1.5
-        # the hypervisor stopping this VM (its stolen time, /proc/stat) holds every process,
-        # the delay line at any priority too: such a reading is taken once more. One without
-        # stolen time is judged as it is.
-        if in_bounds or stolen == 0:
-            break
+        return r, st, max(st["0"]["late_us_max"], st["1"]["late_us_max"])
+
+    def within(reading):
+        r, _, late_us = reading
+        return late_us <= 1500 and r["min"] >= 15 - 0.05 and r["max"] <= 25 + 1.5
+
+    (r, st, late_us), stolen = unless_stolen(measure, within)
+    print(f"\n20 ms +- 5 ms jitter: RTT min {r['min']:.3f} avg {r['avg']:.3f} max {r['max']:.3f} mdev {r['mdev']:.3f}"
+          f"; delay line late max {st['0']['late_us_max']} / {st['1']['late_us_max']} us; stolen {stolen:.0f} ms")
+    assert r["received"] == 60
     # the line's own counter: no packet left more than 1.5 ms after its due time
     assert late_us <= 1500, (st, stolen)
     # and what ping reads; on failure the line's counters above tell a late delay line from
