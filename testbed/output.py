@@ -99,8 +99,13 @@ def print_calibration(report: dict) -> None:
                   "-" if r["goodput_ratio"] is None else f"{r['goodput_ratio']:.3f}",
                   f"{r['expected_rtt_ms']:.2f} ms",
                   "/".join(f"{r[k]:.2f}" for k in ("rtt_p10_ms", "rtt_ms", "rtt_p90_ms") if k in r) + " ms",
-                  f"{r['loss']:.2%}", f"{r['measured_loss']:.2%}", _verdict(r["pass"]))
+                  f"{r['loss']:.2%}", f"{r['measured_loss']:.2%}" + ("*" if r.get("loss_socket_drops") else ""),
+                  _verdict(r["pass"]))
     console.print(t)
+    for r in report["links"]:
+        if r.get("loss_socket_drops"):
+            console.print(f"* {r['link']} {r['direction']}: {r['loss_socket_drops']} of {r['loss_packets']} datagrams "
+                          "were dropped by the receiving socket (its buffer full), not by the link: not in its loss")
     for r in report["links"]:
         line = r.get("delay_line")
         if r["pass"] is False and line:      # was it the delay line (late, dropping) or the link?

@@ -189,9 +189,12 @@ def test_a_message_over_two_slow_links_is_pipelined_frame_by_frame(caps):
 def test_loss_is_applied_per_direction(caps):
     s = spec("three_tier", {"links.mobile-edge.forward.loss": "10%"})
     with EmulatedNetwork(s, caps=caps) as net:
-        loss, n = measure_udp_loss(net, "mobile", "edge", 200_000_000, 2.0)
-        back, m = measure_udp_loss(net, "edge", "mobile", 200_000_000, 1.0)
-    assert n > 2000
+        loss, n, _ = measure_udp_loss(net, "mobile", "edge", 200_000_000, 2.0)
+        # what the receiving socket dropped (its buffer full: iperf3's server not scheduled in
+        # time, 365 of 2498 in one run here and 9 % in one CI run) is not the link's loss
+        back, m, at_socket = measure_udp_loss(net, "edge", "mobile", 200_000_000, 1.0)
+    print(f"\nloss forward {loss:.4f} of {n}, reverse {back:.4f} of {m} (+{at_socket} at the receiver's socket)")
+    assert n > 2000 and m > 1000
     assert abs(loss - 0.10) < 0.03, loss
     assert back == 0.0
 

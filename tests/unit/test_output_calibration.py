@@ -52,10 +52,14 @@ def test_a_failed_direction_shows_its_delay_lines_counters_and_a_passed_one_does
     line = {"packets": 31000, "dropped_queue": 12, "dropped_enobufs": 0, "kernel_queue_dropped": 0,
             "late_us_mean": 9.5, "late_us_max": 41250.0}
     report["links"] = [{**link, "direction": "edge->mobile", "goodput_ratio": 0.793, "delay_line": line, "pass": False},
-                       {**link, "direction": "mobile->edge", "goodput_ratio": 0.956,
+                       {**link, "direction": "mobile->edge", "goodput_ratio": 0.956, "loss_socket_drops": 365,
+                        "loss_packets": 2498,
                         "delay_line": {**line, "late_us_max": 777.0}, "pass": True}]
     output.print_calibration(report)
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    # datagrams the receiving socket dropped are shown beside the link's loss, not in it
+    assert ("* mobile-edge mobile->edge: 365 of 2498 datagrams were dropped by the receiving socket (its buffer "
+            "full), not by the link: not in its loss") in out and "edge->mobile: 365" not in out
     assert "edge->mobile: its delay line so far: 31000 packets, latest batch 41250.0 us late" in out
     assert "queue full 12, ENOBUFS 0, kernel queue 0" in out
     assert "777.0" not in out
