@@ -732,6 +732,7 @@ def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> Non
     from testbed.recommend import headlines
     from testbed.report import write_report
     from testbed.summary import axis_names, point_labels
+    from testbed.verify import cpu_summary_text
 
     written = write_report(folder, out, tolerance)
     if as_json:
@@ -748,7 +749,7 @@ def report(folder: str, out: str | None, tolerance: float, as_json: bool) -> Non
         if p.get("median_abs_error") is not None:
             click.echo(f"  the plan against these cells: median |error| {p['median_abs_error'] * 100:.1f} % over "
                        f"{len(p['cells'])} cells; the predicted winner is the measured one at {p['agreed']} of "
-                       f"{p['compared']} (point, model)" + output.indistinguishable_text(p))
+                       f"{p['compared']} (point, model)" + output.indistinguishable_text(p) + cpu_summary_text(p))
         load = p.get("load") or {}
         if load.get("cells"):
             errors = [(k, load[f"median_abs_error{s}"]) for k, s in (("p50", ""), ("p99", "_p99"))]

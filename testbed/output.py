@@ -772,7 +772,7 @@ def print_verify(checked: dict) -> None:
     """`testbed plan --verify N`: per measured point and model, the predicted winner against
     the measured one, and the error of the predictions there (cells under a server scenario's
     load: :func:`_print_verify_load`)."""
-    from testbed.verify import miss_text
+    from testbed.verify import cpu_summary_text, miss_text
 
     load = checked.get("load")
     if load and not checked["cells"] and not checked["unmatched"]:
@@ -788,6 +788,7 @@ def print_verify(checked: dict) -> None:
                   + ("" if agreement is None else f" ({agreement * 100:.0f} %)") + indistinguishable_text(checked)
                   + ("" if err is None else f"; median |predicted - measured| / measured of p50 {err * 100:.1f} % "
                                             f"over {len(checked['cells'])} cells")
+                  + cpu_summary_text(checked)
                   + (f"; {len(checked['unmatched'])} measured cell(s) without a prediction" if checked["unmatched"] else "")
                   + f"; `testbed report {checked['out']}` shows every cell")
     if load:

@@ -235,8 +235,8 @@ def _predict_chain(e: Experiment, strategy: Strategy, art: Artifact, compute: li
     c90 = sum(c["p90_ms"] for c in chosen)
     return {"p50_ms": c50 + tx + overhead, "p90_ms": c90 + tx + overhead, "compute_ms": c50,
             "compute_p90_ms": c90, "transmission_ms": tx, "overhead_ms": overhead,
-            "compute": [{"host": h, "part": i, "regime": c["regime"], "p50_ms": c["p50_ms"], "p90_ms": c["p90_ms"]}
-                        for i, (h, c) in enumerate(zip(hosts, chosen))],
+            "compute": [{"host": h, "part": i, "regime": c["regime"], "p50_ms": c["p50_ms"], "p90_ms": c["p90_ms"],
+                         "cpu_p50_ms": c["cpu_p50_ms"]} for i, (h, c) in enumerate(zip(hosts, chosen))],
             "transmission": transmission}
 
 
@@ -312,7 +312,7 @@ def _regime(profile: dict, idle_ms: float) -> dict:
     regimes = profile.get("regimes") or {}
     name = "idle" if idle_ms >= IDLE_MS and "idle" in regimes else "warm"
     r = regimes.get(name, profile)
-    return {"regime": name, "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"]}
+    return {"regime": name, "p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"], "cpu_p50_ms": r.get("infer_cpu_p50_ms")}
 
 
 @dataclass

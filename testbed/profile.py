@@ -4,7 +4,11 @@ cgroup, with the ONNX Runtime threads and the pacing its part server would use),
 at a time, as a distribution: every request's wall time and its p10 / p50 / p90.
 
 A profile holds two regimes: requests back to back (``warm``) and after 50-150 ms idle
-(``idle``), which differ several-fold for small parts (see :data:`REGIMES`). A profile is
+(``idle``), which differ several-fold for small parts (see :data:`REGIMES`). Each regime
+keeps every request's CPU time too, the inference's own (``infer_cpu_ms``: its threads',
+without the pacing, as a part server's trace records it): the report sets its median beside
+the run's, which tells a machine that computed slower than at profiling from a wrong plan
+(profiles measured before it lack it, and the comparison says so). A profile is
 what `testbed plan` predicts from. It is stored in the artifact cache
 (``profiles/<key>``), keyed by what decides a part's compute and nothing else:
 
@@ -222,7 +226,9 @@ def measure(net, p: PartOnHost, folder: Path, requests: int = DEFAULT_REQUESTS, 
         got = run_compute_probe(net, p.host, probe_args(p, folder, inputs), requests=requests, threads=p.threads,
                                 limited=True, seed=seed + i, pace=p.pace, gap_ms=gap)
         wall = [round(float(v), 4) for v in got["wall_ms"]]
+        infer_cpu = [round(float(v), 4) for v in got["infer_cpu_ms"]]
         regimes[regime] = {"gap_ms": gap, "wall_ms": wall, "cpu_ms": [round(float(v), 4) for v in got["cpu_ms"]],
+                           "infer_cpu_ms": infer_cpu, "infer_cpu_p50_ms": round(statistics.median(infer_cpu), 4),
                            "inputs": got["inputs"], "exited": got["exited"], **summary(wall),
                            **exit_summary(wall, got["exited"])}
         reach = len(got["reached"]) / p.inputs if inputs else 1.0

@@ -612,7 +612,8 @@ def _trace_figures(model: str, groups: list[StudyGroup], ok: dict[str, list[dict
 BAND = 0.10         # the scatter's band: |predicted - measured| within 10 % of measured
 PREDICTED_CELL_COLUMNS = ["model", "point", "strategy", "placement", "ok", "predicted_ms", "measured_ms", "error",
                           "predicted_p90_ms", "measured_p90_ms", "error_p90", "predicted_compute_ms",
-                          "measured_compute_ms", "predicted_transmission_ms", "measured_transmission_ms", "note"]
+                          "measured_compute_ms", "predicted_transmission_ms", "measured_transmission_ms",
+                          "cpu_run_vs_profile", "note"]
 
 
 def _prediction_figure(comparison: dict) -> tuple[Figure, str] | None:
@@ -652,7 +653,10 @@ def prediction_rows(comparison: dict) -> tuple[list[dict], list[dict], list[dict
     """The rows of the three tables of :func:`testbed.verify.compare`: per cell (a measured
     cell without a prediction too, with a note), the errors per strategy and per tier, and
     per (point, model) the winners with both winners' measured p50."""
-    cells = [{**c, "point": point_label(c["point"]), "note": None} for c in comparison["cells"]]
+    from .verify import cpu_text
+
+    cells = [{**c, "point": point_label(c["point"]), "cpu_run_vs_profile": cpu_text(c) or None, "note": None}
+             for c in comparison["cells"]]
     cells += [{**c, "point": point_label(c["point"]), "note": "no prediction: not in the plan"}
               for c in comparison["unmatched"]]
     winners_ = [{"model": w["model"], "point": point_label(w["point"]), "rule": w["rule"],

@@ -165,7 +165,8 @@ def judge_compute(samples: list[tuple[float, float]], cpus: float | None, thread
     cores it may use: compute / (CPU time of its compute threads / min(cpus, threads)) at p10 /
     p50 / p90 (``slowdown``), judged with calibrate's tolerances where the expected compute is
     at least 20 ms (``within``; None below that, with the reason). A host that got less than
-    its share (the machine oversubscribed, or its quota stalling beside pacing) reads above 1."""
+    its share (the machine oversubscribed, or its quota stalling beside pacing) reads above 1.
+    ``cpu_p50_ms``: the median CPU time of an inference (what a profile's ``infer_cpu_ms`` holds)."""
     from emulation.calibrate import COMPUTE_JUDGED_MS, COMPUTE_P50_REL, COMPUTE_TAIL_REL, p10_p50_p90
 
     stretch = 1.0 / (min(cpus, threads) if cpus is not None else threads)
@@ -184,6 +185,7 @@ def judge_compute(samples: list[tuple[float, float]], cpus: float | None, thread
     elif not judged:
         note = f"compute {expected:.1f} ms: under {COMPUTE_JUDGED_MS:g} ms, reported, not judged"
     return {"requests": len(ratios), "expected_ms": round(expected, 3),
+            "cpu_p50_ms": round(statistics.median(cpu for _, cpu in samples), 4),
             "slowdown": [round(x, 4) for x in q], "within": within, "note": note}
 
 

@@ -71,7 +71,18 @@ def measured_from(cells: list[dict], requests: list[dict]) -> list[dict]:
         out.append({"model": c["model"], "strategy": c["strategy"], "placement": c["placement"],
                     "point": c["point"], "run_id": c["run_id"], "ok": s["counts"]["ok"], "p50_ms": s["e2e_p50"],
                     "p90_ms": s["e2e_p90"], "compute_ms": s["compute_p50"], "transmission_ms": s["transmission_p50"],
-                    "e2e_ms": e2e.get(c["cell"], [])})
+                    "e2e_ms": e2e.get(c["cell"], []), "cpu_ms": _cpu_per_host(c)})
+    return out
+
+
+def _cpu_per_host(cell: dict) -> dict[str, float]:
+    """Per host of a cell the median CPU time of an inference there (its servers' traces; a
+    run before they were kept has none)."""
+    out = {}
+    for host, h in (cell.get("hosts") or {}).items():
+        v = ((h or {}).get("compute") or {}).get("cpu_p50_ms")
+        if v is not None:
+            out[host] = float(v)
     return out
 
 
@@ -202,7 +213,49 @@ def _cell(p: dict, m: dict) -> dict:
             "error_p90": _error(p["p90_ms"], m["p90_ms"]),
             "predicted_compute_ms": p["compute_ms"], "measured_compute_ms": m["compute_ms"],
             "predicted_transmission_ms": p["transmission_ms"], "measured_transmission_ms": m["transmission_ms"],
-            "tolerance_verdict": p.get("tolerance_verdict")}
+            "cpu": cpu_drift(p, m), "tolerance_verdict": p.get("tolerance_verdict")}
+
+
+def cpu_drift(p: dict, m: dict) -> list[dict]:
+    """Per host of a prediction's compute: the median CPU time of an inference in its profile
+    (the regime the plan used, ``profiled_ms``) against the run's (``measured_ms``), and
+    ``ratio`` = measured / profiled. Above 1 the run's inferences took more CPU time than at
+    profiling: the machine ran slower, or its caches were colder (other hosts' work on the
+    same cores), which the plan cannot know; near 1 with a compute error, the error is the
+    plan's (pacing, waits, the regime). None where a side lacks it (a profile or a run from
+    before it was recorded, or a host holding two parts)."""
+    compute = p.get("compute") or []
+    hosts = [c["host"] for c in compute]
+    out = []
+    for c in compute:
+        prof = c.get("cpu_p50_ms")
+        run = (m.get("cpu_ms") or {}).get(c["host"]) if hosts.count(c["host"]) == 1 else None
+        out.append({"host": c["host"], "regime": c.get("regime"), "profiled_ms": prof, "measured_ms": run,
+                    "ratio": run / prof if prof and run is not None else None})
+    return out
+
+
+def cpu_text(cell: dict) -> str:
+    """A cell's :func:`cpu_drift` in a few words, e.g. ``mobile x1.32, edge x0.98``."""
+    return ", ".join(f"{d['host']} x{d['ratio']:.2f}" for d in cell.get("cpu") or [] if d["ratio"] is not None)
+
+
+def cpu_summary_text(compared: dict) -> str:
+    """``compared``'s :func:`cpu_summary` as a clause for a terminal line ('' without one)."""
+    c = compared.get("cpu")
+    if not c:
+        return ""
+    return (f"; an inference's CPU time in the run x{c['median']:.2f} its profile's (median over {c['n']} hosts of "
+            f"cells, x{c['low']:.2f} to x{c['high']:.2f})")
+
+
+def cpu_summary(cells: list[dict]) -> dict | None:
+    """Over every host of ``cells``: the median, lowest and highest run / profile ratio of an
+    inference's CPU time, and how many (host, cell) pairs had both (None without any)."""
+    ratios = [d["ratio"] for c in cells for d in c.get("cpu") or [] if d["ratio"] is not None]
+    if not ratios:
+        return None
+    return {"median": _median(ratios), "low": min(ratios), "high": max(ratios), "n": len(ratios)}
 
 
 def _winner_row(model: str, point: dict, mine: list[dict], planned: dict | None,
@@ -295,8 +348,9 @@ def compare(predictions: list[dict], winners: list[dict], measured: list[dict]) 
     winner's (:func:`testbed.stats.two_samples`), ``indistinguishable`` when they do not differ
     significantly (``agreed_or_indistinguishable`` counts those with the agreed: the
     measurement could not say the prediction was wrong),
-    ``median_abs_error`` of p50 (and ``_p90``), ``by_strategy`` and ``by_tier``
-    (:func:`error_summary`)."""
+    ``median_abs_error`` of p50 (and ``_p90``), ``cpu`` (:func:`cpu_summary`: how the run's
+    CPU time per inference compared with the profiles', each cell's in its ``cpu``),
+    ``by_strategy`` and ``by_tier`` (:func:`error_summary`)."""
     planned = {(w["model"], point_key(w["point"])): w for w in winners}
     cells, unmatched, points = _matched(predictions, measured, _cell)
     samples = {_cell_key(m): m.get("e2e_ms") or [] for m in measured}
@@ -311,7 +365,7 @@ def compare(predictions: list[dict], winners: list[dict], measured: list[dict]) 
             "agreed_or_indistinguishable": sum(r["agree"] or r["indistinguishable"] for r in rows),
             "alpha": ALPHA,
             "median_abs_error": _median(abs(e) for e in errors),
-            "median_abs_error_p90": _median(abs(e) for e in errors90),
+            "median_abs_error_p90": _median(abs(e) for e in errors90), "cpu": cpu_summary(cells),
             "by_strategy": error_summary(cells, "strategy"), "by_tier": error_summary(cells, "placement")}
 
 

@@ -4,8 +4,10 @@ Started inside a host (its namespace and cgroup) by :func:`emulation.calibrate.m
 (through ``testbed calibrate``) and by ``benchmarks/bench_cpu.py``. It loads its work once, warms up, then runs ``--requests``
 requests one at a time, each after an idle gap drawn uniformly from ``--gap-ms LO:HI`` (as a
 server between requests: the quota of the period is whatever the gap left), and prints one
-JSON line: ``{"ok": true, "wall_ms": [...], "cpu_ms": [...]}`` (wall time and the thread's
-CPU time per request), or ``{"ok": false, "error": "..."}`` with exit status 1.
+JSON line: ``{"ok": true, "wall_ms": [...], "cpu_ms": [...], "infer_cpu_ms": [...]}`` (wall
+time and the process's CPU time per request, and the CPU time of the inference alone as a
+part server's trace records it: its threads', without the pacing around it), or
+``{"ok": false, "error": "..."}`` with exit status 1.
 
 Work: ``--busy-ms X`` spins until the thread has used X ms of CPU (fixed work, whatever the
 CPU); ``--onnx FILE [--threads N]`` runs one ONNX Runtime inference of FILE per request on
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             return pacer.run(per_request, request)
         for j in range(a.warmup):
             run(j)
-        wall, cpu, exited = [], [], []
+        wall, cpu, infer_cpu, exited = [], [], [], []
         for j in range(a.requests):
             time.sleep(rng.uniform(lo, hi) / 1000.0)
             c0, t0 = time.process_time_ns(), time.perf_counter_ns()
@@ -170,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             t1, c1 = time.perf_counter_ns(), time.process_time_ns()
             wall.append(round((t1 - t0) / 1e6, 4))
             cpu.append(round((c1 - c0) / 1e6, 4))
+            infer_cpu.append(round(pacer.last[0] / 1e6, 4))
     except Exception as e:  # noqa: BLE001 - one line back to the caller, whatever failed
         print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}), flush=True)
         return 1
-    got = {"ok": True, "wall_ms": wall, "cpu_ms": cpu}
+    got = {"ok": True, "wall_ms": wall, "cpu_ms": cpu, "infer_cpu_ms": infer_cpu}
     if reached is not None:      # which input each request was, and whether this part answered it by an exit
         got.update(inputs=[reached[j % len(reached)] for j in range(a.requests)], exited=exited, reached=reached)
     print(json.dumps(got), flush=True)

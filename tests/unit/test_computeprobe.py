@@ -54,6 +54,10 @@ def test_each_request_says_its_input_and_whether_the_part_exited(tmp_path):
     went_on = [i for i in range(8) if not want[i]]
     assert second["reached"] == went_on and second["inputs"] == [went_on[j % len(went_on)] for j in range(6)]
     assert second["exited"] == [False] * 6 and len(second["wall_ms"]) == 6
+    # each request's CPU time: the process's, and the inference's own (as a part server's
+    # trace records it, what the report sets beside the run's), which is part of it
+    assert len(second["infer_cpu_ms"]) == len(second["cpu_ms"]) == 6
+    assert all(0 < i <= c + 0.01 for i, c in zip(second["infer_cpu_ms"], second["cpu_ms"])), second
 
 
 def test_a_part_of_several_segments_runs_them_all_with_the_exit_between(tmp_path):

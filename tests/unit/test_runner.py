@@ -90,6 +90,7 @@ def test_each_hosts_compute_is_judged_against_its_cpu_time_stretched_by_its_shar
     paced = [(40.0 + i * 0.1, 10.0) for i in range(20)]        # 0.25 cores: 40 ms per 10 ms of CPU
     j = judge_compute(paced, 0.25, 1)
     assert j["within"] is True and j["expected_ms"] == 40.0 and j["requests"] == 20
+    assert j["cpu_p50_ms"] == 10.0       # an inference's own CPU time, to set beside its profile's
     assert j["slowdown"][0] == pytest.approx(1.0, abs=0.01) and j["slowdown"][2] < 1.05
     starved = judge_compute([(60.0, 10.0)] * 20, 0.25, 1)       # got a sixth of a core, not a quarter
     assert starved["within"] is False and "1.50x what 0.25 cores give" in starved["note"]

@@ -9,8 +9,8 @@ import pytest
 from testbed.experiment import load_experiment_dict
 from testbed.plan import make_plan
 from testbed.store import CellRecord, RequestRow, ResultStore
-from testbed.verify import (compare, compare_load, error_summary, measured_cells, measured_load_from, point_key,
-                            predictions_for_store)
+from testbed.verify import (compare, compare_load, cpu_summary_text, cpu_text, error_summary, measured_cells,
+                            measured_from, measured_load_from, point_key, predictions_for_store)
 from tests.unit.test_plan import GiB, _store_profiles, planned  # noqa: F401  (a fixture)
 
 ME = "links.mobile-edge.bandwidth"
@@ -48,6 +48,45 @@ def test_the_error_is_signed_relative_to_the_measured_value_and_summarised_per_s
     assert abs(a["worst_error"]) == pytest.approx(0.2) and (b["name"], b["n"]) == ("b", 1)
     assert [(t["by"], t["name"]) for t in got["by_tier"]] == [("tier", "mobile"), ("tier", "mobile>edge")]
     assert error_summary([], "strategy") == []
+
+
+def test_each_hosts_cpu_time_per_inference_is_set_beside_its_profiles():
+    """The run's median CPU time of an inference per host against the profile's of the regime
+    the plan used: the ratio tells a machine that computed slower than at profiling from a
+    plan that was wrong; a side without it (an older profile or run) gives no ratio."""
+    def pred(strategy, compute):
+        return {**_pred(strategy, 10.0), "compute": [{"host": h, "part": i, "regime": "warm", "p50_ms": 1.0,
+                                                     "p90_ms": 1.0, "cpu_p50_ms": c} for i, (h, c) in enumerate(compute)]}
+
+    preds = [pred("split", [("mobile", 2.0), ("edge", 4.0)]), pred("old", [("mobile", None)]),
+             pred("twice", [("edge", 1.0), ("edge", 1.0)])]
+    meas = [{**_meas(s, 10.0), "cpu_ms": {"mobile": 3.0, "edge": 4.4}} for s in ("split", "old", "twice")]
+    got = compare(preds, [], meas)
+    by = {c["strategy"]: c["cpu"] for c in got["cells"]}
+    assert [(d["host"], d["profiled_ms"], d["measured_ms"], d["ratio"]) for d in by["split"]] == \
+        [("mobile", 2.0, 3.0, 1.5), ("edge", 4.0, 4.4, pytest.approx(1.1))]
+    assert by["old"][0]["ratio"] is None                    # the profile predates it
+    assert [d["ratio"] for d in by["twice"]] == [None, None]  # two parts on one host: the run mixes them
+    assert cpu_text(next(c for c in got["cells"] if c["strategy"] == "split")) == "mobile x1.50, edge x1.10"
+    assert got["cpu"] == {"median": pytest.approx(1.3), "low": pytest.approx(1.1), "high": 1.5, "n": 2}
+    assert cpu_summary_text(got) == ("; an inference's CPU time in the run x1.30 its profile's (median over 2 hosts "
+                                     "of cells, x1.10 to x1.50)")
+    # without any measured CPU time: no summary, no clause
+    bare = compare(preds, [], [_meas("split", 10.0)])
+    assert bare["cpu"] is None and cpu_summary_text(bare) == "" and cpu_text(bare["cells"][0]) == ""
+
+def test_the_runs_cpu_time_per_inference_is_read_from_each_cells_hosts(tmp_path):
+    hosts = {"mobile": {"cpus": 0.5, "compute": {"requests": 5, "cpu_p50_ms": 3.0}}, "edge": {"cpus": 1.0},
+             "cloud": {"compute": {"requests": 0, "note": "no CPU time reported"}}}
+    with ResultStore.in_folder(tmp_path / "out") as store:
+        store.begin_run("r1", "x", {}, {"cores": 2.0})
+        store.write_cell(CellRecord(
+            cell="c1", run_id="r1", model="m", weights="pretrained", strategy="split", operators=[], placement="mobile>edge",
+            source="mobile", codec="binary", connection="persistent", point={}, artifact=None, metric=None,
+            metric_value=None, baseline_value=None, status="done", error=None, started=1.7e9, ended=1.7e9 + 1,
+            hosts=hosts), [RequestRow(seq=0, input_index=0, status="ok", e2e_ms=5.0)], [])
+        store.end_run("r1", "done")
+        assert measured_from(store.cells(), store.requests())[0]["cpu_ms"] == {"mobile": 3.0}
 
 
 def test_the_winner_is_the_fastest_within_tolerance_on_both_sides():
